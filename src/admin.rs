@@ -1,0 +1,119 @@
+//! The control socket: a Unix socket in the data directory
+//! (`<data-dir>/warren.sock`) through which `warrenctl` asks a running
+//! broker for listings and operator actions.
+//!
+//! One request per connection: a line of JSON such as
+//! `{"command":"list_queues"}` or `{"command":"purge_queue","name":"q"}`,
+//! answered by one line `{"ok":true,"rows":[{...},...]}` or
+//! `{"ok":false,"error":"..."}`. Rows carry every column; the client picks
+//! the ones the user asked for. Access is guarded by the socket file's
+//! permissions (owner only), like rabbitmqctl's Erlang cookie.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+
+use crate::broker::Broker;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub command: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub rows: Vec<serde_json::Map<String, Value>>,
+}
+
+/// Binds the control socket, replacing a stale one left by a killed broker.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, broker: Arc<Broker>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            // Bounded, so a stray writer cannot make us buffer forever.
+            let mut reader = BufReader::new(read.take(64 * 1024));
+            if reader.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let response = match serde_json::from_str::<Request>(&line) {
+                Ok(req) => execute(&broker, &req),
+                Err(e) => Response { ok: false, error: Some(format!("malformed request: {e}")), rows: vec![] },
+            };
+            let mut out = serde_json::to_vec(&response).unwrap_or_default();
+            out.push(b'\n');
+            let _ = write.write_all(&out).await;
+        });
+    }
+}
+
+fn rows<T: Serialize>(items: impl IntoIterator<Item = T>) -> Vec<serde_json::Map<String, Value>> {
+    items
+        .into_iter()
+        .filter_map(|item| match serde_json::to_value(item) {
+            Ok(Value::Object(map)) => Some(map),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ok(rows: Vec<serde_json::Map<String, Value>>) -> Response {
+    Response { ok: true, error: None, rows }
+}
+
+fn fail(error: String) -> Response {
+    Response { ok: false, error: Some(error), rows: vec![] }
+}
+
+pub fn execute(broker: &Broker, req: &Request) -> Response {
+    match req.command.as_str() {
+        "list_queues" => ok(rows(broker.list_queues())),
+        "list_exchanges" => ok(rows(broker.list_exchanges().into_iter().map(|(name, kind, durable, auto_delete, internal)| {
+            json!({"name": name, "type": kind, "durable": durable, "auto_delete": auto_delete, "internal": internal, "arguments": "[]"})
+        }))),
+        "list_bindings" => ok(rows(broker.list_bindings().into_iter().map(|(source, dest_kind, dest, key, args)| {
+            json!({"source_name": source, "source_kind": "exchange", "destination_name": dest,
+                   "destination_kind": dest_kind, "routing_key": key, "arguments": args})
+        }))),
+        "list_connections" => ok(rows(broker.list_connections().into_iter().map(|(id, info, channels)| {
+            json!({"name": format!("{} (#{id})", info.peer), "peer": info.peer, "user": info.user, "vhost": "/",
+                   "channels": channels, "client": info.client, "timeout": info.heartbeat, "frame_max": info.frame_max,
+                   "state": "running"})
+        }))),
+        "list_consumers" => ok(rows(broker.list_consumers().into_iter().map(|(queue, tag, peer, channel, ack, exclusive, prefetch)| {
+            json!({"queue_name": queue, "consumer_tag": tag, "channel_pid": format!("{peer}:{channel}"),
+                   "ack_required": ack, "exclusive": exclusive, "prefetch_count": prefetch, "active": true, "arguments": "[]"})
+        }))),
+        "purge_queue" | "delete_queue" => {
+            let Some(name) = req.name.as_deref() else { return fail(format!("{} needs a queue name", req.command)) };
+            let result = if req.command == "purge_queue" { broker.admin_purge(name) } else { broker.admin_delete(name) };
+            match result {
+                Some(count) => ok(rows([json!({"name": name, "messages": count})])),
+                None => fail(format!("queue '{name}' in vhost '/' not found")),
+            }
+        }
+        other => fail(format!("unknown command '{other}'")),
+    }
+}

@@ -1,0 +1,73 @@
+//! Broker settings: command-line flags, an optional TOML file, and defaults
+//! that match RabbitMQ's (port 5672, guest/guest from loopback only).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+    /// Like RabbitMQ's `loopback_users`: this user may only connect from 127.0.0.1 / ::1.
+    #[serde(default)]
+    pub loopback_only: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub bind: IpAddr,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    /// Largest frame we accept and propose in connection.tune, header included.
+    pub frame_max: u32,
+    pub channel_max: u16,
+    /// Heartbeat interval proposed to clients, in seconds (0 disables).
+    pub heartbeat: u16,
+    /// Seconds a client has to finish the handshake.
+    pub handshake_timeout: u64,
+    /// Largest message body accepted, in bytes (RabbitMQ's max_message_size).
+    pub max_message_size: u64,
+    pub users: Vec<User>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            port: 5672,
+            data_dir: PathBuf::from("warren-data"),
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 60,
+            handshake_timeout: 10,
+            max_message_size: 128 << 20,
+            users: vec![User { name: "guest".into(), password: "guest".into(), loopback_only: true }],
+        }
+    }
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout)
+    }
+
+    /// Where warrenctl finds the running broker.
+    pub fn control_socket(&self) -> PathBuf {
+        control_socket_path(&self.data_dir)
+    }
+}
+
+pub fn control_socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("warren.sock")
+}

@@ -1,0 +1,25 @@
+//! Warren: an AMQP 0-9-1 message broker whose durability comes from one
+//! segmented, append-only write-ahead log.
+//!
+//! # Layout
+//!
+//! Data flows one way: socket → codec → broker (route) → store (append) →
+//! broker (deliver) → codec → socket. Each layer has one job:
+//!
+//! - [`protocol`]: the pure AMQP 0-9-1 codec (frames, methods, field tables,
+//!   content properties). No I/O.
+//! - [`server`]: tokio networking: the listener, one task per connection
+//!   (handshake, heartbeats, channels, content assembly) and a writer task
+//!   per connection that coalesces frames into few syscalls.
+//! - [`broker`]: the model: exchanges, bindings, queues, consumers, prefetch,
+//!   acknowledgements and redelivery. Knows nothing about sockets or files.
+//! - [`store`]: durable storage behind the [`store::Store`] trait.
+//! - [`admin`]: the control socket that `warrenctl` talks to.
+//! - [`config`]: settings from flags, a TOML file and defaults.
+
+pub mod admin;
+pub mod broker;
+pub mod config;
+pub mod protocol;
+pub mod server;
+pub mod store;

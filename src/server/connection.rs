@@ -1,0 +1,512 @@
+//! One AMQP connection: the protocol header, the start/tune/open handshake,
+//! the read loop with heartbeat supervision, frame routing to channels,
+//! and the close handshake in both directions.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::mpsc::unbounded_channel;
+
+use super::channel::Channel;
+use super::writer::{self, WriterTuning};
+use crate::broker::{AmqpError, Broker, ConnectionHandle, ConnectionInfo, OutboundShared, Outgoing, Scope};
+use crate::config::Config;
+use crate::protocol::constants::{FRAME_MIN_SIZE, PROTOCOL_HEADER};
+use crate::protocol::method::*;
+use crate::protocol::{FieldTable, FieldValue, Frame, Method, decode_frame, reply};
+
+/// A connection-level error: what goes into connection.close.
+#[derive(Debug)]
+pub(super) struct CloseReason {
+    pub code: u16,
+    pub text: String,
+    pub class_id: u16,
+    pub method_id: u16,
+}
+
+impl CloseReason {
+    pub fn new(code: u16, detail: impl std::fmt::Display) -> Self {
+        CloseReason { code, text: format!("{} - {detail}", reply::name(code)), class_id: 0, method_id: 0 }
+    }
+
+    pub fn from_error(err: AmqpError, ids: (u16, u16)) -> Self {
+        CloseReason { code: err.code, text: err.text, class_id: ids.0, method_id: ids.1 }
+    }
+}
+
+/// Why the read loop ended.
+pub(super) enum Exit {
+    /// The close handshake completed, or the socket closed.
+    Done,
+    /// We must send connection.close with this reason.
+    Close(CloseReason),
+    /// The peer stopped talking (heartbeat or handshake timeout) or the socket failed.
+    Dropped(String),
+}
+
+impl From<CloseReason> for Exit {
+    fn from(r: CloseReason) -> Self {
+        Exit::Close(r)
+    }
+}
+
+pub(super) struct Connection {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub broker: Arc<Broker>,
+    pub config: Arc<Config>,
+    reader: OwnedReadHalf,
+    buf: BytesMut,
+    pub handle: ConnectionHandle,
+    tuning: Arc<WriterTuning>,
+    pub frame_max: u32,
+    channel_max: u16,
+    heartbeat: u16,
+    pub channels: HashMap<u16, Channel>,
+    user: String,
+    registered: bool,
+}
+
+pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broker>, config: Arc<Config>) {
+    let _ = socket.set_nodelay(true);
+    let (reader, write_half) = socket.into_split();
+    let (tx, rx) = unbounded_channel();
+    let shared = Arc::new(OutboundShared::default());
+    let tuning = Arc::new(WriterTuning::default());
+    tuning.frame_max.store(config.frame_max, Ordering::Relaxed);
+    let writer_task = tokio::spawn(writer::run(write_half, rx, shared.clone(), tuning.clone(), broker.clone(), id));
+    let mut conn = Connection {
+        id,
+        peer,
+        broker,
+        frame_max: config.frame_max,
+        channel_max: config.channel_max,
+        config,
+        reader,
+        buf: BytesMut::with_capacity(64 * 1024),
+        handle: ConnectionHandle::new(id, tx, shared, false),
+        tuning,
+        heartbeat: 0,
+        channels: HashMap::new(),
+        user: String::new(),
+        registered: false,
+    };
+    tracing::debug!(connection = id, "accepting AMQP connection from {peer}");
+    let exit = match conn.handshake().await {
+        Ok(()) => conn.serve().await,
+        Err(exit) => exit,
+    };
+    match exit {
+        Exit::Done => {
+            if conn.registered {
+                tracing::info!(connection = id, "closing AMQP connection {peer} (user '{}')", conn.user)
+            }
+        }
+        Exit::Dropped(why) => tracing::warn!(connection = id, "closing AMQP connection {peer}: {why}"),
+        Exit::Close(reason) => {
+            tracing::warn!(connection = id, "closing AMQP connection {peer}: {}", reason.text);
+            conn.close_from_server(reason).await;
+        }
+    }
+    if conn.registered {
+        conn.broker.close_connection(id);
+    }
+    conn.handle.send(Outgoing::Shutdown);
+    drop(conn);
+    // A writer stuck on a peer that stopped reading must not live forever.
+    let abort = writer_task.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(5), writer_task).await.is_err() {
+        abort.abort();
+    }
+}
+
+fn server_properties() -> FieldTable {
+    let mut caps = FieldTable::new();
+    for cap in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "authentication_failure_close",
+        "per_consumer_qos",
+    ] {
+        caps.insert(cap, FieldValue::Bool(true));
+    }
+    let mut props = FieldTable::new();
+    props.insert("product", FieldValue::string("Warren"));
+    props.insert("version", FieldValue::string(env!("CARGO_PKG_VERSION")));
+    props.insert("platform", FieldValue::string("Rust"));
+    props.insert("information", FieldValue::string("An AMQP 0-9-1 broker built around a write-ahead log"));
+    props.insert("capabilities", FieldValue::Table(caps));
+    props
+}
+
+impl Connection {
+    /// Reads one frame, waiting at most `limit`. `Ok(None)` is a closed socket.
+    async fn read_frame(&mut self, limit: Option<Duration>) -> Result<Option<Frame>, Exit> {
+        loop {
+            match decode_frame(&mut self.buf, self.frame_max) {
+                Ok(Some(frame)) => return Ok(Some(frame)),
+                Ok(None) => {}
+                Err(e) => return Err(CloseReason::new(e.reply_code(), e).into()),
+            }
+            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+                self.buf.reserve(64 * 1024);
+            }
+            let read = self.reader.read_buf(&mut self.buf);
+            let result = match limit {
+                Some(limit) => match tokio::time::timeout(limit, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(Exit::Dropped(format!(
+                            "missed heartbeats from client, timeout: {}s",
+                            limit.as_secs() / 2
+                        )));
+                    }
+                },
+                None => read.await,
+            };
+            match result {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(e) => return Err(Exit::Dropped(format!("socket error: {e}"))),
+            }
+        }
+    }
+
+    /// The next method on channel 0 during the handshake.
+    async fn handshake_method(&mut self, deadline: tokio::time::Instant) -> Result<Method, Exit> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, self.read_frame(None)).await {
+            Err(_) => Err(Exit::Dropped("handshake timeout".into())),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(None)) => Err(Exit::Dropped("client closed the socket during the handshake".into())),
+            Ok(Ok(Some(Frame::Method { channel: 0, method }))) => Ok(method),
+            Ok(Ok(Some(_))) => {
+                Err(CloseReason::new(reply::UNEXPECTED_FRAME, "expected a connection method during the handshake")
+                    .into())
+            }
+        }
+    }
+
+    async fn handshake(&mut self) -> Result<(), Exit> {
+        let deadline = tokio::time::Instant::now() + self.config.handshake_timeout();
+        let mut header = [0u8; 8];
+        let read = self.reader.read_exact(&mut header);
+        match tokio::time::timeout_at(deadline, read).await {
+            Err(_) => return Err(Exit::Dropped("handshake timeout".into())),
+            Ok(Err(_)) => return Err(Exit::Dropped("client closed the socket before the protocol header".into())),
+            Ok(Ok(_)) => {}
+        }
+        if &header != PROTOCOL_HEADER {
+            // The spec: answer with the header we do speak, then close.
+            self.handle.send(Outgoing::Raw(Bytes::from_static(PROTOCOL_HEADER)));
+            return Err(Exit::Dropped(format!("unsupported protocol header {header:?}")));
+        }
+        self.handle.method(
+            0,
+            ConnectionStart {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: server_properties(),
+                mechanisms: Bytes::from_static(b"PLAIN AMQPLAIN"),
+                locales: Bytes::from_static(b"en_US"),
+            },
+        );
+        let start_ok = match self.handshake_method(deadline).await? {
+            Method::ConnectionStartOk(m) => m,
+            other => {
+                return Err(CloseReason::new(
+                    reply::COMMAND_INVALID,
+                    format!("expected connection.start-ok, got {}", other.name()),
+                )
+                .into());
+            }
+        };
+        let client_caps = match start_ok.client_properties.get("capabilities") {
+            Some(FieldValue::Table(t)) => t.clone(),
+            _ => FieldTable::new(),
+        };
+        self.user = self.authenticate(&start_ok)?;
+        self.handle.method(
+            0,
+            ConnectionTune {
+                channel_max: self.config.channel_max,
+                frame_max: self.config.frame_max,
+                heartbeat: self.config.heartbeat,
+            },
+        );
+        let tune_ok = match self.handshake_method(deadline).await? {
+            Method::ConnectionTuneOk(m) => m,
+            other => {
+                return Err(CloseReason::new(
+                    reply::COMMAND_INVALID,
+                    format!("expected connection.tune-ok, got {}", other.name()),
+                )
+                .into());
+            }
+        };
+        self.negotiate(&tune_ok)?;
+        let open = match self.handshake_method(deadline).await? {
+            Method::ConnectionOpen(m) => m,
+            other => {
+                return Err(CloseReason::new(
+                    reply::COMMAND_INVALID,
+                    format!("expected connection.open, got {}", other.name()),
+                )
+                .into());
+            }
+        };
+        if open.virtual_host != "/" {
+            return Err(CloseReason::new(reply::NOT_ALLOWED, format!("vhost '{}' not found", open.virtual_host)).into());
+        }
+        self.handle.cancel_notify =
+            client_caps.get("consumer_cancel_notify").and_then(FieldValue::as_bool).unwrap_or(false);
+        self.handle.method(0, ConnectionOpenOk::default());
+        let client = ["product", "version"]
+            .iter()
+            .filter_map(|k| start_ok.client_properties.get(k).and_then(FieldValue::as_str))
+            .collect::<Vec<_>>()
+            .join(" ");
+        self.broker.register_connection(
+            self.handle.clone(),
+            ConnectionInfo {
+                peer: self.peer.to_string(),
+                user: self.user.clone(),
+                client,
+                heartbeat: self.heartbeat,
+                frame_max: self.frame_max,
+            },
+        );
+        self.registered = true;
+        tracing::info!(connection = self.id, "connection {} accepted (user '{}', vhost '/')", self.peer, self.user);
+        Ok(())
+    }
+
+    fn authenticate(&self, m: &ConnectionStartOk) -> Result<String, CloseReason> {
+        let (user, password) = match m.mechanism.as_str() {
+            "PLAIN" => {
+                // [authzid] NUL authcid NUL passwd
+                let mut parts = m.response.split(|b| *b == 0);
+                let _authzid = parts.next();
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(u), Some(p), None) => {
+                        (String::from_utf8_lossy(u).into_owned(), String::from_utf8_lossy(p).into_owned())
+                    }
+                    _ => return Err(CloseReason::new(reply::ACCESS_REFUSED, "malformed PLAIN response")),
+                }
+            }
+            "AMQPLAIN" => {
+                let table = FieldTable::decode_entries(m.response.clone()).map_err(|e| {
+                    CloseReason::new(reply::ACCESS_REFUSED, format!("malformed AMQPLAIN response: {e}"))
+                })?;
+                let field = |k: &str| table.get(k).and_then(FieldValue::as_str).map(str::to_string);
+                match (field("LOGIN"), field("PASSWORD")) {
+                    (Some(u), Some(p)) => (u, p),
+                    _ => {
+                        return Err(CloseReason::new(
+                            reply::ACCESS_REFUSED,
+                            "AMQPLAIN response lacks LOGIN or PASSWORD",
+                        ));
+                    }
+                }
+            }
+            other => {
+                return Err(CloseReason::new(
+                    reply::ACCESS_REFUSED,
+                    format!("unsupported authentication mechanism '{other}'"),
+                ));
+            }
+        };
+        let refused = || {
+            CloseReason::new(
+                reply::ACCESS_REFUSED,
+                format!(
+                    "Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                    m.mechanism
+                ),
+            )
+        };
+        let Some(account) = self.config.users.iter().find(|u| u.name == user) else {
+            tracing::warn!(connection = self.id, "login refused for {}: unknown user '{user}'", self.peer);
+            return Err(refused());
+        };
+        if account.password != password {
+            tracing::warn!(connection = self.id, "login refused for {}: wrong password for user '{user}'", self.peer);
+            return Err(refused());
+        }
+        if account.loopback_only && !super::is_loopback(&self.peer) {
+            tracing::warn!(
+                connection = self.id,
+                "login refused for {}: user '{user}' can only connect via localhost",
+                self.peer
+            );
+            return Err(refused());
+        }
+        Ok(user)
+    }
+
+    /// Applies connection.tune-ok the way RabbitMQ does: the client may
+    /// lower channel_max and frame_max (0 means "no limit", i.e. ours) but not
+    /// exceed them, and its heartbeat value is the one used.
+    fn negotiate(&mut self, m: &ConnectionTuneOk) -> Result<(), CloseReason> {
+        let server_frame_max = self.config.frame_max;
+        let frame_max = if m.frame_max == 0 { server_frame_max } else { m.frame_max };
+        if frame_max > server_frame_max || frame_max < FRAME_MIN_SIZE {
+            return Err(CloseReason::new(
+                reply::NOT_ALLOWED,
+                format!(
+                    "failed to negotiate connection parameters: frame_max={} not in {FRAME_MIN_SIZE}..={server_frame_max}",
+                    m.frame_max
+                ),
+            ));
+        }
+        let server_channel_max = self.config.channel_max;
+        let channel_max = if m.channel_max == 0 { server_channel_max } else { m.channel_max };
+        if channel_max > server_channel_max {
+            return Err(CloseReason::new(
+                reply::NOT_ALLOWED,
+                format!(
+                    "failed to negotiate connection parameters: channel_max={} > {server_channel_max}",
+                    m.channel_max
+                ),
+            ));
+        }
+        self.frame_max = frame_max;
+        self.channel_max = channel_max;
+        self.heartbeat = m.heartbeat;
+        self.tuning.frame_max.store(frame_max, Ordering::Relaxed);
+        self.tuning.heartbeat.store(m.heartbeat, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn serve(&mut self) -> Exit {
+        // A peer silent for two heartbeat intervals is gone.
+        let limit = (self.heartbeat > 0).then(|| Duration::from_secs(self.heartbeat as u64 * 2));
+        loop {
+            let frame = match self.read_frame(limit).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    if self.registered {
+                        tracing::warn!(
+                            connection = self.id,
+                            "client {} closed the socket without connection.close",
+                            self.peer
+                        );
+                    }
+                    return Exit::Done;
+                }
+                Err(exit) => return exit,
+            };
+            match self.handle_frame(frame) {
+                Ok(true) => {}
+                Ok(false) => return Exit::Done,
+                Err(reason) => return Exit::Close(reason),
+            }
+        }
+    }
+
+    /// Returns Ok(false) once the client closed the connection.
+    fn handle_frame(&mut self, frame: Frame) -> Result<bool, CloseReason> {
+        match frame {
+            Frame::Heartbeat => Ok(true),
+            Frame::Method { channel: 0, method } => self.connection_method(method),
+            Frame::Header { channel: 0, .. } | Frame::Body { channel: 0, .. } => {
+                Err(CloseReason::new(reply::UNEXPECTED_FRAME, "content frame on channel 0"))
+            }
+            frame => {
+                let channel = frame.channel();
+                if channel > self.channel_max {
+                    return Err(CloseReason::new(
+                        reply::CHANNEL_ERROR,
+                        format!("channel {channel} exceeds channel_max {}", self.channel_max),
+                    ));
+                }
+                self.channel_frame(channel, frame)?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn connection_method(&mut self, method: Method) -> Result<bool, CloseReason> {
+        match method {
+            Method::ConnectionClose(m) => {
+                tracing::debug!(
+                    connection = self.id,
+                    "client closed the connection: {} {}",
+                    m.reply_code,
+                    m.reply_text
+                );
+                self.handle.method(0, ConnectionCloseOk {});
+                Ok(false)
+            }
+            Method::ConnectionUpdateSecret(_) => {
+                self.handle.method(0, ConnectionUpdateSecretOk {});
+                Ok(true)
+            }
+            // Clients may answer a blocked notice; nothing to do.
+            Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_) => Ok(true),
+            other => {
+                let ids = other.ids();
+                let err = AmqpError::command_invalid(format!(
+                    "{} is not valid on channel 0 after the handshake",
+                    other.name()
+                ));
+                Err(CloseReason::from_error(err, ids))
+            }
+        }
+    }
+
+    /// Sends a channel error as channel.close, releases the channel's broker
+    /// state, and ignores what the client sends on it until close-ok.
+    pub fn close_channel_with(&mut self, channel: u16, err: AmqpError, ids: (u16, u16)) -> Result<(), CloseReason> {
+        if err.scope == Scope::Connection {
+            return Err(CloseReason::from_error(err, ids));
+        }
+        tracing::warn!(connection = self.id, channel, "channel error: {}", err.text);
+        self.handle.method(
+            channel,
+            ChannelClose { reply_code: err.code, reply_text: err.text, class_id: ids.0, method_id: ids.1 },
+        );
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            ch.start_closing();
+        }
+        self.broker.close_channel(self.id, channel);
+        Ok(())
+    }
+
+    /// Sends connection.close and waits briefly for close-ok, discarding
+    /// everything else, as the spec asks.
+    async fn close_from_server(&mut self, reason: CloseReason) {
+        self.handle.method(
+            0,
+            ConnectionClose {
+                reply_code: reason.code,
+                reply_text: reason.text,
+                class_id: reason.class_id,
+                method_id: reason.method_id,
+            },
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.read_frame(None)).await {
+                Ok(Ok(Some(Frame::Method { channel: 0, method: Method::ConnectionCloseOk(_) }))) => return,
+                Ok(Ok(Some(Frame::Method { channel: 0, method: Method::ConnectionClose(_) }))) => {
+                    self.handle.method(0, ConnectionCloseOk {});
+                    return;
+                }
+                Ok(Ok(Some(_))) => continue,
+                // Closed socket, undecodable bytes or timeout: nothing more to wait for.
+                _ => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The network layer: the listener, one task per connection (handshake,
+//! tuning, heartbeats, channel multiplexing, content assembly) and one
+//! writer task per connection that coalesces outgoing frames.
+//!
+//! Owns sockets and AMQP session state; it turns frames into calls on the
+//! [`Broker`] and never touches broker state directly.
+
+mod channel;
+mod connection;
+mod writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::net::TcpListener;
+
+use crate::broker::Broker;
+use crate::config::Config;
+
+/// Accepts connections until the task is dropped.
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>, config: Arc<Config>) {
+    let next_id = AtomicU64::new(1);
+    loop {
+        match listener.accept().await {
+            Ok((socket, peer)) => {
+                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                let broker = broker.clone();
+                let config = config.clone();
+                tokio::spawn(async move { connection::run(socket, peer, id, broker, config).await });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+pub fn is_loopback(peer: &SocketAddr) -> bool {
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
