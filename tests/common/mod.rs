@@ -1,0 +1,122 @@
+//! Test harness: starts the real `warren` binary on a port chosen at run
+//! time, in a scratch data directory, and stops it with SIGKILL on drop.
+#![allow(dead_code)]
+
+pub mod raw;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub struct Broker {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Keeps the scratch directory alive for the broker's lifetime.
+    _scratch: Option<tempfile::TempDir>,
+}
+
+impl Broker {
+    /// A broker on 127.0.0.1 with a free port and a fresh data directory.
+    pub fn start() -> Broker {
+        let scratch = tempfile::tempdir().expect("scratch dir");
+        let dir = scratch.path().join("data");
+        let mut broker = Broker::start_in(&dir, &[]);
+        broker._scratch = Some(scratch);
+        broker
+    }
+
+    /// A broker on an existing data directory (for restarts), with extra flags.
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Broker {
+        let log_path = data_dir.with_extension("log");
+        std::fs::create_dir_all(data_dir).expect("data dir");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["--bind", "127.0.0.1", "--port", "0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("WARREN_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start warren");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        break addr.trim().parse().expect("address");
+                    }
+                }
+                _ => {
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    panic!("warren exited before listening; its log:\n{log}");
+                }
+            }
+        };
+        // Keep draining stdout so the broker never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Broker { child: Some(child), addr, data_dir: data_dir.to_path_buf(), _scratch: None }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// The broker's log so far (tests print it when they fail).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            send_sigterm(child.id());
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Runs warrenctl against this broker.
+    pub fn warrenctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .output()
+            .expect("run warrenctl")
+    }
+}
+
+/// Sends SIGTERM through the `kill` command, so the harness needs no libc.
+fn send_sigterm(pid: u32) {
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

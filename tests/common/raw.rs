@@ -1,0 +1,112 @@
+//! A bare AMQP client over a plain TCP socket, for tests that must send what
+//! no well-behaved client library would (garbage, truncated or oversized
+//! frames, methods out of order) and watch the broker's exact answer.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use warren::protocol::method::*;
+use warren::protocol::{FieldTable, Frame, Method, decode_frame, encode_method};
+
+pub const HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
+
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        RawClient { stream, buf: BytesMut::new() }
+    }
+
+    /// Connects and completes the handshake as guest/guest with the given heartbeat.
+    pub async fn open(addr: SocketAddr, heartbeat: u16) -> RawClient {
+        let mut c = RawClient::connect(addr).await;
+        c.send_bytes(HEADER).await;
+        let tune = loop {
+            match c.expect_method().await {
+                Method::ConnectionStart(_) => {
+                    c.send_method(
+                        0,
+                        ConnectionStartOk {
+                            client_properties: FieldTable::new(),
+                            mechanism: "PLAIN".into(),
+                            response: Bytes::from_static(b"\0guest\0guest"),
+                            locale: "en_US".into(),
+                        },
+                    )
+                    .await
+                }
+                Method::ConnectionTune(t) => break t,
+                other => panic!("unexpected {other:?} during handshake"),
+            }
+        };
+        c.send_method(0, ConnectionTuneOk { channel_max: tune.channel_max, frame_max: tune.frame_max, heartbeat })
+            .await;
+        c.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await;
+        match c.expect_method().await {
+            Method::ConnectionOpenOk(_) => c,
+            other => panic!("expected connection.open-ok, got {other:?}"),
+        }
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    pub async fn send_method(&mut self, channel: u16, method: impl Into<Method>) {
+        let mut buf = BytesMut::new();
+        encode_method(&mut buf, channel, &method.into());
+        self.send_bytes(&buf).await;
+    }
+
+    /// The next frame, or None if the broker closed the socket (or 5 s passed).
+    pub async fn read_frame(&mut self) -> Option<Frame> {
+        self.read_frame_within(Duration::from_secs(5)).await
+    }
+
+    pub async fn read_frame_within(&mut self, limit: Duration) -> Option<Frame> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(frame)) = decode_frame(&mut self.buf, 0) {
+                return Some(frame);
+            }
+            let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await;
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next method frame, skipping heartbeats.
+    pub async fn expect_method(&mut self) -> Method {
+        loop {
+            match self.read_frame().await {
+                Some(Frame::Method { method, .. }) => return method,
+                Some(Frame::Heartbeat) => continue,
+                other => panic!("expected a method frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the broker closes the socket; true if it did within `limit`.
+    pub async fn closed_within(&mut self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut scratch = [0u8; 4096];
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut scratch)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
