@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs every test Warren has:
+#   1. cargo test: codec property tests, broker unit tests, and the
+#      integration suites that drive the real `warren` binary with lapin;
+#   2. the RabbitMQ tutorials 1-7 as pika scenarios (../shared/tutorials, or
+#      $WARREN_TUTORIALS) against a fresh broker on a free port, with
+#      warrenctl as the rabbitmqctl stand-in.
+# Needs python3 with pika, pytest and pytest-timeout for step 2
+# (pip install pika pytest pytest-timeout).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo test
+cargo build --bin warren --bin warrenctl
+
+tutorials=${WARREN_TUTORIALS:-../shared/tutorials}
+if [[ ! -d $tutorials ]]; then
+    echo "WARNING: no tutorial scenarios at $tutorials (set WARREN_TUTORIALS); skipped them" >&2
+    exit 0
+fi
+python3 -c 'import pika, pytest, pytest_timeout' 2>/dev/null || {
+    echo "the tutorials need: pip install pika pytest pytest-timeout" >&2
+    exit 1
+}
+
+scratch=$(mktemp -d)
+./target/debug/warren --bind 127.0.0.1 --port 0 --data-dir "$scratch/data" >"$scratch/stdout" 2>"$scratch/broker.log" &
+broker=$!
+trap 'kill $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$scratch"' EXIT
+for _ in $(seq 100); do
+    grep -q '^listening on ' "$scratch/stdout" && break
+    sleep 0.1
+done
+port=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$scratch/stdout")
+[[ -n $port ]] || { echo "warren did not start:" >&2; cat "$scratch/broker.log" >&2; exit 1; }
+
+echo "running the tutorials against warren on port $port"
+AMQP_HOST=127.0.0.1 AMQP_PORT=$port PYTHONDONTWRITEBYTECODE=1 \
+TUTORIAL_RABBITMQCTL="$PWD/target/debug/warrenctl --data-dir $scratch/data" \
+    python3 -m pytest -p no:cacheprovider -q --timeout=120 "$tutorials" || {
+    echo "tutorials failed; broker log: $scratch/broker.log" >&2
+    tail -50 "$scratch/broker.log" >&2
+    exit 1
+}
