@@ -32,6 +32,13 @@ pub struct Config {
     pub handshake_timeout: u64,
     /// Largest message body accepted, in bytes (RabbitMQ's max_message_size).
     pub max_message_size: u64,
+    /// Size of a log segment file, in bytes.
+    pub segment_size: u32,
+    /// When the log is fdatasync'ed: "batch" (every group commit, the
+    /// default), "<N>ms" (at most every N ms) or "never".
+    pub fsync: String,
+    /// Start even if a sealed log segment is damaged, setting it aside.
+    pub skip_damaged_segments: bool,
     pub users: Vec<User>,
 }
 
@@ -46,6 +53,9 @@ impl Default for Config {
             heartbeat: 60,
             handshake_timeout: 10,
             max_message_size: 128 << 20,
+            segment_size: 64 << 20,
+            fsync: "batch".into(),
+            skip_damaged_segments: false,
             users: vec![User { name: "guest".into(), password: "guest".into(), loopback_only: true }],
         }
     }
@@ -70,4 +80,9 @@ impl Config {
 
 pub fn control_socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("warren.sock")
+}
+
+/// Where the write-ahead log's segments live inside a data directory.
+pub fn log_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("log")
 }

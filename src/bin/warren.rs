@@ -9,8 +9,9 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use warren::broker::Broker;
-use warren::config::Config;
-use warren::store::MemoryStore;
+use warren::config::{Config, log_dir};
+use warren::store::io::FileIo;
+use warren::store::{FsyncPolicy, LogOptions, LogStore};
 
 /// An AMQP 0-9-1 broker built around a write-ahead log.
 #[derive(Parser, Debug)]
@@ -25,13 +26,21 @@ struct Args {
     /// AMQP port [default: 5672]; 0 picks a free port (printed on startup).
     #[arg(long)]
     port: Option<u16>,
-    /// Where the broker keeps its data and its control socket [default: ./warren-data].
+    /// Where the broker keeps its log and its control socket [default: ./warren-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// When to fdatasync the log: batch (default), <N>ms, or never.
+    #[arg(long)]
+    fsync: Option<String>,
+    /// Log segment size in bytes [default: 67108864].
+    #[arg(long)]
+    segment_size: Option<u32>,
+    /// Start even if a sealed log segment is damaged: it is renamed *.damaged and its records are lost.
+    #[arg(long)]
+    skip_damaged_segments: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("WARREN_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .with_target(false)
@@ -51,11 +60,46 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
+    if let Some(fsync) = args.fsync {
+        config.fsync = fsync;
+    }
+    if let Some(size) = args.segment_size {
+        config.segment_size = size;
+    }
+    config.skip_damaged_segments |= args.skip_damaged_segments;
+    let fsync: FsyncPolicy = config.fsync.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let config = Arc::new(config);
-    let broker = Arc::new(Broker::new(Arc::new(MemoryStore)));
+    // One broker per data directory: a second one would corrupt the log.
+    let lock_path = config.data_dir.join("LOCK");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!("another warren is running on data directory {}", config.data_dir.display());
+    }
 
+    let io = FileIo::new(&log_dir(&config.data_dir)).context("cannot open the log directory")?;
+    let options = LogOptions { segment_size: config.segment_size, fsync, skip_damaged: config.skip_damaged_segments };
+    let (store, recovered) = LogStore::open(Arc::new(io), options).map_err(|e| anyhow::anyhow!(e))?;
+    let broker = Arc::new(Broker::new(store.clone()));
+    broker.restore(&recovered);
+    drop(recovered);
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(serve(config, broker));
+    // Everything appended is written and synced before the process exits.
+    store.shutdown();
+    drop(lock);
+    result
+}
+
+async fn serve(config: Config, broker: Arc<Broker>) -> anyhow::Result<()> {
+    let config = Arc::new(config);
     let control = warren::admin::bind(&config.control_socket())
         .with_context(|| format!("cannot bind control socket {}", config.control_socket().display()))?;
     tokio::spawn(warren::admin::serve(control, broker.clone()));

@@ -10,7 +10,10 @@
 //!
 //! This layer knows nothing about sockets or files. It speaks AMQP only
 //! through the method structs of [`crate::protocol`] that it hands to
-//! connections, and it reaches durability through [`crate::store::Store`].
+//! connections, and it reaches durability through [`crate::store::LogStore`]:
+//! durable definitions and persistent messages in durable queues are appended
+//! to the log, acks append tombstones, and bodies paged out of memory are read
+//! back from it.
 
 pub mod error;
 pub mod exchange;
@@ -28,8 +31,10 @@ pub use message::{ConnectionHandle, Message, OutboundShared, Outgoing};
 pub use queue::{Consumer, Enqueued, Limits, Queue, QueuedMessage};
 
 use crate::protocol::method::*;
+use crate::protocol::wire::{Wire, Writer};
 use crate::protocol::{FieldTable, reply};
-use crate::store::Store;
+use crate::store::format::{BindingRecord, DestinationKind, MessageRecord, Record};
+use crate::store::{LogStore, Recovered, StoreError};
 
 /// A message handed to a consumer or to basic.get and not yet settled.
 #[derive(Debug)]
@@ -97,11 +102,13 @@ pub struct Routed {
     pub routed: bool,
     /// A queue refused it (x-overflow = reject-publish): confirm with a nack.
     pub rejected: bool,
+    /// The message went to the log; confirm once this position is durable.
+    pub durable_position: Option<u64>,
 }
 
 pub struct Broker {
     state: Mutex<State>,
-    store: Arc<dyn Store>,
+    store: Arc<LogStore>,
 }
 
 /// Rows for the admin interface, one per queue.
@@ -159,12 +166,58 @@ pub fn generated_name(prefix: &str) -> String {
 }
 
 impl Broker {
-    pub fn new(store: Arc<dyn Store>) -> Broker {
+    pub fn new(store: Arc<LogStore>) -> Broker {
         let mut state = State::default();
         for (name, kind) in DEFAULT_EXCHANGES {
             state.exchanges.insert(name.to_string(), Exchange::new(name, kind, true, false, false, FieldTable::new()));
         }
         Broker { state: Mutex::new(state), store }
+    }
+
+    /// Rebuilds durable exchanges, queues, bindings and messages from what
+    /// the log replayed. Messages keep their publish order; those that had
+    /// been delivered come back flagged redelivered.
+    pub fn restore(&self, recovered: &Recovered) {
+        let mut st = self.state.lock();
+        let defs = &recovered.definitions;
+        for record in defs.exchanges.values() {
+            if let Record::ExchangeDeclare { name, kind, auto_delete, internal, arguments } = record
+                && let Some(kind) = ExchangeKind::parse(kind)
+            {
+                let ex = Exchange::new(name, kind, true, *auto_delete, *internal, decode_table(arguments));
+                st.exchanges.insert(name.clone(), ex);
+            }
+        }
+        let mut per_queue = recovered.queue_messages();
+        for record in defs.queues.values() {
+            if let Record::QueueDeclare { queue, name, auto_delete, arguments } = record {
+                let args = decode_table(arguments);
+                let limits = Limits::from_arguments(&args).unwrap_or_default();
+                let mut q = Queue::new(name, true, None, *auto_delete, args, limits);
+                q.store_id = Some(*queue);
+                for (id, size, delivered) in per_queue.remove(queue).unwrap_or_default() {
+                    q.restore(id, size, delivered);
+                }
+                st.queues.insert(q.name.clone(), q);
+            }
+        }
+        for b in &defs.bindings {
+            let destination = match b.destination_kind {
+                DestinationKind::Queue => Destination::Queue(b.destination.clone()),
+                DestinationKind::Exchange => Destination::Exchange(b.destination.clone()),
+            };
+            if let Some(ex) = st.exchanges.get_mut(&b.source) {
+                let binding =
+                    Binding { destination, routing_key: b.routing_key.clone(), arguments: decode_table(&b.arguments) };
+                if !ex.bindings.contains(&binding) {
+                    ex.bindings.push(binding);
+                }
+            }
+        }
+    }
+
+    pub fn store(&self) -> &Arc<LogStore> {
+        &self.store
     }
 
     // ---- connections and channels -------------------------------------
@@ -186,7 +239,7 @@ impl Broker {
     /// (flagged redelivered) and its consumers are cancelled.
     pub fn close_channel(&self, conn: u64, channel: u16) {
         let mut st = self.state.lock();
-        st.close_channel(conn, channel, &*self.store);
+        st.close_channel(conn, channel, &self.store);
         if let Some(c) = st.connections.get_mut(&conn) {
             c.channels.remove(&channel);
         }
@@ -199,12 +252,12 @@ impl Broker {
         let channels: Vec<u16> =
             st.connections.get(&conn).map(|c| c.channels.iter().copied().collect()).unwrap_or_default();
         for ch in channels {
-            st.close_channel(conn, ch, &*self.store);
+            st.close_channel(conn, ch, &self.store);
         }
         let exclusive: Vec<Arc<str>> =
             st.queues.values().filter(|q| q.exclusive_owner == Some(conn)).map(|q| q.name.clone()).collect();
         for name in exclusive {
-            st.delete_queue(&name, &*self.store);
+            st.delete_queue(&name, &self.store);
         }
         st.connections.remove(&conn);
     }
@@ -220,7 +273,7 @@ impl Broker {
         };
         if active {
             for q in queues {
-                st.drain(&q, &*self.store);
+                st.drain(&q, &self.store);
             }
         }
     }
@@ -235,7 +288,7 @@ impl Broker {
             .flat_map(|(_, ch)| ch.consumers.values().cloned())
             .collect();
         for q in queues {
-            st.drain(&q, &*self.store);
+            st.drain(&q, &self.store);
         }
     }
 
@@ -281,7 +334,7 @@ impl Broker {
         };
         let ex = Exchange::new(&m.exchange, kind, m.durable, m.auto_delete, m.internal, m.arguments.clone());
         if ex.durable {
-            self.store.exchange_declared(&ex);
+            self.store.define(exchange_record(&ex)).map_err(store_failed)?;
         }
         st.exchanges.insert(m.exchange.clone(), ex);
         Ok(())
@@ -303,7 +356,7 @@ impl Broker {
         if if_unused && (!ex.bindings.is_empty() || used_as_destination) {
             return Err(AmqpError::precondition(format!("exchange '{name}' in vhost '/' in use")));
         }
-        st.delete_exchange(name, &*self.store);
+        st.delete_exchange(name, &self.store);
         Ok(())
     }
 
@@ -322,7 +375,7 @@ impl Broker {
         let binding = Binding { destination, routing_key: routing_key.to_string(), arguments: arguments.clone() };
         if !ex.bindings.contains(&binding) {
             if durable {
-                self.store.binding_added(source, &binding);
+                self.store.define(Record::BindingAdd(binding_record(source, &binding))).map_err(store_failed)?;
             }
             ex.bindings.push(binding);
         }
@@ -346,11 +399,11 @@ impl Broker {
         ex.bindings.retain(|b| *b != binding);
         if ex.bindings.len() != before {
             if durable {
-                self.store.binding_removed(source, &binding);
+                self.store.define(Record::BindingRemove(binding_record(source, &binding))).map_err(store_failed)?;
             }
             if ex.auto_delete && ex.bindings.is_empty() {
                 let name = ex.name.clone();
-                st.delete_exchange(&name, &*self.store);
+                st.delete_exchange(&name, &self.store);
             }
         }
         Ok(())
@@ -401,9 +454,12 @@ impl Broker {
             )));
         }
         let owner = m.exclusive.then_some(conn);
-        let q = Queue::new(&name, m.durable, owner, m.auto_delete, m.arguments.clone(), limits);
+        let mut q = Queue::new(&name, m.durable, owner, m.auto_delete, m.arguments.clone(), limits);
+        // Exclusive queues die with their connection, so never outlive a restart.
         if q.durable && owner.is_none() {
-            self.store.queue_declared(&q);
+            let id = self.store.allocate_queue_id();
+            q.store_id = Some(id);
+            self.store.define(queue_record(&q, id)).map_err(store_failed)?;
         }
         st.queues.insert(q.name.clone(), q);
         // Every queue is bound to the default exchange by its name; that
@@ -415,11 +471,7 @@ impl Broker {
         let mut st = self.state.lock();
         let q = st.queues.get_mut(name).ok_or_else(|| no_queue(name))?;
         check_owner(q, conn)?;
-        let count = q.purge();
-        if q.durable {
-            self.store.queue_purged(&q.name);
-        }
-        Ok(count as u32)
+        purge_queue(q, &self.store).map(|n| n as u32)
     }
 
     pub fn queue_delete(&self, conn: u64, name: &str, if_unused: bool, if_empty: bool) -> Result<u32> {
@@ -436,7 +488,7 @@ impl Broker {
             return Err(AmqpError::precondition(format!("queue '{name}' in vhost '/' is not empty")));
         }
         let count = q.ready_count() as u32;
-        st.delete_queue(name, &*self.store);
+        st.delete_queue(name, &self.store);
         Ok(count)
     }
 
@@ -457,7 +509,7 @@ impl Broker {
         };
         // A raised limit may let waiting messages through.
         for q in queues {
-            st.drain(&q, &*self.store);
+            st.drain(&q, &self.store);
         }
     }
 
@@ -505,14 +557,14 @@ impl Broker {
         if !no_wait {
             handle.method(channel, BasicConsumeOk { consumer_tag: tag.to_string() });
         }
-        st.drain(&qname, &*self.store);
+        st.drain(&qname, &self.store);
         Ok(())
     }
 
     /// basic.cancel; returns false for an unknown tag (which RabbitMQ answers with cancel-ok anyway).
     pub fn cancel(&self, conn: u64, channel: u16, tag: &str) -> bool {
         let mut st = self.state.lock();
-        st.cancel(conn, channel, tag, &*self.store)
+        st.cancel(conn, channel, tag, &self.store)
     }
 
     /// basic.get: sends get-ok with the message or get-empty.
@@ -530,7 +582,10 @@ impl Broker {
             .get_mut(&(conn, channel))
             .ok_or_else(|| AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"))?;
         let tag = ch.take_tag();
-        let message = entry.message.clone();
+        let Some(message) = load(&self.store, q, &entry) else {
+            handle.method(channel, BasicGetEmpty::default());
+            return Ok(());
+        };
         let method = BasicGetOk {
             delivery_tag: tag,
             redelivered: entry.redelivered,
@@ -538,41 +593,85 @@ impl Broker {
             routing_key: message.routing_key.clone(),
             message_count: q.ready_count() as u32,
         };
-        if no_ack {
-            if q.durable && message.persistent {
-                self.store.acked(&q.name, &[&entry]);
-            }
-        } else {
+        if let Some(qid) = q.store_id
+            && entry.store_id != 0
+        {
+            let stored = if no_ack {
+                self.store.ack(qid, &[entry.store_id])
+            } else if !entry.redelivered {
+                self.store.delivered(qid, &[entry.store_id])
+            } else {
+                Ok(())
+            };
+            stored.map_err(store_failed)?;
+        }
+        if !no_ack {
             q.unacked += 1;
-            ch.unacked.insert(tag, Unacked { queue: q.name.clone(), entry, consumer_tag: None });
+            ch.unacked.insert(tag, Unacked { queue: q.name.clone(), entry: unloaded(entry), consumer_tag: None });
         }
         handle.send(Outgoing::Content { channel, method: method.into(), message });
         Ok(())
     }
 
-    /// Routes a message and enqueues it on every queue it reaches.
+    /// Routes a message and enqueues it on every queue it reaches. A
+    /// persistent message reaching durable queues is appended to the log
+    /// once, with the list of those queues; `Routed::durable_position` then
+    /// says what must be durable before the publish may be confirmed.
     pub fn publish(&self, exchange: &str, headers: Option<&FieldTable>, message: Arc<Message>) -> Result<Routed> {
         let mut st = self.state.lock();
+        if let Some(ex) = st.exchanges.get(exchange)
+            && ex.internal
+        {
+            return Err(AmqpError::access_refused(format!(
+                "cannot publish to internal exchange '{exchange}' in vhost '/'"
+            )));
+        }
         let targets = st.route(exchange, &message.routing_key, headers)?;
         let mut outcome = Routed::default();
-        let mut durable_targets: Vec<&str> = Vec::new();
+        let size = message.body_len();
+        let mut accepting: Vec<&String> = Vec::with_capacity(targets.len());
+        let mut durable_ids: Vec<u32> = Vec::new();
         for name in &targets {
-            let Some(q) = st.queues.get_mut(name.as_str()) else { continue };
-            match q.enqueue(message.clone()) {
-                Enqueued::Accepted => {
-                    outcome.routed = true;
-                    if q.durable && message.persistent {
-                        durable_targets.push(name);
-                    }
-                }
-                Enqueued::Rejected => outcome.rejected = true,
+            let Some(q) = st.queues.get(name.as_str()) else { continue };
+            if q.would_reject(size) {
+                outcome.rejected = true;
+                continue;
+            }
+            accepting.push(name);
+            if message.persistent
+                && let Some(id) = q.store_id
+            {
+                durable_ids.push(id);
             }
         }
-        if !durable_targets.is_empty() {
-            self.store.published(&message, &durable_targets);
+        let mut store_id = 0;
+        if !durable_ids.is_empty() {
+            let (id, end) = self
+                .store
+                .publish(&durable_ids, &message.exchange, &message.routing_key, &message.properties, &message.body)
+                .map_err(store_failed)?;
+            store_id = id;
+            outcome.durable_position = Some(end);
         }
-        for name in &targets {
-            st.drain(name, &*self.store);
+        for name in &accepting {
+            let Some(q) = st.queues.get_mut(name.as_str()) else { continue };
+            let id = if q.store_id.is_some() { store_id } else { 0 };
+            let (_, dropped) = q.enqueue(message.clone(), id);
+            outcome.routed = true;
+            if let Some(qid) = q.store_id {
+                let gone: Vec<u64> = dropped.iter().filter(|e| e.store_id != 0).map(|e| e.store_id).collect();
+                if !gone.is_empty() {
+                    self.store.ack(qid, &gone).map_err(store_failed)?;
+                }
+            }
+        }
+        for name in &accepting {
+            st.drain(name, &self.store);
+            if let Some(q) = st.queues.get_mut(name.as_str())
+                && q.store_id.is_some()
+            {
+                q.page_out(|id| self.store.is_written(id));
+            }
         }
         Ok(outcome)
     }
@@ -623,9 +722,9 @@ impl Broker {
             }
         };
         let mut touched: Vec<Arc<str>> = Vec::new();
-        let mut durable_acks: Vec<&QueuedMessage> = Vec::new();
-        let mut durable_queue: Option<Arc<str>> = None;
-        for u in &settled {
+        // Tombstones, one record per queue for the whole batch.
+        let mut tombstones: Vec<(u32, Vec<u64>)> = Vec::new();
+        for u in settled {
             let Some(q) = queues.get_mut(&u.queue) else { continue };
             q.unacked -= 1;
             if let Some(tag) = &u.consumer_tag
@@ -637,29 +736,24 @@ impl Broker {
                 touched.push(u.queue.clone());
             }
             match how {
-                Settle::Requeue => q.requeue(u.entry.clone()),
+                Settle::Requeue => q.requeue(u.entry),
                 Settle::Ack | Settle::Discard => {
-                    if q.durable && u.entry.message.persistent {
-                        // One tombstone record per run of the same queue.
-                        if durable_queue.as_ref() != Some(&u.queue) && !durable_acks.is_empty() {
-                            if let Some(dq) = &durable_queue {
-                                self.store.acked(dq, &durable_acks);
-                            }
-                            durable_acks.clear();
+                    if let Some(qid) = q.store_id
+                        && u.entry.store_id != 0
+                    {
+                        match tombstones.iter_mut().find(|(id, _)| *id == qid) {
+                            Some((_, ids)) => ids.push(u.entry.store_id),
+                            None => tombstones.push((qid, vec![u.entry.store_id])),
                         }
-                        durable_queue = Some(u.queue.clone());
-                        durable_acks.push(&u.entry);
                     }
                 }
             }
         }
-        if let Some(dq) = &durable_queue
-            && !durable_acks.is_empty()
-        {
-            self.store.acked(dq, &durable_acks);
+        for (qid, ids) in &tombstones {
+            self.store.ack(*qid, ids).map_err(store_failed)?;
         }
         for q in touched {
-            st.drain(&q, &*self.store);
+            st.drain(&q, &self.store);
         }
         Ok(())
     }
@@ -751,18 +845,14 @@ impl Broker {
     pub fn admin_purge(&self, name: &str) -> Option<usize> {
         let mut st = self.state.lock();
         let q = st.queues.get_mut(name)?;
-        let count = q.purge();
-        if q.durable {
-            self.store.queue_purged(&q.name);
-        }
-        Some(count)
+        purge_queue(q, &self.store).ok()
     }
 
     /// Admin delete: like queue.delete without the ownership check.
     pub fn admin_delete(&self, name: &str) -> Option<usize> {
         let mut st = self.state.lock();
         let count = st.queues.get(name)?.ready_count();
-        st.delete_queue(name, &*self.store);
+        st.delete_queue(name, &self.store);
         Some(count)
     }
 }
@@ -792,9 +882,14 @@ fn format_table(t: &FieldTable) -> String {
 impl State {
     /// Hands ready messages of one queue to consumers with room, in
     /// round-robin order: a consumer that received a message moves to the back.
-    fn drain(&mut self, queue: &str, store: &dyn Store) {
+    fn drain(&mut self, queue: &str, store: &LogStore) {
         let State { queues, channels, .. } = self;
         let Some(q) = queues.get_mut(queue) else { return };
+        // Log records for this drain, written once at the end: first
+        // deliveries (so a restart flags them redelivered) and no-ack
+        // deliveries (which settle at once).
+        let mut delivered: Vec<u64> = Vec::new();
+        let mut settled: Vec<u64> = Vec::new();
         while q.has_ready() && !q.consumers.is_empty() {
             let pick = q.consumers.iter().position(|c| {
                 let consumer_room = c.no_ack || c.prefetch == 0 || c.unacked < c.prefetch as u32;
@@ -805,28 +900,28 @@ impl State {
                     && c.connection.has_room()
             });
             let Some(index) = pick else { break };
+            let Some(entry) = q.pop_ready() else { break };
+            let Some(message) = load(store, q, &entry) else { continue };
             let Some(mut consumer) = q.consumers.remove(index) else { break };
-            let Some(entry) = q.pop_ready() else {
-                q.consumers.push_front(consumer);
-                break;
-            };
             let Some(ch) = channels.get_mut(&(consumer.connection.id, consumer.channel)) else {
                 q.consumers.push_back(consumer);
                 break;
             };
             let delivery_tag = ch.take_tag();
-            let message = entry.message.clone();
             let redelivered = entry.redelivered;
-            if consumer.no_ack {
-                if q.durable && message.persistent {
-                    store.acked(&q.name, &[&entry]);
+            if entry.store_id != 0 {
+                if consumer.no_ack {
+                    settled.push(entry.store_id);
+                } else if !redelivered {
+                    delivered.push(entry.store_id);
                 }
-            } else {
+            }
+            if !consumer.no_ack {
                 consumer.unacked += 1;
                 q.unacked += 1;
                 ch.unacked.insert(
                     delivery_tag,
-                    Unacked { queue: q.name.clone(), entry, consumer_tag: Some(consumer.tag.clone()) },
+                    Unacked { queue: q.name.clone(), entry: unloaded(entry), consumer_tag: Some(consumer.tag.clone()) },
                 );
             }
             consumer.connection.send(Outgoing::Deliver {
@@ -837,6 +932,16 @@ impl State {
                 message,
             });
             q.consumers.push_back(consumer);
+        }
+        if let Some(qid) = q.store_id {
+            // A failure here is the log's I/O failure, already reported by
+            // the writer; the deliveries themselves are in memory and stand.
+            if !delivered.is_empty() {
+                let _ = store.delivered(qid, &delivered);
+            }
+            if !settled.is_empty() {
+                let _ = store.ack(qid, &settled);
+            }
         }
     }
 
@@ -892,7 +997,7 @@ impl State {
         Ok(src.durable && dest_durable)
     }
 
-    fn close_channel(&mut self, conn: u64, channel: u16, store: &dyn Store) {
+    fn close_channel(&mut self, conn: u64, channel: u16, store: &LogStore) {
         let Some(mut ch) = self.channels.remove(&(conn, channel)) else { return };
         let mut touched: Vec<Arc<str>> = Vec::new();
         for (_, u) in std::mem::take(&mut ch.unacked) {
@@ -924,7 +1029,7 @@ impl State {
         }
     }
 
-    fn cancel(&mut self, conn: u64, channel: u16, tag: &str, store: &dyn Store) -> bool {
+    fn cancel(&mut self, conn: u64, channel: u16, tag: &str, store: &LogStore) -> bool {
         let Some(ch) = self.channels.get_mut(&(conn, channel)) else { return false };
         let Some(queue) = ch.consumers.remove(tag) else { return false };
         let Some(q) = self.queues.get_mut(&queue) else { return true };
@@ -937,7 +1042,7 @@ impl State {
 
     /// Removes a queue and every binding to it; its consumers are told with
     /// basic.cancel when their client asked for that.
-    fn delete_queue(&mut self, name: &str, store: &dyn Store) {
+    fn delete_queue(&mut self, name: &str, store: &LogStore) {
         let Some(q) = self.queues.remove(name) else { return };
         for c in &q.consumers {
             if let Some(ch) = self.channels.get_mut(&(c.connection.id, c.channel)) {
@@ -947,8 +1052,21 @@ impl State {
                 c.connection.method(c.channel, BasicCancel { consumer_tag: c.tag.to_string(), no_wait: true });
             }
         }
-        if q.durable && q.exclusive_owner.is_none() {
-            store.queue_deleted(&q.name);
+        if let Some(qid) = q.store_id {
+            // The log must forget the messages the queue still held, ready
+            // or delivered and unacked, so their segments can be reclaimed.
+            let mut ids = q.ready_store_ids();
+            for ch in self.channels.values() {
+                ids.extend(
+                    ch.unacked
+                        .values()
+                        .filter(|u| u.queue == q.name && u.entry.store_id != 0)
+                        .map(|u| u.entry.store_id),
+                );
+            }
+            if let Err(e) = store.queue_deleted(qid, &ids) {
+                tracing::error!("queue '{name}' deleted in memory only: {e}");
+            }
         }
         let dest = Destination::Queue(name.to_string());
         let mut emptied = Vec::new();
@@ -964,10 +1082,12 @@ impl State {
         }
     }
 
-    fn delete_exchange(&mut self, name: &str, store: &dyn Store) {
+    fn delete_exchange(&mut self, name: &str, store: &LogStore) {
         let Some(ex) = self.exchanges.remove(name) else { return };
-        if ex.durable {
-            store.exchange_deleted(name);
+        if ex.durable
+            && let Err(e) = store.define(Record::ExchangeDelete { name: name.to_string() })
+        {
+            tracing::error!("exchange '{name}' deleted in memory only: {e}");
         }
         let dest = Destination::Exchange(name.to_string());
         let mut emptied = Vec::new();
@@ -981,5 +1101,97 @@ impl State {
         for e in emptied {
             self.delete_exchange(&e, store);
         }
+    }
+}
+
+fn store_failed(e: StoreError) -> AmqpError {
+    AmqpError::connection(reply::INTERNAL_ERROR, e)
+}
+
+/// The message of a queue entry: from memory, or read back from the log.
+/// A message that cannot be read back intact is dropped with an error in
+/// the log, never delivered damaged.
+fn load(store: &LogStore, q: &Queue, entry: &QueuedMessage) -> Option<Arc<Message>> {
+    if let Some(m) = &entry.message {
+        return Some(m.clone());
+    }
+    match store.read(entry.store_id) {
+        Ok(record) => Some(Arc::new(message_from_record(record))),
+        Err(e) => {
+            tracing::error!("queue '{}': dropping a message that cannot be read back: {e}", q.name);
+            None
+        }
+    }
+}
+
+pub fn message_from_record(m: MessageRecord) -> Message {
+    Message {
+        exchange: m.exchange,
+        routing_key: m.routing_key,
+        properties: m.properties,
+        body: m.body,
+        persistent: true,
+    }
+}
+
+/// An unacked entry of a stored message keeps no body: a requeue reads it back.
+fn unloaded(mut entry: QueuedMessage) -> QueuedMessage {
+    if entry.store_id != 0 {
+        entry.message = None;
+    }
+    entry
+}
+
+fn purge_queue(q: &mut Queue, store: &LogStore) -> Result<usize> {
+    let purged = q.purge();
+    if let Some(qid) = q.store_id {
+        let ids: Vec<u64> = purged.iter().filter(|e| e.store_id != 0).map(|e| e.store_id).collect();
+        if !ids.is_empty() {
+            store.ack(qid, &ids).map_err(store_failed)?;
+        }
+    }
+    Ok(purged.len())
+}
+
+fn encode_table(t: &FieldTable) -> bytes::Bytes {
+    let mut buf = bytes::BytesMut::new();
+    t.write(&mut Writer::new(&mut buf));
+    buf.freeze()
+}
+
+fn decode_table(raw: &bytes::Bytes) -> FieldTable {
+    let mut reader = crate::protocol::wire::Reader::new(raw.clone());
+    FieldTable::read(&mut reader).unwrap_or_default()
+}
+
+fn exchange_record(ex: &Exchange) -> Record {
+    Record::ExchangeDeclare {
+        name: ex.name.clone(),
+        kind: ex.kind.as_str().to_string(),
+        auto_delete: ex.auto_delete,
+        internal: ex.internal,
+        arguments: encode_table(&ex.arguments),
+    }
+}
+
+fn queue_record(q: &Queue, id: u32) -> Record {
+    Record::QueueDeclare {
+        queue: id,
+        name: q.name.to_string(),
+        auto_delete: q.auto_delete,
+        arguments: encode_table(&q.arguments),
+    }
+}
+
+fn binding_record(source: &str, b: &Binding) -> BindingRecord {
+    BindingRecord {
+        source: source.to_string(),
+        destination_kind: match b.destination {
+            Destination::Queue(_) => DestinationKind::Queue,
+            Destination::Exchange(_) => DestinationKind::Exchange,
+        },
+        destination: b.destination.name().to_string(),
+        routing_key: b.routing_key.clone(),
+        arguments: encode_table(&b.arguments),
     }
 }

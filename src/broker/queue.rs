@@ -10,12 +10,24 @@ use crate::protocol::{FieldTable, FieldValue};
 
 /// One message in one queue. `seq` is the queue's own publish counter: a
 /// requeued message goes back to the place its `seq` gives it.
+///
+/// A persistent message in a durable queue has a `store_id`; its body may
+/// then be dropped from memory (`message = None`) and read back from the log
+/// when it is delivered.
 #[derive(Debug, Clone)]
 pub struct QueuedMessage {
     pub seq: u64,
-    pub message: Arc<Message>,
+    /// Id in the write-ahead log; 0 when the message is not stored.
+    pub store_id: u64,
+    pub message: Option<Arc<Message>>,
+    /// Body length, kept for `x-max-length-bytes` when the body is on disk.
+    pub size: u32,
     pub redelivered: bool,
 }
+
+/// How many of the newest ready messages of a durable queue keep their body
+/// in memory; older ones are read back from the log when delivered.
+pub const HOT_WINDOW: u64 = 512;
 
 #[derive(Debug)]
 pub struct Consumer {
@@ -75,6 +87,8 @@ impl Limits {
 pub struct Queue {
     pub name: Arc<str>,
     pub durable: bool,
+    /// Id in the write-ahead log, for durable queues.
+    pub store_id: Option<u32>,
     /// The connection that owns an exclusive queue.
     pub exclusive_owner: Option<u64>,
     pub auto_delete: bool,
@@ -86,6 +100,8 @@ pub struct Queue {
     requeued: BTreeMap<u64, QueuedMessage>,
     ready_bytes: usize,
     next_seq: u64,
+    /// Ready messages with a lower seq hold no body in memory.
+    cold_below: u64,
     pub consumers: VecDeque<Consumer>,
     /// Delivered to a consumer or basic.get and not yet settled.
     pub unacked: usize,
@@ -114,6 +130,7 @@ impl Queue {
         Queue {
             name: Arc::from(name),
             durable,
+            store_id: None,
             exclusive_owner,
             auto_delete,
             arguments,
@@ -122,6 +139,7 @@ impl Queue {
             requeued: BTreeMap::new(),
             ready_bytes: 0,
             next_seq: 0,
+            cold_below: 0,
             consumers: VecDeque::new(),
             unacked: 0,
             had_consumer: false,
@@ -146,31 +164,88 @@ impl Queue {
         len_full || bytes_full
     }
 
-    /// Appends a newly published message, applying the length limits.
-    pub fn enqueue(&mut self, message: Arc<Message>) -> Enqueued {
+    /// Whether a message would be refused (x-overflow = reject-publish).
+    pub fn would_reject(&self, size: usize) -> bool {
+        self.limits.overflow == Some(Overflow::RejectPublish) && self.is_full(size)
+    }
+
+    /// Appends a newly published message, applying the length limits; the
+    /// messages dropped from the head to make room are returned.
+    pub fn enqueue(&mut self, message: Arc<Message>, store_id: u64) -> (Enqueued, Vec<QueuedMessage>) {
         let size = message.body_len();
+        let mut dropped = Vec::new();
         if self.is_full(size) {
             if self.limits.overflow == Some(Overflow::RejectPublish) {
-                return Enqueued::Rejected;
+                return (Enqueued::Rejected, dropped);
             }
-            while self.is_full(size) && self.pop_ready().is_some() {}
+            while self.is_full(size) {
+                match self.pop_ready() {
+                    Some(e) => dropped.push(e),
+                    None => break,
+                }
+            }
             if self.is_full(size) {
-                // A message larger than x-max-length-bytes on its own, or x-max-length = 0.
-                return Enqueued::Accepted;
+                // A message larger than x-max-length-bytes on its own, or
+                // x-max-length = 0: it is dropped at once.
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                let entry =
+                    QueuedMessage { seq, store_id, message: Some(message), size: size as u32, redelivered: false };
+                dropped.push(entry);
+                return (Enqueued::Accepted, dropped);
             }
         }
         let seq = self.next_seq;
         self.next_seq += 1;
         self.ready_bytes += size;
-        self.ready.push_back(QueuedMessage { seq, message, redelivered: false });
-        Enqueued::Accepted
+        self.ready.push_back(QueuedMessage {
+            seq,
+            store_id,
+            message: Some(message),
+            size: size as u32,
+            redelivered: false,
+        });
+        (Enqueued::Accepted, dropped)
+    }
+
+    /// Appends a message recovered from the log (body on disk).
+    pub fn restore(&mut self, store_id: u64, size: u32, redelivered: bool) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.ready_bytes += size as usize;
+        self.cold_below = self.next_seq;
+        self.ready.push_back(QueuedMessage { seq, store_id, message: None, size, redelivered });
+    }
+
+    /// Drops the bodies of ready messages older than the hot window, once
+    /// the log has written them (`is_written`), so that a backlog costs a
+    /// small index entry per message rather than its body.
+    pub fn page_out(&mut self, is_written: impl Fn(u64) -> bool) {
+        let Some(front) = self.ready.front().map(|e| e.seq) else { return };
+        self.cold_below = self.cold_below.max(front);
+        while self.next_seq.saturating_sub(self.cold_below) > HOT_WINDOW {
+            let index = (self.cold_below - front) as usize;
+            let Some(entry) = self.ready.get_mut(index) else { break };
+            if entry.store_id != 0 {
+                if !is_written(entry.store_id) {
+                    break;
+                }
+                entry.message = None;
+            }
+            self.cold_below += 1;
+        }
     }
 
     /// Puts a message that was delivered back at its original place.
     pub fn requeue(&mut self, mut entry: QueuedMessage) {
         entry.redelivered = true;
-        self.ready_bytes += entry.message.body_len();
+        self.ready_bytes += entry.size as usize;
         self.requeued.insert(entry.seq, entry);
+    }
+
+    /// Store ids of every ready message.
+    pub fn ready_store_ids(&self) -> Vec<u64> {
+        self.ready.iter().chain(self.requeued.values()).filter(|e| e.store_id != 0).map(|e| e.store_id).collect()
     }
 
     /// The oldest ready message: requeued ones come before later publishes.
@@ -181,17 +256,16 @@ impl Queue {
             (None, _) => false,
         };
         let entry = if take_requeued { self.requeued.pop_first().map(|(_, e)| e) } else { self.ready.pop_front() }?;
-        self.ready_bytes -= entry.message.body_len();
+        self.ready_bytes -= entry.size as usize;
         Some(entry)
     }
 
-    /// Drops every ready message; returns how many there were.
-    pub fn purge(&mut self) -> usize {
-        let count = self.ready_count();
-        self.ready.clear();
-        self.requeued.clear();
+    /// Drops every ready message; returns them.
+    pub fn purge(&mut self) -> Vec<QueuedMessage> {
+        let mut all: Vec<QueuedMessage> = self.ready.drain(..).collect();
+        all.extend(std::mem::take(&mut self.requeued).into_values());
         self.ready_bytes = 0;
-        count
+        all
     }
 
     pub fn consumer_mut(&mut self, tag: &str, connection: u64, channel: u16) -> Option<&mut Consumer> {

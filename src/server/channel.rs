@@ -3,6 +3,7 @@
 //! queue, basic, confirm, tx). Each handler parses nothing itself (the codec
 //! did), applies the method to the broker, and queues the reply.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -61,6 +62,17 @@ enum TxOp {
     Reject { tag: u64, multiple: bool, requeue: bool },
 }
 
+/// A publisher confirm waiting for its turn: confirms go out in publish
+/// order, each once its message is durable (`position`), runs of acks
+/// coalesced into one `basic.ack` with `multiple`.
+pub(super) struct PendingConfirm {
+    pub seq: u64,
+    /// Log position that must be durable first; None for messages that
+    /// were not logged (transient, or only non-durable queues).
+    pub position: Option<u64>,
+    pub nack: bool,
+}
+
 #[derive(Default)]
 pub(super) struct Channel {
     /// We sent channel.close and wait for close-ok, dropping everything else.
@@ -69,6 +81,7 @@ pub(super) struct Channel {
     confirm: bool,
     /// Sequence number of the last publish in confirm mode.
     publish_seq: u64,
+    pub confirms: VecDeque<PendingConfirm>,
     /// Some once tx.select was seen: the uncommitted work.
     tx: Option<Vec<TxOp>>,
     /// RabbitMQ lets an empty queue name mean the last queue declared on the channel.
@@ -219,7 +232,20 @@ impl Connection {
         headers: Option<&FieldTable>,
         message: Arc<Message>,
     ) -> Result<(), AmqpError> {
-        let routed = self.broker.publish(exchange, headers, message.clone())?;
+        let confirm = self.channels.get(&channel).is_some_and(|c| c.confirm);
+        let routed = match self.broker.publish(exchange, headers, message.clone()) {
+            Ok(routed) => routed,
+            // The log failed: a confirm-mode publisher gets a nack and keeps its channel.
+            Err(err) if confirm && err.code == reply::INTERNAL_ERROR => {
+                if let Some(ch) = self.channels.get_mut(&channel) {
+                    ch.publish_seq += 1;
+                    let seq = ch.publish_seq;
+                    ch.confirms.push_back(PendingConfirm { seq, position: None, nack: true });
+                }
+                return Ok(());
+            }
+            Err(err) => return Err(err),
+        };
         if mandatory && !routed.routed {
             let method = BasicReturn {
                 reply_code: reply::NO_ROUTE,
@@ -233,12 +259,8 @@ impl Connection {
             && ch.confirm
         {
             ch.publish_seq += 1;
-            let delivery_tag = ch.publish_seq;
-            if routed.rejected {
-                self.handle.method(channel, BasicNack { delivery_tag, multiple: false, requeue: false });
-            } else {
-                self.handle.method(channel, BasicAck { delivery_tag, multiple: false });
-            }
+            let seq = ch.publish_seq;
+            ch.confirms.push_back(PendingConfirm { seq, position: routed.durable_position, nack: routed.rejected });
         }
         Ok(())
     }
@@ -283,25 +305,25 @@ impl Connection {
             Method::ExchangeDeclare(m) => {
                 broker.exchange_declare(&m)?;
                 if !m.no_wait {
-                    self.handle.method(channel, ExchangeDeclareOk {});
+                    self.reply_when_durable(channel, ExchangeDeclareOk {});
                 }
             }
             Method::ExchangeDelete(m) => {
                 broker.exchange_delete(&m.exchange, m.if_unused)?;
                 if !m.no_wait {
-                    self.handle.method(channel, ExchangeDeleteOk {});
+                    self.reply_when_durable(channel, ExchangeDeleteOk {});
                 }
             }
             Method::ExchangeBind(m) => {
                 broker.bind(id, &m.source, Destination::Exchange(m.destination), &m.routing_key, &m.arguments)?;
                 if !m.no_wait {
-                    self.handle.method(channel, ExchangeBindOk {});
+                    self.reply_when_durable(channel, ExchangeBindOk {});
                 }
             }
             Method::ExchangeUnbind(m) => {
                 broker.unbind(id, &m.source, Destination::Exchange(m.destination), &m.routing_key, &m.arguments)?;
                 if !m.no_wait {
-                    self.handle.method(channel, ExchangeUnbindOk {});
+                    self.reply_when_durable(channel, ExchangeUnbindOk {});
                 }
             }
 
@@ -309,33 +331,33 @@ impl Connection {
                 let (queue, message_count, consumer_count) = broker.queue_declare(id, &m)?;
                 self.channel_mut(channel)?.last_queue = Some(queue.clone());
                 if !m.no_wait {
-                    self.handle.method(channel, QueueDeclareOk { queue, message_count, consumer_count });
+                    self.reply_when_durable(channel, QueueDeclareOk { queue, message_count, consumer_count });
                 }
             }
             Method::QueueBind(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
                 broker.bind(id, &m.exchange, Destination::Queue(queue), &m.routing_key, &m.arguments)?;
                 if !m.no_wait {
-                    self.handle.method(channel, QueueBindOk {});
+                    self.reply_when_durable(channel, QueueBindOk {});
                 }
             }
             Method::QueueUnbind(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
                 broker.unbind(id, &m.exchange, Destination::Queue(queue), &m.routing_key, &m.arguments)?;
-                self.handle.method(channel, QueueUnbindOk {});
+                self.reply_when_durable(channel, QueueUnbindOk {});
             }
             Method::QueuePurge(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
                 let message_count = broker.queue_purge(id, &queue)?;
                 if !m.no_wait {
-                    self.handle.method(channel, QueuePurgeOk { message_count });
+                    self.reply_when_durable(channel, QueuePurgeOk { message_count });
                 }
             }
             Method::QueueDelete(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
                 let message_count = broker.queue_delete(id, &queue, m.if_unused, m.if_empty)?;
                 if !m.no_wait {
-                    self.handle.method(channel, QueueDeleteOk { message_count });
+                    self.reply_when_durable(channel, QueueDeleteOk { message_count });
                 }
             }
 
@@ -417,7 +439,8 @@ impl Connection {
                         }
                     }
                 }
-                self.handle.method(channel, TxCommitOk {});
+                // As RabbitMQ: commit-ok once the committed messages are on disk.
+                self.reply_when_durable(channel, TxCommitOk {});
             }
             Method::TxRollback(_) => {
                 let ch = self.channel_mut(channel)?;

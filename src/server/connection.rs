@@ -13,6 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc::unbounded_channel;
+use tokio::sync::watch;
 
 use super::channel::Channel;
 use super::writer::{self, WriterTuning};
@@ -21,6 +22,11 @@ use crate::config::Config;
 use crate::protocol::constants::{FRAME_MIN_SIZE, PROTOCOL_HEADER};
 use crate::protocol::method::*;
 use crate::protocol::{FieldTable, FieldValue, Frame, Method, decode_frame, reply};
+use crate::store::Durability;
+
+/// While the log has more than this many bytes waiting for the disk, the
+/// connection stops reading, so publishers slow to what the disk takes.
+const LOG_BACKLOG_LIMIT: usize = 64 << 20;
 
 /// A connection-level error: what goes into connection.close.
 #[derive(Debug)]
@@ -72,6 +78,12 @@ pub(super) struct Connection {
     pub channels: HashMap<u16, Channel>,
     user: String,
     registered: bool,
+    durability: watch::Receiver<Durability>,
+    /// The log position captured before the current method, to tell whether
+    /// the method appended durable definitions.
+    appended_before: u64,
+    /// Replies held back until the log is durable up to a position.
+    deferred: Vec<(u64, u16, Method)>,
 }
 
 pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broker>, config: Arc<Config>) {
@@ -85,7 +97,6 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broke
     let mut conn = Connection {
         id,
         peer,
-        broker,
         frame_max: config.frame_max,
         channel_max: config.channel_max,
         config,
@@ -97,6 +108,10 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broke
         channels: HashMap::new(),
         user: String::new(),
         registered: false,
+        durability: broker.store().durability(),
+        appended_before: 0,
+        deferred: Vec::new(),
+        broker,
     };
     tracing::debug!(connection = id, "accepting AMQP connection from {peer}");
     let exit = match conn.handshake().await {
@@ -390,25 +405,121 @@ impl Connection {
     async fn serve(&mut self) -> Exit {
         // A peer silent for two heartbeat intervals is gone.
         let limit = (self.heartbeat > 0).then(|| Duration::from_secs(self.heartbeat as u64 * 2));
+        let mut last_heard = tokio::time::Instant::now();
         loop {
-            let frame = match self.read_frame(limit).await {
-                Ok(Some(frame)) => frame,
-                Ok(None) => {
-                    if self.registered {
-                        tracing::warn!(
-                            connection = self.id,
-                            "client {} closed the socket without connection.close",
-                            self.peer
-                        );
-                    }
-                    return Exit::Done;
+            loop {
+                let frame = match decode_frame(&mut self.buf, self.frame_max) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => return Exit::Close(CloseReason::new(e.reply_code(), e)),
+                };
+                self.appended_before = self.broker.store().appended_position();
+                match self.handle_frame(frame) {
+                    Ok(true) => {}
+                    Ok(false) => return Exit::Done,
+                    Err(reason) => return Exit::Close(reason),
                 }
-                Err(exit) => return exit,
-            };
-            match self.handle_frame(frame) {
-                Ok(true) => {}
-                Ok(false) => return Exit::Done,
-                Err(reason) => return Exit::Close(reason),
+                if !self.deferred.is_empty()
+                    && let Err(exit) = self.send_deferred().await
+                {
+                    return exit;
+                }
+            }
+            self.release_confirms();
+            while self.broker.store().backlog_bytes() > LOG_BACKLOG_LIMIT {
+                if self.durability.changed().await.is_err() {
+                    break;
+                }
+                self.release_confirms();
+            }
+            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+                self.buf.reserve(64 * 1024);
+            }
+            let waiting = self.channels.values().any(|c| !c.confirms.is_empty());
+            let deadline = limit.map(|l| last_heard + l);
+            tokio::select! {
+                read = self.reader.read_buf(&mut self.buf) => match read {
+                    Ok(0) => {
+                        if self.registered {
+                            tracing::warn!(connection = self.id, "client {} closed the socket without connection.close", self.peer);
+                        }
+                        return Exit::Done;
+                    }
+                    Ok(_) => last_heard = tokio::time::Instant::now(),
+                    Err(e) => return Exit::Dropped(format!("socket error: {e}")),
+                },
+                changed = self.durability.changed(), if waiting => {
+                    if changed.is_err() {
+                        return Exit::Dropped("the log writer stopped".into());
+                    }
+                }
+                _ = sleep_until_opt(deadline) => {
+                    let secs = limit.map_or(0, |l| l.as_secs() / 2);
+                    return Exit::Dropped(format!("missed heartbeats from client, timeout: {secs}s"));
+                }
+            }
+        }
+    }
+
+    /// Queues a reply that must wait until what this method appended to the
+    /// log (durable definitions, committed messages) is durable.
+    pub fn reply_when_durable(&mut self, channel: u16, method: impl Into<Method>) {
+        let appended = self.broker.store().appended_position();
+        if appended > self.appended_before || !self.deferred.is_empty() {
+            self.deferred.push((appended, channel, method.into()));
+        } else {
+            self.handle.method(channel, method);
+        }
+    }
+
+    async fn send_deferred(&mut self) -> Result<(), Exit> {
+        let target = self.deferred.iter().map(|d| d.0).max().unwrap_or(0);
+        loop {
+            let state = *self.durability.borrow_and_update();
+            if state.failed {
+                return Err(
+                    CloseReason::new(reply::INTERNAL_ERROR, "the write-ahead log failed; restart the broker").into()
+                );
+            }
+            if state.position >= target {
+                break;
+            }
+            if self.durability.changed().await.is_err() {
+                return Err(Exit::Dropped("the log writer stopped".into()));
+            }
+        }
+        for (_, channel, method) in std::mem::take(&mut self.deferred) {
+            self.handle.send(Outgoing::Method { channel, method });
+        }
+        Ok(())
+    }
+
+    /// Sends the publisher confirms whose messages are now durable, in
+    /// publish order per channel, a run of acks as one `multiple` ack.
+    fn release_confirms(&mut self) {
+        let durable = *self.durability.borrow_and_update();
+        for (&channel, ch) in self.channels.iter_mut() {
+            let mut run: Option<u64> = None;
+            let mut run_len = 0;
+            while let Some(front) = ch.confirms.front() {
+                let durable_now = front.position.is_none_or(|p| p <= durable.position);
+                if !durable_now && !durable.failed {
+                    break;
+                }
+                let Some(c) = ch.confirms.pop_front() else { break };
+                if c.nack || !durable_now {
+                    if let Some(tag) = run.take() {
+                        self.handle.method(channel, BasicAck { delivery_tag: tag, multiple: run_len > 1 });
+                        run_len = 0;
+                    }
+                    self.handle.method(channel, BasicNack { delivery_tag: c.seq, multiple: false, requeue: false });
+                } else {
+                    run = Some(c.seq);
+                    run_len += 1;
+                }
+            }
+            if let Some(tag) = run {
+                self.handle.method(channel, BasicAck { delivery_tag: tag, multiple: run_len > 1 });
             }
         }
     }
@@ -508,5 +619,12 @@ impl Connection {
                 _ => return,
             }
         }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }

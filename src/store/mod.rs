@@ -1,33 +1,21 @@
-//! The boundary between the broker and durable storage.
+//! Durable storage: one segmented, append-only write-ahead log for the
+//! whole broker (see `storage-format.md` for the bytes).
 //!
-//! The broker reports every change that must survive a restart through
-//! [`Store`]: durable exchanges, queues and bindings and their deletion,
-//! persistent messages routed to durable queues, and their settlement. The
-//! in-memory broker keeps the messages themselves in its queues;
-//! [`MemoryStore`] records nothing, so a restart starts empty. The
-//! write-ahead log plugs in behind this trait.
+//! - [`format`]: segment headers, record framing and record types; the one
+//!   decoder everything (recovery, reads, `warren-dump`) goes through.
+//! - [`io`]: file I/O behind the [`io::LogIo`] trait, the real files and a
+//!   simulated disk for power-cut tests.
+//! - [`log`]: appends, group commit on a writer thread, the message index,
+//!   reads, reclaim of dead segments.
+//! - [`recovery`]: replay at start-up.
+//!
+//! The store knows records, positions and ids, not AMQP: the broker tells it
+//! what to persist and asks it for message bodies back.
 
-use crate::broker::{Binding, Exchange, Message, Queue, QueuedMessage};
+pub mod format;
+pub mod io;
+pub mod log;
+pub mod recovery;
 
-/// What the broker tells durable storage. Every method is called with the
-/// broker's state lock held, so an implementation must only enqueue work,
-/// never wait for I/O.
-pub trait Store: Send + Sync {
-    fn exchange_declared(&self, _exchange: &Exchange) {}
-    fn exchange_deleted(&self, _name: &str) {}
-    fn queue_declared(&self, _queue: &Queue) {}
-    fn queue_deleted(&self, _name: &str) {}
-    fn queue_purged(&self, _name: &str) {}
-    fn binding_added(&self, _source: &str, _binding: &Binding) {}
-    fn binding_removed(&self, _source: &str, _binding: &Binding) {}
-    /// A persistent message routed to these durable queues.
-    fn published(&self, _message: &Message, _queues: &[&str]) {}
-    /// Persistent messages of a durable queue acked, or dropped without requeue.
-    fn acked(&self, _queue: &str, _entries: &[&QueuedMessage]) {}
-}
-
-/// Keeps nothing: every queue lives only in the broker's memory.
-#[derive(Debug, Default)]
-pub struct MemoryStore;
-
-impl Store for MemoryStore {}
+pub use log::{Durability, FsyncPolicy, LogOptions, LogStore, StoreError};
+pub use recovery::Recovered;

@@ -1,0 +1,496 @@
+//! The on-disk format of the write-ahead log: segment headers, record
+//! framing and every record type. This is the only implementation of the
+//! format in the code base; the broker's recovery and `warren-dump` both
+//! decode through it. `storage-format.md` documents the same bytes, and a
+//! test decodes a segment built by hand from that document.
+//!
+//! All integers are little-endian. Two payload fields are opaque AMQP
+//! encodings (and so big-endian inside): queue/exchange/binding arguments
+//! (an AMQP field table) and message properties (AMQP property flags and list).
+
+use bytes::{BufMut, Bytes};
+
+pub const SEGMENT_MAGIC: &[u8; 8] = b"WARRENLG";
+pub const FORMAT_VERSION: u32 = 1;
+pub const SEGMENT_HEADER_LEN: usize = 32;
+/// Record length (4) + CRC (4).
+pub const RECORD_PREFIX_LEN: usize = 8;
+/// Type (1) + flags (1): the smallest valid `len`.
+pub const RECORD_MIN_LEN: u32 = 2;
+
+pub const TYPE_EXCHANGE_DECLARE: u8 = 1;
+pub const TYPE_EXCHANGE_DELETE: u8 = 2;
+pub const TYPE_QUEUE_DECLARE: u8 = 3;
+pub const TYPE_QUEUE_DELETE: u8 = 4;
+pub const TYPE_BINDING_ADD: u8 = 5;
+pub const TYPE_BINDING_REMOVE: u8 = 6;
+pub const TYPE_MESSAGE: u8 = 7;
+pub const TYPE_ACK: u8 = 8;
+pub const TYPE_DELIVERED: u8 = 9;
+
+/// The record restates a definition at the start of a segment, so that
+/// definitions survive the deletion of the segments that declared them.
+pub const FLAG_SNAPSHOT: u8 = 1;
+/// A message record copied forward from an older segment by reclaim.
+pub const FLAG_RELOCATED: u8 = 2;
+
+pub const EXCHANGE_KINDS: [&str; 4] = ["direct", "fanout", "topic", "headers"];
+
+/// The 32-byte header at the start of every segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub version: u32,
+    /// Log position of byte 0 of this file; also the file's name.
+    pub base: u64,
+    /// Bytes reserved for the segment (the file's length).
+    pub capacity: u32,
+}
+
+impl SegmentHeader {
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        let mut out = [0u8; SEGMENT_HEADER_LEN];
+        out[0..8].copy_from_slice(SEGMENT_MAGIC);
+        out[8..12].copy_from_slice(&self.version.to_le_bytes());
+        out[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
+        out[16..24].copy_from_slice(&self.base.to_le_bytes());
+        out[24..28].copy_from_slice(&self.capacity.to_le_bytes());
+        let crc = crc32fast::hash(&out[0..28]);
+        out[28..32].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    pub fn decode(raw: &[u8]) -> Result<SegmentHeader, FormatError> {
+        if raw.len() < SEGMENT_HEADER_LEN {
+            return Err(FormatError::BadHeader("file shorter than the 32-byte segment header".into()));
+        }
+        if &raw[0..8] != SEGMENT_MAGIC {
+            return Err(FormatError::BadHeader("wrong magic: not a Warren log segment".into()));
+        }
+        let crc = u32::from_le_bytes([raw[28], raw[29], raw[30], raw[31]]);
+        if crc32fast::hash(&raw[0..28]) != crc {
+            return Err(FormatError::BadHeader("segment header checksum mismatch".into()));
+        }
+        let version = u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]);
+        if version != FORMAT_VERSION {
+            return Err(FormatError::BadHeader(format!(
+                "format version {version}; this build reads version {FORMAT_VERSION}"
+            )));
+        }
+        let header_len = u32::from_le_bytes([raw[12], raw[13], raw[14], raw[15]]);
+        if header_len as usize != SEGMENT_HEADER_LEN {
+            return Err(FormatError::BadHeader(format!("header length {header_len}, expected {SEGMENT_HEADER_LEN}")));
+        }
+        let mut base = [0u8; 8];
+        base.copy_from_slice(&raw[16..24]);
+        let capacity = u32::from_le_bytes([raw[24], raw[25], raw[26], raw[27]]);
+        Ok(SegmentHeader { version, base: u64::from_le_bytes(base), capacity })
+    }
+}
+
+/// The name of the segment file whose first byte is log position `base`:
+/// zero-padded so that `ls` lists segments in log order.
+pub fn segment_file_name(base: u64) -> String {
+    format!("{base:020}.wal")
+}
+
+/// Parses a segment file name back into its base position.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".wal")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("bad segment header: {0}")]
+    BadHeader(String),
+    #[error("record length {len} runs past the end of the segment ({room} bytes left)")]
+    LengthPastEnd { len: u32, room: usize },
+    #[error("record length {0} is below the minimum of 2")]
+    LengthTooSmall(u32),
+    #[error("record checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("unknown record type {0}")]
+    UnknownType(u8),
+    #[error("record payload ends early")]
+    Truncated,
+    #[error("{0} bytes left over after the record payload")]
+    Trailing(usize),
+    #[error("name is not valid UTF-8")]
+    Utf8,
+    #[error("unknown exchange kind {0}")]
+    ExchangeKind(u8),
+}
+
+/// Where a binding leads, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DestinationKind {
+    Queue = 1,
+    Exchange = 2,
+}
+
+/// One decoded record. Byte fields are slices of the segment they were read from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    ExchangeDeclare { name: String, kind: String, auto_delete: bool, internal: bool, arguments: Bytes },
+    ExchangeDelete { name: String },
+    QueueDeclare { queue: u32, name: String, auto_delete: bool, arguments: Bytes },
+    QueueDelete { queue: u32 },
+    BindingAdd(BindingRecord),
+    BindingRemove(BindingRecord),
+    Message(MessageRecord),
+    Ack { queue: u32, ids: Vec<u64> },
+    Delivered { queue: u32, ids: Vec<u64> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BindingRecord {
+    pub source: String,
+    pub destination_kind: DestinationKind,
+    pub destination: String,
+    pub routing_key: String,
+    pub arguments: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageRecord {
+    pub id: u64,
+    pub queues: Vec<u32>,
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: Bytes,
+    pub body: Bytes,
+}
+
+impl Record {
+    pub fn type_code(&self) -> u8 {
+        match self {
+            Record::ExchangeDeclare { .. } => TYPE_EXCHANGE_DECLARE,
+            Record::ExchangeDelete { .. } => TYPE_EXCHANGE_DELETE,
+            Record::QueueDeclare { .. } => TYPE_QUEUE_DECLARE,
+            Record::QueueDelete { .. } => TYPE_QUEUE_DELETE,
+            Record::BindingAdd(_) => TYPE_BINDING_ADD,
+            Record::BindingRemove(_) => TYPE_BINDING_REMOVE,
+            Record::Message(_) => TYPE_MESSAGE,
+            Record::Ack { .. } => TYPE_ACK,
+            Record::Delivered { .. } => TYPE_DELIVERED,
+        }
+    }
+
+    /// Appends the framed record (length, CRC, type, flags, payload) to `out`.
+    pub fn encode(&self, flags: u8, out: &mut Vec<u8>) {
+        frame(out, self.type_code(), flags, |out| match self {
+            Record::ExchangeDeclare { name, kind, auto_delete, internal, arguments } => {
+                put_str8(out, name);
+                out.put_u8(EXCHANGE_KINDS.iter().position(|k| k == kind).map_or(0, |i| i as u8 + 1));
+                out.put_u8(*auto_delete as u8 | (*internal as u8) << 1);
+                put_bytes32(out, arguments);
+            }
+            Record::ExchangeDelete { name } => put_str8(out, name),
+            Record::QueueDeclare { queue, name, auto_delete, arguments } => {
+                out.put_u32_le(*queue);
+                put_str8(out, name);
+                out.put_u8(*auto_delete as u8);
+                put_bytes32(out, arguments);
+            }
+            Record::QueueDelete { queue } => out.put_u32_le(*queue),
+            Record::BindingAdd(b) | Record::BindingRemove(b) => {
+                put_str8(out, &b.source);
+                out.put_u8(b.destination_kind as u8);
+                put_str8(out, &b.destination);
+                put_str8(out, &b.routing_key);
+                put_bytes32(out, &b.arguments);
+            }
+            Record::Message(m) => {
+                encode_message_payload(out, m.id, &m.queues, &m.exchange, &m.routing_key, &m.properties, &m.body)
+            }
+            Record::Ack { queue, ids } | Record::Delivered { queue, ids } => encode_id_list(out, *queue, ids),
+        });
+    }
+
+    /// Decodes a record payload of the given type.
+    pub fn decode(kind: u8, payload: Bytes) -> Result<Record, FormatError> {
+        let mut r = Cursor { buf: payload, pos: 0 };
+        let record = match kind {
+            TYPE_EXCHANGE_DECLARE => {
+                let name = r.str8()?;
+                let code = r.u8()?;
+                let kind = EXCHANGE_KINDS
+                    .get((code as usize).wrapping_sub(1))
+                    .ok_or(FormatError::ExchangeKind(code))?
+                    .to_string();
+                let flags = r.u8()?;
+                Record::ExchangeDeclare {
+                    name,
+                    kind,
+                    auto_delete: flags & 1 != 0,
+                    internal: flags & 2 != 0,
+                    arguments: r.bytes32()?,
+                }
+            }
+            TYPE_EXCHANGE_DELETE => Record::ExchangeDelete { name: r.str8()? },
+            TYPE_QUEUE_DECLARE => Record::QueueDeclare {
+                queue: r.u32()?,
+                name: r.str8()?,
+                auto_delete: r.u8()? & 1 != 0,
+                arguments: r.bytes32()?,
+            },
+            TYPE_QUEUE_DELETE => Record::QueueDelete { queue: r.u32()? },
+            TYPE_BINDING_ADD | TYPE_BINDING_REMOVE => {
+                let source = r.str8()?;
+                let destination_kind = match r.u8()? {
+                    1 => DestinationKind::Queue,
+                    2 => DestinationKind::Exchange,
+                    _ => return Err(FormatError::Truncated),
+                };
+                let b = BindingRecord {
+                    source,
+                    destination_kind,
+                    destination: r.str8()?,
+                    routing_key: r.str8()?,
+                    arguments: r.bytes32()?,
+                };
+                if kind == TYPE_BINDING_ADD { Record::BindingAdd(b) } else { Record::BindingRemove(b) }
+            }
+            TYPE_MESSAGE => {
+                let id = r.u64()?;
+                let count = r.u16()? as usize;
+                let mut queues = Vec::with_capacity(count.min(r.remaining() / 4));
+                for _ in 0..count {
+                    queues.push(r.u32()?);
+                }
+                Record::Message(MessageRecord {
+                    id,
+                    queues,
+                    exchange: r.str8()?,
+                    routing_key: r.str8()?,
+                    properties: r.bytes32()?,
+                    body: r.bytes32()?,
+                })
+            }
+            TYPE_ACK | TYPE_DELIVERED => {
+                let queue = r.u32()?;
+                let count = r.u32()? as usize;
+                if count > r.remaining() / 8 {
+                    return Err(FormatError::Truncated);
+                }
+                let ids = (0..count).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
+                if kind == TYPE_ACK { Record::Ack { queue, ids } } else { Record::Delivered { queue, ids } }
+            }
+            other => return Err(FormatError::UnknownType(other)),
+        };
+        if r.remaining() != 0 {
+            return Err(FormatError::Trailing(r.remaining()));
+        }
+        Ok(record)
+    }
+}
+
+/// Writes a record frame: a length placeholder, a CRC placeholder, type,
+/// flags and the payload `body` writes; then patches length and CRC.
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, body: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_PREFIX_LEN]);
+    out.put_u8(kind);
+    out.put_u8(flags);
+    body(out);
+    let len = (out.len() - start - RECORD_PREFIX_LEN) as u32;
+    let crc = crc32fast::hash(&out[start + RECORD_PREFIX_LEN..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn encode_message_payload(
+    out: &mut Vec<u8>,
+    id: u64,
+    queues: &[u32],
+    exchange: &str,
+    routing_key: &str,
+    properties: &[u8],
+    body: &[u8],
+) {
+    out.reserve(8 + 2 + queues.len() * 4 + 2 + exchange.len() + routing_key.len() + 8 + properties.len() + body.len());
+    out.put_u64_le(id);
+    out.put_u16_le(queues.len() as u16);
+    for q in queues {
+        out.put_u32_le(*q);
+    }
+    put_str8(out, exchange);
+    put_str8(out, routing_key);
+    put_bytes32(out, properties);
+    put_bytes32(out, body);
+}
+
+fn encode_id_list(out: &mut Vec<u8>, queue: u32, ids: &[u64]) {
+    out.reserve(8 + ids.len() * 8);
+    out.put_u32_le(queue);
+    out.put_u32_le(ids.len() as u32);
+    for id in ids {
+        out.put_u64_le(*id);
+    }
+}
+
+/// Encodes a message record straight from the broker's fields, without
+/// building a [`Record`] (the publish path).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_message(
+    out: &mut Vec<u8>,
+    flags: u8,
+    id: u64,
+    queues: &[u32],
+    exchange: &str,
+    routing_key: &str,
+    properties: &[u8],
+    body: &[u8],
+) {
+    frame(out, TYPE_MESSAGE, flags, |out| {
+        encode_message_payload(out, id, queues, exchange, routing_key, properties, body)
+    });
+}
+
+/// Encodes an ack or delivered record from a borrowed id list.
+pub fn encode_id_record(out: &mut Vec<u8>, kind: u8, queue: u32, ids: &[u64]) {
+    frame(out, kind, 0, |out| encode_id_list(out, queue, ids));
+}
+
+/// Size of the framed record [`encode_message`] writes.
+pub fn message_record_len(queues: usize, exchange: &str, routing_key: &str, properties: &[u8], body: &[u8]) -> usize {
+    RECORD_PREFIX_LEN
+        + 2
+        + 8
+        + 2
+        + queues * 4
+        + 1
+        + exchange.len().min(255)
+        + 1
+        + routing_key.len().min(255)
+        + 4
+        + properties.len()
+        + 4
+        + body.len()
+}
+
+fn put_str8(out: &mut Vec<u8>, s: &str) {
+    // Names are AMQP short strings, at most 255 bytes, checked on the way in.
+    let bytes = &s.as_bytes()[..s.len().min(255)];
+    out.put_u8(bytes.len() as u8);
+    out.put_slice(bytes);
+}
+
+fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
+    out.put_u32_le(b.len() as u32);
+    out.put_slice(b);
+}
+
+struct Cursor {
+    buf: Bytes,
+    pos: usize,
+}
+
+impl Cursor {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], FormatError> {
+        if self.remaining() < n {
+            return Err(FormatError::Truncated);
+        }
+        self.pos += n;
+        Ok(&self.buf[self.pos - n..self.pos])
+    }
+
+    fn u8(&mut self) -> Result<u8, FormatError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, FormatError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, FormatError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, FormatError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn str8(&mut self) -> Result<String, FormatError> {
+        let len = self.u8()? as usize;
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| FormatError::Utf8)
+    }
+
+    fn bytes32(&mut self) -> Result<Bytes, FormatError> {
+        let len = self.u32()? as usize;
+        if self.remaining() < len {
+            return Err(FormatError::Truncated);
+        }
+        self.pos += len;
+        Ok(self.buf.slice(self.pos - len..self.pos))
+    }
+}
+
+/// What the scanner found at one offset of a segment.
+#[derive(Debug)]
+pub enum Scanned {
+    /// A record whose checksum and payload are valid.
+    Record { offset: usize, len: usize, flags: u8, record: Record },
+    /// A zero length field: the end of written data.
+    End { offset: usize },
+    /// Bytes that are not a valid record.
+    Bad { offset: usize, error: FormatError },
+}
+
+/// Reads the record framed at `offset` of `segment` (the whole file's bytes).
+pub fn read_record_at(segment: &Bytes, offset: usize) -> Scanned {
+    let room = segment.len().saturating_sub(offset);
+    if room < RECORD_PREFIX_LEN {
+        // Not even a prefix fits: the segment is full.
+        return Scanned::End { offset };
+    }
+    let b = &segment[offset..offset + RECORD_PREFIX_LEN];
+    let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let stored = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    if len == 0 {
+        return Scanned::End { offset };
+    }
+    if len < RECORD_MIN_LEN {
+        return Scanned::Bad { offset, error: FormatError::LengthTooSmall(len) };
+    }
+    if len as usize > room - RECORD_PREFIX_LEN {
+        return Scanned::Bad { offset, error: FormatError::LengthPastEnd { len, room: room - RECORD_PREFIX_LEN } };
+    }
+    let start = offset + RECORD_PREFIX_LEN;
+    let content = &segment[start..start + len as usize];
+    let computed = crc32fast::hash(content);
+    if computed != stored {
+        return Scanned::Bad { offset, error: FormatError::Checksum { stored, computed } };
+    }
+    let kind = content[0];
+    let flags = content[1];
+    match Record::decode(kind, segment.slice(start + 2..start + len as usize)) {
+        Ok(record) => Scanned::Record { offset, len: RECORD_PREFIX_LEN + len as usize, flags, record },
+        Err(error) => Scanned::Bad { offset, error },
+    }
+}
+
+/// True when every byte from `offset` on is zero: what follows the last
+/// record of a segment that was never written further.
+pub fn is_zero_tail(segment: &[u8], offset: usize) -> bool {
+    segment.get(offset..).is_none_or(|rest| rest.iter().all(|b| *b == 0))
+}
+
+/// The offset just past the last non-zero byte at or after `offset`.
+pub fn end_of_nonzero(segment: &[u8], offset: usize) -> usize {
+    match segment.get(offset..).and_then(|rest| rest.iter().rposition(|b| *b != 0)) {
+        Some(i) => offset + i + 1,
+        None => offset,
+    }
+}
