@@ -51,7 +51,13 @@ fn field_table() -> impl Strategy<Value = FieldTable> {
 fn properties() -> impl Strategy<Value = BasicProperties> {
     let s = || proptest::option::of(short_string());
     (
-        (s(), s(), proptest::option::of(field_table()), proptest::option::of(any::<u8>()), proptest::option::of(any::<u8>())),
+        (
+            s(),
+            s(),
+            proptest::option::of(field_table()),
+            proptest::option::of(any::<u8>()),
+            proptest::option::of(any::<u8>()),
+        ),
         (s(), s(), s(), s(), proptest::option::of(any::<u64>())),
         (s(), s(), s(), s()),
     )
@@ -75,17 +81,23 @@ fn properties() -> impl Strategy<Value = BasicProperties> {
 
 fn method() -> impl Strategy<Value = Method> {
     prop_oneof![
-        (short_string(), short_string(), any::<bool>(), any::<bool>()).prop_map(|(exchange, routing_key, mandatory, immediate)| {
-            BasicPublish { reserved_1: 0, exchange, routing_key, mandatory, immediate }.into()
-        }),
+        (short_string(), short_string(), any::<bool>(), any::<bool>()).prop_map(
+            |(exchange, routing_key, mandatory, immediate)| {
+                BasicPublish { reserved_1: 0, exchange, routing_key, mandatory, immediate }.into()
+            }
+        ),
         (short_string(), any::<u64>(), any::<bool>(), short_string(), short_string()).prop_map(
             |(consumer_tag, delivery_tag, redelivered, exchange, routing_key)| {
                 BasicDeliver { consumer_tag, delivery_tag, redelivered, exchange, routing_key }.into()
             }
         ),
         (any::<u64>(), any::<bool>()).prop_map(|(delivery_tag, multiple)| BasicAck { delivery_tag, multiple }.into()),
-        (any::<u64>(), any::<bool>(), any::<bool>())
-            .prop_map(|(delivery_tag, multiple, requeue)| BasicNack { delivery_tag, multiple, requeue }.into()),
+        (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(|(delivery_tag, multiple, requeue)| BasicNack {
+            delivery_tag,
+            multiple,
+            requeue
+        }
+        .into()),
         (short_string(), any::<[bool; 5]>(), field_table()).prop_map(|(queue, f, arguments)| {
             QueueDeclare {
                 reserved_1: 0,
@@ -99,20 +111,22 @@ fn method() -> impl Strategy<Value = Method> {
             }
             .into()
         }),
-        (short_string(), short_string(), any::<[bool; 5]>(), field_table()).prop_map(|(exchange, kind, f, arguments)| {
-            ExchangeDeclare {
-                reserved_1: 0,
-                exchange,
-                kind,
-                passive: f[0],
-                durable: f[1],
-                auto_delete: f[2],
-                internal: f[3],
-                no_wait: f[4],
-                arguments,
+        (short_string(), short_string(), any::<[bool; 5]>(), field_table()).prop_map(
+            |(exchange, kind, f, arguments)| {
+                ExchangeDeclare {
+                    reserved_1: 0,
+                    exchange,
+                    kind,
+                    passive: f[0],
+                    durable: f[1],
+                    auto_delete: f[2],
+                    internal: f[3],
+                    no_wait: f[4],
+                    arguments,
+                }
+                .into()
             }
-            .into()
-        }),
+        ),
         (field_table(), short_string(), bytes_value(), short_string()).prop_map(
             |(client_properties, mechanism, response, locale)| {
                 ConnectionStartOk { client_properties, mechanism, response, locale }.into()
@@ -123,8 +137,12 @@ fn method() -> impl Strategy<Value = Method> {
                 ChannelClose { reply_code, reply_text, class_id, method_id }.into()
             }
         ),
-        (any::<u32>(), any::<u16>(), any::<bool>())
-            .prop_map(|(prefetch_size, prefetch_count, global)| BasicQos { prefetch_size, prefetch_count, global }.into()),
+        (any::<u32>(), any::<u16>(), any::<bool>()).prop_map(|(prefetch_size, prefetch_count, global)| BasicQos {
+            prefetch_size,
+            prefetch_count,
+            global
+        }
+        .into()),
     ]
 }
 
@@ -221,14 +239,8 @@ fn frame_bytes(kind: u8, channel: u16, payload: &[u8]) -> BytesMut {
 fn queue_declare_matches_the_spec_layout_byte_for_byte() {
     // class 50, method 10, ticket 0, shortstr "q", bits passive|exclusive|no-wait = 0b10101, empty table.
     let expected: &[u8] = &[0, 50, 0, 10, 0, 0, 1, b'q', 0b0001_0101, 0, 0, 0, 0];
-    let method: Method = QueueDeclare {
-        queue: "q".into(),
-        passive: true,
-        exclusive: true,
-        no_wait: true,
-        ..Default::default()
-    }
-    .into();
+    let method: Method =
+        QueueDeclare { queue: "q".into(), passive: true, exclusive: true, no_wait: true, ..Default::default() }.into();
     let mut buf = BytesMut::new();
     method.encode(&mut buf);
     assert_eq!(&buf[..], expected);

@@ -182,8 +182,7 @@ async fn plain_login_is_accepted() {
         Method::ConnectionTune(t) => t,
         other => panic!("expected connection.tune, got {other:?}"),
     };
-    c.send_method(0, ConnectionTuneOk { channel_max: tune.channel_max, frame_max: tune.frame_max, heartbeat: 0 })
-        .await;
+    c.send_method(0, ConnectionTuneOk { channel_max: tune.channel_max, frame_max: tune.frame_max, heartbeat: 0 }).await;
     c.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await;
     assert!(matches!(c.expect_method().await, Method::ConnectionOpenOk(_)));
 }
@@ -196,8 +195,7 @@ async fn amqplain_login_is_accepted_from_the_raw_client() {
         Method::ConnectionTune(t) => t,
         other => panic!("expected connection.tune, got {other:?}"),
     };
-    c.send_method(0, ConnectionTuneOk { channel_max: tune.channel_max, frame_max: tune.frame_max, heartbeat: 0 })
-        .await;
+    c.send_method(0, ConnectionTuneOk { channel_max: tune.channel_max, frame_max: tune.frame_max, heartbeat: 0 }).await;
     c.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await;
     assert!(matches!(c.expect_method().await, Method::ConnectionOpenOk(_)));
 }
@@ -228,7 +226,7 @@ async fn wrong_password_is_refused_with_403() {
     }
     let url = format!("amqp://guest:wrong@{}/%2f", broker.addr);
     let result = within("lapin connect", Connection::connect(&url, ConnectionProperties::default())).await;
-    let err = result.err().expect("lapin connected with a wrong password");
+    let err = result.expect_err("lapin connected with a wrong password");
     assert_eq!(reply_code(&err), Some(403), "lapin error {err:?}");
 }
 
@@ -246,8 +244,7 @@ async fn unsupported_mechanism_is_refused() {
 async fn unknown_vhost_is_refused_with_530() {
     let broker = common::Broker::start();
     let (mut c, tune) = until_tune(broker.addr).await;
-    c.send_method(0, ConnectionTuneOk { channel_max: tune.channel_max, frame_max: tune.frame_max, heartbeat: 0 })
-        .await;
+    c.send_method(0, ConnectionTuneOk { channel_max: tune.channel_max, frame_max: tune.frame_max, heartbeat: 0 }).await;
     c.send_method(0, ConnectionOpen { virtual_host: "no-such-vhost".into(), ..Default::default() }).await;
     let close = expect_connection_close(&mut c).await;
     assert_eq!(close.reply_code, 530, "{close:?}");
@@ -255,7 +252,7 @@ async fn unknown_vhost_is_refused_with_530() {
 
     let url = format!("amqp://guest:guest@{}/no-such-vhost", broker.addr);
     let result = within("lapin connect", Connection::connect(&url, ConnectionProperties::default())).await;
-    let err = result.err().expect("lapin connected to a missing vhost");
+    let err = result.expect_err("lapin connected to a missing vhost");
     assert_eq!(reply_code(&err), Some(530), "lapin error {err:?}");
 }
 
@@ -421,7 +418,11 @@ async fn ready_count(conn: &Connection, queue: &str) -> Result<u32, lapin::Error
     let ch = within("channel", conn.create_channel()).await?;
     let q = within(
         "passive declare",
-        ch.queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, LapinTable::default()),
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions { passive: true, ..Default::default() },
+            LapinTable::default(),
+        ),
     )
     .await?;
     let _ = ch.close(200, "ok".into()).await;
@@ -511,9 +512,12 @@ async fn dropping_the_socket_releases_the_connections_resources() {
     within("declare", ch.queue_declare("shared".into(), QueueDeclareOptions::default(), LapinTable::default()))
         .await
         .expect("declare");
-    within("publish", ch.basic_publish("".into(), "shared".into(), Default::default(), b"m", BasicProperties::default()))
-        .await
-        .expect("publish");
+    within(
+        "publish",
+        ch.basic_publish("".into(), "shared".into(), Default::default(), b"m", BasicProperties::default()),
+    )
+    .await
+    .expect("publish");
     wait_ready(&observer, "shared", 1).await;
 
     let mut c = RawClient::open(broker.addr, 0).await;
@@ -528,4 +532,38 @@ async fn dropping_the_socket_releases_the_connections_resources() {
     drop(c);
     wait_ready(&observer, "shared", 1).await;
     wait_gone(&observer, "raw-exclusive").await;
+}
+
+// ---- frame limits and channel state --------------------------------------------
+
+#[tokio::test]
+async fn frame_larger_than_the_negotiated_frame_max_is_a_frame_error() {
+    let broker = common::Broker::start();
+    let (mut c, tune) = until_tune(broker.addr).await;
+    c.send_method(0, ConnectionTuneOk { channel_max: tune.channel_max, frame_max: 4096, heartbeat: 0 }).await;
+    c.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await;
+    assert!(matches!(c.expect_method().await, Method::ConnectionOpenOk(_)));
+    c.send_method(1, ChannelOpen::default()).await;
+    assert!(matches!(c.expect_method().await, Method::ChannelOpenOk(_)));
+    // A body frame of 5000 payload bytes: over the 4096 agreed on, frame header included.
+    let mut frame = BytesMut::new();
+    frame.put_u8(3);
+    frame.put_u16(1);
+    frame.put_u32(5000);
+    frame.put_slice(&[0u8; 5000]);
+    frame.put_u8(0xCE);
+    c.send_bytes(&frame).await;
+    let close = expect_connection_close(&mut c).await;
+    assert_eq!(close.reply_code, 501, "{close:?}");
+    finish_close(&mut c).await;
+}
+
+#[tokio::test]
+async fn method_on_a_channel_that_was_never_opened_is_a_channel_error() {
+    let broker = common::Broker::start();
+    let mut c = RawClient::open(broker.addr, 0).await;
+    c.send_method(3, QueueDeclare { queue: "q".into(), ..Default::default() }).await;
+    let close = expect_connection_close(&mut c).await;
+    assert_eq!(close.reply_code, 504, "{close:?}");
+    finish_close(&mut c).await;
 }

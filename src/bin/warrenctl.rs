@@ -63,6 +63,41 @@ struct Listing {
     defaults: &'static [&'static str],
 }
 
+/// Every column each listing knows, so a typo is refused even when the
+/// listing is empty.
+fn known_columns(command: &str) -> &'static [&'static str] {
+    match command {
+        "list_queues" => &[
+            "name",
+            "durable",
+            "auto_delete",
+            "exclusive",
+            "messages_ready",
+            "messages_unacknowledged",
+            "messages",
+            "message_bytes_ready",
+            "consumers",
+            "arguments",
+        ],
+        "list_exchanges" => &["name", "type", "durable", "auto_delete", "internal", "arguments"],
+        "list_bindings" => {
+            &["source_name", "source_kind", "destination_name", "destination_kind", "routing_key", "arguments"]
+        }
+        "list_connections" => &["name", "peer", "user", "vhost", "channels", "client", "timeout", "frame_max", "state"],
+        "list_consumers" => &[
+            "queue_name",
+            "consumer_tag",
+            "channel_pid",
+            "ack_required",
+            "exclusive",
+            "prefetch_count",
+            "active",
+            "arguments",
+        ],
+        _ => &[],
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let socket = args
@@ -170,9 +205,8 @@ fn call(socket: &std::path::Path, request: &Request, timeout: Duration) -> std::
 fn print_listing(args: &Args, listing: &Listing, columns: &[String], response: &Response) -> ExitCode {
     let columns: Vec<String> =
         if columns.is_empty() { listing.defaults.iter().map(|s| s.to_string()).collect() } else { columns.to_vec() };
-    if let Some(first) = response.rows.first()
-        && let Some(bad) = columns.iter().find(|c| !first.contains_key(c.as_str()))
-    {
+    let known = known_columns(listing.command);
+    if let Some(bad) = columns.iter().find(|c| !known.contains(&c.as_str())) {
         eprintln!("Error: invalid column '{bad}' for {}", listing.command);
         return ExitCode::from(64);
     }

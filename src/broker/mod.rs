@@ -40,6 +40,9 @@ use crate::store::{LogStore, Recovered, StoreError};
 #[derive(Debug)]
 struct Unacked {
     queue: Arc<str>,
+    /// Which queue of that name: a queue deleted and declared again is
+    /// another queue, and must not receive the old one's messages.
+    incarnation: u64,
     entry: QueuedMessage,
     /// None for basic.get.
     consumer_tag: Option<Arc<str>>,
@@ -93,6 +96,7 @@ struct State {
     queues: HashMap<Arc<str>, Queue>,
     channels: HashMap<(u64, u16), ChannelState>,
     connections: HashMap<u64, ConnectionEntry>,
+    next_incarnation: u64,
 }
 
 /// The result of routing one publish.
@@ -198,6 +202,8 @@ impl Broker {
                 for (id, size, delivered) in per_queue.remove(queue).unwrap_or_default() {
                     q.restore(id, size, delivered);
                 }
+                st.next_incarnation += 1;
+                q.incarnation = st.next_incarnation;
                 st.queues.insert(q.name.clone(), q);
             }
         }
@@ -296,6 +302,13 @@ impl Broker {
 
     pub fn exchange_declare(&self, m: &ExchangeDeclare) -> Result<()> {
         let mut st = self.state.lock();
+        if m.exchange.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        // As RabbitMQ: an unknown type is a connection error, checked first.
+        if !m.passive && ExchangeKind::parse(&m.kind).is_none() {
+            return Err(AmqpError::command_invalid(format!("invalid exchange type '{}'", m.kind)));
+        }
         if let Some(ex) = st.exchanges.get(&m.exchange) {
             if m.passive {
                 return Ok(());
@@ -461,6 +474,8 @@ impl Broker {
             q.store_id = Some(id);
             self.store.define(queue_record(&q, id)).map_err(store_failed)?;
         }
+        st.next_incarnation += 1;
+        q.incarnation = st.next_incarnation;
         st.queues.insert(q.name.clone(), q);
         // Every queue is bound to the default exchange by its name; that
         // binding is implicit (see `State::route`).
@@ -607,7 +622,15 @@ impl Broker {
         }
         if !no_ack {
             q.unacked += 1;
-            ch.unacked.insert(tag, Unacked { queue: q.name.clone(), entry: unloaded(entry), consumer_tag: None });
+            ch.unacked.insert(
+                tag,
+                Unacked {
+                    queue: q.name.clone(),
+                    incarnation: q.incarnation,
+                    entry: unloaded(entry),
+                    consumer_tag: None,
+                },
+            );
         }
         handle.send(Outgoing::Content { channel, method: method.into(), message });
         Ok(())
@@ -700,11 +723,44 @@ impl Broker {
 
     /// basic.recover: every unacked message of the channel goes back to its
     /// queue, flagged redelivered.
-    pub fn recover(&self, conn: u64, channel: u16) {
-        let _ = self.settle(conn, channel, 0, true, Settle::Requeue);
+    /// `reply` (basic.recover-ok) goes out before the redeliveries, which
+    /// clients such as lapin require.
+    pub fn recover(&self, conn: u64, channel: u16, reply: Option<&ConnectionHandle>) {
+        let _ = self.settle_then(conn, channel, 0, true, Settle::Requeue, || {
+            if let Some(handle) = reply {
+                handle.method(channel, BasicRecoverOk {});
+            }
+        });
+    }
+
+    /// Whether `delivery_tag` names an unsettled delivery of the channel (0
+    /// with `multiple` means all of them): a transaction checks acks when
+    /// they arrive, as RabbitMQ does.
+    pub fn check_delivery_tag(&self, conn: u64, channel: u16, delivery_tag: u64, multiple: bool) -> Result<()> {
+        let st = self.state.lock();
+        let known = st.channels.get(&(conn, channel)).is_some_and(|ch| ch.unacked.contains_key(&delivery_tag));
+        if known || (multiple && delivery_tag == 0) {
+            Ok(())
+        } else {
+            Err(AmqpError::precondition(format!("unknown delivery tag {delivery_tag}")))
+        }
     }
 
     fn settle(&self, conn: u64, channel: u16, delivery_tag: u64, multiple: bool, how: Settle) -> Result<()> {
+        self.settle_then(conn, channel, delivery_tag, multiple, how, || {})
+    }
+
+    /// Settles deliveries, runs `before_redelivery`, then hands waiting
+    /// messages to consumers that now have room.
+    fn settle_then(
+        &self,
+        conn: u64,
+        channel: u16,
+        delivery_tag: u64,
+        multiple: bool,
+        how: Settle,
+        before_redelivery: impl FnOnce(),
+    ) -> Result<()> {
         let mut st = self.state.lock();
         let State { queues, channels, .. } = &mut *st;
         let Some(ch) = channels.get_mut(&(conn, channel)) else { return Ok(()) };
@@ -725,7 +781,7 @@ impl Broker {
         // Tombstones, one record per queue for the whole batch.
         let mut tombstones: Vec<(u32, Vec<u64>)> = Vec::new();
         for u in settled {
-            let Some(q) = queues.get_mut(&u.queue) else { continue };
+            let Some(q) = queues.get_mut(&u.queue).filter(|q| q.incarnation == u.incarnation) else { continue };
             q.unacked -= 1;
             if let Some(tag) = &u.consumer_tag
                 && let Some(c) = q.consumer_mut(tag, conn, channel)
@@ -751,6 +807,18 @@ impl Broker {
         }
         for (qid, ids) in &tombstones {
             self.store.ack(*qid, ids).map_err(store_failed)?;
+        }
+        before_redelivery();
+        // A channel-wide prefetch (global=true) freed by these acks may let
+        // the channel's consumers of other queues go on too.
+        if let Some(ch) = st.channels.get(&(conn, channel))
+            && ch.channel_prefetch > 0
+        {
+            for q in ch.consumers.values() {
+                if !touched.contains(q) {
+                    touched.push(q.clone());
+                }
+            }
         }
         for q in touched {
             st.drain(&q, &self.store);
@@ -921,7 +989,12 @@ impl State {
                 q.unacked += 1;
                 ch.unacked.insert(
                     delivery_tag,
-                    Unacked { queue: q.name.clone(), entry: unloaded(entry), consumer_tag: Some(consumer.tag.clone()) },
+                    Unacked {
+                        queue: q.name.clone(),
+                        incarnation: q.incarnation,
+                        entry: unloaded(entry),
+                        consumer_tag: Some(consumer.tag.clone()),
+                    },
                 );
             }
             consumer.connection.send(Outgoing::Deliver {
@@ -1001,7 +1074,7 @@ impl State {
         let Some(mut ch) = self.channels.remove(&(conn, channel)) else { return };
         let mut touched: Vec<Arc<str>> = Vec::new();
         for (_, u) in std::mem::take(&mut ch.unacked) {
-            if let Some(q) = self.queues.get_mut(&u.queue) {
+            if let Some(q) = self.queues.get_mut(&u.queue).filter(|q| q.incarnation == u.incarnation) {
                 q.unacked -= 1;
                 q.requeue(u.entry);
                 if !touched.contains(&u.queue) {
@@ -1060,7 +1133,7 @@ impl State {
                 ids.extend(
                     ch.unacked
                         .values()
-                        .filter(|u| u.queue == q.name && u.entry.store_id != 0)
+                        .filter(|u| u.incarnation == q.incarnation && u.entry.store_id != 0)
                         .map(|u| u.entry.store_id),
                 );
             }

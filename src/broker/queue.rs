@@ -89,6 +89,8 @@ pub struct Queue {
     pub durable: bool,
     /// Id in the write-ahead log, for durable queues.
     pub store_id: Option<u32>,
+    /// Unique per queue the broker ever created (names are reused).
+    pub incarnation: u64,
     /// The connection that owns an exclusive queue.
     pub exclusive_owner: Option<u64>,
     pub auto_delete: bool,
@@ -131,6 +133,7 @@ impl Queue {
             name: Arc::from(name),
             durable,
             store_id: None,
+            incarnation: 0,
             exclusive_owner,
             auto_delete,
             arguments,

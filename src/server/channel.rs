@@ -390,6 +390,9 @@ impl Connection {
                 broker.get(&self.handle, channel, &queue, m.no_ack)?;
             }
             Method::BasicAck(m) => {
+                if self.channel_mut(channel)?.tx.is_some() {
+                    self.check_tx_tag(channel, m.delivery_tag, m.multiple)?;
+                }
                 if let Some(ops) = self.channel_mut(channel)?.tx.as_mut() {
                     ops.push(TxOp::Ack { tag: m.delivery_tag, multiple: m.multiple });
                 } else {
@@ -398,11 +401,8 @@ impl Connection {
             }
             Method::BasicReject(m) => self.reject(channel, m.delivery_tag, false, m.requeue)?,
             Method::BasicNack(m) => self.reject(channel, m.delivery_tag, m.multiple, m.requeue)?,
-            Method::BasicRecoverAsync(_) => broker.recover(id, channel),
-            Method::BasicRecover(_) => {
-                broker.recover(id, channel);
-                self.handle.method(channel, BasicRecoverOk {});
-            }
+            Method::BasicRecoverAsync(_) => broker.recover(id, channel, None),
+            Method::BasicRecover(_) => broker.recover(id, channel, Some(&self.handle)),
 
             Method::ConfirmSelect(m) => {
                 let ch = self.channel_mut(channel)?;
@@ -460,7 +460,29 @@ impl Connection {
         Ok(())
     }
 
+    /// In a transaction, an ack names a delivery that is unsettled now and
+    /// not already settled earlier in the same transaction; otherwise the
+    /// channel closes at once and nothing of the transaction is applied.
+    fn check_tx_tag(&mut self, channel: u16, tag: u64, multiple: bool) -> Result<(), AmqpError> {
+        self.broker.check_delivery_tag(self.id, channel, tag, multiple)?;
+        let settled_in_tx = self.channel_mut(channel)?.tx.as_ref().is_some_and(|ops| {
+            ops.iter().any(|op| match *op {
+                TxOp::Ack { tag: t, multiple: m } | TxOp::Reject { tag: t, multiple: m, .. } => {
+                    t == tag || (m && (t == 0 || tag <= t))
+                }
+                TxOp::Publish { .. } => false,
+            })
+        });
+        if settled_in_tx && !multiple {
+            return Err(AmqpError::precondition(format!("unknown delivery tag {tag}")));
+        }
+        Ok(())
+    }
+
     fn reject(&mut self, channel: u16, tag: u64, multiple: bool, requeue: bool) -> Result<(), AmqpError> {
+        if self.channel_mut(channel)?.tx.is_some() {
+            self.check_tx_tag(channel, tag, multiple)?;
+        }
         if let Some(ops) = self.channel_mut(channel)?.tx.as_mut() {
             ops.push(TxOp::Reject { tag, multiple, requeue });
             return Ok(());

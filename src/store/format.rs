@@ -27,6 +27,7 @@ pub const TYPE_BINDING_REMOVE: u8 = 6;
 pub const TYPE_MESSAGE: u8 = 7;
 pub const TYPE_ACK: u8 = 8;
 pub const TYPE_DELIVERED: u8 = 9;
+pub const TYPE_ID_WATERMARK: u8 = 10;
 
 /// The record restates a definition at the start of a segment, so that
 /// definitions survive the deletion of the segments that declared them.
@@ -134,15 +135,42 @@ pub enum DestinationKind {
 /// One decoded record. Byte fields are slices of the segment they were read from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
-    ExchangeDeclare { name: String, kind: String, auto_delete: bool, internal: bool, arguments: Bytes },
-    ExchangeDelete { name: String },
-    QueueDeclare { queue: u32, name: String, auto_delete: bool, arguments: Bytes },
-    QueueDelete { queue: u32 },
+    ExchangeDeclare {
+        name: String,
+        kind: String,
+        auto_delete: bool,
+        internal: bool,
+        arguments: Bytes,
+    },
+    ExchangeDelete {
+        name: String,
+    },
+    QueueDeclare {
+        queue: u32,
+        name: String,
+        auto_delete: bool,
+        arguments: Bytes,
+    },
+    QueueDelete {
+        queue: u32,
+    },
     BindingAdd(BindingRecord),
     BindingRemove(BindingRecord),
     Message(MessageRecord),
-    Ack { queue: u32, ids: Vec<u64> },
-    Delivered { queue: u32, ids: Vec<u64> },
+    Ack {
+        queue: u32,
+        ids: Vec<u64>,
+    },
+    Delivered {
+        queue: u32,
+        ids: Vec<u64>,
+    },
+    /// The next message and queue ids when the segment was opened, so ids
+    /// stay unique even after every segment that used them is deleted.
+    IdWatermark {
+        next_message_id: u64,
+        next_queue_id: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -176,6 +204,7 @@ impl Record {
             Record::Message(_) => TYPE_MESSAGE,
             Record::Ack { .. } => TYPE_ACK,
             Record::Delivered { .. } => TYPE_DELIVERED,
+            Record::IdWatermark { .. } => TYPE_ID_WATERMARK,
         }
     }
 
@@ -207,6 +236,10 @@ impl Record {
                 encode_message_payload(out, m.id, &m.queues, &m.exchange, &m.routing_key, &m.properties, &m.body)
             }
             Record::Ack { queue, ids } | Record::Delivered { queue, ids } => encode_id_list(out, *queue, ids),
+            Record::IdWatermark { next_message_id, next_queue_id } => {
+                out.put_u64_le(*next_message_id);
+                out.put_u32_le(*next_queue_id);
+            }
         });
     }
 
@@ -279,6 +312,7 @@ impl Record {
                 let ids = (0..count).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
                 if kind == TYPE_ACK { Record::Ack { queue, ids } } else { Record::Delivered { queue, ids } }
             }
+            TYPE_ID_WATERMARK => Record::IdWatermark { next_message_id: r.u64()?, next_queue_id: r.u32()? },
             other => return Err(FormatError::UnknownType(other)),
         };
         if r.remaining() != 0 {

@@ -129,6 +129,10 @@ pub struct SegmentMeta {
     pub sealed: bool,
     /// Live records were copied forward; delete once this position is durable.
     pub relocated_upto: Option<u64>,
+    /// Position just past the header and definitions snapshot. The segment
+    /// before this one may only be deleted once this is durable: until then
+    /// the definitions it holds exist nowhere else on disk.
+    pub snapshot_end: u64,
 }
 
 /// Bytes for the writer: contiguous records of one segment.
@@ -257,6 +261,7 @@ impl LogStore {
                     live_bytes: 0,
                     sealed: true,
                     relocated_upto: None,
+                    snapshot_end: base,
                 },
             );
             next_seq += 1;
@@ -590,8 +595,16 @@ impl LogStore {
         let mut removable = Vec::new();
         {
             let inner = self.inner.lock();
-            for (seq, meta) in &inner.segments {
-                if !meta.sealed || meta.live_messages > 0 || meta.relocated_upto.is_some_and(|p| p > durable) {
+            let mut segments = inner.segments.iter().peekable();
+            while let Some((seq, meta)) = segments.next() {
+                // The next segment's snapshot being durable also means every
+                // record of this one was written and synced.
+                let successor_durable = segments.peek().is_some_and(|(_, next)| next.snapshot_end <= durable);
+                if !meta.sealed
+                    || !successor_durable
+                    || meta.live_messages > 0
+                    || meta.relocated_upto.is_some_and(|p| p > durable)
+                {
                     break;
                 }
                 removable.push((*seq, meta.base));
@@ -688,6 +701,8 @@ impl Inner {
         let mut data = Vec::new();
         let header_at = data.len();
         data.extend_from_slice(&[0u8; SEGMENT_HEADER_LEN]);
+        Record::IdWatermark { next_message_id: self.next_message_id, next_queue_id: self.next_queue_id }
+            .encode(FLAG_SNAPSHOT, &mut data);
         self.defs.encode_snapshot(&mut data);
         let needed = data.len() + first_record;
         let capacity = (self.segment_size as usize).max(needed.next_multiple_of(4096)).min(u32::MAX as usize) as u32;
@@ -698,7 +713,16 @@ impl Inner {
         self.pending.push(Chunk { segment: seq, base, offset: 0, data, create: Some(capacity), max_message_id: 0 });
         self.segments.insert(
             seq,
-            SegmentMeta { base, capacity, used, live_messages: 0, live_bytes: 0, sealed: false, relocated_upto: None },
+            SegmentMeta {
+                base,
+                capacity,
+                used,
+                live_messages: 0,
+                live_bytes: 0,
+                sealed: false,
+                relocated_upto: None,
+                snapshot_end: base + used as u64,
+            },
         );
         self.active = seq;
         self.appended = base + used as u64;
@@ -781,6 +805,7 @@ pub fn type_name(kind: u8) -> &'static str {
         TYPE_MESSAGE => "message",
         TYPE_ACK => "ack",
         TYPE_DELIVERED => "delivered",
+        TYPE_ID_WATERMARK => "id-watermark",
         _ => "unknown",
     }
 }

@@ -213,6 +213,10 @@ fn apply(out: &mut Recovered, base: u64, offset: u32, len: u32, flags: u8, recor
         Record::QueueDeclare { queue, .. } | Record::QueueDelete { queue } => {
             out.max_queue_id = out.max_queue_id.max(*queue);
         }
+        Record::IdWatermark { next_message_id, next_queue_id } => {
+            out.max_message_id = out.max_message_id.max(next_message_id.saturating_sub(1));
+            out.max_queue_id = out.max_queue_id.max(next_queue_id.saturating_sub(1));
+        }
         _ => {}
     }
     match record {
