@@ -4,7 +4,9 @@
 #      integration suites that drive the real `warren` binary with lapin;
 #   2. the RabbitMQ tutorials 1-7 as pika scenarios (../shared/tutorials, or
 #      $WARREN_TUTORIALS) against a fresh broker on a free port, with
-#      warrenctl as the rabbitmqctl stand-in.
+#      warrenctl as the rabbitmqctl stand-in;
+#   3. tests/scenarios: the tutorial's new_task.py / worker.py across a
+#      broker kill -9 (pika).
 # Needs python3 with pika, pytest and pytest-timeout for step 2
 # (pip install pika pytest pytest-timeout).
 set -euo pipefail
@@ -42,3 +44,8 @@ TUTORIAL_RABBITMQCTL="$PWD/target/debug/warrenctl --data-dir $scratch/data" \
     tail -50 "$scratch/broker.log" >&2
     exit 1
 }
+
+echo "running the work queue across a broker kill -9"
+WARREN_BIN="$PWD/target/debug/warren" WARRENCTL_BIN="$PWD/target/debug/warrenctl" \
+WARREN_TUTORIALS="$(cd "$tutorials" && pwd)" PYTHONDONTWRITEBYTECODE=1 \
+    python3 -m pytest -p no:cacheprovider -q --timeout=180 tests/scenarios

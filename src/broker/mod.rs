@@ -468,8 +468,9 @@ impl Broker {
         }
         let owner = m.exclusive.then_some(conn);
         let mut q = Queue::new(&name, m.durable, owner, m.auto_delete, m.arguments.clone(), limits);
-        // Exclusive queues die with their connection, so never outlive a restart.
-        if q.durable && owner.is_none() {
+        // As in RabbitMQ, exclusive and auto-delete queues do not outlive a
+        // restart, so only durable queues that are neither are logged.
+        if q.durable && owner.is_none() && !q.auto_delete {
             let id = self.store.allocate_queue_id();
             q.store_id = Some(id);
             self.store.define(queue_record(&q, id)).map_err(store_failed)?;
@@ -1063,7 +1064,7 @@ impl State {
             Destination::Queue(name) => {
                 let q = self.queues.get(name.as_str()).ok_or_else(|| no_queue(name))?;
                 check_owner(q, conn)?;
-                q.durable && q.exclusive_owner.is_none()
+                q.store_id.is_some()
             }
             Destination::Exchange(name) => self.exchanges.get(name).ok_or_else(|| no_exchange(name))?.durable,
         };
