@@ -426,7 +426,7 @@ impl Connection {
                 }
             }
             self.release_confirms();
-            while self.broker.store().backlog_bytes() > LOG_BACKLOG_LIMIT {
+            while self.broker.store().backlog_bytes() > LOG_BACKLOG_LIMIT && !self.durability.borrow().failed {
                 if self.durability.changed().await.is_err() {
                     break;
                 }
