@@ -482,6 +482,115 @@ pub enum Scanned {
     Bad { offset: usize, error: FormatError },
 }
 
+/// A record whose frame and checksum are valid, not yet decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame {
+    pub offset: usize,
+    /// Bytes the record occupies, prefix included.
+    pub len: usize,
+    pub kind: u8,
+    pub flags: u8,
+}
+
+impl Frame {
+    /// The payload (after type and flags).
+    pub fn payload<'a>(&self, segment: &'a [u8]) -> &'a [u8] {
+        &segment[self.offset + RECORD_PREFIX_LEN + 2..self.offset + self.len]
+    }
+}
+
+/// What [`frame_at`] found.
+#[derive(Debug)]
+pub enum Framed {
+    Record(Frame),
+    End { offset: usize },
+    Bad { offset: usize, error: FormatError },
+}
+
+/// Checks the frame at `offset` (length bounds and CRC) without decoding the payload.
+pub fn frame_at(segment: &[u8], offset: usize) -> Framed {
+    let room = segment.len().saturating_sub(offset);
+    if room < RECORD_PREFIX_LEN {
+        return Framed::End { offset };
+    }
+    let b = &segment[offset..offset + RECORD_PREFIX_LEN];
+    let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let stored = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    if len == 0 {
+        return Framed::End { offset };
+    }
+    if len < RECORD_MIN_LEN {
+        return Framed::Bad { offset, error: FormatError::LengthTooSmall(len) };
+    }
+    if len as usize > room - RECORD_PREFIX_LEN {
+        return Framed::Bad { offset, error: FormatError::LengthPastEnd { len, room: room - RECORD_PREFIX_LEN } };
+    }
+    let start = offset + RECORD_PREFIX_LEN;
+    let content = &segment[start..start + len as usize];
+    let computed = crc32fast::hash(content);
+    if computed != stored {
+        return Framed::Bad { offset, error: FormatError::Checksum { stored, computed } };
+    }
+    Framed::Record(Frame { offset, len: RECORD_PREFIX_LEN + len as usize, kind: content[0], flags: content[1] })
+}
+
+/// The fields of a message record recovery needs, read without allocating.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageHead<'a> {
+    pub id: u64,
+    queues: &'a [u8],
+    pub body_len: u32,
+}
+
+impl MessageHead<'_> {
+    pub fn queue_count(&self) -> usize {
+        self.queues.len() / 4
+    }
+
+    pub fn queues(&self) -> impl Iterator<Item = u32> + '_ {
+        self.queues.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    }
+}
+
+/// Reads a message record's id, queue list and body length, checking that
+/// the payload is well formed, without decoding names or copying bytes.
+pub fn peek_message(payload: &[u8]) -> Result<MessageHead<'_>, FormatError> {
+    let get = |at: usize, n: usize| payload.get(at..at + n).ok_or(FormatError::Truncated);
+    let id = u64::from_le_bytes(get(0, 8)?.try_into().map_err(|_| FormatError::Truncated)?);
+    let count = u16::from_le_bytes(get(8, 2)?.try_into().map_err(|_| FormatError::Truncated)?) as usize;
+    let queues = get(10, count * 4)?;
+    let mut at = 10 + count * 4;
+    for _ in 0..2 {
+        let n = *get(at, 1)?.first().ok_or(FormatError::Truncated)? as usize;
+        let name = get(at + 1, n)?;
+        std::str::from_utf8(name).map_err(|_| FormatError::Utf8)?;
+        at += 1 + n;
+    }
+    let props = u32::from_le_bytes(get(at, 4)?.try_into().map_err(|_| FormatError::Truncated)?) as usize;
+    at += 4 + props;
+    let body_len = u32::from_le_bytes(get(at, 4)?.try_into().map_err(|_| FormatError::Truncated)?);
+    at += 4 + body_len as usize;
+    match at.cmp(&payload.len()) {
+        std::cmp::Ordering::Equal => Ok(MessageHead { id, queues, body_len }),
+        std::cmp::Ordering::Less => Err(FormatError::Trailing(payload.len() - at)),
+        std::cmp::Ordering::Greater => Err(FormatError::Truncated),
+    }
+}
+
+/// Reads an ack or delivered record's queue and ids without allocating.
+pub fn peek_id_list(payload: &[u8]) -> Result<(u32, impl Iterator<Item = u64> + '_), FormatError> {
+    if payload.len() < 8 {
+        return Err(FormatError::Truncated);
+    }
+    let queue = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+    let count = u32::from_le_bytes([payload[4], payload[5], payload[6], payload[7]]) as usize;
+    let ids = &payload[8..];
+    if ids.len() != count.saturating_mul(8) {
+        return Err(if ids.len() < count.saturating_mul(8) { FormatError::Truncated } else { FormatError::Trailing(ids.len() - count * 8) });
+    }
+    Ok((queue, ids.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))))
+}
+
 /// Reads the record framed at `offset` of `segment` (the whole file's bytes).
 pub fn read_record_at(segment: &Bytes, offset: usize) -> Scanned {
     let room = segment.len().saturating_sub(offset);

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use super::format::*;
 use super::io::LogIo;
-use super::recovery::{Recovered, SegmentState};
+use super::recovery::{QueueSet, Recovered, SegmentState};
 
 /// When the writer makes a batch durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,15 +268,17 @@ impl LogStore {
             next_base = base + capacity as u64;
         }
         let mut index = IdMap::default();
+        index.reserve(recovered.messages.len());
         let mut multi = IdMap::default();
+        let seq_of: HashMap<u64, u32> = recovered.segments.iter().enumerate().map(|(i, s)| (s.base, i as u32)).collect();
         for (id, m) in &recovered.messages {
-            let Some(seq) = recovered.segments.iter().position(|s| s.base == m.base) else { continue };
-            let seq = seq as u32;
-            let queue = if m.queues.len() == 1 {
-                m.queues[0].0
-            } else {
-                multi.insert(*id, m.queues.iter().map(|q| q.0).collect());
-                MANY_QUEUES
+            let Some(&seq) = seq_of.get(&m.base) else { continue };
+            let queue = match &m.queues {
+                QueueSet::One(q, _) => *q,
+                QueueSet::Many(queues) => {
+                    multi.insert(*id, queues.iter().map(|q| q.0).collect());
+                    MANY_QUEUES
+                }
             };
             index.insert(*id, Loc { segment: seq, offset: m.offset, len: m.len, queue });
             if let Some(meta) = segments.get_mut(&seq) {

@@ -1,6 +1,12 @@
 //! Start-up replay: reads every retained segment in order and rebuilds the
 //! durable definitions and the live messages of every durable queue.
 //!
+//! Each segment is read twice from its mapping: a first pass checks every
+//! frame (lengths and CRC) and payload structure, and a second applies the
+//! records. A damaged segment set aside thus leaves nothing half-applied.
+//! Message, ack and delivered records (nearly all of a log) are read in
+//! place without allocating; only definitions are fully decoded.
+//!
 //! A record that fails its checksum (or does not parse) at the end of the
 //! newest segment, with no valid record after it, is a torn tail left by a
 //! crash in the middle of a write: it is zeroed and start-up goes on. Damage
@@ -24,15 +30,74 @@ pub struct SegmentState {
     pub used: u32,
 }
 
+/// The durable queues holding a message and whether each had handed it to a
+/// consumer; one queue (the usual case) is kept inline.
+#[derive(Debug, Clone)]
+pub enum QueueSet {
+    One(u32, bool),
+    Many(Vec<(u32, bool)>),
+}
+
+impl QueueSet {
+    fn from_queues(queues: impl Iterator<Item = u32>, count: usize) -> QueueSet {
+        if count == 1 {
+            let mut queues = queues;
+            QueueSet::One(queues.next().unwrap_or(0), false)
+        } else {
+            QueueSet::Many(queues.map(|q| (q, false)).collect())
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, bool)> + '_ {
+        let (one, many) = match self {
+            QueueSet::One(q, d) => (Some((*q, *d)), &[][..]),
+            QueueSet::Many(v) => (None, &v[..]),
+        };
+        one.into_iter().chain(many.iter().copied())
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            QueueSet::One(..) => 1,
+            QueueSet::Many(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps the queues `keep` accepts; returns whether any is left.
+    fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) -> bool {
+        match self {
+            QueueSet::One(q, _) => keep(*q),
+            QueueSet::Many(v) => {
+                v.retain(|(q, _)| keep(*q));
+                !v.is_empty()
+            }
+        }
+    }
+
+    fn mark_delivered(&mut self, queue: u32) {
+        match self {
+            QueueSet::One(q, d) if *q == queue => *d = true,
+            QueueSet::Many(v) => {
+                if let Some(entry) = v.iter_mut().find(|(q, _)| *q == queue) {
+                    entry.1 = true;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RecoveredMessage {
     pub base: u64,
     pub offset: u32,
     pub len: u32,
     pub body_len: u32,
-    /// Durable queues still holding the message, and whether it had been
-    /// handed to a consumer of that queue.
-    pub queues: Vec<(u32, bool)>,
+    pub queues: QueueSet,
 }
 
 #[derive(Debug, Default)]
@@ -50,14 +115,13 @@ pub struct Recovered {
 }
 
 impl Recovered {
-    /// Each durable queue's messages in publish (id) order, with the
-    /// delivered flag.
-    /// Each entry is (message id, body length, delivered).
+    /// Each durable queue's messages in publish (id) order: (message id,
+    /// body length, delivered).
     pub fn queue_messages(&self) -> std::collections::HashMap<u32, Vec<(u64, u32, bool)>> {
         let mut per_queue: std::collections::HashMap<u32, Vec<(u64, u32, bool)>> = Default::default();
         for (id, m) in &self.messages {
-            for (queue, delivered) in &m.queues {
-                per_queue.entry(*queue).or_default().push((*id, m.body_len, *delivered));
+            for (queue, delivered) in m.queues.iter() {
+                per_queue.entry(queue).or_default().push((*id, m.body_len, delivered));
             }
         }
         for list in per_queue.values_mut() {
@@ -67,30 +131,42 @@ impl Recovered {
     }
 }
 
-/// A segment's records, collected before they are applied so that a damaged
-/// segment set aside leaves no half-applied state.
+/// First pass over a segment: the valid frames, where they end, and the
+/// first problem found.
 struct Scan {
-    records: Vec<(usize, usize, u8, Record)>,
+    frames: Vec<Frame>,
     used: usize,
     problem: Option<(usize, String)>,
 }
 
-fn scan_segment(bytes: &Bytes) -> Scan {
+fn check_payload(frame: &Frame, segment: &[u8]) -> Result<(), FormatError> {
+    let payload = frame.payload(segment);
+    match frame.kind {
+        TYPE_MESSAGE => peek_message(payload).map(|_| ()),
+        TYPE_ACK | TYPE_DELIVERED => peek_id_list(payload).map(|_| ()),
+        kind => Record::decode(kind, Bytes::copy_from_slice(payload)).map(|_| ()),
+    }
+}
+
+fn scan_segment(bytes: &[u8]) -> Scan {
     let mut offset = SEGMENT_HEADER_LEN;
-    let mut records = Vec::new();
+    let mut frames = Vec::new();
     loop {
-        match read_record_at(bytes, offset) {
-            Scanned::Record { offset: at, len, flags, record } => {
-                records.push((at, len, flags, record));
-                offset += len;
+        match frame_at(bytes, offset) {
+            Framed::Record(frame) => {
+                if let Err(e) = check_payload(&frame, bytes) {
+                    return Scan { frames, used: offset, problem: Some((offset, e.to_string())) };
+                }
+                frames.push(frame);
+                offset += frame.len;
             }
-            Scanned::End { offset: at } => {
+            Framed::End { offset: at } => {
                 let problem =
                     (!is_zero_tail(bytes, at)).then(|| (at, "non-zero bytes after the end of the records".to_string()));
-                return Scan { records, used: at, problem };
+                return Scan { frames, used: at, problem };
             }
-            Scanned::Bad { offset: at, error } => {
-                return Scan { records, used: at, problem: Some((at, error.to_string())) };
+            Framed::Bad { offset: at, error } => {
+                return Scan { frames, used: at, problem: Some((at, error.to_string())) };
             }
         }
     }
@@ -142,8 +218,8 @@ pub fn recover(io: &dyn LogIo, skip_damaged: bool) -> Result<Recovered, String> 
                 continue;
             }
         }
-        for (offset, len, flags, record) in scan.records {
-            apply(&mut out, base, offset as u32, len as u32, flags, record);
+        for frame in &scan.frames {
+            apply(&mut out, base, frame, &bytes);
         }
         out.bytes += scan.used as u64;
         out.segments.push(SegmentState { base, capacity: header.capacity, used: scan.used as u32 });
@@ -160,10 +236,7 @@ pub fn recover(io: &dyn LogIo, skip_damaged: bool) -> Result<Recovered, String> 
     }
     // Messages of queues deleted later in the log (queue ids are never reused).
     let defs = &out.definitions;
-    out.messages.retain(|_, m| {
-        m.queues.retain(|(q, _)| defs.queues.contains_key(q));
-        !m.queues.is_empty()
-    });
+    out.messages.retain(|_, m| m.queues.retain(|q| defs.queues.contains_key(&q)));
     let elapsed = started.elapsed();
     let secs = elapsed.as_secs_f64().max(1e-6);
     tracing::info!(
@@ -189,78 +262,80 @@ fn damaged(io: &dyn LogIo, base: u64, out: &mut Recovered, skip: bool, what: Str
         ));
     }
     let moved = io.set_aside(base).map_err(|e| format!("cannot set aside {}: {e}", io.describe(base)))?;
-    tracing::error!(
-        "damaged log segment: {what}; set aside as {} and skipped (its messages are lost)",
-        moved.display()
-    );
+    tracing::error!("damaged log segment: {what}; set aside as {} and skipped (its messages are lost)", moved.display());
     out.set_aside.push(moved.display().to_string());
     Ok(())
 }
 
-fn apply(out: &mut Recovered, base: u64, offset: u32, len: u32, flags: u8, record: Record) {
+/// Applies one record that the first pass already checked.
+fn apply(out: &mut Recovered, base: u64, frame: &Frame, segment: &[u8]) {
     out.records += 1;
+    let payload = frame.payload(segment);
     // Ids are never reused: the next ones must exceed every id any retained
     // record mentions, or an old ack could settle a new message.
-    match &record {
-        Record::Message(m) => {
+    match frame.kind {
+        TYPE_MESSAGE => {
+            let Ok(m) = peek_message(payload) else { return };
             out.max_message_id = out.max_message_id.max(m.id);
-            out.max_queue_id = out.max_queue_id.max(m.queues.iter().copied().max().unwrap_or(0));
-        }
-        Record::Ack { queue, ids } | Record::Delivered { queue, ids } => {
-            out.max_message_id = out.max_message_id.max(ids.iter().copied().max().unwrap_or(0));
-            out.max_queue_id = out.max_queue_id.max(*queue);
-        }
-        Record::QueueDeclare { queue, .. } | Record::QueueDelete { queue } => {
-            out.max_queue_id = out.max_queue_id.max(*queue);
-        }
-        Record::IdWatermark { next_message_id, next_queue_id } => {
-            out.max_message_id = out.max_message_id.max(next_message_id.saturating_sub(1));
-            out.max_queue_id = out.max_queue_id.max(next_queue_id.saturating_sub(1));
-        }
-        _ => {}
-    }
-    match record {
-        Record::Message(m) => {
-            if flags & FLAG_RELOCATED != 0
+            out.max_queue_id = out.max_queue_id.max(m.queues().max().unwrap_or(0));
+            if frame.flags & FLAG_RELOCATED != 0
                 && let Some(existing) = out.messages.get_mut(&m.id)
             {
                 existing.base = base;
-                existing.offset = offset;
-                existing.len = len;
-                existing.body_len = m.body.len() as u32;
-                existing.queues.retain(|(q, _)| m.queues.contains(q));
+                existing.offset = frame.offset as u32;
+                existing.len = frame.len as u32;
+                // The copy lists the queues still holding the message.
+                if !existing.queues.retain(|q| m.queues().any(|x| x == q)) {
+                    out.messages.remove(&m.id);
+                }
                 return;
             }
             out.messages.insert(
                 m.id,
                 RecoveredMessage {
                     base,
-                    offset,
-                    len,
-                    body_len: m.body.len() as u32,
-                    queues: m.queues.iter().map(|q| (*q, false)).collect(),
+                    offset: frame.offset as u32,
+                    len: frame.len as u32,
+                    body_len: m.body_len,
+                    queues: QueueSet::from_queues(m.queues(), m.queue_count()),
                 },
             );
         }
-        Record::Ack { queue, ids } => {
+        TYPE_ACK => {
+            let Ok((queue, ids)) = peek_id_list(payload) else { return };
+            out.max_queue_id = out.max_queue_id.max(queue);
             for id in ids {
-                if let Some(m) = out.messages.get_mut(&id) {
-                    m.queues.retain(|(q, _)| *q != queue);
-                    if m.queues.is_empty() {
-                        out.messages.remove(&id);
-                    }
-                }
-            }
-        }
-        Record::Delivered { queue, ids } => {
-            for id in ids {
+                out.max_message_id = out.max_message_id.max(id);
                 if let Some(m) = out.messages.get_mut(&id)
-                    && let Some(entry) = m.queues.iter_mut().find(|(q, _)| *q == queue)
+                    && !m.queues.retain(|q| q != queue)
                 {
-                    entry.1 = true;
+                    out.messages.remove(&id);
                 }
             }
         }
-        other => out.definitions.apply(&other),
+        TYPE_DELIVERED => {
+            let Ok((queue, ids)) = peek_id_list(payload) else { return };
+            out.max_queue_id = out.max_queue_id.max(queue);
+            for id in ids {
+                out.max_message_id = out.max_message_id.max(id);
+                if let Some(m) = out.messages.get_mut(&id) {
+                    m.queues.mark_delivered(queue);
+                }
+            }
+        }
+        kind => {
+            let Ok(record) = Record::decode(kind, Bytes::copy_from_slice(payload)) else { return };
+            match &record {
+                Record::QueueDeclare { queue, .. } | Record::QueueDelete { queue } => {
+                    out.max_queue_id = out.max_queue_id.max(*queue);
+                }
+                Record::IdWatermark { next_message_id, next_queue_id } => {
+                    out.max_message_id = out.max_message_id.max(next_message_id.saturating_sub(1));
+                    out.max_queue_id = out.max_queue_id.max(next_queue_id.saturating_sub(1));
+                }
+                _ => {}
+            }
+            out.definitions.apply(&record);
+        }
     }
 }
