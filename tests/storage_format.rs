@@ -203,3 +203,33 @@ fn torn_tail_in_the_newest_segment_is_cut_and_older_damage_is_refused() {
     assert_eq!(recovered.set_aside.len(), 1);
     assert!(io.list().unwrap() == vec![8192]);
 }
+
+#[test]
+fn a_segment_created_by_an_interrupted_roll_is_dropped_and_its_predecessor_is_the_newest() {
+    // The crash hit the batch that opened segment 8192: its file exists but
+    // holds only zeros, and segment 0's last record is torn.
+    let dir = tempfile::tempdir().unwrap();
+    let mut seg = hand_built_segment(0, 8192);
+    let end = seg.iter().rposition(|b| *b != 0).unwrap() + 1;
+    for b in &mut seg[end - 10..end] {
+        *b = 0xEE;
+    }
+    std::fs::write(dir.path().join(segment_file_name(0)), &seg).unwrap();
+    std::fs::write(dir.path().join(segment_file_name(8192)), vec![0u8; 8192]).unwrap();
+    let io = FileIo::new(dir.path()).unwrap();
+    let recovered = recover(&io, false).expect("an interrupted roll is not damage");
+    assert_eq!(io.list().unwrap(), vec![0]);
+    assert!(recovered.torn_tail.is_some());
+}
+
+#[test]
+fn a_damaged_header_with_records_after_it_is_damage_not_a_fresh_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seg = hand_built_segment(0, 8192);
+    seg[3] ^= 0xFF; // inside the magic
+    std::fs::write(dir.path().join(segment_file_name(0)), &seg).unwrap();
+    let io = FileIo::new(dir.path()).unwrap();
+    let err = recover(&io, false).expect_err("records behind a bad header must not be dropped silently");
+    assert!(err.contains(&segment_file_name(0)), "{err}");
+    assert_eq!(io.list().unwrap(), vec![0], "nothing was removed");
+}

@@ -123,6 +123,8 @@ pub enum FormatError {
     Utf8,
     #[error("unknown exchange kind {0}")]
     ExchangeKind(u8),
+    #[error("unknown binding destination kind {0}")]
+    DestinationKind(u8),
 }
 
 /// Where a binding leads, as stored.
@@ -276,7 +278,7 @@ impl Record {
                 let destination_kind = match r.u8()? {
                     1 => DestinationKind::Queue,
                     2 => DestinationKind::Exchange,
-                    _ => return Err(FormatError::Truncated),
+                    other => return Err(FormatError::DestinationKind(other)),
                 };
                 let b = BindingRecord {
                     source,
@@ -586,7 +588,11 @@ pub fn peek_id_list(payload: &[u8]) -> Result<(u32, impl Iterator<Item = u64> + 
     let count = u32::from_le_bytes([payload[4], payload[5], payload[6], payload[7]]) as usize;
     let ids = &payload[8..];
     if ids.len() != count.saturating_mul(8) {
-        return Err(if ids.len() < count.saturating_mul(8) { FormatError::Truncated } else { FormatError::Trailing(ids.len() - count * 8) });
+        return Err(if ids.len() < count.saturating_mul(8) {
+            FormatError::Truncated
+        } else {
+            FormatError::Trailing(ids.len() - count * 8)
+        });
     }
     Ok((queue, ids.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))))
 }

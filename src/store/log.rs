@@ -270,7 +270,8 @@ impl LogStore {
         let mut index = IdMap::default();
         index.reserve(recovered.messages.len());
         let mut multi = IdMap::default();
-        let seq_of: HashMap<u64, u32> = recovered.segments.iter().enumerate().map(|(i, s)| (s.base, i as u32)).collect();
+        let seq_of: HashMap<u64, u32> =
+            recovered.segments.iter().enumerate().map(|(i, s)| (s.base, i as u32)).collect();
         for (id, m) in &recovered.messages {
             let Some(&seq) = seq_of.get(&m.base) else { continue };
             let queue = match &m.queues {
@@ -511,6 +512,16 @@ impl LogStore {
             let mut max_id = 0u64;
             for chunk in &chunks {
                 if let Some(capacity) = chunk.create {
+                    // The sealed segment's tail is synced before its successor
+                    // exists, so only the newest segment can ever hold a torn
+                    // write and recovery never has to guess about older ones.
+                    if self.options.fsync != FsyncPolicy::Never {
+                        for base in touched.drain(..) {
+                            if let Err(e) = self.io.sync(base) {
+                                return self.fail(&format!("fdatasync of {}", self.io.describe(base)), e);
+                            }
+                        }
+                    }
                     if let Err(e) = self.io.create(chunk.base, capacity) {
                         return self.fail(&format!("creating {}", self.io.describe(chunk.base)), e);
                     }

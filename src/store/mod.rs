@@ -13,6 +13,7 @@
 //! what to persist and asks it for message bodies back.
 
 pub mod format;
+pub mod inspect;
 pub mod io;
 pub mod log;
 pub mod recovery;

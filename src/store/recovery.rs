@@ -178,9 +178,28 @@ fn valid_record_after(bytes: &Bytes, offset: usize) -> bool {
     (offset + 1..end).any(|at| matches!(read_record_at(bytes, at), Scanned::Record { .. }))
 }
 
+/// A segment file created by a batch that never became durable: no valid
+/// header (zeros, or a torn write) and no valid record anywhere in it, so
+/// there is nothing in it to recover.
+fn never_written(bytes: &Bytes) -> bool {
+    SegmentHeader::decode(bytes).is_err() && !valid_record_after(bytes, SEGMENT_HEADER_LEN.saturating_sub(1))
+}
+
 pub fn recover(io: &dyn LogIo, skip_damaged: bool) -> Result<Recovered, String> {
     let started = Instant::now();
-    let bases = io.list().map_err(|e| format!("cannot list the log directory: {e}"))?;
+    let mut bases = io.list().map_err(|e| format!("cannot list the log directory: {e}"))?;
+    // Segment files whose creation happened in the batch a crash interrupted
+    // hold nothing that was ever confirmed: drop them first, so the segment
+    // before them is the newest one (the only one allowed a torn tail).
+    while let Some(&last) = bases.last() {
+        let bytes = io.bytes(last).map_err(|e| format!("cannot read {}: {e}", io.describe(last)))?;
+        if !never_written(&bytes) {
+            break;
+        }
+        tracing::warn!("{}: created but never written before the crash; removing it", io.describe(last));
+        io.remove(last).map_err(|e| format!("cannot remove {}: {e}", io.describe(last)))?;
+        bases.pop();
+    }
     let mut out = Recovered::default();
     let mut last_progress = Instant::now();
     for (i, base) in bases.iter().copied().enumerate() {
@@ -191,12 +210,6 @@ pub fn recover(io: &dyn LogIo, skip_damaged: bool) -> Result<Recovered, String> 
             Ok(h) if h.base == base => h,
             Ok(h) => {
                 damaged(io, base, &mut out, skip_damaged, format!("{name}: header names base {} instead", h.base))?;
-                continue;
-            }
-            Err(e) if newest => {
-                // A segment created by a write that never became durable.
-                tracing::warn!("{name}: {e}; the segment was never made durable, removing it");
-                io.remove(base).map_err(|e| format!("cannot remove {name}: {e}"))?;
                 continue;
             }
             Err(e) => {
@@ -262,7 +275,10 @@ fn damaged(io: &dyn LogIo, base: u64, out: &mut Recovered, skip: bool, what: Str
         ));
     }
     let moved = io.set_aside(base).map_err(|e| format!("cannot set aside {}: {e}", io.describe(base)))?;
-    tracing::error!("damaged log segment: {what}; set aside as {} and skipped (its messages are lost)", moved.display());
+    tracing::error!(
+        "damaged log segment: {what}; set aside as {} and skipped (its messages are lost)",
+        moved.display()
+    );
     out.set_aside.push(moved.display().to_string());
     Ok(())
 }
