@@ -39,6 +39,12 @@ pub struct Config {
     pub fsync: String,
     /// Start even if a sealed log segment is damaged, setting it aside.
     pub skip_damaged_segments: bool,
+    /// Threads that serve connections. One thread (the default) runs every
+    /// connection task: frames a publisher's read produces for consumers are
+    /// written in one syscall per consumer once the publisher's batch is
+    /// processed, and no wake-up crosses cores. The log writer thread and the
+    /// segment preparer run beside it.
+    pub threads: usize,
     pub users: Vec<User>,
 }
 
@@ -56,6 +62,7 @@ impl Default for Config {
             segment_size: 64 << 20,
             fsync: "batch".into(),
             skip_damaged_segments: false,
+            threads: 1,
             users: vec![User { name: "guest".into(), password: "guest".into(), loopback_only: true }],
         }
     }

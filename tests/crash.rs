@@ -108,7 +108,7 @@ fn twenty_kills_lose_no_confirmed_message() {
 }
 
 #[test]
-#[ignore = "long: about ten minutes in a debug build; run with --ignored"]
+#[ignore = "long: about six minutes in a debug build; run with --ignored"]
 fn two_hundred_kills_lose_no_confirmed_message() {
     let (status, output) = crashtest(&["--cycles", "200", "--seed", "7"], Duration::from_secs(3600));
     assert_clean_run(200, status, &output);

@@ -38,6 +38,9 @@ struct Args {
     /// Start even if a sealed log segment is damaged: it is renamed *.damaged and its records are lost.
     #[arg(long)]
     skip_damaged_segments: bool,
+    /// Threads serving connections [default: 1]; the log writer has its own.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +70,9 @@ fn main() -> anyhow::Result<()> {
         config.segment_size = size;
     }
     config.skip_damaged_segments |= args.skip_damaged_segments;
+    if let Some(threads) = args.threads {
+        config.threads = threads;
+    }
     let fsync: FsyncPolicy = config.fsync.parse().map_err(|e: String| anyhow::anyhow!(e))?;
 
     std::fs::create_dir_all(&config.data_dir)
@@ -90,7 +96,11 @@ fn main() -> anyhow::Result<()> {
     broker.restore(&recovered);
     drop(recovered);
 
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = if config.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(config.threads).enable_all().build()?
+    };
     let result = runtime.block_on(serve(config, broker));
     // Everything appended is written and synced before the process exits.
     store.shutdown();

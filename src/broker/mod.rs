@@ -531,9 +531,9 @@ impl Broker {
         }
     }
 
-    /// basic.consume: registers the consumer, sends consume-ok (unless
-    /// no-wait) and only then starts deliveries, so the client always learns
-    /// the tag before the first message.
+    /// basic.consume: registers the consumer and sends consume-ok (unless
+    /// no-wait); deliveries start with [`Broker::start_delivery`], so the
+    /// client always learns the tag before the first message.
     #[allow(clippy::too_many_arguments)]
     pub fn consume(
         &self,
@@ -571,12 +571,18 @@ impl Broker {
         });
         q.had_consumer = true;
         ch.consumers.insert(tag.clone(), q.name.clone());
-        let qname = q.name.clone();
         if !no_wait {
             handle.method(channel, BasicConsumeOk { consumer_tag: tag.to_string() });
         }
-        st.drain(&qname, &self.store);
         Ok(())
+    }
+
+    /// Hands a queue's ready messages to its consumers. The connection that
+    /// registered a consumer calls this once its consume-ok has gone out, so
+    /// the reply travels in a write of its own ahead of the first deliveries
+    /// (some clients only look at frames that arrive after it).
+    pub fn start_delivery(&self, queue: &str) {
+        self.state.lock().drain(queue, &self.store);
     }
 
     /// basic.cancel; returns false for an unknown tag (which RabbitMQ answers with cancel-ok anyway).

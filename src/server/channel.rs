@@ -371,6 +371,7 @@ impl Connection {
             Method::BasicConsume(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
                 broker.consume(&self.handle, channel, &queue, &m.consumer_tag, m.no_ack, m.exclusive, m.no_wait)?;
+                self.start_delivery.push(queue);
             }
             Method::BasicCancel(m) => {
                 broker.cancel(id, channel, &m.consumer_tag);

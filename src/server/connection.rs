@@ -84,6 +84,9 @@ pub(super) struct Connection {
     appended_before: u64,
     /// Replies held back until the log is durable up to a position.
     deferred: Vec<(u64, u16, Method)>,
+    /// Queues that got a consumer in this batch of frames: deliveries start
+    /// once the consume-ok replies were written.
+    pub start_delivery: Vec<String>,
 }
 
 pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broker>, config: Arc<Config>) {
@@ -111,6 +114,7 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broke
         durability: broker.store().durability(),
         appended_before: 0,
         deferred: Vec::new(),
+        start_delivery: Vec::new(),
         broker,
     };
     tracing::debug!(connection = id, "accepting AMQP connection from {peer}");
@@ -426,6 +430,13 @@ impl Connection {
                 }
             }
             self.release_confirms();
+            if !self.start_delivery.is_empty() {
+                // Let the writer put the consume-ok replies on the wire first.
+                tokio::task::yield_now().await;
+                for queue in std::mem::take(&mut self.start_delivery) {
+                    self.broker.start_delivery(&queue);
+                }
+            }
             while self.broker.store().backlog_bytes() > LOG_BACKLOG_LIMIT && !self.durability.borrow().failed {
                 if self.durability.changed().await.is_err() {
                     break;
