@@ -633,7 +633,15 @@ pub fn read_record_at(segment: &Bytes, offset: usize) -> Scanned {
 /// True when every byte from `offset` on is zero: what follows the last
 /// record of a segment that was never written further.
 pub fn is_zero_tail(segment: &[u8], offset: usize) -> bool {
-    segment.get(offset..).is_none_or(|rest| rest.iter().all(|b| *b == 0))
+    segment.get(offset..).is_none_or(all_zero)
+}
+
+/// Word-at-a-time zero check: a fresh segment's tail is tens of MB of zeros.
+fn all_zero(bytes: &[u8]) -> bool {
+    // SAFETY: every bit pattern is a valid u128; align_to only splits the
+    // slice at alignment boundaries.
+    let (head, words, tail) = unsafe { bytes.align_to::<u128>() };
+    head.iter().all(|b| *b == 0) && tail.iter().all(|b| *b == 0) && words.iter().fold(0u128, |acc, w| acc | w) == 0
 }
 
 /// The offset just past the last non-zero byte at or after `offset`.
