@@ -207,8 +207,9 @@ struct Inner {
     segments: BTreeMap<u32, SegmentMeta>,
     pending: Vec<Chunk>,
     pending_bytes: usize,
-    /// Log position just past the last record appended.
-    appended: u64,
+    /// Log position just past the last record appended; shared with
+    /// [`LogStore`] so connections read it without taking the lock.
+    appended: Arc<AtomicU64>,
     next_message_id: u64,
     next_queue_id: u32,
     defs: Definitions,
@@ -230,6 +231,7 @@ pub struct LogStore {
     written_id: AtomicU64,
     options: LogOptions,
     writer: Mutex<Option<JoinHandle<()>>>,
+    appended: Arc<AtomicU64>,
 }
 
 /// Counters for listings and warren-dump.
@@ -294,7 +296,7 @@ impl LogStore {
             segments,
             pending: Vec::new(),
             pending_bytes: 0,
-            appended: next_base,
+            appended: Arc::new(AtomicU64::new(next_base)),
             next_message_id: recovered.max_message_id + 1,
             next_queue_id: recovered.max_queue_id + 1,
             defs: recovered.definitions.clone(),
@@ -307,7 +309,9 @@ impl LogStore {
         // Always continue in a new segment: the old newest one keeps what
         // recovery found and nothing is ever appended behind a torn tail.
         inner.start_segment(next_seq, next_base, 0);
+        let appended = inner.appended.clone();
         let store = Arc::new(LogStore {
+            appended,
             io,
             inner: Mutex::new(inner),
             wake_writer: Condvar::new(),
@@ -332,7 +336,7 @@ impl LogStore {
     /// Position just past the last appended record: wait for it to be
     /// durable to know that everything appended so far is.
     pub fn appended_position(&self) -> u64 {
-        self.inner.lock().appended
+        self.appended.load(Ordering::Acquire)
     }
 
     pub fn is_written(&self, id: u64) -> bool {
@@ -738,7 +742,7 @@ impl Inner {
             },
         );
         self.active = seq;
-        self.appended = base + used as u64;
+        self.appended.store(base + used as u64, Ordering::Release);
     }
 
     /// Appends a record of exactly `len` bytes written by `encode`; returns
@@ -756,7 +760,7 @@ impl Inner {
             self.start_segment(next, base + capacity as u64, len);
         }
         let seq = self.active;
-        let Some(meta) = self.segments.get_mut(&seq) else { return self.appended };
+        let Some(meta) = self.segments.get_mut(&seq) else { return self.appended.load(Ordering::Acquire) };
         let (base, offset) = (meta.base, meta.used);
         meta.used += len as u32;
         let contiguous =
@@ -778,8 +782,9 @@ impl Inner {
             chunk.max_message_id = chunk.max_message_id.max(message_id);
         }
         self.pending_bytes += len;
-        self.appended = base + offset as u64 + len as u64;
-        self.appended
+        let end = base + offset as u64 + len as u64;
+        self.appended.store(end, Ordering::Release);
+        end
     }
 
     /// `queue` no longer holds message `id`.
