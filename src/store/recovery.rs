@@ -172,6 +172,42 @@ fn scan_segment(bytes: &[u8]) -> Scan {
     }
 }
 
+/// The first pass over every segment, spread over the machine's cores:
+/// checking CRCs and faulting the mappings in is most of a replay's cost,
+/// and segments can be checked independently.
+fn scan_all(segments: &[Bytes]) -> Vec<Scan> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(segments.len().max(1));
+    if workers <= 1 {
+        return segments.iter().map(|s| scan_segment(s)).collect();
+    }
+    let mut results: Vec<Option<Scan>> = (0..segments.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                scope.spawn(move || {
+                    segments
+                        .iter()
+                        .enumerate()
+                        .skip(w)
+                        .step_by(workers)
+                        .map(|(i, s)| (i, scan_segment(s)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for handle in handles {
+            // A panicking scan thread would be a bug; its segments are then
+            // scanned again below on this thread.
+            if let Ok(done) = handle.join() {
+                for (i, scan) in done {
+                    results[i] = Some(scan);
+                }
+            }
+        }
+    });
+    results.into_iter().zip(segments).map(|(r, s)| r.unwrap_or_else(|| scan_segment(s))).collect()
+}
+
 /// Whether any valid record starts after `offset` (within the non-zero data).
 fn valid_record_after(bytes: &Bytes, offset: usize) -> bool {
     let end = end_of_nonzero(bytes, offset);
@@ -202,10 +238,15 @@ pub fn recover(io: &dyn LogIo, skip_damaged: bool) -> Result<Recovered, String> 
     }
     let mut out = Recovered::default();
     let mut last_progress = Instant::now();
-    for (i, base) in bases.iter().copied().enumerate() {
+    let contents: Vec<Bytes> = bases
+        .iter()
+        .map(|base| io.bytes(*base).map_err(|e| format!("cannot read {}: {e}", io.describe(*base))))
+        .collect::<Result<_, _>>()?;
+    let mut scans = scan_all(&contents).into_iter();
+    for (i, (base, bytes)) in bases.iter().copied().zip(contents).enumerate() {
         let newest = i + 1 == bases.len();
         let name = io.describe(base);
-        let bytes = io.bytes(base).map_err(|e| format!("cannot read {name}: {e}"))?;
+        let Some(scan) = scans.next() else { break };
         let header = match SegmentHeader::decode(&bytes) {
             Ok(h) if h.base == base => h,
             Ok(h) => {
@@ -217,7 +258,6 @@ pub fn recover(io: &dyn LogIo, skip_damaged: bool) -> Result<Recovered, String> 
                 continue;
             }
         };
-        let scan = scan_segment(&bytes);
         if let Some((offset, problem)) = &scan.problem {
             if newest && !valid_record_after(&bytes, *offset) {
                 let end = end_of_nonzero(&bytes, *offset);
