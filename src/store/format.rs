@@ -599,34 +599,16 @@ pub fn peek_id_list(payload: &[u8]) -> Result<(u32, impl Iterator<Item = u64> + 
 
 /// Reads the record framed at `offset` of `segment` (the whole file's bytes).
 pub fn read_record_at(segment: &Bytes, offset: usize) -> Scanned {
-    let room = segment.len().saturating_sub(offset);
-    if room < RECORD_PREFIX_LEN {
-        // Not even a prefix fits: the segment is full.
-        return Scanned::End { offset };
-    }
-    let b = &segment[offset..offset + RECORD_PREFIX_LEN];
-    let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    let stored = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-    if len == 0 {
-        return Scanned::End { offset };
-    }
-    if len < RECORD_MIN_LEN {
-        return Scanned::Bad { offset, error: FormatError::LengthTooSmall(len) };
-    }
-    if len as usize > room - RECORD_PREFIX_LEN {
-        return Scanned::Bad { offset, error: FormatError::LengthPastEnd { len, room: room - RECORD_PREFIX_LEN } };
-    }
-    let start = offset + RECORD_PREFIX_LEN;
-    let content = &segment[start..start + len as usize];
-    let computed = crc32fast::hash(content);
-    if computed != stored {
-        return Scanned::Bad { offset, error: FormatError::Checksum { stored, computed } };
-    }
-    let kind = content[0];
-    let flags = content[1];
-    match Record::decode(kind, segment.slice(start + 2..start + len as usize)) {
-        Ok(record) => Scanned::Record { offset, len: RECORD_PREFIX_LEN + len as usize, flags, record },
-        Err(error) => Scanned::Bad { offset, error },
+    match frame_at(segment, offset) {
+        Framed::End { offset } => Scanned::End { offset },
+        Framed::Bad { offset, error } => Scanned::Bad { offset, error },
+        Framed::Record(frame) => {
+            let payload = segment.slice(frame.offset + RECORD_PREFIX_LEN + 2..frame.offset + frame.len);
+            match Record::decode(frame.kind, payload) {
+                Ok(record) => Scanned::Record { offset, len: frame.len, flags: frame.flags, record },
+                Err(error) => Scanned::Bad { offset, error },
+            }
+        }
     }
 }
 

@@ -135,6 +135,21 @@ pub struct SegmentMeta {
     pub snapshot_end: u64,
 }
 
+impl SegmentMeta {
+    fn new(base: u64, capacity: u32, used: u32, sealed: bool, snapshot_end: u64) -> Self {
+        SegmentMeta {
+            base,
+            capacity,
+            used,
+            live_messages: 0,
+            live_bytes: 0,
+            sealed,
+            relocated_upto: None,
+            snapshot_end,
+        }
+    }
+}
+
 /// Bytes for the writer: contiguous records of one segment.
 struct Chunk {
     segment: u32,
@@ -255,16 +270,8 @@ impl LogStore {
             let SegmentState { base, capacity, used, .. } = *seg;
             segments.insert(
                 next_seq,
-                SegmentMeta {
-                    base,
-                    capacity,
-                    used,
-                    live_messages: 0,
-                    live_bytes: 0,
-                    sealed: true,
-                    relocated_upto: None,
-                    snapshot_end: base,
-                },
+                // A recovered segment's successor snapshot is long durable.
+                SegmentMeta::new(base, capacity, used, true, base),
             );
             next_seq += 1;
             next_base = base + capacity as u64;
@@ -728,19 +735,7 @@ impl Inner {
         let used = data.len() as u32;
         self.pending_bytes += data.len();
         self.pending.push(Chunk { segment: seq, base, offset: 0, data, create: Some(capacity), max_message_id: 0 });
-        self.segments.insert(
-            seq,
-            SegmentMeta {
-                base,
-                capacity,
-                used,
-                live_messages: 0,
-                live_bytes: 0,
-                sealed: false,
-                relocated_upto: None,
-                snapshot_end: base + used as u64,
-            },
-        );
+        self.segments.insert(seq, SegmentMeta::new(base, capacity, used, false, base + used as u64));
         self.active = seq;
         self.appended.store(base + used as u64, Ordering::Release);
     }
