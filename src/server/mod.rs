@@ -44,3 +44,18 @@ pub fn is_loopback(peer: &SocketAddr) -> bool {
         std::net::IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn only_loopback_peers_count_as_local() {
+        for local in ["127.0.0.1:5672", "127.1.2.3:1", "[::1]:5672", "[::ffff:127.0.0.1]:5672"] {
+            assert!(is_loopback(&local.parse().unwrap()), "{local}");
+        }
+        for remote in ["10.0.0.5:5672", "192.168.1.2:1", "[::ffff:10.0.0.5]:5672", "[2001:db8::1]:5672"] {
+            assert!(!is_loopback(&remote.parse().unwrap()), "{remote}");
+        }
+    }
+}
