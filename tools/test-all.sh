@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 
 cargo test
 cargo build --bin warren --bin warrenctl
+# The README starts the broker with a bare `cargo run`: it must pick warren.
+cargo run -q -- --version >/dev/null
 
 tutorials=${WARREN_TUTORIALS:-../shared/tutorials}
 if [[ ! -d $tutorials ]]; then
