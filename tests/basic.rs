@@ -9,62 +9,30 @@
 
 mod common;
 
-use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::*;
 use lapin::types::{AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{BasicProperties, Channel};
 
-use common::raw::{self, RawClient};
+use common::amqp::{
+    QUIET, WAIT, assert_quiet, channel, connect, consume, declare_queue, drain_with_redelivered, next, publish,
+    publish_props, queue_stats, raw_channel, raw_open, raw_publish, ready, reply_code, text, within,
+};
+use common::raw::RawClient;
 use warren::protocol::method::*;
 use warren::protocol::{ContentHeader, Frame, Method, encode_content, encode_method};
 
-/// Longest a single step may take before the test fails instead of hanging.
-const LIMIT: Duration = Duration::from_secs(10);
-/// How long "nothing more arrives" is watched for.
-const QUIET: Duration = Duration::from_millis(400);
-
 // ---- helpers ------------------------------------------------------------
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(LIMIT, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {LIMIT:?}: {what}"),
-    }
-}
-
-async fn connect(broker: &common::Broker) -> Connection {
-    within("connect", Connection::connect(&broker.url(), ConnectionProperties::default())).await.expect("connect")
-}
-
-async fn channel(conn: &Connection) -> Channel {
-    within("channel.open", conn.create_channel()).await.expect("channel.open")
-}
-
-async fn declare(ch: &Channel, queue: &str) {
-    within("queue.declare", ch.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()))
-        .await
-        .expect("queue.declare");
-}
-
-/// Messages ready in `queue`, from a passive queue.declare.
-async fn ready(ch: &Channel, queue: &str) -> u32 {
-    let opts = QueueDeclareOptions { passive: true, ..Default::default() };
-    within("passive queue.declare", ch.queue_declare(queue.into(), opts, FieldTable::default()))
-        .await
-        .expect("passive queue.declare")
-        .message_count()
-}
 
 /// Polls until `queue` holds exactly `n` ready messages.
 async fn wait_ready(ch: &Channel, queue: &str, n: u32) {
-    let deadline = tokio::time::Instant::now() + LIMIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let now = ready(ch, queue).await;
         if now == n {
@@ -75,84 +43,14 @@ async fn wait_ready(ch: &Channel, queue: &str, n: u32) {
     }
 }
 
-async fn publish_props(ch: &Channel, queue: &str, body: &[u8], props: BasicProperties) {
-    let confirm =
-        within("basic.publish", ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, props))
-            .await
-            .expect("basic.publish");
-    within("publish confirm", confirm).await.expect("publish");
-}
-
-async fn publish(ch: &Channel, queue: &str, body: &[u8]) {
-    publish_props(ch, queue, body, BasicProperties::default()).await
-}
-
 async fn publish_all(ch: &Channel, queue: &str, bodies: &[&str]) {
     for body in bodies {
         publish(ch, queue, body.as_bytes()).await;
     }
 }
 
-async fn consume(ch: &Channel, queue: &str, tag: &str, no_ack: bool) -> Consumer {
-    let opts = BasicConsumeOptions { no_ack, ..Default::default() };
-    within("basic.consume", ch.basic_consume(queue.into(), tag.into(), opts, FieldTable::default()))
-        .await
-        .expect("basic.consume")
-}
-
-async fn next(consumer: &mut Consumer) -> Delivery {
-    within("a delivery", consumer.next()).await.expect("consumer ended").expect("delivery failed")
-}
-
-/// Asserts the consumer receives nothing more for a while.
-async fn assert_quiet(consumer: &mut Consumer, what: &str) {
-    if let Ok(item) = tokio::time::timeout(QUIET, consumer.next()).await {
-        let got = item.map(|d| d.map(|d| String::from_utf8_lossy(&d.data).into_owned()));
-        panic!("{what}: expected no delivery, got {got:?}");
-    }
-}
-
 async fn get(ch: &Channel, queue: &str, no_ack: bool) -> Option<lapin::message::BasicGetMessage> {
     within("basic.get", ch.basic_get(queue.into(), BasicGetOptions { no_ack })).await.expect("basic.get")
-}
-
-/// Takes every ready message with basic.get (no-ack): (body, redelivered).
-async fn drain(ch: &Channel, queue: &str) -> Vec<(String, bool)> {
-    let mut out = Vec::new();
-    while let Some(m) = get(ch, queue, true).await {
-        out.push((String::from_utf8(m.delivery.data.clone()).expect("utf-8 body"), m.delivery.redelivered));
-    }
-    out
-}
-
-fn text(d: &Delivery) -> String {
-    String::from_utf8(d.data.clone()).expect("utf-8 body")
-}
-
-fn amqp_code(err: &lapin::Error) -> Option<u16> {
-    match err.kind() {
-        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
-        _ => None,
-    }
-}
-
-/// (ready, unacked, consumers) of a queue, from the broker's control socket.
-fn queue_stats(broker: &common::Broker, queue: &str) -> (u64, u64, u64) {
-    let path = warren::config::control_socket_path(&broker.data_dir);
-    let mut sock = std::os::unix::net::UnixStream::connect(&path).expect("control socket");
-    sock.set_read_timeout(Some(LIMIT)).expect("timeout");
-    sock.write_all(b"{\"command\":\"list_queues\"}\n").expect("request");
-    let mut line = String::new();
-    BufReader::new(sock).read_line(&mut line).expect("response");
-    let response: warren::admin::Response = serde_json::from_str(&line).expect("json");
-    assert!(response.ok, "list_queues failed: {:?}", response.error);
-    let row = response
-        .rows
-        .iter()
-        .find(|r| r.get("name").and_then(|v| v.as_str()) == Some(queue))
-        .unwrap_or_else(|| panic!("queue '{queue}' not listed"));
-    let n = |k: &str| row.get(k).and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("column {k}"));
-    (n("messages_ready"), n("messages_unacknowledged"), n("consumers"))
 }
 
 // ---- raw-client helpers ---------------------------------------------------
@@ -163,59 +61,6 @@ struct RawContent {
     header: ContentHeader,
     body: Vec<u8>,
     body_frames: Vec<usize>,
-}
-
-async fn raw_channel(c: &mut RawClient, channel: u16) {
-    c.send_method(channel, ChannelOpen::default()).await;
-    match within("channel.open-ok", c.expect_method()).await {
-        Method::ChannelOpenOk(_) => {}
-        other => panic!("expected channel.open-ok, got {other:?}"),
-    }
-}
-
-/// Handshake with a chosen frame_max.
-async fn raw_open(addr: std::net::SocketAddr, frame_max: u32) -> RawClient {
-    let mut c = RawClient::connect(addr).await;
-    c.send_bytes(raw::HEADER).await;
-    assert!(matches!(c.expect_method().await, Method::ConnectionStart(_)));
-    c.send_method(
-        0,
-        ConnectionStartOk {
-            client_properties: warren::protocol::FieldTable::new(),
-            mechanism: "PLAIN".into(),
-            response: Bytes::from_static(b"\0guest\0guest"),
-            locale: "en_US".into(),
-        },
-    )
-    .await;
-    let tune = match c.expect_method().await {
-        Method::ConnectionTune(t) => t,
-        other => panic!("expected connection.tune, got {other:?}"),
-    };
-    c.send_method(0, ConnectionTuneOk { channel_max: tune.channel_max, frame_max, heartbeat: 0 }).await;
-    c.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await;
-    match c.expect_method().await {
-        Method::ConnectionOpenOk(_) => c,
-        other => panic!("expected connection.open-ok, got {other:?}"),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn raw_publish(
-    c: &mut RawClient,
-    channel: u16,
-    exchange: &str,
-    key: &str,
-    mandatory: bool,
-    properties: &[u8],
-    body: &[u8],
-    frame_max: u32,
-) {
-    let mut buf = BytesMut::new();
-    let publish = BasicPublish { exchange: exchange.into(), routing_key: key.into(), mandatory, ..Default::default() };
-    encode_method(&mut buf, channel, &publish.into());
-    encode_content(&mut buf, channel, properties, body, frame_max);
-    c.send_bytes(&buf).await;
 }
 
 /// The next method; if it carries content, its header and body too.
@@ -303,7 +148,7 @@ async fn mandatory_publish_to_an_unroutable_key_comes_back_as_basic_return_312()
     let c = ch.basic_publish("amq.direct".into(), "nowhere-2".into(), mandatory, b"come back", props).await.unwrap();
     within("confirm", c).await.expect("confirm");
 
-    let deadline = tokio::time::Instant::now() + LIMIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     let returned = loop {
         let returned = within("wait_for_confirms", ch.wait_for_confirms()).await.expect("returns");
         if !returned.is_empty() {
@@ -322,7 +167,7 @@ async fn mandatory_publish_to_an_unroutable_key_comes_back_as_basic_return_312()
     assert_eq!(r.delivery.properties.message_id().as_ref().map(|s| s.as_str()), Some("m-1"));
 
     // A routable mandatory publish is delivered, not returned.
-    declare(&ch, "routable").await;
+    declare_queue(&ch, "routable").await;
     let c = ch.basic_publish("".into(), "routable".into(), mandatory, b"stays", Default::default()).await.unwrap();
     within("confirm", c).await.expect("confirm");
     wait_ready(&ch, "routable", 1).await;
@@ -355,7 +200,7 @@ async fn no_ack_consumer_gets_every_message_in_order_and_nothing_stays_unacked()
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "noack").await;
+    declare_queue(&ch, "noack").await;
     publish_all(&ch, "noack", &["a", "b", "c"]).await;
     let mut consumer = consume(&ch, "noack", "c-noack", true).await;
     for expected in ["a", "b", "c"] {
@@ -377,7 +222,7 @@ async fn manual_ack_consumer_holds_messages_until_acked() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "manual").await;
+    declare_queue(&ch, "manual").await;
     publish_all(&ch, "manual", &["one", "two"]).await;
     let mut consumer = consume(&ch, "manual", "c-manual", false).await;
     let first = next(&mut consumer).await;
@@ -386,7 +231,7 @@ async fn manual_ack_consumer_holds_messages_until_acked() {
     assert!(second.delivery_tag > first.delivery_tag);
     assert_eq!(queue_stats(&broker, "manual"), (0, 2, 1));
     first.ack(BasicAckOptions::default()).await.expect("ack");
-    let deadline = tokio::time::Instant::now() + LIMIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     while queue_stats(&broker, "manual").1 != 1 {
         assert!(tokio::time::Instant::now() < deadline, "ack did not settle the message");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -394,7 +239,7 @@ async fn manual_ack_consumer_holds_messages_until_acked() {
     // Closing the channel requeues only the unacked one.
     within("close", ch.close(200, "bye".into())).await.expect("close");
     let ch2 = channel(&conn).await;
-    assert_eq!(drain(&ch2, "manual").await, vec![("two".to_string(), true)]);
+    assert_eq!(drain_with_redelivered(&ch2, "manual").await, vec![("two".to_string(), true)]);
 }
 
 #[tokio::test]
@@ -402,7 +247,7 @@ async fn exclusive_consumer_refuses_a_second_consumer_with_403() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "excl").await;
+    declare_queue(&ch, "excl").await;
     let opts = BasicConsumeOptions { exclusive: true, ..Default::default() };
     let mut owner =
         within("consume", ch.basic_consume("excl".into(), "owner".into(), opts, FieldTable::default())).await.unwrap();
@@ -416,7 +261,7 @@ async fn exclusive_consumer_refuses_a_second_consumer_with_403() {
     )
     .await
     .expect_err("second consumer on an exclusively consumed queue");
-    assert_eq!(amqp_code(&err), Some(403), "{err:?}");
+    assert_eq!(reply_code(&err), Some(403), "{err:?}");
     // ...and from the same connection too.
     let ch3 = channel(&conn).await;
     let err = within(
@@ -425,7 +270,7 @@ async fn exclusive_consumer_refuses_a_second_consumer_with_403() {
     )
     .await
     .expect_err("second consumer on an exclusively consumed queue");
-    assert_eq!(amqp_code(&err), Some(403), "{err:?}");
+    assert_eq!(reply_code(&err), Some(403), "{err:?}");
 
     // The exclusive consumer still gets the messages; the refused ones were not registered.
     publish(&ch, "excl", b"mine").await;
@@ -433,13 +278,13 @@ async fn exclusive_consumer_refuses_a_second_consumer_with_403() {
     assert_eq!(queue_stats(&broker, "excl").2, 1);
 
     // The other way round: an exclusive consume on a queue that has a consumer is refused.
-    declare(&ch, "shared").await;
+    declare_queue(&ch, "shared").await;
     let _plain = consume(&ch, "shared", "plain", true).await;
     let ch4 = channel(&conn2).await;
     let err = within("consume", ch4.basic_consume("shared".into(), "greedy".into(), opts, FieldTable::default()))
         .await
         .expect_err("exclusive consume on a queue with consumers");
-    assert_eq!(amqp_code(&err), Some(403), "{err:?}");
+    assert_eq!(reply_code(&err), Some(403), "{err:?}");
     // The connections survive these channel errors.
     let ch5 = channel(&conn2).await;
     assert_eq!(ready(&ch5, "shared").await, 0);
@@ -502,7 +347,7 @@ async fn reusing_a_consumer_tag_on_one_channel_closes_the_connection_with_530() 
     let close = raw_connection_close(&mut c).await;
     assert_eq!(close.reply_code, 530, "{close:?}");
     assert_eq!((close.class_id, close.method_id), (60, 20), "{close:?}");
-    assert!(c.closed_within(LIMIT).await, "broker keeps the socket open after close-ok");
+    assert!(c.closed_within(WAIT).await, "broker keeps the socket open after close-ok");
 }
 
 #[tokio::test]
@@ -510,7 +355,7 @@ async fn basic_cancel_stops_deliveries() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "cancel").await;
+    declare_queue(&ch, "cancel").await;
     let mut consumer = consume(&ch, "cancel", "to-cancel", true).await;
     publish(&ch, "cancel", b"before").await;
     assert_eq!(text(&next(&mut consumer).await), "before");
@@ -520,7 +365,7 @@ async fn basic_cancel_stops_deliveries() {
     publish_all(&ch, "cancel", &["after-1", "after-2"]).await;
     wait_ready(&ch, "cancel", 2).await;
     assert_eq!(queue_stats(&broker, "cancel"), (2, 0, 0));
-    assert_eq!(drain(&ch, "cancel").await, vec![("after-1".into(), false), ("after-2".into(), false)]);
+    assert_eq!(drain_with_redelivered(&ch, "cancel").await, vec![("after-1".into(), false), ("after-2".into(), false)]);
 }
 
 #[tokio::test]
@@ -528,7 +373,7 @@ async fn cancel_leaves_the_consumers_unacked_messages_ackable() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "cancel-unacked").await;
+    declare_queue(&ch, "cancel-unacked").await;
     publish_all(&ch, "cancel-unacked", &["x", "y"]).await;
     let mut consumer = consume(&ch, "cancel-unacked", "c", false).await;
     let x = next(&mut consumer).await;
@@ -538,7 +383,7 @@ async fn cancel_leaves_the_consumers_unacked_messages_ackable() {
     x.ack(BasicAckOptions::default()).await.expect("ack after cancel");
     y.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.expect("nack after cancel");
     wait_ready(&ch, "cancel-unacked", 1).await;
-    assert_eq!(drain(&ch, "cancel-unacked").await, vec![("y".into(), true)]);
+    assert_eq!(drain_with_redelivered(&ch, "cancel-unacked").await, vec![("y".into(), true)]);
     assert!(ch.status().connected(), "acking after cancel must not be a channel error");
 }
 
@@ -549,7 +394,7 @@ async fn basic_get_is_fifo_and_reports_the_messages_left() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "get").await;
+    declare_queue(&ch, "get").await;
     assert!(get(&ch, "get", false).await.is_none(), "get-empty on an empty queue");
     publish_all(&ch, "get", &["1", "2", "3", "4"]).await;
     for (i, expected) in ["1", "2", "3", "4"].iter().enumerate() {
@@ -585,7 +430,7 @@ async fn ack_multiple_settles_everything_up_to_the_tag() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "ackm").await;
+    declare_queue(&ch, "ackm").await;
     publish_all(&ch, "ackm", &["1", "2", "3", "4", "5"]).await;
     let tags = get_unacked(&ch, "ackm", &["1", "2", "3", "4", "5"]).await;
     ch.basic_ack(tags[2], BasicAckOptions { multiple: true }).await.expect("ack multiple");
@@ -595,7 +440,11 @@ async fn ack_multiple_settles_everything_up_to_the_tag() {
     assert_eq!(queue_stats(&broker, "ackm"), (0, 1, 0));
     within("close", ch.close(200, "bye".into())).await.expect("close");
     let ch2 = channel(&conn).await;
-    assert_eq!(drain(&ch2, "ackm").await, vec![("4".into(), true)], "only the unsettled message comes back");
+    assert_eq!(
+        drain_with_redelivered(&ch2, "ackm").await,
+        vec![("4".into(), true)],
+        "only the unsettled message comes back"
+    );
 }
 
 #[tokio::test]
@@ -603,7 +452,7 @@ async fn nack_multiple_with_requeue_puts_messages_back_in_order_ahead_of_later_o
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "nackm").await;
+    declare_queue(&ch, "nackm").await;
     publish_all(&ch, "nackm", &["1", "2", "3", "4"]).await;
     let tags = get_unacked(&ch, "nackm", &["1", "2", "3"]).await;
     publish(&ch, "nackm", b"5").await;
@@ -611,7 +460,7 @@ async fn nack_multiple_with_requeue_puts_messages_back_in_order_ahead_of_later_o
     ch.basic_reject(tags[2], BasicRejectOptions { requeue: true }).await.expect("reject");
     wait_ready(&ch, "nackm", 5).await;
     assert_eq!(
-        drain(&ch, "nackm").await,
+        drain_with_redelivered(&ch, "nackm").await,
         vec![("1".into(), true), ("2".into(), true), ("3".into(), true), ("4".into(), false), ("5".into(), false)]
     );
 }
@@ -621,14 +470,17 @@ async fn reject_with_requeue_in_reverse_order_restores_the_original_order() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "rej").await;
+    declare_queue(&ch, "rej").await;
     publish_all(&ch, "rej", &["a", "b", "c", "d"]).await;
     let tags = get_unacked(&ch, "rej", &["a", "b", "c"]).await;
     ch.basic_reject(tags[2], BasicRejectOptions { requeue: true }).await.expect("reject c");
     ch.basic_reject(tags[0], BasicRejectOptions { requeue: true }).await.expect("reject a");
     ch.basic_ack(tags[1], BasicAckOptions::default()).await.expect("ack b");
     wait_ready(&ch, "rej", 3).await;
-    assert_eq!(drain(&ch, "rej").await, vec![("a".into(), true), ("c".into(), true), ("d".into(), false)]);
+    assert_eq!(
+        drain_with_redelivered(&ch, "rej").await,
+        vec![("a".into(), true), ("c".into(), true), ("d".into(), false)]
+    );
 }
 
 #[tokio::test]
@@ -636,7 +488,7 @@ async fn nack_and_reject_without_requeue_drop_the_messages() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "drop").await;
+    declare_queue(&ch, "drop").await;
     publish_all(&ch, "drop", &["1", "2", "3", "4", "5"]).await;
     let tags = get_unacked(&ch, "drop", &["1", "2", "3", "4"]).await;
     ch.basic_nack(tags[1], BasicNackOptions { multiple: true, requeue: false }).await.expect("nack");
@@ -645,7 +497,7 @@ async fn nack_and_reject_without_requeue_drop_the_messages() {
     assert_eq!(queue_stats(&broker, "drop"), (1, 1, 0), "only '3' is still unacked");
     within("close", ch.close(200, "bye".into())).await.expect("close");
     let ch2 = channel(&conn).await;
-    assert_eq!(drain(&ch2, "drop").await, vec![("3".into(), true), ("5".into(), false)]);
+    assert_eq!(drain_with_redelivered(&ch2, "drop").await, vec![("3".into(), true), ("5".into(), false)]);
 }
 
 #[tokio::test]
@@ -653,7 +505,7 @@ async fn nack_with_requeue_redelivers_to_the_consumer_flagged_redelivered() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "redeliver").await;
+    declare_queue(&ch, "redeliver").await;
     publish_all(&ch, "redeliver", &["p", "q"]).await;
     let mut consumer = consume(&ch, "redeliver", "c", false).await;
     let p = next(&mut consumer).await;
@@ -768,7 +620,7 @@ async fn basic_recover_requeues_unacked_messages_flagged_redelivered() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "recover").await;
+    declare_queue(&ch, "recover").await;
     publish_all(&ch, "recover", &["r1", "r2", "r3"]).await;
     let mut consumer = consume(&ch, "recover", "c", false).await;
     let first: Vec<Delivery> = vec![next(&mut consumer).await, next(&mut consumer).await, next(&mut consumer).await];
@@ -783,7 +635,7 @@ async fn basic_recover_requeues_unacked_messages_flagged_redelivered() {
 // ---- prefetch -------------------------------------------------------------
 
 async fn wait_unacked(broker: &common::Broker, queue: &str, unacked: u64) {
-    let deadline = tokio::time::Instant::now() + LIMIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let stats = queue_stats(broker, queue);
         if stats.1 == unacked {
@@ -799,7 +651,7 @@ async fn per_consumer_prefetch_limits_unacked_deliveries() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "prefetch").await;
+    declare_queue(&ch, "prefetch").await;
     publish_all(&ch, "prefetch", &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]).await;
     within("qos", ch.basic_qos(2, BasicQosOptions { global: false })).await.expect("qos");
     let mut c1 = consume(&ch, "prefetch", "c1", false).await;
@@ -830,7 +682,7 @@ async fn global_prefetch_is_shared_by_the_consumers_of_a_channel() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "global").await;
+    declare_queue(&ch, "global").await;
     publish_all(&ch, "global", &["0", "1", "2", "3", "4", "5", "6", "7"]).await;
     within("qos", ch.basic_qos(3, BasicQosOptions { global: true })).await.expect("qos");
     let mut c1 = consume(&ch, "global", "c1", false).await;
@@ -855,8 +707,8 @@ async fn global_prefetch_freed_on_one_queue_lets_the_channels_consumer_of_anothe
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "gq-a").await;
-    declare(&ch, "gq-b").await;
+    declare_queue(&ch, "gq-a").await;
+    declare_queue(&ch, "gq-b").await;
     publish_all(&ch, "gq-a", &["a1", "a2"]).await;
     publish_all(&ch, "gq-b", &["b1", "b2", "b3", "b4"]).await;
     within("qos", ch.basic_qos(2, BasicQosOptions { global: true })).await.expect("qos");
@@ -882,7 +734,7 @@ async fn three_consumers_on_one_queue_are_served_round_robin() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "rr").await;
+    declare_queue(&ch, "rr").await;
     let mut consumers = [
         consume(&ch, "rr", "rr-1", true).await,
         consume(&ch, "rr", "rr-2", true).await,
@@ -925,7 +777,7 @@ async fn unacked_messages_are_requeued_when_their_channel_closes() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let admin = channel(&conn).await;
-    declare(&admin, "on-chclose").await;
+    declare_queue(&admin, "on-chclose").await;
     let mut expected = publish_numbered(&admin, "on-chclose", 4).await;
     publish(&admin, "on-chclose", b"later").await;
     expected.push(("later".into(), false));
@@ -942,7 +794,7 @@ async fn unacked_messages_are_requeued_when_their_channel_closes() {
     assert_eq!(queue_stats(&broker, "on-chclose"), (1, 4, 1));
     within("channel.close", ch.close(200, "bye".into())).await.expect("close");
     wait_ready(&admin, "on-chclose", 5).await;
-    assert_eq!(drain(&admin, "on-chclose").await, expected);
+    assert_eq!(drain_with_redelivered(&admin, "on-chclose").await, expected);
 }
 
 #[tokio::test]
@@ -950,7 +802,7 @@ async fn unacked_messages_are_requeued_when_the_broker_closes_their_channel_or_c
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let admin = channel(&conn).await;
-    declare(&admin, "on-error").await;
+    declare_queue(&admin, "on-error").await;
 
     // A channel error (404) on the channel that holds the messages.
     let expected = publish_numbered(&admin, "on-error", 2).await;
@@ -965,7 +817,7 @@ async fn unacked_messages_are_requeued_when_the_broker_closes_their_channel_or_c
     assert_eq!(raw_channel_close(&mut c, 1).await.reply_code, 404);
     wait_ready(&admin, "on-error", 2).await;
     assert_eq!(queue_stats(&broker, "on-error"), (2, 0, 0));
-    assert_eq!(drain(&admin, "on-error").await, expected);
+    assert_eq!(drain_with_redelivered(&admin, "on-error").await, expected);
 
     // A connection error (501, bad frame end) on the connection that holds them.
     let expected = publish_numbered(&admin, "on-error", 2).await;
@@ -979,7 +831,7 @@ async fn unacked_messages_are_requeued_when_the_broker_closes_their_channel_or_c
     assert_eq!(raw_connection_close(&mut c).await.reply_code, 501);
     wait_ready(&admin, "on-error", 2).await;
     assert_eq!(queue_stats(&broker, "on-error"), (2, 0, 0));
-    assert_eq!(drain(&admin, "on-error").await, expected);
+    assert_eq!(drain_with_redelivered(&admin, "on-error").await, expected);
 }
 
 #[tokio::test]
@@ -987,7 +839,7 @@ async fn unacked_messages_are_requeued_when_their_connection_closes() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let admin = channel(&conn).await;
-    declare(&admin, "on-connclose").await;
+    declare_queue(&admin, "on-connclose").await;
     let expected = publish_numbered(&admin, "on-connclose", 4).await;
 
     let holder = connect(&broker).await;
@@ -1010,7 +862,7 @@ async fn unacked_messages_are_requeued_when_their_connection_closes() {
     wait_ready(&admin, "on-connclose", 5).await;
     let mut all = expected;
     all.push(("extra".into(), true));
-    assert_eq!(drain(&admin, "on-connclose").await, all);
+    assert_eq!(drain_with_redelivered(&admin, "on-connclose").await, all);
 }
 
 #[tokio::test]
@@ -1019,7 +871,7 @@ async fn unacked_messages_are_requeued_when_the_client_socket_just_goes_away() {
     let conn = connect(&broker).await;
     let admin = channel(&conn).await;
     for (queue, abort) in [("dropped-fin", false), ("dropped-rst", true)] {
-        declare(&admin, queue).await;
+        declare_queue(&admin, queue).await;
         let expected = publish_numbered(&admin, queue, 3).await;
         let mut c = RawClient::open(broker.addr, 0).await;
         raw_channel(&mut c, 1).await;
@@ -1037,7 +889,7 @@ async fn unacked_messages_are_requeued_when_the_client_socket_just_goes_away() {
         drop(c);
         wait_ready(&admin, queue, 3).await;
         assert_eq!(queue_stats(&broker, queue), (3, 0, 0), "{queue}");
-        assert_eq!(drain(&admin, queue).await, expected, "{queue}");
+        assert_eq!(drain_with_redelivered(&admin, queue).await, expected, "{queue}");
     }
 }
 
@@ -1072,7 +924,7 @@ async fn unacked_messages_are_requeued_when_the_client_process_is_killed() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let admin = channel(&conn).await;
-    declare(&admin, CHILD_QUEUE).await;
+    declare_queue(&admin, CHILD_QUEUE).await;
     let expected = publish_numbered(&admin, CHILD_QUEUE, 3).await;
 
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
@@ -1105,7 +957,7 @@ async fn unacked_messages_are_requeued_when_the_client_process_is_killed() {
     child.wait().expect("reap the child");
     wait_ready(&admin, CHILD_QUEUE, 3).await;
     assert_eq!(queue_stats(&broker, CHILD_QUEUE), (3, 0, 0));
-    assert_eq!(drain(&admin, CHILD_QUEUE).await, expected);
+    assert_eq!(drain_with_redelivered(&admin, CHILD_QUEUE).await, expected);
 }
 
 // ---- properties and bodies --------------------------------------------------
@@ -1240,7 +1092,7 @@ async fn lapin_properties_and_nested_headers_round_trip() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "lapin-props").await;
+    declare_queue(&ch, "lapin-props").await;
 
     let mut inner = FieldTable::default();
     inner.insert("deep".into(), AMQPValue::LongString(LongString::from("value")));
@@ -1299,7 +1151,7 @@ async fn a_body_larger_than_frame_max_round_trips() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "big").await;
+    declare_queue(&ch, "big").await;
     let body: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     publish(&ch, "big", &body).await;
     publish(&ch, "big", b"small after big").await;
@@ -1311,7 +1163,7 @@ async fn a_body_larger_than_frame_max_round_trips() {
 
     // Through a raw client that negotiated a small frame_max: the body comes
     // back split into frames no larger than that.
-    declare(&ch, "big-raw").await;
+    declare_queue(&ch, "big-raw").await;
     let mut c = raw_open(broker.addr, 4096).await;
     raw_channel(&mut c, 1).await;
     raw_publish(&mut c, 1, "", "big-raw", false, &[0, 0], &body, 4096).await;
@@ -1329,7 +1181,7 @@ async fn an_empty_body_round_trips() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
-    declare(&ch, "empty").await;
+    declare_queue(&ch, "empty").await;
     let props = BasicProperties::default().with_message_id("empty-1".into());
     publish_props(&ch, "empty", b"", props).await;
     publish(&ch, "empty", b"").await;

@@ -5,47 +5,21 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation};
 
+use common::amqp::{WAIT, channel, confirm_channel, connect, raw_channel, raw_publish, ready, reply_code, within};
 use common::raw::RawClient;
 use warren::protocol::method::*;
-use warren::protocol::{Frame, Method, encode_content, encode_method};
-
-const LIMIT: Duration = Duration::from_secs(10);
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(LIMIT, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {LIMIT:?}: {what}"),
-    }
-}
-
-async fn connect(broker: &common::Broker) -> Connection {
-    within("connect", Connection::connect(&broker.url(), ConnectionProperties::default())).await.expect("connect")
-}
-
-async fn channel(conn: &Connection) -> Channel {
-    within("channel.open", conn.create_channel()).await.expect("channel.open")
-}
+use warren::protocol::{Frame, Method};
 
 async fn declare_with(ch: &Channel, queue: &str, args: FieldTable) {
     within("queue.declare", ch.queue_declare(queue.into(), QueueDeclareOptions::default(), args))
         .await
         .expect("queue.declare");
-}
-
-async fn ready(ch: &Channel, queue: &str) -> u32 {
-    let opts = QueueDeclareOptions { passive: true, ..Default::default() };
-    within("passive declare", ch.queue_declare(queue.into(), opts, FieldTable::default()))
-        .await
-        .expect("passive declare")
-        .message_count()
 }
 
 /// Publishes and waits for the broker's confirmation.
@@ -56,35 +30,6 @@ async fn publish_confirmed(ch: &Channel, exchange: &str, key: &str, mandatory: b
             .await
             .expect("basic.publish");
     within("publisher confirm", confirm).await.expect("confirmation")
-}
-
-async fn confirm_channel(conn: &Connection) -> Channel {
-    let ch = channel(conn).await;
-    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await.expect("confirm.select");
-    ch
-}
-
-fn amqp_code(err: &lapin::Error) -> Option<u16> {
-    match err.kind() {
-        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
-        _ => None,
-    }
-}
-
-async fn raw_channel(c: &mut RawClient, channel: u16) {
-    c.send_method(channel, ChannelOpen::default()).await;
-    match within("channel.open-ok", c.expect_method()).await {
-        Method::ChannelOpenOk(_) => {}
-        other => panic!("expected channel.open-ok, got {other:?}"),
-    }
-}
-
-async fn raw_publish(c: &mut RawClient, channel: u16, exchange: &str, key: &str, mandatory: bool, body: &[u8]) {
-    let mut buf = BytesMut::new();
-    let publish = BasicPublish { exchange: exchange.into(), routing_key: key.into(), mandatory, ..Default::default() };
-    encode_method(&mut buf, channel, &publish.into());
-    encode_content(&mut buf, channel, &[0, 0], body, 131_072);
-    c.send_bytes(&buf).await;
 }
 
 /// The next frame that is not a heartbeat; panics if the socket closed.
@@ -151,7 +96,17 @@ async fn confirm_delivery_tags_count_up_from_one() {
     assert!(matches!(c.expect_method().await, Method::QueueDeclareOk(_)));
     raw_confirm_select(&mut c, 1).await;
     for i in 0..20 {
-        raw_publish(&mut c, 1, "", if i % 3 == 0 { "nowhere" } else { "tags" }, false, format!("{i}").as_bytes()).await;
+        raw_publish(
+            &mut c,
+            1,
+            "",
+            if i % 3 == 0 { "nowhere" } else { "tags" },
+            false,
+            &[0, 0],
+            format!("{i}").as_bytes(),
+            131_072,
+        )
+        .await;
     }
     // Each ack covers the tags after the last one seen (a multiple ack may cover several).
     let mut confirmed = 0u64;
@@ -172,7 +127,7 @@ async fn confirm_delivery_tags_count_up_from_one() {
     // confirm.select gets no select-ok, so the ack is the first reply.
     raw_channel(&mut c, 2).await;
     c.send_method(2, ConfirmSelect { no_wait: true }).await;
-    raw_publish(&mut c, 2, "", "tags", false, b"x").await;
+    raw_publish(&mut c, 2, "", "tags", false, &[0, 0], b"x", 131_072).await;
     match raw_frame(&mut c).await {
         Frame::Method { channel: 2, method: Method::BasicAck(ack) } => assert_eq!(ack.delivery_tag, 1),
         other => panic!("expected basic.ack on channel 2, got {other:?}"),
@@ -200,7 +155,7 @@ async fn unroutable_mandatory_publish_is_returned_before_it_is_acked() {
     let mut c = RawClient::open(broker.addr, 0).await;
     raw_channel(&mut c, 1).await;
     raw_confirm_select(&mut c, 1).await;
-    raw_publish(&mut c, 1, "amq.topic", "no.binding", true, b"bounce").await;
+    raw_publish(&mut c, 1, "amq.topic", "no.binding", true, &[0, 0], b"bounce", 131_072).await;
     match raw_frame(&mut c).await {
         Frame::Method { method: Method::BasicReturn(r), .. } => {
             assert_eq!((r.reply_code, r.exchange.as_str(), r.routing_key.as_str()), (312, "amq.topic", "no.binding"))
@@ -255,8 +210,8 @@ async fn a_nack_is_a_basic_nack_frame_with_the_publish_tag() {
     c.send_method(1, QueueDeclare { queue: "bounded-raw".into(), arguments: args, ..Default::default() }).await;
     assert!(matches!(c.expect_method().await, Method::QueueDeclareOk(_)));
     raw_confirm_select(&mut c, 1).await;
-    raw_publish(&mut c, 1, "", "bounded-raw", false, b"1").await;
-    raw_publish(&mut c, 1, "", "bounded-raw", false, b"2").await;
+    raw_publish(&mut c, 1, "", "bounded-raw", false, &[0, 0], b"1", 131_072).await;
+    raw_publish(&mut c, 1, "", "bounded-raw", false, &[0, 0], b"2", 131_072).await;
     match raw_frame(&mut c).await {
         Frame::Method { method: Method::BasicAck(ack), .. } => assert_eq!((ack.delivery_tag, ack.multiple), (1, false)),
         other => panic!("expected basic.ack for publish 1, got {other:?}"),
@@ -283,9 +238,9 @@ async fn publishing_to_a_missing_exchange_closes_the_channel_with_404() {
         Err(err) => err,
         Ok(confirm) => within("confirmation", confirm).await.expect_err("publish to a missing exchange"),
     };
-    assert_eq!(amqp_code(&err), Some(404), "{err:?}");
+    assert_eq!(reply_code(&err), Some(404), "{err:?}");
     // The channel is gone, the connection is not.
-    let deadline = tokio::time::Instant::now() + LIMIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     while ch.status().connected() {
         assert!(tokio::time::Instant::now() < deadline, "channel still open after the 404");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -298,7 +253,7 @@ async fn publishing_to_a_missing_exchange_closes_the_channel_with_404() {
     let mut c = RawClient::open(broker.addr, 0).await;
     raw_channel(&mut c, 1).await;
     raw_confirm_select(&mut c, 1).await;
-    raw_publish(&mut c, 1, "no-such-exchange", "k", false, b"x").await;
+    raw_publish(&mut c, 1, "no-such-exchange", "k", false, &[0, 0], b"x", 131_072).await;
     match raw_frame(&mut c).await {
         Frame::Method { channel: 1, method: Method::ChannelClose(close) } => {
             assert_eq!(close.reply_code, 404, "{close:?}");
@@ -318,11 +273,11 @@ async fn confirm_and_tx_modes_exclude_each_other_with_406() {
     let err = within("confirm.select", tx.confirm_select(ConfirmSelectOptions::default()))
         .await
         .expect_err("confirm.select on a transactional channel");
-    assert_eq!(amqp_code(&err), Some(406), "{err:?}");
+    assert_eq!(reply_code(&err), Some(406), "{err:?}");
 
     let confirm = confirm_channel(&conn).await;
     let err = within("tx.select", confirm.tx_select()).await.expect_err("tx.select on a confirm channel");
-    assert_eq!(amqp_code(&err), Some(406), "{err:?}");
+    assert_eq!(reply_code(&err), Some(406), "{err:?}");
 
     // Channel errors, not connection errors.
     let ch = confirm_channel(&conn).await;

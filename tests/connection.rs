@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -15,30 +14,10 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use common::amqp::{WAIT, connect, connect_url, reply_code, within};
 use common::raw::{HEADER, RawClient};
 use warren::protocol::method::*;
 use warren::protocol::{FieldTable, FieldValue, Frame, Method};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-/// Awaits `fut`, failing the test instead of hanging if the broker never answers.
-async fn within<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(WAIT, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("timed out after {WAIT:?}: {what}"),
-    }
-}
-
-fn reply_code(err: &lapin::Error) -> Option<u16> {
-    match err.kind() {
-        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
-        _ => None,
-    }
-}
-
-async fn connect(url: &str) -> Connection {
-    within("lapin connect", Connection::connect(url, ConnectionProperties::default())).await.expect("connect")
-}
 
 /// Sends the protocol header and reads connection.start.
 async fn start(addr: SocketAddr) -> (RawClient, ConnectionStart) {
@@ -82,6 +61,18 @@ async fn start_ok(c: &mut RawClient, mechanism: &str, response: Bytes) -> Method
     c.expect_method().await
 }
 
+/// Logs in with `mechanism` and opens the connection; requires connection.open-ok.
+async fn login(addr: SocketAddr, mechanism: &str, response: Bytes) {
+    let (mut c, _) = start(addr).await;
+    let tune = match start_ok(&mut c, mechanism, response).await {
+        Method::ConnectionTune(t) => t,
+        other => panic!("expected connection.tune, got {other:?}"),
+    };
+    c.send_method(0, ConnectionTuneOk { channel_max: tune.channel_max, frame_max: tune.frame_max, heartbeat: 0 }).await;
+    c.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await;
+    assert!(matches!(c.expect_method().await, Method::ConnectionOpenOk(_)));
+}
+
 /// Runs the handshake up to (not including) tune-ok; returns the broker's tune.
 async fn until_tune(addr: SocketAddr) -> (RawClient, ConnectionTune) {
     let (mut c, _) = start(addr).await;
@@ -117,7 +108,7 @@ fn heartbeat_frame() -> [u8; 8] {
 #[tokio::test]
 async fn lapin_completes_the_handshake_with_the_default_tuning() {
     let broker = common::Broker::start();
-    let conn = connect(&broker.url()).await;
+    let conn = connect(&broker).await;
     assert!(conn.status().connected());
     // lapin accepts what the broker proposes in connection.tune.
     assert_eq!(conn.configuration().frame_max(), 131_072);
@@ -177,33 +168,19 @@ async fn connection_tune_proposes_the_default_limits() {
 #[tokio::test]
 async fn plain_login_is_accepted() {
     let broker = common::Broker::start();
-    let (mut c, _) = start(broker.addr).await;
-    let tune = match start_ok(&mut c, "PLAIN", plain("guest", "guest")).await {
-        Method::ConnectionTune(t) => t,
-        other => panic!("expected connection.tune, got {other:?}"),
-    };
-    c.send_method(0, ConnectionTuneOk { channel_max: tune.channel_max, frame_max: tune.frame_max, heartbeat: 0 }).await;
-    c.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await;
-    assert!(matches!(c.expect_method().await, Method::ConnectionOpenOk(_)));
+    login(broker.addr, "PLAIN", plain("guest", "guest")).await;
 }
 
 #[tokio::test]
 async fn amqplain_login_is_accepted_from_the_raw_client() {
     let broker = common::Broker::start();
-    let (mut c, _) = start(broker.addr).await;
-    let tune = match start_ok(&mut c, "AMQPLAIN", amqplain("guest", "guest")).await {
-        Method::ConnectionTune(t) => t,
-        other => panic!("expected connection.tune, got {other:?}"),
-    };
-    c.send_method(0, ConnectionTuneOk { channel_max: tune.channel_max, frame_max: tune.frame_max, heartbeat: 0 }).await;
-    c.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await;
-    assert!(matches!(c.expect_method().await, Method::ConnectionOpenOk(_)));
+    login(broker.addr, "AMQPLAIN", amqplain("guest", "guest")).await;
 }
 
 #[tokio::test]
 async fn amqplain_login_is_accepted_from_lapin() {
     let broker = common::Broker::start();
-    let conn = connect(&format!("{}?auth_mechanism=amqplain", broker.url())).await;
+    let conn = connect_url(&format!("{}?auth_mechanism=amqplain", broker.url())).await;
     let ch = within("channel", conn.create_channel()).await.expect("channel");
     within("declare", ch.queue_declare("amqplain".into(), QueueDeclareOptions::default(), LapinTable::default()))
         .await
@@ -409,7 +386,7 @@ async fn client_connection_close_gets_close_ok() {
     }
     assert!(c.closed_within(Duration::from_secs(5)).await, "socket still open after close-ok");
 
-    let conn = connect(&broker.url()).await;
+    let conn = connect(&broker).await;
     // lapin's close resolves only once the broker's close-ok arrived.
     within("lapin close", conn.close(200, "bye".into())).await.expect("lapin close");
 }
@@ -458,7 +435,7 @@ async fn wait_gone(conn: &Connection, queue: &str) {
 #[tokio::test]
 async fn closing_a_connection_requeues_unacked_messages_and_deletes_exclusive_queues() {
     let broker = common::Broker::start();
-    let owner = connect(&broker.url()).await;
+    let owner = connect(&broker).await;
     let ch = within("channel", owner.create_channel()).await.expect("channel");
     within("declare", ch.queue_declare("work".into(), QueueDeclareOptions::default(), LapinTable::default()))
         .await
@@ -489,7 +466,7 @@ async fn closing_a_connection_requeues_unacked_messages_and_deletes_exclusive_qu
         assert!(!d.redelivered);
     }
 
-    let observer = connect(&broker.url()).await;
+    let observer = connect(&broker).await;
     assert_eq!(ready_count(&observer, "work").await.expect("work exists"), 0, "messages are held unacked");
     assert_eq!(ready_count(&observer, "mine").await.err().and_then(|e| reply_code(&e)), Some(405));
 
@@ -507,7 +484,7 @@ async fn closing_a_connection_requeues_unacked_messages_and_deletes_exclusive_qu
 #[tokio::test]
 async fn dropping_the_socket_releases_the_connections_resources() {
     let broker = common::Broker::start();
-    let observer = connect(&broker.url()).await;
+    let observer = connect(&broker).await;
     let ch = within("channel", observer.create_channel()).await.expect("channel");
     within("declare", ch.queue_declare("shared".into(), QueueDeclareOptions::default(), LapinTable::default()))
         .await

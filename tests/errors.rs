@@ -5,41 +5,29 @@
 
 mod common;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use tokio::io::AsyncWriteExt;
 
+use common::amqp::{WAIT, confirm_channel, connect, raw_channel, raw_open, within};
 use common::raw::{self, RawClient};
 use warren::protocol::method::*;
 use warren::protocol::{Frame, Method, encode_content, encode_method};
-
-const LIMIT: Duration = Duration::from_secs(10);
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(LIMIT, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {LIMIT:?}: {what}"),
-    }
-}
 
 static QUEUE_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// A fresh lapin client can declare a queue, publish with a confirm and get the message back.
 async fn assert_broker_serves(broker: &common::Broker) {
-    let conn = within("connect", Connection::connect(&broker.url(), ConnectionProperties::default()))
-        .await
-        .expect("a fresh client connects");
-    let ch = within("channel", conn.create_channel()).await.expect("channel");
-    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await.expect("confirm.select");
+    let conn = connect(broker).await;
+    let ch = confirm_channel(&conn).await;
     let queue = format!("health-{}", QUEUE_SEQ.fetch_add(1, Ordering::Relaxed));
     within("declare", ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()))
         .await
@@ -81,41 +69,6 @@ fn method_bytes(channel: u16, method: impl Into<Method>) -> Vec<u8> {
     buf.to_vec()
 }
 
-/// Handshake with a chosen frame_max.
-async fn raw_open(addr: SocketAddr, frame_max: u32) -> RawClient {
-    let mut c = RawClient::connect(addr).await;
-    c.send_bytes(raw::HEADER).await;
-    assert!(matches!(within("connection.start", c.expect_method()).await, Method::ConnectionStart(_)));
-    c.send_method(
-        0,
-        ConnectionStartOk {
-            client_properties: warren::protocol::FieldTable::new(),
-            mechanism: "PLAIN".into(),
-            response: Bytes::from_static(b"\0guest\0guest"),
-            locale: "en_US".into(),
-        },
-    )
-    .await;
-    let tune = match within("connection.tune", c.expect_method()).await {
-        Method::ConnectionTune(t) => t,
-        other => panic!("expected connection.tune, got {other:?}"),
-    };
-    c.send_method(0, ConnectionTuneOk { channel_max: tune.channel_max, frame_max, heartbeat: 0 }).await;
-    c.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await;
-    match within("connection.open-ok", c.expect_method()).await {
-        Method::ConnectionOpenOk(_) => c,
-        other => panic!("expected connection.open-ok, got {other:?}"),
-    }
-}
-
-async fn open_channel(c: &mut RawClient, channel: u16) {
-    c.send_method(channel, ChannelOpen::default()).await;
-    match within("channel.open-ok", c.expect_method()).await {
-        Method::ChannelOpenOk(_) => {}
-        other => panic!("expected channel.open-ok, got {other:?}"),
-    }
-}
-
 /// What the broker did about a connection error.
 #[derive(Debug)]
 enum Outcome {
@@ -133,7 +86,7 @@ async fn connection_outcome(c: &mut RawClient, limit: Duration) -> Outcome {
         match c.read_frame_within(left).await {
             Some(Frame::Method { channel: 0, method: Method::ConnectionClose(close) }) => {
                 c.send_method(0, ConnectionCloseOk {}).await;
-                assert!(c.closed_within(LIMIT).await, "socket still open after connection.close-ok");
+                assert!(c.closed_within(WAIT).await, "socket still open after connection.close-ok");
                 return Outcome::Closed(close);
             }
             Some(_) => continue,
@@ -151,7 +104,7 @@ async fn connection_outcome(c: &mut RawClient, limit: Duration) -> Outcome {
 
 /// Expects connection.close with `code`, then the socket closing.
 async fn expect_connection_close(c: &mut RawClient, code: u16) -> ConnectionClose {
-    match connection_outcome(c, LIMIT).await {
+    match connection_outcome(c, WAIT).await {
         Outcome::Closed(close) => {
             assert_eq!(close.reply_code, code, "{close:?}");
             close
@@ -180,7 +133,7 @@ async fn read_to_close(c: &mut RawClient) -> Option<Vec<u8>> {
     use tokio::io::AsyncReadExt;
     let mut out = Vec::new();
     let mut buf = [0u8; 1024];
-    let deadline = tokio::time::Instant::now() + LIMIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         match tokio::time::timeout_at(deadline, c.stream.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Some(out),
@@ -226,7 +179,7 @@ async fn garbage_after_the_handshake_is_a_frame_error() {
     {
         let mut c = RawClient::open(broker.addr, 0).await;
         c.send_bytes(garbage).await;
-        match connection_outcome(&mut c, LIMIT).await {
+        match connection_outcome(&mut c, WAIT).await {
             Outcome::Closed(close) => assert_eq!(close.reply_code, 501, "{garbage:?}: {close:?}"),
             Outcome::Dropped => {}
         }
@@ -240,7 +193,7 @@ async fn garbage_after_the_handshake_is_a_frame_error() {
 async fn a_truncated_frame_then_a_closed_socket_releases_the_connection() {
     let broker = common::Broker::start();
     let mut c = RawClient::open(broker.addr, 0).await;
-    open_channel(&mut c, 1).await;
+    raw_channel(&mut c, 1).await;
     c.send_method(1, QueueDeclare { queue: "truncated".into(), ..Default::default() }).await;
     assert!(matches!(c.expect_method().await, Method::QueueDeclareOk(_)));
     let mut buf = BytesMut::new();
@@ -259,7 +212,7 @@ async fn a_truncated_frame_then_a_closed_socket_releases_the_connection() {
     // The connection was released: its unacked message is back in the queue.
     let conn = within("connect", Connection::connect(&broker.url(), ConnectionProperties::default())).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let deadline = tokio::time::Instant::now() + LIMIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     let got = loop {
         if let Some(m) =
             within("get", ch.basic_get("truncated".into(), BasicGetOptions { no_ack: true })).await.unwrap()
@@ -282,7 +235,7 @@ async fn a_frame_above_the_negotiated_frame_max_is_refused_from_its_header() {
 
     // Exactly frame_max (payload 4088 + 8) is fine.
     let mut c = raw_open(broker.addr, 4096).await;
-    open_channel(&mut c, 1).await;
+    raw_channel(&mut c, 1).await;
     c.send_method(1, QueueDeclare { queue: "fm".into(), ..Default::default() }).await;
     assert!(matches!(c.expect_method().await, Method::QueueDeclareOk(_)));
     let body = vec![7u8; 4088];
@@ -383,7 +336,7 @@ async fn arguments_nested_a_thousand_levels_deep_are_a_syntax_error() {
     let mut broker = common::Broker::start();
     // Reasonable nesting is accepted.
     let mut c = RawClient::open(broker.addr, 0).await;
-    open_channel(&mut c, 1).await;
+    raw_channel(&mut c, 1).await;
     c.send_bytes(&frame(1, 1, &queue_declare_payload("nested-10", &nested_tables(10)), 0xCE)).await;
     c.send_bytes(&frame(1, 1, &queue_declare_payload("nested-arr-10", &nested_arrays(10)), 0xCE)).await;
     for _ in 0..2 {
@@ -395,7 +348,7 @@ async fn arguments_nested_a_thousand_levels_deep_are_a_syntax_error() {
 
     for (what, arguments) in [("tables", nested_tables(1000)), ("arrays", nested_arrays(1000))] {
         let mut c = RawClient::open(broker.addr, 0).await;
-        open_channel(&mut c, 1).await;
+        raw_channel(&mut c, 1).await;
         c.send_bytes(&frame(1, 1, &queue_declare_payload("deep", &arguments), 0xCE)).await;
         let close = expect_connection_close(&mut c, 502).await;
         assert!(close.reply_text.starts_with("SYNTAX_ERROR"), "{what}: {close:?}");
@@ -410,20 +363,20 @@ async fn arguments_nested_a_thousand_levels_deep_are_a_syntax_error() {
 async fn a_method_on_a_channel_that_was_never_opened_is_a_channel_error_504() {
     let broker = common::Broker::start();
     let mut c = RawClient::open(broker.addr, 0).await;
-    open_channel(&mut c, 1).await;
+    raw_channel(&mut c, 1).await;
     c.send_method(5, QueueDeclare { queue: "x".into(), ..Default::default() }).await;
     let close = expect_connection_close(&mut c, 504).await;
     assert_eq!((close.class_id, close.method_id), (50, 10), "{close:?}");
 
     // A second channel.open on an open channel is the same error.
     let mut c = RawClient::open(broker.addr, 0).await;
-    open_channel(&mut c, 1).await;
+    raw_channel(&mut c, 1).await;
     c.send_method(1, ChannelOpen::default()).await;
     expect_connection_close(&mut c, 504).await;
 
     // So is a channel that was closed and not reopened.
     let mut c = RawClient::open(broker.addr, 0).await;
-    open_channel(&mut c, 2).await;
+    raw_channel(&mut c, 2).await;
     c.send_method(2, ChannelClose { reply_code: 200, ..Default::default() }).await;
     assert!(matches!(within("close-ok", c.expect_method()).await, Method::ChannelCloseOk(_)));
     c.send_method(2, BasicQos { prefetch_count: 1, ..Default::default() }).await;
@@ -456,16 +409,16 @@ async fn content_frames_without_a_publish_are_unexpected_frames_505() {
     ];
     for (what, bytes) in cases {
         let mut c = RawClient::open(broker.addr, 0).await;
-        open_channel(&mut c, 1).await;
+        raw_channel(&mut c, 1).await;
         c.send_bytes(&bytes).await;
-        match connection_outcome(&mut c, LIMIT).await {
+        match connection_outcome(&mut c, WAIT).await {
             Outcome::Closed(close) => assert_eq!(close.reply_code, 505, "{what}: {close:?}"),
             Outcome::Dropped => panic!("{what}: socket closed without connection.close 505"),
         }
     }
     // A body frame after a complete message (header said 5 bytes, 5 arrived) is out of place too.
     let mut c = RawClient::open(broker.addr, 0).await;
-    open_channel(&mut c, 1).await;
+    raw_channel(&mut c, 1).await;
     let mut buf = BytesMut::new();
     encode_method(&mut buf, 1, &BasicPublish { routing_key: "q".into(), ..Default::default() }.into());
     encode_content(&mut buf, 1, &[0, 0], b"12345", 131_072);
@@ -501,12 +454,12 @@ async fn an_unknown_method_closes_the_connection() {
     let broker = common::Broker::start();
     for (class, method) in [(60u16, 999u16), (99, 10), (10, 99)] {
         let mut c = RawClient::open(broker.addr, 0).await;
-        open_channel(&mut c, 1).await;
+        raw_channel(&mut c, 1).await;
         let mut payload = class.to_be_bytes().to_vec();
         payload.extend(method.to_be_bytes());
         let channel = if class == 10 { 0 } else { 1 };
         c.send_bytes(&frame(1, channel, &payload, 0xCE)).await;
-        match connection_outcome(&mut c, LIMIT).await {
+        match connection_outcome(&mut c, WAIT).await {
             Outcome::Closed(close) => {
                 assert!([503, 540].contains(&close.reply_code), "{class}.{method}: {close:?}")
             }
@@ -563,14 +516,14 @@ async fn a_channel_error_leaves_the_other_channels_working() {
 
     // Raw: after channel.close 404 and close-ok, the same channel number opens again.
     let mut c = RawClient::open(broker.addr, 0).await;
-    open_channel(&mut c, 1).await;
-    open_channel(&mut c, 2).await;
+    raw_channel(&mut c, 1).await;
+    raw_channel(&mut c, 2).await;
     c.send_method(1, QueueDeclare { queue: "missing".into(), passive: true, ..Default::default() }).await;
     let close = expect_channel_close(&mut c, 1, 404).await;
     assert_eq!((close.class_id, close.method_id), (50, 10));
     c.send_method(2, QueueDeclare { queue: "kept".into(), passive: true, ..Default::default() }).await;
     assert!(matches!(within("declare-ok", c.expect_method()).await, Method::QueueDeclareOk(_)));
-    open_channel(&mut c, 1).await;
+    raw_channel(&mut c, 1).await;
     c.send_method(1, QueueDeclare { queue: "kept".into(), passive: true, ..Default::default() }).await;
     assert!(matches!(within("declare-ok", c.expect_method()).await, Method::QueueDeclareOk(_)));
 }
@@ -589,7 +542,7 @@ async fn misbehave(addr: SocketAddr, kind: usize) {
         1 => {
             let mut c = RawClient::open(addr, 0).await;
             c.send_bytes(b"\x41\x42\x43\x44\x45\x46\x47\x48\x49").await;
-            if let Outcome::Closed(close) = connection_outcome(&mut c, LIMIT).await {
+            if let Outcome::Closed(close) = connection_outcome(&mut c, WAIT).await {
                 assert_eq!(close.reply_code, 501);
             }
         }
@@ -600,7 +553,7 @@ async fn misbehave(addr: SocketAddr, kind: usize) {
         }
         3 => {
             let mut c = RawClient::open(addr, 0).await;
-            open_channel(&mut c, 1).await;
+            raw_channel(&mut c, 1).await;
             c.send_bytes(&frame(1, 1, &queue_declare_payload("deep", &nested_tables(1000)), 0xCE)).await;
             expect_connection_close(&mut c, 502).await;
         }
@@ -611,7 +564,7 @@ async fn misbehave(addr: SocketAddr, kind: usize) {
         }
         5 => {
             let mut c = RawClient::open(addr, 0).await;
-            open_channel(&mut c, 1).await;
+            raw_channel(&mut c, 1).await;
             c.send_bytes(&frame(3, 1, b"body", 0xCE)).await;
             expect_connection_close(&mut c, 505).await;
         }

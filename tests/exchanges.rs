@@ -2,48 +2,12 @@
 
 mod common;
 
-use std::fmt::Debug;
-use std::future::Future;
 use std::time::Duration;
 
+use common::amqp::{WAIT, confirm_channel, connect, declare_queue, drain, expect_code, reply_code, within};
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn within<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(WAIT, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("timed out after {WAIT:?}: {what}"),
-    }
-}
-
-fn reply_code(err: &lapin::Error) -> Option<u16> {
-    match err.kind() {
-        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
-        _ => None,
-    }
-}
-
-/// Awaits an operation that must fail with the given AMQP reply code.
-async fn expect_code<T: Debug>(what: &str, fut: impl Future<Output = lapin::Result<T>>, code: u16) {
-    match within(what, fut).await {
-        Ok(v) => panic!("{what}: succeeded ({v:?}), expected reply code {code}"),
-        Err(e) => assert_eq!(reply_code(&e), Some(code), "{what}: {e:?}"),
-    }
-}
-
-async fn connect(broker: &common::Broker) -> Connection {
-    within("connect", Connection::connect(&broker.url(), ConnectionProperties::default())).await.expect("connect")
-}
-
-/// A channel in confirm mode, so a publish's fate (ack or channel error) is observable.
-async fn channel(conn: &Connection) -> Channel {
-    let ch = within("channel", conn.create_channel()).await.expect("channel");
-    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await.expect("confirm.select");
-    ch
-}
+use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
 
 async fn declare_exchange(ch: &Channel, name: &str, kind: ExchangeKind, options: ExchangeDeclareOptions) {
     within("exchange.declare", ch.exchange_declare(name.into(), kind, options, FieldTable::default()))
@@ -58,12 +22,6 @@ async fn passive_exchange(ch: &Channel, name: &str) -> lapin::Result<()> {
         ch.exchange_declare(name.into(), ExchangeKind::Direct, options, FieldTable::default()),
     )
     .await
-}
-
-async fn declare_queue(ch: &Channel, name: &str) {
-    within("queue.declare", ch.queue_declare(name.into(), QueueDeclareOptions::default(), FieldTable::default()))
-        .await
-        .unwrap_or_else(|e| panic!("declare queue '{name}': {e:?}"));
 }
 
 async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str, args: FieldTable) {
@@ -97,20 +55,6 @@ async fn publish(ch: &Channel, exchange: &str, key: &str, body: &str) {
         .unwrap_or_else(|e| panic!("publish to '{exchange}' with '{key}': {e:?}"));
 }
 
-/// Takes every ready message off a queue (no-ack) and returns the bodies in order.
-async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
-    let mut bodies = Vec::new();
-    loop {
-        let got = within("basic.get", ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }))
-            .await
-            .unwrap_or_else(|e| panic!("basic.get on '{queue}': {e:?}"));
-        match got {
-            Some(m) => bodies.push(String::from_utf8(m.delivery.data).expect("utf-8 body")),
-            None => return bodies,
-        }
-    }
-}
-
 fn headers(entries: &[(&str, &str)]) -> FieldTable {
     let mut t = FieldTable::default();
     for (k, v) in entries {
@@ -125,7 +69,7 @@ fn headers(entries: &[(&str, &str)]) -> FieldTable {
 async fn the_standard_exchanges_exist() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     for name in ["amq.direct", "amq.fanout", "amq.topic", "amq.headers", "amq.match"] {
         passive_exchange(&ch, name).await.unwrap_or_else(|e| panic!("passive declare of '{name}': {e:?}"));
     }
@@ -151,7 +95,7 @@ async fn declaring_the_default_exchange_is_refused() {
     // RabbitMQ: "operation not permitted on the default exchange", even passively.
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     expect_code("passive declare of ''", passive_exchange(&ch, ""), 403).await;
 }
 
@@ -159,7 +103,7 @@ async fn declaring_the_default_exchange_is_refused() {
 async fn declare_flags_are_kept_and_redeclare_must_match() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     let auto_delete = ExchangeDeclareOptions { auto_delete: true, ..Default::default() };
     let internal = ExchangeDeclareOptions { internal: true, ..Default::default() };
@@ -205,7 +149,7 @@ async fn declare_flags_are_kept_and_redeclare_must_match() {
         ),
     ];
     for (name, kind, options) in cases {
-        let ch = channel(&conn).await;
+        let ch = confirm_channel(&conn).await;
         let what = format!("redeclare '{name}' with {options:?}");
         expect_code(&what, ch.exchange_declare(name.into(), kind, options, FieldTable::default()), 406).await;
     }
@@ -215,7 +159,7 @@ async fn declare_flags_are_kept_and_redeclare_must_match() {
 async fn redeclare_with_another_type_is_refused_with_406() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_exchange(&ch, "typed", ExchangeKind::Direct, Default::default()).await;
     expect_code(
         "redeclare as fanout",
@@ -223,7 +167,7 @@ async fn redeclare_with_another_type_is_refused_with_406() {
         406,
     )
     .await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     expect_code(
         "redeclare amq.direct as topic",
         ch.exchange_declare(
@@ -236,7 +180,7 @@ async fn redeclare_with_another_type_is_refused_with_406() {
     )
     .await;
     // The channel error left the exchange as it was.
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_exchange(&ch, "typed", ExchangeKind::Direct, Default::default()).await;
 }
 
@@ -244,13 +188,13 @@ async fn redeclare_with_another_type_is_refused_with_406() {
 async fn passive_declare_of_a_missing_exchange_is_404() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     expect_code("passive declare", passive_exchange(&ch, "nowhere"), 404).await;
     // A channel error: the connection stays usable.
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_exchange(&ch, "somewhere", ExchangeKind::Direct, Default::default()).await;
     // Passive declare does not create it.
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     expect_code("passive declare again", passive_exchange(&ch, "nowhere"), 404).await;
 }
 
@@ -258,14 +202,14 @@ async fn passive_declare_of_a_missing_exchange_is_404() {
 async fn declaring_a_new_amq_prefixed_exchange_is_refused_with_403() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     expect_code(
         "declare amq.mine",
         ch.exchange_declare("amq.mine".into(), ExchangeKind::Direct, Default::default(), FieldTable::default()),
         403,
     )
     .await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     expect_code("passive declare amq.mine", passive_exchange(&ch, "amq.mine"), 404).await;
 }
 
@@ -273,7 +217,7 @@ async fn declaring_a_new_amq_prefixed_exchange_is_refused_with_403() {
 async fn invalid_exchange_type_closes_the_connection_with_503() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     expect_code(
         "declare with type 'nonsense'",
         ch.exchange_declare(
@@ -291,7 +235,7 @@ async fn invalid_exchange_type_closes_the_connection_with_503() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let other = connect(&broker).await;
-    let ch = channel(&other).await;
+    let ch = confirm_channel(&other).await;
     expect_code("passive declare odd", passive_exchange(&ch, "odd"), 404).await;
 }
 
@@ -301,7 +245,7 @@ async fn invalid_exchange_type_closes_the_connection_with_503() {
 async fn delete_if_unused_refuses_a_bound_exchange() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_exchange(&ch, "busy", ExchangeKind::Direct, Default::default()).await;
     declare_queue(&ch, "busy-q").await;
     bind(&ch, "busy-q", "busy", "k", FieldTable::default()).await;
@@ -311,7 +255,7 @@ async fn delete_if_unused_refuses_a_bound_exchange() {
         406,
     )
     .await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     passive_exchange(&ch, "busy").await.expect("still there after the refused delete");
     publish(&ch, "busy", "k", "still routed").await;
     assert_eq!(drain(&ch, "busy-q").await, ["still routed"]);
@@ -319,7 +263,7 @@ async fn delete_if_unused_refuses_a_bound_exchange() {
     within("delete", ch.exchange_delete("busy".into(), ExchangeDeleteOptions::default())).await.expect("delete");
     expect_code("passive declare after delete", passive_exchange(&ch, "busy"), 404).await;
     // The queue is untouched by the exchange's deletion.
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     within(
         "queue still exists",
         ch.queue_declare(
@@ -336,7 +280,7 @@ async fn delete_if_unused_refuses_a_bound_exchange() {
 async fn delete_if_unused_accepts_an_unbound_exchange() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_exchange(&ch, "idle", ExchangeKind::Topic, Default::default()).await;
     within(
         "delete",
@@ -351,7 +295,7 @@ async fn delete_if_unused_accepts_an_unbound_exchange() {
 async fn deleting_a_missing_exchange_succeeds() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     within("delete", ch.exchange_delete("never-declared".into(), ExchangeDeleteOptions::default()))
         .await
         .expect("delete of a missing exchange");
@@ -363,10 +307,10 @@ async fn deleting_a_missing_exchange_succeeds() {
 async fn deleting_a_standard_exchange_is_refused_with_403() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     expect_code("delete amq.direct", ch.exchange_delete("amq.direct".into(), ExchangeDeleteOptions::default()), 403)
         .await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     passive_exchange(&ch, "amq.direct").await.expect("amq.direct survives");
 }
 
@@ -374,7 +318,7 @@ async fn deleting_a_standard_exchange_is_refused_with_403() {
 async fn publishing_to_a_missing_exchange_is_404() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     match publish_with(&ch, "missing", "k", "lost", BasicProperties::default()).await {
         Ok(()) => panic!("publish to a missing exchange was acked"),
         Err(e) => assert_eq!(reply_code(&e), Some(404), "{e:?}"),
@@ -385,7 +329,7 @@ async fn publishing_to_a_missing_exchange_is_404() {
 async fn publishing_to_an_internal_exchange_is_refused_with_403() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_exchange(
         &ch,
         "inner",
@@ -400,7 +344,7 @@ async fn publishing_to_an_internal_exchange_is_refused_with_403() {
         Err(e) => assert_eq!(reply_code(&e), Some(403), "{e:?}"),
     }
     // Routing through it from another exchange is what internal exchanges are for.
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     assert_eq!(drain(&ch, "inner-q").await, Vec::<String>::new(), "the refused message was routed");
     declare_exchange(&ch, "front", ExchangeKind::Fanout, Default::default()).await;
     within(
@@ -419,7 +363,7 @@ async fn publishing_to_an_internal_exchange_is_refused_with_403() {
 async fn direct_routing_matches_the_key_exactly() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_exchange(&ch, "logs.direct", ExchangeKind::Direct, Default::default()).await;
     for q in ["errors", "infos", "everything"] {
         declare_queue(&ch, q).await;
@@ -449,7 +393,7 @@ async fn direct_routing_matches_the_key_exactly() {
 async fn fanout_routing_ignores_the_key() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_exchange(&ch, "broadcast", ExchangeKind::Fanout, Default::default()).await;
     for q in ["f1", "f2", "unbound"] {
         declare_queue(&ch, q).await;
@@ -471,7 +415,7 @@ async fn fanout_routing_ignores_the_key() {
 async fn topic_routing_with_star_and_hash() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_exchange(&ch, "animals", ExchangeKind::Topic, Default::default()).await;
     for q in ["orange", "lazy", "all", "exact"] {
         declare_queue(&ch, q).await;
@@ -517,7 +461,7 @@ async fn topic_routing_with_star_and_hash() {
 async fn headers_routing_with_x_match_all_and_any() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_exchange(&ch, "docs", ExchangeKind::Headers, Default::default()).await;
     for q in ["h.all", "h.any", "h.implicit"] {
         declare_queue(&ch, q).await;
@@ -559,7 +503,7 @@ async fn headers_routing_with_x_match_all_and_any() {
 async fn exchange_to_exchange_bindings_route_until_unbound() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_exchange(&ch, "upstream", ExchangeKind::Direct, Default::default()).await;
     declare_exchange(&ch, "downstream", ExchangeKind::Fanout, Default::default()).await;
     declare_queue(&ch, "sink").await;
@@ -619,7 +563,7 @@ async fn exchange_to_exchange_bindings_route_until_unbound() {
 async fn auto_delete_exchange_goes_when_its_last_binding_is_removed() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     let auto = ExchangeDeclareOptions { auto_delete: true, ..Default::default() };
     declare_exchange(&ch, "fleeting", ExchangeKind::Direct, auto).await;
     // Never bound: it stays.
@@ -638,14 +582,14 @@ async fn auto_delete_exchange_goes_when_its_last_binding_is_removed() {
     expect_code("passive after last unbind", passive_exchange(&ch, "fleeting"), 404).await;
 
     // Deleting the last bound queue removes the binding too.
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_exchange(&ch, "fleeting2", ExchangeKind::Fanout, auto).await;
     bind(&ch, "fq1", "fleeting2", "", FieldTable::default()).await;
     within("delete fq1", ch.queue_delete("fq1".into(), QueueDeleteOptions::default())).await.expect("queue.delete");
     expect_code("passive after queue delete", passive_exchange(&ch, "fleeting2"), 404).await;
 
     // Removing its last exchange-to-exchange binding counts as well.
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_exchange(&ch, "fleeting3", ExchangeKind::Fanout, auto).await;
     within(
         "exchange.bind",
@@ -672,7 +616,7 @@ async fn auto_delete_exchange_goes_when_its_last_binding_is_removed() {
 async fn binding_a_queue_to_the_default_exchange_is_refused() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_queue(&ch, "dq").await;
     expect_code(
         "queue.bind to ''",
@@ -687,7 +631,7 @@ async fn invalid_type_for_an_existing_exchange_is_also_503() {
     // RabbitMQ validates the type before looking the exchange up.
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_exchange(&ch, "exists", ExchangeKind::Direct, Default::default()).await;
     expect_code(
         "redeclare with type 'nonsense'",

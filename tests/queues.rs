@@ -3,49 +3,13 @@
 mod common;
 
 use std::collections::HashSet;
-use std::fmt::Debug;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
+use common::amqp::{WAIT, confirm_channel, connect, drain, expect_code, publish_acked, publish_to, reply_code, within};
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Queue};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn within<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(WAIT, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("timed out after {WAIT:?}: {what}"),
-    }
-}
-
-fn reply_code(err: &lapin::Error) -> Option<u16> {
-    match err.kind() {
-        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
-        _ => None,
-    }
-}
-
-/// Awaits an operation that must fail with the given AMQP reply code.
-async fn expect_code<T: Debug>(what: &str, fut: impl Future<Output = lapin::Result<T>>, code: u16) {
-    match within(what, fut).await {
-        Ok(v) => panic!("{what}: succeeded ({v:?}), expected reply code {code}"),
-        Err(e) => assert_eq!(reply_code(&e), Some(code), "{what}: {e:?}"),
-    }
-}
-
-async fn connect(broker: &common::Broker) -> Connection {
-    within("connect", Connection::connect(&broker.url(), ConnectionProperties::default())).await.expect("connect")
-}
-
-/// A channel in confirm mode, so every publish is known to be routed before the test goes on.
-async fn channel(conn: &Connection) -> Channel {
-    let ch = within("channel", conn.create_channel()).await.expect("channel");
-    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await.expect("confirm.select");
-    ch
-}
+use lapin::{Channel, Confirmation, Connection, Queue};
 
 async fn declare(ch: &Channel, name: &str, options: QueueDeclareOptions, args: FieldTable) -> lapin::Result<Queue> {
     within("queue.declare", ch.queue_declare(name.into(), options, args)).await
@@ -95,41 +59,6 @@ async fn wait_counts(conn: &Connection, name: &str, want: (u32, u32)) {
     }
 }
 
-async fn publish_to(ch: &Channel, exchange: &str, key: &str, body: &str) -> Confirmation {
-    let confirm = within(
-        "publish",
-        ch.basic_publish(
-            exchange.into(),
-            key.into(),
-            BasicPublishOptions::default(),
-            body.as_bytes(),
-            BasicProperties::default(),
-        ),
-    )
-    .await
-    .expect("publish");
-    within("confirm", confirm).await.expect("confirm")
-}
-
-async fn publish(ch: &Channel, queue: &str, body: &str) {
-    let confirmation = publish_to(ch, "", queue, body).await;
-    assert!(matches!(confirmation, Confirmation::Ack(_)), "publish to '{queue}': {confirmation:?}");
-}
-
-/// Takes every ready message (no-ack) and returns the bodies in order.
-async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
-    let mut bodies = Vec::new();
-    loop {
-        let got = within("basic.get", ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }))
-            .await
-            .unwrap_or_else(|e| panic!("basic.get on '{queue}': {e:?}"));
-        match got {
-            Some(m) => bodies.push(String::from_utf8(m.delivery.data).expect("utf-8")),
-            None => return bodies,
-        }
-    }
-}
-
 fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
     let mut t = FieldTable::default();
     for (k, v) in entries {
@@ -150,7 +79,7 @@ fn warrenctl_rows(broker: &common::Broker, args: &[&str]) -> Vec<String> {
 async fn declare_durable_exclusive_auto_delete_and_passive() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare(&ch, "q.durable", QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
         .await
         .expect("durable");
@@ -193,11 +122,11 @@ async fn declare_durable_exclusive_auto_delete_and_passive() {
 async fn passive_declare_of_a_missing_queue_is_404_and_creates_nothing() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     expect_code("passive declare", passive(&ch, "absent"), 404).await;
     assert_eq!(counts(&conn, "absent").await.err().and_then(|e| reply_code(&e)), Some(404));
     // Only the channel was closed.
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_plain(&ch, "present").await;
 }
 
@@ -205,7 +134,7 @@ async fn passive_declare_of_a_missing_queue_is_404_and_creates_nothing() {
 async fn server_named_queues_start_with_amq_gen_and_are_unique() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     let mut names = HashSet::new();
     for _ in 0..25 {
         let q = declare(&ch, "", QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
@@ -217,7 +146,7 @@ async fn server_named_queues_start_with_amq_gen_and_are_unique() {
     }
     // They are real queues, reachable by the generated name.
     let name = names.iter().next().expect("a name").clone();
-    publish(&ch, &name, "to generated").await;
+    publish_acked(&ch, &name, "to generated").await;
     assert_eq!(drain(&ch, &name).await, ["to generated"]);
 }
 
@@ -225,7 +154,7 @@ async fn server_named_queues_start_with_amq_gen_and_are_unique() {
 async fn client_may_not_name_a_queue_with_the_amq_prefix() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     expect_code("declare amq.mine", declare(&ch, "amq.mine", Default::default(), FieldTable::default()), 403).await;
 }
 
@@ -233,11 +162,11 @@ async fn client_may_not_name_a_queue_with_the_amq_prefix() {
 async fn declare_ok_carries_message_and_consumer_counts() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     let q = declare_plain(&ch, "counted").await;
     assert_eq!((q.message_count(), q.consumer_count()), (0, 0));
     for i in 0..3 {
-        publish(&ch, "counted", &format!("m{i}")).await;
+        publish_acked(&ch, "counted", &format!("m{i}")).await;
     }
     let q = declare_plain(&ch, "counted").await;
     assert_eq!((q.message_count(), q.consumer_count()), (3, 0));
@@ -246,7 +175,7 @@ async fn declare_ok_carries_message_and_consumer_counts() {
 
     let idle = declare_plain(&ch, "watched").await;
     assert_eq!(idle.consumer_count(), 0);
-    let consumers_ch = channel(&conn).await;
+    let consumers_ch = confirm_channel(&conn).await;
     let mut consumers = Vec::new();
     for tag in ["w1", "w2"] {
         let c = within(
@@ -273,7 +202,7 @@ async fn declare_ok_carries_message_and_consumer_counts() {
 async fn redeclare_with_other_properties_is_refused_with_406() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     let limited = table(&[("x-max-length", AMQPValue::LongInt(10))]);
     declare(&ch, "fixed", QueueDeclareOptions { durable: true, ..Default::default() }, limited.clone())
         .await
@@ -293,11 +222,11 @@ async fn redeclare_with_other_properties_is_refused_with_406() {
         ("no arguments", QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()),
     ];
     for (what, options, args) in cases {
-        let ch = channel(&conn).await;
+        let ch = confirm_channel(&conn).await;
         expect_code(what, declare(&ch, "fixed", options, args), 406).await;
     }
     // The failed redeclares changed nothing: the original declaration still matches.
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare(&ch, "fixed", QueueDeclareOptions { durable: true, ..Default::default() }, limited)
         .await
         .expect("same declaration");
@@ -309,38 +238,46 @@ async fn redeclare_with_other_properties_is_refused_with_406() {
 async fn exclusive_queue_is_locked_to_its_connection() {
     let broker = common::Broker::start();
     let owner = connect(&broker).await;
-    let och = channel(&owner).await;
+    let och = confirm_channel(&owner).await;
     declare(&och, "private", QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
         .await
         .expect("declare exclusive");
-    publish(&och, "private", "secret").await;
+    publish_acked(&och, "private", "secret").await;
 
     let other = connect(&broker).await;
     let exclusive = QueueDeclareOptions { exclusive: true, ..Default::default() };
-    expect_code("declare", declare(&channel(&other).await, "private", Default::default(), FieldTable::default()), 405)
-        .await;
-    expect_code("declare exclusive", declare(&channel(&other).await, "private", exclusive, FieldTable::default()), 405)
-        .await;
-    expect_code("passive declare", passive(&channel(&other).await, "private"), 405).await;
-    let ch = channel(&other).await;
+    expect_code(
+        "declare",
+        declare(&confirm_channel(&other).await, "private", Default::default(), FieldTable::default()),
+        405,
+    )
+    .await;
+    expect_code(
+        "declare exclusive",
+        declare(&confirm_channel(&other).await, "private", exclusive, FieldTable::default()),
+        405,
+    )
+    .await;
+    expect_code("passive declare", passive(&confirm_channel(&other).await, "private"), 405).await;
+    let ch = confirm_channel(&other).await;
     expect_code(
         "consume",
         ch.basic_consume("private".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()),
         405,
     )
     .await;
-    let ch = channel(&other).await;
+    let ch = confirm_channel(&other).await;
     expect_code(
         "bind",
         ch.queue_bind("private".into(), "amq.fanout".into(), "".into(), Default::default(), FieldTable::default()),
         405,
     )
     .await;
-    let ch = channel(&other).await;
+    let ch = confirm_channel(&other).await;
     expect_code("purge", ch.queue_purge("private".into(), Default::default()), 405).await;
-    let ch = channel(&other).await;
+    let ch = confirm_channel(&other).await;
     expect_code("delete", ch.queue_delete("private".into(), Default::default()), 405).await;
-    let ch = channel(&other).await;
+    let ch = confirm_channel(&other).await;
     expect_code("get", ch.basic_get("private".into(), BasicGetOptions { no_ack: true }), 405).await;
 
     // None of that touched the queue; the owner still has it, message and all.
@@ -357,16 +294,16 @@ async fn exclusive_queue_is_locked_to_its_connection() {
     within("close owner", owner.close(200, "bye".into())).await.expect("close");
     wait_gone(&other, "private").await;
     // Once gone, another connection may take the name.
-    declare(&channel(&other).await, "private", exclusive, FieldTable::default()).await.expect("new owner");
+    declare(&confirm_channel(&other).await, "private", exclusive, FieldTable::default()).await.expect("new owner");
 }
 
 #[tokio::test]
 async fn declaring_a_shared_queue_as_exclusive_is_refused() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    declare_plain(&channel(&conn).await, "shared").await;
+    declare_plain(&confirm_channel(&conn).await, "shared").await;
     let other = connect(&broker).await;
-    let ch = channel(&other).await;
+    let ch = confirm_channel(&other).await;
     let exclusive = QueueDeclareOptions { exclusive: true, ..Default::default() };
     expect_code("declare exclusive", declare(&ch, "shared", exclusive, FieldTable::default()), 405).await;
 }
@@ -377,14 +314,14 @@ async fn declaring_a_shared_queue_as_exclusive_is_refused() {
 async fn auto_delete_queue_goes_when_its_last_consumer_cancels() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     let auto = QueueDeclareOptions { auto_delete: true, ..Default::default() };
     declare(&ch, "transient", auto, FieldTable::default()).await.expect("declare");
     // Without ever having had a consumer it stays.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(counts(&conn, "transient").await.expect("still there"), (0, 0));
 
-    let cch = channel(&conn).await;
+    let cch = confirm_channel(&conn).await;
     let _c1 = within(
         "consume",
         cch.basic_consume("transient".into(), "c1".into(), Default::default(), FieldTable::default()),
@@ -404,7 +341,7 @@ async fn auto_delete_queue_goes_when_its_last_consumer_cancels() {
 
     // Closing the channel of the last consumer counts as cancelling it.
     declare(&ch, "transient2", auto, FieldTable::default()).await.expect("declare");
-    let cch = channel(&conn).await;
+    let cch = confirm_channel(&conn).await;
     let _c = within(
         "consume",
         cch.basic_consume("transient2".into(), "c".into(), Default::default(), FieldTable::default()),
@@ -421,7 +358,7 @@ async fn auto_delete_queue_goes_when_its_last_consumer_cancels() {
 async fn bind_and_unbind_control_routing() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_plain(&ch, "bound").await;
     within(
         "bind",
@@ -437,7 +374,7 @@ async fn bind_and_unbind_control_routing() {
     publish_to(&ch, "amq.direct", "key", "dropped").await;
     assert_eq!(drain(&ch, "bound").await, Vec::<String>::new());
     // The default-exchange binding is not affected.
-    publish(&ch, "bound", "by name").await;
+    publish_acked(&ch, "bound", "by name").await;
     assert_eq!(drain(&ch, "bound").await, ["by name"]);
 
     expect_code(
@@ -446,7 +383,7 @@ async fn bind_and_unbind_control_routing() {
         404,
     )
     .await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     expect_code(
         "bind a missing queue",
         ch.queue_bind("no-queue".into(), "amq.direct".into(), "k".into(), Default::default(), FieldTable::default()),
@@ -461,12 +398,12 @@ async fn bind_and_unbind_control_routing() {
 async fn purge_returns_the_count_and_leaves_unacked_messages_alone() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_plain(&ch, "purged").await;
     for i in 1..=5 {
-        publish(&ch, "purged", &format!("m{i}")).await;
+        publish_acked(&ch, "purged", &format!("m{i}")).await;
     }
-    let holder = channel(&conn).await;
+    let holder = confirm_channel(&conn).await;
     for want in ["m1", "m2"] {
         let got = within("get", holder.basic_get("purged".into(), BasicGetOptions { no_ack: false }))
             .await
@@ -494,9 +431,9 @@ async fn purge_returns_the_count_and_leaves_unacked_messages_alone() {
 async fn delete_if_unused_refuses_a_queue_with_consumers() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_plain(&ch, "in-use").await;
-    let cch = channel(&conn).await;
+    let cch = confirm_channel(&conn).await;
     let _c =
         within("consume", cch.basic_consume("in-use".into(), "c".into(), Default::default(), FieldTable::default()))
             .await
@@ -505,7 +442,7 @@ async fn delete_if_unused_refuses_a_queue_with_consumers() {
     expect_code("delete if-unused", ch.queue_delete("in-use".into(), if_unused), 406).await;
     assert_eq!(counts(&conn, "in-use").await.expect("still there"), (0, 1));
     within("cancel", cch.basic_cancel("c".into(), Default::default())).await.expect("cancel");
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     within("delete if-unused", ch.queue_delete("in-use".into(), if_unused)).await.expect("delete once unused");
     wait_gone(&conn, "in-use").await;
 }
@@ -514,13 +451,13 @@ async fn delete_if_unused_refuses_a_queue_with_consumers() {
 async fn delete_if_empty_refuses_a_queue_with_messages() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_plain(&ch, "full").await;
-    publish(&ch, "full", "m").await;
+    publish_acked(&ch, "full", "m").await;
     let if_empty = QueueDeleteOptions { if_empty: true, ..Default::default() };
     expect_code("delete if-empty", ch.queue_delete("full".into(), if_empty), 406).await;
     assert_eq!(counts(&conn, "full").await.expect("still there"), (1, 0));
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     assert_eq!(drain(&ch, "full").await, ["m"]);
     let count = within("delete if-empty", ch.queue_delete("full".into(), if_empty)).await.expect("delete once empty");
     assert_eq!(count, 0);
@@ -531,10 +468,10 @@ async fn delete_if_empty_refuses_a_queue_with_messages() {
 async fn delete_ok_reports_the_message_count() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     declare_plain(&ch, "doomed").await;
     for i in 0..4 {
-        publish(&ch, "doomed", &format!("m{i}")).await;
+        publish_acked(&ch, "doomed", &format!("m{i}")).await;
     }
     within(
         "bind",
@@ -546,7 +483,7 @@ async fn delete_ok_reports_the_message_count() {
     assert_eq!(count, 4);
     expect_code("passive after delete", passive(&ch, "doomed"), 404).await;
     // Its bindings went with it: a redeclared queue of that name starts unbound and empty.
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     let q = declare_plain(&ch, "doomed").await;
     assert_eq!(q.message_count(), 0);
     publish_to(&ch, "amq.fanout", "", "after").await;
@@ -562,7 +499,7 @@ async fn delete_ok_reports_the_message_count() {
 async fn consumer_is_cancelled_by_the_broker_when_its_queue_is_deleted() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let cch = channel(&conn).await;
+    let cch = confirm_channel(&conn).await;
     declare_plain(&cch, "vanishing").await;
     let mut consumer = within(
         "consume",
@@ -572,8 +509,8 @@ async fn consumer_is_cancelled_by_the_broker_when_its_queue_is_deleted() {
     .expect("consume");
 
     let admin = connect(&broker).await;
-    let ach = channel(&admin).await;
-    publish(&ach, "vanishing", "before").await;
+    let ach = confirm_channel(&admin).await;
+    publish_acked(&ach, "vanishing", "before").await;
     let first = within("first delivery", consumer.next()).await.expect("a delivery").expect("delivery ok");
     assert_eq!(first.data, b"before");
     within("ack", first.ack(BasicAckOptions::default())).await.expect("ack");
@@ -594,7 +531,7 @@ async fn consumer_is_cancelled_by_the_broker_when_its_queue_is_deleted() {
 async fn max_length_with_drop_head_drops_the_oldest() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     let explicit =
         table(&[("x-max-length", AMQPValue::LongInt(3)), ("x-overflow", AMQPValue::LongString("drop-head".into()))]);
     // drop-head is also the default overflow behaviour.
@@ -602,7 +539,7 @@ async fn max_length_with_drop_head_drops_the_oldest() {
     for (name, args) in [("capped", explicit), ("capped-default", implicit)] {
         declare(&ch, name, Default::default(), args).await.expect("declare");
         for i in 1..=5 {
-            publish(&ch, name, &format!("m{i}")).await;
+            publish_acked(&ch, name, &format!("m{i}")).await;
         }
         assert_eq!(counts(&conn, name).await.expect("counts"), (3, 0), "{name}");
         assert_eq!(drain(&ch, name).await, ["m3", "m4", "m5"], "{name}");
@@ -613,14 +550,14 @@ async fn max_length_with_drop_head_drops_the_oldest() {
 async fn max_length_with_reject_publish_nacks_the_newest() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     let args = table(&[
         ("x-max-length", AMQPValue::LongInt(2)),
         ("x-overflow", AMQPValue::LongString("reject-publish".into())),
     ]);
     declare(&ch, "strict", Default::default(), args).await.expect("declare");
-    publish(&ch, "strict", "m1").await;
-    publish(&ch, "strict", "m2").await;
+    publish_acked(&ch, "strict", "m1").await;
+    publish_acked(&ch, "strict", "m2").await;
     let third = publish_to(&ch, "", "strict", "m3").await;
     assert!(matches!(third, Confirmation::Nack(_)), "publish into a full reject-publish queue: {third:?}");
     assert_eq!(drain(&ch, "strict").await, ["m1", "m2"]);
@@ -630,10 +567,10 @@ async fn max_length_with_reject_publish_nacks_the_newest() {
 async fn unacked_messages_of_a_deleted_queue_do_not_reach_a_new_queue_of_that_name() {
     let broker = common::Broker::start();
     let holder = connect(&broker).await;
-    let hch = channel(&holder).await;
+    let hch = confirm_channel(&holder).await;
     declare_plain(&hch, "reborn").await;
-    publish(&hch, "reborn", "m1").await;
-    publish(&hch, "reborn", "m2").await;
+    publish_acked(&hch, "reborn", "m1").await;
+    publish_acked(&hch, "reborn", "m2").await;
     let mut held = Vec::new();
     for want in ["m1", "m2"] {
         let got = within("get", hch.basic_get("reborn".into(), BasicGetOptions { no_ack: false }))
@@ -645,7 +582,7 @@ async fn unacked_messages_of_a_deleted_queue_do_not_reach_a_new_queue_of_that_na
     }
 
     let admin = connect(&broker).await;
-    let ach = channel(&admin).await;
+    let ach = confirm_channel(&admin).await;
     let deleted = within("delete", ach.queue_delete("reborn".into(), Default::default())).await.expect("delete");
     assert_eq!(deleted, 0, "delete-ok counts ready messages only");
     declare_plain(&ach, "reborn").await;
@@ -673,7 +610,7 @@ async fn invalid_length_limit_arguments_are_refused_with_406() {
         ("string x-max-length", table(&[("x-max-length", AMQPValue::LongString("ten".into()))])),
         ("unknown x-overflow", table(&[("x-overflow", AMQPValue::LongString("explode".into()))])),
     ] {
-        let ch = channel(&conn).await;
+        let ch = confirm_channel(&conn).await;
         expect_code(what, declare(&ch, "limited", Default::default(), args), 406).await;
         assert_eq!(counts(&conn, "limited").await.err().and_then(|e| reply_code(&e)), Some(404), "{what} created it");
     }

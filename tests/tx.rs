@@ -4,38 +4,17 @@
 
 mod common;
 
-use std::future::Future;
-use std::io::{BufRead, BufReader, Write};
-use std::time::Duration;
-
 use bytes::BytesMut;
-use futures_lite::StreamExt;
-use lapin::message::Delivery;
 use lapin::options::*;
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{Channel, Connection};
 
+use common::amqp::{
+    self as amqp, QUIET, assert_quiet, channel, connect, consume, declare_queue, drain_with_redelivered, next, publish,
+    ready, reply_code, text, within,
+};
 use common::raw::RawClient;
 use warren::protocol::method::*;
 use warren::protocol::{Frame, Method, encode_content, encode_method};
-
-const LIMIT: Duration = Duration::from_secs(10);
-const QUIET: Duration = Duration::from_millis(400);
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(LIMIT, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {LIMIT:?}: {what}"),
-    }
-}
-
-async fn connect(broker: &common::Broker) -> Connection {
-    within("connect", Connection::connect(&broker.url(), ConnectionProperties::default())).await.expect("connect")
-}
-
-async fn channel(conn: &Connection) -> Channel {
-    within("channel.open", conn.create_channel()).await.expect("channel.open")
-}
 
 async fn tx_channel(conn: &Connection) -> Channel {
     let ch = channel(conn).await;
@@ -43,28 +22,21 @@ async fn tx_channel(conn: &Connection) -> Channel {
     ch
 }
 
-async fn declare(ch: &Channel, queue: &str) {
-    within("queue.declare", ch.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()))
-        .await
-        .expect("queue.declare");
+/// (ready, unacked) of a queue, from the broker's control socket.
+fn queue_stats(broker: &common::Broker, queue: &str) -> (u64, u64) {
+    let (ready, unacked, _) = amqp::queue_stats(broker, queue);
+    (ready, unacked)
 }
 
-async fn ready(ch: &Channel, queue: &str) -> u32 {
-    let opts = QueueDeclareOptions { passive: true, ..Default::default() };
-    within("passive declare", ch.queue_declare(queue.into(), opts, FieldTable::default()))
-        .await
-        .expect("passive declare")
-        .message_count()
-}
-
-async fn publish(ch: &Channel, queue: &str, body: &str) {
-    let confirm = within(
-        "basic.publish",
-        ch.basic_publish("".into(), queue.into(), Default::default(), body.as_bytes(), BasicProperties::default()),
-    )
-    .await
-    .expect("basic.publish");
-    within("publish", confirm).await.expect("publish");
+/// Declares `queue` with "m1", "m2" and "m3" ready in it; returns a plain
+/// (observer) channel and a transactional one.
+async fn three_messages_and_a_tx_channel(conn: &Connection, queue: &str) -> (Channel, Channel) {
+    let observer = channel(conn).await;
+    declare_queue(&observer, queue).await;
+    for body in ["m1", "m2", "m3"] {
+        publish(&observer, queue, body).await;
+    }
+    (observer, tx_channel(conn).await)
 }
 
 async fn commit(ch: &Channel) {
@@ -75,75 +47,17 @@ async fn rollback(ch: &Channel) {
     within("tx.rollback", ch.tx_rollback()).await.expect("tx.rollback");
 }
 
-async fn consume(ch: &Channel, queue: &str, no_ack: bool) -> Consumer {
-    let opts = BasicConsumeOptions { no_ack, ..Default::default() };
-    within("basic.consume", ch.basic_consume(queue.into(), "".into(), opts, FieldTable::default()))
-        .await
-        .expect("basic.consume")
-}
-
-async fn next(consumer: &mut Consumer) -> Delivery {
-    within("a delivery", consumer.next()).await.expect("consumer ended").expect("delivery failed")
-}
-
-async fn assert_quiet(consumer: &mut Consumer, what: &str) {
-    if let Ok(item) = tokio::time::timeout(QUIET, consumer.next()).await {
-        let got = item.map(|d| d.map(|d| String::from_utf8_lossy(&d.data).into_owned()));
-        panic!("{what}: expected no delivery, got {got:?}");
-    }
-}
-
-fn text(d: &Delivery) -> String {
-    String::from_utf8(d.data.clone()).expect("utf-8")
-}
-
-/// Every ready message, taken with no-ack basic.get.
-async fn drain(ch: &Channel, queue: &str) -> Vec<(String, bool)> {
-    let mut out = Vec::new();
-    while let Some(m) =
-        within("basic.get", ch.basic_get(queue.into(), BasicGetOptions { no_ack: true })).await.expect("basic.get")
-    {
-        out.push((text(&m.delivery), m.delivery.redelivered));
-    }
-    out
-}
-
-fn amqp_code(err: &lapin::Error) -> Option<u16> {
-    match err.kind() {
-        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
-        _ => None,
-    }
-}
-
-/// (ready, unacked) of a queue, from the broker's control socket.
-fn queue_stats(broker: &common::Broker, queue: &str) -> (u64, u64) {
-    let path = warren::config::control_socket_path(&broker.data_dir);
-    let mut sock = std::os::unix::net::UnixStream::connect(&path).expect("control socket");
-    sock.set_read_timeout(Some(LIMIT)).expect("timeout");
-    sock.write_all(b"{\"command\":\"list_queues\"}\n").expect("request");
-    let mut line = String::new();
-    BufReader::new(sock).read_line(&mut line).expect("response");
-    let response: warren::admin::Response = serde_json::from_str(&line).expect("json");
-    let row = response
-        .rows
-        .iter()
-        .find(|r| r.get("name").and_then(|v| v.as_str()) == Some(queue))
-        .unwrap_or_else(|| panic!("queue '{queue}' not listed"));
-    let n = |k: &str| row.get(k).and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("column {k}"));
-    (n("messages_ready"), n("messages_unacknowledged"))
-}
-
 #[tokio::test]
 async fn transactional_publishes_are_invisible_until_commit() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let tx = tx_channel(&conn).await;
     let observer = channel(&conn).await;
-    declare(&observer, "tx-count").await;
-    declare(&observer, "tx-consumed").await;
+    declare_queue(&observer, "tx-count").await;
+    declare_queue(&observer, "tx-consumed").await;
     let other = connect(&broker).await;
     let consumer_ch = channel(&other).await;
-    let mut consumer = consume(&consumer_ch, "tx-consumed", true).await;
+    let mut consumer = consume(&consumer_ch, "tx-consumed", "", true).await;
 
     for body in ["a", "b", "c"] {
         publish(&tx, "tx-count", body).await;
@@ -163,7 +77,7 @@ async fn transactional_publishes_are_invisible_until_commit() {
         assert!(!d.redelivered);
     }
     assert_eq!(
-        drain(&observer, "tx-count").await,
+        drain_with_redelivered(&observer, "tx-count").await,
         [("a", false), ("b", false), ("c", false)].map(|(b, r)| (b.into(), r))
     );
 
@@ -180,7 +94,7 @@ async fn rollback_discards_uncommitted_publishes() {
     let conn = connect(&broker).await;
     let tx = tx_channel(&conn).await;
     let observer = channel(&conn).await;
-    declare(&observer, "tx-rollback").await;
+    declare_queue(&observer, "tx-rollback").await;
     publish(&tx, "tx-rollback", "kept-1").await;
     commit(&tx).await;
     publish(&tx, "tx-rollback", "discarded-1").await;
@@ -192,7 +106,10 @@ async fn rollback_discards_uncommitted_publishes() {
     assert_eq!(ready(&observer, "tx-rollback").await, 1);
     publish(&tx, "tx-rollback", "kept-2").await;
     commit(&tx).await;
-    assert_eq!(drain(&observer, "tx-rollback").await, vec![("kept-1".into(), false), ("kept-2".into(), false)]);
+    assert_eq!(
+        drain_with_redelivered(&observer, "tx-rollback").await,
+        vec![("kept-1".into(), false), ("kept-2".into(), false)]
+    );
 }
 
 #[tokio::test]
@@ -200,7 +117,7 @@ async fn closing_a_channel_or_connection_abandons_its_open_transaction() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let observer = channel(&conn).await;
-    declare(&observer, "tx-abandoned").await;
+    declare_queue(&observer, "tx-abandoned").await;
 
     let tx = tx_channel(&conn).await;
     publish(&tx, "tx-abandoned", "from-closed-channel").await;
@@ -219,13 +136,8 @@ async fn closing_a_channel_or_connection_abandons_its_open_transaction() {
 async fn acks_in_a_transaction_take_effect_at_commit() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let observer = channel(&conn).await;
-    declare(&observer, "tx-acks").await;
-    for body in ["m1", "m2", "m3"] {
-        publish(&observer, "tx-acks", body).await;
-    }
-    let tx = tx_channel(&conn).await;
-    let mut consumer = consume(&tx, "tx-acks", false).await;
+    let (_observer, tx) = three_messages_and_a_tx_channel(&conn, "tx-acks").await;
+    let mut consumer = consume(&tx, "tx-acks", "", false).await;
     let m1 = next(&mut consumer).await;
     let m2 = next(&mut consumer).await;
     let m3 = next(&mut consumer).await;
@@ -255,12 +167,7 @@ async fn acks_in_a_transaction_take_effect_at_commit() {
 async fn rollback_leaves_messages_acked_in_the_transaction_unacked() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let observer = channel(&conn).await;
-    declare(&observer, "tx-unacked").await;
-    for body in ["m1", "m2", "m3"] {
-        publish(&observer, "tx-unacked", body).await;
-    }
-    let tx = tx_channel(&conn).await;
+    let (observer, tx) = three_messages_and_a_tx_channel(&conn, "tx-unacked").await;
     let mut tags = Vec::new();
     for expected in ["m1", "m2", "m3"] {
         let m = within("basic.get", tx.basic_get("tx-unacked".into(), BasicGetOptions { no_ack: false }))
@@ -285,7 +192,7 @@ async fn rollback_leaves_messages_acked_in_the_transaction_unacked() {
 
     // What is still unacked comes back when the channel closes.
     within("channel.close", tx.close(200, "bye".into())).await.expect("close");
-    assert_eq!(drain(&observer, "tx-unacked").await, vec![("m2".into(), true), ("m3".into(), true)]);
+    assert_eq!(drain_with_redelivered(&observer, "tx-unacked").await, vec![("m2".into(), true), ("m3".into(), true)]);
 }
 
 #[tokio::test]
@@ -294,13 +201,13 @@ async fn commit_or_rollback_on_a_non_transactional_channel_is_406() {
     let conn = connect(&broker).await;
     let ch = channel(&conn).await;
     let err = within("tx.commit", ch.tx_commit()).await.expect_err("tx.commit without tx.select");
-    assert_eq!(amqp_code(&err), Some(406), "{err:?}");
+    assert_eq!(reply_code(&err), Some(406), "{err:?}");
     let ch = channel(&conn).await;
     let err = within("tx.rollback", ch.tx_rollback()).await.expect_err("tx.rollback without tx.select");
-    assert_eq!(amqp_code(&err), Some(406), "{err:?}");
+    assert_eq!(reply_code(&err), Some(406), "{err:?}");
     // Channel errors only: the connection still works.
     let ch = tx_channel(&conn).await;
-    declare(&ch, "after-406").await;
+    declare_queue(&ch, "after-406").await;
     publish(&ch, "after-406", "x").await;
     commit(&ch).await;
     assert_eq!(ready(&ch, "after-406").await, 1);
@@ -364,7 +271,7 @@ async fn an_unknown_delivery_tag_in_a_transaction_fails_at_once_and_commits_noth
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let observer = channel(&conn).await;
-    declare(&observer, "tx-bad-ack").await;
+    declare_queue(&observer, "tx-bad-ack").await;
 
     let mut c = RawClient::open(broker.addr, 0).await;
     c.send_method(1, ChannelOpen::default()).await;

@@ -3,30 +3,14 @@
 
 mod common;
 
-use std::future::Future;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::amqp::{WAIT, confirm_channel, connect, declare_queue, publish_acked, reply_code, within};
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn within<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(WAIT, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("timed out after {WAIT:?}: {what}"),
-    }
-}
-
-fn reply_code(err: &lapin::Error) -> Option<u16> {
-    match err.kind() {
-        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
-        _ => None,
-    }
-}
+use lapin::{Connection, ExchangeKind};
 
 /// Runs warrenctl (a blocking child process) without stalling the runtime's other tasks.
 fn ctl(broker: &common::Broker, args: &[&str]) -> Output {
@@ -76,39 +60,6 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-async fn connect(broker: &common::Broker) -> Connection {
-    within("connect", Connection::connect(&broker.url(), ConnectionProperties::default())).await.expect("connect")
-}
-
-async fn channel(conn: &Connection) -> Channel {
-    let ch = within("channel", conn.create_channel()).await.expect("channel");
-    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default())).await.expect("confirm.select");
-    ch
-}
-
-async fn declare(ch: &Channel, name: &str) {
-    within("queue.declare", ch.queue_declare(name.into(), QueueDeclareOptions::default(), FieldTable::default()))
-        .await
-        .unwrap_or_else(|e| panic!("declare '{name}': {e:?}"));
-}
-
-async fn publish(ch: &Channel, queue: &str, body: &str) {
-    let confirm = within(
-        "publish",
-        ch.basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            body.as_bytes(),
-            BasicProperties::default(),
-        ),
-    )
-    .await
-    .expect("publish");
-    let confirmation = within("confirm", confirm).await.expect("confirm");
-    assert!(matches!(confirmation, Confirmation::Ack(_)), "publish to '{queue}': {confirmation:?}");
-}
-
 /// (ready, consumers) through a passive declare on a fresh channel.
 async fn amqp_counts(conn: &Connection, queue: &str) -> lapin::Result<(u32, u32)> {
     let ch = within("channel", conn.create_channel()).await?;
@@ -131,11 +82,11 @@ async fn amqp_counts(conn: &Connection, queue: &str) -> lapin::Result<(u32, u32)
 async fn list_queues_counts_follow_publish_get_and_ack() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
-    declare(&ch, "orders").await;
-    declare(&ch, "empty").await;
+    let ch = confirm_channel(&conn).await;
+    declare_queue(&ch, "orders").await;
+    declare_queue(&ch, "empty").await;
     for i in 0..3 {
-        publish(&ch, "orders", &format!("o{i}")).await;
+        publish_acked(&ch, "orders", &format!("o{i}")).await;
     }
     let columns = ["name", "messages_ready", "messages_unacknowledged", "messages"];
     assert_eq!(sorted(rows(&broker, "list_queues", &columns)), ["empty\t0\t0\t0", "orders\t3\t0\t3"]);
@@ -150,7 +101,7 @@ async fn list_queues_counts_follow_publish_get_and_ack() {
     wait_rows(&broker, "list_queues", &columns, |r| r.contains(&"orders\t2\t0\t2".to_string())).await;
 
     // A consumer shows in the consumers column.
-    let cch = channel(&conn).await;
+    let cch = confirm_channel(&conn).await;
     within("qos", cch.basic_qos(1, BasicQosOptions::default())).await.expect("qos");
     let _consumer =
         within("consume", cch.basic_consume("orders".into(), "c".into(), Default::default(), FieldTable::default()))
@@ -166,10 +117,10 @@ async fn list_queues_counts_follow_publish_get_and_ack() {
 async fn list_queues_default_columns_and_headers() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
-    declare(&ch, "alpha").await;
-    publish(&ch, "alpha", "a").await;
-    publish(&ch, "alpha", "b").await;
+    let ch = confirm_channel(&conn).await;
+    declare_queue(&ch, "alpha").await;
+    publish_acked(&ch, "alpha", "a").await;
+    publish_acked(&ch, "alpha", "b").await;
 
     let quiet = ctl_lines(&broker, &["-q", "list_queues"]);
     assert_eq!(quiet, ["name\tmessages", "alpha\t2"]);
@@ -189,7 +140,7 @@ async fn list_queues_default_columns_and_headers() {
 async fn list_exchanges_shows_standard_and_declared_exchanges() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
     within(
         "exchange.declare",
         ch.exchange_declare(
@@ -227,8 +178,8 @@ async fn list_exchanges_shows_standard_and_declared_exchanges() {
 async fn list_bindings_shows_a_queue_bind_until_unbind() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
-    declare(&ch, "audit").await;
+    let ch = confirm_channel(&conn).await;
+    declare_queue(&ch, "audit").await;
     within(
         "bind",
         ch.queue_bind("audit".into(), "amq.topic".into(), "audit.#".into(), Default::default(), FieldTable::default()),
@@ -278,8 +229,8 @@ async fn list_connections_follows_connects_and_closes() {
 async fn list_consumers_shows_consumer_tags() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
-    declare(&ch, "tasks").await;
+    let ch = confirm_channel(&conn).await;
+    declare_queue(&ch, "tasks").await;
     within("qos", ch.basic_qos(7, BasicQosOptions::default())).await.expect("qos");
     let _acking = within(
         "consume",
@@ -317,10 +268,10 @@ async fn list_consumers_shows_consumer_tags() {
 async fn purge_queue_empties_the_queue_for_amqp_clients() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
-    declare(&ch, "backlog").await;
+    let ch = confirm_channel(&conn).await;
+    declare_queue(&ch, "backlog").await;
     for i in 0..4 {
-        publish(&ch, "backlog", &format!("m{i}")).await;
+        publish_acked(&ch, "backlog", &format!("m{i}")).await;
     }
     let held = within("get", ch.basic_get("backlog".into(), BasicGetOptions { no_ack: false }))
         .await
@@ -346,11 +297,11 @@ async fn purge_queue_empties_the_queue_for_amqp_clients() {
 async fn delete_queue_removes_it_for_amqp_clients_and_cancels_its_consumers() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
-    declare(&ch, "retired").await;
-    publish(&ch, "retired", "a").await;
-    publish(&ch, "retired", "b").await;
-    let cch = channel(&conn).await;
+    let ch = confirm_channel(&conn).await;
+    declare_queue(&ch, "retired").await;
+    publish_acked(&ch, "retired", "a").await;
+    publish_acked(&ch, "retired", "b").await;
+    let cch = confirm_channel(&conn).await;
     within(
         "bind",
         ch.queue_bind("retired".into(), "amq.fanout".into(), "".into(), Default::default(), FieldTable::default()),
@@ -367,7 +318,7 @@ async fn delete_queue_removes_it_for_amqp_clients_and_cancels_its_consumers() {
     assert_eq!(rows(&broker, "list_bindings", &["destination_name"]), Vec::<String>::new());
 
     // A consumer of a queue deleted by the operator is told so.
-    declare(&ch, "watched").await;
+    declare_queue(&ch, "watched").await;
     let mut consumer =
         within("consume", cch.basic_consume("watched".into(), "w".into(), Default::default(), FieldTable::default()))
             .await
@@ -410,8 +361,8 @@ fn assert_failure(out: &Output, needle: &str) {
 async fn unknown_column_is_an_error() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
-    declare(&ch, "present").await;
+    let ch = confirm_channel(&conn).await;
+    declare_queue(&ch, "present").await;
     assert_failure(&ctl(&broker, &["list_queues", "name", "bogus_column"]), "bogus_column");
     assert_failure(&ctl(&broker, &["list_exchanges", "colour"]), "colour");
 }

@@ -2,6 +2,7 @@
 //! time, in a scratch data directory, and stops it with SIGKILL on drop.
 #![allow(dead_code)]
 
+pub mod amqp;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};
