@@ -85,10 +85,11 @@ async fn a_flipped_byte_in_a_sealed_segment_stops_startup_naming_segment_and_off
     let conn = Connection::connect(&broker.url(), ConnectionProperties::default()).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
     let mut seen = 0;
-    while let Some(msg) = tokio::time::timeout(Duration::from_secs(5), ch.basic_get("kept".into(), BasicGetOptions { no_ack: true }))
-        .await
-        .expect("basic.get answered")
-        .unwrap()
+    while let Some(msg) =
+        tokio::time::timeout(Duration::from_secs(5), ch.basic_get("kept".into(), BasicGetOptions { no_ack: true }))
+            .await
+            .expect("basic.get answered")
+            .unwrap()
     {
         let body = String::from_utf8(msg.delivery.data.clone()).expect("utf-8 body");
         let prefix = &body[..14];
