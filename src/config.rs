@@ -39,6 +39,9 @@ pub struct Config {
     pub fsync: String,
     /// Start even if a sealed log segment is damaged, setting it aside.
     pub skip_damaged_segments: bool,
+    /// Bytes appended to the log but not yet handed to the disk above which
+    /// connections stop reading (and send connection.blocked).
+    pub log_backlog_limit: usize,
     /// Threads that serve connections. One thread (the default) runs every
     /// connection task: frames a publisher's read produces for consumers are
     /// written in one syscall per consumer once the publisher's batch is
@@ -62,6 +65,7 @@ impl Default for Config {
             segment_size: 64 << 20,
             fsync: "batch".into(),
             skip_damaged_segments: false,
+            log_backlog_limit: 64 << 20,
             threads: 1,
             users: vec![User { name: "guest".into(), password: "guest".into(), loopback_only: true }],
         }

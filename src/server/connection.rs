@@ -24,10 +24,6 @@ use crate::protocol::method::*;
 use crate::protocol::{FieldTable, FieldValue, Frame, Method, decode_frame, reply};
 use crate::store::Durability;
 
-/// While the log has more than this many bytes waiting for the disk, the
-/// connection stops reading, so publishers slow to what the disk takes.
-const LOG_BACKLOG_LIMIT: usize = 64 << 20;
-
 /// A connection-level error: what goes into connection.close.
 #[derive(Debug)]
 pub(super) struct CloseReason {
@@ -87,6 +83,8 @@ pub(super) struct Connection {
     /// Queues that got a consumer in this batch of frames: deliveries start
     /// once the consume-ok replies were written.
     pub start_delivery: Vec<String>,
+    /// The client understands connection.blocked / unblocked.
+    blocked_notify: bool,
 }
 
 pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broker>, config: Arc<Config>) {
@@ -115,6 +113,7 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broke
         appended_before: 0,
         deferred: Vec::new(),
         start_delivery: Vec::new(),
+        blocked_notify: false,
         broker,
     };
     tracing::debug!(connection = id, "accepting AMQP connection from {peer}");
@@ -154,6 +153,7 @@ fn server_properties() -> FieldTable {
         "basic.nack",
         "consumer_cancel_notify",
         "authentication_failure_close",
+        "connection.blocked",
         "per_consumer_qos",
     ] {
         caps.insert(cap, FieldValue::Bool(true));
@@ -288,6 +288,7 @@ impl Connection {
         }
         self.handle.cancel_notify =
             client_caps.get("consumer_cancel_notify").and_then(FieldValue::as_bool).unwrap_or(false);
+        self.blocked_notify = client_caps.get("connection.blocked").and_then(FieldValue::as_bool).unwrap_or(false);
         self.handle.method(0, ConnectionOpenOk::default());
         let client = ["product", "version"]
             .iter()
@@ -437,12 +438,7 @@ impl Connection {
                     self.broker.start_delivery(&queue);
                 }
             }
-            while self.broker.store().backlog_bytes() > LOG_BACKLOG_LIMIT && !self.durability.borrow().failed {
-                if self.durability.changed().await.is_err() {
-                    break;
-                }
-                self.release_confirms();
-            }
+            self.wait_for_the_log().await;
             if self.buf.capacity() - self.buf.len() < 16 * 1024 {
                 self.buf.reserve(64 * 1024);
             }
@@ -469,6 +465,31 @@ impl Connection {
                     return Exit::Dropped(format!("missed heartbeats from client, timeout: {secs}s"));
                 }
             }
+        }
+    }
+
+    /// While the log has more than `log_backlog_limit` bytes waiting for the
+    /// disk, the connection stops reading, so publishers slow to what the
+    /// disk takes; clients that asked for it are told with
+    /// connection.blocked, and connection.unblocked once the writer caught up.
+    async fn wait_for_the_log(&mut self) {
+        let limit = self.config.log_backlog_limit;
+        let behind = |c: &Self| c.broker.store().backlog_bytes() > limit && !c.durability.borrow().failed;
+        if !behind(self) {
+            return;
+        }
+        if self.blocked_notify {
+            self.handle.method(0, ConnectionBlocked { reason: "the write-ahead log is behind the disk".into() });
+        }
+        tracing::debug!(connection = self.id, "blocking {}: the log is behind the disk", self.peer);
+        while behind(self) {
+            if self.durability.changed().await.is_err() {
+                break;
+            }
+            self.release_confirms();
+        }
+        if self.blocked_notify {
+            self.handle.method(0, ConnectionUnblocked {});
         }
     }
 

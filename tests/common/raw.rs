@@ -28,6 +28,11 @@ impl RawClient {
 
     /// Connects and completes the handshake as guest/guest with the given heartbeat.
     pub async fn open(addr: SocketAddr, heartbeat: u16) -> RawClient {
+        RawClient::open_with_properties(addr, heartbeat, FieldTable::new()).await
+    }
+
+    /// The handshake, announcing these client properties (e.g. capabilities).
+    pub async fn open_with_properties(addr: SocketAddr, heartbeat: u16, client_properties: FieldTable) -> RawClient {
         let mut c = RawClient::connect(addr).await;
         c.send_bytes(HEADER).await;
         let tune = loop {
@@ -36,7 +41,7 @@ impl RawClient {
                     c.send_method(
                         0,
                         ConnectionStartOk {
-                            client_properties: FieldTable::new(),
+                            client_properties: client_properties.clone(),
                             mechanism: "PLAIN".into(),
                             response: Bytes::from_static(b"\0guest\0guest"),
                             locale: "en_US".into(),
