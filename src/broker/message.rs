@@ -20,6 +20,8 @@ pub struct Message {
     pub body: Bytes,
     /// delivery_mode = 2.
     pub persistent: bool,
+    /// The `expiration` property, in milliseconds.
+    pub expiration_ms: Option<u64>,
 }
 
 impl Message {

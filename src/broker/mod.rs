@@ -442,8 +442,9 @@ impl Broker {
         } else {
             m.queue.clone()
         };
-        if let Some(q) = st.queues.get(name.as_str()) {
+        if let Some(q) = st.queues.get_mut(name.as_str()) {
             check_owner(q, conn)?;
+            expire_queue(q, &self.store);
             if !m.passive {
                 if m.exclusive && q.exclusive_owner.is_none() {
                     return Err(AmqpError::locked(format!(
@@ -598,6 +599,7 @@ impl Broker {
         let State { queues, channels, .. } = &mut *st;
         let q = queues.get_mut(queue).ok_or_else(|| no_queue(queue))?;
         check_owner(q, conn)?;
+        expire_queue(q, &self.store);
         let Some(entry) = q.pop_ready() else {
             handle.method(channel, BasicGetEmpty::default());
             return Ok(());
@@ -676,6 +678,7 @@ impl Broker {
                 durable_ids.push(id);
             }
         }
+        let now = queue::now_ms();
         let mut store_id = 0;
         if !durable_ids.is_empty() {
             let (id, end) = self
@@ -688,7 +691,7 @@ impl Broker {
         for name in &accepting {
             let Some(q) = st.queues.get_mut(name.as_str()) else { continue };
             let id = if q.store_id.is_some() { store_id } else { 0 };
-            let (_, dropped) = q.enqueue(message.clone(), id);
+            let (_, dropped) = q.enqueue(message.clone(), id, now);
             outcome.routed = true;
             if let Some(qid) = q.store_id {
                 let gone: Vec<u64> = dropped.iter().filter(|e| e.store_id != 0).map(|e| e.store_id).collect();
@@ -838,7 +841,10 @@ impl Broker {
     // ---- admin ----------------------------------------------------------
 
     pub fn list_queues(&self) -> Vec<QueueRow> {
-        let st = self.state.lock();
+        let mut st = self.state.lock();
+        for q in st.queues.values_mut() {
+            expire_queue(q, &self.store);
+        }
         let mut rows: Vec<QueueRow> = st
             .queues
             .values()
@@ -962,6 +968,7 @@ impl State {
     fn drain(&mut self, queue: &str, store: &LogStore) {
         let State { queues, channels, .. } = self;
         let Some(q) = queues.get_mut(queue) else { return };
+        expire_queue(q, store);
         // Log records for this drain, written once at the end: first
         // deliveries (so a restart flags them redelivered) and no-ack
         // deliveries (which settle at once).
@@ -1186,6 +1193,18 @@ impl State {
     }
 }
 
+/// Drops a queue's expired head messages, and their log records' claim.
+fn expire_queue(q: &mut Queue, store: &LogStore) {
+    let expired = q.expire(queue::now_ms());
+    if let Some(qid) = q.store_id {
+        let ids: Vec<u64> = expired.iter().filter(|e| e.store_id != 0).map(|e| e.store_id).collect();
+        // A failure here is the log's I/O failure, already reported.
+        if !ids.is_empty() {
+            let _ = store.ack(qid, &ids);
+        }
+    }
+}
+
 fn store_failed(e: StoreError) -> AmqpError {
     AmqpError::connection(reply::INTERNAL_ERROR, e)
 }
@@ -1213,6 +1232,7 @@ pub fn message_from_record(m: MessageRecord) -> Message {
         properties: m.properties,
         body: m.body,
         persistent: true,
+        expiration_ms: None,
     }
 }
 

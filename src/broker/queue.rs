@@ -23,6 +23,15 @@ pub struct QueuedMessage {
     /// Body length, kept for `x-max-length-bytes` when the body is on disk.
     pub size: u32,
     pub redelivered: bool,
+    /// Broker clock ([`now_ms`]) at which the message expires, plus one; 0
+    /// for never.
+    pub expires_at: u64,
+}
+
+/// Milliseconds on the broker's monotonic clock, for message TTLs.
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
 }
 
 /// How many of the newest ready messages of a durable queue keep their body
@@ -53,6 +62,8 @@ pub struct Limits {
     pub max_length: Option<usize>,
     pub max_length_bytes: Option<usize>,
     pub overflow: Option<Overflow>,
+    /// `x-message-ttl`, in milliseconds.
+    pub message_ttl: Option<u64>,
 }
 
 impl Limits {
@@ -79,7 +90,12 @@ impl Limits {
                 }
             },
         };
-        Ok(Limits { max_length: count("x-max-length")?, max_length_bytes: count("x-max-length-bytes")?, overflow })
+        Ok(Limits {
+            max_length: count("x-max-length")?,
+            max_length_bytes: count("x-max-length-bytes")?,
+            overflow,
+            message_ttl: count("x-message-ttl")?.map(|ms| ms as u64),
+        })
     }
 }
 
@@ -174,8 +190,14 @@ impl Queue {
 
     /// Appends a newly published message, applying the length limits; the
     /// messages dropped from the head to make room are returned.
-    pub fn enqueue(&mut self, message: Arc<Message>, store_id: u64) -> (Enqueued, Vec<QueuedMessage>) {
+    pub fn enqueue(&mut self, message: Arc<Message>, store_id: u64, now: u64) -> (Enqueued, Vec<QueuedMessage>) {
         let size = message.body_len();
+        // The shorter of the queue's TTL and the message's own expiration.
+        let ttl = match (self.limits.message_ttl, message.expiration_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let expires_at = ttl.map_or(0, |ttl| now.saturating_add(ttl).saturating_add(1));
         let mut dropped = Vec::new();
         if self.is_full(size) {
             if self.limits.overflow == Some(Overflow::RejectPublish) {
@@ -192,8 +214,14 @@ impl Queue {
                 // x-max-length = 0: it is dropped at once.
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                let entry =
-                    QueuedMessage { seq, store_id, message: Some(message), size: size as u32, redelivered: false };
+                let entry = QueuedMessage {
+                    seq,
+                    store_id,
+                    message: Some(message),
+                    size: size as u32,
+                    redelivered: false,
+                    expires_at,
+                };
                 dropped.push(entry);
                 return (Enqueued::Accepted, dropped);
             }
@@ -207,17 +235,40 @@ impl Queue {
             message: Some(message),
             size: size as u32,
             redelivered: false,
+            expires_at,
         });
         (Enqueued::Accepted, dropped)
     }
 
-    /// Appends a message recovered from the log (body on disk).
+    /// Appends a message recovered from the log (body on disk). The queue's
+    /// TTL counts from the restart: publish times are not logged.
     pub fn restore(&mut self, store_id: u64, size: u32, redelivered: bool) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.ready_bytes += size as usize;
         self.cold_below = self.next_seq;
-        self.ready.push_back(QueuedMessage { seq, store_id, message: None, size, redelivered });
+        let expires_at = self.limits.message_ttl.map_or(0, |ttl| now_ms().saturating_add(ttl).saturating_add(1));
+        self.ready.push_back(QueuedMessage { seq, store_id, message: None, size, redelivered, expires_at });
+    }
+
+    /// Drops the expired messages at the head of the queue, as RabbitMQ
+    /// does (a message behind one that lives longer waits for it); returns
+    /// them so the log can forget them.
+    pub fn expire(&mut self, now: u64) -> Vec<QueuedMessage> {
+        let mut expired = Vec::new();
+        loop {
+            let head = match (self.requeued.values().next(), self.ready.front()) {
+                (Some(r), Some(f)) => Some(if r.seq < f.seq { r } else { f }),
+                (r, f) => r.or(f),
+            };
+            match head {
+                Some(e) if e.expires_at != 0 && now >= e.expires_at => match self.pop_ready() {
+                    Some(e) => expired.push(e),
+                    None => return expired,
+                },
+                _ => return expired,
+            }
+        }
     }
 
     /// Drops the bodies of ready messages older than the hot window, once

@@ -201,12 +201,22 @@ impl Connection {
             method_id: 40,
         })?;
         let BasicPublish { exchange, routing_key, mandatory, .. } = pending.publish;
+        let expiration_ms = match properties.expiration.as_deref().map(str::parse::<u64>) {
+            None => None,
+            Some(Ok(ms)) => Some(ms),
+            Some(Err(_)) => {
+                let text = properties.expiration.clone().unwrap_or_default();
+                let err = AmqpError::precondition(format!("invalid expiration '{text}'"));
+                return self.close_channel_with(channel, err, (60, 40));
+            }
+        };
         let message = Arc::new(Message {
             exchange,
             routing_key,
             properties: header.properties,
             body: pending.body.into_bytes(),
             persistent: properties.is_persistent(),
+            expiration_ms,
         });
         let exchange = message.exchange.clone();
         let result = if let Some(ops) = ch.tx.as_mut() {

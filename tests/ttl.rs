@@ -1,0 +1,92 @@
+//! Message TTL: `x-message-ttl` on a queue and the `expiration` property on
+//! a message, with RabbitMQ's semantics (expired messages at the head of a
+//! queue are dropped, never delivered; a waiting consumer still gets them
+//! in time).
+
+mod common;
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+
+use common::amqp::*;
+
+fn ttl_args(ms: i64) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms));
+    args
+}
+
+async fn declare_with(ch: &lapin::Channel, name: &str, durable: bool, args: FieldTable) -> lapin::Result<lapin::Queue> {
+    within("queue.declare", ch.queue_declare(name.into(), QueueDeclareOptions { durable, ..Default::default() }, args))
+        .await
+}
+
+#[tokio::test]
+async fn messages_older_than_the_queue_ttl_are_dropped_not_delivered() {
+    let broker = common::Broker::start();
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    for durable in [false, true] {
+        let name = if durable { "ttl.durable" } else { "ttl.transient" };
+        declare_with(&ch, name, durable, ttl_args(300)).await.expect("declare");
+        for body in ["a", "b", "c"] {
+            publish_props(&ch, name, body.as_bytes(), BasicProperties::default().with_delivery_mode(2)).await;
+        }
+        assert_eq!(ready(&ch, name).await, 3, "{name}: fresh messages are there");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(ready(&ch, name).await, 0, "{name}: expired messages are gone from the count");
+        assert_eq!(drain(&ch, name).await, Vec::<String>::new(), "{name}: and are never delivered");
+        publish(&ch, name, "fresh").await;
+        assert_eq!(drain(&ch, name).await, ["fresh"], "{name}: the queue keeps working");
+    }
+}
+
+#[tokio::test]
+async fn the_expiration_property_limits_one_message() {
+    let broker = common::Broker::start();
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    declare_queue(&ch, "exp").await;
+    publish_props(&ch, "exp", b"short", BasicProperties::default().with_expiration("200".into())).await;
+    publish_props(&ch, "exp", b"long", BasicProperties::default().with_expiration("60000".into())).await;
+    publish(&ch, "exp", "forever").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(drain(&ch, "exp").await, ["long", "forever"]);
+}
+
+#[tokio::test]
+async fn a_waiting_consumer_gets_messages_before_they_expire() {
+    let broker = common::Broker::start();
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    declare_with(&ch, "ttl.zero", false, ttl_args(0)).await.expect("declare");
+    let consumer_channel = channel(&conn).await;
+    let mut consumer = consume(&consumer_channel, "ttl.zero", "c", true).await;
+    publish(&ch, "ttl.zero", "now").await;
+    assert_eq!(text(&next(&mut consumer).await), "now");
+}
+
+#[tokio::test]
+async fn invalid_ttls_are_refused_with_406() {
+    let broker = common::Broker::start();
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    expect_code("negative x-message-ttl", declare_with(&ch, "bad", false, ttl_args(-5)), 406).await;
+    let ch = confirm_channel(&conn).await;
+    declare_queue(&ch, "exp").await;
+    let publish = async {
+        ch.basic_publish(
+            "".into(),
+            "exp".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default().with_expiration("soon".into()),
+        )
+        .await?
+        .await
+    };
+    expect_code("expiration 'soon'", publish, 406).await;
+}
