@@ -209,34 +209,19 @@ impl Queue {
                     None => break,
                 }
             }
-            if self.is_full(size) {
-                // A message larger than x-max-length-bytes on its own, or
-                // x-max-length = 0: it is dropped at once.
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                let entry = QueuedMessage {
-                    seq,
-                    store_id,
-                    message: Some(message),
-                    size: size as u32,
-                    redelivered: false,
-                    expires_at,
-                };
-                dropped.push(entry);
-                return (Enqueued::Accepted, dropped);
-            }
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.ready_bytes += size;
-        self.ready.push_back(QueuedMessage {
-            seq,
-            store_id,
-            message: Some(message),
-            size: size as u32,
-            redelivered: false,
-            expires_at,
-        });
+        let entry =
+            QueuedMessage { seq, store_id, message: Some(message), size: size as u32, redelivered: false, expires_at };
+        if self.is_full(size) {
+            // A message larger than x-max-length-bytes on its own, or
+            // x-max-length = 0: it is dropped at once.
+            dropped.push(entry);
+        } else {
+            self.ready_bytes += size;
+            self.ready.push_back(entry);
+        }
         (Enqueued::Accepted, dropped)
     }
 
