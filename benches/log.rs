@@ -21,7 +21,7 @@ const PROPERTIES: [u8; 3] = [0x10, 0x00, 2];
 fn open(fsync: FsyncPolicy) -> (tempfile::TempDir, Arc<LogStore>, u32) {
     let dir = tempfile::tempdir().unwrap();
     let io = Arc::new(FileIo::new(dir.path()).unwrap());
-    let options = LogOptions { segment_size: 64 << 20, fsync, skip_damaged: false };
+    let options = LogOptions { segment_size: 64 << 20, fsync, skip_damaged: false, ..Default::default() };
     let (store, _) = LogStore::open(io, options).unwrap();
     let queue = store.allocate_queue_id();
     store

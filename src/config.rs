@@ -39,6 +39,9 @@ pub struct Config {
     pub fsync: String,
     /// Start even if a sealed log segment is damaged, setting it aside.
     pub skip_damaged_segments: bool,
+    /// Compact the log as its live data shrinks (the default). Off keeps
+    /// every segment, for inspecting a log as it was written.
+    pub compaction: bool,
     /// Bytes appended to the log but not yet handed to the disk above which
     /// connections stop reading (and send connection.blocked).
     pub log_backlog_limit: usize,
@@ -65,6 +68,7 @@ impl Default for Config {
             segment_size: 64 << 20,
             fsync: "batch".into(),
             skip_damaged_segments: false,
+            compaction: true,
             log_backlog_limit: 64 << 20,
             threads: 1,
             users: vec![User { name: "guest".into(), password: "guest".into(), loopback_only: true }],

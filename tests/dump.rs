@@ -135,7 +135,7 @@ async fn fill(broker: &common::Broker) {
 /// A data directory the real broker wrote and then left cleanly.
 async fn stopped_broker_dir(scratch: &Path) -> PathBuf {
     let dir = scratch.join("data");
-    let mut broker = common::Broker::start_in(&dir, &["--segment-size", SEGMENT_SIZE]);
+    let mut broker = common::Broker::start_in(&dir, &["--segment-size", SEGMENT_SIZE, "--no-compaction"]);
     fill(&broker).await;
     let listed = broker.warrenctl(&["list_queues", "-q", "--no-table-headers", "name", "messages"]);
     let listed = String::from_utf8_lossy(&listed.stdout).to_string();
@@ -310,12 +310,16 @@ async fn warren_dump_reads_a_log_written_by_the_broker() {
         let live_here = records_of(&records, name).iter().filter(|r| r["live"] == true).count() as u64;
         assert_eq!(s["live"].as_u64().unwrap(), live_here, "segment {name}");
     }
-    // Every segment starts with its snapshot: the id watermark, then definitions.
+    // Every segment starts with a commit group holding its snapshot: the id
+    // watermark, then definitions.
     for name in &segments {
         let first = &records_of(&records, name)[0];
-        assert_eq!(first["type"], "id-watermark");
-        assert_eq!(first["offset"], 32);
-        assert_eq!(first["flags"], serde_json::json!(["SNAPSHOT"]));
+        assert_eq!(first["type"], "group");
+        assert_eq!(first["offset"], 40);
+        let second = &records_of(&records, name)[1];
+        assert_eq!(second["type"], "id-watermark");
+        assert_eq!(second["offset"], 63);
+        assert_eq!(second["flags"], serde_json::json!(["SNAPSHOT"]));
     }
 
     // --- records, text ----------------------------------------------------
@@ -346,7 +350,7 @@ async fn warren_dump_reads_a_log_written_by_the_broker() {
     assert!(line("exchange.declare").contains("name=\"dump.ex\" exchange_type=direct"));
     assert!(line("binding.add").contains("source=\"dump.ex\" destination=queue"));
     let watermark = line("id-watermark");
-    assert!(watermark.starts_with(&format!("{} +32 pos=32 id-watermark", segments[0])), "{watermark}");
+    assert!(watermark.starts_with(&format!("{} +63 pos=63 id-watermark", segments[0])), "{watermark}");
     assert!(watermark.contains("flags=SNAPSHOT"));
     println!("{}", text.lines().iter().take(12).copied().collect::<Vec<_>>().join("\n"));
 
@@ -448,7 +452,11 @@ async fn warren_dump_reads_a_log_written_by_the_broker() {
     assert!(newest_records.len() >= 2);
     let middle_scratch = tempfile::tempdir().unwrap();
     let middle = copy_log(&dir, middle_scratch.path());
-    let victim = &newest_records[newest_records.len() - 2];
+    // A record of a commit group that a later group follows: that later
+    // group was written after this one was synced.
+    let last_group = newest_records.iter().rposition(|r| r["type"] == "group").unwrap();
+    assert!(last_group >= 2, "the newest segment holds several commit groups");
+    let victim = &newest_records[last_group - 1];
     let path = middle.join("log").join(newest);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[offset_of(victim) as usize + 9] ^= 0xff;
@@ -508,7 +516,7 @@ async fn warren_dump_reads_a_log_written_by_the_broker() {
 async fn warren_dump_works_on_the_data_directory_of_a_running_broker() {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("data");
-    let mut broker = common::Broker::start_in(&dir, &["--segment-size", SEGMENT_SIZE]);
+    let mut broker = common::Broker::start_in(&dir, &["--segment-size", SEGMENT_SIZE, "--no-compaction"]);
     let conn =
         within("connect", Connection::connect(&broker.url(), ConnectionProperties::default())).await.expect("connect");
     let ch = within("channel", conn.create_channel()).await.expect("channel");

@@ -13,7 +13,8 @@ const SEGMENT: u32 = 16 * 1024;
 
 fn open(dir: &std::path::Path) -> (Arc<LogStore>, warren::store::Recovered, Arc<FileIo>) {
     let io = Arc::new(FileIo::new(dir).unwrap());
-    let options = LogOptions { segment_size: SEGMENT, fsync: FsyncPolicy::EveryBatch, skip_damaged: false };
+    let options =
+        LogOptions { segment_size: SEGMENT, fsync: FsyncPolicy::EveryBatch, skip_damaged: false, ..Default::default() };
     let (store, recovered) = LogStore::open(io.clone(), options).unwrap();
     (store, recovered, io)
 }

@@ -34,17 +34,48 @@ fn bytes32(b: &[u8]) -> Vec<u8> {
     v
 }
 
+/// The log key the format 2 segments below use.
+const KEY: u64 = 0x0123_4567_89AB_CDEF;
+
 fn hand_built_segment(base: u64, capacity: u32) -> Vec<u8> {
+    hand_built(1, base, capacity)
+}
+
+/// A segment of `version` 1 or 2 holding the same records.
+fn hand_built(version: u32, base: u64, capacity: u32) -> Vec<u8> {
     let mut seg = Vec::new();
     seg.extend_from_slice(b"WARRENLG");
-    seg.extend_from_slice(&1u32.to_le_bytes());
-    seg.extend_from_slice(&32u32.to_le_bytes());
+    seg.extend_from_slice(&version.to_le_bytes());
+    let header_len: usize = if version == 1 { 32 } else { 40 };
+    seg.extend_from_slice(&(header_len as u32).to_le_bytes());
     seg.extend_from_slice(&base.to_le_bytes());
     seg.extend_from_slice(&capacity.to_le_bytes());
-    let header_crc = crc(&seg[0..28]);
+    if version == 2 {
+        seg.extend_from_slice(&KEY.to_le_bytes());
+    }
+    let header_crc = crc(&seg[0..header_len - 4]);
     seg.extend_from_slice(&header_crc.to_le_bytes());
-    assert_eq!(seg.len(), 32);
+    assert_eq!(seg.len(), header_len);
+    let records = records();
+    if version == 2 {
+        // One commit group holds them all: keyed CRC over key, type, flags, payload.
+        let mut content = vec![11u8, 0];
+        content.extend_from_slice(&(base + 40).to_le_bytes());
+        content.extend_from_slice(&(records.len() as u32).to_le_bytes());
+        content.push(1); // everything before was durable
+        let mut keyed = KEY.to_le_bytes().to_vec();
+        keyed.extend_from_slice(&content);
+        seg.extend_from_slice(&(content.len() as u32).to_le_bytes());
+        seg.extend_from_slice(&crc(&keyed).to_le_bytes());
+        seg.extend_from_slice(&content);
+    }
+    seg.extend(records);
+    seg.resize(capacity as usize, 0);
+    seg
+}
 
+fn records() -> Vec<u8> {
+    let mut seg = Vec::new();
     // exchange.declare "logs", topic, not auto-delete, not internal, empty AMQP table (u32 0, big-endian).
     let mut p = str8("logs");
     p.extend_from_slice(&[3, 0]);
@@ -81,16 +112,22 @@ fn hand_built_segment(base: u64, capacity: u32) -> Vec<u8> {
         p.extend_from_slice(&id.to_le_bytes());
         seg.extend(record(kind, 0, &p));
     }
-    seg.resize(capacity as usize, 0);
     seg
 }
 
 #[test]
 fn a_segment_built_from_the_document_decodes_record_by_record() {
-    let seg = bytes::Bytes::from(hand_built_segment(0, 8192));
+    for version in [1, 2] {
+        decode_record_by_record(version);
+    }
+}
+
+fn decode_record_by_record(version: u32) {
+    let seg = bytes::Bytes::from(hand_built(version, 0, 8192));
     let header = SegmentHeader::decode(&seg).expect("header");
-    assert_eq!(header, SegmentHeader { version: FORMAT_VERSION, base: 0, capacity: 8192 });
-    let mut offset = SEGMENT_HEADER_LEN;
+    let nonce = if version == 1 { 0 } else { KEY };
+    assert_eq!(header, SegmentHeader { version, base: 0, capacity: 8192, nonce });
+    let mut offset = header.len();
     let mut kinds = Vec::new();
     loop {
         match read_record_at(&seg, offset) {
@@ -112,13 +149,16 @@ fn a_segment_built_from_the_document_decodes_record_by_record() {
             Scanned::Bad { offset, error } => panic!("bad record at {offset}: {error}"),
         }
     }
-    assert_eq!(kinds, vec![1, 3, 5, 7, 7, 7, 9, 8]);
+    let expected: &[u8] = if version == 1 { &[1, 3, 5, 7, 7, 7, 9, 8] } else { &[11, 1, 3, 5, 7, 7, 7, 9, 8] };
+    assert_eq!(kinds, expected, "format {version}");
 }
 
 #[test]
 fn our_encoder_writes_exactly_the_documented_bytes() {
-    let hand = hand_built_segment(0, 8192);
-    let mut ours = SegmentHeader { version: FORMAT_VERSION, base: 0, capacity: 8192 }.encode().to_vec();
+    let hand = hand_built(2, 0, 8192);
+    let mut ours = SegmentHeader::new(0, 8192, KEY).encode();
+    let records_len = records().len() as u32;
+    encode_group(&mut ours, KEY, 40, records_len, true);
     Record::ExchangeDeclare {
         name: "logs".into(),
         kind: "topic".into(),
@@ -152,8 +192,14 @@ fn our_encoder_writes_exactly_the_documented_bytes() {
 
 #[test]
 fn recovery_of_the_hand_built_segment_rebuilds_queue_state() {
+    for version in [1, 2] {
+        recover_hand_built(version);
+    }
+}
+
+fn recover_hand_built(version: u32) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join(segment_file_name(0)), hand_built_segment(0, 8192)).unwrap();
+    std::fs::write(dir.path().join(segment_file_name(0)), hand_built(version, 0, 8192)).unwrap();
     let io = FileIo::new(dir.path()).unwrap();
     let recovered = recover(&io, false).expect("recover");
     assert!(recovered.definitions.exchanges.contains_key("logs"));

@@ -38,6 +38,9 @@ struct Args {
     /// Start even if a sealed log segment is damaged: it is renamed *.damaged and its records are lost.
     #[arg(long)]
     skip_damaged_segments: bool,
+    /// Never compact the log (keeps every segment; for inspecting a log as written).
+    #[arg(long)]
+    no_compaction: bool,
     /// Threads serving connections [default: 1]; the log writer has its own.
     #[arg(long)]
     threads: Option<usize>,
@@ -70,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         config.segment_size = size;
     }
     config.skip_damaged_segments |= args.skip_damaged_segments;
+    config.compaction &= !args.no_compaction;
     if let Some(threads) = args.threads {
         config.threads = threads;
     }
@@ -90,7 +94,12 @@ fn main() -> anyhow::Result<()> {
     }
 
     let io = FileIo::new(&log_dir(&config.data_dir)).context("cannot open the log directory")?;
-    let options = LogOptions { segment_size: config.segment_size, fsync, skip_damaged: config.skip_damaged_segments };
+    let options = LogOptions {
+        segment_size: config.segment_size,
+        fsync,
+        skip_damaged: config.skip_damaged_segments,
+        compaction: config.compaction,
+    };
     let (store, recovered) = LogStore::open(Arc::new(io), options).map_err(|e| anyhow::anyhow!(e))?;
     let broker = Arc::new(Broker::new(store.clone()));
     broker.restore(&recovered);

@@ -11,8 +11,12 @@
 use bytes::{BufMut, Bytes};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"WARRENLG";
-pub const FORMAT_VERSION: u32 = 1;
-pub const SEGMENT_HEADER_LEN: usize = 32;
+/// The version this build writes. Version 1 segments are still read.
+pub const FORMAT_VERSION: u32 = 2;
+/// Header length of a version 2 segment (the version written now).
+pub const SEGMENT_HEADER_LEN: usize = 40;
+/// Header length of a version 1 segment.
+pub const SEGMENT_HEADER_LEN_V1: usize = 32;
 /// Record length (4) + CRC (4).
 pub const RECORD_PREFIX_LEN: usize = 8;
 /// Type (1) + flags (1): the smallest valid `len`.
@@ -28,16 +32,28 @@ pub const TYPE_MESSAGE: u8 = 7;
 pub const TYPE_ACK: u8 = 8;
 pub const TYPE_DELIVERED: u8 = 9;
 pub const TYPE_ID_WATERMARK: u8 = 10;
+/// Opens a commit group: the records one writer pass wrote to a segment
+/// (format 2). Its checksum is keyed with the segment's nonce.
+pub const TYPE_GROUP: u8 = 11;
 
 /// The record restates a definition at the start of a segment, so that
 /// definitions survive the deletion of the segments that declared them.
 pub const FLAG_SNAPSHOT: u8 = 1;
 /// A message record copied forward from an older segment by reclaim.
 pub const FLAG_RELOCATED: u8 = 2;
+/// A message record whose queue count is a u32 (more than 65,535 queues).
+pub const FLAG_WIDE: u8 = 4;
+
+/// Group flag: everything before this group in the log had been made
+/// durable when the group was written.
+pub const GROUP_SYNCED_BEFORE: u8 = 1;
+/// Bytes a framed commit-group record occupies.
+pub const GROUP_RECORD_LEN: usize = RECORD_PREFIX_LEN + 2 + 8 + 4 + 1;
 
 pub const EXCHANGE_KINDS: [&str; 4] = ["direct", "fanout", "topic", "headers"];
 
-/// The 32-byte header at the start of every segment file.
+/// The header at the start of every segment file: 40 bytes in format 2,
+/// 32 in format 1 (which has no nonce).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
     pub version: u32,
@@ -45,46 +61,81 @@ pub struct SegmentHeader {
     pub base: u64,
     /// Bytes reserved for the segment (the file's length).
     pub capacity: u32,
+    /// The log's key (format 2): random, chosen when the log was created and
+    /// repeated in every segment header. It keys the checksum of
+    /// commit-group records, so that no bytes a client publishes can pass
+    /// for one.
+    pub nonce: u64,
 }
 
 impl SegmentHeader {
-    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
-        let mut out = [0u8; SEGMENT_HEADER_LEN];
+    /// A format 2 header.
+    pub fn new(base: u64, capacity: u32, nonce: u64) -> SegmentHeader {
+        SegmentHeader { version: FORMAT_VERSION, base, capacity, nonce }
+    }
+
+    /// Bytes the header occupies; records start right after it.
+    pub fn len(&self) -> usize {
+        if self.version == 1 { SEGMENT_HEADER_LEN_V1 } else { SEGMENT_HEADER_LEN }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Encodes the header in the layout of its version.
+    pub fn encode(&self) -> Vec<u8> {
+        let len = self.len();
+        let mut out = vec![0u8; len];
         out[0..8].copy_from_slice(SEGMENT_MAGIC);
         out[8..12].copy_from_slice(&self.version.to_le_bytes());
-        out[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
+        out[12..16].copy_from_slice(&(len as u32).to_le_bytes());
         out[16..24].copy_from_slice(&self.base.to_le_bytes());
         out[24..28].copy_from_slice(&self.capacity.to_le_bytes());
-        let crc = crc32fast::hash(&out[0..28]);
-        out[28..32].copy_from_slice(&crc.to_le_bytes());
+        if self.version != 1 {
+            out[28..36].copy_from_slice(&self.nonce.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&out[0..len - 4]);
+        out[len - 4..len].copy_from_slice(&crc.to_le_bytes());
         out
     }
 
     pub fn decode(raw: &[u8]) -> Result<SegmentHeader, FormatError> {
-        if raw.len() < SEGMENT_HEADER_LEN {
-            return Err(FormatError::BadHeader("file shorter than the 32-byte segment header".into()));
+        if raw.len() < SEGMENT_HEADER_LEN_V1 {
+            return Err(FormatError::BadHeader("file shorter than a segment header".into()));
         }
         if &raw[0..8] != SEGMENT_MAGIC {
             return Err(FormatError::BadHeader("wrong magic: not a Warren log segment".into()));
         }
-        let crc = u32::from_le_bytes([raw[28], raw[29], raw[30], raw[31]]);
-        if crc32fast::hash(&raw[0..28]) != crc {
+        let u32_at = |at: usize| u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
+        let version = u32_at(8);
+        let expected_len = match version {
+            1 => SEGMENT_HEADER_LEN_V1,
+            2 => SEGMENT_HEADER_LEN,
+            _ => {
+                return Err(FormatError::BadHeader(format!(
+                    "format version {version}; this build reads versions 1 and {FORMAT_VERSION}"
+                )));
+            }
+        };
+        if raw.len() < expected_len {
+            return Err(FormatError::BadHeader("file shorter than a segment header".into()));
+        }
+        let crc = u32_at(expected_len - 4);
+        if crc32fast::hash(&raw[0..expected_len - 4]) != crc {
             return Err(FormatError::BadHeader("segment header checksum mismatch".into()));
         }
-        let version = u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]);
-        if version != FORMAT_VERSION {
-            return Err(FormatError::BadHeader(format!(
-                "format version {version}; this build reads version {FORMAT_VERSION}"
-            )));
+        let header_len = u32_at(12);
+        if header_len as usize != expected_len {
+            return Err(FormatError::BadHeader(format!("header length {header_len}, expected {expected_len}")));
         }
-        let header_len = u32::from_le_bytes([raw[12], raw[13], raw[14], raw[15]]);
-        if header_len as usize != SEGMENT_HEADER_LEN {
-            return Err(FormatError::BadHeader(format!("header length {header_len}, expected {SEGMENT_HEADER_LEN}")));
-        }
-        let mut base = [0u8; 8];
-        base.copy_from_slice(&raw[16..24]);
-        let capacity = u32::from_le_bytes([raw[24], raw[25], raw[26], raw[27]]);
-        Ok(SegmentHeader { version, base: u64::from_le_bytes(base), capacity })
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&raw[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        let nonce = if version == 1 { 0 } else { u64_at(28) };
+        Ok(SegmentHeader { version, base: u64_at(16), capacity: u32_at(24), nonce })
     }
 }
 
@@ -173,6 +224,15 @@ pub enum Record {
         next_message_id: u64,
         next_queue_id: u32,
     },
+    /// Opens a commit group (format 2): `length` bytes of records follow.
+    Group {
+        /// Log position of this record, so that a copy found elsewhere is
+        /// never taken for it.
+        position: u64,
+        length: u32,
+        /// Everything before the group was durable when it was written.
+        synced_before: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -207,11 +267,21 @@ impl Record {
             Record::Ack { .. } => TYPE_ACK,
             Record::Delivered { .. } => TYPE_DELIVERED,
             Record::IdWatermark { .. } => TYPE_ID_WATERMARK,
+            Record::Group { .. } => TYPE_GROUP,
         }
     }
 
-    /// Appends the framed record (length, CRC, type, flags, payload) to `out`.
+    /// Appends the framed record (length, CRC, type, flags, payload) to
+    /// `out`. A group record is keyed with nonce 0 here; the writer frames
+    /// groups with [`encode_group`] and the segment's nonce.
     pub fn encode(&self, flags: u8, out: &mut Vec<u8>) {
+        if let Record::Group { position, length, synced_before } = self {
+            return encode_group(out, 0, *position, *length, *synced_before);
+        }
+        let flags = match self {
+            Record::Message(m) if m.queues.len() > u16::MAX as usize => flags | FLAG_WIDE,
+            _ => flags,
+        };
         frame(out, self.type_code(), flags, |out| match self {
             Record::ExchangeDeclare { name, kind, auto_delete, internal, arguments } => {
                 put_str8(out, name);
@@ -242,11 +312,12 @@ impl Record {
                 out.put_u64_le(*next_message_id);
                 out.put_u32_le(*next_queue_id);
             }
+            Record::Group { .. } => {}
         });
     }
 
-    /// Decodes a record payload of the given type.
-    pub fn decode(kind: u8, payload: Bytes) -> Result<Record, FormatError> {
+    /// Decodes a record payload of the given type and record flags.
+    pub fn decode(kind: u8, flags: u8, payload: Bytes) -> Result<Record, FormatError> {
         let mut r = Cursor { buf: payload, pos: 0 };
         let record = match kind {
             TYPE_EXCHANGE_DECLARE => {
@@ -291,7 +362,7 @@ impl Record {
             }
             TYPE_MESSAGE => {
                 let id = r.u64()?;
-                let count = r.u16()? as usize;
+                let count = if flags & FLAG_WIDE != 0 { r.u32()? as usize } else { r.u16()? as usize };
                 let mut queues = Vec::with_capacity(count.min(r.remaining() / 4));
                 for _ in 0..count {
                     queues.push(r.u32()?);
@@ -315,6 +386,11 @@ impl Record {
                 if kind == TYPE_ACK { Record::Ack { queue, ids } } else { Record::Delivered { queue, ids } }
             }
             TYPE_ID_WATERMARK => Record::IdWatermark { next_message_id: r.u64()?, next_queue_id: r.u32()? },
+            TYPE_GROUP => Record::Group {
+                position: r.u64()?,
+                length: r.u32()?,
+                synced_before: r.u8()? & GROUP_SYNCED_BEFORE != 0,
+            },
             other => return Err(FormatError::UnknownType(other)),
         };
         if r.remaining() != 0 {
@@ -349,7 +425,11 @@ fn encode_message_payload(
 ) {
     out.reserve(8 + 2 + queues.len() * 4 + 2 + exchange.len() + routing_key.len() + 8 + properties.len() + body.len());
     out.put_u64_le(id);
-    out.put_u16_le(queues.len() as u16);
+    if queues.len() > u16::MAX as usize {
+        out.put_u32_le(queues.len() as u32);
+    } else {
+        out.put_u16_le(queues.len() as u16);
+    }
     for q in queues {
         out.put_u32_le(*q);
     }
@@ -381,9 +461,34 @@ pub fn encode_message(
     properties: &[u8],
     body: &[u8],
 ) {
+    let flags = if queues.len() > u16::MAX as usize { flags | FLAG_WIDE } else { flags };
     frame(out, TYPE_MESSAGE, flags, |out| {
         encode_message_payload(out, id, queues, exchange, routing_key, properties, body)
     });
+}
+
+/// The checksum of a commit-group record: CRC-32 over the segment's nonce
+/// (8 bytes, little-endian) followed by the record's type, flags and payload.
+pub fn group_crc(nonce: u64, content: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&nonce.to_le_bytes());
+    hasher.update(content);
+    hasher.finalize()
+}
+
+/// Appends a commit-group record (always [`GROUP_RECORD_LEN`] bytes).
+pub fn encode_group(out: &mut Vec<u8>, nonce: u64, position: u64, length: u32, synced_before: bool) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_PREFIX_LEN]);
+    out.put_u8(TYPE_GROUP);
+    out.put_u8(0);
+    out.put_u64_le(position);
+    out.put_u32_le(length);
+    out.put_u8(if synced_before { GROUP_SYNCED_BEFORE } else { 0 });
+    let len = (out.len() - start - RECORD_PREFIX_LEN) as u32;
+    let crc = group_crc(nonce, &out[start + RECORD_PREFIX_LEN..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Encodes an ack or delivered record from a borrowed id list.
@@ -393,10 +498,11 @@ pub fn encode_id_record(out: &mut Vec<u8>, kind: u8, queue: u32, ids: &[u64]) {
 
 /// Size of the framed record [`encode_message`] writes.
 pub fn message_record_len(queues: usize, exchange: &str, routing_key: &str, properties: &[u8], body: &[u8]) -> usize {
+    let count_len = if queues > u16::MAX as usize { 4 } else { 2 };
     RECORD_PREFIX_LEN
         + 2
         + 8
-        + 2
+        + count_len
         + queues * 4
         + 1
         + exchange.len().min(255)
@@ -509,8 +615,20 @@ pub enum Framed {
     Bad { offset: usize, error: FormatError },
 }
 
-/// Checks the frame at `offset` (length bounds and CRC) without decoding the payload.
+/// The nonce of a format 2 segment, from its header; 0 when the header is
+/// unreadable or of format 1 (whose segments hold no group records).
+pub fn segment_nonce(segment: &[u8]) -> u64 {
+    SegmentHeader::decode(segment).map_or(0, |h| h.nonce)
+}
+
+/// Checks the frame at `offset` (length bounds and CRC) without decoding the
+/// payload; a group record's checksum is checked with the segment's nonce.
 pub fn frame_at(segment: &[u8], offset: usize) -> Framed {
+    frame_at_keyed(segment, offset, segment_nonce(segment))
+}
+
+/// [`frame_at`] with the segment's nonce already known.
+pub fn frame_at_keyed(segment: &[u8], offset: usize, nonce: u64) -> Framed {
     let room = segment.len().saturating_sub(offset);
     if room < RECORD_PREFIX_LEN {
         return Framed::End { offset };
@@ -529,7 +647,7 @@ pub fn frame_at(segment: &[u8], offset: usize) -> Framed {
     }
     let start = offset + RECORD_PREFIX_LEN;
     let content = &segment[start..start + len as usize];
-    let computed = crc32fast::hash(content);
+    let computed = if content[0] == TYPE_GROUP { group_crc(nonce, content) } else { crc32fast::hash(content) };
     if computed != stored {
         return Framed::Bad { offset, error: FormatError::Checksum { stored, computed } };
     }
@@ -556,12 +674,16 @@ impl MessageHead<'_> {
 
 /// Reads a message record's id, queue list and body length, checking that
 /// the payload is well formed, without decoding names or copying bytes.
-pub fn peek_message(payload: &[u8]) -> Result<MessageHead<'_>, FormatError> {
+pub fn peek_message(payload: &[u8], flags: u8) -> Result<MessageHead<'_>, FormatError> {
     let get = |at: usize, n: usize| payload.get(at..at + n).ok_or(FormatError::Truncated);
     let id = u64::from_le_bytes(get(0, 8)?.try_into().map_err(|_| FormatError::Truncated)?);
-    let count = u16::from_le_bytes(get(8, 2)?.try_into().map_err(|_| FormatError::Truncated)?) as usize;
-    let queues = get(10, count * 4)?;
-    let mut at = 10 + count * 4;
+    let (count, queues_at) = if flags & FLAG_WIDE != 0 {
+        (u32::from_le_bytes(get(8, 4)?.try_into().map_err(|_| FormatError::Truncated)?) as usize, 12)
+    } else {
+        (u16::from_le_bytes(get(8, 2)?.try_into().map_err(|_| FormatError::Truncated)?) as usize, 10)
+    };
+    let queues = get(queues_at, count.saturating_mul(4))?;
+    let mut at = queues_at + count * 4;
     for _ in 0..2 {
         let n = *get(at, 1)?.first().ok_or(FormatError::Truncated)? as usize;
         let name = get(at + 1, n)?;
@@ -599,12 +721,18 @@ pub fn peek_id_list(payload: &[u8]) -> Result<(u32, impl Iterator<Item = u64> + 
 
 /// Reads the record framed at `offset` of `segment` (the whole file's bytes).
 pub fn read_record_at(segment: &Bytes, offset: usize) -> Scanned {
-    match frame_at(segment, offset) {
+    read_record_keyed(segment, offset, segment_nonce(segment))
+}
+
+/// [`read_record_at`] with the segment's nonce already known (0 reads any
+/// record but a group, which is all a single message read needs).
+pub fn read_record_keyed(segment: &Bytes, offset: usize, nonce: u64) -> Scanned {
+    match frame_at_keyed(segment, offset, nonce) {
         Framed::End { offset } => Scanned::End { offset },
         Framed::Bad { offset, error } => Scanned::Bad { offset, error },
         Framed::Record(frame) => {
             let payload = segment.slice(frame.offset + RECORD_PREFIX_LEN + 2..frame.offset + frame.len);
-            match Record::decode(frame.kind, payload) {
+            match Record::decode(frame.kind, frame.flags, payload) {
                 Ok(record) => Scanned::Record { offset, len: frame.len, flags: frame.flags, record },
                 Err(error) => Scanned::Bad { offset, error },
             }

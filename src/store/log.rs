@@ -1,5 +1,6 @@
-//! The write-ahead log: appends from every connection, one writer thread
-//! with group commit, the message index, reads, and reclaim.
+//! The write-ahead log: appends from every connection, the message index,
+//! reads, and the state shared with the writer ([`super::writer`]) and the
+//! compactor ([`super::compaction`]) threads.
 //!
 //! Appends run with the broker's lock held, so they only encode a record
 //! into the pending buffer and update the index; the writer thread takes
@@ -12,19 +13,19 @@
 //! durable queue(s) still hold it (24 bytes a message for the common
 //! single-queue case), so queues need not keep bodies in memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
 
 use super::format::*;
 use super::io::LogIo;
-use super::recovery::{QueueSet, Recovered, SegmentState};
+use super::recovery::{QueueSet, Recovered};
 
 /// When the writer makes a batch durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,11 +60,14 @@ pub struct LogOptions {
     pub fsync: FsyncPolicy,
     /// Start even when a sealed segment is damaged, setting it aside.
     pub skip_damaged: bool,
+    /// Compact segments as live data shrinks (off only to keep every
+    /// record for inspection).
+    pub compaction: bool,
 }
 
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions { segment_size: 64 << 20, fsync: FsyncPolicy::EveryBatch, skip_damaged: false }
+        LogOptions { segment_size: 64 << 20, fsync: FsyncPolicy::EveryBatch, skip_damaged: false, compaction: true }
     }
 }
 
@@ -106,7 +110,7 @@ impl Hasher for IdHasher {
 pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// Queue id marking a message held by several durable queues (see `Inner::multi`).
-const MANY_QUEUES: u32 = u32::MAX;
+pub(super) const MANY_QUEUES: u32 = u32::MAX;
 
 /// Where a live message's record is, and who holds it.
 #[derive(Debug, Clone, Copy)]
@@ -116,7 +120,11 @@ pub struct Loc {
     pub len: u32,
     /// The one durable queue holding the message, or `MANY_QUEUES`.
     pub queue: u32,
+    /// That one queue handed it to a consumer (a restart flags it redelivered).
+    pub delivered: bool,
 }
+
+pub type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;
 
 #[derive(Debug)]
 pub struct SegmentMeta {
@@ -127,12 +135,28 @@ pub struct SegmentMeta {
     pub live_messages: u64,
     pub live_bytes: u64,
     pub sealed: bool,
-    /// Live records were copied forward; delete once this position is durable.
-    pub relocated_upto: Option<u64>,
+    /// Compaction copied forward everything of this segment that still
+    /// matters; delete it once this position is durable.
+    pub compacted_upto: Option<u64>,
+    /// Compaction could not read a live record of it: it stays.
+    pub uncompactable: bool,
     /// Position just past the header and definitions snapshot. The segment
     /// before this one may only be deleted once this is durable: until then
     /// the definitions it holds exist nowhere else on disk.
     pub snapshot_end: u64,
+    /// Message records first written here have ids in `id_floor..id_ceil`.
+    pub id_floor: u64,
+    pub id_ceil: u64,
+    /// Ids of the message records copied forward into this segment.
+    pub relocated: IdSet,
+    /// Tombstones here for messages first written in an older segment:
+    /// while a copy of such a message remains in an older segment, this
+    /// tombstone keeps it dead, so compaction carries it forward.
+    pub foreign_acks: Vec<(u32, u64)>,
+    /// Delivered marks here for messages first written in an older segment.
+    pub foreign_delivered: Vec<(u32, u64)>,
+    /// Keys the checksum of this segment's commit groups (the log's key).
+    pub nonce: u64,
 }
 
 impl SegmentMeta {
@@ -144,29 +168,61 @@ impl SegmentMeta {
             live_messages: 0,
             live_bytes: 0,
             sealed,
-            relocated_upto: None,
+            compacted_upto: None,
+            uncompactable: false,
             snapshot_end,
+            id_floor: 0,
+            id_ceil: 0,
+            relocated: IdSet::default(),
+            foreign_acks: Vec::new(),
+            foreign_delivered: Vec::new(),
+            nonce: 0,
         }
+    }
+
+    /// Whether a record of message `id` (first written or copied) is here.
+    pub fn holds_copy_of(&self, id: u64) -> bool {
+        (self.id_floor..self.id_ceil).contains(&id) || self.relocated.contains(&id)
     }
 }
 
-/// Bytes for the writer: contiguous records of one segment.
-struct Chunk {
-    segment: u32,
-    base: u64,
-    offset: u32,
-    data: Vec<u8>,
+/// Bytes for the writer: contiguous records of one segment, opened by a
+/// commit-group record the writer fills in when it writes them.
+pub(super) struct Chunk {
+    pub segment: u32,
+    pub base: u64,
+    pub offset: u32,
+    pub data: Vec<u8>,
     /// Create the file (with this capacity) before writing.
-    create: Option<u32>,
-    max_message_id: u64,
+    pub create: Option<u32>,
+    pub max_message_id: u64,
+    /// Where in `data` the group record is.
+    pub group_at: usize,
+    pub nonce: u64,
+}
+
+impl Chunk {
+    /// Fills in the group record: everything after it in this chunk.
+    pub fn seal_group(&mut self, synced_before: bool) {
+        let start = self.group_at;
+        let length = (self.data.len() - start - GROUP_RECORD_LEN) as u32;
+        let position = self.base + self.offset as u64 + start as u64;
+        let mut group = Vec::with_capacity(GROUP_RECORD_LEN);
+        encode_group(&mut group, self.nonce, position, length, synced_before);
+        self.data[start..start + GROUP_RECORD_LEN].copy_from_slice(&group);
+    }
+
+    pub fn end(&self) -> u64 {
+        self.base + self.offset as u64 + self.data.len() as u64
+    }
 }
 
 /// A message copied forward; the index switches to it once it is written.
-struct Relocation {
-    id: u64,
-    from: u32,
-    to: Loc,
-    end: u64,
+pub(super) struct Relocation {
+    pub id: u64,
+    pub from: u32,
+    pub to: Loc,
+    pub end: u64,
 }
 
 /// Durable definitions, restated at the start of every segment.
@@ -216,37 +272,61 @@ impl Definitions {
     }
 }
 
-struct Inner {
-    segment_size: u32,
-    active: u32,
-    segments: BTreeMap<u32, SegmentMeta>,
-    pending: Vec<Chunk>,
-    pending_bytes: usize,
+pub(super) struct Inner {
+    pub segment_size: u32,
+    pub active: u32,
+    pub segments: BTreeMap<u32, SegmentMeta>,
+    pub pending: Vec<Chunk>,
+    pub pending_bytes: usize,
     /// Log position just past the last record appended; shared with
     /// [`LogStore`] so connections read it without taking the lock.
-    appended: Arc<AtomicU64>,
-    next_message_id: u64,
-    next_queue_id: u32,
-    defs: Definitions,
-    index: IdMap<Loc>,
-    /// Queues holding messages that went to more than one durable queue.
-    multi: IdMap<Vec<u32>>,
-    relocations: Vec<Relocation>,
-    failed: Option<String>,
-    shutdown: bool,
+    pub appended: Arc<AtomicU64>,
+    pub next_message_id: u64,
+    pub next_queue_id: u32,
+    pub defs: Definitions,
+    pub index: IdMap<Loc>,
+    /// Queues holding messages that went to more than one durable queue,
+    /// with whether each handed it to a consumer.
+    pub multi: IdMap<Vec<(u32, bool)>>,
+    pub relocations: Vec<Relocation>,
+    pub failed: Option<String>,
+    pub shutdown: bool,
+    /// The writer could not write for lack of space and is retrying.
+    pub out_of_space: bool,
+    /// Keys the checksum of commit groups; chosen when the log is created
+    /// and written in every segment header.
+    pub key: u64,
 }
 
 pub struct LogStore {
-    io: Arc<dyn LogIo>,
-    inner: Mutex<Inner>,
-    wake_writer: Condvar,
-    durable: watch::Sender<Durability>,
+    pub(super) io: Arc<dyn LogIo>,
+    pub(super) inner: Mutex<Inner>,
+    pub(super) wake_writer: Condvar,
+    pub(super) durable: watch::Sender<Durability>,
     /// Highest message id whose record the writer has written (not
     /// necessarily synced): records up to it can be read back from the file.
-    written_id: AtomicU64,
-    options: LogOptions,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    pub(super) written_id: AtomicU64,
+    pub(super) options: LogOptions,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     appended: Arc<AtomicU64>,
+    /// Wakes the compactor (set by the writer after each pass).
+    pub(super) compact_wanted: Mutex<bool>,
+    pub(super) wake_compactor: Condvar,
+    pub(super) stopping: AtomicBool,
+    pub(super) stats: Counters,
+}
+
+/// Running totals, for listings and the write-amplification benchmark.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Bytes of message records appended by publishes.
+    pub published_bytes: AtomicU64,
+    /// Bytes the writer handed to the disk.
+    pub written_bytes: AtomicU64,
+    /// Bytes compaction appended (copies, carried tombstones and marks).
+    pub compaction_bytes: AtomicU64,
+    /// Segments compaction deleted.
+    pub segments_deleted: AtomicU64,
 }
 
 /// Counters for listings and warren-dump.
@@ -254,28 +334,52 @@ pub struct LogStore {
 pub struct SegmentStats {
     pub base: u64,
     pub used: u32,
+    pub capacity: u32,
     pub live_messages: u64,
     pub live_bytes: u64,
     pub sealed: bool,
 }
 
+/// The log's size and traffic so far.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LogStats {
+    pub segments: usize,
+    /// Bytes the segment files occupy (their capacity) plus a spare.
+    pub disk_bytes: u64,
+    /// Bytes of records of live messages.
+    pub live_bytes: u64,
+    pub published_bytes: u64,
+    pub written_bytes: u64,
+    pub compaction_bytes: u64,
+    pub segments_deleted: u64,
+}
+
 impl LogStore {
     /// Opens the log, replays it, and starts the writer on a fresh segment.
     pub fn open(io: Arc<dyn LogIo>, options: LogOptions) -> Result<(Arc<LogStore>, Recovered), String> {
-        let recovered = super::recovery::recover(&*io, options.skip_damaged)?;
+        let mut recovered = super::recovery::recover(&*io, options.skip_damaged)?;
+        // Whatever the last run left in the page cache is made durable before
+        // anything new is written: the new segment's first group says so.
+        for seg in &recovered.segments {
+            io.sync(seg.base).map_err(|e| format!("cannot sync {}: {e}", io.describe(seg.base)))?;
+        }
         let mut segments = BTreeMap::new();
         let mut next_seq = 0u32;
         let mut next_base = 0u64;
-        for seg in &recovered.segments {
-            let SegmentState { base, capacity, used, .. } = *seg;
-            segments.insert(
-                next_seq,
-                // A recovered segment's successor snapshot is long durable.
-                SegmentMeta::new(base, capacity, used, true, base),
-            );
+        for seg in &mut recovered.segments {
+            // A recovered segment's successor snapshot is long durable.
+            let mut meta = SegmentMeta::new(seg.base, seg.capacity, seg.used, true, seg.base);
+            meta.id_floor = if seg.id_floor == u64::MAX { 0 } else { seg.id_floor };
+            meta.id_ceil = seg.id_ceil;
+            meta.relocated = std::mem::take(&mut seg.relocated).into_iter().collect();
+            meta.foreign_acks = std::mem::take(&mut seg.foreign_acks);
+            meta.foreign_delivered = std::mem::take(&mut seg.foreign_delivered);
+            meta.nonce = seg.nonce;
+            segments.insert(next_seq, meta);
             next_seq += 1;
-            next_base = base + capacity as u64;
+            next_base = seg.base + seg.capacity as u64;
         }
+        prune_foreign(&mut segments);
         let mut index = IdMap::default();
         index.reserve(recovered.messages.len());
         let mut multi = IdMap::default();
@@ -283,14 +387,14 @@ impl LogStore {
             recovered.segments.iter().enumerate().map(|(i, s)| (s.base, i as u32)).collect();
         for (id, m) in &recovered.messages {
             let Some(&seq) = seq_of.get(&m.base) else { continue };
-            let queue = match &m.queues {
-                QueueSet::One(q, _) => *q,
+            let (queue, delivered) = match &m.queues {
+                QueueSet::One(q, d) => (*q, *d),
                 QueueSet::Many(queues) => {
-                    multi.insert(*id, queues.iter().map(|q| q.0).collect());
-                    MANY_QUEUES
+                    multi.insert(*id, queues.clone());
+                    (MANY_QUEUES, false)
                 }
             };
-            index.insert(*id, Loc { segment: seq, offset: m.offset, len: m.len, queue });
+            index.insert(*id, Loc { segment: seq, offset: m.offset, len: m.len, queue, delivered });
             if let Some(meta) = segments.get_mut(&seq) {
                 meta.live_messages += 1;
                 meta.live_bytes += m.len as u64;
@@ -312,6 +416,8 @@ impl LogStore {
             relocations: Vec::new(),
             failed: None,
             shutdown: false,
+            out_of_space: false,
+            key: recovered.key.unwrap_or_else(|| fastrand::u64(..)),
         };
         // Always continue in a new segment: the old newest one keeps what
         // recovery found and nothing is ever appended behind a torn tail.
@@ -325,14 +431,15 @@ impl LogStore {
             durable,
             written_id: AtomicU64::new(recovered.max_message_id),
             options,
-            writer: Mutex::new(None),
+            threads: Mutex::new(Vec::new()),
+            compact_wanted: Mutex::new(false),
+            wake_compactor: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            stats: Counters::default(),
         });
-        let writer_store = store.clone();
-        let handle = std::thread::Builder::new()
-            .name("warren-log-writer".into())
-            .spawn(move || writer_store.writer_loop())
-            .map_err(|e| format!("cannot start the log writer thread: {e}"))?;
-        *store.writer.lock() = Some(handle);
+        let writer = super::writer::spawn(store.clone())?;
+        let compactor = super::compaction::spawn(store.clone())?;
+        store.threads.lock().extend([writer, compactor]);
         Ok((store, recovered))
     }
 
@@ -353,6 +460,20 @@ impl LogStore {
     /// Bytes appended but not yet handed to the disk.
     pub fn backlog_bytes(&self) -> usize {
         self.inner.lock().pending_bytes
+    }
+
+    /// The writer is waiting for disk space.
+    pub fn out_of_space(&self) -> bool {
+        self.inner.lock().out_of_space
+    }
+
+    /// Bytes free on the log's file system, when known.
+    pub fn free_space(&self) -> Option<u64> {
+        self.io.free_space()
+    }
+
+    pub fn segment_size(&self) -> u32 {
+        self.options.segment_size
     }
 
     pub fn allocate_queue_id(&self) -> u32 {
@@ -396,16 +517,21 @@ impl LogStore {
         let queue = if queues.len() == 1 {
             queues[0]
         } else {
-            inner.multi.insert(id, queues.to_vec());
+            inner.multi.insert(id, queues.iter().map(|q| (*q, false)).collect());
             MANY_QUEUES
         };
         let segment = inner.active;
-        inner.index.insert(id, Loc { segment, offset, len: len as u32, queue });
+        inner.index.insert(id, Loc { segment, offset, len: len as u32, queue, delivered: false });
         if let Some(meta) = inner.segments.get_mut(&segment) {
             meta.live_messages += 1;
             meta.live_bytes += len as u64;
+            // The id was taken before `append` opened this segment, so it
+            // may be just below the floor the segment started with.
+            meta.id_floor = meta.id_floor.min(id);
+            meta.id_ceil = meta.id_ceil.max(id + 1);
         }
         drop(inner);
+        self.stats.published_bytes.fetch_add(len as u64, Ordering::Relaxed);
         self.wake_writer.notify_one();
         Ok((id, end))
     }
@@ -414,10 +540,7 @@ impl LogStore {
     pub fn ack(&self, queue: u32, ids: &[u64]) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
         inner.check()?;
-        for chunk in ids.chunks(65_536) {
-            let len = RECORD_PREFIX_LEN + 2 + 8 + chunk.len() * 8;
-            inner.append(len, 0, |out| encode_id_record(out, TYPE_ACK, queue, chunk));
-        }
+        inner.append_id_records(TYPE_ACK, queue, ids);
         for id in ids {
             inner.release(*id, queue);
         }
@@ -431,9 +554,9 @@ impl LogStore {
     pub fn delivered(&self, queue: u32, ids: &[u64]) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
         inner.check()?;
-        for chunk in ids.chunks(65_536) {
-            let len = RECORD_PREFIX_LEN + 2 + 8 + chunk.len() * 8;
-            inner.append(len, 0, |out| encode_id_record(out, TYPE_DELIVERED, queue, chunk));
+        inner.append_id_records(TYPE_DELIVERED, queue, ids);
+        for id in ids {
+            inner.mark_delivered(*id, queue);
         }
         drop(inner);
         self.wake_writer.notify_one();
@@ -450,23 +573,33 @@ impl LogStore {
         Ok(end)
     }
 
-    /// Reads a message back from its segment, checking its checksum.
+    /// Reads a message back from its segment, checking its checksum. Never
+    /// holds the log's lock during the read; a message that compaction moved
+    /// meanwhile is looked up again.
     pub fn read(&self, id: u64) -> Result<MessageRecord, StoreError> {
-        let (base, offset) = {
-            let inner = self.inner.lock();
-            let loc = *inner.index.get(&id).ok_or(StoreError::Missing(id))?;
-            let meta = inner.segments.get(&loc.segment).ok_or(StoreError::Missing(id))?;
-            (meta.base, loc.offset)
-        };
-        let corrupt = |detail: String| StoreError::Corrupt { id, segment: self.io.describe(base), offset, detail };
-        let segment = self.io.bytes(base).map_err(|e| corrupt(e.to_string()))?;
-        match read_record_at(&segment, offset as usize) {
-            Scanned::Record { record: Record::Message(m), .. } if m.id == id => Ok(m),
-            Scanned::Record { record, .. } => {
-                Err(corrupt(format!("found a {} record instead", type_name(record.type_code()))))
-            }
-            Scanned::Bad { error, .. } => Err(corrupt(error.to_string())),
-            Scanned::End { .. } => Err(corrupt("no record there".into())),
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (base, offset, len) = {
+                let inner = self.inner.lock();
+                let loc = *inner.index.get(&id).ok_or(StoreError::Missing(id))?;
+                let meta = inner.segments.get(&loc.segment).ok_or(StoreError::Missing(id))?;
+                (meta.base, loc.offset, loc.len)
+            };
+            let corrupt = |detail: String| StoreError::Corrupt { id, segment: self.io.describe(base), offset, detail };
+            let bytes = match self.io.read_at(base, offset as u64, len as usize) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => continue,
+                Err(e) => return Err(corrupt(e.to_string())),
+            };
+            return match read_record_keyed(&bytes, 0, 0) {
+                Scanned::Record { record: Record::Message(m), .. } if m.id == id => Ok(m),
+                Scanned::Record { record, .. } => {
+                    Err(corrupt(format!("found a {} record instead", type_name(record.type_code()))))
+                }
+                Scanned::Bad { error, .. } => Err(corrupt(error.to_string())),
+                Scanned::End { .. } => Err(corrupt("no record there".into())),
+            };
         }
     }
 
@@ -478,6 +611,7 @@ impl LogStore {
             .map(|m| SegmentStats {
                 base: m.base,
                 used: m.used,
+                capacity: m.capacity,
                 live_messages: m.live_messages,
                 live_bytes: m.live_bytes,
                 sealed: m.sealed,
@@ -485,269 +619,130 @@ impl LogStore {
             .collect()
     }
 
-    /// Stops the writer after it has written and synced what is pending.
+    pub fn stats(&self) -> LogStats {
+        let spare = self.io.spare_bytes();
+        let inner = self.inner.lock();
+        LogStats {
+            segments: inner.segments.len(),
+            disk_bytes: inner.segments.values().map(|m| m.capacity as u64).sum::<u64>() + spare,
+            live_bytes: inner.segments.values().map(|m| m.live_bytes).sum(),
+            published_bytes: self.stats.published_bytes.load(Ordering::Relaxed),
+            written_bytes: self.stats.written_bytes.load(Ordering::Relaxed),
+            compaction_bytes: self.stats.compaction_bytes.load(Ordering::Relaxed),
+            segments_deleted: self.stats.segments_deleted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the writer after it has written and synced what is pending,
+    /// and the compactor.
     pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
         self.inner.lock().shutdown = true;
         self.wake_writer.notify_one();
-        if let Some(handle) = self.writer.lock().take() {
+        *self.compact_wanted.lock() = true;
+        self.wake_compactor.notify_one();
+        let threads: Vec<_> = std::mem::take(&mut *self.threads.lock());
+        for handle in threads {
             let _ = handle.join();
         }
     }
 
-    fn fail(&self, what: &str, err: std::io::Error) {
-        let message = format!("{what}: {err}");
+    /// The log stops: nothing more becomes durable, outstanding confirms
+    /// are nacked and later writes refused, until a restart.
+    pub(super) fn fail(&self, message: String) {
         tracing::error!(
-            "write-ahead log I/O error, {message}; no further writes are accepted and unconfirmed publishes are nacked; restart Warren to recover from disk"
+            "write-ahead log failure, {message}; no further writes are accepted and unconfirmed publishes are nacked; restart Warren to recover from disk"
         );
-        self.inner.lock().failed = Some(message);
+        {
+            let mut inner = self.inner.lock();
+            if inner.failed.is_none() {
+                inner.failed = Some(message);
+            }
+        }
         self.durable.send_modify(|d| d.failed = true);
     }
+}
 
-    fn writer_loop(self: Arc<Self>) {
-        let mut last_sync = Instant::now();
-        loop {
-            let (chunks, relocations) = {
-                let mut inner = self.inner.lock();
-                while inner.pending.is_empty() && !inner.shutdown {
-                    self.wake_writer.wait(&mut inner);
-                }
-                if inner.pending.is_empty() {
-                    return;
-                }
-                inner.pending_bytes = 0;
-                (std::mem::take(&mut inner.pending), std::mem::take(&mut inner.relocations))
-            };
-            let mut touched: Vec<u64> = Vec::new();
-            let mut created = false;
-            let mut end = 0u64;
-            let mut max_id = 0u64;
-            for chunk in &chunks {
-                if let Some(capacity) = chunk.create {
-                    // The sealed segment's tail is synced before its successor
-                    // exists, so only the newest segment can ever hold a torn
-                    // write and recovery never has to guess about older ones.
-                    if self.options.fsync != FsyncPolicy::Never {
-                        for base in touched.drain(..) {
-                            if let Err(e) = self.io.sync(base) {
-                                return self.fail(&format!("fdatasync of {}", self.io.describe(base)), e);
-                            }
-                        }
-                    }
-                    if let Err(e) = self.io.create(chunk.base, capacity) {
-                        return self.fail(&format!("creating {}", self.io.describe(chunk.base)), e);
-                    }
-                    created = true;
-                }
-                if let Err(e) = self.io.write_at(chunk.base, chunk.offset as u64, &chunk.data) {
-                    return self.fail(&format!("writing {}", self.io.describe(chunk.base)), e);
-                }
-                if !touched.contains(&chunk.base) {
-                    touched.push(chunk.base);
-                }
-                end = end.max(chunk.base + chunk.offset as u64 + chunk.data.len() as u64);
-                max_id = max_id.max(chunk.max_message_id);
-            }
-            if max_id > 0 {
-                self.written_id.fetch_max(max_id, Ordering::Release);
-            }
-            self.switch_relocations(relocations, end);
-            let sync = match self.options.fsync {
-                FsyncPolicy::EveryBatch => true,
-                FsyncPolicy::Never => false,
-                FsyncPolicy::Interval(every) => {
-                    let due = last_sync + every;
-                    let now = Instant::now();
-                    if due > now {
-                        std::thread::sleep(due - now);
-                    }
-                    true
-                }
-            };
-            if sync {
-                // Every fsync below is never retried: after a failure the
-                // kernel may have dropped the dirty pages, so a later success
-                // would prove nothing. The log stops instead (see `fail`).
-                for base in &touched {
-                    if let Err(e) = self.io.sync(*base) {
-                        return self.fail(&format!("fdatasync of {}", self.io.describe(*base)), e);
-                    }
-                }
-                // A new segment file must survive a power cut too.
-                if created && let Err(e) = self.io.sync_dir() {
-                    return self.fail("fsync of the log directory", e);
-                }
-                last_sync = Instant::now();
-            }
-            self.durable.send_modify(|d| d.position = d.position.max(end));
-            self.reclaim(end);
+/// Keeps only the foreign tombstones and marks that still matter: those of
+/// messages with a copy in an older segment.
+fn prune_foreign(segments: &mut BTreeMap<u32, SegmentMeta>) {
+    let seqs: Vec<u32> = segments.keys().copied().collect();
+    for (i, seq) in seqs.iter().enumerate() {
+        let older: Vec<&SegmentMeta> = seqs[..i].iter().filter_map(|s| segments.get(s)).collect();
+        let keep = |id: u64| older.iter().any(|m| m.holds_copy_of(id));
+        let acks: Vec<(u32, u64)> = segments[seq].foreign_acks.iter().copied().filter(|(_, id)| keep(*id)).collect();
+        let marks: Vec<(u32, u64)> =
+            segments[seq].foreign_delivered.iter().copied().filter(|(_, id)| keep(*id)).collect();
+        if let Some(meta) = segments.get_mut(seq) {
+            meta.foreign_acks = acks;
+            meta.foreign_delivered = marks;
         }
-    }
-
-    fn switch_relocations(&self, relocations: Vec<Relocation>, written_end: u64) {
-        if relocations.is_empty() {
-            return;
-        }
-        let mut inner = self.inner.lock();
-        for r in relocations {
-            debug_assert!(r.end <= written_end);
-            let still_there = inner.index.get(&r.id).is_some_and(|l| l.segment == r.from);
-            if !still_there {
-                continue;
-            }
-            let len = r.to.len as u64;
-            if let Some(old) = inner.index.get(&r.id).copied() {
-                if let Some(meta) = inner.segments.get_mut(&old.segment) {
-                    meta.live_messages -= 1;
-                    meta.live_bytes -= old.len as u64;
-                }
-                let mut new = r.to;
-                new.queue = old.queue;
-                inner.index.insert(r.id, new);
-            }
-            if let Some(meta) = inner.segments.get_mut(&r.to.segment) {
-                meta.live_messages += 1;
-                meta.live_bytes += len;
-            }
-        }
-    }
-
-    /// Deletes the oldest sealed segments once nothing live is in them, and
-    /// copies the live records of a mostly dead oldest segment forward so it
-    /// can go too. Only a prefix of the log is ever deleted: a segment's ack
-    /// records may refer to messages in any older segment.
-    fn reclaim(&self, durable: u64) {
-        let mut removable = Vec::new();
-        {
-            let inner = self.inner.lock();
-            let mut segments = inner.segments.iter().peekable();
-            while let Some((seq, meta)) = segments.next() {
-                // The next segment's snapshot being durable also means every
-                // record of this one was written and synced.
-                let successor_durable = segments.peek().is_some_and(|(_, next)| next.snapshot_end <= durable);
-                if !meta.sealed
-                    || !successor_durable
-                    || meta.live_messages > 0
-                    || meta.relocated_upto.is_some_and(|p| p > durable)
-                {
-                    break;
-                }
-                removable.push((*seq, meta.base));
-            }
-        }
-        if !removable.is_empty() {
-            for (seq, base) in &removable {
-                if let Err(e) = self.io.remove(*base) {
-                    tracing::warn!("cannot remove reclaimed segment {}: {e}", self.io.describe(*base));
-                    break;
-                }
-                self.inner.lock().segments.remove(seq);
-                tracing::debug!("reclaimed segment {}", self.io.describe(*base));
-            }
-            if let Err(e) = self.io.sync_dir() {
-                tracing::warn!("fsync of the log directory after reclaim: {e}");
-            }
-        }
-        self.maybe_relocate();
-    }
-
-    fn maybe_relocate(&self) {
-        let (seq, base) = {
-            let inner = self.inner.lock();
-            let Some((seq, meta)) = inner.segments.iter().next() else { return };
-            let sealed_after = inner.segments.values().filter(|m| m.sealed).count();
-            // Copy forward when under a quarter of the oldest segment is
-            // live and it is holding back at least one other sealed segment.
-            if !meta.sealed
-                || meta.relocated_upto.is_some()
-                || meta.live_messages == 0
-                || sealed_after < 2
-                || meta.live_bytes * 4 > meta.used as u64
-            {
-                return;
-            }
-            (*seq, meta.base)
-        };
-        let Ok(bytes) = self.io.bytes(base) else { return };
-        let mut inner = self.inner.lock();
-        let mut offset = SEGMENT_HEADER_LEN;
-        let mut last_end = 0;
-        let mut copied = 0usize;
-        while let Scanned::Record { len, record, .. } = read_record_at(&bytes, offset) {
-            offset += len;
-            let Record::Message(m) = record else { continue };
-            let Some(loc) = inner.index.get(&m.id).copied() else { continue };
-            if loc.segment != seq {
-                continue;
-            }
-            let queues = if loc.queue == MANY_QUEUES {
-                inner.multi.get(&m.id).cloned().unwrap_or_default()
-            } else {
-                vec![loc.queue]
-            };
-            let rec_len = message_record_len(queues.len(), &m.exchange, &m.routing_key, &m.properties, &m.body);
-            let end = inner.append(rec_len, 0, |out| {
-                encode_message(out, FLAG_RELOCATED, m.id, &queues, &m.exchange, &m.routing_key, &m.properties, &m.body)
-            });
-            let to = Loc {
-                segment: inner.active,
-                offset: (end - inner.active_base()) as u32 - rec_len as u32,
-                len: rec_len as u32,
-                queue: loc.queue,
-            };
-            inner.relocations.push(Relocation { id: m.id, from: seq, to, end });
-            last_end = end;
-            copied += 1;
-        }
-        if let Some(meta) = inner.segments.get_mut(&seq) {
-            meta.relocated_upto = Some(last_end);
-        }
-        drop(inner);
-        tracing::debug!("copying {copied} live messages forward out of {}", self.io.describe(base));
-        self.wake_writer.notify_one();
     }
 }
 
 impl Inner {
-    fn check(&self) -> Result<(), StoreError> {
+    pub fn check(&self) -> Result<(), StoreError> {
         match &self.failed {
             Some(why) => Err(StoreError::Failed(why.clone())),
             None => Ok(()),
         }
     }
 
-    fn active_base(&self) -> u64 {
+    pub fn active_base(&self) -> u64 {
         self.segments.get(&self.active).map_or(0, |m| m.base)
     }
 
     /// Opens segment `seq` at `base`, big enough for its header, the
     /// definitions snapshot and a first record of `first_record` bytes.
-    fn start_segment(&mut self, seq: u32, base: u64, first_record: usize) {
-        let mut data = Vec::new();
-        let header_at = data.len();
-        data.extend_from_slice(&[0u8; SEGMENT_HEADER_LEN]);
+    pub fn start_segment(&mut self, seq: u32, base: u64, first_record: usize) {
+        let nonce = self.key;
+        let mut data = vec![0u8; SEGMENT_HEADER_LEN];
+        let group_at = data.len();
+        data.extend_from_slice(&[0u8; GROUP_RECORD_LEN]);
         Record::IdWatermark { next_message_id: self.next_message_id, next_queue_id: self.next_queue_id }
             .encode(FLAG_SNAPSHOT, &mut data);
         self.defs.encode_snapshot(&mut data);
-        let needed = data.len() + first_record;
+        let needed = data.len() + first_record + GROUP_RECORD_LEN;
         let capacity = (self.segment_size as usize).max(needed.next_multiple_of(4096)).min(u32::MAX as usize) as u32;
-        let header = SegmentHeader { version: FORMAT_VERSION, base, capacity }.encode();
-        data[header_at..header_at + SEGMENT_HEADER_LEN].copy_from_slice(&header);
+        let header = SegmentHeader::new(base, capacity, nonce).encode();
+        data[..SEGMENT_HEADER_LEN].copy_from_slice(&header);
         let used = data.len() as u32;
         self.pending_bytes += data.len();
-        self.pending.push(Chunk { segment: seq, base, offset: 0, data, create: Some(capacity), max_message_id: 0 });
-        self.segments.insert(seq, SegmentMeta::new(base, capacity, used, false, base + used as u64));
+        self.pending.push(Chunk {
+            segment: seq,
+            base,
+            offset: 0,
+            data,
+            create: Some(capacity),
+            max_message_id: 0,
+            group_at,
+            nonce,
+        });
+        let mut meta = SegmentMeta::new(base, capacity, used, false, base + used as u64);
+        meta.id_floor = self.next_message_id;
+        meta.id_ceil = self.next_message_id;
+        meta.nonce = nonce;
+        self.segments.insert(seq, meta);
         self.active = seq;
         self.appended.store(base + used as u64, Ordering::Release);
     }
 
     /// Appends a record of exactly `len` bytes written by `encode`; returns
     /// the log position just past it.
-    fn append(&mut self, len: usize, message_id: u64, encode: impl FnOnce(&mut Vec<u8>)) -> u64 {
+    pub fn append(&mut self, len: usize, message_id: u64, encode: impl FnOnce(&mut Vec<u8>)) -> u64 {
         let (base, capacity, used) = match self.segments.get(&self.active) {
             Some(m) => (m.base, m.capacity, m.used),
             None => (0, 0, 0),
         };
-        if used as usize + len > capacity as usize {
+        let contiguous = |inner: &Inner| {
+            inner.pending.last().is_some_and(|c| {
+                c.segment == inner.active
+                    && inner.segments.get(&inner.active).is_some_and(|m| c.offset + c.data.len() as u32 == m.used)
+            })
+        };
+        // A new chunk starts with a group record: room for both.
+        let group = if contiguous(self) { 0 } else { GROUP_RECORD_LEN };
+        if used as usize + group + len > capacity as usize {
             if let Some(m) = self.segments.get_mut(&self.active) {
                 m.sealed = true;
             }
@@ -755,21 +750,27 @@ impl Inner {
             self.start_segment(next, base + capacity as u64, len);
         }
         let seq = self.active;
+        if !contiguous(self) {
+            let Some(meta) = self.segments.get_mut(&seq) else { return self.appended.load(Ordering::Acquire) };
+            let offset = meta.used;
+            meta.used += GROUP_RECORD_LEN as u32;
+            let mut data = Vec::with_capacity((GROUP_RECORD_LEN + len).max(64 * 1024));
+            data.extend_from_slice(&[0u8; GROUP_RECORD_LEN]);
+            self.pending.push(Chunk {
+                segment: seq,
+                base: meta.base,
+                offset,
+                data,
+                create: None,
+                max_message_id: 0,
+                group_at: 0,
+                nonce: meta.nonce,
+            });
+            self.pending_bytes += GROUP_RECORD_LEN;
+        }
         let Some(meta) = self.segments.get_mut(&seq) else { return self.appended.load(Ordering::Acquire) };
         let (base, offset) = (meta.base, meta.used);
         meta.used += len as u32;
-        let contiguous =
-            self.pending.last().is_some_and(|c| c.segment == seq && c.offset + c.data.len() as u32 == offset);
-        if !contiguous {
-            self.pending.push(Chunk {
-                segment: seq,
-                base,
-                offset,
-                data: Vec::with_capacity(len.max(64 * 1024)),
-                create: None,
-                max_message_id: 0,
-            });
-        }
         if let Some(chunk) = self.pending.last_mut() {
             let before = chunk.data.len();
             encode(&mut chunk.data);
@@ -782,13 +783,30 @@ impl Inner {
         end
     }
 
+    /// Appends ack or delivered records for `ids` of `queue` (65,536 ids a
+    /// record), noting those that concern messages of older segments.
+    pub fn append_id_records(&mut self, kind: u8, queue: u32, ids: &[u64]) -> u64 {
+        let mut end = self.appended.load(Ordering::Acquire);
+        for chunk in ids.chunks(65_536) {
+            let len = RECORD_PREFIX_LEN + 2 + 8 + chunk.len() * 8;
+            end = self.append(len, 0, |out| encode_id_record(out, kind, queue, chunk));
+            let active = self.active;
+            if let Some(meta) = self.segments.get_mut(&active) {
+                let floor = meta.id_floor;
+                let foreign = if kind == TYPE_ACK { &mut meta.foreign_acks } else { &mut meta.foreign_delivered };
+                foreign.extend(chunk.iter().filter(|id| **id < floor).map(|id| (queue, *id)));
+            }
+        }
+        end
+    }
+
     /// `queue` no longer holds message `id`.
-    fn release(&mut self, id: u64, queue: u32) {
+    pub fn release(&mut self, id: u64, queue: u32) {
         let Some(loc) = self.index.get(&id).copied() else { return };
         let gone = if loc.queue == MANY_QUEUES {
             match self.multi.get_mut(&id) {
                 Some(queues) => {
-                    queues.retain(|q| *q != queue);
+                    queues.retain(|q| q.0 != queue);
                     queues.is_empty()
                 }
                 None => true,
@@ -805,6 +823,26 @@ impl Inner {
             }
         }
     }
+
+    fn mark_delivered(&mut self, id: u64, queue: u32) {
+        let Some(loc) = self.index.get_mut(&id) else { return };
+        if loc.queue == MANY_QUEUES {
+            if let Some(entry) = self.multi.get_mut(&id).and_then(|qs| qs.iter_mut().find(|q| q.0 == queue)) {
+                entry.1 = true;
+            }
+        } else if loc.queue == queue {
+            loc.delivered = true;
+        }
+    }
+
+    /// The durable queues holding a live message, with their delivered marks.
+    pub fn holders(&self, id: u64) -> Vec<(u32, bool)> {
+        match self.index.get(&id) {
+            Some(loc) if loc.queue == MANY_QUEUES => self.multi.get(&id).cloned().unwrap_or_default(),
+            Some(loc) => vec![(loc.queue, loc.delivered)],
+            None => Vec::new(),
+        }
+    }
 }
 
 pub fn type_name(kind: u8) -> &'static str {
@@ -819,6 +857,7 @@ pub fn type_name(kind: u8) -> &'static str {
         TYPE_ACK => "ack",
         TYPE_DELIVERED => "delivered",
         TYPE_ID_WATERMARK => "id-watermark",
+        TYPE_GROUP => "group",
         _ => "unknown",
     }
 }

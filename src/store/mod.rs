@@ -5,18 +5,25 @@
 //!   decoder everything (recovery, reads, `warren-dump`) goes through.
 //! - [`io`]: file I/O behind the [`io::LogIo`] trait, the real files and a
 //!   simulated disk for power-cut tests.
-//! - [`log`]: appends, group commit on a writer thread, the message index,
-//!   reads, reclaim of dead segments.
+//! - [`log`]: appends, the message index, reads.
+//! - [`writer`]: group commit on a writer thread; a full disk; supervision.
+//! - [`compaction`]: copies forward what mostly dead segments still matter
+//!   for and deletes them, so disk use follows live data.
+//! - [`walk`]: reads a segment back and tells a torn write from damage.
 //! - [`recovery`]: replay at start-up.
+//! - [`inspect`]: read-only helpers behind `warren-dump`.
 //!
 //! The store knows records, positions and ids, not AMQP: the broker tells it
 //! what to persist and asks it for message bodies back.
 
+pub mod compaction;
 pub mod format;
 pub mod inspect;
 pub mod io;
 pub mod log;
 pub mod recovery;
+pub mod walk;
+pub mod writer;
 
-pub use log::{Durability, FsyncPolicy, LogOptions, LogStore, StoreError};
+pub use log::{Durability, FsyncPolicy, LogOptions, LogStats, LogStore, StoreError};
 pub use recovery::Recovered;

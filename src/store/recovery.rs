@@ -1,18 +1,24 @@
 //! Start-up replay: reads every retained segment in order and rebuilds the
 //! durable definitions and the live messages of every durable queue.
 //!
-//! Each segment is read twice from its mapping: a first pass checks every
-//! frame (lengths and CRC) and payload structure, and a second applies the
-//! records. A damaged segment set aside thus leaves nothing half-applied.
-//! Message, ack and delivered records (nearly all of a log) are read in
-//! place without allocating; only definitions are fully decoded.
+//! Each segment is read with one large read, then walked twice: a first
+//! pass ([`super::walk`]) checks every frame (lengths and CRC), payload and
+//! commit group, and a second applies the records. A damaged segment set
+//! aside thus leaves nothing half-applied. Message, ack and delivered
+//! records (nearly all of a log) are read in place without allocating; only
+//! definitions are fully decoded. A few segments are read and checked at a
+//! time, on all cores, so memory stays bounded by a few segments.
 //!
-//! A record that fails its checksum (or does not parse) at the end of the
-//! newest segment, with no valid record after it, is a torn tail left by a
-//! crash in the middle of a write: it is zeroed and start-up goes on. Damage
-//! anywhere else stops start-up with the segment and offset named, unless
-//! the operator asked to skip damaged segments (they are renamed
-//! `*.damaged` and their records are not replayed).
+//! A bad spot that nothing written later proves durable is a torn write
+//! from a crash or power cut (no client was told it was durable): the
+//! segment is cut there and start-up goes on. A bad spot in synced data is
+//! damage: start-up stops with the segment and offset named, unless the
+//! operator asked to skip damaged segments (they are renamed `*.damaged`
+//! and their records are not replayed).
+//!
+//! Every segment starts with a snapshot of the definitions as they stood
+//! when it was opened; replay takes each snapshot as the whole truth, so
+//! that compaction may delete any segment, not only the oldest.
 
 use std::time::Instant;
 
@@ -21,13 +27,26 @@ use bytes::Bytes;
 use super::format::*;
 use super::io::LogIo;
 use super::log::{Definitions, IdMap};
+use super::walk::{Walk, first_group_synced_before, later_synced_group, walk_segment};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct SegmentState {
     pub base: u64,
     pub capacity: u32,
     /// Offset just past the last good record.
     pub used: u32,
+    /// The next message id when the segment was opened: message records
+    /// first written here have ids from this one on; lower ids are older.
+    pub id_floor: u64,
+    /// Ids of the message records copied forward into this segment.
+    pub relocated: Vec<u64>,
+    /// Tombstones here for messages first written in older segments: (queue, id).
+    pub foreign_acks: Vec<(u32, u64)>,
+    /// Delivered marks here for messages first written in older segments.
+    pub foreign_delivered: Vec<(u32, u64)>,
+    /// One past the highest id of a message record first written here.
+    pub id_ceil: u64,
+    pub nonce: u64,
 }
 
 /// The durable queues holding a message and whether each had handed it to a
@@ -112,6 +131,8 @@ pub struct Recovered {
     /// Where a torn tail was cut, if one was.
     pub torn_tail: Option<(String, usize)>,
     pub set_aside: Vec<String>,
+    /// The log's key (format 2 segment headers), to keep using.
+    pub key: Option<u64>,
 }
 
 impl Recovered {
@@ -131,160 +152,171 @@ impl Recovered {
     }
 }
 
-/// First pass over a segment: the valid frames, where they end, and the
-/// first problem found.
-struct Scan {
-    frames: Vec<Frame>,
-    used: usize,
-    problem: Option<(usize, String)>,
-}
+/// Reads and walks a few segments at once, on the machine's cores.
+/// A segment's bytes and what walking them found, or why it could not be read.
+type SegmentRead = Result<(Bytes, Result<Walk, FormatError>), String>;
 
-fn check_payload(frame: &Frame, segment: &[u8]) -> Result<(), FormatError> {
-    let payload = frame.payload(segment);
-    match frame.kind {
-        TYPE_MESSAGE => peek_message(payload).map(|_| ()),
-        TYPE_ACK | TYPE_DELIVERED => peek_id_list(payload).map(|_| ()),
-        kind => Record::decode(kind, Bytes::copy_from_slice(payload)).map(|_| ()),
+fn read_and_walk(io: &dyn LogIo, bases: &[u64]) -> Vec<SegmentRead> {
+    let one = |base: u64| {
+        let bytes = io.read_all(base).map_err(|e| format!("{}: cannot read: {e}", io.describe(base)))?;
+        let walk = walk_segment(&bytes);
+        Ok((bytes, walk))
+    };
+    if bases.len() <= 1 {
+        return bases.iter().map(|b| one(*b)).collect();
     }
-}
-
-fn scan_segment(bytes: &[u8]) -> Scan {
-    let mut offset = SEGMENT_HEADER_LEN;
-    let mut frames = Vec::new();
-    loop {
-        match frame_at(bytes, offset) {
-            Framed::Record(frame) => {
-                if let Err(e) = check_payload(&frame, bytes) {
-                    return Scan { frames, used: offset, problem: Some((offset, e.to_string())) };
-                }
-                frames.push(frame);
-                offset += frame.len;
-            }
-            Framed::End { offset: at } => {
-                let problem =
-                    (!is_zero_tail(bytes, at)).then(|| (at, "non-zero bytes after the end of the records".to_string()));
-                return Scan { frames, used: at, problem };
-            }
-            Framed::Bad { offset: at, error } => {
-                return Scan { frames, used: at, problem: Some((at, error.to_string())) };
-            }
-        }
-    }
-}
-
-/// The first pass over every segment, spread over the machine's cores:
-/// checking CRCs and faulting the mappings in is most of a replay's cost,
-/// and segments can be checked independently.
-fn scan_all(segments: &[Bytes]) -> Vec<Scan> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(segments.len().max(1));
-    if workers <= 1 {
-        return segments.iter().map(|s| scan_segment(s)).collect();
-    }
-    let mut results: Vec<Option<Scan>> = (0..segments.len()).map(|_| None).collect();
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|w| {
-                scope.spawn(move || {
-                    segments
-                        .iter()
-                        .enumerate()
-                        .skip(w)
-                        .step_by(workers)
-                        .map(|(i, s)| (i, scan_segment(s)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for handle in handles {
-            // A panicking scan thread would be a bug; its segments are then
-            // scanned again below on this thread.
-            if let Ok(done) = handle.join() {
-                for (i, scan) in done {
-                    results[i] = Some(scan);
+        let handles: Vec<_> = bases.iter().map(|b| scope.spawn(move || one(*b))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a replay thread panicked".to_string()))).collect()
+    })
+}
+
+/// Whether the first commit group of segment `base` says everything before
+/// it was durable: evidence about the end of the segment before it.
+fn next_says_synced(io: &dyn LogIo, base: u64) -> Option<bool> {
+    let prefix = io.read_at(base, 0, 4096).or_else(|_| io.read_all(base)).ok()?;
+    first_group_synced_before(&prefix)
+}
+
+/// The log's key, from the header of any readable format 2 segment.
+fn log_key(io: &dyn LogIo, bases: &[u64]) -> Option<u64> {
+    bases.iter().rev().find_map(|base| {
+        let prefix = io.read_at(*base, 0, SEGMENT_HEADER_LEN).ok()?;
+        SegmentHeader::decode(&prefix).ok().filter(|h| h.version >= 2).map(|h| h.nonce)
+    })
+}
+
+/// Deals with newest segments whose header is unreadable. Zeros: a file
+/// whose creation a crash interrupted; removed. Otherwise, if a later
+/// writer pass in it proves the header had been synced, that is damage;
+/// if not, its first pass never became durable (nothing in it was ever
+/// confirmed) and it is set aside. Without another segment to take the
+/// log's key from, any valid record after the header counts as proof.
+fn drop_unwritten_tail(io: &dyn LogIo, bases: &mut Vec<u64>, out: &mut Recovered, skip: bool) -> Result<(), String> {
+    while let Some(&last) = bases.last() {
+        let bytes = match io.read_all(last) {
+            Ok(bytes) => bytes,
+            Err(e) => return Err(format!("{}: cannot read: {e}", io.describe(last))),
+        };
+        let name = io.describe(last);
+        match SegmentHeader::decode(&bytes) {
+            Ok(_) => return Ok(()),
+            Err(_) if bytes.iter().all(|b| *b == 0) => {
+                tracing::warn!("{name}: created but never written before the crash; removing it");
+                io.remove(last).map_err(|e| format!("cannot remove {name}: {e}"))?;
+            }
+            Err(e) => {
+                let synced = match log_key(io, &bases[..bases.len() - 1]) {
+                    Some(key) => later_synced_group(&bytes, last, key),
+                    None => {
+                        let end = end_of_nonzero(&bytes, SEGMENT_HEADER_LEN_V1);
+                        (SEGMENT_HEADER_LEN_V1..end)
+                            .any(|at| matches!(read_record_keyed(&bytes, at, 0), Scanned::Record { .. }))
+                    }
+                };
+                if synced {
+                    damaged(io, last, out, skip, format!("{name} at offset 0: {e}"))?;
+                } else {
+                    let moved = io.set_aside(last).map_err(|e| format!("cannot set aside {name}: {e}"))?;
+                    tracing::warn!(
+                        "{name}: its header never became durable (a write cut short by a crash, never confirmed); set aside as {}",
+                        moved.display()
+                    );
                 }
             }
         }
-    });
-    results.into_iter().zip(segments).map(|(r, s)| r.unwrap_or_else(|| scan_segment(s))).collect()
-}
-
-/// Whether any valid record starts after `offset` (within the non-zero data).
-fn valid_record_after(bytes: &Bytes, offset: usize) -> bool {
-    let end = end_of_nonzero(bytes, offset);
-    (offset + 1..end).any(|at| matches!(read_record_at(bytes, at), Scanned::Record { .. }))
-}
-
-/// A segment file created by a batch that never became durable: no valid
-/// header (zeros, or a torn write) and no valid record anywhere in it, so
-/// there is nothing in it to recover.
-fn never_written(bytes: &Bytes) -> bool {
-    SegmentHeader::decode(bytes).is_err() && !valid_record_after(bytes, SEGMENT_HEADER_LEN.saturating_sub(1))
+        bases.pop();
+    }
+    Ok(())
 }
 
 pub fn recover(io: &dyn LogIo, skip_damaged: bool) -> Result<Recovered, String> {
     let started = Instant::now();
     let mut bases = io.list().map_err(|e| format!("cannot list the log directory: {e}"))?;
-    // Segment files whose creation happened in the batch a crash interrupted
-    // hold nothing that was ever confirmed: drop them first, so the segment
-    // before them is the newest one (the only one allowed a torn tail).
-    while let Some(&last) = bases.last() {
-        let bytes = io.bytes(last).map_err(|e| format!("cannot read {}: {e}", io.describe(last)))?;
-        if !never_written(&bytes) {
-            break;
-        }
-        tracing::warn!("{}: created but never written before the crash; removing it", io.describe(last));
-        io.remove(last).map_err(|e| format!("cannot remove {}: {e}", io.describe(last)))?;
-        bases.pop();
-    }
     let mut out = Recovered::default();
+    drop_unwritten_tail(io, &mut bases, &mut out, skip_damaged)?;
     let mut last_progress = Instant::now();
-    let contents: Vec<Bytes> = bases
-        .iter()
-        .map(|base| io.bytes(*base).map_err(|e| format!("cannot read {}: {e}", io.describe(*base))))
-        .collect::<Result<_, _>>()?;
-    let mut scans = scan_all(&contents).into_iter();
-    for (i, (base, bytes)) in bases.iter().copied().zip(contents).enumerate() {
-        let newest = i + 1 == bases.len();
-        let name = io.describe(base);
-        let Some(scan) = scans.next() else { break };
-        let header = match SegmentHeader::decode(&bytes) {
-            Ok(h) if h.base == base => h,
-            Ok(h) => {
-                damaged(io, base, &mut out, skip_damaged, format!("{name}: header names base {} instead", h.base))?;
-                continue;
-            }
-            Err(e) => {
-                damaged(io, base, &mut out, skip_damaged, format!("{name} at offset 0: {e}"))?;
-                continue;
-            }
-        };
-        if let Some((offset, problem)) = &scan.problem {
-            if newest && !valid_record_after(&bytes, *offset) {
-                let end = end_of_nonzero(&bytes, *offset);
-                tracing::warn!("{name}: torn tail at offset {offset} ({problem}); cutting {} bytes", end - offset);
-                io.write_at(base, *offset as u64, &vec![0u8; end - offset])
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    for (window_start, window) in bases.chunks(workers).enumerate().map(|(w, c)| (w * workers, c)) {
+        let results = read_and_walk(io, window);
+        for (j, result) in results.into_iter().enumerate() {
+            let i = window_start + j;
+            let base = bases[i];
+            let newest = i + 1 == bases.len();
+            let name = io.describe(base);
+            let (bytes, walk) = match result {
+                Ok(r) => r,
+                Err(what) => {
+                    damaged(io, base, &mut out, skip_damaged, what)?;
+                    continue;
+                }
+            };
+            let walk = match walk {
+                Ok(w) if w.header.base == base => w,
+                Ok(w) => {
+                    let what = format!("{name}: header names base {} instead", w.header.base);
+                    damaged(io, base, &mut out, skip_damaged, what)?;
+                    continue;
+                }
+                Err(e) => {
+                    damaged(io, base, &mut out, skip_damaged, format!("{name} at offset 0: {e}"))?;
+                    continue;
+                }
+            };
+            if let Some(bad) = &walk.bad {
+                // A sealed segment's end was synced before its successor was
+                // created, unless the successor's first group says otherwise
+                // (fsync = never). Format 1 sealed segments: always damage.
+                let synced = bad.synced
+                    || (!newest
+                        && match walk.header.version {
+                            1 => true,
+                            _ => next_says_synced(io, bases[i + 1]).unwrap_or(true),
+                        });
+                if synced {
+                    let what = format!("{name} at offset {}: {}", bad.offset, bad.problem);
+                    damaged(io, base, &mut out, skip_damaged, what)?;
+                    continue;
+                }
+                let end = end_of_nonzero(&bytes, walk.end);
+                tracing::warn!(
+                    "{name}: torn write at offset {} ({}), never confirmed; cutting {} bytes from offset {}",
+                    bad.offset,
+                    bad.problem,
+                    end - walk.end,
+                    walk.end
+                );
+                io.write_at(base, walk.end as u64, &vec![0u8; end - walk.end])
                     .and_then(|_| io.sync(base))
                     .map_err(|e| format!("cannot cut the torn tail of {name}: {e}"))?;
-                out.torn_tail = Some((name.clone(), *offset));
-            } else {
-                damaged(io, base, &mut out, skip_damaged, format!("{name} at offset {offset}: {problem}"))?;
-                continue;
+                out.torn_tail = Some((name.clone(), walk.end));
             }
-        }
-        for frame in &scan.frames {
-            apply(&mut out, base, frame, &bytes);
-        }
-        out.bytes += scan.used as u64;
-        out.segments.push(SegmentState { base, capacity: header.capacity, used: scan.used as u32 });
-        if last_progress.elapsed().as_secs() >= 1 {
-            last_progress = Instant::now();
-            tracing::info!(
-                "replaying the log: segment {} of {}, {} records, {} live messages so far",
-                i + 1,
-                bases.len(),
-                out.records,
-                out.messages.len()
-            );
+            if walk.header.version >= 2 {
+                out.key = Some(walk.header.nonce);
+            }
+            let mut state = SegmentState {
+                base,
+                capacity: walk.header.capacity,
+                used: walk.end as u32,
+                id_floor: u64::MAX,
+                nonce: walk.header.nonce,
+                ..Default::default()
+            };
+            for frame in &walk.frames {
+                apply(&mut out, &mut state, frame, &bytes);
+            }
+            out.bytes += walk.end as u64;
+            out.segments.push(state);
+            if last_progress.elapsed().as_secs() >= 1 {
+                last_progress = Instant::now();
+                tracing::info!(
+                    "replaying the log: segment {} of {}, {} records, {} live messages so far",
+                    i + 1,
+                    bases.len(),
+                    out.records,
+                    out.messages.len()
+                );
+            }
         }
     }
     // Messages of queues deleted later in the log (queue ids are never reused).
@@ -324,27 +356,33 @@ fn damaged(io: &dyn LogIo, base: u64, out: &mut Recovered, skip: bool, what: Str
 }
 
 /// Applies one record that the first pass already checked.
-fn apply(out: &mut Recovered, base: u64, frame: &Frame, segment: &[u8]) {
-    out.records += 1;
+fn apply(out: &mut Recovered, seg: &mut SegmentState, frame: &Frame, segment: &[u8]) {
+    let base = seg.base;
     let payload = frame.payload(segment);
     // Ids are never reused: the next ones must exceed every id any retained
     // record mentions, or an old ack could settle a new message.
     match frame.kind {
+        TYPE_GROUP => {}
         TYPE_MESSAGE => {
-            let Ok(m) = peek_message(payload) else { return };
+            out.records += 1;
+            let Ok(m) = peek_message(payload, frame.flags) else { return };
             out.max_message_id = out.max_message_id.max(m.id);
             out.max_queue_id = out.max_queue_id.max(m.queues().max().unwrap_or(0));
-            if frame.flags & FLAG_RELOCATED != 0
-                && let Some(existing) = out.messages.get_mut(&m.id)
-            {
-                existing.base = base;
-                existing.offset = frame.offset as u32;
-                existing.len = frame.len as u32;
-                // The copy lists the queues still holding the message.
-                if !existing.queues.retain(|q| m.queues().any(|x| x == q)) {
-                    out.messages.remove(&m.id);
+            if frame.flags & FLAG_RELOCATED == 0 {
+                seg.id_floor = seg.id_floor.min(m.id);
+                seg.id_ceil = seg.id_ceil.max(m.id + 1);
+            } else {
+                seg.relocated.push(m.id);
+                if let Some(existing) = out.messages.get_mut(&m.id) {
+                    existing.base = base;
+                    existing.offset = frame.offset as u32;
+                    existing.len = frame.len as u32;
+                    // The copy lists the queues still holding the message.
+                    if !existing.queues.retain(|q| m.queues().any(|x| x == q)) {
+                        out.messages.remove(&m.id);
+                    }
+                    return;
                 }
-                return;
             }
             out.messages.insert(
                 m.id,
@@ -358,10 +396,14 @@ fn apply(out: &mut Recovered, base: u64, frame: &Frame, segment: &[u8]) {
             );
         }
         TYPE_ACK => {
+            out.records += 1;
             let Ok((queue, ids)) = peek_id_list(payload) else { return };
             out.max_queue_id = out.max_queue_id.max(queue);
             for id in ids {
                 out.max_message_id = out.max_message_id.max(id);
+                if id < seg.id_floor {
+                    seg.foreign_acks.push((queue, id));
+                }
                 if let Some(m) = out.messages.get_mut(&id)
                     && !m.queues.retain(|q| q != queue)
                 {
@@ -370,17 +412,22 @@ fn apply(out: &mut Recovered, base: u64, frame: &Frame, segment: &[u8]) {
             }
         }
         TYPE_DELIVERED => {
+            out.records += 1;
             let Ok((queue, ids)) = peek_id_list(payload) else { return };
             out.max_queue_id = out.max_queue_id.max(queue);
             for id in ids {
                 out.max_message_id = out.max_message_id.max(id);
+                if id < seg.id_floor {
+                    seg.foreign_delivered.push((queue, id));
+                }
                 if let Some(m) = out.messages.get_mut(&id) {
                     m.queues.mark_delivered(queue);
                 }
             }
         }
         kind => {
-            let Ok(record) = Record::decode(kind, Bytes::copy_from_slice(payload)) else { return };
+            out.records += 1;
+            let Ok(record) = Record::decode(kind, frame.flags, Bytes::copy_from_slice(payload)) else { return };
             match &record {
                 Record::QueueDeclare { queue, .. } | Record::QueueDelete { queue } => {
                     out.max_queue_id = out.max_queue_id.max(*queue);
@@ -388,6 +435,14 @@ fn apply(out: &mut Recovered, base: u64, frame: &Frame, segment: &[u8]) {
                 Record::IdWatermark { next_message_id, next_queue_id } => {
                     out.max_message_id = out.max_message_id.max(next_message_id.saturating_sub(1));
                     out.max_queue_id = out.max_queue_id.max(next_queue_id.saturating_sub(1));
+                    if frame.flags & FLAG_SNAPSHOT != 0 {
+                        // The snapshot that follows is every definition as it
+                        // stood when this segment was opened: it replaces
+                        // what older segments said, so that a deleted segment
+                        // in the middle (compaction) loses no deletion.
+                        seg.id_floor = seg.id_floor.min(*next_message_id);
+                        out.definitions = Definitions::default();
+                    }
                 }
                 _ => {}
             }

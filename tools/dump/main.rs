@@ -695,6 +695,7 @@ fn record_text(
         Record::IdWatermark { next_message_id, next_queue_id } => {
             format!("next_message_id={next_message_id} next_queue_id={next_queue_id}")
         }
+        Record::Group { length, synced_before, .. } => format!("length={length} synced_before={synced_before}"),
     };
     format!(
         "{} +{} pos={} {:<16} crc=ok flags={} {fields}",
@@ -813,6 +814,10 @@ fn record_json(
         Record::IdWatermark { next_message_id, next_queue_id } => {
             put("next_message_id", json!(next_message_id));
             put("next_queue_id", json!(next_queue_id));
+        }
+        Record::Group { length, synced_before, .. } => {
+            put("length", json!(length));
+            put("synced_before", json!(synced_before));
         }
     }
     Value::Object(o)
