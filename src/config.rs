@@ -42,6 +42,11 @@ pub struct Config {
     /// Compact the log as its live data shrinks (the default). Off keeps
     /// every segment, for inspecting a log as it was written.
     pub compaction: bool,
+    /// Free space on the log's file system below which publishers are
+    /// blocked, as RabbitMQ's `disk_free_limit`: bytes, or a size such as
+    /// "2GB" or "500MiB"; 0 turns the alarm off. Default: two segments
+    /// plus 50 MB.
+    pub disk_free_limit: Option<Size>,
     /// Bytes appended to the log but not yet handed to the disk above which
     /// connections stop reading (and send connection.blocked).
     pub log_backlog_limit: usize,
@@ -69,6 +74,7 @@ impl Default for Config {
             fsync: "batch".into(),
             skip_damaged_segments: false,
             compaction: true,
+            disk_free_limit: None,
             log_backlog_limit: 64 << 20,
             threads: 1,
             users: vec![User { name: "guest".into(), password: "guest".into(), loopback_only: true }],
@@ -76,7 +82,59 @@ impl Default for Config {
     }
 }
 
+/// A number of bytes, written as an integer or a string with a unit as
+/// RabbitMQ accepts them: k, KiB, M, MiB, G, GiB, T, TiB are powers of two;
+/// kB, MB, GB, TB powers of ten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SizeText")]
+pub struct Size(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeText {
+    Number(u64),
+    Text(String),
+}
+
+impl TryFrom<SizeText> for Size {
+    type Error = String;
+    fn try_from(v: SizeText) -> Result<Size, String> {
+        match v {
+            SizeText::Number(n) => Ok(Size(n)),
+            SizeText::Text(t) => t.parse(),
+        }
+    }
+}
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Size, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let number: u64 = digits.parse().map_err(|_| format!("invalid size '{text}': expected bytes or e.g. 2GB"))?;
+        let factor: u64 = match unit.trim() {
+            "" => 1,
+            "k" | "K" | "KiB" | "kiB" => 1 << 10,
+            "M" | "MiB" => 1 << 20,
+            "G" | "GiB" => 1 << 30,
+            "T" | "TiB" => 1 << 40,
+            "kB" | "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            other => return Err(format!("invalid size '{text}': unknown unit '{other}'")),
+        };
+        number.checked_mul(factor).map(Size).ok_or_else(|| format!("invalid size '{text}': too large"))
+    }
+}
+
 impl Config {
+    /// The free-disk limit in bytes: as configured, or two segments plus 50 MB.
+    pub fn disk_free_limit_bytes(&self) -> u64 {
+        self.disk_free_limit.map_or(2 * self.segment_size as u64 + 50_000_000, |s| s.0)
+    }
+
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
@@ -100,4 +158,24 @@ pub fn control_socket_path(data_dir: &Path) -> PathBuf {
 /// Where the write-ahead log's segments live inside a data directory.
 pub fn log_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("log")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Size;
+
+    #[test]
+    fn sizes_read_as_rabbitmq_writes_them() {
+        assert_eq!("52428800".parse::<Size>(), Ok(Size(52_428_800)));
+        assert_eq!("50MB".parse::<Size>(), Ok(Size(50_000_000)));
+        assert_eq!("2GiB".parse::<Size>(), Ok(Size(2 << 30)));
+        assert_eq!("1G".parse::<Size>(), Ok(Size(1 << 30)));
+        assert_eq!("0".parse::<Size>(), Ok(Size(0)));
+        assert!("12 parsecs".parse::<Size>().is_err());
+        assert!("MB".parse::<Size>().is_err());
+        let config: super::Config = toml::from_str("disk_free_limit = \"1GB\"").unwrap();
+        assert_eq!(config.disk_free_limit_bytes(), 1_000_000_000);
+        let config: super::Config = toml::from_str("disk_free_limit = 1000").unwrap();
+        assert_eq!(config.disk_free_limit_bytes(), 1000);
+    }
 }

@@ -41,6 +41,9 @@ struct Args {
     /// Never compact the log (keeps every segment; for inspecting a log as written).
     #[arg(long)]
     no_compaction: bool,
+    /// Free disk space below which publishers are blocked: bytes or e.g. 2GB, 500MiB; 0 turns the alarm off [default: 2 segments + 50MB].
+    #[arg(long)]
+    disk_free_limit: Option<warren::config::Size>,
     /// Threads serving connections [default: 1]; the log writer has its own.
     #[arg(long)]
     threads: Option<usize>,
@@ -74,6 +77,9 @@ fn main() -> anyhow::Result<()> {
     }
     config.skip_damaged_segments |= args.skip_damaged_segments;
     config.compaction &= !args.no_compaction;
+    if let Some(limit) = args.disk_free_limit {
+        config.disk_free_limit = Some(limit);
+    }
     if let Some(threads) = args.threads {
         config.threads = threads;
     }
@@ -99,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         fsync,
         skip_damaged: config.skip_damaged_segments,
         compaction: config.compaction,
+        disk_free_limit: config.disk_free_limit_bytes(),
     };
     let (store, recovered) = LogStore::open(Arc::new(io), options).map_err(|e| anyhow::anyhow!(e))?;
     let broker = Arc::new(Broker::new(store.clone()));

@@ -2,7 +2,8 @@
 //! messages of every channel, for the single vhost "/".
 //!
 //! All of it lives in one [`State`] behind one mutex. Every operation is a
-//! short critical section that never waits on I/O: deliveries are pushed to
+//! short critical section that never waits on I/O (bodies paged out to the
+//! log are read back by the [`loader`] thread, outside it): deliveries are pushed to
 //! the consumer's connection through its unbounded outbound queue
 //! ([`ConnectionHandle`]), whose writer task does the socket work. One lock
 //! keeps prefetch accounting, round-robin order and requeue-on-close exact
@@ -17,6 +18,7 @@
 
 pub mod error;
 pub mod exchange;
+pub mod loader;
 pub mod message;
 pub mod queue;
 
@@ -93,12 +95,15 @@ struct ConnectionEntry {
 }
 
 #[derive(Debug, Default)]
-struct State {
+pub struct State {
     exchanges: HashMap<String, Exchange>,
     queues: HashMap<Arc<str>, Queue>,
     channels: HashMap<(u64, u16), ChannelState>,
     connections: HashMap<u64, ConnectionEntry>,
     next_incarnation: u64,
+    /// Reads paged-out bodies back; `None` if its thread could not start
+    /// (bodies are then read under the lock, as a last resort).
+    loader: Option<loader::Loader>,
 }
 
 /// The result of routing one publish.
@@ -113,7 +118,7 @@ pub struct Routed {
 }
 
 pub struct Broker {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     store: Arc<LogStore>,
 }
 
@@ -177,7 +182,12 @@ impl Broker {
         for (name, kind) in DEFAULT_EXCHANGES {
             state.exchanges.insert(name.to_string(), Exchange::new(name, kind, true, false, false, FieldTable::new()));
         }
-        Broker { state: Mutex::new(state), store }
+        let state = Arc::new(Mutex::new(state));
+        match loader::Loader::spawn(state.clone(), store.clone()) {
+            Ok(l) => state.lock().loader = Some(l),
+            Err(e) => tracing::error!("cannot start the body loader thread ({e}); paged-out bodies are read in line"),
+        }
+        Broker { state, store }
     }
 
     /// Rebuilds durable exchanges, queues, bindings and messages from what
@@ -594,57 +604,74 @@ impl Broker {
 
     /// basic.get: sends get-ok with the message or get-empty.
     pub fn get(&self, handle: &ConnectionHandle, channel: u16, queue: &str, no_ack: bool) -> Result<()> {
-        let mut st = self.state.lock();
         let conn = handle.id;
-        let State { queues, channels, .. } = &mut *st;
-        let q = queues.get_mut(queue).ok_or_else(|| no_queue(queue))?;
-        check_owner(q, conn)?;
-        expire_queue(q, &self.store);
-        let Some(entry) = q.pop_ready() else {
-            handle.method(channel, BasicGetEmpty::default());
-            return Ok(());
-        };
-        let ch = channels
-            .get_mut(&(conn, channel))
-            .ok_or_else(|| AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"))?;
-        let tag = ch.take_tag();
-        let Some(message) = load(&self.store, q, &entry) else {
-            handle.method(channel, BasicGetEmpty::default());
-            return Ok(());
-        };
-        let method = BasicGetOk {
-            delivery_tag: tag,
-            redelivered: entry.redelivered,
-            exchange: message.exchange.clone(),
-            routing_key: message.routing_key.clone(),
-            message_count: q.ready_count() as u32,
-        };
-        if let Some(qid) = q.store_id
-            && entry.store_id != 0
-        {
-            let stored = if no_ack {
-                self.store.ack(qid, &[entry.store_id])
-            } else if !entry.redelivered {
-                self.store.delivered(qid, &[entry.store_id])
-            } else {
-                Ok(())
+        loop {
+            let mut st = self.state.lock();
+            let q = st.queues.get_mut(queue).ok_or_else(|| no_queue(queue))?;
+            check_owner(q, conn)?;
+            expire_queue(q, &self.store);
+            let incarnation = q.incarnation;
+            let Some(mut entry) = q.pop_ready() else {
+                handle.method(channel, BasicGetEmpty::default());
+                return Ok(());
             };
-            stored.map_err(store_failed)?;
+            if entry.message.is_none() && st.loader.is_some() {
+                // Read the body back without holding the broker's lock.
+                drop(st);
+                let read = self.store.read(entry.store_id);
+                st = self.state.lock();
+                // A queue deleted meanwhile took the message with it.
+                let Some(q) = st.queues.get_mut(queue).filter(|q| q.incarnation == incarnation) else { continue };
+                match read {
+                    Ok(record) => entry.message = Some(Arc::new(message_from_record(record))),
+                    Err(e) => {
+                        drop_unreadable(&self.store, q, entry.store_id, &e);
+                        continue;
+                    }
+                }
+            }
+            let State { queues, channels, .. } = &mut *st;
+            let Some(q) = queues.get_mut(queue).filter(|q| q.incarnation == incarnation) else { continue };
+            let Some(ch) = channels.get_mut(&(conn, channel)) else {
+                q.put_back(entry);
+                return Err(AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"));
+            };
+            let Some(message) = load(&self.store, q, &entry) else { continue };
+            let tag = ch.take_tag();
+            let method = BasicGetOk {
+                delivery_tag: tag,
+                redelivered: entry.redelivered,
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+                message_count: q.ready_count() as u32,
+            };
+            if let Some(qid) = q.store_id
+                && entry.store_id != 0
+            {
+                let stored = if no_ack {
+                    self.store.ack(qid, &[entry.store_id])
+                } else if !entry.redelivered {
+                    self.store.delivered(qid, &[entry.store_id])
+                } else {
+                    Ok(())
+                };
+                stored.map_err(store_failed)?;
+            }
+            if !no_ack {
+                q.unacked += 1;
+                ch.unacked.insert(
+                    tag,
+                    Unacked {
+                        queue: q.name.clone(),
+                        incarnation: q.incarnation,
+                        entry: unloaded(entry),
+                        consumer_tag: None,
+                    },
+                );
+            }
+            handle.send(Outgoing::Content { channel, method: method.into(), message });
+            return Ok(());
         }
-        if !no_ack {
-            q.unacked += 1;
-            ch.unacked.insert(
-                tag,
-                Unacked {
-                    queue: q.name.clone(),
-                    incarnation: q.incarnation,
-                    entry: unloaded(entry),
-                    consumer_tag: None,
-                },
-            );
-        }
-        handle.send(Outgoing::Content { channel, method: method.into(), message });
-        Ok(())
     }
 
     /// Routes a message and enqueues it on every queue it reaches. A
@@ -966,7 +993,7 @@ impl State {
     /// Hands ready messages of one queue to consumers with room, in
     /// round-robin order: a consumer that received a message moves to the back.
     fn drain(&mut self, queue: &str, store: &LogStore) {
-        let State { queues, channels, .. } = self;
+        let State { queues, channels, loader, .. } = self;
         let Some(q) = queues.get_mut(queue) else { return };
         expire_queue(q, store);
         // Log records for this drain, written once at the end: first
@@ -984,6 +1011,10 @@ impl State {
                     && c.connection.has_room()
             });
             let Some(index) = pick else { break };
+            if q.peek_ready().is_some_and(|e| e.message.is_none()) && loader.is_some() {
+                // The loader reads it outside this lock and drains again.
+                break;
+            }
             let Some(entry) = q.pop_ready() else { break };
             let Some(message) = load(store, q, &entry) else { continue };
             let Some(mut consumer) = q.consumers.remove(index) else { break };
@@ -1021,6 +1052,9 @@ impl State {
                 message,
             });
             q.consumers.push_back(consumer);
+        }
+        if let Some(loader) = loader.as_ref() {
+            read_ahead(q, loader);
         }
         if let Some(qid) = q.store_id {
             // A failure here is the log's I/O failure, already reported by
@@ -1209,9 +1243,22 @@ fn store_failed(e: StoreError) -> AmqpError {
     AmqpError::connection(reply::INTERNAL_ERROR, e)
 }
 
-/// The message of a queue entry: from memory, or read back from the log.
-/// A message that cannot be read back intact is dropped with an error in
-/// the log, never delivered damaged.
+/// Asks the loader for the queue's next paged-out bodies, once consumers
+/// are waiting and few bodies are left in memory ahead of them.
+fn read_ahead(q: &mut Queue, loader: &loader::Loader) {
+    if q.loading || q.consumers.is_empty() || !q.has_cold() {
+        return;
+    }
+    let items = q.cold_ahead(loader::WARM_ENOUGH, loader::LOAD_BATCH, loader::LOAD_BATCH_BYTES);
+    if !items.is_empty() {
+        q.loading = loader.request(loader::LoadRequest { queue: q.name.clone(), incarnation: q.incarnation, items });
+    }
+}
+
+/// The message of a queue entry: from memory, or (when the loader is not
+/// running) read back from the log. A message that cannot be read back
+/// intact is dropped with an error in the log and a tombstone, never
+/// delivered damaged and never brought back by a restart.
 fn load(store: &LogStore, q: &Queue, entry: &QueuedMessage) -> Option<Arc<Message>> {
     if let Some(m) = &entry.message {
         return Some(m.clone());
@@ -1219,9 +1266,17 @@ fn load(store: &LogStore, q: &Queue, entry: &QueuedMessage) -> Option<Arc<Messag
     match store.read(entry.store_id) {
         Ok(record) => Some(Arc::new(message_from_record(record))),
         Err(e) => {
-            tracing::error!("queue '{}': dropping a message that cannot be read back: {e}", q.name);
+            drop_unreadable(store, q, entry.store_id, &e);
             None
         }
+    }
+}
+
+fn drop_unreadable(store: &LogStore, q: &Queue, store_id: u64, e: &StoreError) {
+    tracing::error!("queue '{}': a message cannot be read back from the log, dropping it: {e}", q.name);
+    if let Some(qid) = q.store_id {
+        // A failure here is the log's own failure, already reported.
+        let _ = store.ack(qid, &[store_id]);
     }
 }
 

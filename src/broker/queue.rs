@@ -120,6 +120,10 @@ pub struct Queue {
     next_seq: u64,
     /// Ready messages with a lower seq hold no body in memory.
     cold_below: u64,
+    /// Ready messages whose body is on disk only (`message = None`).
+    cold: usize,
+    /// Bodies are being read back from the log for this queue.
+    pub loading: bool,
     pub consumers: VecDeque<Consumer>,
     /// Delivered to a consumer or basic.get and not yet settled.
     pub unacked: usize,
@@ -159,6 +163,8 @@ impl Queue {
             ready_bytes: 0,
             next_seq: 0,
             cold_below: 0,
+            cold: 0,
+            loading: false,
             consumers: VecDeque::new(),
             unacked: 0,
             had_consumer: false,
@@ -232,6 +238,7 @@ impl Queue {
         self.next_seq += 1;
         self.ready_bytes += size as usize;
         self.cold_below = self.next_seq;
+        self.cold += 1;
         let expires_at = self.limits.message_ttl.map_or(0, |ttl| now_ms().saturating_add(ttl).saturating_add(1));
         self.ready.push_back(QueuedMessage { seq, store_id, message: None, size, redelivered, expires_at });
     }
@@ -269,7 +276,9 @@ impl Queue {
                 if !is_written(entry.store_id) {
                     break;
                 }
-                entry.message = None;
+                if entry.message.take().is_some() {
+                    self.cold += 1;
+                }
             }
             self.cold_below += 1;
         }
@@ -278,6 +287,14 @@ impl Queue {
     /// Puts a message that was delivered back at its original place.
     pub fn requeue(&mut self, mut entry: QueuedMessage) {
         entry.redelivered = true;
+        self.put_back(entry);
+    }
+
+    /// Puts a message taken from the queue but never delivered back at its place.
+    pub fn put_back(&mut self, entry: QueuedMessage) {
+        if entry.message.is_none() {
+            self.cold += 1;
+        }
         self.ready_bytes += entry.size as usize;
         self.requeued.insert(entry.seq, entry);
     }
@@ -285,6 +302,96 @@ impl Queue {
     /// Store ids of every ready message.
     pub fn ready_store_ids(&self) -> Vec<u64> {
         self.ready.iter().chain(self.requeued.values()).filter(|e| e.store_id != 0).map(|e| e.store_id).collect()
+    }
+
+    /// The message [`Queue::pop_ready`] would take next.
+    pub fn peek_ready(&self) -> Option<&QueuedMessage> {
+        match (self.requeued.values().next(), self.ready.front()) {
+            (Some(r), Some(f)) => Some(if r.seq < f.seq { r } else { f }),
+            (r, f) => r.or(f),
+        }
+    }
+
+    /// Ready messages in delivery order: requeued ones merged by `seq`.
+    fn in_order(&self) -> impl Iterator<Item = &QueuedMessage> {
+        let mut requeued = self.requeued.values().peekable();
+        let mut ready = self.ready.iter().peekable();
+        std::iter::from_fn(move || match (requeued.peek(), ready.peek()) {
+            (Some(r), Some(f)) if r.seq < f.seq => requeued.next(),
+            (_, Some(_)) => ready.next(),
+            (Some(_), None) => requeued.next(),
+            (None, None) => None,
+        })
+    }
+
+    /// Whether some ready message holds no body in memory.
+    pub fn has_cold(&self) -> bool {
+        self.cold > 0
+    }
+
+    /// The next messages to read back from the log, as (seq, store id):
+    /// the first ones without a body in delivery order, up to `max` or
+    /// `max_bytes`; none when `warm_enough` messages with a body come first
+    /// (consumers have enough to go on).
+    pub fn cold_ahead(&self, warm_enough: usize, max: usize, max_bytes: usize) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if self.cold == 0 {
+            return out;
+        }
+        let mut warm = 0;
+        let mut bytes = 0;
+        for entry in self.in_order() {
+            if entry.message.is_some() {
+                if out.is_empty() {
+                    warm += 1;
+                    if warm >= warm_enough {
+                        break;
+                    }
+                }
+                continue;
+            }
+            out.push((entry.seq, entry.store_id));
+            bytes += entry.size as usize;
+            if out.len() >= max || bytes >= max_bytes {
+                break;
+            }
+        }
+        out
+    }
+
+    fn entry_mut(&mut self, seq: u64) -> Option<&mut QueuedMessage> {
+        if let Some(entry) = self.requeued.get_mut(&seq) {
+            return Some(entry);
+        }
+        let index = self.ready.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        self.ready.get_mut(index)
+    }
+
+    /// Gives a ready message read back from the log its body again.
+    pub fn attach(&mut self, seq: u64, store_id: u64, message: Arc<Message>) {
+        if let Some(entry) = self.entry_mut(seq).filter(|e| e.store_id == store_id && e.message.is_none()) {
+            entry.message = Some(message);
+            self.cold -= 1;
+        }
+    }
+
+    /// Takes a ready message out of the queue wherever it is (one whose
+    /// body cannot be read back).
+    pub fn remove_ready(&mut self, seq: u64, store_id: u64) -> Option<QueuedMessage> {
+        let entry = if self.requeued.get(&seq).is_some_and(|e| e.store_id == store_id) {
+            self.requeued.remove(&seq)?
+        } else {
+            let index = self.ready.binary_search_by_key(&seq, |e| e.seq).ok()?;
+            if self.ready[index].store_id != store_id {
+                return None;
+            }
+            self.ready.remove(index)?
+        };
+        self.ready_bytes -= entry.size as usize;
+        if entry.message.is_none() {
+            self.cold -= 1;
+        }
+        Some(entry)
     }
 
     /// The oldest ready message: requeued ones come before later publishes.
@@ -296,6 +403,9 @@ impl Queue {
         };
         let entry = if take_requeued { self.requeued.pop_first().map(|(_, e)| e) } else { self.ready.pop_front() }?;
         self.ready_bytes -= entry.size as usize;
+        if entry.message.is_none() {
+            self.cold -= 1;
+        }
         Some(entry)
     }
 
@@ -304,6 +414,7 @@ impl Queue {
         let mut all: Vec<QueuedMessage> = self.ready.drain(..).collect();
         all.extend(std::mem::take(&mut self.requeued).into_values());
         self.ready_bytes = 0;
+        self.cold = 0;
         all
     }
 

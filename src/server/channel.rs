@@ -393,6 +393,7 @@ impl Connection {
                 if m.immediate {
                     return Err(AmqpError::not_implemented("immediate=true"));
                 }
+                self.published = true;
                 self.channel_mut(channel)?.content =
                     Some(PendingContent { publish: m, header: None, body: Body::Empty, received: 0 });
             }

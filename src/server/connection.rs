@@ -23,6 +23,7 @@ use crate::protocol::constants::{FRAME_MIN_SIZE, PROTOCOL_HEADER};
 use crate::protocol::method::*;
 use crate::protocol::{FieldTable, FieldValue, Frame, Method, decode_frame, reply};
 use crate::store::Durability;
+use crate::store::disk::DiskAlarm;
 
 /// A connection-level error: what goes into connection.close.
 #[derive(Debug)]
@@ -85,6 +86,10 @@ pub(super) struct Connection {
     pub start_delivery: Vec<String>,
     /// The client understands connection.blocked / unblocked.
     blocked_notify: bool,
+    /// A basic.publish arrived in the frames just read: only connections
+    /// that publish are blocked by a resource alarm, as in RabbitMQ.
+    pub published: bool,
+    disk_alarm: watch::Receiver<DiskAlarm>,
 }
 
 pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broker>, config: Arc<Config>) {
@@ -114,6 +119,8 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broke
         deferred: Vec::new(),
         start_delivery: Vec::new(),
         blocked_notify: false,
+        published: false,
+        disk_alarm: broker.store().disk_alarm(),
         broker,
     };
     tracing::debug!(connection = id, "accepting AMQP connection from {peer}");
@@ -468,23 +475,37 @@ impl Connection {
         }
     }
 
-    /// While the log has more than `log_backlog_limit` bytes waiting for the
-    /// disk, the connection stops reading, so publishers slow to what the
-    /// disk takes; clients that asked for it are told with
-    /// connection.blocked, and connection.unblocked once the writer caught up.
+    /// Why a connection that publishes must stop being read now, if it must:
+    /// the free-disk alarm, or more than `log_backlog_limit` bytes waiting
+    /// for the disk (publishers then slow to what the disk takes).
+    fn block_reason(&self) -> Option<&'static str> {
+        if self.durability.borrow().failed {
+            return None;
+        }
+        if self.disk_alarm.borrow().raised {
+            return Some("low on disk");
+        }
+        (self.broker.store().backlog_bytes() > self.config.log_backlog_limit)
+            .then_some("the write-ahead log is behind the disk")
+    }
+
+    /// A connection that just published stops reading while a resource
+    /// alarm holds; clients that asked for it are told with
+    /// connection.blocked, and connection.unblocked once it cleared.
+    /// Connections that only consume go on, so acks can free space.
     async fn wait_for_the_log(&mut self) {
-        let limit = self.config.log_backlog_limit;
-        let behind = |c: &Self| c.broker.store().backlog_bytes() > limit && !c.durability.borrow().failed;
-        if !behind(self) {
+        if !std::mem::take(&mut self.published) {
             return;
         }
+        let Some(reason) = self.block_reason() else { return };
         if self.blocked_notify {
-            self.handle.method(0, ConnectionBlocked { reason: "the write-ahead log is behind the disk".into() });
+            self.handle.method(0, ConnectionBlocked { reason: reason.into() });
         }
-        tracing::debug!(connection = self.id, "blocking {}: the log is behind the disk", self.peer);
-        while behind(self) {
-            if self.durability.changed().await.is_err() {
-                break;
+        tracing::debug!(connection = self.id, "blocking {}: {reason}", self.peer);
+        while self.block_reason().is_some() {
+            tokio::select! {
+                changed = self.durability.changed() => if changed.is_err() { break },
+                changed = self.disk_alarm.changed() => if changed.is_err() { break },
             }
             self.release_confirms();
         }

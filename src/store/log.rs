@@ -63,11 +63,20 @@ pub struct LogOptions {
     /// Compact segments as live data shrinks (off only to keep every
     /// record for inspection).
     pub compaction: bool,
+    /// Free bytes on the log's file system below which the free-disk alarm
+    /// is raised; 0 turns the alarm off.
+    pub disk_free_limit: u64,
 }
 
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions { segment_size: 64 << 20, fsync: FsyncPolicy::EveryBatch, skip_damaged: false, compaction: true }
+        LogOptions {
+            segment_size: 64 << 20,
+            fsync: FsyncPolicy::EveryBatch,
+            skip_damaged: false,
+            compaction: true,
+            disk_free_limit: 0,
+        }
     }
 }
 
@@ -314,6 +323,7 @@ pub struct LogStore {
     pub(super) wake_compactor: Condvar,
     pub(super) stopping: AtomicBool,
     pub(super) stats: Counters,
+    pub(super) disk_alarm: watch::Sender<super::disk::DiskAlarm>,
 }
 
 /// Running totals, for listings and the write-amplification benchmark.
@@ -436,10 +446,15 @@ impl LogStore {
             wake_compactor: Condvar::new(),
             stopping: AtomicBool::new(false),
             stats: Counters::default(),
+            disk_alarm: watch::channel(super::disk::DiskAlarm::default()).0,
         });
         let writer = super::writer::spawn(store.clone())?;
         let compactor = super::compaction::spawn(store.clone())?;
         store.threads.lock().extend([writer, compactor]);
+        if store.options.disk_free_limit > 0 {
+            let monitor = super::disk::spawn(store.clone(), store.options.disk_free_limit)?;
+            store.threads.lock().push(monitor);
+        }
         Ok((store, recovered))
     }
 
@@ -465,6 +480,11 @@ impl LogStore {
     /// The writer is waiting for disk space.
     pub fn out_of_space(&self) -> bool {
         self.inner.lock().out_of_space
+    }
+
+    /// The free-disk alarm (never raised when the limit is 0).
+    pub fn disk_alarm(&self) -> watch::Receiver<super::disk::DiskAlarm> {
+        self.disk_alarm.subscribe()
     }
 
     /// Bytes free on the log's file system, when known.

@@ -9,6 +9,7 @@
 //! - [`writer`]: group commit on a writer thread; a full disk; supervision.
 //! - [`compaction`]: copies forward what mostly dead segments still matter
 //!   for and deletes them, so disk use follows live data.
+//! - [`disk`]: the free-disk alarm.
 //! - [`walk`]: reads a segment back and tells a torn write from damage.
 //! - [`recovery`]: replay at start-up.
 //! - [`inspect`]: read-only helpers behind `warren-dump`.
@@ -17,6 +18,7 @@
 //! what to persist and asks it for message bodies back.
 
 pub mod compaction;
+pub mod disk;
 pub mod format;
 pub mod inspect;
 pub mod io;

@@ -1,0 +1,83 @@
+//! Reading paged-out bodies back from the log, ahead of the consumers that
+//! need them and never under the broker's lock.
+//!
+//! A queue whose next messages hold no body in memory (a backlog paged out,
+//! or recovered after a restart) asks the loader for the next few hundred
+//! of them and stops delivering until they come back; the loader thread
+//! reads them from the log without any broker lock, then takes the lock
+//! only to attach the bodies and hand them to consumers. So a consumer
+//! draining a cold backlog waits on the disk, and nobody else does. A body
+//! that cannot be read back is reported (segment and offset) and dropped
+//! with a tombstone in the log, so it does not come back after a restart.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+
+use parking_lot::Mutex;
+
+use super::{State, message_from_record};
+use crate::store::LogStore;
+
+/// Messages read per request, at most.
+pub const LOAD_BATCH: usize = 256;
+/// Body bytes read per request, at most.
+pub const LOAD_BATCH_BYTES: usize = 4 << 20;
+/// No read-ahead while this many messages with a body wait at the head.
+pub const WARM_ENOUGH: usize = 128;
+
+/// Bodies of one queue to read back: (seq, store id) each.
+pub struct LoadRequest {
+    pub queue: Arc<str>,
+    pub incarnation: u64,
+    pub items: Vec<(u64, u64)>,
+}
+
+/// Where queues send their requests.
+#[derive(Debug, Clone)]
+pub struct Loader {
+    requests: Sender<LoadRequest>,
+}
+
+impl Loader {
+    /// Starts the loader thread over the broker's state and log.
+    pub fn spawn(state: Arc<Mutex<State>>, store: Arc<LogStore>) -> std::io::Result<Loader> {
+        let (requests, inbox) = std::sync::mpsc::channel();
+        std::thread::Builder::new().name("warren-body-loader".into()).spawn(move || run(inbox, &state, &store))?;
+        Ok(Loader { requests })
+    }
+
+    /// False when the loader is gone (the broker is shutting down).
+    pub fn request(&self, request: LoadRequest) -> bool {
+        self.requests.send(request).is_ok()
+    }
+}
+
+fn run(inbox: Receiver<LoadRequest>, state: &Mutex<State>, store: &LogStore) {
+    while let Ok(request) = inbox.recv() {
+        let read: Vec<_> = request.items.iter().map(|(seq, id)| (*seq, *id, store.read(*id))).collect();
+        let mut st = state.lock();
+        let Some(q) = st.queues.get_mut(&request.queue).filter(|q| q.incarnation == request.incarnation) else {
+            continue;
+        };
+        q.loading = false;
+        let mut lost = Vec::new();
+        for (seq, id, result) in read {
+            match result {
+                Ok(record) => q.attach(seq, id, Arc::new(message_from_record(record))),
+                Err(e) => {
+                    tracing::error!("queue '{}': a message cannot be read back from the log, dropping it: {e}", q.name);
+                    if q.remove_ready(seq, id).is_some() {
+                        lost.push(id);
+                    }
+                }
+            }
+        }
+        if let Some(qid) = q.store_id
+            && !lost.is_empty()
+        {
+            // A failure here is the log's own failure, already reported.
+            let _ = store.ack(qid, &lost);
+        }
+        st.drain(&request.queue, store);
+    }
+}
