@@ -75,7 +75,7 @@ impl LogStore {
         }
         let durable = self.durable.borrow().position;
         self.delete_compacted(durable);
-        for victim in self.choose_victims() {
+        for victim in self.choose_victims(durable) {
             if self.stopping.load(Ordering::Acquire) {
                 return;
             }
@@ -135,13 +135,18 @@ impl LogStore {
         }
     }
 
-    /// The segments to compact now, least live first.
-    fn choose_victims(&self) -> Vec<u32> {
+    /// The segments to compact now, least live first. Only segments
+    /// written and synced whole are candidates: their records are read back
+    /// from the file.
+    fn choose_victims(&self, durable: u64) -> Vec<u32> {
         let spare = self.io.spare_bytes();
         let inner = self.inner.lock();
         let segment = inner.segment_size as u64;
         let live: u64 = inner.segments.values().map(|m| m.live_bytes).sum();
-        let mut disk: u64 = inner.segments.values().map(|m| m.capacity as u64).sum::<u64>() + spare;
+        // Segments already compacted are as good as gone.
+        let mut disk: u64 =
+            inner.segments.values().filter(|m| m.compacted_upto.is_none()).map(|m| m.capacity as u64).sum::<u64>()
+                + spare;
         let target = (2 * live).max(live + 4 * segment).saturating_sub(segment);
         let mut candidates: Vec<(u64, u64, u32)> = inner
             .segments
@@ -149,6 +154,7 @@ impl LogStore {
             .filter(|(seq, m)| {
                 **seq != inner.active
                     && m.sealed
+                    && m.base + m.used as u64 <= durable
                     && m.compacted_upto.is_none()
                     && (!m.uncompactable || m.live_messages == 0)
             })
