@@ -192,6 +192,7 @@ impl LogStore {
             live.sort_by_key(|r| r.1);
             (meta.base, live)
         };
+        let copied_any = !live.is_empty();
         let mut start = 0;
         while start < live.len() {
             let mut end = start;
@@ -205,7 +206,7 @@ impl LogStore {
             }
             start = end;
         }
-        self.carry_marks(victim);
+        self.carry_marks(victim, copied_any);
         self.wake_writer.notify_one();
     }
 
@@ -285,7 +286,7 @@ impl LogStore {
 
     /// Carries the victim's tombstones and delivered marks that older
     /// segments still need, then marks the victim compacted.
-    fn carry_marks(&self, victim: u32) {
+    fn carry_marks(&self, victim: u32, copied_any: bool) {
         let mut inner = self.inner.lock();
         if inner.check().is_err() {
             return;
@@ -321,7 +322,10 @@ impl LogStore {
             inner.append_id_records(TYPE_DELIVERED, *queue, ids);
             carried += (RECORD_PREFIX_LEN + 10 + ids.len() * 8) as u64;
         }
-        let upto = inner.appended.load(Ordering::Acquire);
+        // Nothing copied: nothing to wait for. (On a full disk, that is what
+        // lets dead segments go while the writer cannot write.)
+        let copied = copied_any || !carried_acks.is_empty() || !carried_marks.is_empty();
+        let upto = if copied { inner.appended.load(Ordering::Acquire) } else { 0 };
         if let Some(meta) = inner.segments.get_mut(&victim) {
             meta.compacted_upto = Some(upto);
         }

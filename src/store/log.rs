@@ -452,7 +452,7 @@ impl LogStore {
         let compactor = super::compaction::spawn(store.clone())?;
         store.threads.lock().extend([writer, compactor]);
         if store.options.disk_free_limit > 0 {
-            let monitor = super::disk::spawn(store.clone(), store.options.disk_free_limit)?;
+            let monitor = super::disk::spawn(store.clone())?;
             store.threads.lock().push(monitor);
         }
         Ok((store, recovered))

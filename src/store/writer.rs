@@ -120,6 +120,7 @@ impl LogStore {
             if pass.end > 0 {
                 self.durable.send_modify(|d| d.position = d.position.max(pass.end));
             }
+            self.check_disk();
             self.request_compaction();
             if !pass.unwritten.is_empty() {
                 self.requeue(pass.unwritten);
