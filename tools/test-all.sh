@@ -7,10 +7,18 @@
 #      warrenctl as the rabbitmqctl stand-in;
 #   3. tests/scenarios: the tutorial's new_task.py / worker.py across a
 #      broker kill -9 (pika).
-# Needs python3 with pika, pytest and pytest-timeout for step 2
-# (pip install pika pytest pytest-timeout).
+# Steps 2 and 3 run in a Python virtual environment with pika, pytest and
+# pytest-timeout that this script makes on first use (target/test-venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+venv=target/test-venv
+if ! "$venv/bin/python" -c 'import pika, pytest, pytest_timeout' 2>/dev/null; then
+    echo "making the test Python environment in $venv (pika, pytest, pytest-timeout)"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check pika pytest pytest-timeout
+fi
+python=$PWD/$venv/bin/python
 
 cargo test
 cargo build --bin warren --bin warrenctl
@@ -22,10 +30,6 @@ if [[ ! -d $tutorials ]]; then
     echo "WARNING: no tutorial scenarios at $tutorials (set WARREN_TUTORIALS); skipped them" >&2
     exit 0
 fi
-python3 -c 'import pika, pytest, pytest_timeout' 2>/dev/null || {
-    echo "the tutorials need: pip install pika pytest pytest-timeout" >&2
-    exit 1
-}
 
 scratch=$(mktemp -d)
 ./target/debug/warren --bind 127.0.0.1 --port 0 --data-dir "$scratch/data" >"$scratch/stdout" 2>"$scratch/broker.log" &
@@ -41,7 +45,7 @@ port=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$scratch/stdout")
 echo "running the tutorials against warren on port $port"
 AMQP_HOST=127.0.0.1 AMQP_PORT=$port PYTHONDONTWRITEBYTECODE=1 \
 TUTORIAL_RABBITMQCTL="$PWD/target/debug/warrenctl --data-dir $scratch/data" \
-    python3 -m pytest -p no:cacheprovider -q --timeout=120 "$tutorials" || {
+    "$python" -m pytest -p no:cacheprovider -q --timeout=120 "$tutorials" || {
     echo "tutorials failed; broker log: $scratch/broker.log" >&2
     tail -50 "$scratch/broker.log" >&2
     exit 1
@@ -50,4 +54,4 @@ TUTORIAL_RABBITMQCTL="$PWD/target/debug/warrenctl --data-dir $scratch/data" \
 echo "running the work queue across a broker kill -9"
 WARREN_BIN="$PWD/target/debug/warren" WARRENCTL_BIN="$PWD/target/debug/warrenctl" \
 WARREN_TUTORIALS="$(cd "$tutorials" && pwd)" PYTHONDONTWRITEBYTECODE=1 \
-    python3 -m pytest -p no:cacheprovider -q --timeout=180 tests/scenarios
+    "$python" -m pytest -p no:cacheprovider -q --timeout=180 tests/scenarios
