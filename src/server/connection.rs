@@ -485,6 +485,9 @@ impl Connection {
         if self.disk_alarm.borrow().raised {
             return Some("low on disk");
         }
+        if self.broker.store().compaction_behind() {
+            return Some("the write-ahead log is compacting");
+        }
         (self.broker.store().backlog_bytes() > self.config.log_backlog_limit)
             .then_some("the write-ahead log is behind the disk")
     }
@@ -506,6 +509,8 @@ impl Connection {
             tokio::select! {
                 changed = self.durability.changed() => if changed.is_err() { break },
                 changed = self.disk_alarm.changed() => if changed.is_err() { break },
+                // Compaction catching up has no channel of its own.
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
             self.release_confirms();
         }

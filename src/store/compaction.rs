@@ -37,6 +37,8 @@ const COPY_BUDGET: u64 = 64 << 20;
 const COPY_BATCH: u64 = 4 << 20;
 /// How often the compactor looks even when nobody asked.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How often it looks while publishers wait for it.
+const BEHIND_CHECK: Duration = Duration::from_millis(10);
 
 pub(super) fn spawn(store: Arc<LogStore>) -> Result<JoinHandle<()>, String> {
     std::thread::Builder::new()
@@ -46,7 +48,10 @@ pub(super) fn spawn(store: Arc<LogStore>) -> Result<JoinHandle<()>, String> {
                 {
                     let mut wanted = store.compact_wanted.lock();
                     if !*wanted {
-                        store.wake_compactor.wait_for(&mut wanted, IDLE_CHECK);
+                        // Publishers wait while compaction is behind: look often then.
+                        let idle =
+                            if store.compaction_behind.load(Ordering::Acquire) { BEHIND_CHECK } else { IDLE_CHECK };
+                        store.wake_compactor.wait_for(&mut wanted, idle);
                     }
                     *wanted = false;
                 }
@@ -80,6 +85,27 @@ impl LogStore {
                 return;
             }
             self.compact(victim);
+        }
+        self.note_disk_use();
+    }
+
+    /// Whether the log's files are at the bound (room for less than one
+    /// more segment): connections that publish then wait for compaction,
+    /// so disk use stays bounded however fast they publish.
+    fn note_disk_use(&self) {
+        let spare = self.io.spare_bytes();
+        let inner = self.inner.lock();
+        let segment = inner.segment_size as u64;
+        let live: u64 = inner.segments.values().map(|m| m.live_bytes).sum();
+        let disk: u64 = inner.segments.values().map(|m| m.capacity as u64).sum::<u64>() + spare;
+        let bound = (2 * live).max(live + 4 * segment);
+        let behind = disk + segment > bound;
+        drop(inner);
+        if self.compaction_behind.swap(behind, Ordering::AcqRel) != behind {
+            tracing::debug!(
+                "compaction {}: {disk} bytes on disk, bound {bound}",
+                if behind { "behind" } else { "caught up" }
+            );
         }
     }
 

@@ -305,6 +305,10 @@ pub(super) struct Inner {
     /// Keys the checksum of commit groups; chosen when the log is created
     /// and written in every segment header.
     pub key: u64,
+    /// Set when a new segment would take the files past the disk bound,
+    /// cleared by the compactor once it caught up.
+    pub compaction_behind: Arc<AtomicBool>,
+    pub compaction: bool,
 }
 
 pub struct LogStore {
@@ -324,6 +328,8 @@ pub struct LogStore {
     pub(super) stopping: AtomicBool,
     pub(super) stats: Counters,
     pub(super) disk_alarm: watch::Sender<super::disk::DiskAlarm>,
+    /// The files have reached the disk bound: publishers wait for compaction.
+    pub(super) compaction_behind: Arc<AtomicBool>,
 }
 
 /// Running totals, for listings and the write-amplification benchmark.
@@ -428,11 +434,14 @@ impl LogStore {
             shutdown: false,
             out_of_space: false,
             key: recovered.key.unwrap_or_else(|| fastrand::u64(..)),
+            compaction_behind: Arc::new(AtomicBool::new(false)),
+            compaction: options.compaction,
         };
         // Always continue in a new segment: the old newest one keeps what
         // recovery found and nothing is ever appended behind a torn tail.
         inner.start_segment(next_seq, next_base, 0);
         let appended = inner.appended.clone();
+        let compaction_behind = inner.compaction_behind.clone();
         let store = Arc::new(LogStore {
             appended,
             io,
@@ -447,6 +456,7 @@ impl LogStore {
             stopping: AtomicBool::new(false),
             stats: Counters::default(),
             disk_alarm: watch::channel(super::disk::DiskAlarm::default()).0,
+            compaction_behind,
         });
         let writer = super::writer::spawn(store.clone())?;
         let compactor = super::compaction::spawn(store.clone())?;
@@ -480,6 +490,12 @@ impl LogStore {
     /// The writer is waiting for disk space.
     pub fn out_of_space(&self) -> bool {
         self.inner.lock().out_of_space
+    }
+
+    /// The log's files are at `max(2 × live, live + 4 segments)`: publishers
+    /// should wait until compaction has caught up.
+    pub fn compaction_behind(&self) -> bool {
+        self.options.compaction && self.compaction_behind.load(Ordering::Acquire)
     }
 
     /// The free-disk alarm (never raised when the limit is 0).
@@ -745,6 +761,15 @@ impl Inner {
         self.segments.insert(seq, meta);
         self.active = seq;
         self.appended.store(base + used as u64, Ordering::Release);
+        if self.compaction {
+            // The segments, a spare, and room for the next one.
+            let disk: u64 = self.segments.values().map(|m| m.capacity as u64).sum::<u64>() + self.segment_size as u64;
+            let live: u64 = self.segments.values().map(|m| m.live_bytes).sum();
+            let bound = (2 * live).max(live + 4 * self.segment_size as u64);
+            if disk + self.segment_size as u64 > bound {
+                self.compaction_behind.store(true, Ordering::Release);
+            }
+        }
     }
 
     /// Appends a record of exactly `len` bytes written by `encode`; returns
