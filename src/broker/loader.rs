@@ -19,11 +19,12 @@ use super::{State, message_from_record};
 use crate::store::LogStore;
 
 /// Messages read per request, at most.
-pub const LOAD_BATCH: usize = 256;
+pub const LOAD_BATCH: usize = 1024;
 /// Body bytes read per request, at most.
 pub const LOAD_BATCH_BYTES: usize = 4 << 20;
-/// No read-ahead while this many messages with a body wait at the head.
-pub const WARM_ENOUGH: usize = 128;
+/// No read-ahead while this many messages with a body wait at the head:
+/// the next batch is read while consumers work through these.
+pub const WARM_ENOUGH: usize = 512;
 
 /// Bodies of one queue to read back: (seq, store id) each.
 pub struct LoadRequest {
@@ -54,7 +55,9 @@ impl Loader {
 
 fn run(inbox: Receiver<LoadRequest>, state: &Mutex<State>, store: &LogStore) {
     while let Ok(request) = inbox.recv() {
-        let read: Vec<_> = request.items.iter().map(|(seq, id)| (*seq, *id, store.read(*id))).collect();
+        let ids: Vec<u64> = request.items.iter().map(|(_, id)| *id).collect();
+        let read: Vec<_> =
+            request.items.iter().zip(store.read_many(&ids)).map(|((seq, id), result)| (*seq, *id, result)).collect();
         let mut st = state.lock();
         let Some(q) = st.queues.get_mut(&request.queue).filter(|q| q.incarnation == request.incarnation) else {
             continue;

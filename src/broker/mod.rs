@@ -1249,8 +1249,15 @@ fn read_ahead(q: &mut Queue, loader: &loader::Loader) {
     if q.loading || q.consumers.is_empty() || !q.has_cold() {
         return;
     }
+    // Enough was asked for ahead of the head already (checked without a
+    // scan), unless the head itself waits for its body (a requeued one).
+    let Some(head) = q.peek_ready() else { return };
+    if head.message.is_some() && head.seq.saturating_add(loader::WARM_ENOUGH as u64) < q.read_ahead_upto {
+        return;
+    }
     let items = q.cold_ahead(loader::WARM_ENOUGH, loader::LOAD_BATCH, loader::LOAD_BATCH_BYTES);
-    if !items.is_empty() {
+    if let Some(last) = items.last() {
+        q.read_ahead_upto = last.0 + 1;
         q.loading = loader.request(loader::LoadRequest { queue: q.name.clone(), incarnation: q.incarnation, items });
     }
 }

@@ -124,6 +124,9 @@ pub struct Queue {
     cold: usize,
     /// Bodies are being read back from the log for this queue.
     pub loading: bool,
+    /// Seq just past the last message asked of the loader: while the head
+    /// is far enough below it, no read-ahead scan is needed.
+    pub read_ahead_upto: u64,
     pub consumers: VecDeque<Consumer>,
     /// Delivered to a consumer or basic.get and not yet settled.
     pub unacked: usize,
@@ -165,6 +168,7 @@ impl Queue {
             cold_below: 0,
             cold: 0,
             loading: false,
+            read_ahead_upto: 0,
             consumers: VecDeque::new(),
             unacked: 0,
             had_consumer: false,

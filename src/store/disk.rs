@@ -4,7 +4,7 @@
 //! the server), and it clears once space is back above the limit. Consumers
 //! keep going meanwhile, so acks let compaction give space back.
 //!
-//! The check is one `statvfs`: after every write of the log's writer (a
+//! The check is one `statvfs`: after every MiB the log's writer writes (a
 //! fast publisher must not fill the disk between two checks), and from a
 //! thread every second, ten times a second once free space is within twice
 //! the limit (so the alarm clears while the log is idle).

@@ -5,7 +5,10 @@
 //!   decoder everything (recovery, reads, `warren-dump`) goes through.
 //! - [`io`]: file I/O behind the [`io::LogIo`] trait, the real files and a
 //!   simulated disk for power-cut tests.
-//! - [`log`]: appends, the message index, reads.
+//! - [`log`]: the log's interface: open, appends, reads, statistics.
+//! - [`state`]: what the log keeps in memory behind its lock: segments,
+//!   pending chunks, the message index.
+//! - [`definitions`]: durable definitions and their per-segment snapshots.
 //! - [`writer`]: group commit on a writer thread; a full disk; supervision.
 //! - [`compaction`]: copies forward what mostly dead segments still matter
 //!   for and deletes them, so disk use follows live data.
@@ -18,12 +21,14 @@
 //! what to persist and asks it for message bodies back.
 
 pub mod compaction;
+pub mod definitions;
 pub mod disk;
 pub mod format;
 pub mod inspect;
 pub mod io;
 pub mod log;
 pub mod recovery;
+pub mod state;
 pub mod walk;
 pub mod writer;
 

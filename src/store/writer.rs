@@ -30,6 +30,10 @@ use super::log::{Chunk, FsyncPolicy, LogStore, Relocation};
 
 /// How long the writer waits before retrying after running out of space.
 const OUT_OF_SPACE_RETRY: Duration = Duration::from_millis(200);
+/// The free-disk check and the compactor run after a pass that opened a
+/// segment, or once this much was written, or this long after the last time.
+const HOUSEKEEPING_BYTES: u64 = 1 << 20;
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(20);
 
 pub(super) fn spawn(store: Arc<LogStore>) -> Result<JoinHandle<()>, String> {
     std::thread::Builder::new()
@@ -61,6 +65,8 @@ pub(super) fn spawn(store: Arc<LogStore>) -> Result<JoinHandle<()>, String> {
 struct Pass {
     /// Position just past the last chunk written whole.
     end: u64,
+    /// Bytes written.
+    written: u64,
     max_id: u64,
     created: bool,
     /// Chunks not written for lack of space, in order.
@@ -70,6 +76,10 @@ struct Pass {
 impl LogStore {
     fn writer_loop(self: &Arc<Self>) {
         let mut last_sync = Instant::now();
+        // The compactor and the free-disk check need not run after every
+        // pass: each wake-up costs a context switch on a busy machine.
+        let mut last_housekeeping = Instant::now();
+        let mut written_since = 0u64;
         // Segments written but not yet synced (kept across passes when a
         // pass stops early for lack of space).
         let mut unsynced: Vec<u64> = Vec::new();
@@ -120,8 +130,17 @@ impl LogStore {
             if pass.end > 0 {
                 self.durable.send_modify(|d| d.position = d.position.max(pass.end));
             }
-            self.check_disk();
-            self.request_compaction();
+            written_since += pass.written;
+            if pass.created
+                || written_since >= HOUSEKEEPING_BYTES
+                || last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL
+                || !pass.unwritten.is_empty()
+            {
+                self.check_disk();
+                self.request_compaction();
+                last_housekeeping = Instant::now();
+                written_since = 0;
+            }
             if !pass.unwritten.is_empty() {
                 self.requeue(pass.unwritten);
                 // Space comes back when consumers ack and compaction deletes
@@ -148,7 +167,7 @@ impl LogStore {
     /// Creates files and writes chunks in order; stops at the first chunk
     /// the disk has no space for. `None` when the log failed.
     fn write_pass(&self, chunks: Vec<Chunk>, unsynced: &mut Vec<u64>) -> Option<Pass> {
-        let mut pass = Pass { end: 0, max_id: 0, created: false, unwritten: Vec::new() };
+        let mut pass = Pass { end: 0, written: 0, max_id: 0, created: false, unwritten: Vec::new() };
         let mut chunks = chunks.into_iter();
         while let Some(mut chunk) = chunks.next() {
             if let Some(capacity) = chunk.create {
@@ -199,6 +218,7 @@ impl LogStore {
                 }
             }
             self.stats.written_bytes.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
+            pass.written += chunk.data.len() as u64;
             if !unsynced.contains(&chunk.base) {
                 unsynced.push(chunk.base);
             }

@@ -1,0 +1,54 @@
+//! The durable definitions (exchanges, queues, bindings) as the log knows
+//! them: kept up to date by every definition record, restated as a snapshot
+//! at the start of every segment, and rebuilt from those snapshots at replay.
+
+use std::collections::BTreeMap;
+
+use super::format::*;
+
+/// Durable definitions, restated at the start of every segment.
+#[derive(Debug, Default, Clone)]
+pub struct Definitions {
+    pub exchanges: BTreeMap<String, Record>,
+    pub queues: BTreeMap<u32, Record>,
+    pub bindings: Vec<BindingRecord>,
+}
+
+impl Definitions {
+    pub fn apply(&mut self, record: &Record) {
+        match record {
+            Record::ExchangeDeclare { name, .. } => {
+                self.exchanges.insert(name.clone(), record.clone());
+            }
+            Record::ExchangeDelete { name } => {
+                self.exchanges.remove(name);
+                self.bindings.retain(|b| {
+                    b.source != *name && !(b.destination_kind == DestinationKind::Exchange && b.destination == *name)
+                });
+            }
+            Record::QueueDeclare { queue, .. } => {
+                self.queues.insert(*queue, record.clone());
+            }
+            Record::QueueDelete { queue } => {
+                if let Some(Record::QueueDeclare { name, .. }) = self.queues.remove(queue) {
+                    self.bindings.retain(|b| !(b.destination_kind == DestinationKind::Queue && b.destination == name));
+                }
+            }
+            Record::BindingAdd(b) if !self.bindings.contains(b) => self.bindings.push(b.clone()),
+            Record::BindingRemove(b) => self.bindings.retain(|x| x != b),
+            _ => {}
+        }
+    }
+
+    pub(super) fn encode_snapshot(&self, out: &mut Vec<u8>) {
+        for r in self.exchanges.values() {
+            r.encode(FLAG_SNAPSHOT, out);
+        }
+        for r in self.queues.values() {
+            r.encode(FLAG_SNAPSHOT, out);
+        }
+        for b in &self.bindings {
+            Record::BindingAdd(b.clone()).encode(FLAG_SNAPSHOT, out);
+        }
+    }
+}
