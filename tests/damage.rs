@@ -37,16 +37,6 @@ async fn fill(url: &str, count: usize) {
     conn.close(200, "done".into()).await.unwrap();
 }
 
-fn segments(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(data_dir.join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
-        .collect();
-    files.sort();
-    files
-}
-
 #[tokio::test]
 async fn a_flipped_byte_in_a_sealed_segment_stops_startup_naming_segment_and_offset() {
     let scratch = tempfile::tempdir().unwrap();
@@ -55,7 +45,7 @@ async fn a_flipped_byte_in_a_sealed_segment_stops_startup_naming_segment_and_off
     fill(&broker.url(), 200).await;
     broker.stop();
 
-    let files = segments(&dir);
+    let files = common::segment_files(&dir);
     assert!(files.len() >= 3, "expected several segments, got {files:?}");
     // Flip a byte in the middle of the first (sealed) segment's records.
     let victim = &files[0];

@@ -13,7 +13,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -21,16 +21,6 @@ use common::amqp::*;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
-
-fn segment_files(data_dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir.join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
-        .collect();
-    files.sort();
-    files
-}
 
 async fn poll_async(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -76,7 +66,7 @@ async fn damaged_and_truncated_segments_are_errors_not_crashes_and_what_is_lost_
         conn.close(200, "done".into()).await.unwrap();
     }
     // Old segments: their bodies are no longer in memory.
-    let files = segment_files(&dir);
+    let files = common::segment_files(&dir);
     assert!(files.len() > 20, "{files:?}");
     let (flipped, truncated) = (&files[3], &files[6]);
     let mut bytes = std::fs::read(flipped).unwrap();

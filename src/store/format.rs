@@ -39,7 +39,7 @@ pub const TYPE_GROUP: u8 = 11;
 /// The record restates a definition at the start of a segment, so that
 /// definitions survive the deletion of the segments that declared them.
 pub const FLAG_SNAPSHOT: u8 = 1;
-/// A message record copied forward from an older segment by reclaim.
+/// A message record copied forward from an older segment by compaction.
 pub const FLAG_RELOCATED: u8 = 2;
 /// A message record whose queue count is a u32 (more than 65,535 queues).
 pub const FLAG_WIDE: u8 = 4;

@@ -810,8 +810,7 @@ impl SegmentSummary {
         self.live.map(|live| self.messages - live)
     }
 
-    /// No live message in it: the broker may delete it (once it is sealed
-    /// and every older segment is gone).
+    /// No live message in it: compaction may delete it once it is sealed.
     pub fn reclaimable(&self) -> Option<bool> {
         self.live.map(|live| live == 0)
     }

@@ -111,6 +111,17 @@ impl Broker {
     }
 }
 
+/// The segment files of a data directory's log, in log order.
+pub fn segment_files(data_dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir.join("log"))
+        .expect("log directory")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    files.sort();
+    files
+}
+
 /// Sends SIGTERM through the `kill` command, so the harness needs no libc.
 fn send_sigterm(pid: u32) {
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
