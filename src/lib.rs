@@ -13,7 +13,7 @@
 //!   per connection that coalesces frames into few syscalls.
 //! - [`broker`]: the model: exchanges, bindings, queues, consumers, prefetch,
 //!   acknowledgements and redelivery. Knows nothing about sockets or files.
-//! - [`store`]: durable storage behind the [`store::Store`] trait.
+//! - [`store`]: durable storage behind the [`store::LogStore`].
 //! - [`admin`]: the control socket that `warrenctl` talks to.
 //! - [`config`]: settings from flags, a TOML file and defaults.
 

@@ -1,0 +1,128 @@
+//! Settling deliveries: basic.ack, nack, reject and recover, with one log
+//! tombstone record per queue for a whole batch.
+
+use super::*;
+
+impl Broker {
+    /// basic.ack.
+    pub fn ack(&self, conn: u64, channel: u16, delivery_tag: u64, multiple: bool) -> Result<()> {
+        self.settle(conn, channel, delivery_tag, multiple, Settle::Ack)
+    }
+
+    /// basic.nack / basic.reject.
+    pub fn reject(&self, conn: u64, channel: u16, delivery_tag: u64, multiple: bool, requeue: bool) -> Result<()> {
+        self.settle(conn, channel, delivery_tag, multiple, if requeue { Settle::Requeue } else { Settle::Discard })
+    }
+
+    /// basic.recover: every unacked message of the channel goes back to its
+    /// queue, flagged redelivered.
+    /// `reply` (basic.recover-ok) goes out before the redeliveries, which
+    /// clients such as lapin require.
+    pub fn recover(&self, conn: u64, channel: u16, reply: Option<&ConnectionHandle>) {
+        let _ = self.settle_then(conn, channel, 0, true, Settle::Requeue, || {
+            if let Some(handle) = reply {
+                handle.method(channel, BasicRecoverOk {});
+            }
+        });
+    }
+
+    /// Whether `delivery_tag` names an unsettled delivery of the channel (0
+    /// with `multiple` means all of them): a transaction checks acks when
+    /// they arrive, as RabbitMQ does.
+    pub fn check_delivery_tag(&self, conn: u64, channel: u16, delivery_tag: u64, multiple: bool) -> Result<()> {
+        let st = self.state.lock();
+        let known = st.channels.get(&(conn, channel)).is_some_and(|ch| ch.unacked.contains_key(&delivery_tag));
+        if known || (multiple && delivery_tag == 0) {
+            Ok(())
+        } else {
+            Err(AmqpError::precondition(format!("unknown delivery tag {delivery_tag}")))
+        }
+    }
+
+    fn settle(&self, conn: u64, channel: u16, delivery_tag: u64, multiple: bool, how: Settle) -> Result<()> {
+        self.settle_then(conn, channel, delivery_tag, multiple, how, || {})
+    }
+
+    /// Settles deliveries, runs `before_redelivery`, then hands waiting
+    /// messages to consumers that now have room.
+    fn settle_then(
+        &self,
+        conn: u64,
+        channel: u16,
+        delivery_tag: u64,
+        multiple: bool,
+        how: Settle,
+        before_redelivery: impl FnOnce(),
+    ) -> Result<()> {
+        let mut st = self.state.lock();
+        let State { queues, channels, .. } = &mut *st;
+        let Some(ch) = channels.get_mut(&(conn, channel)) else { return Ok(()) };
+        let settled: Vec<Unacked> = if multiple {
+            if delivery_tag != 0 && !ch.unacked.contains_key(&delivery_tag) {
+                return Err(AmqpError::precondition(format!("unknown delivery tag {delivery_tag}")));
+            }
+            let upto = if delivery_tag == 0 { u64::MAX } else { delivery_tag };
+            let rest = ch.unacked.split_off(&(upto.saturating_add(1)));
+            std::mem::replace(&mut ch.unacked, rest).into_values().collect()
+        } else {
+            match ch.unacked.remove(&delivery_tag) {
+                Some(u) => vec![u],
+                None => return Err(AmqpError::precondition(format!("unknown delivery tag {delivery_tag}"))),
+            }
+        };
+        let mut touched: Vec<Arc<str>> = Vec::new();
+        // Tombstones, one record per queue for the whole batch.
+        let mut tombstones: Vec<(u32, Vec<u64>)> = Vec::new();
+        for u in settled {
+            let Some(q) = queues.get_mut(&u.queue).filter(|q| q.incarnation == u.incarnation) else { continue };
+            q.unacked -= 1;
+            if let Some(tag) = &u.consumer_tag
+                && let Some(c) = q.consumer_mut(tag, conn, channel)
+            {
+                c.unacked = c.unacked.saturating_sub(1);
+            }
+            if !touched.contains(&u.queue) {
+                touched.push(u.queue.clone());
+            }
+            match how {
+                Settle::Requeue => q.requeue(u.entry),
+                Settle::Ack | Settle::Discard => {
+                    if let Some(qid) = q.store_id
+                        && u.entry.store_id != 0
+                    {
+                        match tombstones.iter_mut().find(|(id, _)| *id == qid) {
+                            Some((_, ids)) => ids.push(u.entry.store_id),
+                            None => tombstones.push((qid, vec![u.entry.store_id])),
+                        }
+                    }
+                }
+            }
+        }
+        for (qid, ids) in &tombstones {
+            self.store.ack(*qid, ids).map_err(store_failed)?;
+        }
+        before_redelivery();
+        // A channel-wide prefetch (global=true) freed by these acks may let
+        // the channel's consumers of other queues go on too.
+        if let Some(ch) = st.channels.get(&(conn, channel))
+            && ch.channel_prefetch > 0
+        {
+            for q in ch.consumers.values() {
+                if !touched.contains(q) {
+                    touched.push(q.clone());
+                }
+            }
+        }
+        for q in touched {
+            st.drain(&q, &self.store);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Settle {
+    Ack,
+    Requeue,
+    Discard,
+}

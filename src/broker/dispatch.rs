@@ -1,0 +1,331 @@
+//! Consumers and delivery: basic.qos, consume, cancel, get, channel flow,
+//! and the round-robin drain that hands ready messages to consumers with
+//! room, asking the loader for bodies paged out to the log.
+
+use super::*;
+
+impl Broker {
+    pub fn flow(&self, conn: u64, channel: u16, active: bool) {
+        let mut st = self.state.lock();
+        let queues: Vec<Arc<str>> = match st.channels.get_mut(&(conn, channel)) {
+            Some(ch) => {
+                ch.paused = !active;
+                ch.consumers.values().cloned().collect()
+            }
+            None => return,
+        };
+        if active {
+            for q in queues {
+                st.drain(&q, &self.store);
+            }
+        }
+    }
+
+    /// Called by a connection's writer once a backlog it reported has drained.
+    pub fn resume_connection(&self, conn: u64) {
+        let mut st = self.state.lock();
+        let queues: HashSet<Arc<str>> = st
+            .channels
+            .iter()
+            .filter(|((c, _), _)| *c == conn)
+            .flat_map(|(_, ch)| ch.consumers.values().cloned())
+            .collect();
+        for q in queues {
+            st.drain(&q, &self.store);
+        }
+    }
+
+    pub fn qos(&self, conn: u64, channel: u16, prefetch_count: u16, global: bool) {
+        let mut st = self.state.lock();
+        let queues: Vec<Arc<str>> = match st.channels.get_mut(&(conn, channel)) {
+            Some(ch) => {
+                if global {
+                    ch.channel_prefetch = prefetch_count;
+                } else {
+                    ch.consumer_prefetch = prefetch_count;
+                }
+                ch.consumers.values().cloned().collect()
+            }
+            None => return,
+        };
+        // A raised limit may let waiting messages through.
+        for q in queues {
+            st.drain(&q, &self.store);
+        }
+    }
+
+    /// basic.consume: registers the consumer and sends consume-ok (unless
+    /// no-wait); deliveries start with [`Broker::start_delivery`], so the
+    /// client always learns the tag before the first message.
+    #[allow(clippy::too_many_arguments)]
+    pub fn consume(
+        &self,
+        handle: &ConnectionHandle,
+        channel: u16,
+        queue: &str,
+        tag: &str,
+        no_ack: bool,
+        exclusive: bool,
+        no_wait: bool,
+    ) -> Result<()> {
+        let mut st = self.state.lock();
+        let conn = handle.id;
+        let tag: Arc<str> = if tag.is_empty() { Arc::from(generated_name("amq.ctag-")) } else { Arc::from(tag) };
+        let State { queues, channels, .. } = &mut *st;
+        let ch = channels
+            .get_mut(&(conn, channel))
+            .ok_or_else(|| AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"))?;
+        if ch.consumers.contains_key(&tag) {
+            return Err(AmqpError::connection(reply::NOT_ALLOWED, format!("attempt to reuse consumer tag '{tag}'")));
+        }
+        let q = queues.get_mut(queue).ok_or_else(|| no_queue(queue))?;
+        check_owner(q, conn)?;
+        if q.has_exclusive_consumer() || (exclusive && !q.consumers.is_empty()) {
+            return Err(AmqpError::access_refused(format!("queue '{queue}' in vhost '/' in exclusive use")));
+        }
+        q.consumers.push_back(Consumer {
+            tag: tag.clone(),
+            connection: handle.clone(),
+            channel,
+            no_ack,
+            exclusive,
+            prefetch: ch.consumer_prefetch,
+            unacked: 0,
+        });
+        q.had_consumer = true;
+        ch.consumers.insert(tag.clone(), q.name.clone());
+        if !no_wait {
+            handle.method(channel, BasicConsumeOk { consumer_tag: tag.to_string() });
+        }
+        Ok(())
+    }
+
+    /// Hands a queue's ready messages to its consumers. The connection that
+    /// registered a consumer calls this once its consume-ok has gone out, so
+    /// the reply travels in a write of its own ahead of the first deliveries
+    /// (some clients only look at frames that arrive after it).
+    pub fn start_delivery(&self, queue: &str) {
+        self.state.lock().drain(queue, &self.store);
+    }
+
+    /// basic.cancel; returns false for an unknown tag (which RabbitMQ answers with cancel-ok anyway).
+    pub fn cancel(&self, conn: u64, channel: u16, tag: &str) -> bool {
+        let mut st = self.state.lock();
+        st.cancel(conn, channel, tag, &self.store)
+    }
+
+    /// basic.get: sends get-ok with the message or get-empty.
+    pub fn get(&self, handle: &ConnectionHandle, channel: u16, queue: &str, no_ack: bool) -> Result<()> {
+        let conn = handle.id;
+        loop {
+            let mut st = self.state.lock();
+            let q = st.queues.get_mut(queue).ok_or_else(|| no_queue(queue))?;
+            check_owner(q, conn)?;
+            expire_queue(q, &self.store);
+            let incarnation = q.incarnation;
+            let Some(mut entry) = q.pop_ready() else {
+                handle.method(channel, BasicGetEmpty::default());
+                return Ok(());
+            };
+            if entry.message.is_none() && st.loader.is_some() {
+                // Read the body back without holding the broker's lock.
+                drop(st);
+                let read = self.store.read(entry.store_id);
+                st = self.state.lock();
+                // A queue deleted meanwhile took the message with it.
+                let Some(q) = st.queues.get_mut(queue).filter(|q| q.incarnation == incarnation) else { continue };
+                match read {
+                    Ok(record) => entry.message = Some(Arc::new(message_from_record(record))),
+                    Err(e) => {
+                        drop_unreadable(&self.store, q, entry.store_id, &e);
+                        continue;
+                    }
+                }
+            }
+            let State { queues, channels, .. } = &mut *st;
+            let Some(q) = queues.get_mut(queue).filter(|q| q.incarnation == incarnation) else { continue };
+            let Some(ch) = channels.get_mut(&(conn, channel)) else {
+                q.put_back(entry);
+                return Err(AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"));
+            };
+            let Some(message) = load(&self.store, q, &entry) else { continue };
+            let tag = ch.take_tag();
+            let method = BasicGetOk {
+                delivery_tag: tag,
+                redelivered: entry.redelivered,
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+                message_count: q.ready_count() as u32,
+            };
+            if let Some(qid) = q.store_id
+                && entry.store_id != 0
+            {
+                let stored = if no_ack {
+                    self.store.ack(qid, &[entry.store_id])
+                } else if !entry.redelivered {
+                    self.store.delivered(qid, &[entry.store_id])
+                } else {
+                    Ok(())
+                };
+                stored.map_err(store_failed)?;
+            }
+            if !no_ack {
+                q.unacked += 1;
+                ch.unacked.insert(
+                    tag,
+                    Unacked {
+                        queue: q.name.clone(),
+                        incarnation: q.incarnation,
+                        entry: unloaded(entry),
+                        consumer_tag: None,
+                    },
+                );
+            }
+            handle.send(Outgoing::Content { channel, method: method.into(), message });
+            return Ok(());
+        }
+    }
+}
+
+impl State {
+    /// Hands ready messages of one queue to consumers with room, in
+    /// round-robin order: a consumer that received a message moves to the back.
+    pub(super) fn drain(&mut self, queue: &str, store: &LogStore) {
+        let State { queues, channels, loader, .. } = self;
+        let Some(q) = queues.get_mut(queue) else { return };
+        expire_queue(q, store);
+        // Log records for this drain, written once at the end: first
+        // deliveries (so a restart flags them redelivered) and no-ack
+        // deliveries (which settle at once).
+        let mut delivered: Vec<u64> = Vec::new();
+        let mut settled: Vec<u64> = Vec::new();
+        while q.has_ready() && !q.consumers.is_empty() {
+            let pick = q.consumers.iter().position(|c| {
+                let consumer_room = c.no_ack || c.prefetch == 0 || c.unacked < c.prefetch as u32;
+                consumer_room
+                    && channels
+                        .get(&(c.connection.id, c.channel))
+                        .is_some_and(|ch| c.no_ack && !ch.paused || ch.has_room())
+                    && c.connection.has_room()
+            });
+            let Some(index) = pick else { break };
+            if q.peek_ready().is_some_and(|e| e.message.is_none()) && loader.is_some() {
+                // The loader reads it outside this lock and drains again.
+                break;
+            }
+            let Some(entry) = q.pop_ready() else { break };
+            let Some(message) = load(store, q, &entry) else { continue };
+            let Some(mut consumer) = q.consumers.remove(index) else { break };
+            let Some(ch) = channels.get_mut(&(consumer.connection.id, consumer.channel)) else {
+                q.consumers.push_back(consumer);
+                break;
+            };
+            let delivery_tag = ch.take_tag();
+            let redelivered = entry.redelivered;
+            if entry.store_id != 0 {
+                if consumer.no_ack {
+                    settled.push(entry.store_id);
+                } else if !redelivered {
+                    delivered.push(entry.store_id);
+                }
+            }
+            if !consumer.no_ack {
+                consumer.unacked += 1;
+                q.unacked += 1;
+                ch.unacked.insert(
+                    delivery_tag,
+                    Unacked {
+                        queue: q.name.clone(),
+                        incarnation: q.incarnation,
+                        entry: unloaded(entry),
+                        consumer_tag: Some(consumer.tag.clone()),
+                    },
+                );
+            }
+            consumer.connection.send(Outgoing::Deliver {
+                channel: consumer.channel,
+                consumer_tag: consumer.tag.clone(),
+                delivery_tag,
+                redelivered,
+                message,
+            });
+            q.consumers.push_back(consumer);
+        }
+        if let Some(loader) = loader.as_ref() {
+            read_ahead(q, loader);
+        }
+        if let Some(qid) = q.store_id {
+            // A failure here is the log's I/O failure, already reported by
+            // the writer; the deliveries themselves are in memory and stand.
+            if !delivered.is_empty() {
+                let _ = store.delivered(qid, &delivered);
+            }
+            if !settled.is_empty() {
+                let _ = store.ack(qid, &settled);
+            }
+        }
+    }
+
+    pub(super) fn cancel(&mut self, conn: u64, channel: u16, tag: &str, store: &LogStore) -> bool {
+        let Some(ch) = self.channels.get_mut(&(conn, channel)) else { return false };
+        let Some(queue) = ch.consumers.remove(tag) else { return false };
+        let Some(q) = self.queues.get_mut(&queue) else { return true };
+        q.consumers.retain(|c| !(&*c.tag == tag && c.connection.id == conn && c.channel == channel));
+        if q.auto_delete && q.consumers.is_empty() {
+            self.delete_queue(&queue, store);
+        }
+        true
+    }
+}
+
+/// Asks the loader for the queue's next paged-out bodies, once consumers
+/// are waiting and few bodies are left in memory ahead of them.
+pub(super) fn read_ahead(q: &mut Queue, loader: &loader::Loader) {
+    if q.loading || q.consumers.is_empty() || !q.has_cold() {
+        return;
+    }
+    // Enough was asked for ahead of the head already (checked without a
+    // scan), unless the head itself waits for its body (a requeued one).
+    let Some(head) = q.peek_ready() else { return };
+    if head.message.is_some() && head.seq.saturating_add(loader::WARM_ENOUGH as u64) < q.read_ahead_upto {
+        return;
+    }
+    let items = q.cold_ahead(loader::WARM_ENOUGH, loader::LOAD_BATCH, loader::LOAD_BATCH_BYTES);
+    if let Some(last) = items.last() {
+        q.read_ahead_upto = last.0 + 1;
+        q.loading = loader.request(loader::LoadRequest { queue: q.name.clone(), incarnation: q.incarnation, items });
+    }
+}
+
+/// The message of a queue entry: from memory, or (when the loader is not
+/// running) read back from the log. A message that cannot be read back
+/// intact is dropped with an error in the log and a tombstone, never
+/// delivered damaged and never brought back by a restart.
+pub(super) fn load(store: &LogStore, q: &Queue, entry: &QueuedMessage) -> Option<Arc<Message>> {
+    if let Some(m) = &entry.message {
+        return Some(m.clone());
+    }
+    match store.read(entry.store_id) {
+        Ok(record) => Some(Arc::new(message_from_record(record))),
+        Err(e) => {
+            drop_unreadable(store, q, entry.store_id, &e);
+            None
+        }
+    }
+}
+
+pub(super) fn drop_unreadable(store: &LogStore, q: &Queue, store_id: u64, e: &StoreError) {
+    tracing::error!("queue '{}': a message cannot be read back from the log, dropping it: {e}", q.name);
+    if let Some(qid) = q.store_id {
+        // A failure here is the log's own failure, already reported.
+        let _ = store.ack(qid, &[store_id]);
+    }
+}
+
+/// An unacked entry of a stored message keeps no body: a requeue reads it back.
+pub(super) fn unloaded(mut entry: QueuedMessage) -> QueuedMessage {
+    if entry.store_id != 0 {
+        entry.message = None;
+    }
+    entry
+}

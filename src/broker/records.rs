@@ -1,0 +1,104 @@
+//! The mapping between the broker's model and the log's records: durable
+//! definitions and messages as records, and the model rebuilt from replay.
+
+use super::*;
+
+impl Broker {
+    /// Rebuilds durable exchanges, queues, bindings and messages from what
+    /// the log replayed. Messages keep their publish order; those that had
+    /// been delivered come back flagged redelivered.
+    pub fn restore(&self, recovered: &Recovered) {
+        let mut st = self.state.lock();
+        let defs = &recovered.definitions;
+        for record in defs.exchanges.values() {
+            if let Record::ExchangeDeclare { name, kind, auto_delete, internal, arguments } = record
+                && let Some(kind) = ExchangeKind::parse(kind)
+            {
+                let ex = Exchange::new(name, kind, true, *auto_delete, *internal, decode_table(arguments));
+                st.exchanges.insert(name.clone(), ex);
+            }
+        }
+        let mut per_queue = recovered.queue_messages();
+        for record in defs.queues.values() {
+            if let Record::QueueDeclare { queue, name, auto_delete, arguments } = record {
+                let args = decode_table(arguments);
+                let limits = Limits::from_arguments(&args).unwrap_or_default();
+                let mut q = Queue::new(name, true, None, *auto_delete, args, limits);
+                q.store_id = Some(*queue);
+                for (id, size, delivered) in per_queue.remove(queue).unwrap_or_default() {
+                    q.restore(id, size, delivered);
+                }
+                st.next_incarnation += 1;
+                q.incarnation = st.next_incarnation;
+                st.queues.insert(q.name.clone(), q);
+            }
+        }
+        for b in &defs.bindings {
+            let destination = match b.destination_kind {
+                DestinationKind::Queue => Destination::Queue(b.destination.clone()),
+                DestinationKind::Exchange => Destination::Exchange(b.destination.clone()),
+            };
+            if let Some(ex) = st.exchanges.get_mut(&b.source) {
+                let binding =
+                    Binding { destination, routing_key: b.routing_key.clone(), arguments: decode_table(&b.arguments) };
+                if !ex.bindings.contains(&binding) {
+                    ex.bindings.push(binding);
+                }
+            }
+        }
+    }
+}
+
+pub fn message_from_record(m: MessageRecord) -> Message {
+    Message {
+        exchange: m.exchange,
+        routing_key: m.routing_key,
+        properties: m.properties,
+        body: m.body,
+        persistent: true,
+        expiration_ms: None,
+    }
+}
+
+pub(super) fn encode_table(t: &FieldTable) -> bytes::Bytes {
+    let mut buf = bytes::BytesMut::new();
+    t.write(&mut Writer::new(&mut buf));
+    buf.freeze()
+}
+
+pub(super) fn decode_table(raw: &bytes::Bytes) -> FieldTable {
+    let mut reader = crate::protocol::wire::Reader::new(raw.clone());
+    FieldTable::read(&mut reader).unwrap_or_default()
+}
+
+pub(super) fn exchange_record(ex: &Exchange) -> Record {
+    Record::ExchangeDeclare {
+        name: ex.name.clone(),
+        kind: ex.kind.as_str().to_string(),
+        auto_delete: ex.auto_delete,
+        internal: ex.internal,
+        arguments: encode_table(&ex.arguments),
+    }
+}
+
+pub(super) fn queue_record(q: &Queue, id: u32) -> Record {
+    Record::QueueDeclare {
+        queue: id,
+        name: q.name.to_string(),
+        auto_delete: q.auto_delete,
+        arguments: encode_table(&q.arguments),
+    }
+}
+
+pub(super) fn binding_record(source: &str, b: &Binding) -> BindingRecord {
+    BindingRecord {
+        source: source.to_string(),
+        destination_kind: match b.destination {
+            Destination::Queue(_) => DestinationKind::Queue,
+            Destination::Exchange(_) => DestinationKind::Exchange,
+        },
+        destination: b.destination.name().to_string(),
+        routing_key: b.routing_key.clone(),
+        arguments: encode_table(&b.arguments),
+    }
+}

@@ -1,0 +1,216 @@
+//! Exchanges, bindings and routing: exchange declare and delete, bind and
+//! unbind (durable ones logged), and the walk from an exchange to the
+//! queues a message reaches (exchange-to-exchange bindings included).
+
+use super::*;
+
+impl Broker {
+    pub fn exchange_declare(&self, m: &ExchangeDeclare) -> Result<()> {
+        let mut st = self.state.lock();
+        if m.exchange.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        // As RabbitMQ: an unknown type is a connection error, checked first.
+        if !m.passive && ExchangeKind::parse(&m.kind).is_none() {
+            return Err(AmqpError::command_invalid(format!("invalid exchange type '{}'", m.kind)));
+        }
+        if let Some(ex) = st.exchanges.get(&m.exchange) {
+            if m.passive {
+                return Ok(());
+            }
+            let mismatch = |what: &str, received: &str, current: &str| {
+                AmqpError::precondition(format!(
+                    "inequivalent arg '{what}' for exchange '{}' in vhost '/': received '{received}' but current is '{current}'",
+                    m.exchange
+                ))
+            };
+            if ex.kind.as_str() != m.kind {
+                return Err(mismatch("type", &m.kind, ex.kind.as_str()));
+            }
+            if ex.durable != m.durable {
+                return Err(mismatch("durable", &m.durable.to_string(), &ex.durable.to_string()));
+            }
+            if ex.auto_delete != m.auto_delete {
+                return Err(mismatch("auto_delete", &m.auto_delete.to_string(), &ex.auto_delete.to_string()));
+            }
+            if ex.internal != m.internal {
+                return Err(mismatch("internal", &m.internal.to_string(), &ex.internal.to_string()));
+            }
+            return Ok(());
+        }
+        if m.passive {
+            return Err(no_exchange(&m.exchange));
+        }
+        if m.exchange.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                m.exchange
+            )));
+        }
+        let Some(kind) = ExchangeKind::parse(&m.kind) else {
+            return Err(AmqpError::command_invalid(format!("invalid exchange type '{}'", m.kind)));
+        };
+        let ex = Exchange::new(&m.exchange, kind, m.durable, m.auto_delete, m.internal, m.arguments.clone());
+        if ex.durable {
+            self.store.define(exchange_record(&ex)).map_err(store_failed)?;
+        }
+        st.exchanges.insert(m.exchange.clone(), ex);
+        Ok(())
+    }
+
+    pub fn exchange_delete(&self, name: &str, if_unused: bool) -> Result<()> {
+        let mut st = self.state.lock();
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!("operation not permitted on exchange '{name}'")));
+        }
+        let Some(ex) = st.exchanges.get(name) else {
+            // RabbitMQ answers delete-ok for an exchange that does not exist.
+            return Ok(());
+        };
+        let used_as_destination = st
+            .exchanges
+            .values()
+            .any(|e| e.bindings.iter().any(|b| b.destination == Destination::Exchange(name.to_string())));
+        if if_unused && (!ex.bindings.is_empty() || used_as_destination) {
+            return Err(AmqpError::precondition(format!("exchange '{name}' in vhost '/' in use")));
+        }
+        st.delete_exchange(name, &self.store);
+        Ok(())
+    }
+
+    /// exchange.bind / queue.bind.
+    pub fn bind(
+        &self,
+        conn: u64,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<()> {
+        let mut st = self.state.lock();
+        let durable = st.check_binding_ends(conn, source, &destination)?;
+        let Some(ex) = st.exchanges.get_mut(source) else { return Err(no_exchange(source)) };
+        let binding = Binding { destination, routing_key: routing_key.to_string(), arguments: arguments.clone() };
+        if !ex.bindings.contains(&binding) {
+            if durable {
+                self.store.define(Record::BindingAdd(binding_record(source, &binding))).map_err(store_failed)?;
+            }
+            ex.bindings.push(binding);
+        }
+        Ok(())
+    }
+
+    /// exchange.unbind / queue.unbind. Removing a binding that does not exist succeeds.
+    pub fn unbind(
+        &self,
+        conn: u64,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<()> {
+        let mut st = self.state.lock();
+        let durable = st.check_binding_ends(conn, source, &destination)?;
+        let Some(ex) = st.exchanges.get_mut(source) else { return Err(no_exchange(source)) };
+        let binding = Binding { destination, routing_key: routing_key.to_string(), arguments: arguments.clone() };
+        let before = ex.bindings.len();
+        ex.bindings.retain(|b| *b != binding);
+        if ex.bindings.len() != before {
+            if durable {
+                self.store.define(Record::BindingRemove(binding_record(source, &binding))).map_err(store_failed)?;
+            }
+            if ex.auto_delete && ex.bindings.is_empty() {
+                let name = ex.name.clone();
+                st.delete_exchange(&name, &self.store);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails unless the exchange exists and clients may publish to it.
+    pub fn check_publishable(&self, exchange: &str) -> Result<()> {
+        let st = self.state.lock();
+        match st.exchanges.get(exchange) {
+            None => Err(no_exchange(exchange)),
+            Some(ex) if ex.internal => {
+                Err(AmqpError::access_refused(format!("cannot publish to internal exchange '{exchange}' in vhost '/'")))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+impl State {
+    /// The queues a message published to `exchange` reaches, following
+    /// exchange-to-exchange bindings, each queue once.
+    pub(super) fn route(&self, exchange: &str, routing_key: &str, headers: Option<&FieldTable>) -> Result<Vec<String>> {
+        if exchange.is_empty() {
+            return Ok(if self.queues.contains_key(routing_key) { vec![routing_key.to_string()] } else { Vec::new() });
+        }
+        let Some(start) = self.exchanges.get(exchange) else { return Err(no_exchange(exchange)) };
+        let mut queues: Vec<String> = Vec::new();
+        let mut visited: Vec<&str> = vec![exchange];
+        let mut pending: Vec<&Exchange> = vec![start];
+        let mut hits: Vec<&Destination> = Vec::new();
+        while let Some(ex) = pending.pop() {
+            hits.clear();
+            ex.route(routing_key, headers, &mut hits);
+            for dest in &hits {
+                match dest {
+                    Destination::Queue(q) => {
+                        if !queues.contains(q) {
+                            queues.push(q.clone());
+                        }
+                    }
+                    Destination::Exchange(e) => {
+                        if !visited.contains(&e.as_str())
+                            && let Some(next) = self.exchanges.get(e)
+                        {
+                            visited.push(&next.name);
+                            pending.push(next);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(queues)
+    }
+
+    /// Checks both ends of a binding; returns whether it is durable (both ends are).
+    pub(super) fn check_binding_ends(&self, conn: u64, source: &str, destination: &Destination) -> Result<bool> {
+        if source.is_empty() || destination.name().is_empty() && matches!(destination, Destination::Exchange(_)) {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        let src = self.exchanges.get(source).ok_or_else(|| no_exchange(source))?;
+        let dest_durable = match destination {
+            Destination::Queue(name) => {
+                let q = self.queues.get(name.as_str()).ok_or_else(|| no_queue(name))?;
+                check_owner(q, conn)?;
+                q.store_id.is_some()
+            }
+            Destination::Exchange(name) => self.exchanges.get(name).ok_or_else(|| no_exchange(name))?.durable,
+        };
+        Ok(src.durable && dest_durable)
+    }
+
+    pub(super) fn delete_exchange(&mut self, name: &str, store: &LogStore) {
+        let Some(ex) = self.exchanges.remove(name) else { return };
+        if ex.durable
+            && let Err(e) = store.define(Record::ExchangeDelete { name: name.to_string() })
+        {
+            tracing::error!("exchange '{name}' deleted in memory only: {e}");
+        }
+        let dest = Destination::Exchange(name.to_string());
+        let mut emptied = Vec::new();
+        for other in self.exchanges.values_mut() {
+            let before = other.bindings.len();
+            other.bindings.retain(|b| b.destination != dest);
+            if other.auto_delete && before > 0 && other.bindings.is_empty() {
+                emptied.push(other.name.clone());
+            }
+        }
+        for e in emptied {
+            self.delete_exchange(&e, store);
+        }
+    }
+}
