@@ -14,7 +14,7 @@
 //!   dead segments gives space back).
 //! - A failed fdatasync is fatal and never retried: after a failure the
 //!   kernel may have dropped the dirty pages, so a later success would prove
-//!   nothing. The log stops instead ([`LogStore::fail`]).
+//!   nothing. The log stops instead (`LogStore::fail`).
 //! - The thread is supervised: if it panics or returns for any other reason
 //!   than a shutdown, the log fails the same way instead of leaving
 //!   connections waiting for a durability that never comes.

@@ -9,11 +9,21 @@ use std::io::Read;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// Runs the driver against the warren built with this test, killing it if
-/// it outlives `limit`. Returns its exit status and stdout + stderr.
+/// Runs the driver against the `warren` next to it in the workspace's
+/// target directory (`cargo test` from the workspace root builds both),
+/// killing it if it outlives `limit`. Returns its exit status and stdout +
+/// stderr.
 fn crashtest(args: &[&str], limit: Duration) -> (ExitStatus, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warren-crashtest"))
-        .args(["--warren", env!("CARGO_BIN_EXE_warren")])
+    let driver = std::path::Path::new(env!("CARGO_BIN_EXE_warren-crashtest"));
+    let warren = driver.with_file_name("warren");
+    assert!(
+        warren.exists(),
+        "{} is missing: run `cargo test` from the workspace root (it builds the broker too)",
+        warren.display()
+    );
+    let mut child = Command::new(driver)
+        .arg("--warren")
+        .arg(&warren)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
