@@ -1,7 +1,6 @@
-//! Channels: opening and closing, content assembly for basic.publish, and
-//! the handlers of the classes that work on a channel (channel, exchange,
-//! queue, basic, confirm, tx). Each handler parses nothing itself (the codec
-//! did), applies the method to the broker, and queues the reply.
+//! Channels: opening and closing, the channel class, content assembly for
+//! basic.publish, and the dispatch of every other method to its class's
+//! handler in `super::methods` (exchange, queue, basic, confirm and tx).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -9,21 +8,21 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::connection::{CloseReason, Connection};
-use crate::broker::{AmqpError, Destination, Message, Outgoing};
+use crate::broker::{AmqpError, Message, Outgoing};
 use crate::protocol::method::*;
 use crate::protocol::{BasicProperties, ContentHeader, FieldTable, Frame, Method, reply};
 
 /// A publish waiting for its content header and body frames.
-struct PendingContent {
-    publish: BasicPublish,
-    header: Option<ContentHeader>,
-    body: Body,
-    received: u64,
+pub(super) struct PendingContent {
+    pub(super) publish: BasicPublish,
+    pub(super) header: Option<ContentHeader>,
+    pub(super) body: Body,
+    pub(super) received: u64,
 }
 
 /// Body frames as they arrive: a single frame stays the slice of the read
 /// buffer it came in; only multi-frame bodies are copied together.
-enum Body {
+pub(super) enum Body {
     Empty,
     One(Bytes),
     Many(BytesMut),
@@ -56,7 +55,7 @@ impl Body {
 }
 
 /// Work deferred by a transaction until tx.commit.
-enum TxOp {
+pub(super) enum TxOp {
     Publish { exchange: String, mandatory: bool, headers: Option<FieldTable>, message: Arc<Message> },
     Ack { tag: u64, multiple: bool },
     Reject { tag: u64, multiple: bool, requeue: bool },
@@ -77,15 +76,15 @@ pub(super) struct PendingConfirm {
 pub(super) struct Channel {
     /// We sent channel.close and wait for close-ok, dropping everything else.
     closing: bool,
-    content: Option<PendingContent>,
-    confirm: bool,
+    pub(super) content: Option<PendingContent>,
+    pub(super) confirm: bool,
     /// Sequence number of the last publish in confirm mode.
     publish_seq: u64,
     pub confirms: VecDeque<PendingConfirm>,
     /// Some once tx.select was seen: the uncommitted work.
-    tx: Option<Vec<TxOp>>,
+    pub(super) tx: Option<Vec<TxOp>>,
     /// RabbitMQ lets an empty queue name mean the last queue declared on the channel.
-    last_queue: Option<String>,
+    pub(super) last_queue: Option<String>,
 }
 
 impl Channel {
@@ -94,6 +93,12 @@ impl Channel {
         self.content = None;
         self.tx = None;
     }
+}
+
+/// A method that has no business on an open channel (connection class, or
+/// one only the server sends).
+pub(super) fn not_on_a_channel(method: &Method) -> AmqpError {
+    AmqpError::command_invalid(format!("'{}' is not a method a client sends on a channel", method.name()))
 }
 
 fn unexpected(detail: &str) -> CloseReason {
@@ -234,7 +239,7 @@ impl Connection {
     /// Routes one message; sends basic.return for an unroutable mandatory
     /// message and, in confirm mode, the confirm (after the return, as the
     /// spec orders them).
-    fn publish_now(
+    pub(super) fn publish_now(
         &mut self,
         channel: u16,
         exchange: &str,
@@ -276,7 +281,7 @@ impl Connection {
     }
 
     /// Resolves RabbitMQ's shorthand: an empty queue name is the channel's last declared queue.
-    fn queue_name(&self, channel: u16, name: String) -> Result<String, AmqpError> {
+    pub(super) fn queue_name(&self, channel: u16, name: String) -> Result<String, AmqpError> {
         if !name.is_empty() {
             return Ok(name);
         }
@@ -286,7 +291,7 @@ impl Connection {
             .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
     }
 
-    fn channel_mut(&mut self, channel: u16) -> Result<&mut Channel, AmqpError> {
+    pub(super) fn channel_mut(&mut self, channel: u16) -> Result<&mut Channel, AmqpError> {
         self.channels.get_mut(&channel).ok_or_else(|| AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"))
     }
 
@@ -312,162 +317,31 @@ impl Connection {
                 self.handle.method(channel, ChannelFlowOk { active: m.active });
             }
 
-            Method::ExchangeDeclare(m) => {
-                broker.exchange_declare(&m)?;
-                if !m.no_wait {
-                    self.reply_when_durable(channel, ExchangeDeclareOk {});
-                }
+            Method::ExchangeDeclare(_)
+            | Method::ExchangeDelete(_)
+            | Method::ExchangeBind(_)
+            | Method::ExchangeUnbind(_) => {
+                return self.exchange_method(channel, method);
             }
-            Method::ExchangeDelete(m) => {
-                broker.exchange_delete(&m.exchange, m.if_unused)?;
-                if !m.no_wait {
-                    self.reply_when_durable(channel, ExchangeDeleteOk {});
-                }
+            Method::QueueDeclare(_)
+            | Method::QueueBind(_)
+            | Method::QueueUnbind(_)
+            | Method::QueuePurge(_)
+            | Method::QueueDelete(_) => return self.queue_method(channel, method),
+            Method::BasicQos(_)
+            | Method::BasicConsume(_)
+            | Method::BasicCancel(_)
+            | Method::BasicPublish(_)
+            | Method::BasicGet(_)
+            | Method::BasicAck(_)
+            | Method::BasicReject(_)
+            | Method::BasicNack(_)
+            | Method::BasicRecoverAsync(_)
+            | Method::BasicRecover(_) => return self.basic_method(channel, method),
+            Method::ConfirmSelect(_) | Method::TxSelect(_) | Method::TxCommit(_) | Method::TxRollback(_) => {
+                return self.confirm_tx_method(channel, method);
             }
-            Method::ExchangeBind(m) => {
-                broker.bind(id, &m.source, Destination::Exchange(m.destination), &m.routing_key, &m.arguments)?;
-                if !m.no_wait {
-                    self.reply_when_durable(channel, ExchangeBindOk {});
-                }
-            }
-            Method::ExchangeUnbind(m) => {
-                broker.unbind(id, &m.source, Destination::Exchange(m.destination), &m.routing_key, &m.arguments)?;
-                if !m.no_wait {
-                    self.reply_when_durable(channel, ExchangeUnbindOk {});
-                }
-            }
-
-            Method::QueueDeclare(m) => {
-                let (queue, message_count, consumer_count) = broker.queue_declare(id, &m)?;
-                self.channel_mut(channel)?.last_queue = Some(queue.clone());
-                if !m.no_wait {
-                    self.reply_when_durable(channel, QueueDeclareOk { queue, message_count, consumer_count });
-                }
-            }
-            Method::QueueBind(m) => {
-                let queue = self.queue_name(channel, m.queue)?;
-                broker.bind(id, &m.exchange, Destination::Queue(queue), &m.routing_key, &m.arguments)?;
-                if !m.no_wait {
-                    self.reply_when_durable(channel, QueueBindOk {});
-                }
-            }
-            Method::QueueUnbind(m) => {
-                let queue = self.queue_name(channel, m.queue)?;
-                broker.unbind(id, &m.exchange, Destination::Queue(queue), &m.routing_key, &m.arguments)?;
-                self.reply_when_durable(channel, QueueUnbindOk {});
-            }
-            Method::QueuePurge(m) => {
-                let queue = self.queue_name(channel, m.queue)?;
-                let message_count = broker.queue_purge(id, &queue)?;
-                if !m.no_wait {
-                    self.reply_when_durable(channel, QueuePurgeOk { message_count });
-                }
-            }
-            Method::QueueDelete(m) => {
-                let queue = self.queue_name(channel, m.queue)?;
-                let message_count = broker.queue_delete(id, &queue, m.if_unused, m.if_empty)?;
-                if !m.no_wait {
-                    self.reply_when_durable(channel, QueueDeleteOk { message_count });
-                }
-            }
-
-            Method::BasicQos(m) => {
-                if m.prefetch_size != 0 {
-                    return Err(AmqpError::not_implemented(format!("prefetch_size!=0 ({})", m.prefetch_size)));
-                }
-                broker.qos(id, channel, m.prefetch_count, m.global);
-                self.handle.method(channel, BasicQosOk {});
-            }
-            Method::BasicConsume(m) => {
-                let queue = self.queue_name(channel, m.queue)?;
-                broker.consume(&self.handle, channel, &queue, &m.consumer_tag, m.no_ack, m.exclusive, m.no_wait)?;
-                self.start_delivery.push(queue);
-            }
-            Method::BasicCancel(m) => {
-                broker.cancel(id, channel, &m.consumer_tag);
-                if !m.no_wait {
-                    self.handle.method(channel, BasicCancelOk { consumer_tag: m.consumer_tag });
-                }
-            }
-            Method::BasicPublish(m) => {
-                if m.immediate {
-                    return Err(AmqpError::not_implemented("immediate=true"));
-                }
-                self.published = true;
-                self.channel_mut(channel)?.content =
-                    Some(PendingContent { publish: m, header: None, body: Body::Empty, received: 0 });
-            }
-            Method::BasicGet(m) => {
-                let queue = self.queue_name(channel, m.queue)?;
-                broker.get(&self.handle, channel, &queue, m.no_ack)?;
-            }
-            Method::BasicAck(m) => {
-                if self.channel_mut(channel)?.tx.is_some() {
-                    self.check_tx_tag(channel, m.delivery_tag, m.multiple)?;
-                }
-                if let Some(ops) = self.channel_mut(channel)?.tx.as_mut() {
-                    ops.push(TxOp::Ack { tag: m.delivery_tag, multiple: m.multiple });
-                } else {
-                    broker.ack(id, channel, m.delivery_tag, m.multiple)?;
-                }
-            }
-            Method::BasicReject(m) => self.reject(channel, m.delivery_tag, false, m.requeue)?,
-            Method::BasicNack(m) => self.reject(channel, m.delivery_tag, m.multiple, m.requeue)?,
-            Method::BasicRecoverAsync(_) => broker.recover(id, channel, None),
-            Method::BasicRecover(_) => broker.recover(id, channel, Some(&self.handle)),
-
-            Method::ConfirmSelect(m) => {
-                let ch = self.channel_mut(channel)?;
-                if ch.tx.is_some() {
-                    return Err(AmqpError::precondition("cannot switch from tx to confirm mode"));
-                }
-                ch.confirm = true;
-                if !m.no_wait {
-                    self.handle.method(channel, ConfirmSelectOk {});
-                }
-            }
-
-            Method::TxSelect(_) => {
-                let ch = self.channel_mut(channel)?;
-                if ch.confirm {
-                    return Err(AmqpError::precondition("cannot switch from confirm to tx mode"));
-                }
-                ch.tx.get_or_insert_with(Vec::new);
-                self.handle.method(channel, TxSelectOk {});
-            }
-            Method::TxCommit(_) => {
-                let ch = self.channel_mut(channel)?;
-                let Some(ops) = ch.tx.replace(Vec::new()) else {
-                    return Err(AmqpError::precondition("channel is not transactional"));
-                };
-                for op in ops {
-                    match op {
-                        TxOp::Publish { exchange, mandatory, headers, message } => {
-                            self.publish_now(channel, &exchange, mandatory, headers.as_ref(), message)?
-                        }
-                        TxOp::Ack { tag, multiple } => broker.ack(id, channel, tag, multiple)?,
-                        TxOp::Reject { tag, multiple, requeue } => {
-                            broker.reject(id, channel, tag, multiple, requeue)?
-                        }
-                    }
-                }
-                // As RabbitMQ: commit-ok once the committed messages are on disk.
-                self.reply_when_durable(channel, TxCommitOk {});
-            }
-            Method::TxRollback(_) => {
-                let ch = self.channel_mut(channel)?;
-                if ch.tx.replace(Vec::new()).is_none() {
-                    return Err(AmqpError::precondition("channel is not transactional"));
-                }
-                self.handle.method(channel, TxRollbackOk {});
-            }
-
-            other => {
-                return Err(AmqpError::command_invalid(format!(
-                    "'{}' is not a method a client sends on a channel",
-                    other.name()
-                )));
-            }
+            other => return Err(not_on_a_channel(&other)),
         }
         Ok(())
     }
@@ -475,7 +349,7 @@ impl Connection {
     /// In a transaction, an ack names a delivery that is unsettled now and
     /// not already settled earlier in the same transaction; otherwise the
     /// channel closes at once and nothing of the transaction is applied.
-    fn check_tx_tag(&mut self, channel: u16, tag: u64, multiple: bool) -> Result<(), AmqpError> {
+    pub(super) fn check_tx_tag(&mut self, channel: u16, tag: u64, multiple: bool) -> Result<(), AmqpError> {
         self.broker.check_delivery_tag(self.id, channel, tag, multiple)?;
         let settled_in_tx = self.channel_mut(channel)?.tx.as_ref().is_some_and(|ops| {
             ops.iter().any(|op| match *op {
@@ -491,7 +365,7 @@ impl Connection {
         Ok(())
     }
 
-    fn reject(&mut self, channel: u16, tag: u64, multiple: bool, requeue: bool) -> Result<(), AmqpError> {
+    pub(super) fn reject(&mut self, channel: u16, tag: u64, multiple: bool, requeue: bool) -> Result<(), AmqpError> {
         if self.channel_mut(channel)?.tx.is_some() {
             self.check_tx_tag(channel, tag, multiple)?;
         }

@@ -7,6 +7,7 @@
 
 mod channel;
 mod connection;
+mod methods;
 mod writer;
 
 use std::net::SocketAddr;
