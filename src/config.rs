@@ -35,7 +35,7 @@ pub struct Config {
     /// Size of a log segment file, in bytes.
     pub segment_size: u32,
     /// When the log is fdatasync'ed: "batch" (every group commit, the
-    /// default), "<N>ms" (at most every N ms) or "never".
+    /// default), "`<N>ms`" (at most every N ms) or "never".
     pub fsync: String,
     /// Start even if a sealed log segment is damaged, setting it aside.
     pub skip_damaged_segments: bool,

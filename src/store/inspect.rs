@@ -2,7 +2,7 @@
 //!
 //! Nothing here decodes bytes itself: segment headers and records go through
 //! [`super::format`], and the live/dead accounting is the broker's own replay
-//! ([`super::recovery::recover`]) run over [`ReadOnlyIo`], a [`LogIo`] that
+//! ([`super::recovery::recover`]) run over `ReadOnlyIo`, a [`LogIo`] that
 //! reads segment files with `std::fs::read` and never opens anything for
 //! writing. So the inspector is safe on the data directory of a running
 //! broker, and what it calls live is exactly what a restart would rebuild.

@@ -1,7 +1,7 @@
 //! Durable storage: one segmented, append-only write-ahead log for the
 //! whole broker (see `storage-format.md` for the bytes).
 //!
-//! - [`format`]: segment headers, record framing and record types; the one
+//! - [`format`](mod@format): segment headers, record framing and record types; the one
 //!   decoder everything (recovery, reads, `warren-dump`) goes through.
 //! - [`io`]: file I/O behind the [`io::LogIo`] trait, the real files and a
 //!   simulated disk for power-cut tests.

@@ -63,7 +63,7 @@ struct Args {
     /// The broker is killed after a random delay of 0..=this many milliseconds of load.
     #[arg(long, default_value_t = 1500)]
     max_run_ms: u64,
-    /// warren's --fsync policy: batch, <N>ms or never.
+    /// warren's --fsync policy: batch, a period such as 10ms, or never.
     #[arg(long, default_value = "batch")]
     fsync: String,
     /// warren's --segment-size in bytes; small, so segment rollover and reclaim happen.
