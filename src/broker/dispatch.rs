@@ -127,7 +127,7 @@ impl Broker {
                 handle.method(channel, BasicGetEmpty::default());
                 return Ok(());
             };
-            if entry.message.is_none() && st.loader.is_some() {
+            if entry.message.is_none() && st.loader.as_ref().is_some_and(|l| l.is_alive()) {
                 // Read the body back without holding the broker's lock.
                 drop(st);
                 let read = self.store.read(entry.store_id);
@@ -209,7 +209,7 @@ impl State {
                     && c.connection.has_room()
             });
             let Some(index) = pick else { break };
-            if q.peek_ready().is_some_and(|e| e.message.is_none()) && loader.is_some() {
+            if q.peek_ready().is_some_and(|e| e.message.is_none()) && loader.as_ref().is_some_and(|l| l.is_alive()) {
                 // The loader reads it outside this lock and drains again.
                 break;
             }
@@ -251,7 +251,7 @@ impl State {
             });
             q.consumers.push_back(consumer);
         }
-        if let Some(loader) = loader.as_ref() {
+        if let Some(loader) = loader.as_ref().filter(|l| l.is_alive()) {
             read_ahead(q, loader);
         }
         if let Some(qid) = q.store_id {

@@ -11,6 +11,7 @@
 //! with a tombstone in the log, so it does not come back after a restart.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 
 use parking_lot::Mutex;
@@ -37,14 +38,36 @@ pub struct LoadRequest {
 #[derive(Debug, Clone)]
 pub struct Loader {
     requests: Sender<LoadRequest>,
+    /// Cleared if the thread ever ends (a bug): queues then read in line
+    /// rather than wait for a loader that is gone.
+    alive: Arc<AtomicBool>,
+}
+
+/// Clears `alive` however the loader thread ends, panics included.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Loader {
     /// Starts the loader thread over the broker's state and log.
     pub fn spawn(state: Arc<Mutex<State>>, store: Arc<LogStore>) -> std::io::Result<Loader> {
         let (requests, inbox) = std::sync::mpsc::channel();
-        std::thread::Builder::new().name("warren-body-loader".into()).spawn(move || run(inbox, &state, &store))?;
-        Ok(Loader { requests })
+        let alive = Arc::new(AtomicBool::new(true));
+        let guard = AliveGuard(alive.clone());
+        std::thread::Builder::new().name("warren-body-loader".into()).spawn(move || {
+            let _guard = guard;
+            run(inbox, &state, &store);
+        })?;
+        Ok(Loader { requests, alive })
+    }
+
+    /// Whether the loader thread is running.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
     }
 
     /// False when the loader is gone (the broker is shutting down).
