@@ -4,8 +4,9 @@ SIGKILL, restarted on the same data directory, and worker.py still gets
 every task; a task a worker held unacked when the broker died comes back
 flagged redelivered.
 
-Environment: WARREN_BIN (the warren binary), WARRENCTL_BIN, WARREN_TUTORIALS
-(folder with new_task.py and worker.py).
+The producer and worker are the project's own (work_queue/new_task.py and
+worker.py, beside this file). Environment: WARREN_BIN (the warren binary),
+WARRENCTL_BIN.
 """
 import os
 import signal
@@ -19,7 +20,7 @@ import pika
 
 WARREN = os.environ["WARREN_BIN"]
 WARRENCTL = os.environ["WARRENCTL_BIN"]
-TUTORIALS = os.environ["WARREN_TUTORIALS"]
+SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work_queue")
 
 
 class Broker:
@@ -67,14 +68,14 @@ class Broker:
 
 
 def new_task(broker, message):
-    out = subprocess.run([sys.executable, os.path.join(TUTORIALS, "new_task.py"), message],
+    out = subprocess.run([sys.executable, os.path.join(SCRIPTS, "new_task.py"), message],
                          env=broker.env(), capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert f"[x] Sent {message}" in out.stdout
 
 
 def start_worker(broker, name, events):
-    proc = subprocess.Popen([sys.executable, "-u", os.path.join(TUTORIALS, "worker.py")],
+    proc = subprocess.Popen([sys.executable, "-u", os.path.join(SCRIPTS, "worker.py")],
                             env=broker.env(WORKER_NAME=name), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
