@@ -375,7 +375,7 @@ impl Queue {
     pub fn attach(&mut self, seq: u64, store_id: u64, message: Arc<Message>) {
         if let Some(entry) = self.entry_mut(seq).filter(|e| e.store_id == store_id && e.message.is_none()) {
             entry.message = Some(message);
-            self.cold -= 1;
+            self.cold = self.cold.saturating_sub(1);
         }
     }
 
@@ -393,7 +393,7 @@ impl Queue {
         };
         self.ready_bytes -= entry.size as usize;
         if entry.message.is_none() {
-            self.cold -= 1;
+            self.cold = self.cold.saturating_sub(1);
         }
         Some(entry)
     }
@@ -408,7 +408,7 @@ impl Queue {
         let entry = if take_requeued { self.requeued.pop_first().map(|(_, e)| e) } else { self.ready.pop_front() }?;
         self.ready_bytes -= entry.size as usize;
         if entry.message.is_none() {
-            self.cold -= 1;
+            self.cold = self.cold.saturating_sub(1);
         }
         Some(entry)
     }
