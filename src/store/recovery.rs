@@ -153,20 +153,22 @@ impl Recovered {
 }
 
 /// Reads and walks a few segments at once, on the machine's cores.
-/// A segment's bytes and what walking them found, or why it could not be read.
-type SegmentRead = Result<(Bytes, Result<Walk, FormatError>), String>;
+/// What walking a segment found, or why it could not be read.
+type SegmentRead = Result<Result<Walk, FormatError>, String>;
 
-fn read_and_walk(io: &dyn LogIo, bases: &[u64]) -> Vec<SegmentRead> {
-    let one = |base: u64| {
-        let bytes = io.read_all(base).map_err(|e| format!("{}: cannot read: {e}", io.describe(base)))?;
-        let walk = walk_segment(&bytes);
-        Ok((bytes, walk))
+/// Reads and walks a few segments at once, on the machine's cores, each
+/// into its buffer (reused from one window to the next).
+fn read_and_walk(io: &dyn LogIo, bases: &[u64], buffers: &mut [Vec<u8>]) -> Vec<SegmentRead> {
+    let one = |base: u64, buf: &mut Vec<u8>| {
+        io.read_all_into(base, buf).map_err(|e| format!("{}: cannot read: {e}", io.describe(base)))?;
+        Ok(walk_segment(buf))
     };
     if bases.len() <= 1 {
-        return bases.iter().map(|b| one(*b)).collect();
+        return bases.iter().zip(buffers.iter_mut()).map(|(b, buf)| one(*b, buf)).collect();
     }
     std::thread::scope(|scope| {
-        let handles: Vec<_> = bases.iter().map(|b| scope.spawn(move || one(*b))).collect();
+        let handles: Vec<_> =
+            bases.iter().zip(buffers.iter_mut()).map(|(b, buf)| scope.spawn(move || one(*b, buf))).collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a replay thread panicked".to_string()))).collect()
     })
 }
@@ -237,14 +239,16 @@ pub fn recover(io: &dyn LogIo, skip_damaged: bool) -> Result<Recovered, String> 
     drop_unwritten_tail(io, &mut bases, &mut out, skip_damaged)?;
     let mut last_progress = Instant::now();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let mut buffers: Vec<Vec<u8>> = (0..workers).map(|_| Vec::new()).collect();
     for (window_start, window) in bases.chunks(workers).enumerate().map(|(w, c)| (w * workers, c)) {
-        let results = read_and_walk(io, window);
+        let results = read_and_walk(io, window, &mut buffers);
         for (j, result) in results.into_iter().enumerate() {
             let i = window_start + j;
             let base = bases[i];
             let newest = i + 1 == bases.len();
             let name = io.describe(base);
-            let (bytes, walk) = match result {
+            let bytes = &buffers[j][..];
+            let walk = match result {
                 Ok(r) => r,
                 Err(what) => {
                     damaged(io, base, &mut out, skip_damaged, what)?;
