@@ -282,7 +282,7 @@ pub fn recover(io: &dyn LogIo, skip_damaged: bool) -> Result<Recovered, String> 
                     damaged(io, base, &mut out, skip_damaged, what)?;
                     continue;
                 }
-                let end = end_of_nonzero(&bytes, walk.end);
+                let end = end_of_nonzero(bytes, walk.end);
                 tracing::warn!(
                     "{name}: torn write at offset {} ({}), never confirmed; cutting {} bytes from offset {}",
                     bad.offset,
@@ -307,7 +307,7 @@ pub fn recover(io: &dyn LogIo, skip_damaged: bool) -> Result<Recovered, String> 
                 ..Default::default()
             };
             for frame in &walk.frames {
-                apply(&mut out, &mut state, frame, &bytes);
+                apply(&mut out, &mut state, frame, bytes);
             }
             out.bytes += walk.end as u64;
             out.segments.push(state);
