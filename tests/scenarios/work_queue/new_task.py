@@ -9,21 +9,16 @@ each '.' in it is a second of work for the worker)
 Environment: AMQP_HOST, AMQP_PORT (127.0.0.1:5672), AMQP_USER/AMQP_PASSWORD
 (guest/guest), TASK_QUEUE (task_queue).
 """
-import os
 import sys
 
 import pika
 
+import broker_address
+
 
 def main():
-    params = pika.ConnectionParameters(
-        host=os.environ.get("AMQP_HOST", "127.0.0.1"),
-        port=int(os.environ.get("AMQP_PORT", "5672")),
-        credentials=pika.PlainCredentials(
-            os.environ.get("AMQP_USER", "guest"), os.environ.get("AMQP_PASSWORD", "guest")
-        ),
-    )
-    queue = os.environ.get("TASK_QUEUE", "task_queue")
+    params = broker_address.parameters()
+    queue = broker_address.task_queue()
     task = " ".join(sys.argv[1:]) or "Hello World!"
     with pika.BlockingConnection(params) as connection:
         channel = connection.channel()

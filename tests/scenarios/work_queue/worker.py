@@ -15,6 +15,8 @@ import time
 
 import pika
 
+import broker_address
+
 NAME = os.environ.get("WORKER_NAME", str(os.getpid()))
 
 
@@ -29,14 +31,8 @@ def on_task(channel, delivery, properties, body):
 
 
 def main():
-    params = pika.ConnectionParameters(
-        host=os.environ.get("AMQP_HOST", "127.0.0.1"),
-        port=int(os.environ.get("AMQP_PORT", "5672")),
-        credentials=pika.PlainCredentials(
-            os.environ.get("AMQP_USER", "guest"), os.environ.get("AMQP_PASSWORD", "guest")
-        ),
-    )
-    queue = os.environ.get("TASK_QUEUE", "task_queue")
+    params = broker_address.parameters()
+    queue = broker_address.task_queue()
     connection = pika.BlockingConnection(params)
     channel = connection.channel()
     channel.queue_declare(queue=queue, durable=True)
