@@ -15,7 +15,8 @@
 //! - [`disk`]: the free-disk alarm.
 //! - [`walk`]: reads a segment back and tells a torn write from damage.
 //! - [`recovery`]: replay at start-up.
-//! - [`inspect`]: read-only helpers behind `warren-dump`.
+//! - [`inspect`]: read-only helpers behind `warren-dump`; [`verify`] judges
+//!   each segment's records for it.
 //!
 //! The store knows records, positions and ids, not AMQP: the broker tells it
 //! what to persist and asks it for message bodies back.
@@ -29,6 +30,7 @@ pub mod io;
 pub mod log;
 pub mod recovery;
 pub mod state;
+pub mod verify;
 pub mod walk;
 pub mod writer;
 
