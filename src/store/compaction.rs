@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use super::format::*;
 use super::log::{Loc, LogStore, Relocation};
+use super::state::{disk_bound, group_by_queue};
 
 /// Most bytes of live records one round copies forward.
 const COPY_BUDGET: u64 = 64 << 20;
@@ -96,9 +97,9 @@ impl LogStore {
         let spare = self.io.spare_bytes();
         let inner = self.inner.lock();
         let segment = inner.segment_size as u64;
-        let live: u64 = inner.segments.values().map(|m| m.live_bytes).sum();
-        let disk: u64 = inner.segments.values().map(|m| m.capacity as u64).sum::<u64>() + spare;
-        let bound = (2 * live).max(live + 4 * segment);
+        let (live, files) = inner.live_and_files(true);
+        let disk = files + spare;
+        let bound = disk_bound(live, segment);
         let behind = disk + segment > bound;
         drop(inner);
         if self.compaction_behind.swap(behind, Ordering::AcqRel) != behind {
@@ -168,12 +169,10 @@ impl LogStore {
         let spare = self.io.spare_bytes();
         let inner = self.inner.lock();
         let segment = inner.segment_size as u64;
-        let live: u64 = inner.segments.values().map(|m| m.live_bytes).sum();
         // Segments already compacted are as good as gone.
-        let mut disk: u64 =
-            inner.segments.values().filter(|m| m.compacted_upto.is_none()).map(|m| m.capacity as u64).sum::<u64>()
-                + spare;
-        let target = (2 * live).max(live + 4 * segment).saturating_sub(segment);
+        let (live, files) = inner.live_and_files(false);
+        let mut disk = files + spare;
+        let target = disk_bound(live, segment).saturating_sub(segment);
         let mut candidates: Vec<(u64, u64, u32)> = inner
             .segments
             .iter()
@@ -290,10 +289,7 @@ impl LogStore {
             }
             for (queue, delivered) in holders {
                 if delivered {
-                    match marks.iter_mut().find(|(q, _)| *q == queue) {
-                        Some((_, ids)) => ids.push(m.id),
-                        None => marks.push((queue, vec![m.id])),
-                    }
+                    group_by_queue(&mut marks, queue, m.id);
                 }
             }
             copied += len as u64;
@@ -323,20 +319,14 @@ impl LogStore {
         let mut carried_acks: Vec<(u32, Vec<u64>)> = Vec::new();
         for (queue, id) in acks {
             if inner.segments.range(..victim).any(|(_, m)| m.holds_copy_of(id)) {
-                match carried_acks.iter_mut().find(|(q, _)| *q == queue) {
-                    Some((_, ids)) => ids.push(id),
-                    None => carried_acks.push((queue, vec![id])),
-                }
+                group_by_queue(&mut carried_acks, queue, id);
             }
         }
         let mut carried_marks: Vec<(u32, Vec<u64>)> = Vec::new();
         for (queue, id) in marks {
             let older_copy = inner.index.get(&id).is_some_and(|l| l.segment < victim);
             if older_copy && inner.holders(id).iter().any(|(q, d)| *q == queue && *d) {
-                match carried_marks.iter_mut().find(|(q, _)| *q == queue) {
-                    Some((_, ids)) => ids.push(id),
-                    None => carried_marks.push((queue, vec![id])),
-                }
+                group_by_queue(&mut carried_marks, queue, id);
             }
         }
         let mut carried = 0u64;

@@ -500,10 +500,11 @@ impl LogStore {
     pub fn stats(&self) -> LogStats {
         let spare = self.io.spare_bytes();
         let inner = self.inner.lock();
+        let (live, files) = inner.live_and_files(true);
         LogStats {
             segments: inner.segments.len(),
-            disk_bytes: inner.segments.values().map(|m| m.capacity as u64).sum::<u64>() + spare,
-            live_bytes: inner.segments.values().map(|m| m.live_bytes).sum(),
+            disk_bytes: files + spare,
+            live_bytes: live,
             published_bytes: self.stats.published_bytes.load(Ordering::Relaxed),
             written_bytes: self.stats.written_bytes.load(Ordering::Relaxed),
             compaction_bytes: self.stats.compaction_bytes.load(Ordering::Relaxed),

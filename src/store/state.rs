@@ -195,7 +195,35 @@ pub(super) fn prune_foreign(segments: &mut BTreeMap<u32, SegmentMeta>) {
     }
 }
 
+/// The disk the log's files may take once compaction has caught up:
+/// `max(2 × live, live + 4 segments)` (storage-format.md, "Compaction").
+pub fn disk_bound(live: u64, segment: u64) -> u64 {
+    (2 * live).max(live + 4 * segment)
+}
+
+/// Adds `id` to the ids of `queue` in `groups`: one record per queue.
+pub fn group_by_queue(groups: &mut Vec<(u32, Vec<u64>)>, queue: u32, id: u64) {
+    match groups.iter_mut().find(|(q, _)| *q == queue) {
+        Some((_, ids)) => ids.push(id),
+        None => groups.push((queue, vec![id])),
+    }
+}
+
 impl Inner {
+    /// Bytes of live message records, and bytes the segment files take
+    /// (without the spare; `with_compacted`: also segments compacted and
+    /// waiting for deletion).
+    pub fn live_and_files(&self, with_compacted: bool) -> (u64, u64) {
+        let live = self.segments.values().map(|m| m.live_bytes).sum();
+        let files = self
+            .segments
+            .values()
+            .filter(|m| with_compacted || m.compacted_upto.is_none())
+            .map(|m| m.capacity as u64)
+            .sum();
+        (live, files)
+    }
+
     pub fn check(&self) -> Result<(), StoreError> {
         match &self.failed {
             Some(why) => Err(StoreError::Failed(why.clone())),
@@ -242,10 +270,9 @@ impl Inner {
         self.appended.store(base + used as u64, Ordering::Release);
         if self.compaction {
             // The segments, a spare, and room for the next one.
-            let disk: u64 = self.segments.values().map(|m| m.capacity as u64).sum::<u64>() + self.segment_size as u64;
-            let live: u64 = self.segments.values().map(|m| m.live_bytes).sum();
-            let bound = (2 * live).max(live + 4 * self.segment_size as u64);
-            if disk + self.segment_size as u64 > bound {
+            let (live, files) = self.live_and_files(true);
+            let segment = self.segment_size as u64;
+            if files + 2 * segment > disk_bound(live, segment) {
                 self.compaction_behind.store(true, Ordering::Release);
             }
         }

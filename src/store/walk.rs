@@ -89,8 +89,8 @@ fn synced_group_after(bytes: &[u8], from: usize, header: &SegmentHeader) -> bool
 /// Whether any valid record starts after `from`: format 1's evidence.
 fn record_after(bytes: &[u8], from: usize) -> bool {
     let end = end_of_nonzero(bytes, from);
-    let bytes = Bytes::copy_from_slice(bytes);
-    (from + 1..end).any(|at| matches!(read_record_keyed(&bytes, at, 0), Scanned::Record { .. }))
+    (from + 1..end)
+        .any(|at| matches!(frame_at_keyed(bytes, at, 0), Framed::Record(f) if check_payload(&f, bytes).is_ok()))
 }
 
 /// Reads a segment's records from the start; `Err` when the header itself
