@@ -102,9 +102,17 @@ pub fn execute(broker: &Broker, req: &Request) -> Response {
                    "channels": channels, "client": info.client, "timeout": info.heartbeat, "frame_max": info.frame_max,
                    "state": "running"})
         }))),
-        "list_consumers" => ok(rows(broker.list_consumers().into_iter().map(|(queue, tag, peer, channel, ack, exclusive, prefetch)| {
-            json!({"queue_name": queue, "consumer_tag": tag, "channel_pid": format!("{peer}:{channel}"),
-                   "ack_required": ack, "exclusive": exclusive, "prefetch_count": prefetch, "active": true, "arguments": "[]"})
+        "list_consumers" => ok(rows(broker.list_consumers().into_iter().map(|c| {
+            // RabbitMQ's activity_status: up, single_active or waiting.
+            let status = match (c.single_active, c.active) {
+                (false, _) => "up",
+                (true, true) => "single_active",
+                (true, false) => "waiting",
+            };
+            let arguments = if c.priority != 0 { format!("[{{\"x-priority\",{}}}]", c.priority) } else { "[]".into() };
+            json!({"queue_name": c.queue, "consumer_tag": c.tag, "channel_pid": format!("{}:{}", c.peer, c.channel),
+                   "ack_required": c.ack_required, "exclusive": c.exclusive, "prefetch_count": c.prefetch,
+                   "active": c.active, "activity_status": status, "arguments": arguments})
         }))),
         "purge_queue" | "delete_queue" => {
             let Some(name) = req.name.as_deref() else { return fail(format!("{} needs a queue name", req.command)) };

@@ -47,6 +47,10 @@ pub struct Config {
     /// "2GB" or "500MiB"; 0 turns the alarm off. Default: two segments
     /// plus 50 MB.
     pub disk_free_limit: Option<Size>,
+    /// Milliseconds a delivery may stay unacknowledged before its channel
+    /// is closed (RabbitMQ's `consumer_timeout`, 30 minutes by default); 0
+    /// turns it off. A queue's `x-consumer-timeout` overrides it.
+    pub consumer_timeout: u64,
     /// Bytes appended to the log but not yet handed to the disk above which
     /// connections stop reading (and send connection.blocked).
     pub log_backlog_limit: usize,
@@ -75,6 +79,7 @@ impl Default for Config {
             skip_damaged_segments: false,
             compaction: true,
             disk_free_limit: None,
+            consumer_timeout: 30 * 60 * 1000,
             log_backlog_limit: 64 << 20,
             threads: 1,
             users: vec![User { name: "guest".into(), password: "guest".into(), loopback_only: true }],

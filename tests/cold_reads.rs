@@ -81,6 +81,7 @@ fn message(queue: &str, body: &str) -> Arc<Message> {
         body: Bytes::copy_from_slice(body.as_bytes()),
         persistent: true,
         expiration_ms: None,
+        priority: 0,
     })
 }
 
@@ -127,7 +128,7 @@ fn a_cold_backlog_read_holds_up_its_consumer_only() {
     let consumer = ConnectionHandle::new(7, tx, Arc::new(OutboundShared::default()), false);
     broker.register_connection(consumer.clone(), info());
     broker.open_channel(7, 1);
-    broker.consume(&consumer, 1, "backlog", "drain", true, false, true).unwrap();
+    broker.consume(&consumer, 1, "backlog", "drain", true, false, true, &Default::default()).unwrap();
     // Deliveries start on another thread: with reads under the lock, this
     // call itself would hold the lock until the gate opens.
     let starter = {

@@ -51,7 +51,7 @@ fn settle(store: &LogStore) {
 }
 
 fn queue_ids(recovered: &Recovered, queue: u32) -> Vec<(u64, bool)> {
-    recovered.queue_messages().remove(&queue).unwrap_or_default().into_iter().map(|(id, _, d)| (id, d)).collect()
+    recovered.queue_messages().remove(&queue).unwrap_or_default().into_iter().map(|m| (m.id, m.delivered)).collect()
 }
 
 #[test]

@@ -251,15 +251,35 @@ async fn a_frame_above_the_negotiated_frame_max_is_refused_from_its_header() {
         other => panic!("expected one full body frame, got {other:?}"),
     }
 
-    // One byte more: only the 7-byte header is sent, and the answer must not wait for the payload.
+    // As RabbitMQ, a payload of frame_max bytes (the client left the 8
+    // bytes of framing out of its count) is tolerated.
+    let full = vec![9u8; 4096];
+    let mut buf = BytesMut::new();
+    encode_method(&mut buf, 1, &BasicPublish { routing_key: "fm".into(), ..Default::default() }.into());
+    encode_content(&mut buf, 1, &[0, 0], &full, 4096 + 8);
+    encode_method(&mut buf, 1, &BasicGet { queue: "fm".into(), no_ack: true, ..Default::default() }.into());
+    c.send_bytes(&buf).await;
+    assert!(matches!(within("get-ok", c.expect_method()).await, Method::BasicGetOk(_)));
+    assert!(matches!(c.read_frame().await, Some(Frame::Header { .. })));
+    let mut received = 0;
+    while received < full.len() {
+        match c.read_frame().await {
+            Some(Frame::Body { payload, .. }) => received += payload.len(),
+            other => panic!("expected the body back, got {other:?}"),
+        }
+    }
+    assert_eq!(received, full.len());
+
+    // A payload one byte above frame_max: only the 7-byte header is sent,
+    // and the answer must not wait for the payload.
     let mut buf = BytesMut::new();
     encode_method(&mut buf, 1, &BasicPublish { routing_key: "fm".into(), ..Default::default() }.into());
     encode_content(&mut buf, 1, &[0, 0], &body[..10], 4096);
-    // Strip the small body frame; announce a 4089-byte one instead.
+    // Strip the small body frame; announce a 4097-byte one instead.
     let content_len = buf.len() - (8 + 10);
     let mut bytes = buf[..content_len].to_vec();
     bytes.extend_from_slice(&[3, 0, 1]);
-    bytes.extend_from_slice(&4089u32.to_be_bytes());
+    bytes.extend_from_slice(&4097u32.to_be_bytes());
     c.send_bytes(&bytes).await;
     match connection_outcome(&mut c, Duration::from_secs(3)).await {
         Outcome::Closed(close) => assert_eq!(close.reply_code, 501, "{close:?}"),

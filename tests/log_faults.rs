@@ -71,7 +71,7 @@ fn a_full_disk_holds_writes_back_and_the_log_resumes_when_space_returns() {
     store.shutdown();
     let image = disk.power_cut_image_any_order(1);
     let (_, recovered) = LogStore::open(SimDisk::from_image(&image), options(16 * 1024)).unwrap();
-    let ids: Vec<u64> = recovered.queue_messages().remove(&queue).unwrap().iter().map(|m| m.0).collect();
+    let ids: Vec<u64> = recovered.queue_messages().remove(&queue).unwrap().iter().map(|m| m.id).collect();
     let expected: Vec<u64> = published[1..].iter().map(|p| p.0).collect();
     assert_eq!(ids, expected, "everything written once space returned, and the ack too");
 }
@@ -192,6 +192,6 @@ fn a_message_for_more_than_65535_durable_queues_survives_a_restart() {
     let (store, recovered) = open();
     let per_queue = recovered.queue_messages();
     assert_eq!(per_queue.len(), queues.len(), "every queue holds the message");
-    assert!(queues.iter().all(|q| per_queue[q].iter().map(|m| m.0).eq([id])));
+    assert!(queues.iter().all(|q| per_queue[q].iter().map(|m| m.id).eq([id])));
     assert_eq!(store.read(id).unwrap().queues.len(), 70_000);
 }

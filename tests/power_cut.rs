@@ -89,7 +89,7 @@ fn confirmed_messages_survive_a_power_cut_at_any_moment() {
             .remove(&queue)
             .unwrap_or_default()
             .into_iter()
-            .map(|(id, _, d)| (id, d))
+            .map(|m| (m.id, m.delivered))
             .collect();
         assert!(recovered.definitions.queues.contains_key(&queue), "seed {seed}: the durable queue is gone");
         let mut confirmed = 0;

@@ -76,7 +76,7 @@ fn a_long_lived_message_is_copied_forward_and_survives_restart() {
     store.shutdown();
 
     let (store, recovered, _) = open(dir.path());
-    let ids: Vec<u64> = recovered.queue_messages().remove(&queue).unwrap_or_default().iter().map(|m| m.0).collect();
+    let ids: Vec<u64> = recovered.queue_messages().remove(&queue).unwrap_or_default().iter().map(|m| m.id).collect();
     assert_eq!(ids, vec![stuck], "exactly the unacked message comes back");
     assert_eq!(&store.read(stuck).unwrap().body[..], b"I stay");
 }
@@ -99,6 +99,7 @@ fn ids_are_not_reused_after_the_segments_that_held_them_are_gone() {
     assert!(fresh > *ids.iter().max().unwrap(), "message id {fresh} reused after restart");
     store.shutdown();
     let (_, recovered, _) = open(dir.path());
-    let present: Vec<u64> = recovered.queue_messages().remove(&queue).unwrap_or_default().iter().map(|m| m.0).collect();
+    let present: Vec<u64> =
+        recovered.queue_messages().remove(&queue).unwrap_or_default().iter().map(|m| m.id).collect();
     assert_eq!(present, vec![fresh], "an old ack record must not settle the new message");
 }

@@ -41,7 +41,13 @@ fn hand_built_segment(base: u64, capacity: u32) -> Vec<u8> {
     hand_built(1, base, capacity)
 }
 
-/// A segment of `version` 1 or 2 holding the same records.
+/// Publish time of message `id` in the format 3 segments below.
+fn published(id: u64) -> u64 {
+    1_700_000_000_000 + id
+}
+
+/// A segment of `version` 1, 2 or 3 holding the same records (format 3
+/// messages also carry their publish time).
 fn hand_built(version: u32, base: u64, capacity: u32) -> Vec<u8> {
     let mut seg = Vec::new();
     seg.extend_from_slice(b"WARRENLG");
@@ -50,14 +56,14 @@ fn hand_built(version: u32, base: u64, capacity: u32) -> Vec<u8> {
     seg.extend_from_slice(&(header_len as u32).to_le_bytes());
     seg.extend_from_slice(&base.to_le_bytes());
     seg.extend_from_slice(&capacity.to_le_bytes());
-    if version == 2 {
+    if version >= 2 {
         seg.extend_from_slice(&KEY.to_le_bytes());
     }
     let header_crc = crc(&seg[0..header_len - 4]);
     seg.extend_from_slice(&header_crc.to_le_bytes());
     assert_eq!(seg.len(), header_len);
-    let records = records();
-    if version == 2 {
+    let records = records(version);
+    if version >= 2 {
         // One commit group holds them all: keyed CRC over key, type, flags, payload.
         let mut content = vec![11u8, 0];
         content.extend_from_slice(&(base + 40).to_le_bytes());
@@ -74,7 +80,7 @@ fn hand_built(version: u32, base: u64, capacity: u32) -> Vec<u8> {
     seg
 }
 
-fn records() -> Vec<u8> {
+fn records(version: u32) -> Vec<u8> {
     let mut seg = Vec::new();
     // exchange.declare "logs", topic, not auto-delete, not internal, empty AMQP table (u32 0, big-endian).
     let mut p = str8("logs");
@@ -97,13 +103,17 @@ fn records() -> Vec<u8> {
     // Three messages to queue 7; properties = AMQP flags 0x1000 (delivery-mode) + octet 2.
     for (id, body) in [(1u64, &b"first"[..]), (2, b"second"), (3, b"third")] {
         let mut p = id.to_le_bytes().to_vec();
+        if version >= 3 {
+            p.extend_from_slice(&published(id).to_le_bytes());
+        }
         p.extend_from_slice(&1u16.to_le_bytes());
         p.extend_from_slice(&7u32.to_le_bytes());
         p.extend(str8("logs"));
         p.extend(str8("a.b"));
         p.extend(bytes32(&[0x10, 0x00, 2]));
         p.extend(bytes32(body));
-        seg.extend(record(7, 0, &p));
+        // Flag 8 (TIMED): the publish time follows the id.
+        seg.extend(record(7, if version >= 3 { 8 } else { 0 }, &p));
     }
     // delivered: queue 7, message 3. ack: queue 7, message 2.
     for (kind, id) in [(9u8, 3u64), (8, 2)] {
@@ -117,7 +127,7 @@ fn records() -> Vec<u8> {
 
 #[test]
 fn a_segment_built_from_the_document_decodes_record_by_record() {
-    for version in [1, 2] {
+    for version in [1, 2, 3] {
         decode_record_by_record(version);
     }
 }
@@ -132,8 +142,10 @@ fn decode_record_by_record(version: u32) {
     loop {
         match read_record_at(&seg, offset) {
             Scanned::Record { len, record, flags, .. } => {
-                assert_eq!(flags, 0);
+                let timed = version >= 3 && matches!(record, Record::Message(_));
+                assert_eq!(flags, if timed { 8 } else { 0 });
                 if let Record::Message(m) = &record {
+                    assert_eq!(m.published_ms, timed.then(|| published(m.id)));
                     assert_eq!(m.queues, vec![7]);
                     assert_eq!(m.exchange, "logs");
                     assert_eq!(m.routing_key, "a.b");
@@ -155,9 +167,9 @@ fn decode_record_by_record(version: u32) {
 
 #[test]
 fn our_encoder_writes_exactly_the_documented_bytes() {
-    let hand = hand_built(2, 0, 8192);
+    let hand = hand_built(3, 0, 8192);
     let mut ours = SegmentHeader::new(0, 8192, KEY).encode();
-    let records_len = records().len() as u32;
+    let records_len = records(3).len() as u32;
     encode_group(&mut ours, KEY, 40, records_len, true);
     Record::ExchangeDeclare {
         name: "logs".into(),
@@ -183,7 +195,7 @@ fn our_encoder_writes_exactly_the_documented_bytes() {
     })
     .encode(0, &mut ours);
     for (id, body) in [(1u64, &b"first"[..]), (2, b"second"), (3, b"third")] {
-        encode_message(&mut ours, 0, id, &[7], "logs", "a.b", &[0x10, 0x00, 2], body);
+        encode_message(&mut ours, 0, id, Some(published(id)), &[7], "logs", "a.b", &[0x10, 0x00, 2], body);
     }
     encode_id_record(&mut ours, TYPE_DELIVERED, 7, &[3]);
     encode_id_record(&mut ours, TYPE_ACK, 7, &[2]);
@@ -192,7 +204,7 @@ fn our_encoder_writes_exactly_the_documented_bytes() {
 
 #[test]
 fn recovery_of_the_hand_built_segment_rebuilds_queue_state() {
-    for version in [1, 2] {
+    for version in [1, 2, 3] {
         recover_hand_built(version);
     }
 }
@@ -206,7 +218,7 @@ fn recover_hand_built(version: u32) {
     assert_eq!(recovered.definitions.bindings.len(), 1);
     let per_queue = recovered.queue_messages();
     // Message 2 was acked; message 3 was delivered before the "crash".
-    let ids: Vec<(u64, bool)> = per_queue[&7].iter().map(|(id, _, delivered)| (*id, *delivered)).collect();
+    let ids: Vec<(u64, bool)> = per_queue[&7].iter().map(|m| (m.id, m.delivered)).collect();
     assert_eq!(ids, vec![(1, false), (3, true)]);
     assert!(recovered.max_message_id >= 3 && recovered.max_queue_id >= 7);
 }
@@ -232,7 +244,7 @@ fn torn_tail_in_the_newest_segment_is_cut_and_older_damage_is_refused() {
     let recovered = recover(&io, false).expect("a torn tail is not damage");
     assert!(recovered.torn_tail.is_some());
     // The ack of message 2 was torn away: it is back.
-    let ids: Vec<u64> = recovered.queue_messages()[&7].iter().map(|m| m.0).collect();
+    let ids: Vec<u64> = recovered.queue_messages()[&7].iter().map(|m| m.id).collect();
     assert_eq!(ids, vec![1, 2, 3]);
 
     // The same damage in a segment followed by another is refused, naming segment and offset.

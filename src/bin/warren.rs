@@ -44,6 +44,9 @@ struct Args {
     /// Free disk space below which publishers are blocked: bytes or e.g. 2GB, 500MiB; 0 turns the alarm off [default: 2 segments + 50MB].
     #[arg(long)]
     disk_free_limit: Option<warren::config::Size>,
+    /// Milliseconds a delivery may stay unacknowledged before its channel is closed; 0 turns it off [default: 1800000].
+    #[arg(long)]
+    consumer_timeout: Option<u64>,
     /// Threads serving connections [default: 1]; the log writer has its own.
     #[arg(long)]
     threads: Option<usize>,
@@ -80,6 +83,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(limit) = args.disk_free_limit {
         config.disk_free_limit = Some(limit);
     }
+    if let Some(timeout) = args.consumer_timeout {
+        config.consumer_timeout = timeout;
+    }
     if let Some(threads) = args.threads {
         config.threads = threads;
     }
@@ -109,6 +115,7 @@ fn main() -> anyhow::Result<()> {
     };
     let (store, recovered) = LogStore::open(Arc::new(io), options).map_err(|e| anyhow::anyhow!(e))?;
     let broker = Arc::new(Broker::new(store.clone()));
+    broker.set_consumer_timeout((config.consumer_timeout > 0).then_some(config.consumer_timeout));
     broker.restore(&recovered);
     drop(recovered);
 

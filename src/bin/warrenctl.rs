@@ -92,6 +92,7 @@ fn known_columns(command: &str) -> &'static [&'static str] {
             "exclusive",
             "prefetch_count",
             "active",
+            "activity_status",
             "arguments",
         ],
         _ => &[],

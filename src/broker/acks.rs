@@ -73,6 +73,7 @@ impl Broker {
         let mut touched: Vec<Arc<str>> = Vec::new();
         // Tombstones, one record per queue for the whole batch.
         let mut tombstones: Vec<(u32, Vec<u64>)> = Vec::new();
+        let mut departed: Vec<Departed> = Vec::new();
         for u in settled {
             let Some(q) = queues.get_mut(&u.queue).filter(|q| q.incarnation == u.incarnation) else { continue };
             q.unacked -= 1;
@@ -85,7 +86,14 @@ impl Broker {
                 touched.push(u.queue.clone());
             }
             match how {
-                Settle::Requeue => q.requeue(u.entry),
+                Settle::Requeue => {
+                    if let Some(entry) = q.requeue(u.entry) {
+                        departed_push(&mut departed, q, entry, Reason::DeliveryLimit);
+                    }
+                }
+                Settle::Discard if q.args.dead_letter_exchange.is_some() => {
+                    departed_push(&mut departed, q, u.entry, Reason::Rejected);
+                }
                 Settle::Ack | Settle::Discard => {
                     if let Some(qid) = q.store_id
                         && u.entry.store_id != 0
@@ -100,6 +108,9 @@ impl Broker {
         }
         for (qid, ids) in &tombstones {
             self.store.ack(*qid, ids).map_err(store_failed)?;
+        }
+        for d in departed {
+            st.depart(d, &self.store);
         }
         before_redelivery();
         // A channel-wide prefetch (global=true) freed by these acks may let

@@ -1,6 +1,8 @@
 //! Consumers and delivery: basic.qos, consume, cancel, get, channel flow,
-//! and the round-robin drain that hands ready messages to consumers with
-//! room, asking the loader for bodies paged out to the log.
+//! and the drain that hands ready messages to consumers with room (the
+//! highest `x-priority` first, round-robin among equals, only the active
+//! one of a single-active-consumer queue), asking the loader for bodies
+//! paged out to the log.
 
 use super::*;
 
@@ -67,6 +69,7 @@ impl Broker {
         no_ack: bool,
         exclusive: bool,
         no_wait: bool,
+        arguments: &FieldTable,
     ) -> Result<()> {
         let mut st = self.state.lock();
         let conn = handle.id;
@@ -75,14 +78,29 @@ impl Broker {
         let ch = channels
             .get_mut(&(conn, channel))
             .ok_or_else(|| AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"))?;
-        if ch.consumers.contains_key(&tag) {
+        if ch.consumers.contains_key(&tag) || ch.reply_to.as_ref().is_some_and(|r| r.tag == tag) {
             return Err(AmqpError::connection(reply::NOT_ALLOWED, format!("attempt to reuse consumer tag '{tag}'")));
+        }
+        if queue == REPLY_TO_QUEUE {
+            if !no_ack {
+                return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
+            }
+            if ch.reply_to.is_some() {
+                return Err(AmqpError::precondition("reply consumer already set"));
+            }
+            ch.reply_to = Some(ReplyConsumer { tag: tag.clone(), secret: fastrand::u64(..) });
+            if !no_wait {
+                handle.method(channel, BasicConsumeOk { consumer_tag: tag.to_string() });
+            }
+            return Ok(());
         }
         let q = queues.get_mut(queue).ok_or_else(|| no_queue(queue))?;
         check_owner(q, conn)?;
+        let args = ConsumerArgs::parse(arguments, queue)?;
         if q.has_exclusive_consumer() || (exclusive && !q.consumers.is_empty()) {
             return Err(AmqpError::access_refused(format!("queue '{queue}' in vhost '/' in exclusive use")));
         }
+        let active = !q.args.single_active_consumer || q.consumers.is_empty();
         q.consumers.push_back(Consumer {
             tag: tag.clone(),
             connection: handle.clone(),
@@ -91,8 +109,11 @@ impl Broker {
             exclusive,
             prefetch: ch.consumer_prefetch,
             unacked: 0,
+            args,
+            active,
         });
         q.had_consumer = true;
+        q.last_used = queue::now_ms();
         ch.consumers.insert(tag.clone(), q.name.clone());
         if !no_wait {
             handle.method(channel, BasicConsumeOk { consumer_tag: tag.to_string() });
@@ -121,8 +142,10 @@ impl Broker {
             let mut st = self.state.lock();
             let q = st.queues.get_mut(queue).ok_or_else(|| no_queue(queue))?;
             check_owner(q, conn)?;
-            expire_queue(q, &self.store);
-            let incarnation = q.incarnation;
+            q.last_used = queue::now_ms();
+            let (name, incarnation) = (q.name.clone(), q.incarnation);
+            st.expire_messages(&name, incarnation, &self.store);
+            let Some(q) = st.queues.get_mut(queue) else { return Err(no_queue(queue)) };
             let Some(mut entry) = q.pop_ready() else {
                 handle.method(channel, BasicGetEmpty::default());
                 return Ok(());
@@ -149,6 +172,7 @@ impl Broker {
                 return Err(AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"));
             };
             let Some(message) = load(&self.store, q, &entry) else { continue };
+            let message = with_delivery_count(q, &entry, message);
             let tag = ch.take_tag();
             let method = BasicGetOk {
                 delivery_tag: tag,
@@ -178,6 +202,7 @@ impl Broker {
                         incarnation: q.incarnation,
                         entry: unloaded(entry),
                         consumer_tag: None,
+                        delivered_at: queue::now_ms(),
                     },
                 );
             }
@@ -191,30 +216,44 @@ impl State {
     /// Hands ready messages of one queue to consumers with room, in
     /// round-robin order: a consumer that received a message moves to the back.
     pub(super) fn drain(&mut self, queue: &str, store: &LogStore) {
+        if let Some(q) = self.queues.get(queue).filter(|q| q.next_expiry().is_some()) {
+            let (name, incarnation) = (q.name.clone(), q.incarnation);
+            self.expire_messages(&name, incarnation, store);
+        }
         let State { queues, channels, loader, .. } = self;
         let Some(q) = queues.get_mut(queue) else { return };
-        expire_queue(q, store);
         // Log records for this drain, written once at the end: first
         // deliveries (so a restart flags them redelivered) and no-ack
         // deliveries (which settle at once).
         let mut delivered: Vec<u64> = Vec::new();
         let mut settled: Vec<u64> = Vec::new();
         while q.has_ready() && !q.consumers.is_empty() {
-            let pick = q.consumers.iter().position(|c| {
+            // The first consumer with room among those of the highest
+            // priority that have room: consumers move to the back after a
+            // delivery, so equals take turns.
+            let mut pick: Option<(usize, i32)> = None;
+            for (i, c) in q.consumers.iter().enumerate() {
+                if !c.active || pick.is_some_and(|(_, p)| p >= c.args.priority) {
+                    continue;
+                }
                 let consumer_room = c.no_ack || c.prefetch == 0 || c.unacked < c.prefetch as u32;
-                consumer_room
+                if consumer_room
                     && channels
                         .get(&(c.connection.id, c.channel))
                         .is_some_and(|ch| c.no_ack && !ch.paused || ch.has_room())
                     && c.connection.has_room()
-            });
-            let Some(index) = pick else { break };
+                {
+                    pick = Some((i, c.args.priority));
+                }
+            }
+            let Some((index, _)) = pick else { break };
             if q.peek_ready().is_some_and(|e| e.message.is_none()) && loader.as_ref().is_some_and(|l| l.is_alive()) {
                 // The loader reads it outside this lock and drains again.
                 break;
             }
             let Some(entry) = q.pop_ready() else { break };
             let Some(message) = load(store, q, &entry) else { continue };
+            let message = with_delivery_count(q, &entry, message);
             let Some(mut consumer) = q.consumers.remove(index) else { break };
             let Some(ch) = channels.get_mut(&(consumer.connection.id, consumer.channel)) else {
                 q.consumers.push_back(consumer);
@@ -239,6 +278,7 @@ impl State {
                         incarnation: q.incarnation,
                         entry: unloaded(entry),
                         consumer_tag: Some(consumer.tag.clone()),
+                        delivered_at: queue::now_ms(),
                     },
                 );
             }
@@ -267,12 +307,19 @@ impl State {
     }
 
     pub(super) fn cancel(&mut self, conn: u64, channel: u16, tag: &str, store: &LogStore) -> bool {
+        if self.cancel_reply_consumer(conn, channel, tag) {
+            return true;
+        }
         let Some(ch) = self.channels.get_mut(&(conn, channel)) else { return false };
         let Some(queue) = ch.consumers.remove(tag) else { return false };
         let Some(q) = self.queues.get_mut(&queue) else { return true };
         q.consumers.retain(|c| !(&*c.tag == tag && c.connection.id == conn && c.channel == channel));
+        q.activate_next_consumer();
+        q.last_used = queue::now_ms();
         if q.auto_delete && q.consumers.is_empty() {
             self.delete_queue(&queue, store);
+        } else {
+            self.drain(&queue, store);
         }
         true
     }
@@ -320,6 +367,26 @@ pub(super) fn drop_unreadable(store: &LogStore, q: &Queue, store_id: u64, e: &St
         // A failure here is the log's own failure, already reported.
         let _ = store.ack(qid, &[store_id]);
     }
+}
+
+/// A quorum queue tells a consumer how often a message was handed out
+/// before, in the `x-delivery-count` header.
+fn with_delivery_count(q: &Queue, entry: &QueuedMessage, message: Arc<Message>) -> Arc<Message> {
+    if q.args.queue_type != QueueType::Quorum || entry.delivery_count == 0 {
+        return message;
+    }
+    let Ok(mut props) = crate::protocol::BasicProperties::decode(message.properties.clone()) else { return message };
+    let headers = props.headers.get_or_insert_with(FieldTable::new);
+    headers.insert("x-delivery-count", crate::protocol::FieldValue::I64(entry.delivery_count as i64));
+    Arc::new(Message {
+        exchange: message.exchange.clone(),
+        routing_key: message.routing_key.clone(),
+        properties: props.to_bytes(),
+        body: message.body.clone(),
+        persistent: message.persistent,
+        expiration_ms: message.expiration_ms,
+        priority: message.priority,
+    })
 }
 
 /// An unacked entry of a stored message keeps no body: a requeue reads it back.

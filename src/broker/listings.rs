@@ -6,8 +6,9 @@ use super::*;
 impl Broker {
     pub fn list_queues(&self) -> Vec<QueueRow> {
         let mut st = self.state.lock();
-        for q in st.queues.values_mut() {
-            expire_queue(q, &self.store);
+        let queues: Vec<(Arc<str>, u64)> = st.queues.values().map(|q| (q.name.clone(), q.incarnation)).collect();
+        for (name, incarnation) in queues {
+            st.expire_messages(&name, incarnation, &self.store);
         }
         let mut rows: Vec<QueueRow> = st
             .queues
@@ -74,17 +75,28 @@ impl Broker {
         rows
     }
 
-    /// (queue, consumer tag, connection peer, channel, ack required, exclusive, prefetch) per consumer.
-    pub fn list_consumers(&self) -> Vec<(String, String, String, u16, bool, bool, u16)> {
+    /// Every consumer, by queue and tag.
+    pub fn list_consumers(&self) -> Vec<ConsumerRow> {
         let st = self.state.lock();
         let mut rows = Vec::new();
         for q in st.queues.values() {
             for c in &q.consumers {
                 let peer = st.connections.get(&c.connection.id).map(|e| e.info.peer.clone()).unwrap_or_default();
-                rows.push((q.name.to_string(), c.tag.to_string(), peer, c.channel, !c.no_ack, c.exclusive, c.prefetch));
+                rows.push(ConsumerRow {
+                    queue: q.name.to_string(),
+                    tag: c.tag.to_string(),
+                    peer,
+                    channel: c.channel,
+                    ack_required: !c.no_ack,
+                    exclusive: c.exclusive,
+                    prefetch: c.prefetch,
+                    active: c.active,
+                    single_active: q.args.single_active_consumer,
+                    priority: c.args.priority,
+                });
             }
         }
-        rows.sort();
+        rows.sort_by(|a, b| (&a.queue, &a.tag).cmp(&(&b.queue, &b.tag)));
         rows
     }
 
@@ -132,4 +144,21 @@ pub(super) fn format_table(t: &FieldTable) -> String {
         })
         .collect();
     format!("[{}]", items.join(","))
+}
+
+/// What `list_consumers` shows of one consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerRow {
+    pub queue: String,
+    pub tag: String,
+    pub peer: String,
+    pub channel: u16,
+    pub ack_required: bool,
+    pub exclusive: bool,
+    pub prefetch: u16,
+    /// Receives messages (false: waiting behind a single active consumer).
+    pub active: bool,
+    pub single_active: bool,
+    /// `x-priority`.
+    pub priority: i32,
 }

@@ -22,6 +22,8 @@ pub struct Message {
     pub persistent: bool,
     /// The `expiration` property, in milliseconds.
     pub expiration_ms: Option<u64>,
+    /// The `priority` property (0 when absent).
+    pub priority: u8,
 }
 
 impl Message {
@@ -91,11 +93,27 @@ pub struct ConnectionHandle {
     shared: Arc<OutboundShared>,
     /// The client asked for basic.cancel when a queue it consumes is deleted.
     pub cancel_notify: bool,
+    /// Where the broker tells the connection what it must do on its own.
+    events: Option<UnboundedSender<super::BrokerEvent>>,
 }
 
 impl ConnectionHandle {
     pub fn new(id: u64, tx: UnboundedSender<Outgoing>, shared: Arc<OutboundShared>, cancel_notify: bool) -> Self {
-        ConnectionHandle { id, tx, shared, cancel_notify }
+        ConnectionHandle { id, tx, shared, cancel_notify, events: None }
+    }
+
+    /// Gives the handle the connection's event queue.
+    pub fn with_events(mut self, events: UnboundedSender<super::BrokerEvent>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Tells the connection something it must act on (a gone connection
+    /// has nothing left to act on).
+    pub fn event(&self, event: super::BrokerEvent) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
+        }
     }
 
     /// Queues an item for the writer. A closed writer means the connection is

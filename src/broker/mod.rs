@@ -17,14 +17,20 @@
 //! back from it.
 //!
 //! Where each thing lives: this file holds the state, connections and
-//! channels; `routing` exchanges, bindings and routing; `queues` queue
-//! declare, purge, delete and TTL expiry; [`queue`] one queue's messages and
-//! consumers; `publish` publishing; `dispatch` consumers, qos, get and
-//! the drain to consumers; `acks` ack, nack, reject, recover; [`loader`]
-//! bodies read back from the log; `records` the mapping to log records and
-//! the restore from replay; `listings` what warrenctl shows.
+//! channels; `routing` exchanges, bindings, routing, alternate exchanges
+//! and CC/BCC; `queues` queue declare, purge, delete and TTL expiry;
+//! [`arguments`] queue and consumer arguments; [`queue`] one queue's
+//! messages (priority levels) and consumers; `publish` publishing;
+//! `dead_letter` dead-lettering; `dispatch` consumers (priorities, single
+//! active consumer), qos, get and the drain to consumers; `acks` ack,
+//! nack, reject, recover; `timers` message TTL, queue expiry and consumer
+//! timeouts; `reply_to` direct reply-to; [`loader`] bodies read back from
+//! the log; `records` the mapping to log records and the restore from
+//! replay; `listings` what warrenctl shows.
 
 mod acks;
+pub mod arguments;
+mod dead_letter;
 mod dispatch;
 pub mod error;
 pub mod exchange;
@@ -35,7 +41,9 @@ mod publish;
 pub mod queue;
 mod queues;
 mod records;
+mod reply_to;
 mod routing;
+mod timers;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -44,14 +52,19 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+pub use arguments::{ConsumerArgs, Overflow, QueueArgs, QueueType};
+use dead_letter::{Departed, Reason};
 pub use error::{AmqpError, Result, Scope};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
-pub use listings::QueueRow;
+pub use listings::{ConsumerRow, QueueRow};
 pub use message::{ConnectionHandle, Message, OutboundShared, Outgoing};
-pub use queue::{Consumer, Enqueued, Limits, Queue, QueuedMessage};
-use queues::{expire_queue, purge_queue};
+pub use queue::{Consumer, Enqueued, Queue, QueuedMessage};
+use queues::purge_queue;
 pub use records::message_from_record;
 use records::{binding_record, exchange_record, queue_record};
+pub use reply_to::REPLY_TO_QUEUE;
+use reply_to::ReplyConsumer;
+pub use timers::BrokerEvent;
 
 use crate::protocol::method::*;
 use crate::protocol::wire::{Wire, Writer};
@@ -69,6 +82,8 @@ struct Unacked {
     entry: QueuedMessage,
     /// None for basic.get.
     consumer_tag: Option<Arc<str>>,
+    /// Broker clock of the delivery, for the consumer timeout.
+    delivered_at: u64,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +98,10 @@ struct ChannelState {
     consumers: HashMap<Arc<str>, Arc<str>>,
     /// channel.flow(active=false) pauses deliveries.
     paused: bool,
+    /// The channel consumes from the direct reply-to pseudo-queue.
+    reply_to: Option<ReplyConsumer>,
+    /// The consumer timeout fired: the connection is closing the channel.
+    timed_out: bool,
 }
 
 impl ChannelState {
@@ -123,6 +142,8 @@ pub struct State {
     /// Reads paged-out bodies back; `None` if its thread could not start
     /// (bodies are then read under the lock, as a last resort).
     loader: Option<loader::Loader>,
+    /// `consumer_timeout`: ms a delivery may stay unacknowledged; None = off.
+    consumer_timeout: Option<u64>,
 }
 
 /// The result of routing one publish.
@@ -186,10 +207,14 @@ impl Broker {
         for (name, kind) in DEFAULT_EXCHANGES {
             state.exchanges.insert(name.to_string(), Exchange::new(name, kind, true, false, false, FieldTable::new()));
         }
+        state.consumer_timeout = Some(timers::DEFAULT_CONSUMER_TIMEOUT_MS);
         let state = Arc::new(Mutex::new(state));
         match loader::Loader::spawn(state.clone(), store.clone()) {
             Ok(l) => state.lock().loader = Some(l),
             Err(e) => tracing::error!("cannot start the body loader thread ({e}); paged-out bodies are read in line"),
+        }
+        if let Err(e) = timers::spawn(Arc::downgrade(&state), store.clone()) {
+            tracing::error!("cannot start the timer thread ({e}); TTLs act only when a queue is used");
         }
         Broker { state, store }
     }
@@ -243,10 +268,13 @@ impl State {
     fn close_channel(&mut self, conn: u64, channel: u16, store: &LogStore) {
         let Some(mut ch) = self.channels.remove(&(conn, channel)) else { return };
         let mut touched: Vec<Arc<str>> = Vec::new();
+        let mut over_limit: Vec<Departed> = Vec::new();
         for (_, u) in std::mem::take(&mut ch.unacked) {
             if let Some(q) = self.queues.get_mut(&u.queue).filter(|q| q.incarnation == u.incarnation) {
                 q.unacked -= 1;
-                q.requeue(u.entry);
+                if let Some(entry) = q.requeue(u.entry) {
+                    departed_push(&mut over_limit, q, entry, Reason::DeliveryLimit);
+                }
                 if !touched.contains(&u.queue) {
                     touched.push(u.queue.clone());
                 }
@@ -255,10 +283,14 @@ impl State {
         for (tag, queue) in ch.consumers {
             if let Some(q) = self.queues.get_mut(&queue) {
                 q.consumers.retain(|c| !(c.tag == tag && c.connection.id == conn && c.channel == channel));
+                q.activate_next_consumer();
                 if !touched.contains(&queue) {
                     touched.push(queue);
                 }
             }
+        }
+        for departed in over_limit {
+            self.depart(departed, store);
         }
         // Auto-delete first (no point redelivering from a queue about to go),
         // then hand requeued messages to the remaining consumers.
@@ -269,6 +301,16 @@ impl State {
             } else {
                 self.drain(&name, store);
             }
+        }
+    }
+}
+
+/// Adds a message that left queue `q` for `reason` to the batch for that queue.
+fn departed_push(batch: &mut Vec<Departed>, q: &Queue, entry: QueuedMessage, reason: Reason) {
+    match batch.iter_mut().find(|d| d.queue == q.name && d.incarnation == q.incarnation && d.reason == reason) {
+        Some(d) => d.entries.push(entry),
+        None => {
+            batch.push(Departed { queue: q.name.clone(), incarnation: q.incarnation, entries: vec![entry], reason })
         }
     }
 }

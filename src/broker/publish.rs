@@ -1,13 +1,34 @@
 //! Publishing: route a message, append it to the log once for all the
-//! durable queues it reaches, enqueue it, and deliver.
+//! durable queues it reaches, enqueue it, and deliver. Dead-lettering
+//! republishes through the same [`State::deliver_to`].
 
+use super::dead_letter::{Departed, Reason};
 use super::*;
+use crate::store::StoreError;
+
+/// What offering one message to its target queues did.
+#[derive(Debug, Default)]
+pub(super) struct Delivery {
+    /// Queues that took the message.
+    pub accepted: Vec<Arc<str>>,
+    /// A queue refused it (x-overflow = reject-publish).
+    pub rejected: bool,
+    pub durable_position: Option<u64>,
+    /// The log recorded the message's move out of its old queue together
+    /// with its new copy (dead-lettering only).
+    pub moved: bool,
+    /// Messages that left queues because of it: dropped from the head for
+    /// length, or refused by a reject-publish-dlx queue.
+    pub departed: Vec<Departed>,
+}
 
 impl Broker {
     /// Routes a message and enqueues it on every queue it reaches. A
     /// persistent message reaching durable queues is appended to the log
     /// once, with the list of those queues; `Routed::durable_position` then
     /// says what must be durable before the publish may be confirmed.
+    /// `headers` are the publisher's, `CC` and `BCC` included (the message's
+    /// own properties no longer carry `BCC`).
     pub fn publish(&self, exchange: &str, headers: Option<&FieldTable>, message: Arc<Message>) -> Result<Routed> {
         let mut st = self.state.lock();
         if let Some(ex) = st.exchanges.get(exchange)
@@ -17,15 +38,68 @@ impl Broker {
                 "cannot publish to internal exchange '{exchange}' in vhost '/'"
             )));
         }
-        let targets = st.route(exchange, &message.routing_key, headers)?;
-        let mut outcome = Routed::default();
+        if exchange.is_empty() && message.routing_key.starts_with(REPLY_TO_QUEUE) {
+            return Ok(st.reply_to(&message));
+        }
+        let targets = st.route_publish(exchange, &message.routing_key, headers)?;
+        let delivery = st.deliver_to(&targets, message, &self.store, None).map_err(store_failed)?;
+        let outcome = Routed {
+            routed: !delivery.accepted.is_empty() || delivery.rejected,
+            rejected: delivery.rejected,
+            durable_position: delivery.durable_position,
+        };
+        for departed in delivery.departed {
+            st.depart(departed, &self.store);
+        }
+        for name in &delivery.accepted {
+            st.drain(name, &self.store);
+            if let Some(q) = st.queues.get_mut(name)
+                && q.store_id.is_some()
+            {
+                q.page_out(|id| self.store.is_written(id));
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+impl State {
+    /// Offers a message to the named queues: appends it to the log once
+    /// for the durable ones (moving it out of `moved_from` in the same
+    /// step), then enqueues it. Does not deliver.
+    pub(super) fn deliver_to(
+        &mut self,
+        targets: &[String],
+        message: Arc<Message>,
+        store: &LogStore,
+        moved_from: Option<(u32, u64)>,
+    ) -> std::result::Result<Delivery, StoreError> {
+        let mut delivery = Delivery::default();
         let size = message.body_len();
         let mut accepting: Vec<&String> = Vec::with_capacity(targets.len());
         let mut durable_ids: Vec<u32> = Vec::new();
-        for name in &targets {
-            let Some(q) = st.queues.get(name.as_str()) else { continue };
+        for name in targets {
+            let Some(q) = self.queues.get(name.as_str()) else { continue };
             if q.would_reject(size) {
-                outcome.rejected = true;
+                delivery.rejected = true;
+                if q.args.overflow == Some(Overflow::RejectPublishDlx) {
+                    let entry = QueuedMessage {
+                        seq: 0,
+                        store_id: 0,
+                        message: Some(message.clone()),
+                        size: size as u32,
+                        redelivered: false,
+                        expires_at: 0,
+                        level: 0,
+                        delivery_count: 0,
+                    };
+                    delivery.departed.push(Departed {
+                        queue: q.name.clone(),
+                        incarnation: q.incarnation,
+                        entries: vec![entry],
+                        reason: Reason::Maxlen,
+                    });
+                }
                 continue;
             }
             accepting.push(name);
@@ -38,33 +112,32 @@ impl Broker {
         let now = queue::now_ms();
         let mut store_id = 0;
         if !durable_ids.is_empty() {
-            let (id, end) = self
-                .store
-                .publish(&durable_ids, &message.exchange, &message.routing_key, &message.properties, &message.body)
-                .map_err(store_failed)?;
+            let (id, end) = store.publish_moving(
+                &durable_ids,
+                &message.exchange,
+                &message.routing_key,
+                &message.properties,
+                &message.body,
+                moved_from,
+            )?;
             store_id = id;
-            outcome.durable_position = Some(end);
+            delivery.durable_position = Some(end);
+            delivery.moved = moved_from.is_some();
         }
-        for name in &accepting {
-            let Some(q) = st.queues.get_mut(name.as_str()) else { continue };
+        for name in accepting {
+            let Some(q) = self.queues.get_mut(name.as_str()) else { continue };
             let id = if q.store_id.is_some() { store_id } else { 0 };
             let (_, dropped) = q.enqueue(message.clone(), id, now);
-            outcome.routed = true;
-            if let Some(qid) = q.store_id {
-                let gone: Vec<u64> = dropped.iter().filter(|e| e.store_id != 0).map(|e| e.store_id).collect();
-                if !gone.is_empty() {
-                    self.store.ack(qid, &gone).map_err(store_failed)?;
-                }
+            delivery.accepted.push(q.name.clone());
+            if !dropped.is_empty() {
+                delivery.departed.push(Departed {
+                    queue: q.name.clone(),
+                    incarnation: q.incarnation,
+                    entries: dropped,
+                    reason: Reason::Maxlen,
+                });
             }
         }
-        for name in &accepting {
-            st.drain(name, &self.store);
-            if let Some(q) = st.queues.get_mut(name.as_str())
-                && q.store_id.is_some()
-            {
-                q.page_out(|id| self.store.is_written(id));
-            }
-        }
-        Ok(outcome)
+        Ok(delivery)
     }
 }

@@ -1,12 +1,17 @@
-//! A queue: its ready messages in publish order, its consumers in
-//! round-robin order, and the limits taken from its arguments.
+//! A queue: its ready messages, its consumers, and the arguments it was
+//! declared with.
+//!
+//! Ready messages live in one [`Level`] per message priority (one level for
+//! a queue without `x-max-priority`): delivery takes the highest level that
+//! has a message, and within a level publish order, with requeued messages
+//! back at the place their `seq` gives them.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use super::error::{AmqpError, Result};
+use super::arguments::{ConsumerArgs, Overflow, QueueArgs};
 use super::message::{ConnectionHandle, Message};
-use crate::protocol::{FieldTable, FieldValue};
+use crate::protocol::FieldTable;
 
 /// One message in one queue. `seq` is the queue's own publish counter: a
 /// requeued message goes back to the place its `seq` gives it.
@@ -26,6 +31,11 @@ pub struct QueuedMessage {
     /// Broker clock ([`now_ms`]) at which the message expires, plus one; 0
     /// for never.
     pub expires_at: u64,
+    /// The priority level the message waits in (0 in a plain queue).
+    pub level: u8,
+    /// Times the message was handed out and came back (the quorum queue's
+    /// `x-delivery-count`).
+    pub delivery_count: u32,
 }
 
 /// Milliseconds on the broker's monotonic clock, for message TTLs.
@@ -34,9 +44,9 @@ pub fn now_ms() -> u64 {
     START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
 }
 
-/// How many of the newest ready messages of a durable queue keep their body
-/// in memory; older ones are read back from the log when delivered.
-pub const HOT_WINDOW: u64 = 512;
+/// How many of the newest ready messages of a durable queue's level keep
+/// their body in memory; older ones are read back from the log when delivered.
+pub const HOT_WINDOW: usize = 512;
 
 #[derive(Debug)]
 pub struct Consumer {
@@ -48,54 +58,94 @@ pub struct Consumer {
     /// Per-consumer limit from basic.qos(global=false); 0 = none.
     pub prefetch: u16,
     pub unacked: u32,
+    pub args: ConsumerArgs,
+    /// Whether it receives messages: false for the waiting consumers of a
+    /// single-active-consumer queue.
+    pub active: bool,
 }
 
-/// What happens when a publish would push a queue past its max length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overflow {
-    DropHead,
-    RejectPublish,
+/// The ready messages of one priority.
+#[derive(Debug, Default)]
+struct Level {
+    ready: VecDeque<QueuedMessage>,
+    /// Messages given back (nack, reject, channel close) waiting to be
+    /// delivered again ahead of later publishes, ordered by `seq`.
+    requeued: BTreeMap<u64, QueuedMessage>,
+    /// Messages of `ready` with a lower seq hold no body in memory.
+    cold_below: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Limits {
-    pub max_length: Option<usize>,
-    pub max_length_bytes: Option<usize>,
-    pub overflow: Option<Overflow>,
-    /// `x-message-ttl`, in milliseconds.
-    pub message_ttl: Option<u64>,
-}
+impl Level {
+    fn len(&self) -> usize {
+        self.ready.len() + self.requeued.len()
+    }
 
-impl Limits {
-    /// Reads and validates `x-max-length`, `x-max-length-bytes` and `x-overflow`.
-    pub fn from_arguments(args: &FieldTable) -> Result<Limits> {
-        let count = |key: &str| -> Result<Option<usize>> {
-            match args.get(key) {
-                None => Ok(None),
-                Some(v) => match v.as_i64() {
-                    Some(n) if n >= 0 => Ok(Some(n as usize)),
-                    _ => Err(AmqpError::precondition(format!("invalid arg '{key}': must be a non-negative integer"))),
-                },
-            }
+    fn peek(&self) -> Option<&QueuedMessage> {
+        match (self.requeued.values().next(), self.ready.front()) {
+            (Some(r), Some(f)) => Some(if r.seq < f.seq { r } else { f }),
+            (r, f) => r.or(f),
+        }
+    }
+
+    fn pop(&mut self) -> Option<QueuedMessage> {
+        let take_requeued = match (self.requeued.keys().next(), self.ready.front()) {
+            (Some(r), Some(f)) => *r < f.seq,
+            (Some(_), None) => true,
+            (None, _) => false,
         };
-        let overflow = match args.get("x-overflow") {
-            None => None,
-            Some(v) => match v.as_str() {
-                Some("drop-head") => Some(Overflow::DropHead),
-                Some("reject-publish") | Some("reject-publish-dlx") => Some(Overflow::RejectPublish),
-                _ => {
-                    return Err(AmqpError::precondition(
-                        "invalid arg 'x-overflow': expected drop-head or reject-publish",
-                    ));
-                }
-            },
-        };
-        Ok(Limits {
-            max_length: count("x-max-length")?,
-            max_length_bytes: count("x-max-length-bytes")?,
-            overflow,
-            message_ttl: count("x-message-ttl")?.map(|ms| ms as u64),
+        if take_requeued { self.requeued.pop_first().map(|(_, e)| e) } else { self.ready.pop_front() }
+    }
+
+    /// Messages in delivery order: requeued ones merged by `seq`.
+    fn in_order(&self) -> impl Iterator<Item = &QueuedMessage> {
+        let mut requeued = self.requeued.values().peekable();
+        let mut ready = self.ready.iter().peekable();
+        std::iter::from_fn(move || match (requeued.peek(), ready.peek()) {
+            (Some(r), Some(f)) if r.seq < f.seq => requeued.next(),
+            (_, Some(_)) => ready.next(),
+            (Some(_), None) => requeued.next(),
+            (None, None) => None,
         })
+    }
+
+    fn entry_mut(&mut self, seq: u64) -> Option<&mut QueuedMessage> {
+        if self.requeued.contains_key(&seq) {
+            return self.requeued.get_mut(&seq);
+        }
+        let index = self.ready.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        self.ready.get_mut(index)
+    }
+
+    fn remove(&mut self, seq: u64, store_id: u64) -> Option<QueuedMessage> {
+        if self.requeued.get(&seq).is_some_and(|e| e.store_id == store_id) {
+            return self.requeued.remove(&seq);
+        }
+        let index = self.ready.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        if self.ready[index].store_id != store_id {
+            return None;
+        }
+        self.ready.remove(index)
+    }
+
+    /// Drops bodies older than the hot window once the log has them;
+    /// returns how many bodies it dropped.
+    fn page_out(&mut self, is_written: &impl Fn(u64) -> bool) -> usize {
+        let mut index = self.ready.partition_point(|e| e.seq < self.cold_below);
+        let mut dropped = 0;
+        while self.ready.len() - index > HOT_WINDOW {
+            let entry = &mut self.ready[index];
+            if entry.store_id != 0 {
+                if !is_written(entry.store_id) {
+                    break;
+                }
+                if entry.message.take().is_some() {
+                    dropped += 1;
+                }
+            }
+            self.cold_below = entry.seq + 1;
+            index += 1;
+        }
+        dropped
     }
 }
 
@@ -111,21 +161,18 @@ pub struct Queue {
     pub exclusive_owner: Option<u64>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
-    pub limits: Limits,
-    ready: VecDeque<QueuedMessage>,
-    /// Messages given back (nack, reject, channel close) waiting to be
-    /// delivered again ahead of later publishes, ordered by `seq`.
-    requeued: BTreeMap<u64, QueuedMessage>,
+    pub args: QueueArgs,
+    /// Index = priority; one level without `x-max-priority`.
+    levels: Vec<Level>,
+    ready_len: usize,
     ready_bytes: usize,
     next_seq: u64,
-    /// Ready messages with a lower seq hold no body in memory.
-    cold_below: u64,
     /// Ready messages whose body is on disk only (`message = None`).
     cold: usize,
     /// Bodies are being read back from the log for this queue.
     pub loading: bool,
-    /// Seq just past the last message asked of the loader: while the head
-    /// is far enough below it, no read-ahead scan is needed.
+    /// How many messages were asked of the loader and not yet taken: while
+    /// enough of them are ahead of consumers, no read-ahead scan is needed.
     pub read_ahead_upto: u64,
     pub consumers: VecDeque<Consumer>,
     /// Delivered to a consumer or basic.get and not yet settled.
@@ -133,6 +180,8 @@ pub struct Queue {
     /// An auto-delete queue goes away when its last consumer does, but only
     /// once it has had one.
     pub had_consumer: bool,
+    /// Broker clock of the last use (declare, consume, get) for `x-expires`.
+    pub last_used: u64,
 }
 
 /// The outcome of offering a message to a queue.
@@ -150,8 +199,9 @@ impl Queue {
         exclusive_owner: Option<u64>,
         auto_delete: bool,
         arguments: FieldTable,
-        limits: Limits,
+        args: QueueArgs,
     ) -> Self {
+        let levels = (0..=args.max_priority.unwrap_or(0) as usize).map(|_| Level::default()).collect();
         Queue {
             name: Arc::from(name),
             durable,
@@ -160,23 +210,23 @@ impl Queue {
             exclusive_owner,
             auto_delete,
             arguments,
-            limits,
-            ready: VecDeque::new(),
-            requeued: BTreeMap::new(),
+            args,
+            levels,
+            ready_len: 0,
             ready_bytes: 0,
             next_seq: 0,
-            cold_below: 0,
             cold: 0,
             loading: false,
             read_ahead_upto: 0,
             consumers: VecDeque::new(),
             unacked: 0,
             had_consumer: false,
+            last_used: now_ms(),
         }
     }
 
     pub fn ready_count(&self) -> usize {
-        self.ready.len() + self.requeued.len()
+        self.ready_len
     }
 
     pub fn ready_bytes(&self) -> usize {
@@ -184,33 +234,45 @@ impl Queue {
     }
 
     pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty() || !self.requeued.is_empty()
+        self.ready_len > 0
+    }
+
+    /// The level a message of this priority waits in: priorities above
+    /// the queue's maximum count as the maximum.
+    pub fn level_of(&self, priority: u8) -> u8 {
+        priority.min((self.levels.len() - 1) as u8)
     }
 
     fn is_full(&self, extra_bytes: usize) -> bool {
-        let len_full = self.limits.max_length.is_some_and(|max| self.ready_count() >= max);
-        let bytes_full = self.limits.max_length_bytes.is_some_and(|max| self.ready_bytes + extra_bytes > max);
+        let len_full = self.args.max_length.is_some_and(|max| self.ready_count() >= max);
+        let bytes_full = self.args.max_length_bytes.is_some_and(|max| self.ready_bytes + extra_bytes > max);
         len_full || bytes_full
     }
 
-    /// Whether a message would be refused (x-overflow = reject-publish).
+    /// Whether a message would be refused (x-overflow = reject-publish or
+    /// reject-publish-dlx).
     pub fn would_reject(&self, size: usize) -> bool {
-        self.limits.overflow == Some(Overflow::RejectPublish) && self.is_full(size)
+        matches!(self.args.overflow, Some(Overflow::RejectPublish | Overflow::RejectPublishDlx)) && self.is_full(size)
+    }
+
+    /// The broker-clock expiry of a message published `age` ms ago.
+    fn expiry(&self, message_ttl: Option<u64>, now: u64, age: u64) -> u64 {
+        // The shorter of the queue's TTL and the message's own expiration.
+        let ttl = match (self.args.message_ttl, message_ttl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        ttl.map_or(0, |ttl| now.saturating_add(ttl.saturating_sub(age)).saturating_add(1))
     }
 
     /// Appends a newly published message, applying the length limits; the
     /// messages dropped from the head to make room are returned.
     pub fn enqueue(&mut self, message: Arc<Message>, store_id: u64, now: u64) -> (Enqueued, Vec<QueuedMessage>) {
         let size = message.body_len();
-        // The shorter of the queue's TTL and the message's own expiration.
-        let ttl = match (self.limits.message_ttl, message.expiration_ms) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let expires_at = ttl.map_or(0, |ttl| now.saturating_add(ttl).saturating_add(1));
+        let expires_at = self.expiry(message.expiration_ms, now, 0);
         let mut dropped = Vec::new();
         if self.is_full(size) {
-            if self.limits.overflow == Some(Overflow::RejectPublish) {
+            if self.would_reject(size) {
                 return (Enqueued::Rejected, dropped);
             }
             while self.is_full(size) {
@@ -222,76 +284,102 @@ impl Queue {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let entry =
-            QueuedMessage { seq, store_id, message: Some(message), size: size as u32, redelivered: false, expires_at };
+        let level = self.level_of(message.priority);
+        let entry = QueuedMessage {
+            seq,
+            store_id,
+            message: Some(message),
+            size: size as u32,
+            redelivered: false,
+            expires_at,
+            level,
+            delivery_count: 0,
+        };
         if self.is_full(size) {
             // A message larger than x-max-length-bytes on its own, or
             // x-max-length = 0: it is dropped at once.
             dropped.push(entry);
         } else {
             self.ready_bytes += size;
-            self.ready.push_back(entry);
+            self.ready_len += 1;
+            self.levels[level as usize].ready.push_back(entry);
         }
         (Enqueued::Accepted, dropped)
     }
 
-    /// Appends a message recovered from the log (body on disk). The queue's
-    /// TTL counts from the restart: publish times are not logged.
-    pub fn restore(&mut self, store_id: u64, size: u32, redelivered: bool) {
+    /// Appends a message recovered from the log (body on disk). `age` is
+    /// how long ago it was published (0 when the log does not know), so
+    /// TTLs count from the publish.
+    pub fn restore(&mut self, store_id: u64, meta: RestoredMeta) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.ready_bytes += size as usize;
-        self.cold_below = self.next_seq;
+        self.ready_bytes += meta.size as usize;
+        self.ready_len += 1;
         self.cold += 1;
-        let expires_at = self.limits.message_ttl.map_or(0, |ttl| now_ms().saturating_add(ttl).saturating_add(1));
-        self.ready.push_back(QueuedMessage { seq, store_id, message: None, size, redelivered, expires_at });
+        let level = self.level_of(meta.priority);
+        let expires_at = self.expiry(meta.expiration_ms, now_ms(), meta.age);
+        let l = &mut self.levels[level as usize];
+        l.cold_below = seq + 1;
+        l.ready.push_back(QueuedMessage {
+            seq,
+            store_id,
+            message: None,
+            size: meta.size,
+            redelivered: meta.redelivered,
+            expires_at,
+            level,
+            delivery_count: meta.redelivered as u32,
+        });
     }
 
-    /// Drops the expired messages at the head of the queue, as RabbitMQ
+    /// Drops the expired messages at the head of each level, as RabbitMQ
     /// does (a message behind one that lives longer waits for it); returns
     /// them so the log can forget them.
     pub fn expire(&mut self, now: u64) -> Vec<QueuedMessage> {
         let mut expired = Vec::new();
-        loop {
-            let head = match (self.requeued.values().next(), self.ready.front()) {
-                (Some(r), Some(f)) => Some(if r.seq < f.seq { r } else { f }),
-                (r, f) => r.or(f),
-            };
-            match head {
-                Some(e) if e.expires_at != 0 && now >= e.expires_at => match self.pop_ready() {
-                    Some(e) => expired.push(e),
-                    None => return expired,
-                },
-                _ => return expired,
+        for index in 0..self.levels.len() {
+            loop {
+                match self.levels[index].peek() {
+                    Some(e) if e.expires_at != 0 && now >= e.expires_at => {}
+                    _ => break,
+                }
+                match self.levels[index].pop() {
+                    Some(e) => {
+                        self.taken(&e);
+                        expired.push(e);
+                    }
+                    None => break,
+                }
             }
         }
+        expired
+    }
+
+    /// The earliest expiry among the heads, for the expiry timer.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.levels.iter().filter_map(|l| l.peek()).map(|e| e.expires_at).filter(|at| *at != 0).min()
     }
 
     /// Drops the bodies of ready messages older than the hot window, once
     /// the log has written them (`is_written`), so that a backlog costs a
     /// small index entry per message rather than its body.
     pub fn page_out(&mut self, is_written: impl Fn(u64) -> bool) {
-        let Some(front) = self.ready.front().map(|e| e.seq) else { return };
-        self.cold_below = self.cold_below.max(front);
-        while self.next_seq.saturating_sub(self.cold_below) > HOT_WINDOW {
-            let index = (self.cold_below - front) as usize;
-            let Some(entry) = self.ready.get_mut(index) else { break };
-            if entry.store_id != 0 {
-                if !is_written(entry.store_id) {
-                    break;
-                }
-                if entry.message.take().is_some() {
-                    self.cold += 1;
-                }
-            }
-            self.cold_below += 1;
+        for level in &mut self.levels {
+            self.cold += level.page_out(&is_written);
         }
     }
 
-    /// Puts a message that was delivered back at its original place.
-    pub fn requeue(&mut self, mut entry: QueuedMessage) {
+    /// Puts a message that was delivered back at its original place;
+    /// returns it instead when it was returned more often than the queue's
+    /// delivery limit allows (it is then dead-lettered or dropped).
+    pub fn requeue(&mut self, mut entry: QueuedMessage) -> Option<QueuedMessage> {
         entry.redelivered = true;
+        entry.delivery_count = entry.delivery_count.saturating_add(1);
+        if self.args.delivery_limit.is_some_and(|limit| entry.delivery_count as u64 > limit) {
+            return Some(entry);
+        }
         self.put_back(entry);
+        None
     }
 
     /// Puts a message taken from the queue but never delivered back at its place.
@@ -300,32 +388,24 @@ impl Queue {
             self.cold += 1;
         }
         self.ready_bytes += entry.size as usize;
-        self.requeued.insert(entry.seq, entry);
+        self.ready_len += 1;
+        let level = (entry.level as usize).min(self.levels.len() - 1);
+        self.levels[level].requeued.insert(entry.seq, entry);
     }
 
     /// Store ids of every ready message.
     pub fn ready_store_ids(&self) -> Vec<u64> {
-        self.ready.iter().chain(self.requeued.values()).filter(|e| e.store_id != 0).map(|e| e.store_id).collect()
+        self.levels
+            .iter()
+            .flat_map(|l| l.ready.iter().chain(l.requeued.values()))
+            .filter(|e| e.store_id != 0)
+            .map(|e| e.store_id)
+            .collect()
     }
 
     /// The message [`Queue::pop_ready`] would take next.
     pub fn peek_ready(&self) -> Option<&QueuedMessage> {
-        match (self.requeued.values().next(), self.ready.front()) {
-            (Some(r), Some(f)) => Some(if r.seq < f.seq { r } else { f }),
-            (r, f) => r.or(f),
-        }
-    }
-
-    /// Ready messages in delivery order: requeued ones merged by `seq`.
-    fn in_order(&self) -> impl Iterator<Item = &QueuedMessage> {
-        let mut requeued = self.requeued.values().peekable();
-        let mut ready = self.ready.iter().peekable();
-        std::iter::from_fn(move || match (requeued.peek(), ready.peek()) {
-            (Some(r), Some(f)) if r.seq < f.seq => requeued.next(),
-            (_, Some(_)) => ready.next(),
-            (Some(_), None) => requeued.next(),
-            (None, None) => None,
-        })
+        self.levels.iter().rev().find_map(Level::peek)
     }
 
     /// Whether some ready message holds no body in memory.
@@ -344,7 +424,7 @@ impl Queue {
         }
         let mut warm = 0;
         let mut bytes = 0;
-        for entry in self.in_order() {
+        for entry in self.levels.iter().rev().flat_map(Level::in_order) {
             if entry.message.is_some() {
                 if out.is_empty() {
                     warm += 1;
@@ -364,11 +444,7 @@ impl Queue {
     }
 
     fn entry_mut(&mut self, seq: u64) -> Option<&mut QueuedMessage> {
-        if let Some(entry) = self.requeued.get_mut(&seq) {
-            return Some(entry);
-        }
-        let index = self.ready.binary_search_by_key(&seq, |e| e.seq).ok()?;
-        self.ready.get_mut(index)
+        self.levels.iter_mut().rev().find_map(|l| l.entry_mut(seq))
     }
 
     /// Gives a ready message read back from the log its body again.
@@ -379,45 +455,40 @@ impl Queue {
         }
     }
 
+    /// Bookkeeping for a message that left the ready list.
+    fn taken(&mut self, entry: &QueuedMessage) {
+        self.ready_bytes -= entry.size as usize;
+        self.ready_len -= 1;
+        if entry.message.is_none() {
+            self.cold = self.cold.saturating_sub(1);
+        }
+    }
+
     /// Takes a ready message out of the queue wherever it is (one whose
     /// body cannot be read back).
     pub fn remove_ready(&mut self, seq: u64, store_id: u64) -> Option<QueuedMessage> {
-        let entry = if self.requeued.get(&seq).is_some_and(|e| e.store_id == store_id) {
-            self.requeued.remove(&seq)?
-        } else {
-            let index = self.ready.binary_search_by_key(&seq, |e| e.seq).ok()?;
-            if self.ready[index].store_id != store_id {
-                return None;
-            }
-            self.ready.remove(index)?
-        };
-        self.ready_bytes -= entry.size as usize;
-        if entry.message.is_none() {
-            self.cold = self.cold.saturating_sub(1);
-        }
+        let entry = self.levels.iter_mut().rev().find_map(|l| l.remove(seq, store_id))?;
+        self.taken(&entry);
         Some(entry)
     }
 
-    /// The oldest ready message: requeued ones come before later publishes.
+    /// The next message to deliver: the highest priority first, requeued
+    /// ones before later publishes of their priority.
     pub fn pop_ready(&mut self) -> Option<QueuedMessage> {
-        let take_requeued = match (self.requeued.keys().next(), self.ready.front()) {
-            (Some(r), Some(f)) => *r < f.seq,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        let entry = if take_requeued { self.requeued.pop_first().map(|(_, e)| e) } else { self.ready.pop_front() }?;
-        self.ready_bytes -= entry.size as usize;
-        if entry.message.is_none() {
-            self.cold = self.cold.saturating_sub(1);
-        }
+        let entry = self.levels.iter_mut().rev().find(|l| l.len() > 0)?.pop()?;
+        self.taken(&entry);
         Some(entry)
     }
 
     /// Drops every ready message; returns them.
     pub fn purge(&mut self) -> Vec<QueuedMessage> {
-        let mut all: Vec<QueuedMessage> = self.ready.drain(..).collect();
-        all.extend(std::mem::take(&mut self.requeued).into_values());
+        let mut all = Vec::with_capacity(self.ready_len);
+        for level in &mut self.levels {
+            all.extend(level.ready.drain(..));
+            all.extend(std::mem::take(&mut level.requeued).into_values());
+        }
         self.ready_bytes = 0;
+        self.ready_len = 0;
         self.cold = 0;
         all
     }
@@ -426,56 +497,30 @@ impl Queue {
         self.consumers.iter_mut().find(|c| &*c.tag == tag && c.connection.id == connection && c.channel == channel)
     }
 
+    /// A single-active-consumer queue whose active consumer went hands
+    /// over to the consumer that waited longest.
+    pub fn activate_next_consumer(&mut self) {
+        if self.args.single_active_consumer
+            && !self.consumers.iter().any(|c| c.active)
+            && let Some(next) = self.consumers.front_mut()
+        {
+            next.active = true;
+        }
+    }
+
     pub fn has_exclusive_consumer(&self) -> bool {
         self.consumers.iter().any(|c| c.exclusive)
     }
-
-    /// The queue declared with these properties would be the same queue.
-    pub fn check_equivalent(&self, durable: bool, auto_delete: bool, arguments: &FieldTable) -> Result<()> {
-        let mismatch = |what: &str, received: &dyn std::fmt::Display, current: &dyn std::fmt::Display| {
-            AmqpError::precondition(format!(
-                "inequivalent arg '{what}' for queue '{}' in vhost '/': received '{received}' but current is '{current}'",
-                self.name
-            ))
-        };
-        if durable != self.durable {
-            return Err(mismatch("durable", &durable, &self.durable));
-        }
-        if auto_delete != self.auto_delete {
-            return Err(mismatch("auto_delete", &auto_delete, &self.auto_delete));
-        }
-        for key in [
-            "x-max-length",
-            "x-max-length-bytes",
-            "x-overflow",
-            "x-message-ttl",
-            "x-expires",
-            "x-dead-letter-exchange",
-            "x-queue-type",
-        ] {
-            let new = arguments.get(key);
-            let old = self.arguments.get(key);
-            let same = match (new, old) {
-                (Some(a), Some(b)) => a.as_i64().zip(b.as_i64()).map(|(x, y)| x == y).unwrap_or(a == b),
-                (None, None) => true,
-                // RabbitMQ treats an absent x-queue-type as "classic".
-                (Some(v), None) | (None, Some(v)) => key == "x-queue-type" && v.as_str() == Some("classic"),
-            };
-            if !same {
-                let show = |v: Option<&FieldValue>| v.map(describe).unwrap_or_else(|| "none".to_string());
-                return Err(mismatch(key, &show(new), &show(old)));
-            }
-        }
-        Ok(())
-    }
 }
 
-fn describe(v: &FieldValue) -> String {
-    if let Some(s) = v.as_str() {
-        s.to_string()
-    } else if let Some(n) = v.as_i64() {
-        n.to_string()
-    } else {
-        format!("{v:?}")
-    }
+/// What the log knows of a recovered message.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoredMeta {
+    pub size: u32,
+    pub redelivered: bool,
+    pub priority: u8,
+    /// The message's own `expiration`, in ms.
+    pub expiration_ms: Option<u64>,
+    /// Milliseconds since the publish (0 when the log does not know).
+    pub age: u64,
 }

@@ -1,6 +1,7 @@
 //! Queue lifecycle at the broker level: declare (with equivalence checks
 //! and logging of durable queues), purge, delete (bindings, consumers and
-//! the log's claim on its messages go with it), and TTL expiry of heads.
+//! the log's claim on its messages go with it), and TTL expiry of heads
+//! (expired messages are dead-lettered when the queue says so).
 
 use super::*;
 
@@ -21,17 +22,32 @@ impl Broker {
         } else {
             m.queue.clone()
         };
+        if name == REPLY_TO_QUEUE {
+            // The direct reply-to pseudo-queue always exists and is empty.
+            return Ok((name, 0, 0));
+        }
         if let Some(q) = st.queues.get_mut(name.as_str()) {
             check_owner(q, conn)?;
-            expire_queue(q, &self.store);
             if !m.passive {
-                if m.exclusive && q.exclusive_owner.is_none() {
+                if m.exclusive != q.exclusive_owner.is_some() {
                     return Err(AmqpError::locked(format!(
                         "cannot obtain exclusive access to locked queue '{name}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
                     )));
                 }
-                q.check_equivalent(m.durable, m.auto_delete, &m.arguments)?;
+                arguments::check_equivalent(
+                    &name,
+                    (q.durable, q.auto_delete, &q.arguments),
+                    m.durable,
+                    m.auto_delete,
+                    &m.arguments,
+                )?;
+                q.last_used = queue::now_ms();
             }
+            let q = st.queues.get(name.as_str()).map(|q| (q.name.clone(), q.incarnation));
+            if let Some((qname, incarnation)) = q {
+                st.expire_messages(&qname, incarnation, &self.store);
+            }
+            let q = st.queues.get(name.as_str()).ok_or_else(|| no_queue(&name))?;
             return Ok((name, q.ready_count() as u32, q.consumers.len() as u32));
         }
         if m.passive {
@@ -40,16 +56,35 @@ impl Broker {
         if name.starts_with("amq.") && !m.queue.is_empty() {
             return Err(AmqpError::access_refused(format!("queue name '{name}' contains reserved prefix 'amq.*'")));
         }
-        let limits = Limits::from_arguments(&m.arguments)?;
-        if let Some(kind) = m.arguments.get("x-queue-type").and_then(|v| v.as_str())
-            && kind != "classic"
+        let args = QueueArgs::parse(&m.arguments, &name)?;
+        if args.queue_type == QueueType::Quorum {
+            // As RabbitMQ's quorum queues: replicated, so durable and shared.
+            let property = if m.auto_delete {
+                Some("auto-delete")
+            } else if m.exclusive {
+                Some("exclusive-owner")
+            } else if !m.durable {
+                Some("non-durable")
+            } else {
+                None
+            };
+            if let Some(property) = property {
+                return Err(AmqpError::precondition(format!(
+                    "invalid property '{property}' for queue '{name}' in vhost '/'"
+                )));
+            }
+        }
+        if let Some(dlx) = &args.dead_letter_exchange
+            && !dlx.is_empty()
+            && dlx.starts_with("amq.")
+            && !st.exchanges.contains_key(&**dlx)
         {
-            return Err(AmqpError::precondition(format!(
-                "invalid arg 'x-queue-type': '{kind}' is not supported, only 'classic'"
+            return Err(AmqpError::access_refused(format!(
+                "access to exchange '{dlx}' in vhost '/' refused for user 'guest'"
             )));
         }
         let owner = m.exclusive.then_some(conn);
-        let mut q = Queue::new(&name, m.durable, owner, m.auto_delete, m.arguments.clone(), limits);
+        let mut q = Queue::new(&name, m.durable, owner, m.auto_delete, m.arguments.clone(), args);
         // As in RabbitMQ, exclusive and auto-delete queues do not outlive a
         // restart, so only durable queues that are neither are logged.
         if q.durable && owner.is_none() && !q.auto_delete {
@@ -69,14 +104,24 @@ impl Broker {
         let mut st = self.state.lock();
         let q = st.queues.get_mut(name).ok_or_else(|| no_queue(name))?;
         check_owner(q, conn)?;
+        q.last_used = queue::now_ms();
         purge_queue(q, &self.store).map(|n| n as u32)
     }
 
-    pub fn queue_delete(&self, conn: u64, name: &str, if_unused: bool, if_empty: bool) -> Result<u32> {
+    /// queue.delete; returns the message count and the tags of the
+    /// deleting channel's own consumers, to cancel after the delete-ok.
+    pub fn queue_delete(
+        &self,
+        conn: u64,
+        channel: u16,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<(u32, Vec<String>)> {
         let mut st = self.state.lock();
         let Some(q) = st.queues.get(name) else {
             // As RabbitMQ: deleting a queue that does not exist is not an error.
-            return Ok(0);
+            return Ok((0, Vec::new()));
         };
         check_owner(q, conn)?;
         if if_unused && !q.consumers.is_empty() {
@@ -86,8 +131,8 @@ impl Broker {
             return Err(AmqpError::precondition(format!("queue '{name}' in vhost '/' is not empty")));
         }
         let count = q.ready_count() as u32;
-        st.delete_queue(name, &self.store);
-        Ok(count)
+        let own = st.delete_queue_from(name, &self.store, Some((conn, channel)));
+        Ok((count, own))
     }
 }
 
@@ -95,13 +140,25 @@ impl State {
     /// Removes a queue and every binding to it; its consumers are told with
     /// basic.cancel when their client asked for that.
     pub(super) fn delete_queue(&mut self, name: &str, store: &LogStore) {
-        let Some(q) = self.queues.remove(name) else { return };
+        self.delete_queue_from(name, store, None);
+    }
+
+    /// As [`State::delete_queue`]; the basic.cancel of the consumers of the
+    /// channel `from` (the one deleting the queue) are returned rather than
+    /// sent, as they must follow its queue.delete-ok.
+    pub(super) fn delete_queue_from(&mut self, name: &str, store: &LogStore, from: Option<(u64, u16)>) -> Vec<String> {
+        let mut own_cancels = Vec::new();
+        let Some(q) = self.queues.remove(name) else { return own_cancels };
         for c in &q.consumers {
             if let Some(ch) = self.channels.get_mut(&(c.connection.id, c.channel)) {
                 ch.consumers.remove(&c.tag);
             }
             if c.connection.cancel_notify {
-                c.connection.method(c.channel, BasicCancel { consumer_tag: c.tag.to_string(), no_wait: true });
+                if from == Some((c.connection.id, c.channel)) {
+                    own_cancels.push(c.tag.to_string());
+                } else {
+                    c.connection.method(c.channel, BasicCancel { consumer_tag: c.tag.to_string(), no_wait: true });
+                }
             }
         }
         if let Some(qid) = q.store_id {
@@ -132,18 +189,25 @@ impl State {
         for ex in emptied {
             self.delete_exchange(&ex, store);
         }
+        own_cancels
     }
 }
 
-/// Drops a queue's expired head messages, and their log records' claim.
-pub(super) fn expire_queue(q: &mut Queue, store: &LogStore) {
-    let expired = q.expire(queue::now_ms());
-    if let Some(qid) = q.store_id {
-        let ids: Vec<u64> = expired.iter().filter(|e| e.store_id != 0).map(|e| e.store_id).collect();
-        // A failure here is the log's I/O failure, already reported.
-        if !ids.is_empty() {
-            let _ = store.ack(qid, &ids);
+impl State {
+    /// Takes a queue's expired head messages out and dead-letters them (or
+    /// drops them, and their log records' claim).
+    pub(super) fn expire_messages(&mut self, name: &Arc<str>, incarnation: u64, store: &LogStore) {
+        let Some(q) = self.queues.get_mut(name).filter(|q| q.incarnation == incarnation) else { return };
+        let expired = q.expire(queue::now_ms());
+        if expired.is_empty() {
+            return;
         }
+        if q.args.dead_letter_exchange.is_none() {
+            dead_letter::forget(store, q.store_id, &expired);
+            return;
+        }
+        let departed = Departed { queue: name.clone(), incarnation, entries: expired, reason: Reason::Expired };
+        self.depart(departed, store);
     }
 }
 

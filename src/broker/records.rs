@@ -22,11 +22,19 @@ impl Broker {
         for record in defs.queues.values() {
             if let Record::QueueDeclare { queue, name, auto_delete, arguments } = record {
                 let args = decode_table(arguments);
-                let limits = Limits::from_arguments(&args).unwrap_or_default();
-                let mut q = Queue::new(name, true, None, *auto_delete, args, limits);
+                let parsed = QueueArgs::from_stored(&args);
+                let mut q = Queue::new(name, true, None, *auto_delete, args, parsed);
                 q.store_id = Some(*queue);
-                for (id, size, delivered) in per_queue.remove(queue).unwrap_or_default() {
-                    q.restore(id, size, delivered);
+                let now = crate::store::wall_ms();
+                for m in per_queue.remove(queue).unwrap_or_default() {
+                    let meta = queue::RestoredMeta {
+                        size: m.body_len,
+                        redelivered: m.delivered,
+                        priority: m.priority,
+                        expiration_ms: m.expiration_ms,
+                        age: if m.published_ms == 0 { 0 } else { now.saturating_sub(m.published_ms) },
+                    };
+                    q.restore(m.id, meta);
                 }
                 st.next_incarnation += 1;
                 q.incarnation = st.next_incarnation;
@@ -50,13 +58,15 @@ impl Broker {
 }
 
 pub fn message_from_record(m: MessageRecord) -> Message {
+    let (priority, expiration_ms) = crate::store::format::peek_properties(&m.properties);
     Message {
         exchange: m.exchange,
         routing_key: m.routing_key,
         properties: m.properties,
         body: m.body,
         persistent: true,
-        expiration_ms: None,
+        expiration_ms,
+        priority,
     }
 }
 

@@ -110,6 +110,15 @@ impl Broker {
         arguments: &FieldTable,
     ) -> Result<()> {
         let mut st = self.state.lock();
+        // As RabbitMQ: unbinding from or to something already gone (an
+        // auto-delete exchange goes with its last binding) succeeds.
+        let dest_exists = match &destination {
+            Destination::Queue(name) => st.queues.contains_key(name.as_str()),
+            Destination::Exchange(name) => st.exchanges.contains_key(name),
+        };
+        if !source.is_empty() && (!st.exchanges.contains_key(source) || !dest_exists) {
+            return Ok(());
+        }
         let durable = st.check_binding_ends(conn, source, &destination)?;
         let Some(ex) = st.exchanges.get_mut(source) else { return Err(no_exchange(source)) };
         let binding = Binding { destination, routing_key: routing_key.to_string(), arguments: arguments.clone() };
@@ -141,6 +150,49 @@ impl Broker {
 }
 
 impl State {
+    /// The queues a publish reaches: routed by its routing key and every
+    /// key of its `CC` and `BCC` headers (sender-selected distribution);
+    /// when the exchange routes it nowhere, through the exchange's
+    /// `alternate-exchange` (and that one's, in turn).
+    pub(super) fn route_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+    ) -> Result<Vec<String>> {
+        let mut keys = vec![routing_key.to_string()];
+        if let Some(h) = headers {
+            keys.extend(cc_keys(h, "CC"));
+            keys.extend(cc_keys(h, "BCC"));
+        }
+        let mut current = exchange.to_string();
+        let mut tried: Vec<String> = Vec::new();
+        loop {
+            let mut queues: Vec<String> = Vec::new();
+            for key in &keys {
+                for q in self.route(&current, key, headers)? {
+                    if !queues.contains(&q) {
+                        queues.push(q);
+                    }
+                }
+            }
+            if !queues.is_empty() {
+                return Ok(queues);
+            }
+            tried.push(current.clone());
+            let alternate = self
+                .exchanges
+                .get(&current)
+                .and_then(|ex| ex.arguments.get("alternate-exchange"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
+            match alternate {
+                Some(ae) if !tried.contains(&ae) && self.exchanges.contains_key(&ae) => current = ae,
+                _ => return Ok(queues),
+            }
+        }
+    }
+
     /// The queues a message published to `exchange` reaches, following
     /// exchange-to-exchange bindings, each queue once.
     pub(super) fn route(&self, exchange: &str, routing_key: &str, headers: Option<&FieldTable>) -> Result<Vec<String>> {
@@ -212,5 +264,15 @@ impl State {
         for e in emptied {
             self.delete_exchange(&e, store);
         }
+    }
+}
+
+/// The routing keys of a `CC` or `BCC` header: an array of strings.
+pub(super) fn cc_keys(headers: &FieldTable, name: &str) -> Vec<String> {
+    match headers.get(name) {
+        Some(crate::protocol::FieldValue::Array(items)) => {
+            items.iter().filter_map(|v| v.as_str()).map(str::to_string).collect()
+        }
+        _ => Vec::new(),
     }
 }

@@ -40,7 +40,9 @@ impl Frame {
 
 /// Takes one complete frame off the front of `buf`, or returns `Ok(None)` when
 /// more bytes are needed. `frame_max` counts the whole frame, header and end
-/// octet included, as in connection.tune.
+/// octet included, as in connection.tune; like RabbitMQ, a frame whose
+/// payload alone is up to `frame_max` is tolerated, since several clients
+/// leave the 8 bytes of framing out of their count.
 pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, DecodeError> {
     if buf.len() < FRAME_HEADER_SIZE {
         return Ok(None);
@@ -49,7 +51,7 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
     let total = size as u64 + FRAME_OVERHEAD as u64;
-    if frame_max != 0 && total > frame_max as u64 {
+    if frame_max != 0 && size as u64 > frame_max as u64 {
         return Err(DecodeError::FrameTooLarge { size: total, max: frame_max });
     }
     if !matches!(kind, FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT) {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::connection::{CloseReason, Connection};
-use crate::broker::{AmqpError, Message, Outgoing};
+use crate::broker::{AmqpError, Message, Outgoing, REPLY_TO_QUEUE};
 use crate::protocol::method::*;
 use crate::protocol::{BasicProperties, ContentHeader, FieldTable, Frame, Method, reply};
 
@@ -215,13 +215,47 @@ impl Connection {
                 return self.close_channel_with(channel, err, (60, 40));
             }
         };
+        if let Some(user_id) = properties.user_id.as_deref()
+            && user_id != self.user
+        {
+            let err = AmqpError::precondition(format!(
+                "user_id property set to '{user_id}' but authenticated user was '{}'",
+                self.user
+            ));
+            return self.close_channel_with(channel, err, (60, 40));
+        }
+        let mut encoded = header.properties;
+        let mut rewritten = properties.clone();
+        let mut changed = false;
+        if rewritten.reply_to.as_deref() == Some(REPLY_TO_QUEUE) {
+            match self.broker.reply_address(self.id, channel) {
+                Some(address) => rewritten.reply_to = Some(address),
+                None => {
+                    let err = AmqpError::precondition("fast reply consumer does not exist");
+                    return self.close_channel_with(channel, err, (60, 40));
+                }
+            }
+            changed = true;
+        }
+        // BCC routes the message but never travels with it.
+        if let Some(headers) = rewritten.headers.as_mut()
+            && headers.get("BCC").is_some()
+        {
+            headers.0.retain(|(k, _)| k != "BCC");
+            changed = true;
+        }
+        if changed {
+            encoded = rewritten.to_bytes();
+        }
+        let Some(ch) = self.channels.get_mut(&channel) else { return Ok(()) };
         let message = Arc::new(Message {
             exchange,
             routing_key,
-            properties: header.properties,
+            properties: encoded,
             body: pending.body.into_bytes(),
             persistent: properties.is_persistent(),
             expiration_ms,
+            priority: properties.priority.unwrap_or(0),
         });
         let exchange = message.exchange.clone();
         let result = if let Some(ops) = ch.tx.as_mut() {

@@ -17,7 +17,9 @@ use tokio::sync::watch;
 
 use super::channel::Channel;
 use super::writer::{self, WriterTuning};
-use crate::broker::{AmqpError, Broker, ConnectionHandle, ConnectionInfo, OutboundShared, Outgoing, Scope};
+use crate::broker::{
+    AmqpError, Broker, BrokerEvent, ConnectionHandle, ConnectionInfo, OutboundShared, Outgoing, Scope,
+};
 use crate::config::Config;
 use crate::protocol::constants::{FRAME_MIN_SIZE, PROTOCOL_HEADER};
 use crate::protocol::method::*;
@@ -73,7 +75,9 @@ pub(super) struct Connection {
     channel_max: u16,
     heartbeat: u16,
     pub channels: HashMap<u16, Channel>,
-    user: String,
+    pub(super) user: String,
+    /// What the broker asks of this connection (a channel to close).
+    events: tokio::sync::mpsc::UnboundedReceiver<BrokerEvent>,
     registered: bool,
     durability: watch::Receiver<Durability>,
     /// The log position captured before the current method, to tell whether
@@ -96,6 +100,7 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broke
     let _ = socket.set_nodelay(true);
     let (reader, write_half) = socket.into_split();
     let (tx, rx) = unbounded_channel();
+    let (events_tx, events) = unbounded_channel();
     let shared = Arc::new(OutboundShared::default());
     let tuning = Arc::new(WriterTuning::default());
     tuning.frame_max.store(config.frame_max, Ordering::Relaxed);
@@ -108,7 +113,8 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broke
         config,
         reader,
         buf: BytesMut::with_capacity(64 * 1024),
-        handle: ConnectionHandle::new(id, tx, shared, false),
+        handle: ConnectionHandle::new(id, tx, shared, false).with_events(events_tx),
+        events,
         tuning,
         heartbeat: 0,
         channels: HashMap::new(),
@@ -462,6 +468,15 @@ impl Connection {
                     Ok(_) => last_heard = tokio::time::Instant::now(),
                     Err(e) => return Exit::Dropped(format!("socket error: {e}")),
                 },
+                Some(event) = self.events.recv() => match event {
+                    BrokerEvent::CloseChannel { channel, error } => {
+                        if self.channels.contains_key(&channel)
+                            && let Err(reason) = self.close_channel_with(channel, error, (0, 0))
+                        {
+                            return Exit::Close(reason);
+                        }
+                    }
+                },
                 changed = self.durability.changed(), if waiting => {
                     if changed.is_err() {
                         return Exit::Dropped("the log writer stopped".into());
@@ -592,10 +607,20 @@ impl Connection {
             }
             frame => {
                 let channel = frame.channel();
-                if channel > self.channel_max {
+                // channel_max bounds how many channels are open at once, not
+                // their numbers (as RabbitMQ counts it).
+                if let Frame::Method { method: Method::ChannelOpen(_), .. } = &frame
+                    && self.channel_max != 0
+                    && !self.channels.contains_key(&channel)
+                    && self.channels.len() >= self.channel_max as usize
+                {
                     return Err(CloseReason::new(
-                        reply::CHANNEL_ERROR,
-                        format!("channel {channel} exceeds channel_max {}", self.channel_max),
+                        reply::NOT_ALLOWED,
+                        format!(
+                            "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                            self.channels.len(),
+                            self.channel_max
+                        ),
                     ));
                 }
                 self.channel_frame(channel, frame)?;

@@ -276,9 +276,21 @@ impl LogStore {
             }
             let holders = inner.holders(m.id);
             let queues: Vec<u32> = holders.iter().map(|h| h.0).collect();
-            let len = message_record_len(queues.len(), &m.exchange, &m.routing_key, &m.properties, &m.body);
+            let timed = m.published_ms.is_some();
+            let len = message_record_len(queues.len(), timed, &m.exchange, &m.routing_key, &m.properties, &m.body);
             let end = inner.append(len, 0, |out| {
-                encode_message(out, FLAG_RELOCATED, m.id, &queues, &m.exchange, &m.routing_key, &m.properties, &m.body)
+                let (exchange, key) = (&m.exchange, &m.routing_key);
+                encode_message(
+                    out,
+                    FLAG_RELOCATED,
+                    m.id,
+                    m.published_ms,
+                    &queues,
+                    exchange,
+                    key,
+                    &m.properties,
+                    &m.body,
+                )
             });
             let active = inner.active;
             let offset = (end - inner.active_base()) as u32 - len as u32;

@@ -11,9 +11,9 @@
 use bytes::{BufMut, Bytes};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"WARRENLG";
-/// The version this build writes. Version 1 segments are still read.
-pub const FORMAT_VERSION: u32 = 2;
-/// Header length of a version 2 segment (the version written now).
+/// The version this build writes. Versions 1 and 2 segments are still read.
+pub const FORMAT_VERSION: u32 = 3;
+/// Header length of a version 2 or 3 segment (3 is written now).
 pub const SEGMENT_HEADER_LEN: usize = 40;
 /// Header length of a version 1 segment.
 pub const SEGMENT_HEADER_LEN_V1: usize = 32;
@@ -43,6 +43,9 @@ pub const FLAG_SNAPSHOT: u8 = 1;
 pub const FLAG_RELOCATED: u8 = 2;
 /// A message record whose queue count is a u32 (more than 65,535 queues).
 pub const FLAG_WIDE: u8 = 4;
+/// A message record carrying its publish time (format 3), so that TTLs
+/// count from the publish across restarts.
+pub const FLAG_TIMED: u8 = 8;
 
 /// Group flag: everything before this group in the log had been made
 /// durable when the group was written.
@@ -111,10 +114,10 @@ impl SegmentHeader {
         let version = u32_at(8);
         let expected_len = match version {
             1 => SEGMENT_HEADER_LEN_V1,
-            2 => SEGMENT_HEADER_LEN,
+            2 | 3 => SEGMENT_HEADER_LEN,
             _ => {
                 return Err(FormatError::BadHeader(format!(
-                    "format version {version}; this build reads versions 1 and {FORMAT_VERSION}"
+                    "format version {version}; this build reads versions 1 to {FORMAT_VERSION}"
                 )));
             }
         };
@@ -247,6 +250,8 @@ pub struct BindingRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MessageRecord {
     pub id: u64,
+    /// Publish time, ms since the Unix epoch (format 3; None before).
+    pub published_ms: Option<u64>,
     pub queues: Vec<u32>,
     pub exchange: String,
     pub routing_key: String,
@@ -279,7 +284,7 @@ impl Record {
             return encode_group(out, 0, *position, *length, *synced_before);
         }
         let flags = match self {
-            Record::Message(m) if m.queues.len() > u16::MAX as usize => flags | FLAG_WIDE,
+            Record::Message(m) => message_flags(flags, m.queues.len(), m.published_ms),
             _ => flags,
         };
         frame(out, self.type_code(), flags, |out| match self {
@@ -304,9 +309,16 @@ impl Record {
                 put_str8(out, &b.routing_key);
                 put_bytes32(out, &b.arguments);
             }
-            Record::Message(m) => {
-                encode_message_payload(out, m.id, &m.queues, &m.exchange, &m.routing_key, &m.properties, &m.body)
-            }
+            Record::Message(m) => encode_message_payload(
+                out,
+                m.id,
+                m.published_ms,
+                &m.queues,
+                &m.exchange,
+                &m.routing_key,
+                &m.properties,
+                &m.body,
+            ),
             Record::Ack { queue, ids } | Record::Delivered { queue, ids } => encode_id_list(out, *queue, ids),
             Record::IdWatermark { next_message_id, next_queue_id } => {
                 out.put_u64_le(*next_message_id);
@@ -362,6 +374,7 @@ impl Record {
             }
             TYPE_MESSAGE => {
                 let id = r.u64()?;
+                let published_ms = if flags & FLAG_TIMED != 0 { Some(r.u64()?) } else { None };
                 let count = if flags & FLAG_WIDE != 0 { r.u32()? as usize } else { r.u16()? as usize };
                 let mut queues = Vec::with_capacity(count.min(r.remaining() / 4));
                 for _ in 0..count {
@@ -369,6 +382,7 @@ impl Record {
                 }
                 Record::Message(MessageRecord {
                     id,
+                    published_ms,
                     queues,
                     exchange: r.str8()?,
                     routing_key: r.str8()?,
@@ -414,9 +428,16 @@ fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, body: impl FnOnce(&mut Vec<u8>)
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+fn message_flags(flags: u8, queues: usize, published_ms: Option<u64>) -> u8 {
+    let flags = if queues > u16::MAX as usize { flags | FLAG_WIDE } else { flags };
+    if published_ms.is_some() { flags | FLAG_TIMED } else { flags }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn encode_message_payload(
     out: &mut Vec<u8>,
     id: u64,
+    published_ms: Option<u64>,
     queues: &[u32],
     exchange: &str,
     routing_key: &str,
@@ -425,6 +446,9 @@ fn encode_message_payload(
 ) {
     out.reserve(8 + 2 + queues.len() * 4 + 2 + exchange.len() + routing_key.len() + 8 + properties.len() + body.len());
     out.put_u64_le(id);
+    if let Some(ms) = published_ms {
+        out.put_u64_le(ms);
+    }
     if queues.len() > u16::MAX as usize {
         out.put_u32_le(queues.len() as u32);
     } else {
@@ -455,15 +479,16 @@ pub fn encode_message(
     out: &mut Vec<u8>,
     flags: u8,
     id: u64,
+    published_ms: Option<u64>,
     queues: &[u32],
     exchange: &str,
     routing_key: &str,
     properties: &[u8],
     body: &[u8],
 ) {
-    let flags = if queues.len() > u16::MAX as usize { flags | FLAG_WIDE } else { flags };
+    let flags = message_flags(flags, queues.len(), published_ms);
     frame(out, TYPE_MESSAGE, flags, |out| {
-        encode_message_payload(out, id, queues, exchange, routing_key, properties, body)
+        encode_message_payload(out, id, published_ms, queues, exchange, routing_key, properties, body)
     });
 }
 
@@ -497,11 +522,19 @@ pub fn encode_id_record(out: &mut Vec<u8>, kind: u8, queue: u32, ids: &[u64]) {
 }
 
 /// Size of the framed record [`encode_message`] writes.
-pub fn message_record_len(queues: usize, exchange: &str, routing_key: &str, properties: &[u8], body: &[u8]) -> usize {
+pub fn message_record_len(
+    queues: usize,
+    timed: bool,
+    exchange: &str,
+    routing_key: &str,
+    properties: &[u8],
+    body: &[u8],
+) -> usize {
     let count_len = if queues > u16::MAX as usize { 4 } else { 2 };
     RECORD_PREFIX_LEN
         + 2
         + 8
+        + if timed { 8 } else { 0 }
         + count_len
         + queues * 4
         + 1
@@ -660,6 +693,12 @@ pub struct MessageHead<'a> {
     pub id: u64,
     queues: &'a [u8],
     pub body_len: u32,
+    /// Publish time, ms since the Unix epoch (format 3 records).
+    pub published_ms: Option<u64>,
+    /// The `priority` property (0 when absent).
+    pub priority: u8,
+    /// The `expiration` property, in ms, when it is a number.
+    pub expiration_ms: Option<u64>,
 }
 
 impl MessageHead<'_> {
@@ -672,18 +711,23 @@ impl MessageHead<'_> {
     }
 }
 
-/// Reads a message record's id, queue list and body length, checking that
-/// the payload is well formed, without decoding names or copying bytes.
+/// Reads a message record's id, queue list, body length and the
+/// properties a queue orders and expires by, checking that the payload is
+/// well formed, without decoding names or copying bytes.
 pub fn peek_message(payload: &[u8], flags: u8) -> Result<MessageHead<'_>, FormatError> {
     let get = |at: usize, n: usize| payload.get(at..at + n).ok_or(FormatError::Truncated);
-    let id = u64::from_le_bytes(get(0, 8)?.try_into().map_err(|_| FormatError::Truncated)?);
+    let u64_at = |at: usize| -> Result<u64, FormatError> {
+        Ok(u64::from_le_bytes(get(at, 8)?.try_into().map_err(|_| FormatError::Truncated)?))
+    };
+    let id = u64_at(0)?;
+    let (published_ms, mut at) = if flags & FLAG_TIMED != 0 { (Some(u64_at(8)?), 16) } else { (None, 8) };
     let (count, queues_at) = if flags & FLAG_WIDE != 0 {
-        (u32::from_le_bytes(get(8, 4)?.try_into().map_err(|_| FormatError::Truncated)?) as usize, 12)
+        (u32::from_le_bytes(get(at, 4)?.try_into().map_err(|_| FormatError::Truncated)?) as usize, at + 4)
     } else {
-        (u16::from_le_bytes(get(8, 2)?.try_into().map_err(|_| FormatError::Truncated)?) as usize, 10)
+        (u16::from_le_bytes(get(at, 2)?.try_into().map_err(|_| FormatError::Truncated)?) as usize, at + 2)
     };
     let queues = get(queues_at, count.saturating_mul(4))?;
-    let mut at = queues_at + count * 4;
+    at = queues_at + count * 4;
     for _ in 0..2 {
         let n = *get(at, 1)?.first().ok_or(FormatError::Truncated)? as usize;
         let name = get(at + 1, n)?;
@@ -691,14 +735,68 @@ pub fn peek_message(payload: &[u8], flags: u8) -> Result<MessageHead<'_>, Format
         at += 1 + n;
     }
     let props = u32::from_le_bytes(get(at, 4)?.try_into().map_err(|_| FormatError::Truncated)?) as usize;
+    let (priority, expiration_ms) = peek_properties(get(at + 4, props)?);
     at += 4 + props;
     let body_len = u32::from_le_bytes(get(at, 4)?.try_into().map_err(|_| FormatError::Truncated)?);
     at += 4 + body_len as usize;
     match at.cmp(&payload.len()) {
-        std::cmp::Ordering::Equal => Ok(MessageHead { id, queues, body_len }),
+        std::cmp::Ordering::Equal => Ok(MessageHead { id, queues, body_len, published_ms, priority, expiration_ms }),
         std::cmp::Ordering::Less => Err(FormatError::Trailing(payload.len() - at)),
         std::cmp::Ordering::Greater => Err(FormatError::Truncated),
     }
+}
+
+/// The priority and numeric expiration of AMQP basic properties (flag
+/// word, then the present fields in order), skipping the others without
+/// decoding them. Properties that do not parse give (0, None): they were
+/// checked when published, so this only happens to damaged bytes, which
+/// the record's CRC already rules out.
+pub fn peek_properties(raw: &[u8]) -> (u8, Option<u64>) {
+    fn short_str(raw: &[u8], at: &mut usize) -> Option<std::ops::Range<usize>> {
+        let n = *raw.get(*at)? as usize;
+        let range = *at + 1..*at + 1 + n;
+        raw.get(range.clone())?;
+        *at += 1 + n;
+        Some(range)
+    }
+    let parse = || -> Option<(u8, Option<u64>)> {
+        let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
+        let mut at = 2;
+        let has = |bit: u16| flags & (1 << bit) != 0;
+        if has(15) {
+            short_str(raw, &mut at)?; // content-type
+        }
+        if has(14) {
+            short_str(raw, &mut at)?; // content-encoding
+        }
+        if has(13) {
+            let n = u32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?) as usize;
+            at += 4 + n; // headers
+        }
+        if has(12) {
+            at += 1; // delivery-mode
+        }
+        let priority = if has(11) {
+            let p = *raw.get(at)?;
+            at += 1;
+            p
+        } else {
+            0
+        };
+        if !has(8) {
+            return Some((priority, None));
+        }
+        if has(10) {
+            short_str(raw, &mut at)?; // correlation-id
+        }
+        if has(9) {
+            short_str(raw, &mut at)?; // reply-to
+        }
+        let expiration = short_str(raw, &mut at)?;
+        let text = std::str::from_utf8(raw.get(expiration)?).ok()?;
+        Some((priority, text.parse().ok()))
+    };
+    parse().unwrap_or((0, None))
 }
 
 /// Reads an ack or delivered record's queue and ids without allocating.

@@ -332,13 +332,46 @@ impl LogStore {
         properties: &[u8],
         body: &[u8],
     ) -> Result<(u64, u64), StoreError> {
+        self.publish_moving(queues, exchange, routing_key, properties, body, None)
+    }
+
+    /// Appends a message, stamped with its publish time, for `queues`. With
+    /// `moved_from` (a queue and the message id it held) the message is
+    /// being dead-lettered out of that queue: its ack goes in the same
+    /// commit group, right after the new record, so that a crash leaves
+    /// the message in one queue or the other, never in neither.
+    pub fn publish_moving(
+        &self,
+        queues: &[u32],
+        exchange: &str,
+        routing_key: &str,
+        properties: &[u8],
+        body: &[u8],
+        moved_from: Option<(u32, u64)>,
+    ) -> Result<(u64, u64), StoreError> {
         let mut inner = self.inner.lock();
         inner.check()?;
         let id = inner.next_message_id;
         inner.next_message_id += 1;
-        let len = message_record_len(queues.len(), exchange, routing_key, properties, body);
-        let end =
-            inner.append(len, id, |out| encode_message(out, 0, id, queues, exchange, routing_key, properties, body));
+        let published = Some(wall_ms());
+        let len = message_record_len(queues.len(), true, exchange, routing_key, properties, body);
+        let ack_len = if moved_from.is_some() { RECORD_PREFIX_LEN + 2 + 8 + 8 } else { 0 };
+        let mut end = inner.append(len + ack_len, id, |out| {
+            encode_message(out, 0, id, published, queues, exchange, routing_key, properties, body);
+            if let Some((queue, from)) = moved_from {
+                encode_id_record(out, TYPE_ACK, queue, &[from]);
+            }
+        });
+        if let Some((queue, from)) = moved_from {
+            end -= ack_len as u64;
+            let active = inner.active;
+            if let Some(meta) = inner.segments.get_mut(&active)
+                && from < meta.id_floor
+            {
+                meta.foreign_acks.push((queue, from));
+            }
+            inner.release(from, queue);
+        }
         let offset = (end - inner.active_base()) as u32 - len as u32;
         let queue = if queues.len() == 1 {
             queues[0]
@@ -359,7 +392,7 @@ impl LogStore {
         drop(inner);
         self.stats.published_bytes.fetch_add(len as u64, Ordering::Relaxed);
         self.wake_writer.notify_one();
-        Ok((id, end))
+        Ok((id, end + ack_len as u64))
     }
 
     /// Ack tombstones: these messages left `queue` for good.
@@ -540,6 +573,11 @@ impl LogStore {
         }
         self.durable.send_modify(|d| d.failed = true);
     }
+}
+
+/// Milliseconds since the Unix epoch: the publish time a message record carries.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 pub fn type_name(kind: u8) -> &'static str {

@@ -34,5 +34,5 @@ pub mod verify;
 pub mod walk;
 pub mod writer;
 
-pub use log::{Durability, FsyncPolicy, LogOptions, LogStats, LogStore, StoreError};
+pub use log::{Durability, FsyncPolicy, LogOptions, LogStats, LogStore, StoreError, wall_ms};
 pub use recovery::Recovered;

@@ -117,6 +117,22 @@ pub struct RecoveredMessage {
     pub len: u32,
     pub body_len: u32,
     pub queues: QueueSet,
+    /// Publish time, ms since the Unix epoch; 0 when the record predates format 3.
+    pub published_ms: u64,
+    pub priority: u8,
+    /// The message's own `expiration`, in ms.
+    pub expiration_ms: Option<u64>,
+}
+
+/// One message of one durable queue, as replay found it.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueMessage {
+    pub id: u64,
+    pub body_len: u32,
+    pub delivered: bool,
+    pub published_ms: u64,
+    pub priority: u8,
+    pub expiration_ms: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -136,17 +152,23 @@ pub struct Recovered {
 }
 
 impl Recovered {
-    /// Each durable queue's messages in publish (id) order: (message id,
-    /// body length, delivered).
-    pub fn queue_messages(&self) -> std::collections::HashMap<u32, Vec<(u64, u32, bool)>> {
-        let mut per_queue: std::collections::HashMap<u32, Vec<(u64, u32, bool)>> = Default::default();
+    /// Each durable queue's messages in publish (id) order.
+    pub fn queue_messages(&self) -> std::collections::HashMap<u32, Vec<QueueMessage>> {
+        let mut per_queue: std::collections::HashMap<u32, Vec<QueueMessage>> = Default::default();
         for (id, m) in &self.messages {
             for (queue, delivered) in m.queues.iter() {
-                per_queue.entry(queue).or_default().push((*id, m.body_len, delivered));
+                per_queue.entry(queue).or_default().push(QueueMessage {
+                    id: *id,
+                    body_len: m.body_len,
+                    delivered,
+                    published_ms: m.published_ms,
+                    priority: m.priority,
+                    expiration_ms: m.expiration_ms,
+                });
             }
         }
         for list in per_queue.values_mut() {
-            list.sort_unstable_by_key(|(id, _, _)| *id);
+            list.sort_unstable_by_key(|m| m.id);
         }
         per_queue
     }
@@ -396,6 +418,9 @@ fn apply(out: &mut Recovered, seg: &mut SegmentState, frame: &Frame, segment: &[
                     len: frame.len as u32,
                     body_len: m.body_len,
                     queues: QueueSet::from_queues(m.queues(), m.queue_count()),
+                    published_ms: m.published_ms.unwrap_or(0),
+                    priority: m.priority,
+                    expiration_ms: m.expiration_ms,
                 },
             );
         }

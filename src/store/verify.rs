@@ -276,7 +276,7 @@ fn check_structure(scan: &mut SegmentScan) {
                 | Record::BindingAdd(_)
                 | Record::IdWatermark { .. }
         );
-        let unknown = e.flags & !(FLAG_SNAPSHOT | FLAG_RELOCATED);
+        let unknown = e.flags & !(FLAG_SNAPSHOT | FLAG_RELOCATED | FLAG_WIDE | FLAG_TIMED);
         if unknown != 0 {
             warnings.push((e.offset, format!("unknown flag bits {unknown:#04x}")));
         }

@@ -22,7 +22,9 @@ pub(crate) fn flags_text(flags: u8) -> String {
     if flags & FLAG_RELOCATED != 0 {
         parts.push("RELOCATED".to_string());
     }
-    let other = flags & !(FLAG_SNAPSHOT | FLAG_RELOCATED);
+    // WIDE and TIMED only say how a message record is laid out; its
+    // fields show what they mean.
+    let other = flags & !(FLAG_SNAPSHOT | FLAG_RELOCATED | FLAG_WIDE | FLAG_TIMED);
     if other != 0 {
         parts.push(format!("{other:#04x}"));
     }
@@ -114,8 +116,9 @@ pub(crate) fn message_text(m: &MessageRecord, live: Option<bool>, names: &HashMa
         None => "?",
     };
     let ellipsis = if m.body.len() > PREVIEW_BYTES { "…" } else { "" };
+    let published = m.published_ms.map_or(String::new(), |ms| format!(" published_ms={ms}"));
     format!(
-        "id={} {state} queues=[{}] exchange={:?} routing_key={:?} props={} body={} \"{}\"{ellipsis}",
+        "id={} {state}{published} queues=[{}] exchange={:?} routing_key={:?} props={} body={} \"{}\"{ellipsis}",
         m.id,
         queues.join(", "),
         m.exchange,
@@ -192,6 +195,7 @@ pub(crate) fn record_json(
         Record::Message(m) => {
             put("id", json!(m.id));
             put("live", json!(live));
+            put("published_ms", json!(m.published_ms));
             put("queues", Value::Array(m.queues.iter().map(|q| queue_json(*q, names)).collect()));
             put("exchange", json!(m.exchange));
             put("routing_key", json!(m.routing_key));

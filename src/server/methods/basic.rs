@@ -21,7 +21,8 @@ impl Connection {
             }
             Method::BasicConsume(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
-                broker.consume(&self.handle, channel, &queue, &m.consumer_tag, m.no_ack, m.exclusive, m.no_wait)?;
+                let (tag, no_ack, exclusive, no_wait) = (&m.consumer_tag, m.no_ack, m.exclusive, m.no_wait);
+                broker.consume(&self.handle, channel, &queue, tag, no_ack, exclusive, no_wait, &m.arguments)?;
                 self.start_delivery.push(queue);
             }
             Method::BasicCancel(m) => {
@@ -54,6 +55,9 @@ impl Connection {
             }
             Method::BasicReject(m) => self.reject(channel, m.delivery_tag, false, m.requeue)?,
             Method::BasicNack(m) => self.reject(channel, m.delivery_tag, m.multiple, m.requeue)?,
+            // As RabbitMQ: redelivering to the same consumer only is not offered.
+            Method::BasicRecoverAsync(m) if !m.requeue => return Err(AmqpError::not_implemented("requeue=false")),
+            Method::BasicRecover(m) if !m.requeue => return Err(AmqpError::not_implemented("requeue=false")),
             Method::BasicRecoverAsync(_) => broker.recover(id, channel, None),
             Method::BasicRecover(_) => broker.recover(id, channel, Some(&self.handle)),
             other => return Err(not_on_a_channel(&other)),

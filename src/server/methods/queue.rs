@@ -40,9 +40,14 @@ impl Connection {
             }
             Method::QueueDelete(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
-                let message_count = broker.queue_delete(id, &queue, m.if_unused, m.if_empty)?;
+                let (message_count, own_consumers) =
+                    broker.queue_delete(id, channel, &queue, m.if_unused, m.if_empty)?;
                 if !m.no_wait {
                     self.reply_when_durable(channel, QueueDeleteOk { message_count });
+                }
+                // The channel's own consumers learn of it after the delete-ok.
+                for consumer_tag in own_consumers {
+                    self.reply_when_durable(channel, BasicCancel { consumer_tag, no_wait: true });
                 }
             }
             other => return Err(not_on_a_channel(&other)),

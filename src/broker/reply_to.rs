@@ -1,0 +1,73 @@
+//! Direct reply-to: the `amq.rabbitmq.reply-to` pseudo-queue. A channel
+//! consumes from it (no-ack); a request it publishes with that `reply_to`
+//! carries a name that leads back to the channel; a reply published to
+//! that name on the default exchange goes straight to the consumer,
+//! through no queue.
+
+use super::*;
+
+/// The pseudo-queue's name; replies go to names that extend it.
+pub const REPLY_TO_QUEUE: &str = "amq.rabbitmq.reply-to";
+
+/// A channel's consumer of its direct replies.
+#[derive(Debug, Clone)]
+pub(super) struct ReplyConsumer {
+    pub tag: Arc<str>,
+    /// Part of the reply address, so that it cannot be guessed.
+    pub secret: u64,
+}
+
+impl Broker {
+    /// The address a request published on this channel with
+    /// `reply_to = amq.rabbitmq.reply-to` carries instead; None when the
+    /// channel does not consume its replies.
+    pub fn reply_address(&self, conn: u64, channel: u16) -> Option<String> {
+        let st = self.state.lock();
+        let reply = st.channels.get(&(conn, channel))?.reply_to.as_ref()?;
+        Some(format!("{REPLY_TO_QUEUE}.{conn:x}.{channel:x}.{:016x}", reply.secret))
+    }
+}
+
+impl State {
+    /// Hands a reply published to a reply address to its consumer; a
+    /// reply whose channel is gone is dropped (unroutable).
+    pub(super) fn reply_to(&mut self, message: &Arc<Message>) -> Routed {
+        let unroutable = Routed::default();
+        let Some(rest) = message.routing_key.strip_prefix(REPLY_TO_QUEUE).and_then(|r| r.strip_prefix('.')) else {
+            return unroutable;
+        };
+        let mut parts = rest.split('.');
+        let (Some(conn), Some(channel), Some(secret), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return unroutable;
+        };
+        let (Ok(conn), Ok(channel), Ok(secret)) =
+            (u64::from_str_radix(conn, 16), u16::from_str_radix(channel, 16), u64::from_str_radix(secret, 16))
+        else {
+            return unroutable;
+        };
+        let Some(handle) = self.connections.get(&conn).map(|c| c.handle.clone()) else { return unroutable };
+        let Some(ch) = self.channels.get_mut(&(conn, channel)) else { return unroutable };
+        let Some(reply) = ch.reply_to.clone().filter(|r| r.secret == secret) else { return unroutable };
+        let delivery_tag = ch.take_tag();
+        handle.send(Outgoing::Deliver {
+            channel,
+            consumer_tag: reply.tag,
+            delivery_tag,
+            redelivered: false,
+            message: message.clone(),
+        });
+        Routed { routed: true, rejected: false, durable_position: None }
+    }
+
+    /// basic.cancel of a channel's reply consumer.
+    pub(super) fn cancel_reply_consumer(&mut self, conn: u64, channel: u16, tag: &str) -> bool {
+        match self.channels.get_mut(&(conn, channel)) {
+            Some(ch) if ch.reply_to.as_ref().is_some_and(|r| &*r.tag == tag) => {
+                ch.reply_to = None;
+                true
+            }
+            _ => false,
+        }
+    }
+}
