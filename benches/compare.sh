@@ -1,94 +1,313 @@
 #!/usr/bin/env bash
 # benches/compare.sh: Warren next to RabbitMQ, same machine, same client, one run.
 #
-# Starts a release build of warren on a scratch data directory, runs the
-# scenarios S1-S5 of ../shared/bench/run.sh (REPEAT times) and the restart
-# measurement of ../shared/bench/recovery.sh against it; then, if
-# rabbitmq-server is installed, does the same against a separate RabbitMQ node
-# (../shared/bench/rmq-node.sh, port 5673); then prints the medians side by
-# side with their ratio and the broker CPU per message.
+# Builds warren and the workspace's own load generator (tools/loadgen,
+# target/release/warren-loadgen) in release mode, starts warren on a scratch
+# data directory on a free port picked at run time, runs the scenarios
+# S1-S5 (REPEAT times) and the restart measurement against it; then, if
+# rabbitmq-server is installed, starts a RabbitMQ node of its own (scratch
+# RABBITMQ_MNESIA_BASE / LOG_BASE, node name warren-compare-<pid>@localhost,
+# AMQP and distribution ports picked at run time, 127.0.0.1 only, no
+# plugins) and does the same against it; then prints the medians side by
+# side with their ratio and the broker CPU per message. Only processes this
+# script started are stopped, by PID (and epmd, if the RabbitMQ node started
+# it). Nothing outside the repository is needed but python3 (free ports, the
+# table) and, for the comparison, Debian's rabbitmq-server run as root.
 #
-# Needs ../shared/bench/setup.sh to have run (amqpbench, rabbitmq-server).
-# Environment: REPEAT=3 PORT=5680 SCENARIOS="S1 S2 S3 S4 S5" RESTART_N=500000
-#   SKIP_RABBITMQ=0 SKIP_RECOVERY=0 BENCH=../shared/bench
+# Scenarios (all SIZE-byte messages, default exchange, one connection per
+# producer and per consumer; see `warren-loadgen run --help`):
+#   S1 durable queue, persistent, 1 producer with confirms (<= 100 in
+#      flight), 1 consumer acking each message, prefetch 100; DURATION s
+#   S2 as S1 with 4 producers and 4 consumers on 4 queues (a classic queue
+#      is one Erlang process, so one queue would measure that process)
+#   S3 BACKLOG persistent messages filled with confirms and no consumer,
+#      then drained by 1 consumer; pub = fill rate, cons = drain rate
+#   S4 transient messages, non-durable queue, no confirms, unthrottled
+#      producer, auto-ack consumer
+#   S5 as S1 with the producer held to RATE msg/s: the latency figure
+# Latency is publish -> delivery (a wall-clock timestamp in each body).
+#
+# Per scenario line (also appended to $OUT_DIR/summary.tsv):
+#   label scenario pub_msg_s cons_msg_s p50_ms p99_ms confirm_p99_ms
+#   broker_cpu% client_cpu% other_cpu% broker_peak_rss_mb broker_us_per_msg
+# CPU is % of one core over the scenario (from /proc/PID/stat before and
+# after; other = the rest of the machine, high means a disturbed run); peak
+# RSS is VmHWM, reset before each scenario through /proc/PID/clear_refs;
+# broker_us_per_msg = broker CPU time / messages carried (S3: fill + drain).
+# Restart lines (also in $OUT_DIR/recovery.tsv): with RESTART_N x SIZE
+# persistent messages queued, after a clean stop (SIGTERM) and after
+# kill -9, seconds from the start command until a fresh connection's
+# passive declare reports all of them:
+#   label mode N t_connect_s t_declare_s t_count_s t_first_get_s count status
+#
+# Environment (defaults): REPEAT=3 SCENARIOS="S1 S2 S3 S4 S5" DURATION=20
+#   WARMUP=3 (or 15% of a shorter DURATION) BACKLOG=200000 RATE=1000 SIZE=1024 RESTART_N=500000
+#   SKIP_RABBITMQ=0 SKIP_RECOVERY=0 PORT= (warren's port; default: a free one)
+#   QUEUE_ARGS="" extra queue arguments KEY=VALUE (comma or space separated,
+#     e.g. x-queue-type=quorum) for the durable queues of S1 S2 S3 S5
+#   PRIORITIES="" N: declare every queue with x-max-priority=N and publish
+#     with random priorities 0..N (compare with a run without it)
+#   OUT_DIR=target/bench-results/compare-<date> (summary.tsv, recovery.tsv,
+#     broker logs, raw client output)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BENCH=$(cd "${BENCH:-../shared/bench}" && pwd)
-REPEAT=${REPEAT:-3}; PORT=${PORT:-5680}; RESTART_N=${RESTART_N:-500000}
-export SCENARIOS=${SCENARIOS:-"S1 S2 S3 S4 S5"} REPEAT
-export OUT_DIR=${OUT_DIR:-/tmp/amqpbench-results}
+REPO=$PWD
+REPEAT=${REPEAT:-3}; SCENARIOS=${SCENARIOS:-"S1 S2 S3 S4 S5"}
+DURATION=${DURATION:-20}; WARMUP=${WARMUP:-}; BACKLOG=${BACKLOG:-200000}
+RATE=${RATE:-1000}; SIZE=${SIZE:-1024}; RESTART_N=${RESTART_N:-500000}
+QUEUE_ARGS=$(tr ' ' ',' <<<"${QUEUE_ARGS:-}"); PRIORITIES=${PRIORITIES:-}
+STAMP=$(date +%Y%m%d-%H%M%S)
+OUT_DIR=${OUT_DIR:-$REPO/target/bench-results/compare-$STAMP}
+mkdir -p "$OUT_DIR"; OUT_DIR=$(cd "$OUT_DIR" && pwd)
+TICK=$(getconf CLK_TCK)
+LOADGEN=$REPO/target/release/warren-loadgen
+WARREN=$REPO/target/release/warren
+
+cargo build --release -q -p warren-loadgen --bin warren-loadgen
+cargo build --release -q -p warren --bin warren
+
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo dev)
-WARREN_LABEL="warren-$rev"; RABBIT_LABEL="rabbitmq-$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null | cut -d- -f1)"
-cargo build --release -q --bin warren
-scratch=$(mktemp -d)
-trap '[[ -f $scratch/pid ]] && kill -9 $(cat "$scratch/pid") 2>/dev/null; rm -rf "$scratch"' EXIT
+WARREN_LABEL="warren-$rev"
+RABBIT_LABEL="rabbitmq-$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null | cut -d- -f1)"
+[[ $RABBIT_LABEL == rabbitmq- ]] && RABBIT_LABEL=rabbitmq
 
-start_warren="echo \$\$ > $scratch/pid; exec $PWD/target/release/warren --bind 127.0.0.1 --port $PORT --data-dir $scratch/data"
-bash -c "$start_warren" >"$scratch/warren.log" 2>&1 &
-until grep -q "listening on" "$scratch/warren.log" 2>/dev/null; do sleep 0.05; done
-BROKER_PID=$(cat "$scratch/pid") "$BENCH/run.sh" 127.0.0.1 "$PORT" "$WARREN_LABEL"
-if [[ ${SKIP_RECOVERY:-0} != 1 ]]; then
-    N=$RESTART_N "$BENCH/recovery.sh" 127.0.0.1 "$PORT" "$WARREN_LABEL" "$start_warren" \
-        "kill -TERM \$(cat $scratch/pid)" "kill -9 \$(cat $scratch/pid)"
-fi
-kill -TERM "$(cat "$scratch/pid")" 2>/dev/null || true
-
-if [[ ${SKIP_RABBITMQ:-0} != 1 ]] && command -v rabbitmq-server >/dev/null; then
-    "$BENCH/rmq-node.sh" wipe >/dev/null 2>&1 || true
-    "$BENCH/rmq-node.sh" up
-    BROKER_PID=$("$BENCH/rmq-node.sh" pid) "$BENCH/run.sh" 127.0.0.1 5673 "$RABBIT_LABEL"
-    if [[ ${SKIP_RECOVERY:-0} != 1 ]]; then
-        N=$RESTART_N "$BENCH/recovery.sh" 127.0.0.1 5673 "$RABBIT_LABEL" \
-            "$BENCH/rmq-node.sh start" "$BENCH/rmq-node.sh stop" "$BENCH/rmq-node.sh kill9"
+scratch=$(mktemp -d /tmp/warren-compare.XXXXXX)
+warren_pid=""; rmq_dir=""; rmq_pid=""; epmd_before=""
+cleanup() {
+    [[ -n $warren_pid ]] && kill -9 "$warren_pid" 2>/dev/null
+    if [[ -n $rmq_pid ]]; then kill -9 "$rmq_pid" 2>/dev/null; fi
+    if [[ -n $rmq_dir && -z $epmd_before ]]; then
+        local e; e=$(pgrep -x epmd || true)   # started by our node: stop it, by PID
+        [[ -n $e ]] && kill "$e" 2>/dev/null
     fi
-    "$BENCH/rmq-node.sh" stop >/dev/null 2>&1 || true
+    [[ -n $rmq_dir ]] && rm -rf "$rmq_dir"
+    rm -rf "$scratch"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null \
+        && return
+    local p
+    for p in $(shuf -i 20000-60999 -n 500); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+    done
+    echo "no free port found" >&2; return 1
+}
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+proc_jiffies() { if [[ -r /proc/$1/stat ]]; then sed 's/.*) //' "/proc/$1/stat" | awk '{print $12+$13}'; else echo 0; fi; }
+busy_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+hwm_mb() { awk '/^VmHWM/{printf "%.0f", $2/1024}' "/proc/$1/status" 2>/dev/null || echo -; }
+get() { tr ' ' '\n' <<<"$2" | awk -F= -v k="$1" '$1==k{print $2}'; }
+wait_exit() { # pid: until it is gone (it may not be our child)
+    local i
+    for ((i = 0; i < 6000; i++)); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+    echo "pid $1 still alive after 600 s" >&2; return 1
+}
+
+# ---------------------------------------------------------------- warren
+PORT=${PORT:-$(free_port)}
+start_warren() { # start and wait until it listens
+    "$WARREN" --bind 127.0.0.1 --port "$PORT" --data-dir "$scratch/warren-data" >>"$OUT_DIR/warren.log" 2>&1 &
+    warren_pid=$!
+}
+await_warren() {
+    local i
+    for ((i = 0; i < 6000; i++)); do
+        listening "$PORT" && return 0
+        kill -0 "$warren_pid" 2>/dev/null || { echo "warren exited, see $OUT_DIR/warren.log" >&2; exit 1; }
+        sleep 0.05
+    done
+    echo "warren did not listen on $PORT within 300 s" >&2; exit 1
+}
+warren_pid_of() { echo "$warren_pid"; }
+stop_warren() { kill -TERM "$warren_pid"; wait "$warren_pid" 2>/dev/null || true; warren_pid=""; }
+kill9_warren() { kill -9 "$warren_pid"; wait "$warren_pid" 2>/dev/null || true; warren_pid=""; }
+
+# ---------------------------------------------------------------- rabbitmq
+RPORT=""; DPORT=""; NODE="warren-compare-$$@localhost"
+rmq_env() {
+    env RABBITMQ_NODENAME="$NODE" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$RPORT" \
+        RABBITMQ_DIST_PORT="$DPORT" RABBITMQ_MNESIA_BASE="$rmq_dir/mnesia" RABBITMQ_LOG_BASE="$rmq_dir/log" \
+        RABBITMQ_PID_FILE="$rmq_dir/pid" RABBITMQ_ENABLED_PLUGINS_FILE="$rmq_dir/enabled_plugins" \
+        RABBITMQ_CONFIG_FILE="$rmq_dir/rabbitmq.conf" \
+        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" "$@"
+}
+beam_pid() { # the beam.smp of our node: from its pid file, else the listener of our port
+    local p=""
+    [[ -r $rmq_dir/pid ]] && p=$(tr -dc '0-9' <"$rmq_dir/pid")
+    if [[ -z $p || ! -r /proc/$p/comm ]] || ! grep -q '^beam' "/proc/$p/comm"; then
+        p=$(ss -ltnpH "sport = :$RPORT" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
+    fi
+    if [[ -n $p ]] && grep -q '^beam' "/proc/$p/comm" 2>/dev/null \
+        && tr '\0' '\n' <"/proc/$p/environ" | grep -qx "RABBITMQ_NODENAME=$NODE"; then echo "$p"; fi
+}
+start_rabbit() { (cd /tmp && rmq_env rabbitmq-server -detached) >>"$OUT_DIR/rabbitmq.log" 2>&1; }
+await_rabbit() { # until it accepts AMQP connections (the listener opens at the end of the boot)
+    local i
+    for ((i = 0; i < 2400; i++)); do
+        if listening "$RPORT" && "$LOADGEN" delete --uri "$RURI" --queue warren-compare-probe >/dev/null 2>&1; then
+            rmq_pid=$(beam_pid); [[ -n $rmq_pid ]] && return 0
+        fi
+        sleep 0.05
+    done
+    echo "RabbitMQ did not come up on $RPORT within 120 s, see $rmq_dir/log" >&2; exit 1
+}
+rmq_pid_of() { echo "$rmq_pid"; }
+stop_rabbit() { kill -TERM "$rmq_pid"; wait_exit "$rmq_pid"; rmq_pid=""; }
+kill9_rabbit() { kill -9 "$rmq_pid"; wait_exit "$rmq_pid"; rmq_pid=""; }
+
+# ---------------------------------------------------------------- measuring
+# scenario <label> <uri> <broker pid> <scenario>: one summary line
+scenario() {
+    local label=$1 uri=$2 pid=$3 sc=$4 args=(--scenario "$4" --size "$SIZE" --label "$1")
+    case $sc in
+        S3) args+=(--backlog "$BACKLOG") ;;
+        S5) args+=(--rate "$RATE" --duration "$DURATION") ;;
+        *) args+=(--duration "$DURATION") ;;
+    esac
+    [[ -n $WARMUP && $sc != S3 ]] && args+=(--warmup "$WARMUP")
+    [[ -n $QUEUE_ARGS && $sc != S4 ]] && args+=(--queue-args "$QUEUE_ARGS")
+    [[ -n $PRIORITIES ]] && args+=(--priorities "$PRIORITIES")
+    local hwm_reset=1
+    echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || hwm_reset=0
+    local t0 b0 p0 res rc=0
+    t0=$(date +%s%N); b0=$(busy_jiffies); p0=$(proc_jiffies "$pid")
+    echo "# $label $sc: warren-loadgen run --uri $uri ${args[*]}" >>"$OUT_DIR/raw.log"
+    res=$("$LOADGEN" run --uri "$uri" "${args[@]}" 2>"$OUT_DIR/stderr") || rc=$?
+    cat "$OUT_DIR/stderr" >>"$OUT_DIR/raw.log"; echo "$res" >>"$OUT_DIR/raw.log"
+    ((rc == 0)) || sed "s/^/# $label $sc: /" "$OUT_DIR/stderr" >&2
+    local t1 b1 p1; t1=$(date +%s%N); b1=$(busy_jiffies); p1=$(proc_jiffies "$pid")
+    local secs bj client rss line
+    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1e9}')
+    bj=$((p1 - p0)); client=$(get client_cpu_s "$res")
+    rss=$(hwm_mb "$pid"); ((hwm_reset)) || rss="$rss(lifetime)"
+    ((rc == 0)) || sc="$sc(FAILED)"
+    line=$(awk -v l="$label" -v sc="$sc" -v pub="$(get pub_msg_s "$res")" -v cons="$(get cons_msg_s "$res")" \
+        -v p50="$(get p50_ms "$res")" -v p99="$(get p99_ms "$res")" -v c99="$(get confirm_p99_ms "$res")" \
+        -v bj="$bj" -v all="$((b1 - b0))" -v c="${client:-0}" -v t="$TICK" -v s="$secs" -v rss="$rss" \
+        -v sent="$(get sent "$res")" -v got="$(get consumed "$res")" 'BEGIN{
+            n = (sent+0 > got+0) ? sent+0 : got+0
+            per = "-"; if (n > 0) per = sprintf("%.1f", bj/t*1e6/n)
+            other = all/t - bj/t - c; if (other < 0) other = 0
+            printf "%s %s %s %s %s %s %s %.0f %.0f %.0f %s %s\n", l, sc, (pub == "" ? "-" : pub),
+                (cons == "" ? "-" : cons), (p50 == "" ? "-" : p50), (p99 == "" ? "-" : p99),
+                (c99 == "" ? "-" : c99), 100*bj/t/s, 100*c/s, 100*other/s, rss, per }')
+    echo "$line"
+    printf '%s\t%s\n' "$STAMP" "$(tr ' ' '\t' <<<"$line")" >>"$OUT_DIR/summary.tsv"
+}
+
+# restart <label> <uri> <mode> <stop-fn> <start-fn>: fill, stop, start, time until all are back
+restart() {
+    local label=$1 uri=$2 mode=$3 stop=$4 start=$5 fill res t0
+    fill=$("$LOADGEN" fill --uri "$uri" --queue bench-restart --count "$RESTART_N" --size "$SIZE" --purge \
+        2>>"$OUT_DIR/raw.log") || { echo "fill failed: $fill" >&2; return 1; }
+    echo "# $label restart $mode fill: $fill" >>"$OUT_DIR/raw.log"
+    "$stop"
+    sleep 1
+    t0=$(date +%s%N)
+    "$start"
+    res=$("$LOADGEN" wait --uri "$uri" --queue bench-restart --expect "$RESTART_N" --since-ns "$t0" \
+        --interval-ms 20 --get --timeout 900 2>>"$OUT_DIR/raw.log") || true
+    echo "# $label restart $mode wait: $res" >>"$OUT_DIR/raw.log"
+    local line="$label $mode $RESTART_N $(get t_connect "$res") $(get t_declare "$res") $(get t_count "$res")"
+    line+=" $(get t_first_get "$res") $(get count "$res") $(get wait "$res")"
+    echo "$line"
+    printf '%s\t%s\n' "$STAMP" "$(tr ' ' '\t' <<<"$line")" >>"$OUT_DIR/recovery.tsv"
+}
+
+measure() { # label uri pid-fn stop-fn kill9-fn start-fn await-fn
+    local label=$1 uri=$2 pidfn=$3 r sc
+    echo "label scenario pub_msg_s cons_msg_s p50_ms p99_ms confirm_p99_ms broker_cpu% client_cpu% other_cpu% broker_peak_rss_mb broker_us_per_msg"
+    for ((r = 1; r <= REPEAT; r++)); do
+        for sc in $SCENARIOS; do scenario "$label" "$uri" "$($pidfn)" "$sc"; done
+    done
+    if [[ ${SKIP_RECOVERY:-0} != 1 ]]; then
+        echo "label mode N t_connect_s t_declare_s t_count_s t_first_get_s count status"
+        restart "$label" "$uri" clean "$4" "$6"; "$7"
+        restart "$label" "$uri" kill9 "$5" "$6"; "$7"
+        "$LOADGEN" delete --uri "$uri" --queue bench-restart >/dev/null 2>>"$OUT_DIR/raw.log" || true
+    fi
+}
+
+echo "# $(date -Is) $(nproc) cores; results in $OUT_DIR"
+echo "# warren $rev on 127.0.0.1:$PORT, data in $scratch/warren-data"
+start_warren; await_warren
+WURI="amqp://guest:guest@127.0.0.1:$PORT/%2f"
+measure "$WARREN_LABEL" "$WURI" warren_pid_of stop_warren kill9_warren start_warren await_warren
+echo "# warren VmHWM (lifetime peak RSS): $(hwm_mb "$warren_pid") MB"
+stop_warren
+
+if [[ ${SKIP_RABBITMQ:-0} == 1 ]]; then
+    echo "# RabbitMQ skipped (SKIP_RABBITMQ=1)"
+elif ! command -v rabbitmq-server >/dev/null; then
+    echo "# RabbitMQ skipped: rabbitmq-server is not installed"
+elif [[ $(id -u) != 0 ]]; then
+    echo "# RabbitMQ skipped: Debian's rabbitmq-server must be started as root (it runs the node as user rabbitmq)"
+else
+    epmd_before=$(pgrep -x epmd || true)
+    rmq_dir=$(mktemp -d /tmp/warren-compare-rmq.XXXXXX)
+    RPORT=$(free_port); DPORT=$(free_port)
+    while [[ $DPORT == "$RPORT" || $DPORT == "$PORT" ]]; do DPORT=$(free_port); done
+    mkdir -p "$rmq_dir/mnesia" "$rmq_dir/log"
+    printf '[].\n' >"$rmq_dir/enabled_plugins"
+    printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users.guest = true\n' "$RPORT" >"$rmq_dir/rabbitmq.conf"
+    chown -R rabbitmq:rabbitmq "$rmq_dir"
+    echo "# $RABBIT_LABEL node $NODE on 127.0.0.1:$RPORT (distribution port $DPORT), data in $rmq_dir"
+    RURI="amqp://guest:guest@127.0.0.1:$RPORT/%2f"
+    start_rabbit; await_rabbit
+    measure "$RABBIT_LABEL" "$RURI" rmq_pid_of stop_rabbit kill9_rabbit start_rabbit await_rabbit
+    echo "# rabbitmq VmHWM (lifetime peak RSS): $(hwm_mb "$rmq_pid") MB"
+    cp -r "$rmq_dir/log" "$OUT_DIR/rabbitmq-log" 2>/dev/null || true
+    stop_rabbit
 fi
 
-python3 - "$OUT_DIR" "$WARREN_LABEL" "$RABBIT_LABEL" <<'PY'
+python3 - "$OUT_DIR" "$WARREN_LABEL" "$RABBIT_LABEL" "$STAMP" <<'PY'
 import statistics, sys
-out, warren, rabbit = sys.argv[1:4]
-rows = {}
-for line in open(f"{out}/summary.tsv"):
-    f = line.rstrip("\n").split("\t")
-    if len(f) < 12 or f[1] not in (warren, rabbit):
-        continue
-    rows.setdefault((f[1], f[2]), []).append(f[3:])
-def med(label, sc, i):
-    vals = [float(r[i]) for r in rows.get((label, sc), []) if r[i] not in ("-", "")]
-    return statistics.median(vals) if vals else None
-def cpu_us(label, sc):
-    pub, cons, cpu = med(label, sc, 0), med(label, sc, 1), med(label, sc, 4)
-    if not pub or cpu is None:
+out, warren, rabbit, stamp = sys.argv[1:5]
+rows, rec = {}, {}
+def lines(name):
+    try:
+        return [l.rstrip("\n").split("\t") for l in open(f"{out}/{name}") if l.startswith(stamp + "\t")]
+    except FileNotFoundError:
+        return []
+for f in lines("summary.tsv"):
+    if len(f) >= 13:
+        rows.setdefault((f[1], f[2]), []).append(f[3:])
+for f in lines("recovery.tsv"):
+    if len(f) >= 10:
+        rec.setdefault((f[1], f[2]), []).append(f)
+def num(v):
+    try:
+        return float(v.split("(")[0])
+    except ValueError:
         return None
-    if sc == "S3":  # fill then drain: cpu% is the average over both phases
-        return cpu / 100 * (1 / pub + 1 / cons) * 1e6 if cons else None
-    return cpu / 100 / max(pub, cons or 0) * 1e6
-def fmt(v, unit=""):
-    return "-" if v is None else (f"{v:,.0f}{unit}" if v >= 100 else f"{v:.2f}{unit}")
-def ratio(a, b):
-    return "-" if not a or not b else f"{a / b:.1f}x"
-print(f"\nmedians of {max((len(v) for v in rows.values()), default=0)} runs; CPU per message = broker CPU time / messages")
-print(f"{'scenario':<8} {'metric':<14} {warren:>18} {rabbit:>18} {'ratio':>7}")
+def med(label, sc, i):
+    vals = [x for x in (num(r[i]) for r in rows.get((label, sc), [])) if x is not None]
+    return statistics.median(vals) if vals else None
+def fmt(v):
+    return "-" if v is None else (f"{v:,.0f}" if v >= 100 else f"{v:.2f}")
+def ratio(better, worse):
+    return "-" if not better or not worse else f"{better / worse:.1f}x"
+runs = max((len(v) for v in rows.values()), default=0)
+print(f"\nmedians of {runs} run(s); ratio = how many times better Warren is "
+      "(rate / rate, else RabbitMQ / Warren)")
+print(f"{'scenario':<8} {'metric':<16} {warren:>18} {rabbit:>18} {'ratio':>7}")
+metrics = [("pub msg/s", 0, True), ("cons msg/s", 1, True), ("p50 ms", 2, False), ("p99 ms", 3, False),
+           ("confirm p99 ms", 4, False), ("peak RSS MB", 8, False), ("CPU us/msg", 9, False)]
 for sc in ("S1", "S2", "S3", "S4", "S5"):
     if (warren, sc) not in rows:
         continue
-    metrics = [("pub msg/s", 0), ("cons msg/s", 1), ("p50 ms", 2), ("p99 ms", 3), ("peak RSS MB", 7)]
-    for name, i in metrics:
+    for name, i, higher_better in metrics:
         w, r = med(warren, sc, i), med(rabbit, sc, i)
-        print(f"{sc:<8} {name:<14} {fmt(w):>18} {fmt(r):>18} {ratio(w, r) if i < 2 else ratio(r, w) if i in (2, 3, 7) else '':>7}")
-    w, r = cpu_us(warren, sc), cpu_us(rabbit, sc)
-    print(f"{sc:<8} {'CPU us/msg':<14} {fmt(w):>18} {fmt(r):>18} {ratio(r, w):>7}")
-try:
-    rec = {}
-    for line in open(f"{out}/recovery.tsv"):
-        f = line.rstrip("\n").split("\t")
-        if len(f) >= 9 and f[1] in (warren, rabbit):
-            rec[(f[1], f[2])] = f
-    for mode in ("clean", "kill9"):
-        w, r = rec.get((warren, mode)), rec.get((rabbit, mode))
-        ws = float(w[6]) if w else None
-        rs = float(r[6]) if r else None
-        print(f"{'restart':<8} {mode + ' s':<14} {fmt(ws):>18} {fmt(rs):>18} {ratio(rs, ws):>7}")
-except FileNotFoundError:
-    pass
+        if w is None and r is None:
+            continue
+        print(f"{sc:<8} {name:<16} {fmt(w):>18} {fmt(r):>18} {ratio(w, r) if higher_better else ratio(r, w):>7}")
+for mode in ("clean", "kill9"):
+    def t(label):
+        vals = [num(f[6]) for f in rec.get((label, mode), []) if f[9] == "ok" and num(f[6]) is not None]
+        return statistics.median(vals) if vals else None
+    if (warren, mode) in rec or (rabbit, mode) in rec:
+        w, r = t(warren), t(rabbit)
+        print(f"{'restart':<8} {mode + ' s':<16} {fmt(w):>18} {fmt(r):>18} {ratio(r, w):>7}")
 PY
