@@ -90,3 +90,46 @@ async fn invalid_ttls_are_refused_with_406() {
     };
     expect_code("expiration 'soon'", publish, 406).await;
 }
+
+/// Polls `queue` until it is empty; returns when that happened.
+async fn empty_at(ch: &lapin::Channel, queue: &str, limit: Duration) -> std::time::Instant {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if ready(ch, queue).await == 0 {
+            return std::time::Instant::now();
+        }
+        assert!(std::time::Instant::now() < deadline, "'{queue}' still holds messages after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn ttls_count_from_the_publish_across_a_restart() {
+    let scratch = tempfile::tempdir().expect("scratch");
+    let dir = scratch.path().join("data");
+    let mut broker = common::Broker::start_in(&dir, &[]);
+    let persistent = BasicProperties::default().with_delivery_mode(2);
+    let published;
+    {
+        let conn = connect(&broker).await;
+        let ch = confirm_channel(&conn).await;
+        declare_with(&ch, "ttl.queue", true, ttl_args(3000)).await.expect("declare");
+        declare_with(&ch, "ttl.message", true, FieldTable::default()).await.expect("declare");
+        publish_props(&ch, "ttl.queue", b"q", persistent.clone()).await;
+        publish_props(&ch, "ttl.message", b"m", persistent.clone().with_expiration("3000".into())).await;
+        published = std::time::Instant::now();
+    }
+    // Most of the TTL passes before the crash.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    broker.kill();
+    let broker = common::Broker::start_in(&dir, &[]);
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    for queue in ["ttl.queue", "ttl.message"] {
+        // Counted from the restart they would live until about 5 s after
+        // the publish; counted from the publish they are gone at 3 s.
+        let gone = empty_at(&ch, queue, Duration::from_secs(10)).await;
+        let lived = gone.duration_since(published);
+        assert!(lived < Duration::from_millis(4300), "{queue}: expired {lived:?} after the publish");
+    }
+}
