@@ -200,7 +200,7 @@ impl Broker {
                     Unacked {
                         queue: q.name.clone(),
                         incarnation: q.incarnation,
-                        entry: unloaded(entry),
+                        entry: unloaded(entry, &self.store),
                         consumer_tag: None,
                         delivered_at: queue::now_ms(),
                     },
@@ -276,7 +276,7 @@ impl State {
                     Unacked {
                         queue: q.name.clone(),
                         incarnation: q.incarnation,
-                        entry: unloaded(entry),
+                        entry: unloaded(entry, store),
                         consumer_tag: Some(consumer.tag.clone()),
                         delivered_at: queue::now_ms(),
                     },
@@ -389,9 +389,11 @@ fn with_delivery_count(q: &Queue, entry: &QueuedMessage, message: Arc<Message>) 
     })
 }
 
-/// An unacked entry of a stored message keeps no body: a requeue reads it back.
-pub(super) fn unloaded(mut entry: QueuedMessage) -> QueuedMessage {
-    if entry.store_id != 0 {
+/// An unacked entry of a stored message keeps no body once the log has
+/// written it: a requeue or a dead-lettering reads it back. One the writer
+/// has not reached yet keeps its body, since there is nothing to read yet.
+pub(super) fn unloaded(mut entry: QueuedMessage, store: &LogStore) -> QueuedMessage {
+    if entry.store_id != 0 && store.is_written(entry.store_id) {
         entry.message = None;
     }
     entry
