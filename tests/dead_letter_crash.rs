@@ -54,7 +54,7 @@ async fn publisher(url: String, first: u64, promises: Arc<Mutex<Promises>>) {
         if n % 4 == 1 {
             props = props.with_expiration("60000".into());
         }
-        let queue = if n % 10 == 0 { "delay" } else { "work" };
+        let queue = if n.is_multiple_of(10) { "delay" } else { "work" };
         let Ok(confirm) =
             ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &n.to_be_bytes(), props).await
         else {
