@@ -373,8 +373,10 @@ async fn dead_lettered_persistent_messages_survive_kill_9_in_exactly_one_queue()
             }
         }
         wait_ready(&ch, "graveyard", (expired + rejected) as u32).await;
-        // A passive declare answers after what came before it is durable.
-        let _ = ready(&ch, "graveyard").await;
+        // The log is one sequence: once a later persistent message is
+        // confirmed, the acks and moves before it are durable too.
+        declare(&ch, "sync", true, FieldTable::default()).await;
+        publish_props(&ch, "sync", b"marker", persistent.clone()).await;
     }
     broker.kill();
     let broker = common::Broker::start_in(&dir, &[]);

@@ -124,6 +124,10 @@ async fn a_durable_priority_backlog_keeps_its_order_across_kill_9() {
             .expect("get")
             .expect("a message");
         assert_eq!(text(&m.delivery), "3/00000");
+        // Once a later persistent message is confirmed, the delivered mark
+        // before it in the log is durable too.
+        declare(&ch, "sync", true, FieldTable::default()).await;
+        publish_with(&ch, "sync", "marker", None, true).await;
     }
     broker.kill();
     let broker = common::Broker::start_in(&dir, &[]);

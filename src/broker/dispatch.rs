@@ -227,12 +227,17 @@ impl State {
         // deliveries (which settle at once).
         let mut delivered: Vec<u64> = Vec::new();
         let mut settled: Vec<u64> = Vec::new();
+        // No consumer can beat one of this priority: the search stops there.
+        let top_priority = q.consumers.iter().map(|c| c.args.priority).max().unwrap_or(0);
         while q.has_ready() && !q.consumers.is_empty() {
             // The first consumer with room among those of the highest
             // priority that have room: consumers move to the back after a
             // delivery, so equals take turns.
             let mut pick: Option<(usize, i32)> = None;
             for (i, c) in q.consumers.iter().enumerate() {
+                if pick.is_some_and(|(_, p)| p == top_priority) {
+                    break;
+                }
                 if !c.active || pick.is_some_and(|(_, p)| p >= c.args.priority) {
                     continue;
                 }
