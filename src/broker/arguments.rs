@@ -147,7 +147,7 @@ pub struct QueueArgs {
 }
 
 /// How RabbitMQ names a field value's type in its error texts.
-fn type_name(v: &FieldValue) -> &'static str {
+pub(super) fn type_name(v: &FieldValue) -> &'static str {
     match v {
         FieldValue::Bool(_) => "bool",
         FieldValue::I8(_) => "byte",
@@ -273,7 +273,8 @@ fn validate(key: &str, v: &FieldValue, args: &FieldTable) -> Check {
             _ => Ok(()),
         },
         "x-delivery-limit" => int_arg(v).map(|_| ()),
-        "x-queue-leader-locator" | "x-queue-master-locator" => string_in(
+        // x-queue-master-locator has no validator in RabbitMQ: any value goes.
+        "x-queue-leader-locator" => string_in(
             v,
             &["client-local", "balanced", "random", "least-leaders", "min-masters"],
             "invalid_queue_locator_arg",
@@ -403,9 +404,11 @@ pub fn check_equivalent(
             (Some(v), None) | (None, Some(v)) => *key == "x-queue-type" && v.as_str() == Some("classic"),
         };
         if !same {
-            let show = |v: Option<&FieldValue>| match v {
-                None => "none".to_string(),
-                Some(v) => format!("the value '{}' of type '{}'", describe(v), type_name(v)),
+            // RabbitMQ names the type only when one side is absent.
+            let show = |v: Option<&FieldValue>| match (v, new.is_some() && old.is_some()) {
+                (None, _) => "none".to_string(),
+                (Some(v), true) => format!("'{}'", describe(v)),
+                (Some(v), false) => format!("the value '{}' of type '{}'", describe(v), type_name(v)),
             };
             return Err(AmqpError::precondition(format!(
                 "inequivalent arg '{key}' for queue '{name}' in vhost '/': received {} but current is {}",

@@ -22,9 +22,15 @@ impl Broker {
         } else {
             m.queue.clone()
         };
-        if name == REPLY_TO_QUEUE {
-            // The direct reply-to pseudo-queue always exists and is empty.
-            return Ok((name, 0, 0));
+        if name.starts_with(REPLY_TO_QUEUE) {
+            // The direct reply-to pseudo-queue, and the reply address of a
+            // requester still consuming its replies, exist (as RabbitMQ,
+            // any declare of them is passive): empty, one consumer.
+            return if name == REPLY_TO_QUEUE || st.reply_consumer_of(&name).is_some() {
+                Ok((name, 0, 1))
+            } else {
+                Err(no_queue(&name))
+            };
         }
         if let Some(q) = st.queues.get_mut(name.as_str()) {
             check_owner(q, conn)?;
@@ -41,8 +47,9 @@ impl Broker {
                     m.auto_delete,
                     &m.arguments,
                 )?;
-                q.last_used = queue::now_ms();
             }
+            // Any declare, passive too, counts as a use for x-expires.
+            q.last_used = queue::now_ms();
             let q = st.queues.get(name.as_str()).map(|q| (q.name.clone(), q.incarnation));
             if let Some((qname, incarnation)) = q {
                 st.expire_messages(&qname, incarnation, &self.store);

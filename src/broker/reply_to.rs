@@ -33,22 +33,9 @@ impl State {
     /// reply whose channel is gone is dropped (unroutable).
     pub(super) fn reply_to(&mut self, message: &Arc<Message>) -> Routed {
         let unroutable = Routed::default();
-        let Some(rest) = message.routing_key.strip_prefix(REPLY_TO_QUEUE).and_then(|r| r.strip_prefix('.')) else {
-            return unroutable;
-        };
-        let mut parts = rest.split('.');
-        let (Some(conn), Some(channel), Some(secret), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return unroutable;
-        };
-        let (Ok(conn), Ok(channel), Ok(secret)) =
-            (u64::from_str_radix(conn, 16), u16::from_str_radix(channel, 16), u64::from_str_radix(secret, 16))
-        else {
-            return unroutable;
-        };
+        let Some((conn, channel, reply)) = self.reply_consumer_of(&message.routing_key) else { return unroutable };
         let Some(handle) = self.connections.get(&conn).map(|c| c.handle.clone()) else { return unroutable };
         let Some(ch) = self.channels.get_mut(&(conn, channel)) else { return unroutable };
-        let Some(reply) = ch.reply_to.clone().filter(|r| r.secret == secret) else { return unroutable };
         let delivery_tag = ch.take_tag();
         handle.send(Outgoing::Deliver {
             channel,
@@ -58,6 +45,22 @@ impl State {
             message: message.clone(),
         });
         Routed { routed: true, rejected: false, durable_position: None }
+    }
+
+    /// The channel a reply address leads to, and its reply consumer, while
+    /// that channel still consumes its replies.
+    pub(super) fn reply_consumer_of(&self, address: &str) -> Option<(u64, u16, ReplyConsumer)> {
+        let rest = address.strip_prefix(REPLY_TO_QUEUE)?.strip_prefix('.')?;
+        let mut parts = rest.split('.');
+        let (Some(conn), Some(channel), Some(secret), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let conn = u64::from_str_radix(conn, 16).ok()?;
+        let channel = u16::from_str_radix(channel, 16).ok()?;
+        let secret = u64::from_str_radix(secret, 16).ok()?;
+        let reply = self.channels.get(&(conn, channel))?.reply_to.clone().filter(|r| r.secret == secret)?;
+        Some((conn, channel, reply))
     }
 
     /// basic.cancel of a channel's reply consumer.

@@ -90,6 +90,9 @@ impl Broker {
         let mut st = self.state.lock();
         let durable = st.check_binding_ends(conn, source, &destination)?;
         let Some(ex) = st.exchanges.get_mut(source) else { return Err(no_exchange(source)) };
+        if ex.kind == ExchangeKind::Headers {
+            check_x_match(arguments)?;
+        }
         let binding = Binding { destination, routing_key: routing_key.to_string(), arguments: arguments.clone() };
         if !ex.bindings.contains(&binding) {
             if durable {
@@ -274,5 +277,23 @@ pub(super) fn cc_keys(headers: &FieldTable, name: &str) -> Vec<String> {
             items.iter().filter_map(|v| v.as_str()).map(str::to_string).collect()
         }
         _ => Vec::new(),
+    }
+}
+
+/// A headers binding's `x-match` must be one RabbitMQ knows.
+fn check_x_match(arguments: &FieldTable) -> Result<()> {
+    match arguments.get("x-match") {
+        None => Ok(()),
+        Some(v) => match v.as_str() {
+            Some("all" | "any" | "all-with-x" | "any-with-x") => Ok(()),
+            Some(other) if matches!(v, crate::protocol::FieldValue::LongStr(_)) => Err(AmqpError::precondition(
+                format!("Invalid x-match field value <<\"{other}\">>; expected all, any, all-with-x, or any-with-x"),
+            )),
+            _ => Err(AmqpError::precondition(format!(
+                "Invalid x-match field type {} (value {}); expected longstr",
+                super::arguments::type_name(v),
+                v.as_i64().map_or_else(|| format!("{v:?}"), |n| n.to_string())
+            ))),
+        },
     }
 }
