@@ -220,6 +220,13 @@ impl State {
             let (name, incarnation) = (q.name.clone(), q.incarnation);
             self.expire_messages(&name, incarnation, store);
         }
+        self.deliver_ready(queue, store);
+    }
+
+    /// [`State::drain`] without expiring first: a message just published
+    /// goes to a consumer that can take it at once even with a TTL of 0, as
+    /// in RabbitMQ; what stays behind expires on the next drain or tick.
+    pub(super) fn deliver_ready(&mut self, queue: &str, store: &LogStore) {
         let State { queues, channels, loader, .. } = self;
         let Some(q) = queues.get_mut(queue) else { return };
         // Log records for this drain, written once at the end: first

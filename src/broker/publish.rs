@@ -52,7 +52,13 @@ impl Broker {
             st.depart(departed, &self.store);
         }
         for name in &delivery.accepted {
-            st.drain(name, &self.store);
+            st.deliver_ready(name, &self.store);
+            // What no consumer took and is already due (a TTL of 0) goes now.
+            let now = queue::now_ms();
+            if let Some(q) = st.queues.get(name).filter(|q| q.next_expiry().is_some_and(|at| now >= at)) {
+                let (queue, incarnation) = (q.name.clone(), q.incarnation);
+                st.expire_messages(&queue, incarnation, &self.store);
+            }
             if let Some(q) = st.queues.get_mut(name)
                 && q.store_id.is_some()
             {
