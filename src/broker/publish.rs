@@ -54,8 +54,7 @@ impl Broker {
         for name in &delivery.accepted {
             st.deliver_ready(name, &self.store);
             // What no consumer took and is already due (a TTL of 0) goes now.
-            let now = queue::now_ms();
-            if let Some(q) = st.queues.get(name).filter(|q| q.next_expiry().is_some_and(|at| now >= at)) {
+            if let Some(q) = st.queues.get(name).filter(|q| q.next_expiry().is_some_and(|at| queue::now_ms() >= at)) {
                 let (queue, incarnation) = (q.name.clone(), q.incarnation);
                 st.expire_messages(&queue, incarnation, &self.store);
             }

@@ -163,6 +163,16 @@ impl State {
         routing_key: &str,
         headers: Option<&FieldTable>,
     ) -> Result<Vec<String>> {
+        let selected = headers.is_some_and(|h| h.get("CC").is_some() || h.get("BCC").is_some());
+        if !selected {
+            // The common case: one routing key, no alternate exchange needed.
+            let queues = self.route(exchange, routing_key, headers)?;
+            let has_alternate =
+                || self.exchanges.get(exchange).is_some_and(|ex| ex.arguments.get("alternate-exchange").is_some());
+            if !queues.is_empty() || exchange.is_empty() || !has_alternate() {
+                return Ok(queues);
+            }
+        }
         let mut keys = vec![routing_key.to_string()];
         if let Some(h) = headers {
             keys.extend(cc_keys(h, "CC"));

@@ -225,27 +225,13 @@ impl Connection {
             return self.close_channel_with(channel, err, (60, 40));
         }
         let mut encoded = header.properties;
-        let mut rewritten = properties.clone();
-        let mut changed = false;
-        if rewritten.reply_to.as_deref() == Some(REPLY_TO_QUEUE) {
-            match self.broker.reply_address(self.id, channel) {
-                Some(address) => rewritten.reply_to = Some(address),
-                None => {
-                    let err = AmqpError::precondition("fast reply consumer does not exist");
-                    return self.close_channel_with(channel, err, (60, 40));
-                }
+        let reply_to_rpc = properties.reply_to.as_deref() == Some(REPLY_TO_QUEUE);
+        let has_bcc = properties.headers.as_ref().is_some_and(|h| h.get("BCC").is_some());
+        if reply_to_rpc || has_bcc {
+            match self.rewrite_properties(channel, &properties) {
+                Ok(bytes) => encoded = bytes,
+                Err(err) => return self.close_channel_with(channel, err, (60, 40)),
             }
-            changed = true;
-        }
-        // BCC routes the message but never travels with it.
-        if let Some(headers) = rewritten.headers.as_mut()
-            && headers.get("BCC").is_some()
-        {
-            headers.0.retain(|(k, _)| k != "BCC");
-            changed = true;
-        }
-        if changed {
-            encoded = rewritten.to_bytes();
         }
         let Some(ch) = self.channels.get_mut(&channel) else { return Ok(()) };
         let message = Arc::new(Message {
@@ -312,6 +298,24 @@ impl Connection {
             ch.confirms.push_back(PendingConfirm { seq, position: routed.durable_position, nack: routed.rejected });
         }
         Ok(())
+    }
+
+    /// The properties a publish is stored with when they must change: a
+    /// direct reply-to request carries the channel's reply address, and
+    /// `BCC` never travels with the message.
+    fn rewrite_properties(&self, channel: u16, properties: &BasicProperties) -> Result<Bytes, AmqpError> {
+        let mut rewritten = properties.clone();
+        if rewritten.reply_to.as_deref() == Some(REPLY_TO_QUEUE) {
+            let address = self
+                .broker
+                .reply_address(self.id, channel)
+                .ok_or_else(|| AmqpError::precondition("fast reply consumer does not exist"))?;
+            rewritten.reply_to = Some(address);
+        }
+        if let Some(headers) = rewritten.headers.as_mut() {
+            headers.0.retain(|(k, _)| k != "BCC");
+        }
+        Ok(rewritten.to_bytes())
     }
 
     /// Resolves RabbitMQ's shorthand: an empty queue name is the channel's last declared queue.
