@@ -42,6 +42,7 @@ impl Broker {
             return Ok(st.reply_to(&message));
         }
         let targets = st.route_publish(exchange, &message.routing_key, headers)?;
+        let message_priority = message.priority;
         let delivery = st.deliver_to(&targets, message, &self.store, None).map_err(store_failed)?;
         let outcome = Routed {
             routed: !delivery.accepted.is_empty() || delivery.rejected,
@@ -51,6 +52,7 @@ impl Broker {
         for departed in delivery.departed {
             st.depart(departed, &self.store);
         }
+        let priority = message_priority;
         for name in &delivery.accepted {
             st.deliver_ready(name, &self.store);
             // What no consumer took and is already due (a TTL of 0) goes now.
@@ -61,7 +63,8 @@ impl Broker {
             if let Some(q) = st.queues.get_mut(name)
                 && q.store_id.is_some()
             {
-                q.page_out(|id| self.store.is_written(id));
+                let level = q.level_of(priority);
+                q.page_out(Some(level), |id| self.store.is_written(id));
             }
         }
         Ok(outcome)

@@ -169,6 +169,8 @@ pub struct Queue {
     next_seq: u64,
     /// Ready messages whose body is on disk only (`message = None`).
     cold: usize,
+    /// Ready messages with an expiry: without any, no head needs a look.
+    timed: usize,
     /// Bodies are being read back from the log for this queue.
     pub loading: bool,
     /// How many messages were asked of the loader and not yet taken: while
@@ -216,6 +218,7 @@ impl Queue {
             ready_bytes: 0,
             next_seq: 0,
             cold: 0,
+            timed: 0,
             loading: false,
             read_ahead_upto: 0,
             consumers: VecDeque::new(),
@@ -302,6 +305,7 @@ impl Queue {
         } else {
             self.ready_bytes += size;
             self.ready_len += 1;
+            self.timed += (expires_at != 0) as usize;
             self.levels[level as usize].ready.push_back(entry);
         }
         (Enqueued::Accepted, dropped)
@@ -318,6 +322,7 @@ impl Queue {
         self.cold += 1;
         let level = self.level_of(meta.priority);
         let expires_at = self.expiry(meta.expiration_ms, now_ms(), meta.age);
+        self.timed += (expires_at != 0) as usize;
         let l = &mut self.levels[level as usize];
         l.cold_below = seq + 1;
         l.ready.push_back(QueuedMessage {
@@ -357,15 +362,28 @@ impl Queue {
 
     /// The earliest expiry among the heads, for the expiry timer.
     pub fn next_expiry(&self) -> Option<u64> {
+        if self.timed == 0 {
+            return None;
+        }
         self.levels.iter().filter_map(|l| l.peek()).map(|e| e.expires_at).filter(|at| *at != 0).min()
     }
 
     /// Drops the bodies of ready messages older than the hot window, once
     /// the log has written them (`is_written`), so that a backlog costs a
     /// small index entry per message rather than its body.
-    pub fn page_out(&mut self, is_written: impl Fn(u64) -> bool) {
-        for level in &mut self.levels {
-            self.cold += level.page_out(&is_written);
+    /// Only the level a message was just published to grows, so only it
+    /// is looked at (`level`); None looks at every level.
+    pub fn page_out(&mut self, level: Option<u8>, is_written: impl Fn(u64) -> bool) {
+        match level {
+            Some(l) => {
+                let l = (l as usize).min(self.levels.len() - 1);
+                self.cold += self.levels[l].page_out(&is_written);
+            }
+            None => {
+                for level in &mut self.levels {
+                    self.cold += level.page_out(&is_written);
+                }
+            }
         }
     }
 
@@ -389,6 +407,7 @@ impl Queue {
         }
         self.ready_bytes += entry.size as usize;
         self.ready_len += 1;
+        self.timed += (entry.expires_at != 0) as usize;
         let level = (entry.level as usize).min(self.levels.len() - 1);
         self.levels[level].requeued.insert(entry.seq, entry);
     }
@@ -459,6 +478,7 @@ impl Queue {
     fn taken(&mut self, entry: &QueuedMessage) {
         self.ready_bytes -= entry.size as usize;
         self.ready_len -= 1;
+        self.timed -= (entry.expires_at != 0) as usize;
         if entry.message.is_none() {
             self.cold = self.cold.saturating_sub(1);
         }
@@ -490,6 +510,7 @@ impl Queue {
         self.ready_bytes = 0;
         self.ready_len = 0;
         self.cold = 0;
+        self.timed = 0;
         all
     }
 
