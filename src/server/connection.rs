@@ -1,6 +1,7 @@
-//! One AMQP connection: the protocol header, the start/tune/open handshake,
-//! the read loop with heartbeat supervision, frame routing to channels,
-//! and the close handshake in both directions.
+//! One AMQP connection: its state, the read loop with heartbeat
+//! supervision, resource-alarm blocking, durable replies and confirms,
+//! frame routing to channels, and the close handshake in both directions.
+//! The start/tune/open handshake is in `handshake`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -17,13 +18,10 @@ use tokio::sync::watch;
 
 use super::channel::Channel;
 use super::writer::{self, WriterTuning};
-use crate::broker::{
-    AmqpError, Broker, BrokerEvent, ConnectionHandle, ConnectionInfo, OutboundShared, Outgoing, Scope,
-};
+use crate::broker::{AmqpError, Broker, BrokerEvent, ConnectionHandle, OutboundShared, Outgoing, Scope};
 use crate::config::Config;
-use crate::protocol::constants::{FRAME_MIN_SIZE, PROTOCOL_HEADER};
 use crate::protocol::method::*;
-use crate::protocol::{FieldTable, FieldValue, Frame, Method, decode_frame, reply};
+use crate::protocol::{Frame, Method, decode_frame, reply};
 use crate::store::Durability;
 use crate::store::disk::DiskAlarm;
 
@@ -67,33 +65,33 @@ pub(super) struct Connection {
     pub peer: SocketAddr,
     pub broker: Arc<Broker>,
     pub config: Arc<Config>,
-    reader: OwnedReadHalf,
-    buf: BytesMut,
+    pub(super) reader: OwnedReadHalf,
+    pub(super) buf: BytesMut,
     pub handle: ConnectionHandle,
-    tuning: Arc<WriterTuning>,
+    pub(super) tuning: Arc<WriterTuning>,
     pub frame_max: u32,
-    channel_max: u16,
-    heartbeat: u16,
+    pub(super) channel_max: u16,
+    pub(super) heartbeat: u16,
     pub channels: HashMap<u16, Channel>,
     pub(super) user: String,
     /// What the broker asks of this connection (a channel to close).
-    events: tokio::sync::mpsc::UnboundedReceiver<BrokerEvent>,
-    registered: bool,
-    durability: watch::Receiver<Durability>,
+    pub(super) events: tokio::sync::mpsc::UnboundedReceiver<BrokerEvent>,
+    pub(super) registered: bool,
+    pub(super) durability: watch::Receiver<Durability>,
     /// The log position captured before the current method, to tell whether
     /// the method appended durable definitions.
-    appended_before: u64,
+    pub(super) appended_before: u64,
     /// Replies held back until the log is durable up to a position.
-    deferred: Vec<(u64, u16, Method)>,
+    pub(super) deferred: Vec<(u64, u16, Method)>,
     /// Queues that got a consumer in this batch of frames: deliveries start
     /// once the consume-ok replies were written.
     pub start_delivery: Vec<String>,
     /// The client understands connection.blocked / unblocked.
-    blocked_notify: bool,
+    pub(super) blocked_notify: bool,
     /// A basic.publish arrived in the frames just read: only connections
     /// that publish are blocked by a resource alarm, as in RabbitMQ.
     pub published: bool,
-    disk_alarm: watch::Receiver<DiskAlarm>,
+    pub(super) disk_alarm: watch::Receiver<DiskAlarm>,
 }
 
 pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broker>, config: Arc<Config>) {
@@ -158,31 +156,9 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broke
     }
 }
 
-fn server_properties() -> FieldTable {
-    let mut caps = FieldTable::new();
-    for cap in [
-        "publisher_confirms",
-        "exchange_exchange_bindings",
-        "basic.nack",
-        "consumer_cancel_notify",
-        "authentication_failure_close",
-        "connection.blocked",
-        "per_consumer_qos",
-    ] {
-        caps.insert(cap, FieldValue::Bool(true));
-    }
-    let mut props = FieldTable::new();
-    props.insert("product", FieldValue::string("Warren"));
-    props.insert("version", FieldValue::string(env!("CARGO_PKG_VERSION")));
-    props.insert("platform", FieldValue::string("Rust"));
-    props.insert("information", FieldValue::string("An AMQP 0-9-1 broker built around a write-ahead log"));
-    props.insert("capabilities", FieldValue::Table(caps));
-    props
-}
-
 impl Connection {
     /// Reads one frame, waiting at most `limit`. `Ok(None)` is a closed socket.
-    async fn read_frame(&mut self, limit: Option<Duration>) -> Result<Option<Frame>, Exit> {
+    pub(super) async fn read_frame(&mut self, limit: Option<Duration>) -> Result<Option<Frame>, Exit> {
         loop {
             match decode_frame(&mut self.buf, self.frame_max) {
                 Ok(Some(frame)) => return Ok(Some(frame)),
@@ -211,213 +187,6 @@ impl Connection {
                 Err(e) => return Err(Exit::Dropped(format!("socket error: {e}"))),
             }
         }
-    }
-
-    /// The next method on channel 0 during the handshake.
-    async fn handshake_method(&mut self, deadline: tokio::time::Instant) -> Result<Method, Exit> {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(left, self.read_frame(None)).await {
-            Err(_) => Err(Exit::Dropped("handshake timeout".into())),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(None)) => Err(Exit::Dropped("client closed the socket during the handshake".into())),
-            Ok(Ok(Some(Frame::Method { channel: 0, method }))) => Ok(method),
-            Ok(Ok(Some(_))) => {
-                Err(CloseReason::new(reply::UNEXPECTED_FRAME, "expected a connection method during the handshake")
-                    .into())
-            }
-        }
-    }
-
-    async fn handshake(&mut self) -> Result<(), Exit> {
-        let deadline = tokio::time::Instant::now() + self.config.handshake_timeout();
-        let mut header = [0u8; 8];
-        let read = self.reader.read_exact(&mut header);
-        match tokio::time::timeout_at(deadline, read).await {
-            Err(_) => return Err(Exit::Dropped("handshake timeout".into())),
-            Ok(Err(_)) => return Err(Exit::Dropped("client closed the socket before the protocol header".into())),
-            Ok(Ok(_)) => {}
-        }
-        if &header != PROTOCOL_HEADER {
-            // The spec: answer with the header we do speak, then close.
-            self.handle.send(Outgoing::Raw(Bytes::from_static(PROTOCOL_HEADER)));
-            return Err(Exit::Dropped(format!("unsupported protocol header {header:?}")));
-        }
-        self.handle.method(
-            0,
-            ConnectionStart {
-                version_major: 0,
-                version_minor: 9,
-                server_properties: server_properties(),
-                mechanisms: Bytes::from_static(b"PLAIN AMQPLAIN"),
-                locales: Bytes::from_static(b"en_US"),
-            },
-        );
-        let start_ok = match self.handshake_method(deadline).await? {
-            Method::ConnectionStartOk(m) => m,
-            other => {
-                return Err(CloseReason::new(
-                    reply::COMMAND_INVALID,
-                    format!("expected connection.start-ok, got {}", other.name()),
-                )
-                .into());
-            }
-        };
-        let client_caps = match start_ok.client_properties.get("capabilities") {
-            Some(FieldValue::Table(t)) => t.clone(),
-            _ => FieldTable::new(),
-        };
-        self.user = self.authenticate(&start_ok)?;
-        self.handle.method(
-            0,
-            ConnectionTune {
-                channel_max: self.config.channel_max,
-                frame_max: self.config.frame_max,
-                heartbeat: self.config.heartbeat,
-            },
-        );
-        let tune_ok = match self.handshake_method(deadline).await? {
-            Method::ConnectionTuneOk(m) => m,
-            other => {
-                return Err(CloseReason::new(
-                    reply::COMMAND_INVALID,
-                    format!("expected connection.tune-ok, got {}", other.name()),
-                )
-                .into());
-            }
-        };
-        self.negotiate(&tune_ok)?;
-        let open = match self.handshake_method(deadline).await? {
-            Method::ConnectionOpen(m) => m,
-            other => {
-                return Err(CloseReason::new(
-                    reply::COMMAND_INVALID,
-                    format!("expected connection.open, got {}", other.name()),
-                )
-                .into());
-            }
-        };
-        if open.virtual_host != "/" {
-            return Err(CloseReason::new(reply::NOT_ALLOWED, format!("vhost '{}' not found", open.virtual_host)).into());
-        }
-        self.handle.cancel_notify =
-            client_caps.get("consumer_cancel_notify").and_then(FieldValue::as_bool).unwrap_or(false);
-        self.blocked_notify = client_caps.get("connection.blocked").and_then(FieldValue::as_bool).unwrap_or(false);
-        self.handle.method(0, ConnectionOpenOk::default());
-        let client = ["product", "version"]
-            .iter()
-            .filter_map(|k| start_ok.client_properties.get(k).and_then(FieldValue::as_str))
-            .collect::<Vec<_>>()
-            .join(" ");
-        self.broker.register_connection(
-            self.handle.clone(),
-            ConnectionInfo {
-                peer: self.peer.to_string(),
-                user: self.user.clone(),
-                client,
-                heartbeat: self.heartbeat,
-                frame_max: self.frame_max,
-            },
-        );
-        self.registered = true;
-        tracing::info!(connection = self.id, "connection {} accepted (user '{}', vhost '/')", self.peer, self.user);
-        Ok(())
-    }
-
-    fn authenticate(&self, m: &ConnectionStartOk) -> Result<String, CloseReason> {
-        let (user, password) = match m.mechanism.as_str() {
-            "PLAIN" => {
-                // [authzid] NUL authcid NUL passwd
-                let mut parts = m.response.split(|b| *b == 0);
-                let _authzid = parts.next();
-                match (parts.next(), parts.next(), parts.next()) {
-                    (Some(u), Some(p), None) => {
-                        (String::from_utf8_lossy(u).into_owned(), String::from_utf8_lossy(p).into_owned())
-                    }
-                    _ => return Err(CloseReason::new(reply::ACCESS_REFUSED, "malformed PLAIN response")),
-                }
-            }
-            "AMQPLAIN" => {
-                let table = FieldTable::decode_entries(m.response.clone()).map_err(|e| {
-                    CloseReason::new(reply::ACCESS_REFUSED, format!("malformed AMQPLAIN response: {e}"))
-                })?;
-                let field = |k: &str| table.get(k).and_then(FieldValue::as_str).map(str::to_string);
-                match (field("LOGIN"), field("PASSWORD")) {
-                    (Some(u), Some(p)) => (u, p),
-                    _ => {
-                        return Err(CloseReason::new(
-                            reply::ACCESS_REFUSED,
-                            "AMQPLAIN response lacks LOGIN or PASSWORD",
-                        ));
-                    }
-                }
-            }
-            other => {
-                return Err(CloseReason::new(
-                    reply::ACCESS_REFUSED,
-                    format!("unsupported authentication mechanism '{other}'"),
-                ));
-            }
-        };
-        let refused = || {
-            CloseReason::new(
-                reply::ACCESS_REFUSED,
-                format!(
-                    "Login was refused using authentication mechanism {}. For details see the broker logfile.",
-                    m.mechanism
-                ),
-            )
-        };
-        let Some(account) = self.config.users.iter().find(|u| u.name == user) else {
-            tracing::warn!(connection = self.id, "login refused for {}: unknown user '{user}'", self.peer);
-            return Err(refused());
-        };
-        if account.password != password {
-            tracing::warn!(connection = self.id, "login refused for {}: wrong password for user '{user}'", self.peer);
-            return Err(refused());
-        }
-        if account.loopback_only && !super::is_loopback(&self.peer) {
-            tracing::warn!(
-                connection = self.id,
-                "login refused for {}: user '{user}' can only connect via localhost",
-                self.peer
-            );
-            return Err(refused());
-        }
-        Ok(user)
-    }
-
-    /// Applies connection.tune-ok the way RabbitMQ does: the client may
-    /// lower channel_max and frame_max (0 means "no limit", i.e. ours) but not
-    /// exceed them, and its heartbeat value is the one used.
-    fn negotiate(&mut self, m: &ConnectionTuneOk) -> Result<(), CloseReason> {
-        let server_frame_max = self.config.frame_max;
-        let frame_max = if m.frame_max == 0 { server_frame_max } else { m.frame_max };
-        if frame_max > server_frame_max || frame_max < FRAME_MIN_SIZE {
-            return Err(CloseReason::new(
-                reply::NOT_ALLOWED,
-                format!(
-                    "failed to negotiate connection parameters: frame_max={} not in {FRAME_MIN_SIZE}..={server_frame_max}",
-                    m.frame_max
-                ),
-            ));
-        }
-        let server_channel_max = self.config.channel_max;
-        let channel_max = if m.channel_max == 0 { server_channel_max } else { m.channel_max };
-        if channel_max > server_channel_max {
-            return Err(CloseReason::new(
-                reply::NOT_ALLOWED,
-                format!(
-                    "failed to negotiate connection parameters: channel_max={} > {server_channel_max}",
-                    m.channel_max
-                ),
-            ));
-        }
-        self.frame_max = frame_max;
-        self.channel_max = channel_max;
-        self.heartbeat = m.heartbeat;
-        self.tuning.frame_max.store(frame_max, Ordering::Relaxed);
-        self.tuning.heartbeat.store(m.heartbeat, Ordering::Relaxed);
-        Ok(())
     }
 
     async fn serve(&mut self) -> Exit {

@@ -7,6 +7,7 @@
 
 mod channel;
 mod connection;
+mod handshake;
 mod methods;
 mod writer;
 
