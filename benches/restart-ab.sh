@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # benches/restart-ab.sh OLD_WARREN NEW_WARREN [REPS]: replay time of two
 # warren builds, alternating, with 500,000 x 1 KiB persistent messages
-# queued (published with confirms by amqpbench), after kill -9: once with the
-# page cache dropped (root), once warm. Prints the broker's own
-# "recovered ... in N ms" figure. Needs amqpbench (../shared/bench/setup.sh).
+# queued (published with confirms by warren-loadgen fill), after kill -9:
+# once with the page cache dropped (root), once warm. Prints the broker's
+# own "recovered ... in N ms" figure. Needs target/release/warren-loadgen
+# (cargo build --release -p warren-loadgen). The port is picked at run time.
 set -uo pipefail
-A=${AMQPBENCH:-/opt/amqp-bench/bin/amqpbench}
-PORT=${PORT:-5692}
+cd "$(dirname "$0")/.."
+L=${LOADGEN:-target/release/warren-loadgen}
+[[ -x $L ]] || { echo "$L missing: cargo build --release -p warren-loadgen" >&2; exit 1; }
+PORT=${PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 [[ $# -ge 2 ]] || { echo "usage: $0 OLD_WARREN NEW_WARREN [REPS]" >&2; exit 2; }
 start() { # bin dir out log
     "$1" --bind 127.0.0.1 --port "$PORT" --data-dir "$2" >"$3" 2>"$4" &
@@ -19,8 +22,8 @@ for rep in $(seq "${3:-3}"); do
         label=${pair%%:*}; bin=${pair#*:}
         d=$(mktemp -d)
         start "$bin" "$d/data" "$d/out1" "$d/log1"
-        timeout 120 "$A" run --uri "amqp://guest:guest@127.0.0.1:$PORT/%2f" --size 1024 --queue restart --durable \
-            --persistent --confirm 100 --producers 1 --consumers 0 --pmessages 500000 --timeout 100 >/dev/null 2>&1
+        "$L" fill --uri "amqp://guest:guest@127.0.0.1:$PORT/%2f" --queue restart --count 500000 --size 1024 \
+            --timeout 120 >/dev/null 2>&1
         kill -9 "$pid"; wait "$pid" 2>/dev/null
         sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || echo "(page cache not dropped: not root)"
         start "$bin" "$d/data" "$d/out2" "$d/log2"; cold=$(replay_ms "$d/log2")
