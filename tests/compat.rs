@@ -9,61 +9,17 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
 
-use common::amqp::{channel, confirm_channel, connect, drain, within};
-use common::raw::{self, RawClient};
+use common::amqp::{amqp_error, table};
+use common::amqp::{channel, confirm_channel, connect, drain, raw_open_tuned, within};
+use common::raw::RawClient;
 use warren::protocol::method::*;
 use warren::protocol::{FieldValue, Frame, Method};
 
 // ---- helpers -----------------------------------------------------------------
-
-fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in entries {
-        t.insert((*k).into(), v.clone());
-    }
-    t
-}
-
-/// The reply code and text of a channel or connection error.
-fn amqp_error(err: &lapin::Error) -> Option<(u16, String)> {
-    match err.kind() {
-        lapin::ErrorKind::ProtocolError(e) => Some((e.get_id(), e.get_message().to_string())),
-        _ => None,
-    }
-}
-
-/// The handshake of the raw client, announcing `channel_max` in tune-ok.
-async fn raw_open_with_channel_max(addr: std::net::SocketAddr, channel_max: u16) -> RawClient {
-    let mut c = RawClient::connect(addr).await;
-    c.send_bytes(raw::HEADER).await;
-    assert!(matches!(within("connection.start", c.expect_method()).await, Method::ConnectionStart(_)));
-    c.send_method(
-        0,
-        ConnectionStartOk {
-            client_properties: warren::protocol::FieldTable::new(),
-            mechanism: "PLAIN".into(),
-            response: Bytes::from_static(b"\0guest\0guest"),
-            locale: "en_US".into(),
-        },
-    )
-    .await;
-    let tune = match within("connection.tune", c.expect_method()).await {
-        Method::ConnectionTune(t) => t,
-        other => panic!("expected connection.tune, got {other:?}"),
-    };
-    assert!(tune.channel_max >= channel_max, "{tune:?}");
-    c.send_method(0, ConnectionTuneOk { channel_max, frame_max: tune.frame_max, heartbeat: 0 }).await;
-    c.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await;
-    match within("connection.open-ok", c.expect_method()).await {
-        Method::ConnectionOpenOk(_) => c,
-        other => panic!("expected connection.open-ok, got {other:?}"),
-    }
-}
 
 async fn expect(c: &mut RawClient, what: &str) -> (u16, Method) {
     match within(what, c.read_frame()).await {
@@ -87,7 +43,7 @@ async fn channel_max_counts_open_channels_not_channel_numbers() {
     let broker = common::Broker::start();
     let expected = "NOT_ALLOWED - number of channels opened (2) has reached the negotiated channel_max (2)";
 
-    let mut c = raw_open_with_channel_max(broker.addr, 2).await;
+    let mut c = raw_open_tuned(broker.addr, None, Some(2)).await;
     // Any numbers will do while no more than two are open.
     raw_channel_open(&mut c, 1).await;
     raw_channel_open(&mut c, 7).await;
@@ -102,7 +58,7 @@ async fn channel_max_counts_open_channels_not_channel_numbers() {
     assert!(c.closed_within(Duration::from_secs(5)).await, "the socket stayed open");
 
     // A closed channel makes room for another.
-    let mut c = raw_open_with_channel_max(broker.addr, 2).await;
+    let mut c = raw_open_tuned(broker.addr, None, Some(2)).await;
     raw_channel_open(&mut c, 1).await;
     raw_channel_open(&mut c, 7).await;
     c.send_method(1, ChannelClose { reply_code: 200, reply_text: "done".into(), class_id: 0, method_id: 0 }).await;

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::fmt::Debug;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
@@ -19,32 +17,9 @@ use common::amqp::{
     WAIT, assert_quiet, channel, confirm_channel, connect, consume, declare_queue, next, publish_acked, ready, text,
     within,
 };
+use common::amqp::{amqp_error, expect_error, table};
 
 // ---- helpers -----------------------------------------------------------------
-
-fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in entries {
-        t.insert((*k).into(), v.clone());
-    }
-    t
-}
-
-/// The reply code and text of a channel or connection error.
-fn amqp_error(err: &lapin::Error) -> Option<(u16, String)> {
-    match err.kind() {
-        lapin::ErrorKind::ProtocolError(e) => Some((e.get_id(), e.get_message().to_string())),
-        _ => None,
-    }
-}
-
-/// Awaits an operation that must fail with exactly this reply code and text.
-async fn expect_error<T: Debug>(what: &str, fut: impl Future<Output = lapin::Result<T>>, code: u16, text: &str) {
-    match within(what, fut).await {
-        Ok(v) => panic!("{what}: succeeded ({v:?}), expected {code} {text:?}"),
-        Err(e) => assert_eq!(amqp_error(&e), Some((code, text.to_string())), "{what}: {e:?}"),
-    }
-}
 
 async fn declare_with(ch: &Channel, name: &str, args: FieldTable) {
     within("queue.declare", ch.queue_declare(name.into(), QueueDeclareOptions::default(), args))

@@ -5,32 +5,19 @@
 
 mod common;
 
-use std::fmt::Debug;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Queue};
 
 use common::amqp::{
     WAIT, assert_quiet, channel, confirm_channel, connect, consume, drain, expect_code, next, publish, publish_acked,
     reply_code, text, within,
 };
+use common::amqp::{expect_error, long_string, table};
 
 // ---- helpers -----------------------------------------------------------------
-
-fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in entries {
-        t.insert((*k).into(), v.clone());
-    }
-    t
-}
-
-fn long_string(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s))
-}
 
 fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions { durable: true, ..Default::default() }
@@ -42,22 +29,6 @@ async fn declare(ch: &Channel, name: &str, options: QueueDeclareOptions, args: F
 
 async fn passive(ch: &Channel, name: &str) -> lapin::Result<Queue> {
     declare(ch, name, QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await
-}
-
-/// The reply code and text of a channel or connection error.
-fn amqp_error(err: &lapin::Error) -> Option<(u16, String)> {
-    match err.kind() {
-        lapin::ErrorKind::ProtocolError(e) => Some((e.get_id(), e.get_message().to_string())),
-        _ => None,
-    }
-}
-
-/// Awaits an operation that must fail with exactly this reply code and text.
-async fn expect_error<T: Debug>(what: &str, fut: impl Future<Output = lapin::Result<T>>, code: u16, text: &str) {
-    match within(what, fut).await {
-        Ok(v) => panic!("{what}: succeeded ({v:?}), expected {code} {text:?}"),
-        Err(e) => assert_eq!(amqp_error(&e), Some((code, text.to_string())), "{what}: {e:?}"),
-    }
 }
 
 /// Declares `q` with these arguments on a fresh channel and expects the

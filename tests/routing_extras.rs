@@ -6,49 +6,19 @@
 
 mod common;
 
-use std::fmt::Debug;
-use std::future::Future;
-
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
 
 use common::amqp::{
     assert_quiet, channel, confirm_channel, connect, consume, declare_queue, drain, next, publish_acked, text, within,
 };
+use common::amqp::{expect_error, long_string, table};
 
 // ---- helpers -----------------------------------------------------------------
 
-fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in entries {
-        t.insert((*k).into(), v.clone());
-    }
-    t
-}
-
-fn long_string(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s))
-}
-
 fn strings(items: &[&str]) -> AMQPValue {
     AMQPValue::FieldArray(FieldArray::from(items.iter().map(|s| long_string(s)).collect::<Vec<_>>()))
-}
-
-/// The reply code and text of a channel or connection error.
-fn amqp_error(err: &lapin::Error) -> Option<(u16, String)> {
-    match err.kind() {
-        lapin::ErrorKind::ProtocolError(e) => Some((e.get_id(), e.get_message().to_string())),
-        _ => None,
-    }
-}
-
-/// Awaits an operation that must fail with exactly this reply code and text.
-async fn expect_error<T: Debug>(what: &str, fut: impl Future<Output = lapin::Result<T>>, code: u16, text: &str) {
-    match within(what, fut).await {
-        Ok(v) => panic!("{what}: succeeded ({v:?}), expected {code} {text:?}"),
-        Err(e) => assert_eq!(amqp_error(&e), Some((code, text.to_string())), "{what}: {e:?}"),
-    }
 }
 
 async fn declare_exchange(ch: &Channel, name: &str, kind: ExchangeKind, args: FieldTable) {

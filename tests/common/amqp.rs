@@ -195,10 +195,45 @@ pub fn queue_stats(broker: &Broker, queue: &str) -> (u64, u64, u64) {
     (n("messages_ready"), n("messages_unacknowledged"), n("consumers"))
 }
 
+/// A field table from (key, value) pairs.
+pub fn table(entries: &[(&str, lapin::types::AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+pub fn long_string(s: &str) -> lapin::types::AMQPValue {
+    lapin::types::AMQPValue::LongString(lapin::types::LongString::from(s))
+}
+
+/// The reply code and text of a channel or connection error.
+pub fn amqp_error(err: &lapin::Error) -> Option<(u16, String)> {
+    match err.kind() {
+        lapin::ErrorKind::ProtocolError(e) => Some((e.get_id(), e.get_message().to_string())),
+        _ => None,
+    }
+}
+
+/// Awaits an operation that must fail with exactly this reply code and text.
+pub async fn expect_error<T: Debug>(what: &str, fut: impl Future<Output = lapin::Result<T>>, code: u16, text: &str) {
+    match within(what, fut).await {
+        Ok(v) => panic!("{what}: succeeded ({v:?}), expected {code} {text:?}"),
+        Err(e) => assert_eq!(amqp_error(&e), Some((code, text.to_string())), "{what}: {e:?}"),
+    }
+}
+
 // ---- raw client -------------------------------------------------------------
 
 /// Handshake with a chosen frame_max (and no heartbeats).
 pub async fn raw_open(addr: SocketAddr, frame_max: u32) -> RawClient {
+    raw_open_tuned(addr, Some(frame_max), None).await
+}
+
+/// Handshake answering connection.tune with these values (None: the
+/// server's), no heartbeats.
+pub async fn raw_open_tuned(addr: SocketAddr, frame_max: Option<u32>, channel_max: Option<u16>) -> RawClient {
     let mut c = RawClient::connect(addr).await;
     c.send_bytes(raw::HEADER).await;
     assert!(matches!(within("connection.start", c.expect_method()).await, Method::ConnectionStart(_)));
@@ -216,7 +251,10 @@ pub async fn raw_open(addr: SocketAddr, frame_max: u32) -> RawClient {
         Method::ConnectionTune(t) => t,
         other => panic!("expected connection.tune, got {other:?}"),
     };
-    c.send_method(0, ConnectionTuneOk { channel_max: tune.channel_max, frame_max, heartbeat: 0 }).await;
+    let channel_max = channel_max.unwrap_or(tune.channel_max);
+    assert!(tune.channel_max >= channel_max, "{tune:?}");
+    let frame_max = frame_max.unwrap_or(tune.frame_max);
+    c.send_method(0, ConnectionTuneOk { channel_max, frame_max, heartbeat: 0 }).await;
     c.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await;
     match within("connection.open-ok", c.expect_method()).await {
         Method::ConnectionOpenOk(_) => c,
