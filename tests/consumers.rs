@@ -230,9 +230,14 @@ async fn an_ill_typed_x_priority_is_refused_with_406() {
 /// (rabbit_channel.erl `handle_consumer_timed_out`), and the message is
 /// ready again, flagged redelivered.
 async fn check_consumer_timeout(conn: &Connection, queue: &str, timeout_ms: u64) {
+    check_timeout_of(conn, queue, timeout_ms, FieldTable::default()).await
+}
+
+/// As `check_consumer_timeout`, the consumer registered with `consumer_args`.
+async fn check_timeout_of(conn: &Connection, queue: &str, timeout_ms: u64, consumer_args: FieldTable) {
     let ch = confirm_channel(conn).await;
     let cch = channel(conn).await;
-    let mut consumer = consume(&cch, queue, "slow", false).await;
+    let mut consumer = consume_with(&cch, queue, "slow", false, consumer_args).await.expect("basic.consume");
     publish_acked(&ch, queue, "never acked").await;
     let started = Instant::now();
     let _held = next(&mut consumer).await;
@@ -265,6 +270,15 @@ async fn x_consumer_timeout_closes_a_channel_that_never_acks() {
     check_consumer_timeout(&conn, "slow", 500).await;
     // The rest of the connection is fine.
     publish_acked(&ch, "slow", "after").await;
+}
+
+#[tokio::test]
+async fn a_consumer_s_own_x_consumer_timeout_wins_over_its_queue_s() {
+    let broker = common::Broker::start();
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    declare_with(&ch, "patient", table(&[("x-consumer-timeout", AMQPValue::LongInt(60_000))])).await;
+    check_timeout_of(&conn, "patient", 300, table(&[("x-consumer-timeout", AMQPValue::LongInt(300))])).await;
 }
 
 #[tokio::test]

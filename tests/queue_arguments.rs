@@ -13,7 +13,7 @@ use lapin::{BasicProperties, Channel, Connection, Queue};
 
 use common::amqp::{
     WAIT, assert_quiet, channel, confirm_channel, connect, consume, drain, expect_code, next, publish, publish_acked,
-    reply_code, text, within,
+    publish_props, reply_code, text, within,
 };
 use common::amqp::{expect_error, long_string, table};
 
@@ -444,6 +444,32 @@ async fn a_passive_declare_renews_the_x_expires_lease() {
     }
     // Left alone, it goes.
     wait_unlisted(&broker, "leased").await;
+}
+
+#[tokio::test]
+async fn a_quorum_queue_keeps_even_transient_messages_across_kill_9() {
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let dir = scratch.path().join("data");
+    let mut broker = common::Broker::start_in(&dir, &[]);
+    {
+        let conn = connect(&broker).await;
+        let ch = confirm_channel(&conn).await;
+        let quorum = table(&[("x-queue-type", long_string("quorum"))]);
+        declare(&ch, "qq", durable(), quorum).await.expect("declare quorum");
+        declare(&ch, "classic", durable(), FieldTable::default()).await.expect("declare classic");
+        for queue in ["qq", "classic"] {
+            // delivery_mode 1: transient.
+            publish_props(&ch, queue, b"transient", BasicProperties::default().with_delivery_mode(1)).await;
+        }
+        // A confirmed persistent message after them: the log up to here is durable.
+        publish_props(&ch, "classic", b"marker", BasicProperties::default().with_delivery_mode(2)).await;
+    }
+    broker.kill();
+    let broker = common::Broker::start_in(&dir, &[]);
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    assert_eq!(drain(&ch, "qq").await, ["transient"], "a quorum queue keeps every message it took");
+    assert_eq!(drain(&ch, "classic").await, ["marker"], "a classic queue loses transient messages");
 }
 
 #[tokio::test]

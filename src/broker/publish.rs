@@ -84,7 +84,8 @@ impl State {
     ) -> std::result::Result<Delivery, StoreError> {
         let mut delivery = Delivery::default();
         let size = message.body_len();
-        let mut accepting: Vec<&String> = Vec::with_capacity(targets.len());
+        // Queue name, and whether the log keeps the message for it.
+        let mut accepting: Vec<(&String, bool)> = Vec::with_capacity(targets.len());
         let mut durable_ids: Vec<u32> = Vec::new();
         for name in targets {
             let Some(q) = self.queues.get(name.as_str()) else { continue };
@@ -110,11 +111,14 @@ impl State {
                 }
                 continue;
             }
-            accepting.push(name);
-            if message.persistent
-                && let Some(id) = q.store_id
-            {
-                durable_ids.push(id);
+            // A quorum queue keeps every message it takes, as RabbitMQ's do.
+            let stored = message.persistent || q.args.queue_type == QueueType::Quorum;
+            match q.store_id {
+                Some(id) if stored => {
+                    durable_ids.push(id);
+                    accepting.push((name, true));
+                }
+                _ => accepting.push((name, false)),
             }
         }
         let now = queue::now_ms();
@@ -132,9 +136,9 @@ impl State {
             delivery.durable_position = Some(end);
             delivery.moved = moved_from.is_some();
         }
-        for name in accepting {
+        for (name, stored) in accepting {
             let Some(q) = self.queues.get_mut(name.as_str()) else { continue };
-            let id = if q.store_id.is_some() { store_id } else { 0 };
+            let id = if stored { store_id } else { 0 };
             let (_, dropped) = q.enqueue(message.clone(), id, now);
             delivery.accepted.push(q.name.clone());
             if !dropped.is_empty() {

@@ -90,7 +90,17 @@ impl State {
                 continue;
             }
             let Some((_, oldest)) = ch.unacked.first_key_value() else { continue };
-            let timeout = queues.get(&oldest.queue).and_then(|q| q.args.consumer_timeout).or(*consumer_timeout);
+            // The consumer's own x-consumer-timeout, else its queue's, else the broker's.
+            let q = queues.get(&oldest.queue).filter(|q| q.incarnation == oldest.incarnation);
+            let consumer = oldest.consumer_tag.as_ref().and_then(|tag| {
+                q.and_then(|q| {
+                    q.consumers.iter().find(|c| c.tag == *tag && c.connection.id == conn && c.channel == channel)
+                })
+            });
+            let timeout = consumer
+                .and_then(|c| c.args.timeout)
+                .or_else(|| q.and_then(|q| q.args.consumer_timeout))
+                .or(*consumer_timeout);
             let Some(timeout) = timeout else { continue };
             if now.saturating_sub(oldest.delivered_at) <= timeout {
                 continue;
