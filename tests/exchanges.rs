@@ -4,7 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::amqp::{WAIT, confirm_channel, connect, declare_queue, drain, expect_code, reply_code, within};
+use common::amqp::{
+    WAIT, confirm_channel, connect, declare_queue, drain, expect_code, expect_error, reply_code, within,
+};
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
@@ -308,10 +310,22 @@ async fn deleting_a_standard_exchange_is_refused_with_403() {
     let broker = common::Broker::start();
     let conn = connect(&broker).await;
     let ch = confirm_channel(&conn).await;
-    expect_code("delete amq.direct", ch.exchange_delete("amq.direct".into(), ExchangeDeleteOptions::default()), 403)
-        .await;
+    expect_error(
+        "delete amq.direct",
+        ch.exchange_delete("amq.direct".into(), ExchangeDeleteOptions::default()),
+        403,
+        "ACCESS_REFUSED - deletion of system exchange 'amq.direct' in vhost '/' not allowed",
+    )
+    .await;
     let ch = confirm_channel(&conn).await;
     passive_exchange(&ch, "amq.direct").await.expect("amq.direct survives");
+    expect_error(
+        "delete the default exchange",
+        ch.exchange_delete("".into(), ExchangeDeleteOptions::default()),
+        403,
+        "ACCESS_REFUSED - operation not permitted on the default exchange",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -256,6 +256,23 @@ async fn quorum_queues_must_be_durable_shared_and_kept() {
     assert_absent(&conn, "q").await;
 }
 
+#[tokio::test]
+async fn basic_get_on_a_single_active_consumer_quorum_queue_is_refused() {
+    let broker = common::Broker::start();
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    let args =
+        table(&[("x-queue-type", long_string("quorum")), ("x-single-active-consumer", AMQPValue::Boolean(true))]);
+    declare(&ch, "sac", durable(), args).await.expect("declare");
+    expect_error(
+        "basic.get",
+        ch.basic_get("sac".into(), BasicGetOptions::default()),
+        405,
+        "RESOURCE_LOCKED - cannot obtain access to locked queue 'sac' in vhost '/'. basic.get operations are not supported by quorum queues with single active consumer",
+    )
+    .await;
+}
+
 // ---- equivalence ---------------------------------------------------------------------
 
 #[tokio::test]

@@ -142,6 +142,11 @@ impl Broker {
             let mut st = self.state.lock();
             let q = st.queues.get_mut(queue).ok_or_else(|| no_queue(queue))?;
             check_owner(q, conn)?;
+            if q.args.queue_type == QueueType::Quorum && q.args.single_active_consumer {
+                return Err(AmqpError::locked(format!(
+                    "cannot obtain access to locked queue '{queue}' in vhost '/'. basic.get operations are not supported by quorum queues with single active consumer"
+                )));
+            }
             q.last_used = queue::now_ms();
             let (name, incarnation) = (q.name.clone(), q.incarnation);
             st.expire_messages(&name, incarnation, &self.store);

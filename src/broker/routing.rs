@@ -60,8 +60,13 @@ impl Broker {
 
     pub fn exchange_delete(&self, name: &str, if_unused: bool) -> Result<()> {
         let mut st = self.state.lock();
-        if name.is_empty() || name.starts_with("amq.") {
-            return Err(AmqpError::access_refused(format!("operation not permitted on exchange '{name}'")));
+        if name.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "deletion of system exchange '{name}' in vhost '/' not allowed"
+            )));
         }
         let Some(ex) = st.exchanges.get(name) else {
             // RabbitMQ answers delete-ok for an exchange that does not exist.
