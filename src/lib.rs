@@ -15,8 +15,11 @@
 //!   acknowledgements and redelivery. Knows nothing about sockets or files.
 //! - [`store`]: durable storage behind the [`store::LogStore`].
 //! - [`admin`]: the control socket that `warrenctl` talks to.
+//! - [`access`]: users, password hashes and permissions, checked by the
+//!   server where RabbitMQ checks them.
 //! - [`config`]: settings from flags, a TOML file and defaults.
 
+pub mod access;
 pub mod admin;
 pub mod broker;
 pub mod config;

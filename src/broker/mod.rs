@@ -160,6 +160,8 @@ pub struct Routed {
 pub struct Broker {
     state: Arc<Mutex<State>>,
     store: Arc<LogStore>,
+    /// Users and permissions (their own lock: checked on every operation).
+    access: Arc<crate::access::AccessControl>,
 }
 
 const DEFAULT_EXCHANGES: [(&str, ExchangeKind); 6] = [
@@ -216,11 +218,16 @@ impl Broker {
         if let Err(e) = timers::spawn(Arc::downgrade(&state), store.clone()) {
             tracing::error!("cannot start the timer thread ({e}); TTLs act only when a queue is used");
         }
-        Broker { state, store }
+        let access = Arc::new(crate::access::AccessControl::new(store.clone()));
+        Broker { state, store, access }
     }
 
     pub fn store(&self) -> &Arc<LogStore> {
         &self.store
+    }
+
+    pub fn access(&self) -> &Arc<crate::access::AccessControl> {
+        &self.access
     }
 
     pub fn register_connection(&self, handle: ConnectionHandle, info: ConnectionInfo) {

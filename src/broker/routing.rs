@@ -144,6 +144,11 @@ impl Broker {
         Ok(())
     }
 
+    /// Whether the named exchange is a topic exchange (topic permissions apply).
+    pub fn is_topic_exchange(&self, name: &str) -> bool {
+        self.state.lock().exchanges.get(name).is_some_and(|ex| ex.kind == ExchangeKind::Topic)
+    }
+
     /// Fails unless the exchange exists and clients may publish to it.
     pub fn check_publishable(&self, exchange: &str) -> Result<()> {
         let st = self.state.lock();

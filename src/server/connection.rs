@@ -74,6 +74,11 @@ pub(super) struct Connection {
     pub(super) heartbeat: u16,
     pub channels: HashMap<u16, Channel>,
     pub(super) user: String,
+    /// The vhost connection.open named.
+    pub(super) vhost: String,
+    /// (access control generation, resource name -> answers by kind and
+    /// access): see `permissions`.
+    pub(super) permission_cache: (u64, HashMap<String, [Option<bool>; 6]>),
     /// What the broker asks of this connection (a channel to close).
     pub(super) events: tokio::sync::mpsc::UnboundedReceiver<BrokerEvent>,
     pub(super) registered: bool,
@@ -117,6 +122,8 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broke
         heartbeat: 0,
         channels: HashMap::new(),
         user: String::new(),
+        vhost: "/".to_string(),
+        permission_cache: (u64::MAX, HashMap::new()),
         registered: false,
         durability: broker.store().durability(),
         appended_before: 0,

@@ -123,8 +123,16 @@ impl Connection {
             }
         };
         if open.virtual_host != "/" {
-            return Err(CloseReason::new(reply::NOT_ALLOWED, format!("vhost '{}' not found", open.virtual_host)).into());
+            return Err(CloseReason::new(reply::NOT_ALLOWED, format!("vhost {} not found", open.virtual_host)).into());
         }
+        if !self.broker.access().may_enter(&self.user, &open.virtual_host) {
+            return Err(CloseReason::new(
+                reply::NOT_ALLOWED,
+                format!("access to vhost '{}' refused for user '{}'", open.virtual_host, self.user),
+            )
+            .into());
+        }
+        self.vhost = open.virtual_host.clone();
         self.handle.cancel_notify =
             client_caps.get("consumer_cancel_notify").and_then(FieldValue::as_bool).unwrap_or(false);
         self.blocked_notify = client_caps.get("connection.blocked").and_then(FieldValue::as_bool).unwrap_or(false);
@@ -193,15 +201,16 @@ impl Connection {
                 ),
             )
         };
-        let Some(account) = self.config.users.iter().find(|u| u.name == user) else {
-            tracing::warn!(connection = self.id, "login refused for {}: unknown user '{user}'", self.peer);
-            return Err(refused());
-        };
-        if account.password != password {
-            tracing::warn!(connection = self.id, "login refused for {}: wrong password for user '{user}'", self.peer);
+        let access = self.broker.access();
+        if !access.authenticate(&user, &password) {
+            tracing::warn!(
+                connection = self.id,
+                "login refused for {}: unknown user '{user}' or wrong password",
+                self.peer
+            );
             return Err(refused());
         }
-        if account.loopback_only && !super::is_loopback(&self.peer) {
+        if access.loopback_only(&user) && !super::is_loopback(&self.peer) {
             tracing::warn!(
                 connection = self.id,
                 "login refused for {}: user '{user}' can only connect via localhost",

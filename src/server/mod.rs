@@ -9,6 +9,7 @@ mod channel;
 mod connection;
 mod handshake;
 mod methods;
+mod permissions;
 mod writer;
 
 use std::net::SocketAddr;

@@ -1,4 +1,5 @@
-//! The durable definitions (exchanges, queues, bindings) as the log knows
+//! The durable definitions (exchanges, queues, bindings, and runtime
+//! parameters: users, permissions, vhosts, policies, limits) as the log knows
 //! them: kept up to date by every definition record, restated as a snapshot
 //! at the start of every segment, and rebuilt from those snapshots at replay.
 
@@ -12,6 +13,8 @@ pub struct Definitions {
     pub exchanges: BTreeMap<String, Record>,
     pub queues: BTreeMap<u32, Record>,
     pub bindings: Vec<BindingRecord>,
+    /// (kind, key) -> JSON value.
+    pub parameters: BTreeMap<(ParameterKind, String), bytes::Bytes>,
 }
 
 impl Definitions {
@@ -36,6 +39,12 @@ impl Definitions {
             }
             Record::BindingAdd(b) if !self.bindings.contains(b) => self.bindings.push(b.clone()),
             Record::BindingRemove(b) => self.bindings.retain(|x| x != b),
+            Record::Parameter { kind, key, value } => {
+                self.parameters.insert((*kind, key.clone()), value.clone());
+            }
+            Record::ParameterDelete { kind, key } => {
+                self.parameters.remove(&(*kind, key.clone()));
+            }
             _ => {}
         }
     }
@@ -49,6 +58,9 @@ impl Definitions {
         }
         for b in &self.bindings {
             Record::BindingAdd(b.clone()).encode(FLAG_SNAPSHOT, out);
+        }
+        for ((kind, key), value) in &self.parameters {
+            Record::Parameter { kind: *kind, key: key.clone(), value: value.clone() }.encode(FLAG_SNAPSHOT, out);
         }
     }
 }

@@ -35,6 +35,52 @@ pub const TYPE_ID_WATERMARK: u8 = 10;
 /// Opens a commit group: the records one writer pass wrote to a segment
 /// (format 2). Its checksum is keyed with the segment's nonce.
 pub const TYPE_GROUP: u8 = 11;
+/// A runtime setting (format 3): a user, a permission, … (see [`ParameterKind`]).
+pub const TYPE_PARAMETER: u8 = 12;
+/// A runtime setting removed.
+pub const TYPE_PARAMETER_DELETE: u8 = 13;
+
+/// What a parameter record holds; its value is JSON in the shape of
+/// RabbitMQ's definitions file for that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum ParameterKind {
+    /// Key: the user name.
+    User = 1,
+    /// Key: user NUL vhost.
+    Permission = 2,
+    /// Key: user NUL vhost NUL exchange.
+    TopicPermission = 3,
+    /// Key: the vhost name.
+    Vhost = 4,
+    /// Key: vhost NUL policy name.
+    Policy = 5,
+    /// Key: vhost NUL policy name.
+    OperatorPolicy = 6,
+    /// Key: the vhost name.
+    VhostLimits = 7,
+}
+
+impl ParameterKind {
+    pub fn from_code(code: u8) -> Option<ParameterKind> {
+        use ParameterKind::*;
+        [User, Permission, TopicPermission, Vhost, Policy, OperatorPolicy, VhostLimits]
+            .into_iter()
+            .find(|k| *k as u8 == code)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ParameterKind::User => "user",
+            ParameterKind::Permission => "permission",
+            ParameterKind::TopicPermission => "topic-permission",
+            ParameterKind::Vhost => "vhost",
+            ParameterKind::Policy => "policy",
+            ParameterKind::OperatorPolicy => "operator-policy",
+            ParameterKind::VhostLimits => "vhost-limits",
+        }
+    }
+}
 
 /// The record restates a definition at the start of a segment, so that
 /// definitions survive the deletion of the segments that declared them.
@@ -179,6 +225,8 @@ pub enum FormatError {
     ExchangeKind(u8),
     #[error("unknown binding destination kind {0}")]
     DestinationKind(u8),
+    #[error("unknown parameter kind {0}")]
+    ParameterKind(u8),
 }
 
 /// Where a binding leads, as stored.
@@ -227,6 +275,16 @@ pub enum Record {
         next_message_id: u64,
         next_queue_id: u32,
     },
+    /// A runtime setting: `value` is JSON.
+    Parameter {
+        kind: ParameterKind,
+        key: String,
+        value: Bytes,
+    },
+    ParameterDelete {
+        kind: ParameterKind,
+        key: String,
+    },
     /// Opens a commit group (format 2): `length` bytes of records follow.
     Group {
         /// Log position of this record, so that a copy found elsewhere is
@@ -273,6 +331,8 @@ impl Record {
             Record::Delivered { .. } => TYPE_DELIVERED,
             Record::IdWatermark { .. } => TYPE_ID_WATERMARK,
             Record::Group { .. } => TYPE_GROUP,
+            Record::Parameter { .. } => TYPE_PARAMETER,
+            Record::ParameterDelete { .. } => TYPE_PARAMETER_DELETE,
         }
     }
 
@@ -323,6 +383,15 @@ impl Record {
             Record::IdWatermark { next_message_id, next_queue_id } => {
                 out.put_u64_le(*next_message_id);
                 out.put_u32_le(*next_queue_id);
+            }
+            Record::Parameter { kind, key, value } => {
+                out.put_u8(*kind as u8);
+                put_bytes32(out, key.as_bytes());
+                put_bytes32(out, value);
+            }
+            Record::ParameterDelete { kind, key } => {
+                out.put_u8(*kind as u8);
+                put_bytes32(out, key.as_bytes());
             }
             Record::Group { .. } => {}
         });
@@ -405,6 +474,16 @@ impl Record {
                 length: r.u32()?,
                 synced_before: r.u8()? & GROUP_SYNCED_BEFORE != 0,
             },
+            TYPE_PARAMETER | TYPE_PARAMETER_DELETE => {
+                let code = r.u8()?;
+                let parameter = ParameterKind::from_code(code).ok_or(FormatError::ParameterKind(code))?;
+                let key = String::from_utf8(r.bytes32()?.to_vec()).map_err(|_| FormatError::Utf8)?;
+                if kind == TYPE_PARAMETER {
+                    Record::Parameter { kind: parameter, key, value: r.bytes32()? }
+                } else {
+                    Record::ParameterDelete { kind: parameter, key }
+                }
+            }
             other => return Err(FormatError::UnknownType(other)),
         };
         if r.remaining() != 0 {

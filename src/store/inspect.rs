@@ -36,7 +36,7 @@ pub const SET_ASIDE_SUFFIX: &str = ".wal.damaged";
 const NEWEST_READ_ATTEMPTS: usize = 4;
 
 /// Every record type code, in order; names come from [`type_name`].
-pub const RECORD_TYPES: [u8; 11] = [
+pub const RECORD_TYPES: [u8; 13] = [
     TYPE_EXCHANGE_DECLARE,
     TYPE_EXCHANGE_DELETE,
     TYPE_QUEUE_DECLARE,
@@ -48,6 +48,8 @@ pub const RECORD_TYPES: [u8; 11] = [
     TYPE_DELIVERED,
     TYPE_ID_WATERMARK,
     TYPE_GROUP,
+    TYPE_PARAMETER,
+    TYPE_PARAMETER_DELETE,
 ];
 
 /// The type code of a record type name (`message`, `ack`, `queue.declare`…).

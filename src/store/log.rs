@@ -593,6 +593,8 @@ pub fn type_name(kind: u8) -> &'static str {
         TYPE_DELIVERED => "delivered",
         TYPE_ID_WATERMARK => "id-watermark",
         TYPE_GROUP => "group",
+        TYPE_PARAMETER => "parameter.set",
+        TYPE_PARAMETER_DELETE => "parameter.clear",
         _ => "unknown",
     }
 }

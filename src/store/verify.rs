@@ -274,6 +274,7 @@ fn check_structure(scan: &mut SegmentScan) {
             Record::ExchangeDeclare { .. }
                 | Record::QueueDeclare { .. }
                 | Record::BindingAdd(_)
+                | Record::Parameter { .. }
                 | Record::IdWatermark { .. }
         );
         let unknown = e.flags & !(FLAG_SNAPSHOT | FLAG_RELOCATED | FLAG_WIDE | FLAG_TIMED);

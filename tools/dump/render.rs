@@ -84,6 +84,10 @@ pub(crate) fn record_text(
             arguments_text(arguments)
         ),
         Record::ExchangeDelete { name } => format!("name={name:?}"),
+        Record::Parameter { kind, key, value } => {
+            format!("kind={} key={:?} value={}", kind.name(), key, String::from_utf8_lossy(value))
+        }
+        Record::ParameterDelete { kind, key } => format!("kind={} key={:?}", kind.name(), key),
         Record::QueueDeclare { queue, name, auto_delete, arguments } => {
             format!("queue=#{queue} name={name:?} auto_delete={auto_delete}{}", arguments_text(arguments))
         }
@@ -173,6 +177,15 @@ pub(crate) fn record_json(
             put("arguments", arguments_json(arguments));
         }
         Record::ExchangeDelete { name } => put("name", json!(name)),
+        Record::Parameter { kind, key, value } => {
+            put("parameter", json!(kind.name()));
+            put("key", json!(key));
+            put("value", serde_json::from_slice(value).unwrap_or_else(|_| json!(String::from_utf8_lossy(value))));
+        }
+        Record::ParameterDelete { kind, key } => {
+            put("parameter", json!(kind.name()));
+            put("key", json!(key));
+        }
         Record::QueueDeclare { queue, name, auto_delete, arguments } => {
             put("queue", json!({"id": queue, "name": name}));
             put("auto_delete", json!(auto_delete));

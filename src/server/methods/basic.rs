@@ -2,6 +2,7 @@
 
 use super::super::channel::*;
 use super::super::connection::Connection;
+use crate::access::{Access, ResourceKind};
 use crate::broker::AmqpError;
 use crate::protocol::Method;
 use crate::protocol::method::*;
@@ -21,6 +22,9 @@ impl Connection {
             }
             Method::BasicConsume(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
+                if queue != crate::broker::REPLY_TO_QUEUE {
+                    self.check_access(Access::Read, ResourceKind::Queue, &queue)?;
+                }
                 let (tag, no_ack, exclusive, no_wait) = (&m.consumer_tag, m.no_ack, m.exclusive, m.no_wait);
                 broker.consume(&self.handle, channel, &queue, tag, no_ack, exclusive, no_wait, &m.arguments)?;
                 self.start_delivery.push(queue);
@@ -36,11 +40,14 @@ impl Connection {
                     return Err(AmqpError::not_implemented("immediate=true"));
                 }
                 self.published = true;
+                self.check_access(Access::Write, ResourceKind::Exchange, &m.exchange)?;
+                self.check_topic(&m.exchange, &m.routing_key, true)?;
                 self.channel_mut(channel)?.content =
                     Some(PendingContent { publish: m, header: None, body: Body::Empty, received: 0 });
             }
             Method::BasicGet(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
+                self.check_access(Access::Read, ResourceKind::Queue, &queue)?;
                 broker.get(&self.handle, channel, &queue, m.no_ack)?;
             }
             Method::BasicAck(m) => {

@@ -2,6 +2,7 @@
 
 use super::super::channel::*;
 use super::super::connection::Connection;
+use crate::access::{Access, ResourceKind};
 use crate::broker::{AmqpError, Destination};
 use crate::protocol::Method;
 use crate::protocol::method::*;
@@ -13,24 +14,37 @@ impl Connection {
         let broker = self.broker.clone();
         match method {
             Method::ExchangeDeclare(m) => {
+                if !m.passive && !m.exchange.is_empty() {
+                    self.check_access(Access::Configure, ResourceKind::Exchange, &m.exchange)?;
+                    // An alternate exchange takes what this one routes nowhere.
+                    if let Some(ae) = m.arguments.get("alternate-exchange").and_then(|v| v.as_str()) {
+                        self.check_access(Access::Read, ResourceKind::Exchange, &m.exchange)?;
+                        self.check_access(Access::Write, ResourceKind::Exchange, ae)?;
+                    }
+                }
                 broker.exchange_declare(&m)?;
                 if !m.no_wait {
                     self.reply_when_durable(channel, ExchangeDeclareOk {});
                 }
             }
             Method::ExchangeDelete(m) => {
+                if !m.exchange.is_empty() {
+                    self.check_access(Access::Configure, ResourceKind::Exchange, &m.exchange)?;
+                }
                 broker.exchange_delete(&m.exchange, m.if_unused)?;
                 if !m.no_wait {
                     self.reply_when_durable(channel, ExchangeDeleteOk {});
                 }
             }
             Method::ExchangeBind(m) => {
+                self.check_binding(&m.source, ResourceKind::Exchange, &m.destination, &m.routing_key)?;
                 broker.bind(id, &m.source, Destination::Exchange(m.destination), &m.routing_key, &m.arguments)?;
                 if !m.no_wait {
                     self.reply_when_durable(channel, ExchangeBindOk {});
                 }
             }
             Method::ExchangeUnbind(m) => {
+                self.check_binding(&m.source, ResourceKind::Exchange, &m.destination, &m.routing_key)?;
                 broker.unbind(id, &m.source, Destination::Exchange(m.destination), &m.routing_key, &m.arguments)?;
                 if !m.no_wait {
                     self.reply_when_durable(channel, ExchangeUnbindOk {});

@@ -2,6 +2,7 @@
 
 use super::super::channel::*;
 use super::super::connection::Connection;
+use crate::access::{Access, ResourceKind};
 use crate::broker::{AmqpError, Destination};
 use crate::protocol::Method;
 use crate::protocol::method::*;
@@ -13,6 +14,15 @@ impl Connection {
         let broker = self.broker.clone();
         match method {
             Method::QueueDeclare(m) => {
+                if !m.passive && !m.queue.starts_with(crate::broker::REPLY_TO_QUEUE) {
+                    // A server-named queue is checked by its prefix.
+                    let name = if m.queue.is_empty() { "amq.gen-" } else { m.queue.as_str() };
+                    self.check_access(Access::Configure, ResourceKind::Queue, name)?;
+                    if let Some(dlx) = m.arguments.get("x-dead-letter-exchange").and_then(|v| v.as_str()) {
+                        self.check_access(Access::Read, ResourceKind::Queue, name)?;
+                        self.check_access(Access::Write, ResourceKind::Exchange, dlx)?;
+                    }
+                }
                 let (queue, message_count, consumer_count) = broker.queue_declare(id, &m)?;
                 self.channel_mut(channel)?.last_queue = Some(queue.clone());
                 if !m.no_wait {
@@ -21,6 +31,7 @@ impl Connection {
             }
             Method::QueueBind(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
+                self.check_binding(&m.exchange, ResourceKind::Queue, &queue, &m.routing_key)?;
                 broker.bind(id, &m.exchange, Destination::Queue(queue), &m.routing_key, &m.arguments)?;
                 if !m.no_wait {
                     self.reply_when_durable(channel, QueueBindOk {});
@@ -28,11 +39,13 @@ impl Connection {
             }
             Method::QueueUnbind(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
+                self.check_binding(&m.exchange, ResourceKind::Queue, &queue, &m.routing_key)?;
                 broker.unbind(id, &m.exchange, Destination::Queue(queue), &m.routing_key, &m.arguments)?;
                 self.reply_when_durable(channel, QueueUnbindOk {});
             }
             Method::QueuePurge(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
+                self.check_access(Access::Read, ResourceKind::Queue, &queue)?;
                 let message_count = broker.queue_purge(id, &queue)?;
                 if !m.no_wait {
                     self.reply_when_durable(channel, QueuePurgeOk { message_count });
@@ -40,6 +53,7 @@ impl Connection {
             }
             Method::QueueDelete(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
+                self.check_access(Access::Configure, ResourceKind::Queue, &queue)?;
                 let (message_count, own_consumers) =
                     broker.queue_delete(id, channel, &queue, m.if_unused, m.if_empty)?;
                 if !m.no_wait {
