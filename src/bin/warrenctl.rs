@@ -55,6 +55,64 @@ enum Command {
     PurgeQueue { name: String },
     /// Deletes a queue and its messages.
     DeleteQueue { name: String },
+    /// Creates a user.
+    AddUser { username: String, password: String },
+    /// Deletes a user and its permissions.
+    DeleteUser { username: String },
+    /// Sets a user's password.
+    ChangePassword { username: String, new_password: String },
+    /// Checks a user's password.
+    AuthenticateUser { username: String, password: String },
+    /// Replaces a user's tags (administrator, monitoring, management, policymaker, impersonator).
+    SetUserTags { username: String, tags: Vec<String> },
+    /// Users: user tags
+    ListUsers { columns: Vec<String> },
+    /// Sets a user's configure, write and read patterns in a vhost.
+    SetPermissions {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        username: String,
+        conf: String,
+        write: String,
+        read: String,
+    },
+    /// Removes a user's permissions in a vhost.
+    ClearPermissions {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        username: String,
+    },
+    /// Permissions in a vhost: user configure write read
+    ListPermissions {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        columns: Vec<String>,
+    },
+    /// A user's permissions: vhost configure write read
+    ListUserPermissions { username: String, columns: Vec<String> },
+    /// Sets a user's topic permissions (routing-key patterns) on an exchange of a vhost.
+    SetTopicPermissions {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        username: String,
+        exchange: String,
+        write: String,
+        read: String,
+    },
+    /// Topic permissions in a vhost: user exchange write read
+    ListTopicPermissions {
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        columns: Vec<String>,
+    },
+    /// Virtual hosts: name description tags
+    ListVhosts { columns: Vec<String> },
+}
+
+/// What an action verb prints before it acts, and on success.
+struct Action {
+    info: String,
+    success: Option<&'static str>,
 }
 
 struct Listing {
@@ -84,6 +142,11 @@ fn known_columns(command: &str) -> &'static [&'static str] {
             &["source_name", "source_kind", "destination_name", "destination_kind", "routing_key", "arguments"]
         }
         "list_connections" => &["name", "peer", "user", "vhost", "channels", "client", "timeout", "frame_max", "state"],
+        "list_users" => &["user", "tags"],
+        "list_permissions" => &["user", "configure", "write", "read"],
+        "list_user_permissions" => &["vhost", "configure", "write", "read"],
+        "list_topic_permissions" => &["user", "exchange", "write", "read"],
+        "list_vhosts" => &["name", "description", "tags"],
         "list_consumers" => &[
             "queue_name",
             "consumer_tag",
@@ -99,8 +162,96 @@ fn known_columns(command: &str) -> &'static [&'static str] {
     }
 }
 
+/// The request and output of the user, permission and vhost verbs.
+fn access_verb(command: &Command) -> Option<(Request, Result<Listing, Action>, Vec<String>)> {
+    let request = |verb: &str, args: Vec<&String>, vhost: Option<&String>| Request {
+        command: verb.to_string(),
+        name: None,
+        args: args.into_iter().cloned().collect(),
+        vhost: vhost.cloned(),
+    };
+    let action = |info: String, success: Option<&'static str>| Err(Action { info, success });
+    let listing = |command: &'static str, what: &'static str, defaults: &'static [&'static str]| {
+        Ok(Listing { command, what, defaults })
+    };
+    Some(match command {
+        Command::AddUser { username, password } => (
+            request("add_user", vec![username, password], None),
+            action(format!("Adding user \"{username}\" ..."), None),
+            vec![],
+        ),
+        Command::DeleteUser { username } => (
+            request("delete_user", vec![username], None),
+            action(format!("Deleting user \"{username}\" ..."), None),
+            vec![],
+        ),
+        Command::ChangePassword { username, new_password } => (
+            request("change_password", vec![username, new_password], None),
+            action(format!("Changing password for user \"{username}\" ..."), None),
+            vec![],
+        ),
+        Command::AuthenticateUser { username, password } => (
+            request("authenticate_user", vec![username, password], None),
+            action(format!("Authenticating user \"{username}\" ..."), Some("Success")),
+            vec![],
+        ),
+        Command::SetUserTags { username, tags } => {
+            let mut args = vec![username];
+            args.extend(tags.iter());
+            (
+                request("set_user_tags", args, None),
+                action(format!("Setting tags for user \"{username}\" to [{}] ...", tags.join(", ")), None),
+                vec![],
+            )
+        }
+        Command::ListUsers { columns } => {
+            (request("list_users", vec![], None), listing("list_users", "users", &["user", "tags"]), columns.clone())
+        }
+        Command::SetPermissions { vhost, username, conf, write, read } => (
+            request("set_permissions", vec![username, conf, write, read], Some(vhost)),
+            action(format!("Setting permissions for user \"{username}\" in vhost \"{vhost}\" ..."), None),
+            vec![],
+        ),
+        Command::ClearPermissions { vhost, username } => (
+            request("clear_permissions", vec![username], Some(vhost)),
+            action(format!("Clearing permissions for user \"{username}\" in vhost \"{vhost}\" ..."), None),
+            vec![],
+        ),
+        Command::ListPermissions { vhost, columns } => (
+            request("list_permissions", vec![], Some(vhost)),
+            listing("list_permissions", "permissions", &["user", "configure", "write", "read"]),
+            columns.clone(),
+        ),
+        Command::ListUserPermissions { username, columns } => (
+            request("list_user_permissions", vec![username], None),
+            listing("list_user_permissions", "permissions", &["vhost", "configure", "write", "read"]),
+            columns.clone(),
+        ),
+        Command::SetTopicPermissions { vhost, username, exchange, write, read } => (
+            request("set_topic_permissions", vec![username, exchange, write, read], Some(vhost)),
+            action(
+                format!("Setting topic permissions on \"{exchange}\" for user \"{username}\" in vhost \"{vhost}\" ..."),
+                None,
+            ),
+            vec![],
+        ),
+        Command::ListTopicPermissions { vhost, columns } => (
+            request("list_topic_permissions", vec![], Some(vhost)),
+            listing("list_topic_permissions", "topic permissions", &["user", "exchange", "write", "read"]),
+            columns.clone(),
+        ),
+        Command::ListVhosts { columns } => {
+            (request("list_vhosts", vec![], None), listing("list_vhosts", "vhosts", &["name"]), columns.clone())
+        }
+        _ => return None,
+    })
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some((request, output, columns)) = access_verb(&args.command) {
+        return run_access_verb(&args, request, output, &columns);
+    }
     let socket = args
         .socket
         .clone()
@@ -156,6 +307,7 @@ fn main() -> ExitCode {
         ),
         Command::PurgeQueue { name } => (req("purge_queue", Some(name)), None, &Vec::new()),
         Command::DeleteQueue { name } => (req("delete_queue", Some(name)), None, &Vec::new()),
+        _ => unreachable!("access verbs are answered above"),
     };
     let response = match call(&socket, &request, Duration::from_secs(args.timeout)) {
         Ok(r) => r,
@@ -189,7 +341,39 @@ fn main() -> ExitCode {
 }
 
 fn req(command: &str, name: Option<&String>) -> Request {
-    Request { command: command.to_string(), name: name.cloned() }
+    Request { command: command.to_string(), name: name.cloned(), args: Vec::new(), vhost: None }
+}
+
+fn run_access_verb(args: &Args, request: Request, output: Result<Listing, Action>, columns: &[String]) -> ExitCode {
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| control_socket_path(args.data_dir.as_deref().unwrap_or("warren-data".as_ref())));
+    if let Err(action) = &output
+        && !args.quiet
+    {
+        println!("{}", action.info);
+    }
+    let response = match call(&socket, &request, Duration::from_secs(args.timeout)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: unable to reach the broker through {}: {e}", socket.display());
+            return ExitCode::from(69);
+        }
+    };
+    if !response.ok {
+        eprintln!("Error:\n{}", response.error.unwrap_or_default());
+        return ExitCode::from(if request.command == "authenticate_user" { 65 } else { 70 });
+    }
+    match output {
+        Ok(listing) => print_listing(args, &listing, columns, &response),
+        Err(action) => {
+            if let Some(line) = action.success {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+    }
 }
 
 fn call(socket: &std::path::Path, request: &Request, timeout: Duration) -> std::io::Result<Response> {

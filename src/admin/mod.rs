@@ -19,11 +19,19 @@ use tokio::net::UnixListener;
 
 use crate::broker::Broker;
 
+mod users;
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request {
     pub command: String,
     #[serde(default)]
     pub name: Option<String>,
+    /// Positional arguments of the verb (user, password, patterns, tags…).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// `-p VHOST`.
+    #[serde(default)]
+    pub vhost: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -69,7 +77,7 @@ pub async fn serve(listener: UnixListener, broker: Arc<Broker>) {
     }
 }
 
-fn rows<T: Serialize>(items: impl IntoIterator<Item = T>) -> Vec<serde_json::Map<String, Value>> {
+pub(crate) fn rows<T: Serialize>(items: impl IntoIterator<Item = T>) -> Vec<serde_json::Map<String, Value>> {
     items
         .into_iter()
         .filter_map(|item| match serde_json::to_value(item) {
@@ -79,15 +87,18 @@ fn rows<T: Serialize>(items: impl IntoIterator<Item = T>) -> Vec<serde_json::Map
         .collect()
 }
 
-fn ok(rows: Vec<serde_json::Map<String, Value>>) -> Response {
+pub(crate) fn ok(rows: Vec<serde_json::Map<String, Value>>) -> Response {
     Response { ok: true, error: None, rows }
 }
 
-fn fail(error: String) -> Response {
+pub(crate) fn fail(error: String) -> Response {
     Response { ok: false, error: Some(error), rows: vec![] }
 }
 
 pub fn execute(broker: &Broker, req: &Request) -> Response {
+    if let Some(response) = users::execute(broker, req) {
+        return response;
+    }
     match req.command.as_str() {
         "list_queues" => ok(rows(broker.list_queues())),
         "list_exchanges" => ok(rows(broker.list_exchanges().into_iter().map(|(name, kind, durable, auto_delete, internal)| {
