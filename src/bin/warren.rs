@@ -117,6 +117,7 @@ fn main() -> anyhow::Result<()> {
     let broker = Arc::new(Broker::new(store.clone()));
     broker.set_consumer_timeout((config.consumer_timeout > 0).then_some(config.consumer_timeout));
     broker.restore(&recovered);
+    broker.restore_policies(&recovered.definitions.parameters);
     let seed: Vec<(String, String)> = config.users.iter().map(|u| (u.name.clone(), u.password.clone())).collect();
     let loopback: Vec<String> = config.users.iter().filter(|u| u.loopback_only).map(|u| u.name.clone()).collect();
     broker

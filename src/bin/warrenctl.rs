@@ -107,6 +107,46 @@ enum Command {
     },
     /// Virtual hosts: name description tags
     ListVhosts { columns: Vec<String> },
+    /// Sets a policy: queue (or exchange) settings by name pattern.
+    SetPolicy(PolicyArgs),
+    /// Removes a policy.
+    ClearPolicy(PolicyName),
+    /// Policies: vhost name pattern apply-to definition priority
+    ListPolicies(VhostColumns),
+    /// Sets an operator policy (limits that users' policies cannot lift).
+    SetOperatorPolicy(PolicyArgs),
+    /// Removes an operator policy.
+    ClearOperatorPolicy(PolicyName),
+    /// Operator policies: vhost name pattern apply-to definition priority
+    ListOperatorPolicies(VhostColumns),
+}
+
+#[derive(clap::Args, Debug)]
+struct PolicyArgs {
+    #[arg(short = 'p', long = "vhost", default_value = "/")]
+    vhost: String,
+    #[arg(long, default_value_t = 0)]
+    priority: i64,
+    #[arg(long = "apply-to", default_value = "all")]
+    apply_to: String,
+    name: String,
+    pattern: String,
+    /// The definition, a JSON object such as '{"max-length":100}'.
+    definition: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct PolicyName {
+    #[arg(short = 'p', long = "vhost", default_value = "/")]
+    vhost: String,
+    name: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct VhostColumns {
+    #[arg(short = 'p', long = "vhost", default_value = "/")]
+    vhost: String,
+    columns: Vec<String>,
 }
 
 /// What an action verb prints before it acts, and on success.
@@ -136,6 +176,9 @@ fn known_columns(command: &str) -> &'static [&'static str] {
             "message_bytes_ready",
             "consumers",
             "arguments",
+            "policy",
+            "operator_policy",
+            "type",
         ],
         "list_exchanges" => &["name", "type", "durable", "auto_delete", "internal", "arguments"],
         "list_bindings" => {
@@ -147,6 +190,9 @@ fn known_columns(command: &str) -> &'static [&'static str] {
         "list_user_permissions" => &["vhost", "configure", "write", "read"],
         "list_topic_permissions" => &["user", "exchange", "write", "read"],
         "list_vhosts" => &["name", "description", "tags"],
+        "list_policies" | "list_operator_policies" => {
+            &["vhost", "name", "pattern", "apply-to", "definition", "priority"]
+        }
         "list_consumers" => &[
             "queue_name",
             "consumer_tag",
@@ -240,6 +286,39 @@ fn access_verb(command: &Command) -> Option<(Request, Result<Listing, Action>, V
             listing("list_topic_permissions", "topic permissions", &["user", "exchange", "write", "read"]),
             columns.clone(),
         ),
+        Command::SetPolicy(p) | Command::SetOperatorPolicy(p) => {
+            let verb = if matches!(command, Command::SetPolicy(_)) { "set_policy" } else { "set_operator_policy" };
+            let priority = p.priority.to_string();
+            (
+                request(verb, vec![&p.name, &p.pattern, &p.definition, &priority, &p.apply_to], Some(&p.vhost)),
+                action(
+                    format!(
+                        "Setting policy \"{}\" for pattern \"{}\" to \"{}\" with priority \"{}\" for vhost \"{}\" ...",
+                        p.name, p.pattern, p.definition, p.priority, p.vhost
+                    ),
+                    None,
+                ),
+                vec![],
+            )
+        }
+        Command::ClearPolicy(p) | Command::ClearOperatorPolicy(p) => {
+            let verb =
+                if matches!(command, Command::ClearPolicy(_)) { "clear_policy" } else { "clear_operator_policy" };
+            (
+                request(verb, vec![&p.name], Some(&p.vhost)),
+                action(format!("Clearing policy \"{}\" on vhost \"{}\" ...", p.name, p.vhost), None),
+                vec![],
+            )
+        }
+        Command::ListPolicies(v) | Command::ListOperatorPolicies(v) => {
+            let verb =
+                if matches!(command, Command::ListPolicies(_)) { "list_policies" } else { "list_operator_policies" };
+            (
+                request(verb, vec![], Some(&v.vhost)),
+                listing(verb, "policies", &["vhost", "name", "pattern", "apply-to", "definition", "priority"]),
+                v.columns.clone(),
+            )
+        }
         Command::ListVhosts { columns } => {
             (request("list_vhosts", vec![], None), listing("list_vhosts", "vhosts", &["name"]), columns.clone())
         }

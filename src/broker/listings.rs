@@ -24,6 +24,9 @@ impl Broker {
                 message_bytes_ready: q.ready_bytes(),
                 consumers: q.consumers.len(),
                 arguments: format_table(&q.arguments),
+                policy: q.policy.clone().unwrap_or_default(),
+                operator_policy: q.operator_policy.clone().unwrap_or_default(),
+                queue_type: q.args.queue_type.as_str().to_string(),
             })
             .collect();
         rows.sort_by(|a, b| a.name.cmp(&b.name));
@@ -129,6 +132,11 @@ pub struct QueueRow {
     pub message_bytes_ready: usize,
     pub consumers: usize,
     pub arguments: String,
+    pub policy: String,
+    pub operator_policy: String,
+    /// `classic` or `quorum`.
+    #[serde(rename = "type")]
+    pub queue_type: String,
 }
 
 pub(super) fn format_table(t: &FieldTable) -> String {

@@ -24,7 +24,8 @@
 //! `dead_letter` dead-lettering; `dispatch` consumers (priorities, single
 //! active consumer), qos, get and the drain to consumers; `acks` ack,
 //! nack, reject, recover; `timers` message TTL, queue expiry and consumer
-//! timeouts; `reply_to` direct reply-to; [`loader`] bodies read back from
+//! timeouts; `reply_to` direct reply-to; `policies` policies and operator
+//! policies; [`loader`] bodies read back from
 //! the log; `records` the mapping to log records and the restore from
 //! replay; `listings` what warrenctl shows.
 
@@ -37,6 +38,7 @@ pub mod exchange;
 mod listings;
 pub mod loader;
 pub mod message;
+mod policies;
 mod publish;
 pub mod queue;
 mod queues;
@@ -58,6 +60,7 @@ pub use error::{AmqpError, Result, Scope};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use listings::{ConsumerRow, QueueRow};
 pub use message::{ConnectionHandle, Message, OutboundShared, Outgoing};
+pub use policies::Policy;
 pub use queue::{Consumer, Enqueued, Queue, QueuedMessage};
 use queues::purge_queue;
 pub use records::message_from_record;
@@ -144,6 +147,8 @@ pub struct State {
     loader: Option<loader::Loader>,
     /// `consumer_timeout`: ms a delivery may stay unacknowledged; None = off.
     consumer_timeout: Option<u64>,
+    policies: Vec<policies::ActivePolicy>,
+    operator_policies: Vec<policies::ActivePolicy>,
 }
 
 /// The result of routing one publish.

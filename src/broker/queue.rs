@@ -184,6 +184,9 @@ pub struct Queue {
     pub had_consumer: bool,
     /// Broker clock of the last use (declare, consume, get) for `x-expires`.
     pub last_used: u64,
+    /// The policy and operator policy that apply, by name.
+    pub policy: Option<String>,
+    pub operator_policy: Option<String>,
 }
 
 /// The outcome of offering a message to a queue.
@@ -225,6 +228,8 @@ impl Queue {
             unacked: 0,
             had_consumer: false,
             last_used: now_ms(),
+            policy: None,
+            operator_policy: None,
         }
     }
 
@@ -250,6 +255,25 @@ impl Queue {
         let len_full = self.args.max_length.is_some_and(|max| self.ready_count() >= max);
         let bytes_full = self.args.max_length_bytes.is_some_and(|max| self.ready_bytes + extra_bytes > max);
         len_full || bytes_full
+    }
+
+    /// Drops ready messages from the head while the queue is over a length
+    /// limit it drops for (a limit lowered by a policy); returns them.
+    pub fn trim_to_limits(&mut self) -> Vec<QueuedMessage> {
+        let mut dropped = Vec::new();
+        if matches!(self.args.overflow, Some(Overflow::RejectPublish | Overflow::RejectPublishDlx)) {
+            return dropped;
+        }
+        while self.is_full(0)
+            && (self.args.max_length.is_some_and(|max| self.ready_count() > max)
+                || self.args.max_length_bytes.is_some_and(|max| self.ready_bytes > max))
+        {
+            match self.pop_ready() {
+                Some(e) => dropped.push(e),
+                None => break,
+            }
+        }
+        dropped
     }
 
     /// Whether a message would be refused (x-overflow = reject-publish or

@@ -178,7 +178,7 @@ impl State {
             // The common case: one routing key, no alternate exchange needed.
             let queues = self.route(exchange, routing_key, headers)?;
             let has_alternate =
-                || self.exchanges.get(exchange).is_some_and(|ex| ex.arguments.get("alternate-exchange").is_some());
+                || self.exchanges.get(exchange).is_some_and(|ex| self.alternate_exchange_of(ex).is_some());
             if !queues.is_empty() || exchange.is_empty() || !has_alternate() {
                 return Ok(queues);
             }
@@ -203,12 +203,7 @@ impl State {
                 return Ok(queues);
             }
             tried.push(current.clone());
-            let alternate = self
-                .exchanges
-                .get(&current)
-                .and_then(|ex| ex.arguments.get("alternate-exchange"))
-                .and_then(|v| v.as_str())
-                .map(str::to_string);
+            let alternate = self.exchanges.get(&current).and_then(|ex| self.alternate_exchange_of(ex));
             match alternate {
                 Some(ae) if !tried.contains(&ae) && self.exchanges.contains_key(&ae) => current = ae,
                 _ => return Ok(queues),

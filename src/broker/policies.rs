@@ -1,0 +1,288 @@
+//! Policies and operator policies: queue settings an operator applies by
+//! name pattern instead of `x-` arguments, as RabbitMQ has them. For each
+//! queue the matching policy of highest priority applies (and likewise one
+//! operator policy); its definition is merged with the queue's arguments by
+//! RabbitMQ's rules: the lower of the two for TTLs, expiry, lengths,
+//! delivery limit and consumer timeout, the argument's value for the
+//! dead-letter settings and overflow. Changes apply to existing queues at
+//! once and are kept in the log as parameter records.
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::arguments::{DEFAULT_DELIVERY_LIMIT, Overflow};
+use super::*;
+use crate::store::format::ParameterKind;
+
+/// The definition keys a policy may set (RabbitMQ's names). `max-priority`
+/// is argument-only, as in RabbitMQ.
+const KEYS: &[&str] = &[
+    "message-ttl",
+    "expires",
+    "max-length",
+    "max-length-bytes",
+    "overflow",
+    "dead-letter-exchange",
+    "dead-letter-routing-key",
+    "delivery-limit",
+    "consumer-timeout",
+    "queue-mode",
+    "queue-version",
+    "alternate-exchange",
+    "ha-mode",
+    "ha-params",
+    "ha-sync-mode",
+    "queue-leader-locator",
+    "max-in-memory-length",
+    "max-in-memory-bytes",
+    "dead-letter-strategy",
+];
+
+/// A policy as RabbitMQ's definitions file has it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    pub vhost: String,
+    pub name: String,
+    pub pattern: String,
+    #[serde(rename = "apply-to", default = "all")]
+    pub apply_to: String,
+    pub definition: Map<String, Value>,
+    #[serde(default)]
+    pub priority: i64,
+}
+
+fn all() -> String {
+    "all".to_string()
+}
+
+/// A policy with its pattern compiled.
+#[derive(Debug, Clone)]
+pub(super) struct ActivePolicy {
+    pub policy: Policy,
+    pattern: Regex,
+}
+
+impl ActivePolicy {
+    fn applies_to_queue(&self, q: &Queue) -> bool {
+        let kind_ok = match self.policy.apply_to.as_str() {
+            "all" | "queues" => true,
+            "classic_queues" => q.args.queue_type == QueueType::Classic,
+            "quorum_queues" => q.args.queue_type == QueueType::Quorum,
+            _ => false,
+        };
+        kind_ok && self.pattern.is_match(&q.name)
+    }
+
+    fn applies_to_exchange(&self, name: &str) -> bool {
+        matches!(self.policy.apply_to.as_str(), "all" | "exchanges") && self.pattern.is_match(name)
+    }
+}
+
+/// Checks a policy as RabbitMQ's `set_policy` does.
+pub fn validate(policy: &Policy) -> std::result::Result<Regex, String> {
+    let pattern = Regex::new(&policy.pattern).map_err(|e| format!("invalid pattern '{}': {e}", policy.pattern))?;
+    if !["all", "queues", "exchanges", "classic_queues", "quorum_queues", "streams"].contains(&policy.apply_to.as_str())
+    {
+        return Err(format!("'{}' is not a valid apply-to value", policy.apply_to));
+    }
+    if policy.definition.is_empty() {
+        return Err("Validation failed\n\nno policy provided".into());
+    }
+    let unknown: Vec<&String> = policy.definition.keys().filter(|k| !KEYS.contains(&k.as_str())).collect();
+    if !unknown.is_empty() {
+        return Err(format!("Validation failed\n\n{unknown:?} are not recognised policy settings"));
+    }
+    for (key, value) in &policy.definition {
+        let ok = match key.as_str() {
+            "message-ttl" | "max-length" | "max-length-bytes" | "consumer-timeout" => value.as_u64().is_some(),
+            "expires" => value.as_u64().is_some_and(|n| n > 0),
+            "delivery-limit" => value.as_i64().is_some(),
+            "overflow" => matches!(value.as_str(), Some("drop-head" | "reject-publish" | "reject-publish-dlx")),
+            "dead-letter-exchange" | "dead-letter-routing-key" | "alternate-exchange" => value.is_string(),
+            _ => true,
+        };
+        if !ok {
+            return Err(format!("Validation failed\n\n{value} is not a valid value for '{key}'"));
+        }
+    }
+    Ok(pattern)
+}
+
+fn lower(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+/// The queue settings from its arguments, its policy and its operator
+/// policy, by RabbitMQ's precedence rules.
+pub(super) fn effective_args(q: &Queue, policy: Option<&Policy>, operator: Option<&Policy>) -> QueueArgs {
+    let mut args = QueueArgs::read(&q.arguments, q.args.queue_type);
+    let from_args = args.clone();
+    let number = |p: Option<&Policy>, key: &str| p.and_then(|p| p.definition.get(key)).and_then(Value::as_u64);
+    let text = |p: Option<&Policy>, key: &str| {
+        p.and_then(|p| p.definition.get(key)).and_then(Value::as_str).map(Arc::<str>::from)
+    };
+    // Between a policy and an operator policy, the lower number wins.
+    let policy_number = |key: &str| lower(number(policy, key), number(operator, key));
+    let arg_len = |v: Option<usize>| v.map(|n| n as u64);
+    args.message_ttl = lower(from_args.message_ttl, policy_number("message-ttl"));
+    args.expires = lower(from_args.expires, policy_number("expires"));
+    args.max_length = lower(arg_len(from_args.max_length), policy_number("max-length")).map(|n| n as usize);
+    args.max_length_bytes =
+        lower(arg_len(from_args.max_length_bytes), policy_number("max-length-bytes")).map(|n| n as usize);
+    args.consumer_timeout = lower(from_args.consumer_timeout, policy_number("consumer-timeout"));
+    // Dead-lettering and overflow: the queue's own argument wins.
+    if from_args.dead_letter_exchange.is_none() {
+        args.dead_letter_exchange =
+            text(policy, "dead-letter-exchange").or_else(|| text(operator, "dead-letter-exchange"));
+    }
+    if from_args.dead_letter_routing_key.is_none() {
+        args.dead_letter_routing_key =
+            text(policy, "dead-letter-routing-key").or_else(|| text(operator, "dead-letter-routing-key"));
+    }
+    if from_args.overflow.is_none() {
+        args.overflow = match text(policy, "overflow").or_else(|| text(operator, "overflow")).as_deref() {
+            Some("drop-head") => Some(Overflow::DropHead),
+            Some("reject-publish") => Some(Overflow::RejectPublish),
+            Some("reject-publish-dlx") => Some(Overflow::RejectPublishDlx),
+            _ => None,
+        };
+    }
+    if args.queue_type == QueueType::Quorum {
+        let limit = |p: Option<&Policy>| p.and_then(|p| p.definition.get("delivery-limit")).and_then(Value::as_i64);
+        let from_policy = match (limit(policy), limit(operator)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let from_arg = q.arguments.get("x-delivery-limit").and_then(|v| v.as_i64());
+        let resolved = match (from_policy, from_arg) {
+            // A negative value (none) only wins against another negative one.
+            (Some(p), Some(a)) if p < 0 || a < 0 => Some(p.max(a)),
+            (Some(p), Some(a)) => Some(p.min(a)),
+            (p, a) => p.or(a),
+        };
+        args.delivery_limit = match resolved {
+            None => Some(DEFAULT_DELIVERY_LIMIT),
+            Some(n) => u64::try_from(n).ok(),
+        };
+    }
+    args
+}
+
+impl Broker {
+    /// set_policy / set_operator_policy: stores it and applies it to the
+    /// queues it matches now.
+    pub fn set_policy(&self, policy: Policy, operator: bool) -> std::result::Result<(), String> {
+        let pattern = validate(&policy)?;
+        let kind = if operator { ParameterKind::OperatorPolicy } else { ParameterKind::Policy };
+        let value = serde_json::to_vec(&policy).map_err(|e| e.to_string())?;
+        let key = format!("{}\0{}", policy.vhost, policy.name);
+        let mut st = self.state.lock();
+        self.store.define(Record::Parameter { kind, key, value: value.into() }).map_err(|e| e.to_string())?;
+        let list = if operator { &mut st.operator_policies } else { &mut st.policies };
+        list.retain(|p| !(p.policy.vhost == policy.vhost && p.policy.name == policy.name));
+        list.push(ActivePolicy { policy, pattern });
+        st.apply_policies(&self.store);
+        Ok(())
+    }
+
+    /// clear_policy / clear_operator_policy.
+    pub fn clear_policy(&self, vhost: &str, name: &str, operator: bool) -> std::result::Result<(), String> {
+        let mut st = self.state.lock();
+        let list = if operator { &mut st.operator_policies } else { &mut st.policies };
+        let before = list.len();
+        list.retain(|p| !(p.policy.vhost == vhost && p.policy.name == name));
+        if list.len() == before {
+            return Err(format!("Parameter does not exist: policy '{name}' in vhost '{vhost}'"));
+        }
+        let kind = if operator { ParameterKind::OperatorPolicy } else { ParameterKind::Policy };
+        self.store
+            .define(Record::ParameterDelete { kind, key: format!("{vhost}\0{name}") })
+            .map_err(|e| e.to_string())?;
+        st.apply_policies(&self.store);
+        Ok(())
+    }
+
+    pub fn policies(&self, operator: bool) -> Vec<Policy> {
+        let st = self.state.lock();
+        let list = if operator { &st.operator_policies } else { &st.policies };
+        list.iter().map(|p| p.policy.clone()).collect()
+    }
+
+    /// Restores the stored policies (at start-up, after [`Broker::restore`]).
+    pub fn restore_policies(&self, parameters: &std::collections::BTreeMap<(ParameterKind, String), bytes::Bytes>) {
+        let mut st = self.state.lock();
+        for ((kind, _), value) in parameters {
+            let operator = match kind {
+                ParameterKind::Policy => false,
+                ParameterKind::OperatorPolicy => true,
+                _ => continue,
+            };
+            let Ok(policy) = serde_json::from_slice::<Policy>(value) else { continue };
+            match validate(&policy) {
+                Ok(pattern) => {
+                    let list = if operator { &mut st.operator_policies } else { &mut st.policies };
+                    list.push(ActivePolicy { policy, pattern });
+                }
+                Err(e) => tracing::error!("stored policy '{}' cannot be applied: {e}", policy.name),
+            }
+        }
+        st.apply_policies(&self.store);
+    }
+}
+
+impl State {
+    /// The policy and operator policy that apply to a queue: of the
+    /// matching ones, the highest priority (the first set, on a tie).
+    pub(super) fn policies_for(&self, q: &Queue) -> (Option<Policy>, Option<Policy>) {
+        let best = |list: &[ActivePolicy]| {
+            list.iter()
+                .filter(|p| p.policy.vhost == "/" && p.applies_to_queue(q))
+                .max_by_key(|p| p.policy.priority)
+                .map(|p| p.policy.clone())
+        };
+        (best(&self.policies), best(&self.operator_policies))
+    }
+
+    /// An exchange's alternate exchange: its argument, else its policy's.
+    pub(super) fn alternate_exchange_of(&self, ex: &Exchange) -> Option<String> {
+        if let Some(ae) = ex.arguments.get("alternate-exchange").and_then(|v| v.as_str()) {
+            return Some(ae.to_string());
+        }
+        self.policies
+            .iter()
+            .filter(|p| p.policy.vhost == "/" && p.applies_to_exchange(&ex.name))
+            .max_by_key(|p| p.policy.priority)
+            .and_then(|p| p.policy.definition.get("alternate-exchange"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+
+    /// Recomputes every queue's settings from its arguments and policies;
+    /// a queue over a new length limit drops (or dead-letters) its head.
+    pub(super) fn apply_policies(&mut self, store: &LogStore) {
+        let names: Vec<Arc<str>> = self.queues.keys().cloned().collect();
+        for name in names {
+            let Some(q) = self.queues.get(&name) else { continue };
+            let (policy, operator) = self.policies_for(q);
+            let args = effective_args(q, policy.as_ref(), operator.as_ref());
+            let Some(q) = self.queues.get_mut(&name) else { continue };
+            q.policy = policy.map(|p| p.name);
+            q.operator_policy = operator.map(|p| p.name);
+            q.args = args;
+            let dropped = q.trim_to_limits();
+            if !dropped.is_empty() {
+                let departed = Departed {
+                    queue: q.name.clone(),
+                    incarnation: q.incarnation,
+                    entries: dropped,
+                    reason: Reason::Maxlen,
+                };
+                self.depart(departed, store);
+            }
+        }
+    }
+}
