@@ -51,6 +51,9 @@ pub struct Config {
     /// is closed (RabbitMQ's `consumer_timeout`, 30 minutes by default); 0
     /// turns it off. A queue's `x-consumer-timeout` overrides it.
     pub consumer_timeout: u64,
+    /// A RabbitMQ JSON definitions file imported at every start
+    /// (RabbitMQ's `load_definitions`).
+    pub load_definitions: Option<PathBuf>,
     /// Bytes appended to the log but not yet handed to the disk above which
     /// connections stop reading (and send connection.blocked).
     pub log_backlog_limit: usize,
@@ -80,6 +83,7 @@ impl Default for Config {
             compaction: true,
             disk_free_limit: None,
             consumer_timeout: 30 * 60 * 1000,
+            load_definitions: None,
             log_backlog_limit: 64 << 20,
             threads: 1,
             users: vec![User { name: "guest".into(), password: "guest".into(), loopback_only: true }],

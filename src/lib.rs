@@ -15,6 +15,7 @@
 //!   acknowledgements and redelivery. Knows nothing about sockets or files.
 //! - [`store`]: durable storage behind the [`store::LogStore`].
 //! - [`admin`]: the control socket that `warrenctl` talks to.
+//! - [`definitions`]: RabbitMQ's JSON definitions file, export and import.
 //! - [`access`]: users, password hashes and permissions, checked by the
 //!   server where RabbitMQ checks them.
 //! - [`config`]: settings from flags, a TOML file and defaults.
@@ -23,6 +24,7 @@ pub mod access;
 pub mod admin;
 pub mod broker;
 pub mod config;
+pub mod definitions;
 pub mod protocol;
 pub mod server;
 pub mod store;

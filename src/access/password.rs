@@ -42,6 +42,14 @@ mod tests {
     }
 
     #[test]
+    fn a_hash_made_by_rabbitmq_verifies() {
+        // alice / alice-secret in tests/fixtures/rabbitmq-definitions.json,
+        // exported by RabbitMQ 3.10.8.
+        assert!(super::verify("9yBN4jdGLv/7i39sUpMV0OauAWzKN07PJ+/dwndAGYJDKTcz", "alice-secret"));
+        assert!(!super::verify("9yBN4jdGLv/7i39sUpMV0OauAWzKN07PJ+/dwndAGYJDKTcz", "alice"));
+    }
+
+    #[test]
     fn the_hash_is_the_salt_then_the_digest_of_salt_and_password() {
         use base64::Engine;
         use sha2::Digest;

@@ -61,8 +61,9 @@ pub async fn serve(listener: UnixListener, broker: Arc<Broker>) {
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
-            // Bounded, so a stray writer cannot make us buffer forever.
-            let mut reader = BufReader::new(read.take(64 * 1024));
+            // Bounded, so a stray writer cannot make us buffer forever
+            // (a definitions import is the largest request).
+            let mut reader = BufReader::new(read.take(64 << 20));
             if reader.read_line(&mut line).await.is_err() {
                 return;
             }

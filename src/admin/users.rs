@@ -128,6 +128,18 @@ pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
                        "definition": serde_json::Value::Object(p.definition).to_string(), "priority": p.priority})
             })))
         }
+        "export_definitions" => {
+            let mut row = serde_json::Map::new();
+            row.insert("definitions".into(), crate::definitions::export(broker));
+            ok(vec![row])
+        }
+        "import_definitions" => match need(1, "<definitions JSON>") {
+            Err(r) => r,
+            Ok(()) => match crate::definitions::import(broker, &req.args[0]) {
+                Ok(report) => ok(rows([report])),
+                Err(e) => fail(e),
+            },
+        },
         "list_vhosts" => ok(rows([json!({"name": "/", "description": "Default virtual host", "tags": "[]"})])),
         _ => return None,
     };

@@ -124,6 +124,13 @@ fn main() -> anyhow::Result<()> {
         .access()
         .load(&recovered.definitions.parameters, &seed, loopback)
         .map_err(|e| anyhow::anyhow!("cannot restore users and permissions: {e}"))?;
+    if let Some(path) = &config.load_definitions {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read load_definitions file {}", path.display()))?;
+        let report = warren::definitions::import(&broker, &text)
+            .map_err(|e| anyhow::anyhow!("cannot import {}: {e}", path.display()))?;
+        tracing::info!("imported definitions from {}: {report:?}", path.display());
+    }
     drop(recovered);
 
     let runtime = if config.threads <= 1 {

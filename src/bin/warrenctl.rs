@@ -107,6 +107,10 @@ enum Command {
     },
     /// Virtual hosts: name description tags
     ListVhosts { columns: Vec<String> },
+    /// Writes every definition as RabbitMQ's JSON definitions file ("-": standard output).
+    ExportDefinitions { path: String },
+    /// Imports a JSON definitions file (from RabbitMQ or Warren; "-": standard input).
+    ImportDefinitions { path: String },
     /// Sets a policy: queue (or exchange) settings by name pattern.
     SetPolicy(PolicyArgs),
     /// Removes a policy.
@@ -326,8 +330,66 @@ fn access_verb(command: &Command) -> Option<(Request, Result<Listing, Action>, V
     })
 }
 
+/// export_definitions / import_definitions.
+fn definitions(args: &Args, export: bool, path: &str) -> ExitCode {
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| control_socket_path(args.data_dir.as_deref().unwrap_or("warren-data".as_ref())));
+    let mut request = req(if export { "export_definitions" } else { "import_definitions" }, None);
+    if !export {
+        let text = if path == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
+        } else {
+            std::fs::read_to_string(path)
+        };
+        match text {
+            Ok(text) => request.args.push(text),
+            Err(e) => {
+                eprintln!("Error: cannot read {path}: {e}");
+                return ExitCode::from(66);
+            }
+        }
+        if !args.quiet {
+            println!("Importing definitions in JSON from a file at \"{path}\" ...");
+        }
+    } else if !args.quiet && path != "-" {
+        println!("Exporting definitions in JSON to a file at \"{path}\" ...");
+    }
+    let response = match call(&socket, &request, Duration::from_secs(args.timeout)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: unable to reach the broker through {}: {e}", socket.display());
+            return ExitCode::from(69);
+        }
+    };
+    if !response.ok {
+        eprintln!("Error:\n{}", response.error.unwrap_or_default());
+        return ExitCode::from(65);
+    }
+    let row = response.rows.into_iter().next().unwrap_or_default();
+    if export {
+        let text = serde_json::to_string_pretty(row.get("definitions").unwrap_or(&Value::Null)).unwrap_or_default();
+        if path == "-" {
+            println!("{text}");
+        } else if let Err(e) = std::fs::write(path, text + "\n") {
+            eprintln!("Error: cannot write {path}: {e}");
+            return ExitCode::from(73);
+        }
+    } else if !args.quiet {
+        println!("Successfully started definition import. {}", Value::Object(row));
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    match &args.command {
+        Command::ExportDefinitions { path } => return definitions(&args, true, path),
+        Command::ImportDefinitions { path } => return definitions(&args, false, path),
+        _ => {}
+    }
     if let Some((request, output, columns)) = access_verb(&args.command) {
         return run_access_verb(&args, request, output, &columns);
     }

@@ -69,6 +69,39 @@ impl Broker {
         rows
     }
 
+    /// The durable topology, as a definitions export holds it: durable
+    /// exchanges (not the predeclared ones), durable queues that outlive
+    /// a restart, and the bindings between them.
+    pub fn durable_topology(&self) -> Topology {
+        let st = self.state.lock();
+        let predeclared = |name: &str| name.is_empty() || name.starts_with("amq.");
+        let exchanges: Vec<Exchange> = st
+            .exchanges
+            .values()
+            .filter(|e| e.durable && !predeclared(&e.name))
+            .map(|e| Exchange { bindings: Vec::new(), ..e.clone() })
+            .collect();
+        let queues = st
+            .queues
+            .values()
+            .filter(|q| q.store_id.is_some())
+            .map(|q| (q.name.to_string(), q.auto_delete, q.arguments.clone()))
+            .collect();
+        let mut bindings = Vec::new();
+        for ex in st.exchanges.values().filter(|e| e.durable) {
+            for b in &ex.bindings {
+                let durable_end = match &b.destination {
+                    Destination::Queue(q) => st.queues.get(q.as_str()).is_some_and(|q| q.store_id.is_some()),
+                    Destination::Exchange(e) => st.exchanges.get(e).is_some_and(|e| e.durable),
+                };
+                if durable_end {
+                    bindings.push((ex.name.clone(), b.clone()));
+                }
+            }
+        }
+        Topology { exchanges, queues, bindings }
+    }
+
     /// (id, info, channel count) per connection.
     pub fn list_connections(&self) -> Vec<(u64, ConnectionInfo, usize)> {
         let st = self.state.lock();
@@ -169,4 +202,14 @@ pub struct ConsumerRow {
     pub single_active: bool,
     /// `x-priority`.
     pub priority: i32,
+}
+
+/// What [`Broker::durable_topology`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    pub exchanges: Vec<Exchange>,
+    /// (name, auto-delete, arguments).
+    pub queues: Vec<(String, bool, FieldTable)>,
+    /// (source exchange, binding).
+    pub bindings: Vec<(String, Binding)>,
 }
