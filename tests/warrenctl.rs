@@ -402,3 +402,42 @@ async fn unreachable_broker_is_a_readable_error() {
     broker.kill();
     assert_failure(&ctl(&broker, &["list_queues"]), &broker.data_dir.display().to_string());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn close_connection_forces_a_client_off() {
+    let broker = common::Broker::start();
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    declare_queue(&ch, "still-here").await;
+    let names = rows(&broker, "list_connections", &["name"]);
+    assert_eq!(names.len(), 1, "{names:?}");
+    ctl_lines(&broker, &["close_connection", &names[0], "maintenance window"]);
+    let deadline = Instant::now() + WAIT;
+    while conn.status().connected() {
+        assert!(Instant::now() < deadline, "the connection is still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_rows(&broker, "list_connections", &["name"], |r| r.is_empty()).await;
+    let unknown = ctl(&broker, &["close_connection", "no such connection"]);
+    assert!(!unknown.status.success(), "{unknown:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_the_json_formatter() {
+    let broker = common::Broker::start();
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    declare_queue(&ch, "counted").await;
+    publish_acked(&ch, "counted", "one").await;
+    let status = ctl_lines(&broker, &["status"]);
+    for line in ["product: Warren", "connections: 1", "messages_ready: 1"] {
+        assert!(status.iter().any(|l| l == line), "{line} not in {status:?}");
+    }
+    let json = ctl_lines(&broker, &["--formatter", "json", "list_queues", "name", "messages"]);
+    let value: serde_json::Value = serde_json::from_str(&json.join("\n")).expect("JSON");
+    assert_eq!(value, serde_json::json!([{"name": "counted", "messages": 1}]));
+    let json = ctl_lines(&broker, &["--formatter", "json", "status"]);
+    let value: serde_json::Value = serde_json::from_str(&json.join("\n")).expect("JSON");
+    assert_eq!(value["queues"], 1);
+    assert!(value["pid"].as_u64().is_some_and(|p| p > 0));
+}

@@ -55,6 +55,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 pub async fn serve(listener: UnixListener, broker: Arc<Broker>) {
+    STARTED.get_or_init(std::time::Instant::now);
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let broker = broker.clone();
@@ -96,6 +97,9 @@ pub(crate) fn fail(error: String) -> Response {
     Response { ok: false, error: Some(error), rows: vec![] }
 }
 
+/// When the control socket started serving (the broker's start, near enough).
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 pub fn execute(broker: &Broker, req: &Request) -> Response {
     if let Some(response) = users::execute(broker, req) {
         return response;
@@ -110,7 +114,7 @@ pub fn execute(broker: &Broker, req: &Request) -> Response {
                    "destination_kind": dest_kind, "routing_key": key, "arguments": args})
         }))),
         "list_connections" => ok(rows(broker.list_connections().into_iter().map(|(id, info, channels)| {
-            json!({"name": format!("{} (#{id})", info.peer), "peer": info.peer, "user": info.user, "vhost": "/",
+            json!({"name": crate::broker::connection_name(id, &info.peer), "peer": info.peer, "user": info.user, "vhost": "/",
                    "channels": channels, "client": info.client, "timeout": info.heartbeat, "frame_max": info.frame_max,
                    "state": "running"})
         }))),
@@ -126,6 +130,36 @@ pub fn execute(broker: &Broker, req: &Request) -> Response {
                    "ack_required": c.ack_required, "exclusive": c.exclusive, "prefetch_count": c.prefetch,
                    "active": c.active, "activity_status": status, "arguments": arguments})
         }))),
+        "close_connection" => {
+            let (Some(name), explanation) = (req.args.first(), req.args.get(1)) else {
+                return fail("close_connection needs <connection name> [<explanation>]".into());
+            };
+            let explanation = explanation.map_or("Closed via warrenctl", String::as_str);
+            if broker.close_connection_named(name, explanation) {
+                ok(Vec::new())
+            } else {
+                fail(format!("no connection named '{name}' (see list_connections name)"))
+            }
+        }
+        "status" => {
+            let (connections, queues, ready, unacked) = broker.totals();
+            let log = broker.store().stats();
+            ok(rows([json!({
+                "product": "Warren",
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "uptime_seconds": STARTED.get_or_init(std::time::Instant::now).elapsed().as_secs(),
+                "connections": connections,
+                "queues": queues,
+                "messages_ready": ready,
+                "messages_unacknowledged": unacked,
+                "log_segments": log.segments,
+                "log_disk_bytes": log.disk_bytes,
+                "log_live_bytes": log.live_bytes,
+                "disk_free_bytes": broker.store().free_space(),
+                "disk_free_alarm": broker.store().disk_alarm().borrow().raised,
+            })]))
+        }
         "purge_queue" | "delete_queue" => {
             let Some(name) = req.name.as_deref() else { return fail(format!("{} needs a queue name", req.command)) };
             let result = if req.command == "purge_queue" { broker.admin_purge(name) } else { broker.admin_delete(name) };

@@ -31,6 +31,9 @@ struct Args {
     /// Print rows only, without the column header.
     #[arg(long, global = true)]
     no_table_headers: bool,
+    /// Output format: table (tab-separated) or json, as rabbitmqctl's --formatter.
+    #[arg(long, global = true, default_value = "table", value_parser = ["table", "json"])]
+    formatter: String,
     /// Seconds to wait for the broker.
     #[arg(short, long, global = true, default_value_t = 60)]
     timeout: u64,
@@ -111,6 +114,10 @@ enum Command {
     ExportDefinitions { path: String },
     /// Imports a JSON definitions file (from RabbitMQ or Warren; "-": standard input).
     ImportDefinitions { path: String },
+    /// Closes a client connection (by its list_connections name or peer) with 320 CONNECTION_FORCED.
+    CloseConnection { connection: String, explanation: Option<String> },
+    /// The broker's state: version, uptime, connections, queues, messages, log and disk.
+    Status,
     /// Sets a policy: queue (or exchange) settings by name pattern.
     SetPolicy(PolicyArgs),
     /// Removes a policy.
@@ -153,6 +160,23 @@ struct VhostColumns {
     columns: Vec<String>,
 }
 
+/// What `status` shows.
+const STATUS_FIELDS: &[&str] = &[
+    "product",
+    "version",
+    "pid",
+    "uptime_seconds",
+    "connections",
+    "queues",
+    "messages_ready",
+    "messages_unacknowledged",
+    "log_segments",
+    "log_disk_bytes",
+    "log_live_bytes",
+    "disk_free_bytes",
+    "disk_free_alarm",
+];
+
 /// What an action verb prints before it acts, and on success.
 struct Action {
     info: String,
@@ -194,6 +218,7 @@ fn known_columns(command: &str) -> &'static [&'static str] {
         "list_user_permissions" => &["vhost", "configure", "write", "read"],
         "list_topic_permissions" => &["user", "exchange", "write", "read"],
         "list_vhosts" => &["name", "description", "tags"],
+        "status" => STATUS_FIELDS,
         "list_policies" | "list_operator_policies" => {
             &["vhost", "name", "pattern", "apply-to", "definition", "priority"]
         }
@@ -323,6 +348,22 @@ fn access_verb(command: &Command) -> Option<(Request, Result<Listing, Action>, V
                 v.columns.clone(),
             )
         }
+        Command::CloseConnection { connection, explanation } => {
+            let mut args = vec![connection];
+            args.extend(explanation.iter());
+            (
+                request("close_connection", args, None),
+                action(
+                    format!(
+                        "Closing connection {connection}, reason: {} ...",
+                        explanation.as_deref().unwrap_or("Closed via warrenctl")
+                    ),
+                    None,
+                ),
+                vec![],
+            )
+        }
+        Command::Status => (request("status", vec![], None), listing("status", "status", STATUS_FIELDS), vec![]),
         Command::ListVhosts { columns } => {
             (request("list_vhosts", vec![], None), listing("list_vhosts", "vhosts", &["name"]), columns.clone())
         }
@@ -535,6 +576,27 @@ fn print_listing(args: &Args, listing: &Listing, columns: &[String], response: &
     if let Some(bad) = columns.iter().find(|c| !known.contains(&c.as_str())) {
         eprintln!("Error: invalid column '{bad}' for {}", listing.command);
         return ExitCode::from(64);
+    }
+    let pick = |row: &serde_json::Map<String, Value>| -> serde_json::Map<String, Value> {
+        columns.iter().map(|c| (c.clone(), row.get(c.as_str()).cloned().unwrap_or(Value::Null))).collect()
+    };
+    if args.formatter == "json" {
+        let rows: Vec<Value> = response.rows.iter().map(|r| Value::Object(pick(r))).collect();
+        let out = if listing.command == "status" {
+            rows.into_iter().next().unwrap_or(Value::Null)
+        } else {
+            Value::Array(rows)
+        };
+        println!("{out}");
+        return ExitCode::SUCCESS;
+    }
+    if listing.command == "status" {
+        for row in &response.rows {
+            for c in &columns {
+                println!("{c}: {}", cell(row.get(c.as_str()).unwrap_or(&Value::Null)));
+            }
+        }
+        return ExitCode::SUCCESS;
     }
     if !args.quiet {
         println!("Timeout: {}.0 seconds ...", args.timeout);

@@ -111,6 +111,27 @@ impl Broker {
         rows
     }
 
+    /// close_connection: asks the connection named as `list_connections`
+    /// names it (or by its peer address) to close; false if none has it.
+    pub fn close_connection_named(&self, name: &str, explanation: &str) -> bool {
+        let st = self.state.lock();
+        let Some(c) =
+            st.connections.values().find(|c| connection_name(c.handle.id, &c.info.peer) == name || c.info.peer == name)
+        else {
+            return false;
+        };
+        c.handle.event(BrokerEvent::CloseConnection { explanation: explanation.to_string() });
+        true
+    }
+
+    /// Counts for `status`: (connections, queues, ready messages, unacked).
+    pub fn totals(&self) -> (usize, usize, usize, usize) {
+        let st = self.state.lock();
+        let ready = st.queues.values().map(|q| q.ready_count()).sum();
+        let unacked = st.queues.values().map(|q| q.unacked).sum();
+        (st.connections.len(), st.queues.len(), ready, unacked)
+    }
+
     /// Every consumer, by queue and tag.
     pub fn list_consumers(&self) -> Vec<ConsumerRow> {
         let st = self.state.lock();
@@ -212,4 +233,9 @@ pub struct Topology {
     pub queues: Vec<(String, bool, FieldTable)>,
     /// (source exchange, binding).
     pub bindings: Vec<(String, Binding)>,
+}
+
+/// A connection's name in listings: its peer and its number.
+pub fn connection_name(id: u64, peer: &str) -> String {
+    format!("{peer} (#{id})")
 }

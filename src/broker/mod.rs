@@ -58,7 +58,7 @@ pub use arguments::{ConsumerArgs, Overflow, QueueArgs, QueueType};
 use dead_letter::{Departed, Reason};
 pub use error::{AmqpError, Result, Scope};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
-pub use listings::{ConsumerRow, QueueRow, Topology};
+pub use listings::{ConsumerRow, QueueRow, Topology, connection_name};
 pub use message::{ConnectionHandle, Message, OutboundShared, Outgoing};
 pub use policies::Policy;
 pub use queue::{Consumer, Enqueued, Queue, QueuedMessage};

@@ -26,6 +26,8 @@ pub const DEFAULT_CONSUMER_TIMEOUT_MS: u64 = 30 * 60 * 1000;
 pub enum BrokerEvent {
     /// Close this channel with a channel error.
     CloseChannel { channel: u16, error: AmqpError },
+    /// An operator closes the connection (320 CONNECTION_FORCED).
+    CloseConnection { explanation: String },
 }
 
 pub(super) fn spawn(state: Weak<Mutex<State>>, store: Arc<LogStore>) -> std::io::Result<()> {

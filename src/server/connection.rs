@@ -252,6 +252,9 @@ impl Connection {
                             return Exit::Close(reason);
                         }
                     }
+                    BrokerEvent::CloseConnection { explanation } => {
+                        return Exit::Close(CloseReason::new(reply::CONNECTION_FORCED, explanation));
+                    }
                 },
                 changed = self.durability.changed(), if waiting => {
                     if changed.is_err() {
