@@ -272,3 +272,18 @@ async fn users_and_permissions_survive_kill_9() {
     assert_eq!(reply_code(&login(&broker, "gone", "x").await.expect_err("stays deleted")), Some(403));
     login(&broker, "guest", "guest").await.expect("the seeded guest is still there");
 }
+
+#[tokio::test]
+async fn deleting_a_user_closes_its_connections() {
+    let broker = common::Broker::start();
+    ctl(&broker, &["add_user", "dave", "pw"]);
+    ctl(&broker, &["set_permissions", "dave", ".*", ".*", ".*"]);
+    let dave = login(&broker, "dave", "pw").await.expect("dave");
+    let _ch = channel(&dave).await;
+    ctl(&broker, &["delete_user", "dave"]);
+    let deadline = std::time::Instant::now() + WAIT;
+    while dave.status().connected() {
+        assert!(std::time::Instant::now() < deadline, "a deleted user's connection stays open");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -195,3 +195,24 @@ async fn policies_survive_kill_9() {
     }
     assert_eq!(ready(&ch, "short").await, 2, "the policy's max-length still holds");
 }
+
+#[tokio::test]
+async fn a_policy_ttl_applies_to_messages_restored_after_a_restart() {
+    let scratch = tempfile::tempdir().expect("scratch");
+    let dir = scratch.path().join("data");
+    let mut broker = common::Broker::start_in(&dir, &[]);
+    ctl(&broker, &["set_policy", "short-lived", "^expiring$", r#"{"message-ttl":1500}"#]);
+    {
+        let conn = connect(&broker).await;
+        let ch = confirm_channel(&conn).await;
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        within("declare", ch.queue_declare("expiring".into(), durable, FieldTable::default())).await.expect("declare");
+        publish_props(&ch, "expiring", b"soon gone", BasicProperties::default().with_delivery_mode(2)).await;
+    }
+    broker.kill();
+    let broker = common::Broker::start_in(&dir, &[]);
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    // The policy's TTL holds for the restored message: it goes by itself.
+    wait_ready(&ch, "expiring", 0).await;
+}

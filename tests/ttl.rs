@@ -133,3 +133,15 @@ async fn ttls_count_from_the_publish_across_a_restart() {
         assert!(lived < Duration::from_millis(4300), "{queue}: expired {lived:?} after the publish");
     }
 }
+
+#[tokio::test]
+async fn a_ttl_of_zero_without_a_consumer_expires_at_once() {
+    let broker = common::Broker::start();
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    declare_with(&ch, "ttl.now", false, ttl_args(0)).await.expect("declare");
+    for i in 0..20 {
+        publish(&ch, "ttl.now", format!("m{i}")).await;
+        assert_eq!(ready(&ch, "ttl.now").await, 0, "message {i} outlived a TTL of 0");
+    }
+}

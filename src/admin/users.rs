@@ -30,7 +30,14 @@ pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
         },
         "delete_user" => match need(1, "<username>") {
             Err(r) => r,
-            Ok(()) => done(access.delete_user(&req.args[0])),
+            Ok(()) => {
+                let result = access.delete_user(&req.args[0]);
+                if result.is_ok() {
+                    // As RabbitMQ: a deleted user's connections go too.
+                    broker.close_connections_of(&req.args[0], &format!("user '{}' is deleted", req.args[0]));
+                }
+                done(result)
+            }
         },
         "change_password" => match need(2, "<username> <new_password>") {
             Err(r) => r,

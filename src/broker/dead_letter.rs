@@ -188,7 +188,7 @@ fn dead_lettered(
         Some(i) => {
             let mut d = deaths.remove(i);
             let count = d.table.get("count").and_then(FieldValue::as_i64).unwrap_or(0);
-            d.table.insert("count", FieldValue::I64(count + 1));
+            d.table.insert("count", FieldValue::I64(count.saturating_add(1)));
             d
         }
         None => {

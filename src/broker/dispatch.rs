@@ -257,7 +257,7 @@ impl State {
                 if consumer_room
                     && channels
                         .get(&(c.connection.id, c.channel))
-                        .is_some_and(|ch| c.no_ack && !ch.paused || ch.has_room())
+                        .is_some_and(|ch| c.no_ack && ch.takes_deliveries() || ch.has_room())
                     && c.connection.has_room()
                 {
                     pick = Some((i, c.args.priority));

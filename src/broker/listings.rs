@@ -124,6 +124,26 @@ impl Broker {
         true
     }
 
+    /// Closes every connection of a user (it was deleted); returns how many.
+    pub fn close_connections_of(&self, user: &str, explanation: &str) -> usize {
+        let st = self.state.lock();
+        let mine: Vec<&ConnectionEntry> = st.connections.values().filter(|c| c.info.user == user).collect();
+        for c in &mine {
+            c.handle.event(BrokerEvent::CloseConnection { explanation: explanation.to_string() });
+        }
+        mine.len()
+    }
+
+    /// Whether a queue of this name exists.
+    pub fn queue_exists(&self, name: &str) -> bool {
+        self.state.lock().queues.contains_key(name)
+    }
+
+    /// Whether an exchange of this name exists.
+    pub fn exchange_exists(&self, name: &str) -> bool {
+        self.state.lock().exchanges.contains_key(name)
+    }
+
     /// Counts for `status`: (connections, queues, ready messages, unacked).
     pub fn totals(&self) -> (usize, usize, usize, usize) {
         let st = self.state.lock();

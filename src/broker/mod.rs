@@ -105,6 +105,8 @@ struct ChannelState {
     reply_to: Option<ReplyConsumer>,
     /// The consumer timeout fired: the connection is closing the channel.
     timed_out: bool,
+    /// Its connection is closing.
+    closing: bool,
 }
 
 impl ChannelState {
@@ -114,7 +116,14 @@ impl ChannelState {
     }
 
     fn has_room(&self) -> bool {
-        !self.paused && (self.channel_prefetch == 0 || self.unacked.len() < self.channel_prefetch as usize)
+        self.takes_deliveries() && (self.channel_prefetch == 0 || self.unacked.len() < self.channel_prefetch as usize)
+    }
+
+    /// Not paused by channel.flow, not being closed (its connection going,
+    /// or its consumer timed out): messages requeued while a connection
+    /// closes must not go to another of its channels.
+    fn takes_deliveries(&self) -> bool {
+        !self.paused && !self.timed_out && !self.closing
     }
 }
 
@@ -264,6 +273,11 @@ impl Broker {
         let mut st = self.state.lock();
         let channels: Vec<u16> =
             st.connections.get(&conn).map(|c| c.channels.iter().copied().collect()).unwrap_or_default();
+        for ch in &channels {
+            if let Some(state) = st.channels.get_mut(&(conn, *ch)) {
+                state.closing = true;
+            }
+        }
         for ch in channels {
             st.close_channel(conn, ch, &self.store);
         }

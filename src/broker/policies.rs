@@ -212,7 +212,8 @@ impl Broker {
         list.iter().map(|p| p.policy.clone()).collect()
     }
 
-    /// Restores the stored policies (at start-up, after [`Broker::restore`]).
+    /// Restores the stored policies (at start-up, before [`Broker::restore`],
+    /// so that restored messages get their policy's TTL).
     pub fn restore_policies(&self, parameters: &std::collections::BTreeMap<(ParameterKind, String), bytes::Bytes>) {
         let mut st = self.state.lock();
         for ((kind, _), value) in parameters {
@@ -236,15 +237,26 @@ impl Broker {
 
 impl State {
     /// The policy and operator policy that apply to a queue: of the
-    /// matching ones, the highest priority (the first set, on a tie).
+    /// matching ones, the highest priority (on a tie, the first by name, so
+    /// that the choice does not change with the order they were set in).
     pub(super) fn policies_for(&self, q: &Queue) -> (Option<Policy>, Option<Policy>) {
         let best = |list: &[ActivePolicy]| {
             list.iter()
                 .filter(|p| p.policy.vhost == "/" && p.applies_to_queue(q))
-                .max_by_key(|p| p.policy.priority)
+                .max_by(|a, b| by_priority(a, b))
                 .map(|p| p.policy.clone())
         };
         (best(&self.policies), best(&self.operator_policies))
+    }
+
+    /// Gives a new queue the settings its policies add to its arguments.
+    pub(super) fn apply_policies_to(&self, q: &mut Queue) {
+        let (policy, operator) = self.policies_for(q);
+        if policy.is_some() || operator.is_some() {
+            q.args = effective_args(q, policy.as_ref(), operator.as_ref());
+            q.policy = policy.map(|p| p.name);
+            q.operator_policy = operator.map(|p| p.name);
+        }
     }
 
     /// An exchange's alternate exchange: its argument, else its policy's.
@@ -255,7 +267,7 @@ impl State {
         self.policies
             .iter()
             .filter(|p| p.policy.vhost == "/" && p.applies_to_exchange(&ex.name))
-            .max_by_key(|p| p.policy.priority)
+            .max_by(|a, b| by_priority(a, b))
             .and_then(|p| p.policy.definition.get("alternate-exchange"))
             .and_then(Value::as_str)
             .map(str::to_string)
@@ -285,4 +297,9 @@ impl State {
             }
         }
     }
+}
+
+/// Orders policies so that the one that applies is the greatest.
+fn by_priority(a: &ActivePolicy, b: &ActivePolicy) -> std::cmp::Ordering {
+    a.policy.priority.cmp(&b.policy.priority).then_with(|| b.policy.name.cmp(&a.policy.name))
 }

@@ -369,7 +369,8 @@ impl Queue {
         for index in 0..self.levels.len() {
             loop {
                 match self.levels[index].peek() {
-                    Some(e) if e.expires_at != 0 && now >= e.expires_at => {}
+                    // expires_at is the expiry plus one (0 = never).
+                    Some(e) if e.expires_at != 0 && now + 1 >= e.expires_at => {}
                     _ => break,
                 }
                 match self.levels[index].pop() {
@@ -384,12 +385,12 @@ impl Queue {
         expired
     }
 
-    /// The earliest expiry among the heads, for the expiry timer.
+    /// The earliest expiry among the heads (broker clock), for the expiry timer.
     pub fn next_expiry(&self) -> Option<u64> {
         if self.timed == 0 {
             return None;
         }
-        self.levels.iter().filter_map(|l| l.peek()).map(|e| e.expires_at).filter(|at| *at != 0).min()
+        self.levels.iter().filter_map(|l| l.peek()).map(|e| e.expires_at).filter(|at| *at != 0).min().map(|at| at - 1)
     }
 
     /// Drops the bodies of ready messages older than the hot window, once

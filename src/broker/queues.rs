@@ -81,23 +81,9 @@ impl Broker {
                 )));
             }
         }
-        if let Some(dlx) = &args.dead_letter_exchange
-            && !dlx.is_empty()
-            && dlx.starts_with("amq.")
-            && !st.exchanges.contains_key(&**dlx)
-        {
-            return Err(AmqpError::access_refused(format!(
-                "access to exchange '{dlx}' in vhost '/' refused for user 'guest'"
-            )));
-        }
         let owner = m.exclusive.then_some(conn);
         let mut q = Queue::new(&name, m.durable, owner, m.auto_delete, m.arguments.clone(), args);
-        let (policy, operator) = st.policies_for(&q);
-        if policy.is_some() || operator.is_some() {
-            q.args = policies::effective_args(&q, policy.as_ref(), operator.as_ref());
-            q.policy = policy.map(|p| p.name);
-            q.operator_policy = operator.map(|p| p.name);
-        }
+        st.apply_policies_to(&mut q);
         // As in RabbitMQ, exclusive and auto-delete queues do not outlive a
         // restart, so only durable queues that are neither are logged.
         if q.durable && owner.is_none() && !q.auto_delete {

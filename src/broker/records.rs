@@ -25,6 +25,7 @@ impl Broker {
                 let parsed = QueueArgs::from_stored(&args);
                 let mut q = Queue::new(name, true, None, *auto_delete, args, parsed);
                 q.store_id = Some(*queue);
+                st.apply_policies_to(&mut q);
                 let now = crate::store::wall_ms();
                 for m in per_queue.remove(queue).unwrap_or_default() {
                     let meta = queue::RestoredMeta {

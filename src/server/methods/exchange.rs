@@ -17,7 +17,10 @@ impl Connection {
                 if !m.passive && !m.exchange.is_empty() {
                     self.check_access(Access::Configure, ResourceKind::Exchange, &m.exchange)?;
                     // An alternate exchange takes what this one routes nowhere.
-                    if let Some(ae) = m.arguments.get("alternate-exchange").and_then(|v| v.as_str()) {
+                    // As RabbitMQ: checked when the exchange is made.
+                    if let Some(ae) = m.arguments.get("alternate-exchange").and_then(|v| v.as_str())
+                        && !broker.exchange_exists(&m.exchange)
+                    {
                         self.check_access(Access::Read, ResourceKind::Exchange, &m.exchange)?;
                         self.check_access(Access::Write, ResourceKind::Exchange, ae)?;
                     }

@@ -18,7 +18,10 @@ impl Connection {
                     // A server-named queue is checked by its prefix.
                     let name = if m.queue.is_empty() { "amq.gen-" } else { m.queue.as_str() };
                     self.check_access(Access::Configure, ResourceKind::Queue, name)?;
-                    if let Some(dlx) = m.arguments.get("x-dead-letter-exchange").and_then(|v| v.as_str()) {
+                    // As RabbitMQ: the dead-letter exchange is checked when the queue is made.
+                    if let Some(dlx) = m.arguments.get("x-dead-letter-exchange").and_then(|v| v.as_str())
+                        && !broker.queue_exists(name)
+                    {
                         self.check_access(Access::Read, ResourceKind::Queue, name)?;
                         self.check_access(Access::Write, ResourceKind::Exchange, dlx)?;
                     }
