@@ -237,192 +237,9 @@ fn known_columns(command: &str) -> &'static [&'static str] {
     }
 }
 
-/// The request and output of the user, permission and vhost verbs.
-fn access_verb(command: &Command) -> Option<(Request, Result<Listing, Action>, Vec<String>)> {
-    let request = |verb: &str, args: Vec<&String>, vhost: Option<&String>| Request {
-        command: verb.to_string(),
-        name: None,
-        args: args.into_iter().cloned().collect(),
-        vhost: vhost.cloned(),
-    };
-    let action = |info: String, success: Option<&'static str>| Err(Action { info, success });
-    let listing = |command: &'static str, what: &'static str, defaults: &'static [&'static str]| {
-        Ok(Listing { command, what, defaults })
-    };
-    Some(match command {
-        Command::AddUser { username, password } => (
-            request("add_user", vec![username, password], None),
-            action(format!("Adding user \"{username}\" ..."), None),
-            vec![],
-        ),
-        Command::DeleteUser { username } => (
-            request("delete_user", vec![username], None),
-            action(format!("Deleting user \"{username}\" ..."), None),
-            vec![],
-        ),
-        Command::ChangePassword { username, new_password } => (
-            request("change_password", vec![username, new_password], None),
-            action(format!("Changing password for user \"{username}\" ..."), None),
-            vec![],
-        ),
-        Command::AuthenticateUser { username, password } => (
-            request("authenticate_user", vec![username, password], None),
-            action(format!("Authenticating user \"{username}\" ..."), Some("Success")),
-            vec![],
-        ),
-        Command::SetUserTags { username, tags } => {
-            let mut args = vec![username];
-            args.extend(tags.iter());
-            (
-                request("set_user_tags", args, None),
-                action(format!("Setting tags for user \"{username}\" to [{}] ...", tags.join(", ")), None),
-                vec![],
-            )
-        }
-        Command::ListUsers { columns } => {
-            (request("list_users", vec![], None), listing("list_users", "users", &["user", "tags"]), columns.clone())
-        }
-        Command::SetPermissions { vhost, username, conf, write, read } => (
-            request("set_permissions", vec![username, conf, write, read], Some(vhost)),
-            action(format!("Setting permissions for user \"{username}\" in vhost \"{vhost}\" ..."), None),
-            vec![],
-        ),
-        Command::ClearPermissions { vhost, username } => (
-            request("clear_permissions", vec![username], Some(vhost)),
-            action(format!("Clearing permissions for user \"{username}\" in vhost \"{vhost}\" ..."), None),
-            vec![],
-        ),
-        Command::ListPermissions { vhost, columns } => (
-            request("list_permissions", vec![], Some(vhost)),
-            listing("list_permissions", "permissions", &["user", "configure", "write", "read"]),
-            columns.clone(),
-        ),
-        Command::ListUserPermissions { username, columns } => (
-            request("list_user_permissions", vec![username], None),
-            listing("list_user_permissions", "permissions", &["vhost", "configure", "write", "read"]),
-            columns.clone(),
-        ),
-        Command::SetTopicPermissions { vhost, username, exchange, write, read } => (
-            request("set_topic_permissions", vec![username, exchange, write, read], Some(vhost)),
-            action(
-                format!("Setting topic permissions on \"{exchange}\" for user \"{username}\" in vhost \"{vhost}\" ..."),
-                None,
-            ),
-            vec![],
-        ),
-        Command::ListTopicPermissions { vhost, columns } => (
-            request("list_topic_permissions", vec![], Some(vhost)),
-            listing("list_topic_permissions", "topic permissions", &["user", "exchange", "write", "read"]),
-            columns.clone(),
-        ),
-        Command::SetPolicy(p) | Command::SetOperatorPolicy(p) => {
-            let verb = if matches!(command, Command::SetPolicy(_)) { "set_policy" } else { "set_operator_policy" };
-            let priority = p.priority.to_string();
-            (
-                request(verb, vec![&p.name, &p.pattern, &p.definition, &priority, &p.apply_to], Some(&p.vhost)),
-                action(
-                    format!(
-                        "Setting policy \"{}\" for pattern \"{}\" to \"{}\" with priority \"{}\" for vhost \"{}\" ...",
-                        p.name, p.pattern, p.definition, p.priority, p.vhost
-                    ),
-                    None,
-                ),
-                vec![],
-            )
-        }
-        Command::ClearPolicy(p) | Command::ClearOperatorPolicy(p) => {
-            let verb =
-                if matches!(command, Command::ClearPolicy(_)) { "clear_policy" } else { "clear_operator_policy" };
-            (
-                request(verb, vec![&p.name], Some(&p.vhost)),
-                action(format!("Clearing policy \"{}\" on vhost \"{}\" ...", p.name, p.vhost), None),
-                vec![],
-            )
-        }
-        Command::ListPolicies(v) | Command::ListOperatorPolicies(v) => {
-            let verb =
-                if matches!(command, Command::ListPolicies(_)) { "list_policies" } else { "list_operator_policies" };
-            (
-                request(verb, vec![], Some(&v.vhost)),
-                listing(verb, "policies", &["vhost", "name", "pattern", "apply-to", "definition", "priority"]),
-                v.columns.clone(),
-            )
-        }
-        Command::CloseConnection { connection, explanation } => {
-            let mut args = vec![connection];
-            args.extend(explanation.iter());
-            (
-                request("close_connection", args, None),
-                action(
-                    format!(
-                        "Closing connection {connection}, reason: {} ...",
-                        explanation.as_deref().unwrap_or("Closed via warrenctl")
-                    ),
-                    None,
-                ),
-                vec![],
-            )
-        }
-        Command::Status => (request("status", vec![], None), listing("status", "status", STATUS_FIELDS), vec![]),
-        Command::ListVhosts { columns } => {
-            (request("list_vhosts", vec![], None), listing("list_vhosts", "vhosts", &["name"]), columns.clone())
-        }
-        _ => return None,
-    })
-}
+mod verbs;
 
-/// export_definitions / import_definitions.
-fn definitions(args: &Args, export: bool, path: &str) -> ExitCode {
-    let socket = args
-        .socket
-        .clone()
-        .unwrap_or_else(|| control_socket_path(args.data_dir.as_deref().unwrap_or("warren-data".as_ref())));
-    let mut request = req(if export { "export_definitions" } else { "import_definitions" }, None);
-    if !export {
-        let text = if path == "-" {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
-        } else {
-            std::fs::read_to_string(path)
-        };
-        match text {
-            Ok(text) => request.args.push(text),
-            Err(e) => {
-                eprintln!("Error: cannot read {path}: {e}");
-                return ExitCode::from(66);
-            }
-        }
-        if !args.quiet {
-            println!("Importing definitions in JSON from a file at \"{path}\" ...");
-        }
-    } else if !args.quiet && path != "-" {
-        println!("Exporting definitions in JSON to a file at \"{path}\" ...");
-    }
-    let response = match call(&socket, &request, Duration::from_secs(args.timeout)) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("Error: unable to reach the broker through {}: {e}", socket.display());
-            return ExitCode::from(69);
-        }
-    };
-    if !response.ok {
-        eprintln!("Error:\n{}", response.error.unwrap_or_default());
-        return ExitCode::from(65);
-    }
-    let row = response.rows.into_iter().next().unwrap_or_default();
-    if export {
-        let text = serde_json::to_string_pretty(row.get("definitions").unwrap_or(&Value::Null)).unwrap_or_default();
-        if path == "-" {
-            println!("{text}");
-        } else if let Err(e) = std::fs::write(path, text + "\n") {
-            eprintln!("Error: cannot write {path}: {e}");
-            return ExitCode::from(73);
-        }
-    } else if !args.quiet {
-        println!("Successfully started definition import. {}", Value::Object(row));
-    }
-    ExitCode::SUCCESS
-}
+use verbs::{access_verb, definitions, run_access_verb};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -434,10 +251,6 @@ fn main() -> ExitCode {
     if let Some((request, output, columns)) = access_verb(&args.command) {
         return run_access_verb(&args, request, output, &columns);
     }
-    let socket = args
-        .socket
-        .clone()
-        .unwrap_or_else(|| control_socket_path(args.data_dir.as_deref().unwrap_or("warren-data".as_ref())));
     let (request, listing, columns) = match &args.command {
         Command::ListQueues { columns } => (
             req("list_queues", None),
@@ -491,21 +304,10 @@ fn main() -> ExitCode {
         Command::DeleteQueue { name } => (req("delete_queue", Some(name)), None, &Vec::new()),
         _ => unreachable!("access verbs are answered above"),
     };
-    let response = match call(&socket, &request, Duration::from_secs(args.timeout)) {
+    let response = match exchange(&args, &request, 70) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("Error: unable to reach the broker through {}: {e}", socket.display());
-            eprintln!(
-                "Is warren running with --data-dir {}?",
-                socket.parent().map(|p| p.display().to_string()).unwrap_or_default()
-            );
-            return ExitCode::from(69);
-        }
+        Err(code) => return code,
     };
-    if !response.ok {
-        eprintln!("Error: {}", response.error.unwrap_or_default());
-        return ExitCode::from(70);
-    }
     match listing {
         Some(listing) => print_listing(&args, &listing, columns, &response),
         None => {
@@ -526,36 +328,33 @@ fn req(command: &str, name: Option<&String>) -> Request {
     Request { command: command.to_string(), name: name.cloned(), args: Vec::new(), vhost: None }
 }
 
-fn run_access_verb(args: &Args, request: Request, output: Result<Listing, Action>, columns: &[String]) -> ExitCode {
-    let socket = args
-        .socket
+/// The control socket: --socket, else the one in the data directory.
+fn socket_path(args: &Args) -> PathBuf {
+    args.socket
         .clone()
-        .unwrap_or_else(|| control_socket_path(args.data_dir.as_deref().unwrap_or("warren-data".as_ref())));
-    if let Err(action) = &output
-        && !args.quiet
-    {
-        println!("{}", action.info);
-    }
-    let response = match call(&socket, &request, Duration::from_secs(args.timeout)) {
+        .unwrap_or_else(|| control_socket_path(args.data_dir.as_deref().unwrap_or("warren-data".as_ref())))
+}
+
+/// Sends a request; an unreachable broker or a refusal is printed and
+/// becomes the exit code (`refused` for a refusal).
+fn exchange(args: &Args, request: &Request, refused: u8) -> Result<Response, ExitCode> {
+    let socket = socket_path(args);
+    let response = match call(&socket, request, Duration::from_secs(args.timeout)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("Error: unable to reach the broker through {}: {e}", socket.display());
-            return ExitCode::from(69);
+            eprintln!(
+                "Is warren running with --data-dir {}?",
+                socket.parent().map(|p| p.display().to_string()).unwrap_or_default()
+            );
+            return Err(ExitCode::from(69));
         }
     };
     if !response.ok {
         eprintln!("Error:\n{}", response.error.unwrap_or_default());
-        return ExitCode::from(if request.command == "authenticate_user" { 65 } else { 70 });
+        return Err(ExitCode::from(refused));
     }
-    match output {
-        Ok(listing) => print_listing(args, &listing, columns, &response),
-        Err(action) => {
-            if let Some(line) = action.success {
-                println!("{line}");
-            }
-            ExitCode::SUCCESS
-        }
-    }
+    Ok(response)
 }
 
 fn call(socket: &std::path::Path, request: &Request, timeout: Duration) -> std::io::Result<Response> {
