@@ -389,3 +389,24 @@ async fn dead_lettered_persistent_messages_survive_kill_9_in_exactly_one_queue()
     expected.sort();
     assert_eq!(bodies, expected, "each dead letter once, none lost");
 }
+
+#[tokio::test]
+async fn a_waiting_consumer_gets_what_a_zero_length_queue_would_drop() {
+    let broker = common::Broker::start();
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    declare(&ch, "zero.dropped", false, FieldTable::default()).await;
+    let mut args = dlx_to("zero.dropped");
+    args.insert("x-max-length".into(), AMQPValue::LongInt(0));
+    declare(&ch, "zero", false, args).await;
+    // No consumer: dropped (dead-lettered as maxlen) at once.
+    publish(&ch, "zero", "nobody").await;
+    wait_ready(&ch, "zero.dropped", 1).await;
+    assert_eq!(ready(&ch, "zero").await, 0);
+    // A consumer waiting: delivered first, as RabbitMQ does.
+    let cch = channel(&conn).await;
+    let mut consumer = consume(&cch, "zero", "c", true).await;
+    publish(&ch, "zero", "taken").await;
+    assert_eq!(text(&next(&mut consumer).await), "taken");
+    assert_eq!(ready(&ch, "zero.dropped").await, 1, "nothing more dead-lettered");
+}

@@ -112,7 +112,7 @@ impl State {
                 }
             }
             let moved_from = qid.filter(|_| entry.store_id != 0).map(|qid| (qid, entry.store_id));
-            let delivery = self.deliver_to(&targets, Arc::new(dead), store, moved_from);
+            let delivery = self.deliver_to(&targets, Arc::new(dead), store, moved_from, false);
             if let Ok(d) = delivery {
                 if !d.moved {
                     forget(store, qid, std::slice::from_ref(&entry));

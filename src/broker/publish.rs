@@ -43,7 +43,7 @@ impl Broker {
         }
         let targets = st.route_publish(exchange, &message.routing_key, headers)?;
         let message_priority = message.priority;
-        let delivery = st.deliver_to(&targets, message, &self.store, None).map_err(store_failed)?;
+        let delivery = st.deliver_to(&targets, message, &self.store, None, true).map_err(store_failed)?;
         let outcome = Routed {
             routed: !delivery.accepted.is_empty() || delivery.rejected,
             rejected: delivery.rejected,
@@ -59,6 +59,19 @@ impl Broker {
             if let Some(q) = st.queues.get(name).filter(|q| q.next_expiry().is_some_and(|at| queue::now_ms() >= at)) {
                 let (queue, incarnation) = (q.name.clone(), q.incarnation);
                 st.expire_messages(&queue, incarnation, &self.store);
+            }
+            // Length limits apply to what no consumer took.
+            if let Some(q) = st.queues.get_mut(name) {
+                let dropped = q.trim_to_limits();
+                if !dropped.is_empty() {
+                    let departed = Departed {
+                        queue: q.name.clone(),
+                        incarnation: q.incarnation,
+                        entries: dropped,
+                        reason: Reason::Maxlen,
+                    };
+                    st.depart(departed, &self.store);
+                }
             }
             if let Some(q) = st.queues.get_mut(name)
                 && q.store_id.is_some()
@@ -81,6 +94,7 @@ impl State {
         message: Arc<Message>,
         store: &LogStore,
         moved_from: Option<(u32, u64)>,
+        trim_later: bool,
     ) -> std::result::Result<Delivery, StoreError> {
         let mut delivery = Delivery::default();
         let size = message.body_len();
@@ -139,7 +153,7 @@ impl State {
         for (name, stored) in accepting {
             let Some(q) = self.queues.get_mut(name.as_str()) else { continue };
             let id = if stored { store_id } else { 0 };
-            let (_, dropped) = q.enqueue(message.clone(), id, now);
+            let (_, dropped) = q.enqueue(message.clone(), id, now, trim_later);
             delivery.accepted.push(q.name.clone());
             if !dropped.is_empty() {
                 delivery.departed.push(Departed {

@@ -293,15 +293,24 @@ impl Queue {
     }
 
     /// Appends a newly published message, applying the length limits; the
-    /// messages dropped from the head to make room are returned.
-    pub fn enqueue(&mut self, message: Arc<Message>, store_id: u64, now: u64) -> (Enqueued, Vec<QueuedMessage>) {
+    /// messages dropped from the head to make room are returned. With
+    /// `trim_later` a drop-head limit is left to [`Queue::trim_to_limits`]
+    /// after delivery, so that a waiting consumer still gets the message
+    /// (as RabbitMQ delivers before it drops).
+    pub fn enqueue(
+        &mut self,
+        message: Arc<Message>,
+        store_id: u64,
+        now: u64,
+        trim_later: bool,
+    ) -> (Enqueued, Vec<QueuedMessage>) {
         let size = message.body_len();
         let expires_at = self.expiry(message.expiration_ms, now, 0);
         let mut dropped = Vec::new();
-        if self.is_full(size) {
-            if self.would_reject(size) {
-                return (Enqueued::Rejected, dropped);
-            }
+        if self.would_reject(size) {
+            return (Enqueued::Rejected, dropped);
+        }
+        if self.is_full(size) && !trim_later {
             while self.is_full(size) {
                 match self.pop_ready() {
                     Some(e) => dropped.push(e),
@@ -322,7 +331,7 @@ impl Queue {
             level,
             delivery_count: 0,
         };
-        if self.is_full(size) {
+        if self.is_full(size) && !trim_later {
             // A message larger than x-max-length-bytes on its own, or
             // x-max-length = 0: it is dropped at once.
             dropped.push(entry);
