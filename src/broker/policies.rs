@@ -285,16 +285,7 @@ impl State {
             q.policy = policy.map(|p| p.name);
             q.operator_policy = operator.map(|p| p.name);
             q.args = args;
-            let dropped = q.trim_to_limits();
-            if !dropped.is_empty() {
-                let departed = Departed {
-                    queue: q.name.clone(),
-                    incarnation: q.incarnation,
-                    entries: dropped,
-                    reason: Reason::Maxlen,
-                };
-                self.depart(departed, store);
-            }
+            self.trim_queue(&name, store);
         }
     }
 }

@@ -61,18 +61,7 @@ impl Broker {
                 st.expire_messages(&queue, incarnation, &self.store);
             }
             // Length limits apply to what no consumer took.
-            if let Some(q) = st.queues.get_mut(name) {
-                let dropped = q.trim_to_limits();
-                if !dropped.is_empty() {
-                    let departed = Departed {
-                        queue: q.name.clone(),
-                        incarnation: q.incarnation,
-                        entries: dropped,
-                        reason: Reason::Maxlen,
-                    };
-                    st.depart(departed, &self.store);
-                }
-            }
+            st.trim_queue(name, &self.store);
             if let Some(q) = st.queues.get_mut(name)
                 && q.store_id.is_some()
             {

@@ -193,6 +193,22 @@ impl State {
 }
 
 impl State {
+    /// Drops (or dead-letters, reason `maxlen`) the head messages that keep
+    /// a queue over a drop-head length limit.
+    pub(super) fn trim_queue(&mut self, name: &str, store: &LogStore) {
+        let Some(q) = self.queues.get_mut(name) else { return };
+        let dropped = q.trim_to_limits();
+        if !dropped.is_empty() {
+            let departed = Departed {
+                queue: q.name.clone(),
+                incarnation: q.incarnation,
+                entries: dropped,
+                reason: Reason::Maxlen,
+            };
+            self.depart(departed, store);
+        }
+    }
+
     /// Takes a queue's expired head messages out and dead-letters them (or
     /// drops them, and their log records' claim).
     pub(super) fn expire_messages(&mut self, name: &Arc<str>, incarnation: u64, store: &LogStore) {

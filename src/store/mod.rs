@@ -29,6 +29,7 @@ pub mod inspect;
 pub mod io;
 pub mod log;
 pub mod recovery;
+pub mod scan;
 pub mod state;
 pub mod verify;
 pub mod walk;

@@ -136,17 +136,11 @@ pub fn scan_segment(base: u64, bytes: &Bytes, newest: bool) -> SegmentScan {
                 });
             }
             if header.capacity as usize != bytes.len() {
-                scan.findings.push(Finding {
-                    offset: 0,
-                    severity: Severity::Warning,
-                    error: None,
-                    at_end: false,
-                    what: format!(
-                        "the file is {} bytes but the header gives a capacity of {}",
-                        bytes.len(),
-                        header.capacity
-                    ),
-                });
+                scan.findings.push(Finding::warning_at_start(format!(
+                    "the file is {} bytes but the header gives a capacity of {}",
+                    bytes.len(),
+                    header.capacity
+                )));
             }
             scan.header = Some(header);
         }
@@ -315,20 +309,21 @@ pub struct LogChecker {
     last_message_id: Option<u64>,
 }
 
+impl Finding {
+    /// A warning about the segment as a whole (offset 0, not at its end).
+    fn warning_at_start(what: String) -> Finding {
+        Finding { offset: 0, severity: Severity::Warning, error: None, at_end: false, what }
+    }
+}
+
 impl LogChecker {
     pub fn check(&mut self, scan: &mut SegmentScan, set_aside: &[SegmentFile]) {
         if let Some(expected) = self.previous_end {
             if scan.base < expected {
-                scan.findings.push(Finding {
-                    offset: 0,
-                    severity: Severity::Warning,
-                    error: None,
-                    at_end: false,
-                    what: format!(
-                        "base {} overlaps the previous segment, which ends at position {expected}",
-                        scan.base
-                    ),
-                });
+                scan.findings.push(Finding::warning_at_start(format!(
+                    "base {} overlaps the previous segment, which ends at position {expected}",
+                    scan.base
+                )));
             } else if scan.base > expected {
                 let missing: Vec<String> = set_aside
                     .iter()
@@ -338,17 +333,11 @@ impl LogChecker {
                 // Compaction deletes segments anywhere in the log, so a gap
                 // alone is normal; one that a damaged segment left is not.
                 if !missing.is_empty() {
-                    scan.findings.push(Finding {
-                        offset: 0,
-                        severity: Severity::Warning,
-                        error: None,
-                        at_end: false,
-                        what: format!(
-                            "log positions {expected}..{} are missing (set aside as damaged: {})",
-                            scan.base,
-                            missing.join(", ")
-                        ),
-                    });
+                    scan.findings.push(Finding::warning_at_start(format!(
+                        "log positions {expected}..{} are missing (set aside as damaged: {})",
+                        scan.base,
+                        missing.join(", ")
+                    )));
                 }
             }
         }
