@@ -25,7 +25,13 @@ fn open(fsync: FsyncPolicy) -> (tempfile::TempDir, Arc<LogStore>, u32) {
     let (store, _) = LogStore::open(io, options).unwrap();
     let queue = store.allocate_queue_id();
     store
-        .define(Record::QueueDeclare { queue, name: "q".into(), auto_delete: false, arguments: Bytes::new() })
+        .define(Record::QueueDeclare {
+            queue,
+            vhost: "/".into(),
+            name: "q".into(),
+            auto_delete: false,
+            arguments: Bytes::new(),
+        })
         .unwrap();
     (dir, store, queue)
 }

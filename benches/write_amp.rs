@@ -29,7 +29,13 @@ fn run(left_behind_per_mille: u64, total_mb: u64) {
     let (store, _) = LogStore::open(io, options).expect("open");
     let queue = store.allocate_queue_id();
     store
-        .define(Record::QueueDeclare { queue, name: "q".into(), auto_delete: false, arguments: Bytes::new() })
+        .define(Record::QueueDeclare {
+            queue,
+            vhost: "/".into(),
+            name: "q".into(),
+            auto_delete: false,
+            arguments: Bytes::new(),
+        })
         .expect("declare");
     let body = vec![0x5au8; BODY];
     let mut rng = fastrand::Rng::with_seed(left_behind_per_mille);

@@ -4,14 +4,15 @@
 //! file (from RabbitMQ 3.10 and later, or from Warren) at run time or at
 //! start-up (`load_definitions`).
 //!
-//! Warren has one virtual host, `/`: entities of other vhosts in an import
-//! are skipped and counted, not created.
+//! Vhost limits travel as RabbitMQ's `vhost-limits` runtime parameters;
+//! other runtime parameters (shovels, federation) have no meaning here and
+//! are counted as skipped.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::access::{TopicPermission, User};
-use crate::broker::{Broker, Destination, Policy};
+use crate::broker::{Broker, Destination, Policy, VhostInfo, VhostLimits};
 use crate::protocol::method::{ExchangeDeclare, QueueDeclare};
 use crate::protocol::{FieldTable, FieldValue};
 
@@ -22,6 +23,8 @@ struct File {
     users: Vec<User>,
     #[serde(default)]
     vhosts: Vec<Map<String, Value>>,
+    #[serde(default)]
+    parameters: Vec<ParameterDef>,
     #[serde(default)]
     permissions: Vec<crate::access::Permission>,
     #[serde(default)]
@@ -76,6 +79,16 @@ struct BindingDef {
     arguments: Map<String, Value>,
 }
 
+/// A runtime parameter: `vhost-limits` is the one Warren knows.
+#[derive(Debug, Deserialize)]
+struct ParameterDef {
+    #[serde(default)]
+    vhost: String,
+    component: String,
+    #[serde(default)]
+    value: Value,
+}
+
 fn yes() -> bool {
     true
 }
@@ -83,14 +96,16 @@ fn yes() -> bool {
 /// What an import did.
 #[derive(Debug, Default, Serialize)]
 pub struct ImportReport {
+    pub vhosts: usize,
     pub users: usize,
     pub permissions: usize,
     pub policies: usize,
     pub queues: usize,
     pub exchanges: usize,
     pub bindings: usize,
-    /// Entities of vhosts other than "/", not created.
-    pub skipped_other_vhosts: usize,
+    pub vhost_limits: usize,
+    /// Runtime parameters of components Warren does not have.
+    pub skipped_parameters: usize,
 }
 
 /// An AMQP field table as JSON (as RabbitMQ writes arguments).
@@ -149,28 +164,45 @@ pub fn export(broker: &Broker) -> Value {
                    "tags": u.tags, "limits": {}})
         })
         .collect();
+    let vhost_rows = broker.list_vhosts();
+    let vhosts: Vec<Value> = vhost_rows
+        .iter()
+        .map(|v| {
+            let mut metadata = json!({"description": v.info.description, "tags": v.info.tags});
+            if let Some(t) = &v.info.default_queue_type {
+                metadata["default_queue_type"] = json!(t);
+            }
+            json!({"name": v.info.name, "limits": [], "metadata": metadata})
+        })
+        .collect();
+    // Vhost limits as RabbitMQ stores them: a runtime parameter.
+    let parameters: Vec<Value> = vhost_rows
+        .iter()
+        .filter(|v| !v.limits.is_empty())
+        .map(|v| json!({"vhost": v.info.name, "component": "vhost-limits", "name": "limits", "value": v.limits}))
+        .collect();
     let topology = broker.durable_topology();
     let exchanges: Vec<Value> = topology
         .exchanges
         .iter()
-        .map(|e| {
-            json!({"name": e.name, "vhost": "/", "type": e.kind.as_str(), "durable": true,
+        .map(|(vhost, e)| {
+            json!({"name": e.name, "vhost": vhost, "type": e.kind.as_str(), "durable": true,
                    "auto_delete": e.auto_delete, "internal": e.internal, "arguments": table_to_json(&e.arguments)})
         })
         .collect();
     let queues: Vec<Value> = topology
         .queues
         .iter()
-        .map(|(name, auto_delete, args)| {
-            json!({"name": name, "vhost": "/", "durable": true, "auto_delete": auto_delete,
+        .map(|(vhost, name, auto_delete, args)| {
+            json!({"name": name, "vhost": vhost, "durable": true, "auto_delete": auto_delete,
                    "arguments": table_to_json(args)})
         })
         .collect();
     let bindings: Vec<Value> = topology
         .bindings
         .iter()
-        .map(|(source, b)| {
-            json!({"source": source, "vhost": "/", "destination": b.destination.name(),
+        .map(|(vhost, source, b)| {
+            json!({"source": source, "vhost": vhost, "destination": b.destination.name(),
                    "destination_type": b.destination.kind(), "routing_key": b.routing_key,
                    "arguments": table_to_json(&b.arguments)})
         })
@@ -181,34 +213,51 @@ pub fn export(broker: &Broker) -> Value {
         "product_name": "Warren",
         "product_version": env!("CARGO_PKG_VERSION"),
         "users": users,
-        "vhosts": [{"name": "/", "limits": [], "metadata": {"description": "Default virtual host", "tags": []}}],
+        "vhosts": vhosts,
         "permissions": access.permissions(),
         "topic_permissions": access.topic_permissions(),
-        "parameters": [],
+        "parameters": parameters,
         "global_parameters": [],
-        "policies": broker.policies(false),
+        "policies": broker.policies(None, false),
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,
     })
 }
 
-/// Imports a definitions file: users (with their password hashes),
-/// permissions, policies, then exchanges, queues and bindings of vhost "/".
+/// A vhost entry of a definitions file: description and tags at the top
+/// or in `metadata`, tags as a list or as "a,b" (RabbitMQ 3.10 writes both ways).
+fn vhost_info(v: &Map<String, Value>) -> Option<VhostInfo> {
+    let name = v.get("name")?.as_str()?.to_string();
+    let metadata = v.get("metadata").and_then(Value::as_object);
+    let field = |key: &str| v.get(key).or_else(|| metadata.and_then(|m| m.get(key)));
+    let tags = match field("tags") {
+        Some(Value::String(s)) => s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect(),
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        _ => Vec::new(),
+    };
+    Some(VhostInfo {
+        name,
+        description: field("description").and_then(Value::as_str).unwrap_or_default().to_string(),
+        tags,
+        default_queue_type: field("default_queue_type").and_then(Value::as_str).map(str::to_string),
+    })
+}
+
+/// Imports a definitions file: vhosts, users (with their password hashes),
+/// permissions, vhost limits, policies, then exchanges, queues and bindings.
 pub fn import(broker: &Broker, text: &str) -> Result<ImportReport, String> {
     let file: File = serde_json::from_str(text).map_err(|e| format!("not a definitions file: {e}"))?;
     let mut report = ImportReport::default();
-    let here = |vhost: &str, report: &mut ImportReport| {
-        let ok = vhost == "/";
-        if !ok {
-            report.skipped_other_vhosts += 1;
-        }
-        ok
-    };
     for v in &file.vhosts {
-        let name = v.get("name").and_then(Value::as_str).unwrap_or("/");
-        here(name, &mut report);
+        let info = vhost_info(v).ok_or_else(|| format!("a vhost without a name: {}", Value::Object(v.clone())))?;
+        let name = info.name.clone();
+        broker.add_vhost(info).map_err(|e| format!("vhost '{name}': {e}"))?;
+        report.vhosts += 1;
     }
+    let vhost_exists = |vhost: &str| {
+        if broker.vhost_exists(vhost) { Ok(()) } else { Err(format!("Virtual host '{vhost}' does not exist")) }
+    };
     let access = broker.access();
     for user in file.users {
         let name = user.name.clone();
@@ -216,28 +265,38 @@ pub fn import(broker: &Broker, text: &str) -> Result<ImportReport, String> {
         report.users += 1;
     }
     for p in file.permissions {
-        if here(&p.vhost, &mut report) {
-            access
-                .set_permissions(&p.user, &p.vhost, &p.configure, &p.write, &p.read)
-                .map_err(|e| format!("permissions of '{}': {e}", p.user))?;
-            report.permissions += 1;
-        }
+        vhost_exists(&p.vhost).map_err(|e| format!("permissions of '{}': {e}", p.user))?;
+        access
+            .set_permissions(&p.user, &p.vhost, &p.configure, &p.write, &p.read)
+            .map_err(|e| format!("permissions of '{}': {e}", p.user))?;
+        report.permissions += 1;
     }
     for t in file.topic_permissions {
-        if here(&t.vhost, &mut report) {
-            let user = t.user.clone();
-            access.set_topic_permissions(t).map_err(|e| format!("topic permissions of '{user}': {e}"))?;
+        let user = t.user.clone();
+        vhost_exists(&t.vhost).map_err(|e| format!("topic permissions of '{user}': {e}"))?;
+        access.set_topic_permissions(t).map_err(|e| format!("topic permissions of '{user}': {e}"))?;
+    }
+    for p in file.parameters {
+        if p.component != "vhost-limits" {
+            report.skipped_parameters += 1;
+            continue;
         }
+        let limits = p
+            .value
+            .as_object()
+            .ok_or_else(|| "vhost-limits: the value is not an object".to_string())
+            .and_then(VhostLimits::parse)
+            .map_err(|e| format!("limits of vhost '{}': {e}", p.vhost))?;
+        broker.set_vhost_limits(&p.vhost, limits).map_err(|e| format!("limits of vhost '{}': {e}", p.vhost))?;
+        report.vhost_limits += 1;
     }
     for p in file.policies {
-        if here(&p.vhost, &mut report) {
-            let name = p.name.clone();
-            broker.set_policy(p, false).map_err(|e| format!("policy '{name}': {e}"))?;
-            report.policies += 1;
-        }
+        let name = p.name.clone();
+        broker.set_policy(p, false).map_err(|e| format!("policy '{name}': {e}"))?;
+        report.policies += 1;
     }
     for e in file.exchanges {
-        if !here(&e.vhost, &mut report) || e.name.is_empty() || e.name.starts_with("amq.") {
+        if e.name.is_empty() || e.name.starts_with("amq.") {
             continue;
         }
         let declare = ExchangeDeclare {
@@ -249,13 +308,12 @@ pub fn import(broker: &Broker, text: &str) -> Result<ImportReport, String> {
             arguments: json_to_table(&e.arguments),
             ..Default::default()
         };
-        broker.exchange_declare(&declare).map_err(|err| format!("exchange '{}': {}", e.name, err.text))?;
+        broker
+            .exchange_declare(&e.vhost, &declare)
+            .map_err(|err| format!("exchange '{}' in vhost '{}': {}", e.name, e.vhost, err.text))?;
         report.exchanges += 1;
     }
     for q in file.queues {
-        if !here(&q.vhost, &mut report) {
-            continue;
-        }
         let declare = QueueDeclare {
             queue: q.name.clone(),
             durable: q.durable,
@@ -263,13 +321,12 @@ pub fn import(broker: &Broker, text: &str) -> Result<ImportReport, String> {
             arguments: json_to_table(&q.arguments),
             ..Default::default()
         };
-        broker.queue_declare(0, &declare).map_err(|err| format!("queue '{}': {}", q.name, err.text))?;
+        broker
+            .queue_declare(&q.vhost, 0, &declare)
+            .map_err(|err| format!("queue '{}' in vhost '{}': {}", q.name, q.vhost, err.text))?;
         report.queues += 1;
     }
     for b in file.bindings {
-        if !here(&b.vhost, &mut report) {
-            continue;
-        }
         let destination = match b.destination_type.as_str() {
             "queue" => Destination::Queue(b.destination.clone()),
             "exchange" => Destination::Exchange(b.destination.clone()),
@@ -277,8 +334,8 @@ pub fn import(broker: &Broker, text: &str) -> Result<ImportReport, String> {
         };
         let arguments = json_to_table(&b.arguments);
         broker
-            .bind(0, &b.source, destination, &b.routing_key, &arguments)
-            .map_err(|err| format!("binding {} -> {}: {}", b.source, b.destination, err.text))?;
+            .bind(&b.vhost, 0, &b.source, destination, &b.routing_key, &arguments)
+            .map_err(|err| format!("binding {} -> {} in vhost '{}': {}", b.source, b.destination, b.vhost, err.text))?;
         report.bindings += 1;
     }
     Ok(report)

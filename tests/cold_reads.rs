@@ -90,7 +90,14 @@ fn durable(name: &str) -> QueueDeclare {
 }
 
 fn info() -> ConnectionInfo {
-    ConnectionInfo { peer: "test".into(), user: "guest".into(), client: "test".into(), heartbeat: 0, frame_max: 131072 }
+    ConnectionInfo {
+        peer: "test".into(),
+        user: "guest".into(),
+        vhost: "/".into(),
+        client: "test".into(),
+        heartbeat: 0,
+        frame_max: 131072,
+    }
 }
 
 fn poll(what: &str, mut condition: impl FnMut() -> bool) {
@@ -107,11 +114,12 @@ fn a_cold_backlog_read_holds_up_its_consumer_only() {
     // A backlog written by one broker, then recovered by another: every
     // body is on disk only.
     let disk = SimDisk::new();
-    let (store, _) = LogStore::open(disk.clone(), LogOptions::default()).unwrap();
+    let (store, recovered) = LogStore::open(disk.clone(), LogOptions::default()).unwrap();
     let first = Broker::new(store.clone());
-    first.queue_declare(1, &durable("backlog")).unwrap();
+    first.restore(&recovered).unwrap();
+    first.queue_declare("/", 1, &durable("backlog")).unwrap();
     for i in 0..BACKLOG {
-        first.publish("", None, message("backlog", &format!("message {i}"))).unwrap();
+        first.publish("/", "", None, message("backlog", &format!("message {i}"))).unwrap();
     }
     store.shutdown();
     let gated = Arc::new(GatedDisk {
@@ -122,18 +130,18 @@ fn a_cold_backlog_read_holds_up_its_consumer_only() {
     });
     let (store, recovered) = LogStore::open(gated.clone(), LogOptions::default()).unwrap();
     let broker = Arc::new(Broker::new(store));
-    broker.restore(&recovered);
+    broker.restore(&recovered).unwrap();
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let consumer = ConnectionHandle::new(7, tx, Arc::new(OutboundShared::default()), false);
-    broker.register_connection(consumer.clone(), info());
+    broker.register_connection(consumer.clone(), info()).unwrap();
     broker.open_channel(7, 1);
     broker.consume(&consumer, 1, "backlog", "drain", true, false, true, &Default::default()).unwrap();
     // Deliveries start on another thread: with reads under the lock, this
     // call itself would hold the lock until the gate opens.
     let starter = {
         let broker = broker.clone();
-        std::thread::spawn(move || broker.start_delivery("backlog"))
+        std::thread::spawn(move || broker.start_delivery("/", "backlog"))
     };
     poll("a body read to wait at the gate", || gated.waiting.load(Ordering::SeqCst) > 0);
 
@@ -141,8 +149,8 @@ fn a_cold_backlog_read_holds_up_its_consumer_only() {
     let other = {
         let broker = broker.clone();
         std::thread::spawn(move || {
-            broker.queue_declare(2, &durable("elsewhere")).unwrap();
-            broker.publish("", None, message("elsewhere", "for elsewhere")).unwrap().routed
+            broker.queue_declare("/", 2, &durable("elsewhere")).unwrap();
+            broker.publish("/", "", None, message("elsewhere", "for elsewhere")).unwrap().routed
         })
     };
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -24,10 +24,13 @@ fn open(dir: &Path, segment_size: u32) -> (Arc<LogStore>, Recovered) {
 }
 
 fn declare(store: &LogStore, name: &str) -> u32 {
+    declare_in(store, "/", name)
+}
+
+fn declare_in(store: &LogStore, vhost: &str, name: &str) -> u32 {
     let queue = store.allocate_queue_id();
-    store
-        .define(Record::QueueDeclare { queue, name: name.into(), auto_delete: false, arguments: Bytes::new() })
-        .unwrap();
+    let (vhost, name) = (vhost.into(), name.into());
+    store.define(Record::QueueDeclare { queue, vhost, name, auto_delete: false, arguments: Bytes::new() }).unwrap();
     queue
 }
 
@@ -200,8 +203,9 @@ fn many_queues_recover_exactly_from_cuts_taken_during_compaction() {
     }
 }
 
-fn binding(source: &str, queue: &str, key: &str) -> BindingRecord {
+fn binding(vhost: &str, source: &str, queue: &str, key: &str) -> BindingRecord {
     BindingRecord {
+        vhost: vhost.into(),
         source: source.into(),
         destination_kind: DestinationKind::Queue,
         destination: queue.into(),
@@ -219,11 +223,14 @@ fn definitions_survive_the_deletion_of_any_segment() {
     let filler = declare(&store, "filler");
     let body = vec![0u8; 3000];
     let mut queues = Vec::new();
-    // Declarations and deletions spread over many segments.
+    // Declarations and deletions spread over many segments, in two vhosts
+    // (the same names in both).
     for i in 0..20 {
-        let exchange = format!("ex{i}");
+        let vhost = if i % 2 == 0 { "/" } else { "other" };
+        let exchange = format!("ex{}", i / 2);
         store
             .define(Record::ExchangeDeclare {
+                vhost: vhost.into(),
                 name: exchange.clone(),
                 kind: "topic".into(),
                 auto_delete: false,
@@ -231,14 +238,15 @@ fn definitions_survive_the_deletion_of_any_segment() {
                 arguments: Bytes::new(),
             })
             .unwrap();
-        let queue = declare(&store, &format!("queue{i}"));
-        store.define(Record::BindingAdd(binding(&exchange, &format!("queue{i}"), "a.#"))).unwrap();
+        let queue_name = format!("queue{}", i / 2);
+        let queue = declare_in(&store, vhost, &queue_name);
+        store.define(Record::BindingAdd(binding(vhost, &exchange, &queue_name, "a.#"))).unwrap();
         queues.push(queue);
         if i % 3 == 0 {
             store.define(Record::QueueDelete { queue }).unwrap();
-            store.define(Record::ExchangeDelete { name: exchange }).unwrap();
+            store.define(Record::ExchangeDelete { vhost: vhost.into(), name: exchange }).unwrap();
         } else if i % 3 == 1 {
-            store.define(Record::BindingRemove(binding(&exchange, &format!("queue{i}"), "a.#"))).unwrap();
+            store.define(Record::BindingRemove(binding(vhost, &exchange, &queue_name, "a.#"))).unwrap();
         }
         let ids: Vec<u64> = (0..6).map(|_| store.publish(&[filler], "", "k", &[], &body).unwrap().0).collect();
         store.ack(filler, &ids).unwrap();
@@ -262,7 +270,7 @@ fn definitions_survive_the_deletion_of_any_segment() {
         }
         let io = FileIo::new(copy.path()).unwrap();
         let without = recover(&io, false).unwrap();
-        let names = |r: &Recovered| -> (Vec<String>, Vec<u32>, usize) {
+        let names = |r: &Recovered| -> (Vec<(String, String)>, Vec<u32>, usize) {
             (
                 r.definitions.exchanges.keys().cloned().collect(),
                 r.definitions.queues.keys().copied().collect(),
@@ -274,4 +282,9 @@ fn definitions_survive_the_deletion_of_any_segment() {
     let expected_queues = 1 + queues.len() - queues.len().div_ceil(3);
     assert_eq!(full.definitions.queues.len(), expected_queues);
     assert_eq!(full.definitions.bindings.len(), queues.len() / 3);
+    // Same names in both vhosts, kept apart.
+    assert_eq!(full.definitions.exchanges.len(), 20 - 20usize.div_ceil(3));
+    let in_other = full.definitions.exchanges.keys().filter(|(v, _)| v == "other").count();
+    assert!(in_other > 0 && in_other < full.definitions.exchanges.len(), "{:?}", full.definitions.exchanges.keys());
+    assert!(full.definitions.bindings.iter().any(|b| b.vhost == "other"));
 }

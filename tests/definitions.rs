@@ -21,7 +21,11 @@ fn ctl(broker: &common::Broker, args: &[&str]) -> String {
 }
 
 async fn login(broker: &common::Broker, user: &str, password: &str) -> lapin::Result<Connection> {
-    let url = format!("amqp://{user}:{password}@{}/%2f", broker.addr);
+    login_to(broker, user, password, "%2f").await
+}
+
+async fn login_to(broker: &common::Broker, user: &str, password: &str, vhost: &str) -> lapin::Result<Connection> {
+    let url = format!("amqp://{user}:{password}@{}/{vhost}", broker.addr);
     within("connect", Connection::connect(&url, ConnectionProperties::default())).await
 }
 
@@ -75,13 +79,34 @@ async fn has_the_fixture_s_definitions(broker: &common::Broker) {
         "ACCESS_REFUSED - write access to topic 'bob.x' in exchange 'amq.topic' in vhost '/' refused for user 'alice'",
     )
     .await;
+    // The second vhost: its metadata, limits, policy, topology and permissions.
+    let vhosts = ctl(broker, &["list_vhosts", "name", "description", "tags", "--no-table-headers", "-q"]);
+    assert!(vhosts.lines().any(|l| l == "staging\tStaging apps\t[qa, blue]"), "{vhosts}");
+    let limits = ctl(broker, &["list_vhost_limits", "-p", "staging", "--no-table-headers", "-q"]);
+    assert_eq!(limits.trim(), r#"{"max-connections":5,"max-queues":10}"#);
+    let staging = login_to(broker, "alice", "alice-secret", "staging").await.expect("alice may enter staging");
+    let ch = confirm_channel(&staging).await;
+    let confirm = within(
+        "publish",
+        ch.basic_publish("orders".into(), "new".into(), Default::default(), b"order 1", BasicProperties::default()),
+    )
+    .await
+    .expect("publish");
+    within("confirm", confirm).await.expect("confirm");
+    assert_eq!(drain(&ch, "orders-in").await, ["order 1"]);
+    let queues = ctl(broker, &["list_queues", "-p", "staging", "name", "policy", "--no-table-headers", "-q"]);
+    assert_eq!(queues.trim(), "orders-in\tstaging-ttl");
+    let refused = login_to(broker, "guest", "guest", "staging").await.expect_err("guest has no permissions there");
+    assert_eq!(reply_code(&refused), Some(530), "{refused:?}");
 }
 
 #[tokio::test]
 async fn a_rabbitmq_export_imports_with_working_logins_and_the_same_topology() {
     let broker = common::Broker::start();
     let out = ctl(&broker, &["import_definitions", FIXTURE]);
-    assert!(out.contains("\"queues\":2") && out.contains("\"users\":2"), "{out}");
+    for count in ["\"queues\":3", "\"users\":2", "\"vhosts\":2", "\"vhost_limits\":1", "\"policies\":2"] {
+        assert!(out.contains(count), "{count} missing from the report: {out}");
+    }
     has_the_fixture_s_definitions(&broker).await;
 }
 
@@ -158,6 +183,11 @@ async fn warren_s_export_imports_into_rabbitmq() {
         "alice-events\ttopic",
         "alice-events\talice-jobs\tjobs.#",
         "/\talice-limits\t^alice-\tqueues",
+        "staging\tStaging apps",
+        "staging\t{\"max-connections\":5,\"max-queues\":10}",
+        "staging\torders-in\tclassic\tstaging-ttl",
+        "staging\torders\torders-in\tnew",
+        "staging\talice\t.*\t.*\t.*",
     ] {
         assert!(lines.iter().any(|l| l.starts_with(expected)), "RabbitMQ lacks {expected:?}:\n{text}");
     }

@@ -26,7 +26,13 @@ fn poll(what: &str, mut condition: impl FnMut() -> bool) {
 fn declare(store: &LogStore) -> u32 {
     let queue = store.allocate_queue_id();
     let at = store
-        .define(Record::QueueDeclare { queue, name: format!("q{queue}"), auto_delete: false, arguments: Bytes::new() })
+        .define(Record::QueueDeclare {
+            queue,
+            vhost: "/".into(),
+            name: format!("q{queue}"),
+            auto_delete: false,
+            arguments: Bytes::new(),
+        })
         .unwrap();
     poll("the declaration to be durable", || store.durability().borrow().position >= at);
     queue
@@ -181,8 +187,13 @@ fn a_message_for_more_than_65535_durable_queues_survives_a_restart() {
     let queues: Vec<u32> = (0..70_000)
         .map(|i| {
             let queue = store.allocate_queue_id();
-            let record =
-                Record::QueueDeclare { queue, name: format!("q{i}"), auto_delete: false, arguments: Bytes::new() };
+            let record = Record::QueueDeclare {
+                queue,
+                vhost: "/".into(),
+                name: format!("q{i}"),
+                auto_delete: false,
+                arguments: Bytes::new(),
+            };
             store.define(record).unwrap();
             queue
         })

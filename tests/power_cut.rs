@@ -49,7 +49,13 @@ fn confirmed_messages_survive_a_power_cut_at_any_moment() {
         let (store, _) = LogStore::open(disk.clone(), options(32 * 1024)).expect("open");
         let queue = store.allocate_queue_id();
         let declared = store
-            .define(Record::QueueDeclare { queue, name: "q".into(), auto_delete: false, arguments: Bytes::new() })
+            .define(Record::QueueDeclare {
+                queue,
+                vhost: "/".into(),
+                name: "q".into(),
+                auto_delete: false,
+                arguments: Bytes::new(),
+            })
             .unwrap();
         wait_durable(&store, declared);
 
@@ -124,7 +130,13 @@ fn a_failed_fsync_stops_the_log_and_is_never_retried() {
     let (store, _) = LogStore::open(disk.clone(), options(64 * 1024)).expect("open");
     let queue = store.allocate_queue_id();
     let p = store
-        .define(Record::QueueDeclare { queue, name: "q".into(), auto_delete: false, arguments: Bytes::new() })
+        .define(Record::QueueDeclare {
+            queue,
+            vhost: "/".into(),
+            name: "q".into(),
+            auto_delete: false,
+            arguments: Bytes::new(),
+        })
         .unwrap();
     wait_durable(&store, p);
     disk.fail_syncs.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -157,7 +169,13 @@ impl Workload {
     fn run(seed: u64, store: &LogStore, mut cut: impl FnMut(&Workload, u64)) -> Workload {
         let queue = store.allocate_queue_id();
         let declared = store
-            .define(Record::QueueDeclare { queue, name: "q".into(), auto_delete: false, arguments: Bytes::new() })
+            .define(Record::QueueDeclare {
+                queue,
+                vhost: "/".into(),
+                name: "q".into(),
+                auto_delete: false,
+                arguments: Bytes::new(),
+            })
             .unwrap();
         wait_durable(store, declared);
         let mut w = Workload { queue, published: Vec::new(), acked: HashMap::new() };

@@ -30,7 +30,13 @@ fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
 fn declare(store: &LogStore) -> u32 {
     let queue = store.allocate_queue_id();
     store
-        .define(Record::QueueDeclare { queue, name: "q".into(), auto_delete: false, arguments: Bytes::new() })
+        .define(Record::QueueDeclare {
+            queue,
+            vhost: "/".into(),
+            name: "q".into(),
+            auto_delete: false,
+            arguments: Bytes::new(),
+        })
         .unwrap();
     queue
 }

@@ -46,8 +46,9 @@ fn published(id: u64) -> u64 {
     1_700_000_000_000 + id
 }
 
-/// A segment of `version` 1, 2 or 3 holding the same records (format 3
-/// messages also carry their publish time).
+/// A segment of `version` 1 to 4 holding the same records (format 3
+/// messages also carry their publish time; format 4 adds an exchange of
+/// another vhost).
 fn hand_built(version: u32, base: u64, capacity: u32) -> Vec<u8> {
     let mut seg = Vec::new();
     seg.extend_from_slice(b"WARRENLG");
@@ -100,6 +101,15 @@ fn records(version: u32) -> Vec<u8> {
     p.extend(str8("a.#"));
     p.extend(bytes32(&[0, 0, 0, 0]));
     seg.extend(record(5, 0, &p));
+    if version >= 4 {
+        // exchange.declare "orders", direct, in vhost "staging": flag 16
+        // (VHOST), the vhost name first.
+        let mut p = str8("staging");
+        p.extend(str8("orders"));
+        p.extend_from_slice(&[1, 0]);
+        p.extend_from_slice(&bytes32(&[0, 0, 0, 0]));
+        seg.extend(record(1, 16, &p));
+    }
     // Three messages to queue 7; properties = AMQP flags 0x1000 (delivery-mode) + octet 2.
     for (id, body) in [(1u64, &b"first"[..]), (2, b"second"), (3, b"third")] {
         let mut p = id.to_le_bytes().to_vec();
@@ -127,7 +137,7 @@ fn records(version: u32) -> Vec<u8> {
 
 #[test]
 fn a_segment_built_from_the_document_decodes_record_by_record() {
-    for version in [1, 2, 3] {
+    for version in [1, 2, 3, 4] {
         decode_record_by_record(version);
     }
 }
@@ -143,7 +153,21 @@ fn decode_record_by_record(version: u32) {
         match read_record_at(&seg, offset) {
             Scanned::Record { len, record, flags, .. } => {
                 let timed = version >= 3 && matches!(record, Record::Message(_));
-                assert_eq!(flags, if timed { 8 } else { 0 });
+                let other_vhost = record.vhost().is_some_and(|v| v != "/");
+                assert_eq!(
+                    flags,
+                    if timed {
+                        8
+                    } else if other_vhost {
+                        16
+                    } else {
+                        0
+                    }
+                );
+                if let Record::ExchangeDeclare { vhost, name, kind, .. } = &record {
+                    let expected = if other_vhost { ("staging", "orders", "direct") } else { ("/", "logs", "topic") };
+                    assert_eq!((vhost.as_str(), name.as_str(), kind.as_str()), expected);
+                }
                 if let Record::Message(m) = &record {
                     assert_eq!(m.published_ms, timed.then(|| published(m.id)));
                     assert_eq!(m.queues, vec![7]);
@@ -161,17 +185,22 @@ fn decode_record_by_record(version: u32) {
             Scanned::Bad { offset, error } => panic!("bad record at {offset}: {error}"),
         }
     }
-    let expected: &[u8] = if version == 1 { &[1, 3, 5, 7, 7, 7, 9, 8] } else { &[11, 1, 3, 5, 7, 7, 7, 9, 8] };
+    let expected: &[u8] = match version {
+        1 => &[1, 3, 5, 7, 7, 7, 9, 8],
+        2 | 3 => &[11, 1, 3, 5, 7, 7, 7, 9, 8],
+        _ => &[11, 1, 3, 5, 1, 7, 7, 7, 9, 8],
+    };
     assert_eq!(kinds, expected, "format {version}");
 }
 
 #[test]
 fn our_encoder_writes_exactly_the_documented_bytes() {
-    let hand = hand_built(3, 0, 8192);
+    let hand = hand_built(FORMAT_VERSION, 0, 8192);
     let mut ours = SegmentHeader::new(0, 8192, KEY).encode();
-    let records_len = records(3).len() as u32;
+    let records_len = records(FORMAT_VERSION).len() as u32;
     encode_group(&mut ours, KEY, 40, records_len, true);
     Record::ExchangeDeclare {
+        vhost: "/".into(),
         name: "logs".into(),
         kind: "topic".into(),
         auto_delete: false,
@@ -181,18 +210,29 @@ fn our_encoder_writes_exactly_the_documented_bytes() {
     .encode(0, &mut ours);
     Record::QueueDeclare {
         queue: 7,
+        vhost: "/".into(),
         name: "jobs".into(),
         auto_delete: false,
         arguments: bytes::Bytes::from_static(&[0, 0, 0, 0]),
     }
     .encode(0, &mut ours);
     Record::BindingAdd(BindingRecord {
+        vhost: "/".into(),
         source: "logs".into(),
         destination_kind: DestinationKind::Queue,
         destination: "jobs".into(),
         routing_key: "a.#".into(),
         arguments: bytes::Bytes::from_static(&[0, 0, 0, 0]),
     })
+    .encode(0, &mut ours);
+    Record::ExchangeDeclare {
+        vhost: "staging".into(),
+        name: "orders".into(),
+        kind: "direct".into(),
+        auto_delete: false,
+        internal: false,
+        arguments: bytes::Bytes::from_static(&[0, 0, 0, 0]),
+    }
     .encode(0, &mut ours);
     for (id, body) in [(1u64, &b"first"[..]), (2, b"second"), (3, b"third")] {
         encode_message(&mut ours, 0, id, Some(published(id)), &[7], "logs", "a.b", &[0x10, 0x00, 2], body);
@@ -204,7 +244,7 @@ fn our_encoder_writes_exactly_the_documented_bytes() {
 
 #[test]
 fn recovery_of_the_hand_built_segment_rebuilds_queue_state() {
-    for version in [1, 2, 3] {
+    for version in [1, 2, 3, 4] {
         recover_hand_built(version);
     }
 }
@@ -214,7 +254,9 @@ fn recover_hand_built(version: u32) {
     std::fs::write(dir.path().join(segment_file_name(0)), hand_built(version, 0, 8192)).unwrap();
     let io = FileIo::new(dir.path()).unwrap();
     let recovered = recover(&io, false).expect("recover");
-    assert!(recovered.definitions.exchanges.contains_key("logs"));
+    assert!(recovered.definitions.exchanges.contains_key(&("/".to_string(), "logs".to_string())));
+    let staging = recovered.definitions.exchanges.contains_key(&("staging".to_string(), "orders".to_string()));
+    assert_eq!(staging, version >= 4, "format {version}");
     assert_eq!(recovered.definitions.bindings.len(), 1);
     let per_queue = recovered.queue_messages();
     // Message 2 was acked; message 3 was delivered before the "crash".

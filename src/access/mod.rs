@@ -303,6 +303,24 @@ impl AccessControl {
         Ok(())
     }
 
+    /// Removes every user's permissions and topic permissions in a vhost
+    /// (it was deleted).
+    pub fn forget_vhost(&self, vhost: &str) -> Result<(), AccessError> {
+        let mut st = self.state.write();
+        let gone: Vec<(String, String)> = st.permissions.keys().filter(|(_, v)| v == vhost).cloned().collect();
+        for (user, vhost) in gone {
+            st.permissions.remove(&(user.clone(), vhost.clone()));
+            self.log(ParameterKind::Permission, permission_key(&user, &vhost), None)?;
+        }
+        let gone: Vec<(String, String, String)> = st.topic.keys().filter(|(_, v, _)| v == vhost).cloned().collect();
+        for key in gone {
+            st.topic.remove(&key);
+            self.log(ParameterKind::TopicPermission, format!("{}\0{}\0{}", key.0, key.1, key.2), None)?;
+        }
+        self.changed();
+        Ok(())
+    }
+
     pub fn change_password(&self, name: &str, pass: &str) -> Result<(), AccessError> {
         let mut st = self.state.write();
         let mut user = st.users.get(name).cloned().ok_or_else(|| AccessError::NoUser(name.to_string()))?;

@@ -20,6 +20,7 @@ use tokio::net::UnixListener;
 use crate::broker::Broker;
 
 mod users;
+mod vhosts;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request {
@@ -101,24 +102,30 @@ pub(crate) fn fail(error: String) -> Response {
 static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 pub fn execute(broker: &Broker, req: &Request) -> Response {
-    if let Some(response) = users::execute(broker, req) {
+    if let Some(response) = users::execute(broker, req).or_else(|| vhosts::execute(broker, req)) {
         return response;
     }
+    // Listings are of the vhost -p names ("/" by default), as rabbitmqctl's.
+    let vhost = req.vhost.as_deref().unwrap_or("/");
+    let listing_of_missing_vhost =
+        matches!(req.command.as_str(), "list_queues" | "list_exchanges" | "list_bindings" | "list_consumers")
+            && !broker.vhost_exists(vhost);
+    if listing_of_missing_vhost {
+        return fail(format!("Virtual host '{vhost}' does not exist"));
+    }
     match req.command.as_str() {
-        "list_queues" => ok(rows(broker.list_queues())),
-        "list_exchanges" => ok(rows(broker.list_exchanges().into_iter().map(|(name, kind, durable, auto_delete, internal)| {
-            json!({"name": name, "type": kind, "durable": durable, "auto_delete": auto_delete, "internal": internal, "arguments": "[]"})
-        }))),
-        "list_bindings" => ok(rows(broker.list_bindings().into_iter().map(|(source, dest_kind, dest, key, args)| {
-            json!({"source_name": source, "source_kind": "exchange", "destination_name": dest,
-                   "destination_kind": dest_kind, "routing_key": key, "arguments": args})
+        "list_queues" => ok(rows(broker.list_queues(Some(vhost)))),
+        "list_exchanges" => ok(rows(broker.list_exchanges(Some(vhost)))),
+        "list_bindings" => ok(rows(broker.list_bindings(Some(vhost)).into_iter().map(|b| {
+            json!({"vhost": b.vhost, "source_name": b.source, "source_kind": "exchange", "destination_name": b.destination,
+                   "destination_kind": b.destination_kind, "routing_key": b.routing_key, "arguments": b.arguments})
         }))),
         "list_connections" => ok(rows(broker.list_connections().into_iter().map(|(id, info, channels)| {
-            json!({"name": crate::broker::connection_name(id, &info.peer), "peer": info.peer, "user": info.user, "vhost": "/",
-                   "channels": channels, "client": info.client, "timeout": info.heartbeat, "frame_max": info.frame_max,
-                   "state": "running"})
+            json!({"name": crate::broker::connection_name(id, &info.peer), "peer": info.peer, "user": info.user,
+                   "vhost": info.vhost, "channels": channels, "client": info.client, "timeout": info.heartbeat,
+                   "frame_max": info.frame_max, "state": "running"})
         }))),
-        "list_consumers" => ok(rows(broker.list_consumers().into_iter().map(|c| {
+        "list_consumers" => ok(rows(broker.list_consumers(Some(vhost)).into_iter().map(|c| {
             // RabbitMQ's activity_status: up, single_active or waiting.
             let status = match (c.single_active, c.active) {
                 (false, _) => "up",
@@ -126,9 +133,10 @@ pub fn execute(broker: &Broker, req: &Request) -> Response {
                 (true, false) => "waiting",
             };
             let arguments = if c.priority != 0 { format!("[{{\"x-priority\",{}}}]", c.priority) } else { "[]".into() };
-            json!({"queue_name": c.queue, "consumer_tag": c.tag, "channel_pid": format!("{}:{}", c.peer, c.channel),
-                   "ack_required": c.ack_required, "exclusive": c.exclusive, "prefetch_count": c.prefetch,
-                   "active": c.active, "activity_status": status, "arguments": arguments})
+            json!({"vhost": c.vhost, "queue_name": c.queue, "consumer_tag": c.tag,
+                   "channel_pid": format!("{}:{}", c.peer, c.channel), "ack_required": c.ack_required,
+                   "exclusive": c.exclusive, "prefetch_count": c.prefetch, "active": c.active,
+                   "activity_status": status, "arguments": arguments})
         }))),
         "close_connection" => {
             let (Some(name), explanation) = (req.args.first(), req.args.get(1)) else {
@@ -162,10 +170,14 @@ pub fn execute(broker: &Broker, req: &Request) -> Response {
         }
         "purge_queue" | "delete_queue" => {
             let Some(name) = req.name.as_deref() else { return fail(format!("{} needs a queue name", req.command)) };
-            let result = if req.command == "purge_queue" { broker.admin_purge(name) } else { broker.admin_delete(name) };
+            let result = if req.command == "purge_queue" {
+                broker.admin_purge(vhost, name)
+            } else {
+                broker.admin_delete(vhost, name)
+            };
             match result {
                 Some(count) => ok(rows([json!({"name": name, "messages": count})])),
-                None => fail(format!("queue '{name}' in vhost '/' not found")),
+                None => fail(format!("queue '{name}' in vhost '{vhost}' not found")),
             }
         }
         other => fail(format!("unknown command '{other}'")),

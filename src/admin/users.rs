@@ -1,15 +1,14 @@
-//! The control socket's user, permission and vhost verbs (as rabbitmqctl
-//! names them): add_user, delete_user, change_password, authenticate_user,
+//! The control socket's user and permission verbs (as rabbitmqctl names
+//! them): add_user, delete_user, change_password, authenticate_user,
 //! set_user_tags, list_users, set_permissions, clear_permissions,
 //! list_permissions, list_user_permissions, set_topic_permissions,
-//! list_topic_permissions, list_vhosts, set_policy, clear_policy,
-//! list_policies and their operator-policy twins.
+//! list_topic_permissions.
 
 use serde_json::json;
 
 use super::{Request, Response, fail, ok, rows};
 use crate::access::TopicPermission;
-use crate::broker::{Broker, Policy};
+use crate::broker::Broker;
 
 /// Answers the verbs this module owns; None for the others.
 pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
@@ -23,132 +22,94 @@ pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
         Ok(()) => ok(Vec::new()),
         Err(e) => fail(e.to_string()),
     };
-    let response = match req.command.as_str() {
-        "add_user" => match need(2, "<username> <password>") {
-            Err(r) => r,
-            Ok(()) => done(access.add_user(&req.args[0], &req.args[1], Vec::new())),
-        },
-        "delete_user" => match need(1, "<username>") {
-            Err(r) => r,
-            Ok(()) => {
-                let result = access.delete_user(&req.args[0]);
-                if result.is_ok() {
-                    // As RabbitMQ: a deleted user's connections go too.
-                    broker.close_connections_of(&req.args[0], &format!("user '{}' is deleted", req.args[0]));
-                }
-                done(result)
-            }
-        },
-        "change_password" => match need(2, "<username> <new_password>") {
-            Err(r) => r,
-            Ok(()) => done(access.change_password(&req.args[0], &req.args[1])),
-        },
-        "authenticate_user" => match need(2, "<username> <password>") {
-            Err(r) => r,
-            Ok(()) if access.authenticate(&req.args[0], &req.args[1]) => ok(Vec::new()),
-            Ok(()) => fail(format!("Error: failed to authenticate user \"{}\"", req.args[0])),
-        },
-        "set_user_tags" => match need(1, "<username> [<tag> ...]") {
-            Err(r) => r,
-            Ok(()) => done(access.set_user_tags(&req.args[0], req.args[1..].to_vec())),
-        },
-        "list_users" => ok(rows(
-            access.users().into_iter().map(|u| json!({"user": u.name, "tags": format!("[{}]", u.tags.join(", "))})),
-        )),
-        "set_permissions" => match need(4, "<username> <conf> <write> <read>") {
-            Err(r) => r,
-            Ok(()) => done(access.set_permissions(&req.args[0], vhost, &req.args[1], &req.args[2], &req.args[3])),
-        },
-        "clear_permissions" => match need(1, "<username>") {
-            Err(r) => r,
-            Ok(()) => done(access.clear_permissions(&req.args[0], vhost)),
-        },
-        "list_permissions" => ok(rows(
-            access
-                .permissions()
-                .into_iter()
-                .filter(|p| p.vhost == vhost)
-                .map(|p| json!({"user": p.user, "configure": p.configure, "write": p.write, "read": p.read})),
-        )),
-        "list_user_permissions" => {
-            match arg(0) {
-                None => fail("list_user_permissions needs <username>".into()),
-                Some(user) if access.user(user).is_none() => fail(format!("user '{user}' does not exist")),
-                Some(user) => {
-                    ok(rows(access.permissions().into_iter().filter(|p| p.user == user).map(
-                        |p| json!({"vhost": p.vhost, "configure": p.configure, "write": p.write, "read": p.read}),
-                    )))
-                }
-            }
-        }
-        "set_topic_permissions" => match need(4, "<username> <exchange> <write> <read>") {
-            Err(r) => r,
-            Ok(()) => done(access.set_topic_permissions(TopicPermission {
-                user: req.args[0].clone(),
-                vhost: vhost.to_string(),
-                exchange: req.args[1].clone(),
-                write: req.args[2].clone(),
-                read: req.args[3].clone(),
-            })),
-        },
-        "list_topic_permissions" => ok(rows(
-            access
-                .topic_permissions()
-                .into_iter()
-                .filter(|t| t.vhost == vhost)
-                .map(|t| json!({"user": t.user, "exchange": t.exchange, "write": t.write, "read": t.read})),
-        )),
-        "set_policy" | "set_operator_policy" => match need(5, "<name> <pattern> <definition> <priority> <apply-to>") {
-            Err(r) => r,
-            Ok(()) => {
-                let operator = req.command == "set_operator_policy";
-                match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&req.args[2]) {
-                    Err(e) => fail(format!("Error: the definition is not a JSON object: {e}")),
-                    Ok(definition) => {
-                        let policy = Policy {
-                            vhost: vhost.to_string(),
-                            name: req.args[0].clone(),
-                            pattern: req.args[1].clone(),
-                            apply_to: req.args[4].clone(),
-                            definition,
-                            priority: req.args[3].parse().unwrap_or(0),
-                        };
-                        match broker.set_policy(policy, operator) {
-                            Ok(()) => ok(Vec::new()),
-                            Err(e) => fail(e),
-                        }
+    // Permissions name a vhost that must exist, as in RabbitMQ.
+    let no_vhost = || fail(format!("Virtual host '{vhost}' does not exist"));
+    let vhost_verb = matches!(
+        req.command.as_str(),
+        "set_permissions"
+            | "clear_permissions"
+            | "list_permissions"
+            | "set_topic_permissions"
+            | "list_topic_permissions"
+    );
+    if vhost_verb && !broker.vhost_exists(vhost) {
+        return Some(no_vhost());
+    }
+    let response =
+        match req.command.as_str() {
+            "add_user" => match need(2, "<username> <password>") {
+                Err(r) => r,
+                Ok(()) => done(access.add_user(&req.args[0], &req.args[1], Vec::new())),
+            },
+            "delete_user" => match need(1, "<username>") {
+                Err(r) => r,
+                Ok(()) => {
+                    let result = access.delete_user(&req.args[0]);
+                    if result.is_ok() {
+                        // As RabbitMQ: a deleted user's connections go too.
+                        broker.close_connections_of(&req.args[0], &format!("user '{}' is deleted", req.args[0]));
                     }
+                    done(result)
+                }
+            },
+            "change_password" => match need(2, "<username> <new_password>") {
+                Err(r) => r,
+                Ok(()) => done(access.change_password(&req.args[0], &req.args[1])),
+            },
+            "authenticate_user" => match need(2, "<username> <password>") {
+                Err(r) => r,
+                Ok(()) if access.authenticate(&req.args[0], &req.args[1]) => ok(Vec::new()),
+                Ok(()) => fail(format!("Error: failed to authenticate user \"{}\"", req.args[0])),
+            },
+            "set_user_tags" => match need(1, "<username> [<tag> ...]") {
+                Err(r) => r,
+                Ok(()) => done(access.set_user_tags(&req.args[0], req.args[1..].to_vec())),
+            },
+            "list_users" => ok(rows(
+                access.users().into_iter().map(|u| json!({"user": u.name, "tags": format!("[{}]", u.tags.join(", "))})),
+            )),
+            "set_permissions" => match need(4, "<username> <conf> <write> <read>") {
+                Err(r) => r,
+                Ok(()) => done(access.set_permissions(&req.args[0], vhost, &req.args[1], &req.args[2], &req.args[3])),
+            },
+            "clear_permissions" => match need(1, "<username>") {
+                Err(r) => r,
+                Ok(()) => done(access.clear_permissions(&req.args[0], vhost)),
+            },
+            "list_permissions" => ok(rows(
+                access
+                    .permissions()
+                    .into_iter()
+                    .filter(|p| p.vhost == vhost)
+                    .map(|p| json!({"user": p.user, "configure": p.configure, "write": p.write, "read": p.read})),
+            )),
+            "list_user_permissions" => {
+                match arg(0) {
+                    None => fail("list_user_permissions needs <username>".into()),
+                    Some(user) if access.user(user).is_none() => fail(format!("user '{user}' does not exist")),
+                    Some(user) => ok(rows(access.permissions().into_iter().filter(|p| p.user == user).map(
+                        |p| json!({"vhost": p.vhost, "configure": p.configure, "write": p.write, "read": p.read}),
+                    ))),
                 }
             }
-        },
-        "clear_policy" | "clear_operator_policy" => match need(1, "<name>") {
-            Err(r) => r,
-            Ok(()) => match broker.clear_policy(vhost, &req.args[0], req.command == "clear_operator_policy") {
-                Ok(()) => ok(Vec::new()),
-                Err(e) => fail(e),
+            "set_topic_permissions" => match need(4, "<username> <exchange> <write> <read>") {
+                Err(r) => r,
+                Ok(()) => done(access.set_topic_permissions(TopicPermission {
+                    user: req.args[0].clone(),
+                    vhost: vhost.to_string(),
+                    exchange: req.args[1].clone(),
+                    write: req.args[2].clone(),
+                    read: req.args[3].clone(),
+                })),
             },
-        },
-        "list_policies" | "list_operator_policies" => {
-            let operator = req.command == "list_operator_policies";
-            ok(rows(broker.policies(operator).into_iter().filter(|p| p.vhost == vhost).map(|p| {
-                json!({"vhost": p.vhost, "name": p.name, "pattern": p.pattern, "apply-to": p.apply_to,
-                       "definition": serde_json::Value::Object(p.definition).to_string(), "priority": p.priority})
-            })))
-        }
-        "export_definitions" => {
-            let mut row = serde_json::Map::new();
-            row.insert("definitions".into(), crate::definitions::export(broker));
-            ok(vec![row])
-        }
-        "import_definitions" => match need(1, "<definitions JSON>") {
-            Err(r) => r,
-            Ok(()) => match crate::definitions::import(broker, &req.args[0]) {
-                Ok(report) => ok(rows([report])),
-                Err(e) => fail(e),
-            },
-        },
-        "list_vhosts" => ok(rows([json!({"name": "/", "description": "Default virtual host", "tags": "[]"})])),
-        _ => return None,
-    };
+            "list_topic_permissions" => ok(rows(
+                access
+                    .topic_permissions()
+                    .into_iter()
+                    .filter(|t| t.vhost == vhost)
+                    .map(|t| json!({"user": t.user, "exchange": t.exchange, "write": t.write, "read": t.read})),
+            )),
+            _ => return None,
+        };
     Some(response)
 }

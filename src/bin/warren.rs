@@ -116,8 +116,7 @@ fn main() -> anyhow::Result<()> {
     let (store, recovered) = LogStore::open(Arc::new(io), options).map_err(|e| anyhow::anyhow!(e))?;
     let broker = Arc::new(Broker::new(store.clone()));
     broker.set_consumer_timeout((config.consumer_timeout > 0).then_some(config.consumer_timeout));
-    broker.restore_policies(&recovered.definitions.parameters);
-    broker.restore(&recovered);
+    broker.restore(&recovered).map_err(|e| anyhow::anyhow!("cannot restore the vhosts: {e}"))?;
     let seed: Vec<(String, String)> = config.users.iter().map(|u| (u.name.clone(), u.password.clone())).collect();
     let loopback: Vec<String> = config.users.iter().filter(|u| u.loopback_only).map(|u| u.name.clone()).collect();
     broker

@@ -55,8 +55,9 @@ impl Broker {
         before_redelivery: impl FnOnce(),
     ) -> Result<()> {
         let mut st = self.state.lock();
-        let State { queues, channels, .. } = &mut *st;
+        let State { vhosts, channels, .. } = &mut *st;
         let Some(ch) = channels.get_mut(&(conn, channel)) else { return Ok(()) };
+        let vhost = ch.vhost.clone();
         let settled: Vec<Unacked> = if multiple {
             if delivery_tag != 0 && !ch.unacked.contains_key(&delivery_tag) {
                 return Err(AmqpError::precondition(format!("unknown delivery tag {delivery_tag}")));
@@ -74,8 +75,9 @@ impl Broker {
         // Tombstones, one record per queue for the whole batch.
         let mut tombstones: Vec<(u32, Vec<u64>)> = Vec::new();
         let mut departed: Vec<Departed> = Vec::new();
+        let Some(v) = vhosts.get_mut(&vhost) else { return Ok(()) };
         for u in settled {
-            let Some(q) = queues.get_mut(&u.queue).filter(|q| q.incarnation == u.incarnation) else { continue };
+            let Some(q) = v.queues.get_mut(&u.queue).filter(|q| q.incarnation == u.incarnation) else { continue };
             q.unacked -= 1;
             if let Some(tag) = &u.consumer_tag
                 && let Some(c) = q.consumer_mut(tag, conn, channel)
@@ -125,7 +127,7 @@ impl Broker {
             }
         }
         for q in touched {
-            st.drain(&q, &self.store);
+            st.drain(&vhost, &q, &self.store);
         }
         Ok(())
     }

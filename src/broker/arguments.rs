@@ -23,6 +23,11 @@ pub enum QueueType {
 }
 
 impl QueueType {
+    /// A type by its name (`classic`, `quorum`).
+    pub fn parse(name: &str) -> Option<QueueType> {
+        [QueueType::Classic, QueueType::Quorum].into_iter().find(|t| t.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             QueueType::Classic => "classic",

@@ -35,6 +35,7 @@ impl Reason {
 /// Messages that left a queue and may have somewhere to go.
 #[derive(Debug)]
 pub(super) struct Departed {
+    pub vhost: Arc<str>,
     pub queue: Arc<str>,
     pub incarnation: u64,
     pub entries: Vec<QueuedMessage>,
@@ -47,13 +48,16 @@ impl State {
     /// Queues they reach may drop or refuse messages in turn; those follow
     /// until nothing is left to move.
     pub(super) fn depart(&mut self, first: Departed, store: &LogStore) {
+        // Dead-letter exchanges are in the queue's vhost: everything that
+        // follows stays in it.
+        let vhost = first.vhost.clone();
         let mut work = VecDeque::from([first]);
         let mut touched: Vec<Arc<str>> = Vec::new();
         while let Some(departed) = work.pop_front() {
             self.dead_letter_batch(departed, store, &mut work, &mut touched);
         }
         for name in touched {
-            self.drain(&name, store);
+            self.drain(&vhost, &name, store);
         }
     }
 
@@ -64,14 +68,15 @@ impl State {
         work: &mut VecDeque<Departed>,
         touched: &mut Vec<Arc<str>>,
     ) {
-        let Departed { queue, incarnation, entries, reason } = departed;
-        let Some(q) = self.queues.get(&queue).filter(|q| q.incarnation == incarnation) else {
+        let Departed { vhost, queue, incarnation, entries, reason } = departed;
+        let Some(v) = self.vhosts.get(&vhost) else { return };
+        let Some(q) = v.queues.get(&queue).filter(|q| q.incarnation == incarnation) else {
             return;
         };
         let qid = q.store_id;
         let dlx = q.args.dead_letter_exchange.clone();
         let dlrk = q.args.dead_letter_routing_key.clone();
-        let Some(dlx) = dlx.filter(|x| x.is_empty() || self.exchanges.contains_key(&**x)) else {
+        let Some(dlx) = dlx.filter(|x| x.is_empty() || v.exchanges.contains_key(&**x)) else {
             // No dead-letter exchange, or one that does not exist: dropped.
             forget(store, qid, &entries);
             return;
@@ -90,11 +95,12 @@ impl State {
             };
             let (dead, deaths, keys) = dead_lettered(&message, &queue, reason, &dlx, dlrk.as_deref());
             let mut targets: Vec<String> = Vec::new();
+            let Some(v) = self.vhosts.get(&vhost) else { return };
             for key in keys {
                 let found = if dlx.is_empty() {
-                    Ok(if self.queues.contains_key(key.as_str()) { vec![key] } else { Vec::new() })
+                    Ok(if v.queues.contains_key(key.as_str()) { vec![key] } else { Vec::new() })
                 } else {
-                    self.route(&dlx, &key, dead_headers(&dead).as_ref())
+                    v.route(&dlx, &key, dead_headers(&dead).as_ref())
                 };
                 for t in found.unwrap_or_default() {
                     if !targets.contains(&t) {
@@ -112,7 +118,7 @@ impl State {
                 }
             }
             let moved_from = qid.filter(|_| entry.store_id != 0).map(|qid| (qid, entry.store_id));
-            let delivery = self.deliver_to(&targets, Arc::new(dead), store, moved_from, false);
+            let delivery = self.deliver_to(&vhost, &targets, Arc::new(dead), store, moved_from, false);
             if let Ok(d) = delivery {
                 if !d.moved {
                     forget(store, qid, std::slice::from_ref(&entry));

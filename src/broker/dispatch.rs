@@ -9,16 +9,16 @@ use super::*;
 impl Broker {
     pub fn flow(&self, conn: u64, channel: u16, active: bool) {
         let mut st = self.state.lock();
-        let queues: Vec<Arc<str>> = match st.channels.get_mut(&(conn, channel)) {
+        let (vhost, queues): (Arc<str>, Vec<Arc<str>>) = match st.channels.get_mut(&(conn, channel)) {
             Some(ch) => {
                 ch.paused = !active;
-                ch.consumers.values().cloned().collect()
+                (ch.vhost.clone(), ch.consumers.values().cloned().collect())
             }
             None => return,
         };
         if active {
             for q in queues {
-                st.drain(&q, &self.store);
+                st.drain(&vhost, &q, &self.store);
             }
         }
     }
@@ -26,6 +26,7 @@ impl Broker {
     /// Called by a connection's writer once a backlog it reported has drained.
     pub fn resume_connection(&self, conn: u64) {
         let mut st = self.state.lock();
+        let Some(vhost) = st.connections.get(&conn).map(|c| c.vhost.clone()) else { return };
         let queues: HashSet<Arc<str>> = st
             .channels
             .iter()
@@ -33,26 +34,26 @@ impl Broker {
             .flat_map(|(_, ch)| ch.consumers.values().cloned())
             .collect();
         for q in queues {
-            st.drain(&q, &self.store);
+            st.drain(&vhost, &q, &self.store);
         }
     }
 
     pub fn qos(&self, conn: u64, channel: u16, prefetch_count: u16, global: bool) {
         let mut st = self.state.lock();
-        let queues: Vec<Arc<str>> = match st.channels.get_mut(&(conn, channel)) {
+        let (vhost, queues): (Arc<str>, Vec<Arc<str>>) = match st.channels.get_mut(&(conn, channel)) {
             Some(ch) => {
                 if global {
                     ch.channel_prefetch = prefetch_count;
                 } else {
                     ch.consumer_prefetch = prefetch_count;
                 }
-                ch.consumers.values().cloned().collect()
+                (ch.vhost.clone(), ch.consumers.values().cloned().collect())
             }
             None => return,
         };
         // A raised limit may let waiting messages through.
         for q in queues {
-            st.drain(&q, &self.store);
+            st.drain(&vhost, &q, &self.store);
         }
     }
 
@@ -74,10 +75,11 @@ impl Broker {
         let mut st = self.state.lock();
         let conn = handle.id;
         let tag: Arc<str> = if tag.is_empty() { Arc::from(generated_name("amq.ctag-")) } else { Arc::from(tag) };
-        let State { queues, channels, .. } = &mut *st;
+        let State { vhosts, channels, .. } = &mut *st;
         let ch = channels
             .get_mut(&(conn, channel))
             .ok_or_else(|| AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"))?;
+        let vhost = ch.vhost.clone();
         if ch.consumers.contains_key(&tag) || ch.reply_to.as_ref().is_some_and(|r| r.tag == tag) {
             return Err(AmqpError::connection(reply::NOT_ALLOWED, format!("attempt to reuse consumer tag '{tag}'")));
         }
@@ -94,11 +96,11 @@ impl Broker {
             }
             return Ok(());
         }
-        let q = queues.get_mut(queue).ok_or_else(|| no_queue(queue))?;
+        let q = vhosts.get_mut(&vhost).and_then(|v| v.queues.get_mut(queue)).ok_or_else(|| no_queue(&vhost, queue))?;
         check_owner(q, conn)?;
         let args = ConsumerArgs::parse(arguments, queue)?;
         if q.has_exclusive_consumer() || (exclusive && !q.consumers.is_empty()) {
-            return Err(AmqpError::access_refused(format!("queue '{queue}' in vhost '/' in exclusive use")));
+            return Err(AmqpError::access_refused(format!("queue '{queue}' in vhost '{vhost}' in exclusive use")));
         }
         let active = !q.args.single_active_consumer || q.consumers.is_empty();
         q.consumers.push_back(Consumer {
@@ -125,8 +127,8 @@ impl Broker {
     /// registered a consumer calls this once its consume-ok has gone out, so
     /// the reply travels in a write of its own ahead of the first deliveries
     /// (some clients only look at frames that arrive after it).
-    pub fn start_delivery(&self, queue: &str) {
-        self.state.lock().drain(queue, &self.store);
+    pub fn start_delivery(&self, vhost: &str, queue: &str) {
+        self.state.lock().drain(vhost, queue, &self.store);
     }
 
     /// basic.cancel; returns false for an unknown tag (which RabbitMQ answers with cancel-ok anyway).
@@ -140,17 +142,20 @@ impl Broker {
         let conn = handle.id;
         loop {
             let mut st = self.state.lock();
-            let q = st.queues.get_mut(queue).ok_or_else(|| no_queue(queue))?;
+            let Some(vhost) = st.channels.get(&(conn, channel)).map(|ch| ch.vhost.clone()) else {
+                return Err(AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"));
+            };
+            let q = st.queue_mut(&vhost, queue).ok_or_else(|| no_queue(&vhost, queue))?;
             check_owner(q, conn)?;
             if q.args.queue_type == QueueType::Quorum && q.args.single_active_consumer {
                 return Err(AmqpError::locked(format!(
-                    "cannot obtain access to locked queue '{queue}' in vhost '/'. basic.get operations are not supported by quorum queues with single active consumer"
+                    "cannot obtain access to locked queue '{queue}' in vhost '{vhost}'. basic.get operations are not supported by quorum queues with single active consumer"
                 )));
             }
             q.last_used = queue::now_ms();
-            let (name, incarnation) = (q.name.clone(), q.incarnation);
-            st.expire_messages(&name, incarnation, &self.store);
-            let Some(q) = st.queues.get_mut(queue) else { return Err(no_queue(queue)) };
+            let incarnation = q.incarnation;
+            st.expire_messages(&vhost, queue, incarnation, &self.store);
+            let Some(q) = st.queue_mut(&vhost, queue) else { return Err(no_queue(&vhost, queue)) };
             let Some(mut entry) = q.pop_ready() else {
                 handle.method(channel, BasicGetEmpty::default());
                 return Ok(());
@@ -161,7 +166,7 @@ impl Broker {
                 let read = self.store.read(entry.store_id);
                 st = self.state.lock();
                 // A queue deleted meanwhile took the message with it.
-                let Some(q) = st.queues.get_mut(queue).filter(|q| q.incarnation == incarnation) else { continue };
+                let Some(q) = st.queue_of(&vhost, queue, incarnation) else { continue };
                 match read {
                     Ok(record) => entry.message = Some(Arc::new(message_from_record(record))),
                     Err(e) => {
@@ -170,8 +175,12 @@ impl Broker {
                     }
                 }
             }
-            let State { queues, channels, .. } = &mut *st;
-            let Some(q) = queues.get_mut(queue).filter(|q| q.incarnation == incarnation) else { continue };
+            let State { vhosts, channels, .. } = &mut *st;
+            let Some(q) =
+                vhosts.get_mut(&vhost).and_then(|v| v.queues.get_mut(queue)).filter(|q| q.incarnation == incarnation)
+            else {
+                continue;
+            };
             let Some(ch) = channels.get_mut(&(conn, channel)) else {
                 q.put_back(entry);
                 return Err(AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"));
@@ -220,20 +229,20 @@ impl Broker {
 impl State {
     /// Hands ready messages of one queue to consumers with room, in
     /// round-robin order: a consumer that received a message moves to the back.
-    pub(super) fn drain(&mut self, queue: &str, store: &LogStore) {
-        if let Some(q) = self.queues.get(queue).filter(|q| q.next_expiry().is_some()) {
-            let (name, incarnation) = (q.name.clone(), q.incarnation);
-            self.expire_messages(&name, incarnation, store);
+    pub(super) fn drain(&mut self, vhost: &str, queue: &str, store: &LogStore) {
+        if let Some(q) = self.queue(vhost, queue).filter(|q| q.next_expiry().is_some()) {
+            let incarnation = q.incarnation;
+            self.expire_messages(vhost, queue, incarnation, store);
         }
-        self.deliver_ready(queue, store);
+        self.deliver_ready(vhost, queue, store);
     }
 
     /// [`State::drain`] without expiring first: a message just published
     /// goes to a consumer that can take it at once even with a TTL of 0, as
     /// in RabbitMQ; what stays behind expires on the next drain or tick.
-    pub(super) fn deliver_ready(&mut self, queue: &str, store: &LogStore) {
-        let State { queues, channels, loader, .. } = self;
-        let Some(q) = queues.get_mut(queue) else { return };
+    pub(super) fn deliver_ready(&mut self, vhost: &str, queue: &str, store: &LogStore) {
+        let State { vhosts, channels, loader, .. } = self;
+        let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
         // Log records for this drain, written once at the end: first
         // deliveries (so a restart flags them redelivered) and no-ack
         // deliveries (which settle at once).
@@ -329,14 +338,15 @@ impl State {
         }
         let Some(ch) = self.channels.get_mut(&(conn, channel)) else { return false };
         let Some(queue) = ch.consumers.remove(tag) else { return false };
-        let Some(q) = self.queues.get_mut(&queue) else { return true };
+        let vhost = ch.vhost.clone();
+        let Some(q) = self.queue_mut(&vhost, &queue) else { return true };
         q.consumers.retain(|c| !(&*c.tag == tag && c.connection.id == conn && c.channel == channel));
         q.activate_next_consumer();
         q.last_used = queue::now_ms();
         if q.auto_delete && q.consumers.is_empty() {
-            self.delete_queue(&queue, store);
+            self.delete_queue(&vhost, &queue, store);
         } else {
-            self.drain(&queue, store);
+            self.drain(&vhost, &queue, store);
         }
         true
     }
@@ -357,7 +367,12 @@ pub(super) fn read_ahead(q: &mut Queue, loader: &loader::Loader) {
     let items = q.cold_ahead(loader::WARM_ENOUGH, loader::LOAD_BATCH, loader::LOAD_BATCH_BYTES);
     if let Some(last) = items.last() {
         q.read_ahead_upto = last.0 + 1;
-        q.loading = loader.request(loader::LoadRequest { queue: q.name.clone(), incarnation: q.incarnation, items });
+        q.loading = loader.request(loader::LoadRequest {
+            vhost: q.vhost.clone(),
+            queue: q.name.clone(),
+            incarnation: q.incarnation,
+            items,
+        });
     }
 }
 
@@ -379,7 +394,11 @@ pub(super) fn load(store: &LogStore, q: &Queue, entry: &QueuedMessage) -> Option
 }
 
 pub(super) fn drop_unreadable(store: &LogStore, q: &Queue, store_id: u64, e: &StoreError) {
-    tracing::error!("queue '{}': a message cannot be read back from the log, dropping it: {e}", q.name);
+    tracing::error!(
+        "queue '{}' in vhost '{}': a message cannot be read back from the log, dropping it: {e}",
+        q.name,
+        q.vhost
+    );
     if let Some(qid) = q.store_id {
         // A failure here is the log's own failure, already reported.
         let _ = store.ack(qid, &[store_id]);

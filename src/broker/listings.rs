@@ -4,17 +4,27 @@
 use super::*;
 
 impl Broker {
-    pub fn list_queues(&self) -> Vec<QueueRow> {
+    /// Queues of one vhost, or of every vhost with `None`, by vhost and name.
+    pub fn list_queues(&self, vhost: Option<&str>) -> Vec<QueueRow> {
         let mut st = self.state.lock();
-        let queues: Vec<(Arc<str>, u64)> = st.queues.values().map(|q| (q.name.clone(), q.incarnation)).collect();
-        for (name, incarnation) in queues {
-            st.expire_messages(&name, incarnation, &self.store);
+        let queues: Vec<(Arc<str>, Arc<str>, u64)> = st
+            .vhosts
+            .values()
+            .filter(|v| in_scope(vhost, v))
+            .flat_map(|v| v.queues.values())
+            .map(|q| (q.vhost.clone(), q.name.clone(), q.incarnation))
+            .collect();
+        for (vhost, name, incarnation) in queues {
+            st.expire_messages(&vhost, &name, incarnation, &self.store);
         }
         let mut rows: Vec<QueueRow> = st
-            .queues
+            .vhosts
             .values()
+            .filter(|v| in_scope(vhost, v))
+            .flat_map(|v| v.queues.values())
             .map(|q| QueueRow {
                 name: q.name.to_string(),
+                vhost: q.vhost.to_string(),
                 durable: q.durable,
                 auto_delete: q.auto_delete,
                 exclusive: q.exclusive_owner.is_some(),
@@ -29,77 +39,103 @@ impl Broker {
                 queue_type: q.args.queue_type.as_str().to_string(),
             })
             .collect();
-        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        rows.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
         rows
     }
 
-    /// (name, type, durable, auto_delete, internal) per exchange.
-    pub fn list_exchanges(&self) -> Vec<(String, &'static str, bool, bool, bool)> {
+    /// Exchanges of one vhost (or all), by vhost and name.
+    pub fn list_exchanges(&self, vhost: Option<&str>) -> Vec<ExchangeRow> {
         let st = self.state.lock();
-        let mut rows: Vec<_> = st
-            .exchanges
+        let mut rows: Vec<ExchangeRow> = st
+            .vhosts
             .values()
-            .map(|e| (e.name.clone(), e.kind.as_str(), e.durable, e.auto_delete, e.internal))
+            .filter(|v| in_scope(vhost, v))
+            .flat_map(|v| {
+                v.exchanges.values().map(|e| ExchangeRow {
+                    vhost: v.info.name.clone(),
+                    name: e.name.clone(),
+                    kind: e.kind.as_str(),
+                    durable: e.durable,
+                    auto_delete: e.auto_delete,
+                    internal: e.internal,
+                    arguments: format_table(&e.arguments),
+                })
+            })
             .collect();
-        rows.sort();
+        rows.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
         rows
     }
 
-    /// (source, destination kind, destination, routing key, arguments) per
-    /// binding, the default exchange's implicit ones included.
-    pub fn list_bindings(&self) -> Vec<(String, &'static str, String, String, String)> {
+    /// Bindings of one vhost (or all), the default exchange's implicit ones
+    /// included.
+    pub fn list_bindings(&self, vhost: Option<&str>) -> Vec<BindingRow> {
         let st = self.state.lock();
-        let mut rows: Vec<_> = st
-            .queues
-            .keys()
-            .map(|q| (String::new(), "queue", q.to_string(), q.to_string(), "[]".to_string()))
-            .collect();
-        for ex in st.exchanges.values() {
-            for b in &ex.bindings {
-                rows.push((
-                    ex.name.clone(),
-                    b.destination.kind(),
-                    b.destination.name().to_string(),
-                    b.routing_key.clone(),
-                    format_table(&b.arguments),
-                ));
-            }
-        }
-        rows.sort();
-        rows
-    }
-
-    /// The durable topology, as a definitions export holds it: durable
-    /// exchanges (not the predeclared ones), durable queues that outlive
-    /// a restart, and the bindings between them.
-    pub fn durable_topology(&self) -> Topology {
-        let st = self.state.lock();
-        let predeclared = |name: &str| name.is_empty() || name.starts_with("amq.");
-        let exchanges: Vec<Exchange> = st
-            .exchanges
-            .values()
-            .filter(|e| e.durable && !predeclared(&e.name))
-            .map(|e| Exchange { bindings: Vec::new(), ..e.clone() })
-            .collect();
-        let queues = st
-            .queues
-            .values()
-            .filter(|q| q.store_id.is_some())
-            .map(|q| (q.name.to_string(), q.auto_delete, q.arguments.clone()))
-            .collect();
-        let mut bindings = Vec::new();
-        for ex in st.exchanges.values().filter(|e| e.durable) {
-            for b in &ex.bindings {
-                let durable_end = match &b.destination {
-                    Destination::Queue(q) => st.queues.get(q.as_str()).is_some_and(|q| q.store_id.is_some()),
-                    Destination::Exchange(e) => st.exchanges.get(e).is_some_and(|e| e.durable),
-                };
-                if durable_end {
-                    bindings.push((ex.name.clone(), b.clone()));
+        let mut rows = Vec::new();
+        for v in st.vhosts.values().filter(|v| in_scope(vhost, v)) {
+            let row = |source: &str, kind: &'static str, destination: &str, key: &str, arguments: String| BindingRow {
+                vhost: v.info.name.clone(),
+                source: source.to_string(),
+                destination_kind: kind,
+                destination: destination.to_string(),
+                routing_key: key.to_string(),
+                arguments,
+            };
+            rows.extend(v.queues.keys().map(|q| row("", "queue", q, q, "[]".to_string())));
+            for ex in v.exchanges.values() {
+                for b in &ex.bindings {
+                    let arguments = format_table(&b.arguments);
+                    rows.push(row(&ex.name, b.destination.kind(), b.destination.name(), &b.routing_key, arguments));
                 }
             }
         }
-        Topology { exchanges, queues, bindings }
+        rows.sort_by(|a, b| {
+            (&a.vhost, &a.source, a.destination_kind, &a.destination, &a.routing_key).cmp(&(
+                &b.vhost,
+                &b.source,
+                b.destination_kind,
+                &b.destination,
+                &b.routing_key,
+            ))
+        });
+        rows
+    }
+
+    /// The durable topology of every vhost, as a definitions export holds
+    /// it: durable exchanges (not the predeclared ones), durable queues
+    /// that outlive a restart, and the bindings between them.
+    pub fn durable_topology(&self) -> Topology {
+        let st = self.state.lock();
+        let predeclared = |name: &str| name.is_empty() || name.starts_with("amq.");
+        let mut topology = Topology::default();
+        for v in st.vhosts.values() {
+            let vhost = &v.info.name;
+            topology.exchanges.extend(
+                v.exchanges
+                    .values()
+                    .filter(|e| e.durable && !predeclared(&e.name))
+                    .map(|e| (vhost.clone(), Exchange { bindings: Vec::new(), ..e.clone() })),
+            );
+            topology.queues.extend(
+                v.queues
+                    .values()
+                    .filter(|q| q.store_id.is_some())
+                    .map(|q| (vhost.clone(), q.name.to_string(), q.auto_delete, q.arguments.clone())),
+            );
+            for ex in v.exchanges.values().filter(|e| e.durable) {
+                for b in &ex.bindings {
+                    let durable_end = match &b.destination {
+                        Destination::Queue(q) => v.queues.get(q.as_str()).is_some_and(|q| q.store_id.is_some()),
+                        Destination::Exchange(e) => v.exchanges.get(e).is_some_and(|e| e.durable),
+                    };
+                    if durable_end {
+                        topology.bindings.push((vhost.clone(), ex.name.clone(), b.clone()));
+                    }
+                }
+            }
+        }
+        topology.exchanges.sort_by(|a, b| (&a.0, &a.1.name).cmp(&(&b.0, &b.1.name)));
+        topology.queues.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        topology
     }
 
     /// (id, info, channel count) per connection.
@@ -134,32 +170,34 @@ impl Broker {
         mine.len()
     }
 
-    /// Whether a queue of this name exists.
-    pub fn queue_exists(&self, name: &str) -> bool {
-        self.state.lock().queues.contains_key(name)
+    /// Whether a queue of this name exists in the vhost.
+    pub fn queue_exists(&self, vhost: &str, name: &str) -> bool {
+        self.state.lock().queue(vhost, name).is_some()
     }
 
-    /// Whether an exchange of this name exists.
-    pub fn exchange_exists(&self, name: &str) -> bool {
-        self.state.lock().exchanges.contains_key(name)
+    /// Whether an exchange of this name exists in the vhost.
+    pub fn exchange_exists(&self, vhost: &str, name: &str) -> bool {
+        self.state.lock().exchange(vhost, name).is_some()
     }
 
     /// Counts for `status`: (connections, queues, ready messages, unacked).
     pub fn totals(&self) -> (usize, usize, usize, usize) {
         let st = self.state.lock();
-        let ready = st.queues.values().map(|q| q.ready_count()).sum();
-        let unacked = st.queues.values().map(|q| q.unacked).sum();
-        (st.connections.len(), st.queues.len(), ready, unacked)
+        let queues = || st.vhosts.values().flat_map(|v| v.queues.values());
+        let ready = queues().map(|q| q.ready_count()).sum();
+        let unacked = queues().map(|q| q.unacked).sum();
+        (st.connections.len(), queues().count(), ready, unacked)
     }
 
-    /// Every consumer, by queue and tag.
-    pub fn list_consumers(&self) -> Vec<ConsumerRow> {
+    /// Every consumer of one vhost (or all), by queue and tag.
+    pub fn list_consumers(&self, vhost: Option<&str>) -> Vec<ConsumerRow> {
         let st = self.state.lock();
         let mut rows = Vec::new();
-        for q in st.queues.values() {
+        for q in st.vhosts.values().filter(|v| in_scope(vhost, v)).flat_map(|v| v.queues.values()) {
             for c in &q.consumers {
                 let peer = st.connections.get(&c.connection.id).map(|e| e.info.peer.clone()).unwrap_or_default();
                 rows.push(ConsumerRow {
+                    vhost: q.vhost.to_string(),
                     queue: q.name.to_string(),
                     tag: c.tag.to_string(),
                     peer,
@@ -173,30 +211,36 @@ impl Broker {
                 });
             }
         }
-        rows.sort_by(|a, b| (&a.queue, &a.tag).cmp(&(&b.queue, &b.tag)));
+        rows.sort_by(|a, b| (&a.vhost, &a.queue, &a.tag).cmp(&(&b.vhost, &b.queue, &b.tag)));
         rows
     }
 
     /// Admin purge: ready messages of any queue, exclusive or not.
-    pub fn admin_purge(&self, name: &str) -> Option<usize> {
+    pub fn admin_purge(&self, vhost: &str, name: &str) -> Option<usize> {
         let mut st = self.state.lock();
-        let q = st.queues.get_mut(name)?;
+        let q = st.queue_mut(vhost, name)?;
         purge_queue(q, &self.store).ok()
     }
 
     /// Admin delete: like queue.delete without the ownership check.
-    pub fn admin_delete(&self, name: &str) -> Option<usize> {
+    pub fn admin_delete(&self, vhost: &str, name: &str) -> Option<usize> {
         let mut st = self.state.lock();
-        let count = st.queues.get(name)?.ready_count();
-        st.delete_queue(name, &self.store);
+        let count = st.queue(vhost, name)?.ready_count();
+        st.delete_queue(vhost, name, &self.store);
         Some(count)
     }
+}
+
+/// Whether a listing for `vhost` (None: every vhost) includes `v`.
+fn in_scope(vhost: Option<&str>, v: &VHost) -> bool {
+    vhost.is_none_or(|name| v.info.name == name)
 }
 
 /// Rows for the admin interface, one per queue.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct QueueRow {
     pub name: String,
+    pub vhost: String,
     pub durable: bool,
     pub auto_delete: bool,
     pub exclusive: bool,
@@ -231,6 +275,7 @@ pub(super) fn format_table(t: &FieldTable) -> String {
 /// What `list_consumers` shows of one consumer.
 #[derive(Debug, Clone)]
 pub struct ConsumerRow {
+    pub vhost: String,
     pub queue: String,
     pub tag: String,
     pub peer: String,
@@ -245,14 +290,39 @@ pub struct ConsumerRow {
     pub priority: i32,
 }
 
-/// What [`Broker::durable_topology`] returns.
+/// What [`Broker::durable_topology`] returns, each item with its vhost.
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
-    pub exchanges: Vec<Exchange>,
-    /// (name, auto-delete, arguments).
-    pub queues: Vec<(String, bool, FieldTable)>,
-    /// (source exchange, binding).
-    pub bindings: Vec<(String, Binding)>,
+    /// (vhost, exchange without its bindings).
+    pub exchanges: Vec<(String, Exchange)>,
+    /// (vhost, name, auto-delete, arguments).
+    pub queues: Vec<(String, String, bool, FieldTable)>,
+    /// (vhost, source exchange, binding).
+    pub bindings: Vec<(String, String, Binding)>,
+}
+
+/// What `list_exchanges` shows of one exchange.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExchangeRow {
+    pub vhost: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: String,
+}
+
+/// What `list_bindings` shows of one binding.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BindingRow {
+    pub vhost: String,
+    pub source: String,
+    pub destination_kind: &'static str,
+    pub destination: String,
+    pub routing_key: String,
+    pub arguments: String,
 }
 
 /// A connection's name in listings: its peer and its number.

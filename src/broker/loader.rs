@@ -29,6 +29,7 @@ pub const WARM_ENOUGH: usize = 512;
 
 /// Bodies of one queue to read back: (seq, store id) each.
 pub struct LoadRequest {
+    pub vhost: Arc<str>,
     pub queue: Arc<str>,
     pub incarnation: u64,
     pub items: Vec<(u64, u64)>,
@@ -82,16 +83,18 @@ fn run(inbox: Receiver<LoadRequest>, state: &Mutex<State>, store: &LogStore) {
         let read: Vec<_> =
             request.items.iter().zip(store.read_many(&ids)).map(|((seq, id), result)| (*seq, *id, result)).collect();
         let mut st = state.lock();
-        let Some(q) = st.queues.get_mut(&request.queue).filter(|q| q.incarnation == request.incarnation) else {
-            continue;
-        };
+        let Some(q) = st.queue_of(&request.vhost, &request.queue, request.incarnation) else { continue };
         q.loading = false;
         let mut lost = Vec::new();
         for (seq, id, result) in read {
             match result {
                 Ok(record) => q.attach(seq, id, Arc::new(message_from_record(record))),
                 Err(e) => {
-                    tracing::error!("queue '{}': a message cannot be read back from the log, dropping it: {e}", q.name);
+                    tracing::error!(
+                        "queue '{}' in vhost '{}': a message cannot be read back from the log, dropping it: {e}",
+                        q.name,
+                        q.vhost
+                    );
                     if q.remove_ready(seq, id).is_some() {
                         lost.push(id);
                     }
@@ -104,6 +107,6 @@ fn run(inbox: Receiver<LoadRequest>, state: &Mutex<State>, store: &LogStore) {
             // A failure here is the log's own failure, already reported.
             let _ = store.ack(qid, &lost);
         }
-        st.drain(&request.queue, store);
+        st.drain(&request.vhost, &request.queue, store);
     }
 }

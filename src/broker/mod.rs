@@ -1,5 +1,5 @@
-//! The broker model: exchanges, bindings, queues, consumers and the unacked
-//! messages of every channel, for the single vhost "/".
+//! The broker model: virtual hosts with their exchanges, bindings, queues
+//! and policies; consumers and the unacked messages of every channel.
 //!
 //! All of it lives in one [`State`] behind one mutex. Every operation is a
 //! short critical section that never waits on I/O (bodies paged out to the
@@ -25,7 +25,7 @@
 //! active consumer), qos, get and the drain to consumers; `acks` ack,
 //! nack, reject, recover; `timers` message TTL, queue expiry and consumer
 //! timeouts; `reply_to` direct reply-to; `policies` policies and operator
-//! policies; [`loader`] bodies read back from
+//! policies; [`vhosts`] virtual hosts and their limits; [`loader`] bodies read back from
 //! the log; `records` the mapping to log records and the restore from
 //! replay; `listings` what warrenctl shows.
 
@@ -46,6 +46,7 @@ mod records;
 mod reply_to;
 mod routing;
 mod timers;
+pub mod vhosts;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -58,7 +59,7 @@ pub use arguments::{ConsumerArgs, Overflow, QueueArgs, QueueType};
 use dead_letter::{Departed, Reason};
 pub use error::{AmqpError, Result, Scope};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
-pub use listings::{ConsumerRow, QueueRow, Topology, connection_name};
+pub use listings::{BindingRow, ConsumerRow, ExchangeRow, QueueRow, Topology, connection_name};
 pub use message::{ConnectionHandle, Message, OutboundShared, Outgoing};
 pub use policies::Policy;
 pub use queue::{Consumer, Enqueued, Queue, QueuedMessage};
@@ -68,6 +69,7 @@ use records::{binding_record, exchange_record, queue_record};
 pub use reply_to::REPLY_TO_QUEUE;
 use reply_to::ReplyConsumer;
 pub use timers::BrokerEvent;
+pub use vhosts::{VHost, VhostError, VhostInfo, VhostLimits, VhostRow};
 
 use crate::protocol::method::*;
 use crate::protocol::wire::{Wire, Writer};
@@ -89,8 +91,11 @@ struct Unacked {
     delivered_at: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ChannelState {
+    /// The vhost of the channel's connection: the queues its consumers and
+    /// unacked messages name are in it.
+    vhost: Arc<str>,
     next_delivery_tag: u64,
     unacked: BTreeMap<u64, Unacked>,
     /// basic.qos(global=true): limit on the channel's unacked total; 0 = none.
@@ -110,6 +115,21 @@ struct ChannelState {
 }
 
 impl ChannelState {
+    fn new(vhost: Arc<str>) -> ChannelState {
+        ChannelState {
+            vhost,
+            next_delivery_tag: 0,
+            unacked: BTreeMap::new(),
+            channel_prefetch: 0,
+            consumer_prefetch: 0,
+            consumers: HashMap::default(),
+            paused: false,
+            reply_to: None,
+            timed_out: false,
+            closing: false,
+        }
+    }
+
     fn take_tag(&mut self) -> u64 {
         self.next_delivery_tag += 1;
         self.next_delivery_tag
@@ -132,6 +152,7 @@ impl ChannelState {
 pub struct ConnectionInfo {
     pub peer: String,
     pub user: String,
+    pub vhost: String,
     pub client: String,
     pub heartbeat: u16,
     pub frame_max: u32,
@@ -141,13 +162,13 @@ pub struct ConnectionInfo {
 struct ConnectionEntry {
     handle: ConnectionHandle,
     info: ConnectionInfo,
+    vhost: Arc<str>,
     channels: HashSet<u16>,
 }
 
 #[derive(Debug, Default)]
 pub struct State {
-    exchanges: HashMap<String, Exchange>,
-    queues: HashMap<Arc<str>, Queue>,
+    vhosts: HashMap<Arc<str>, VHost>,
     channels: HashMap<(u64, u16), ChannelState>,
     connections: HashMap<u64, ConnectionEntry>,
     next_incarnation: u64,
@@ -156,8 +177,6 @@ pub struct State {
     loader: Option<loader::Loader>,
     /// `consumer_timeout`: ms a delivery may stay unacknowledged; None = off.
     consumer_timeout: Option<u64>,
-    policies: Vec<policies::ActivePolicy>,
-    operator_policies: Vec<policies::ActivePolicy>,
 }
 
 /// The result of routing one publish.
@@ -178,28 +197,25 @@ pub struct Broker {
     access: Arc<crate::access::AccessControl>,
 }
 
-const DEFAULT_EXCHANGES: [(&str, ExchangeKind); 6] = [
-    ("", ExchangeKind::Direct),
-    ("amq.direct", ExchangeKind::Direct),
-    ("amq.fanout", ExchangeKind::Fanout),
-    ("amq.topic", ExchangeKind::Topic),
-    ("amq.headers", ExchangeKind::Headers),
-    ("amq.match", ExchangeKind::Headers),
-];
-
-fn no_queue(name: &str) -> AmqpError {
-    AmqpError::not_found(format!("no queue '{name}' in vhost '/'"))
+fn no_queue(vhost: &str, name: &str) -> AmqpError {
+    AmqpError::not_found(format!("no queue '{name}' in vhost '{vhost}'"))
 }
 
-fn no_exchange(name: &str) -> AmqpError {
-    AmqpError::not_found(format!("no exchange '{name}' in vhost '/'"))
+fn no_exchange(vhost: &str, name: &str) -> AmqpError {
+    AmqpError::not_found(format!("no exchange '{name}' in vhost '{vhost}'"))
+}
+
+/// A vhost deleted while one of its connections still had a method in
+/// flight: the connection is being closed.
+fn no_vhost(vhost: &str) -> AmqpError {
+    AmqpError::connection(reply::CONNECTION_FORCED, format!("vhost '{vhost}' is deleted"))
 }
 
 fn check_owner(q: &Queue, conn: u64) -> Result<()> {
     match q.exclusive_owner {
         Some(owner) if owner != conn => Err(AmqpError::locked(format!(
-            "cannot obtain exclusive access to locked queue '{}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
-            q.name
+            "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+            q.name, q.vhost
         ))),
         _ => Ok(()),
     }
@@ -218,12 +234,10 @@ pub fn generated_name(prefix: &str) -> String {
 }
 
 impl Broker {
+    /// A broker with no vhost yet: [`Broker::restore`] brings them back
+    /// from the log (or makes the default one).
     pub fn new(store: Arc<LogStore>) -> Broker {
-        let mut state = State::default();
-        for (name, kind) in DEFAULT_EXCHANGES {
-            state.exchanges.insert(name.to_string(), Exchange::new(name, kind, true, false, false, FieldTable::new()));
-        }
-        state.consumer_timeout = Some(timers::DEFAULT_CONSUMER_TIMEOUT_MS);
+        let state = State { consumer_timeout: Some(timers::DEFAULT_CONSUMER_TIMEOUT_MS), ..State::default() };
         let state = Arc::new(Mutex::new(state));
         match loader::Loader::spawn(state.clone(), store.clone()) {
             Ok(l) => state.lock().loader = Some(l),
@@ -244,14 +258,30 @@ impl Broker {
         &self.access
     }
 
-    pub fn register_connection(&self, handle: ConnectionHandle, info: ConnectionInfo) {
+    /// Refuses a connection to a vhost that does not exist or is at its
+    /// `max-connections` (530 NOT_ALLOWED, RabbitMQ's texts).
+    pub fn check_vhost_entry(&self, vhost: &str, user: &str) -> Result<()> {
+        self.state.lock().check_connection_limit(vhost, user)
+    }
+
+    /// Registers an opened connection in its vhost; refused (with
+    /// RabbitMQ's text) when the vhost is gone or at its `max-connections`.
+    pub fn register_connection(&self, handle: ConnectionHandle, info: ConnectionInfo) -> Result<()> {
         let mut st = self.state.lock();
-        st.connections.insert(handle.id, ConnectionEntry { handle, info, channels: HashSet::new() });
+        st.check_connection_limit(&info.vhost, &info.user)?;
+        let vhost = st
+            .vhosts
+            .get_key_value(info.vhost.as_str())
+            .map(|(k, _)| k.clone())
+            .ok_or_else(|| AmqpError::connection(reply::NOT_ALLOWED, format!("vhost {} not found", info.vhost)))?;
+        st.connections.insert(handle.id, ConnectionEntry { handle, info, vhost, channels: HashSet::new() });
+        Ok(())
     }
 
     pub fn open_channel(&self, conn: u64, channel: u16) {
         let mut st = self.state.lock();
-        st.channels.insert((conn, channel), ChannelState::default());
+        let Some(vhost) = st.connections.get(&conn).map(|c| c.vhost.clone()) else { return };
+        st.channels.insert((conn, channel), ChannelState::new(vhost));
         if let Some(c) = st.connections.get_mut(&conn) {
             c.channels.insert(channel);
         }
@@ -281,22 +311,48 @@ impl Broker {
         for ch in channels {
             st.close_channel(conn, ch, &self.store);
         }
-        let exclusive: Vec<Arc<str>> =
-            st.queues.values().filter(|q| q.exclusive_owner == Some(conn)).map(|q| q.name.clone()).collect();
-        for name in exclusive {
-            st.delete_queue(&name, &self.store);
+        if let Some(vhost) = st.connections.get(&conn).map(|c| c.vhost.clone()) {
+            let exclusive: Vec<Arc<str>> = st
+                .vhosts
+                .get(&vhost)
+                .map(|v| {
+                    v.queues.values().filter(|q| q.exclusive_owner == Some(conn)).map(|q| q.name.clone()).collect()
+                })
+                .unwrap_or_default();
+            for name in exclusive {
+                st.delete_queue(&vhost, &name, &self.store);
+            }
         }
         st.connections.remove(&conn);
     }
 }
 
 impl State {
+    fn queue(&self, vhost: &str, name: &str) -> Option<&Queue> {
+        self.vhosts.get(vhost)?.queues.get(name)
+    }
+
+    fn queue_mut(&mut self, vhost: &str, name: &str) -> Option<&mut Queue> {
+        self.vhosts.get_mut(vhost)?.queues.get_mut(name)
+    }
+
+    /// The queue of this incarnation, if it still exists.
+    fn queue_of(&mut self, vhost: &str, name: &str, incarnation: u64) -> Option<&mut Queue> {
+        self.queue_mut(vhost, name).filter(|q| q.incarnation == incarnation)
+    }
+
+    fn exchange(&self, vhost: &str, name: &str) -> Option<&Exchange> {
+        self.vhosts.get(vhost)?.exchanges.get(name)
+    }
+
     fn close_channel(&mut self, conn: u64, channel: u16, store: &LogStore) {
         let Some(mut ch) = self.channels.remove(&(conn, channel)) else { return };
+        let vhost = ch.vhost.clone();
         let mut touched: Vec<Arc<str>> = Vec::new();
         let mut over_limit: Vec<Departed> = Vec::new();
+        let Some(v) = self.vhosts.get_mut(&vhost) else { return };
         for (_, u) in std::mem::take(&mut ch.unacked) {
-            if let Some(q) = self.queues.get_mut(&u.queue).filter(|q| q.incarnation == u.incarnation) {
+            if let Some(q) = v.queues.get_mut(&u.queue).filter(|q| q.incarnation == u.incarnation) {
                 q.unacked -= 1;
                 if let Some(entry) = q.requeue(u.entry) {
                     departed_push(&mut over_limit, q, entry, Reason::DeliveryLimit);
@@ -307,7 +363,7 @@ impl State {
             }
         }
         for (tag, queue) in ch.consumers {
-            if let Some(q) = self.queues.get_mut(&queue) {
+            if let Some(q) = v.queues.get_mut(&queue) {
                 q.consumers.retain(|c| !(c.tag == tag && c.connection.id == conn && c.channel == channel));
                 q.activate_next_consumer();
                 if !touched.contains(&queue) {
@@ -321,11 +377,11 @@ impl State {
         // Auto-delete first (no point redelivering from a queue about to go),
         // then hand requeued messages to the remaining consumers.
         for name in touched {
-            let Some(q) = self.queues.get(&name) else { continue };
+            let Some(q) = self.queue(&vhost, &name) else { continue };
             if q.auto_delete && q.had_consumer && q.consumers.is_empty() {
-                self.delete_queue(&name, store);
+                self.delete_queue(&vhost, &name, store);
             } else {
-                self.drain(&name, store);
+                self.drain(&vhost, &name, store);
             }
         }
     }
@@ -335,9 +391,13 @@ impl State {
 fn departed_push(batch: &mut Vec<Departed>, q: &Queue, entry: QueuedMessage, reason: Reason) {
     match batch.iter_mut().find(|d| d.queue == q.name && d.incarnation == q.incarnation && d.reason == reason) {
         Some(d) => d.entries.push(entry),
-        None => {
-            batch.push(Departed { queue: q.name.clone(), incarnation: q.incarnation, entries: vec![entry], reason })
-        }
+        None => batch.push(Departed {
+            vhost: q.vhost.clone(),
+            queue: q.name.clone(),
+            incarnation: q.incarnation,
+            entries: vec![entry],
+            reason,
+        }),
     }
 }
 

@@ -181,82 +181,94 @@ impl Broker {
         let value = serde_json::to_vec(&policy).map_err(|e| e.to_string())?;
         let key = format!("{}\0{}", policy.vhost, policy.name);
         let mut st = self.state.lock();
+        let vhost = policy.vhost.clone();
+        let Some(v) = st.vhosts.get_mut(vhost.as_str()) else {
+            return Err(format!("Virtual host '{vhost}' does not exist"));
+        };
         self.store.define(Record::Parameter { kind, key, value: value.into() }).map_err(|e| e.to_string())?;
-        let list = if operator { &mut st.operator_policies } else { &mut st.policies };
-        list.retain(|p| !(p.policy.vhost == policy.vhost && p.policy.name == policy.name));
+        let list = if operator { &mut v.operator_policies } else { &mut v.policies };
+        list.retain(|p| p.policy.name != policy.name);
         list.push(ActivePolicy { policy, pattern });
-        st.apply_policies(&self.store);
+        st.apply_policies(&vhost, &self.store);
         Ok(())
     }
 
     /// clear_policy / clear_operator_policy.
     pub fn clear_policy(&self, vhost: &str, name: &str, operator: bool) -> std::result::Result<(), String> {
         let mut st = self.state.lock();
-        let list = if operator { &mut st.operator_policies } else { &mut st.policies };
+        let missing = || format!("Parameter does not exist: policy '{name}' in vhost '{vhost}'");
+        let Some(v) = st.vhosts.get_mut(vhost) else { return Err(missing()) };
+        let list = if operator { &mut v.operator_policies } else { &mut v.policies };
         let before = list.len();
-        list.retain(|p| !(p.policy.vhost == vhost && p.policy.name == name));
+        list.retain(|p| p.policy.name != name);
         if list.len() == before {
-            return Err(format!("Parameter does not exist: policy '{name}' in vhost '{vhost}'"));
+            return Err(missing());
         }
         let kind = if operator { ParameterKind::OperatorPolicy } else { ParameterKind::Policy };
         self.store
             .define(Record::ParameterDelete { kind, key: format!("{vhost}\0{name}") })
             .map_err(|e| e.to_string())?;
-        st.apply_policies(&self.store);
+        st.apply_policies(vhost, &self.store);
         Ok(())
     }
 
-    pub fn policies(&self, operator: bool) -> Vec<Policy> {
+    /// The policies (or operator policies) of one vhost, or of all with `None`.
+    pub fn policies(&self, vhost: Option<&str>, operator: bool) -> Vec<Policy> {
         let st = self.state.lock();
-        let list = if operator { &st.operator_policies } else { &st.policies };
-        list.iter().map(|p| p.policy.clone()).collect()
+        let mut out: Vec<Policy> = st
+            .vhosts
+            .values()
+            .filter(|v| vhost.is_none_or(|name| v.info.name == name))
+            .flat_map(|v| if operator { &v.operator_policies } else { &v.policies })
+            .map(|p| p.policy.clone())
+            .collect();
+        out.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
+        out
     }
 
-    /// Restores the stored policies (at start-up, before [`Broker::restore`],
-    /// so that restored messages get their policy's TTL).
-    pub fn restore_policies(&self, parameters: &std::collections::BTreeMap<(ParameterKind, String), bytes::Bytes>) {
+    /// Restores the stored policies (at start-up, after the vhosts and
+    /// before [`Broker::restore`], so that restored messages get their
+    /// policy's TTL). A policy of a vhost that is gone is removed.
+    pub(super) fn restore_policies(
+        &self,
+        parameters: &std::collections::BTreeMap<(ParameterKind, String), bytes::Bytes>,
+    ) {
         let mut st = self.state.lock();
-        for ((kind, _), value) in parameters {
+        for ((kind, key), value) in parameters {
             let operator = match kind {
                 ParameterKind::Policy => false,
                 ParameterKind::OperatorPolicy => true,
                 _ => continue,
             };
             let Ok(policy) = serde_json::from_slice::<Policy>(value) else { continue };
+            let Some(v) = st.vhosts.get_mut(policy.vhost.as_str()) else {
+                self.forget_parameter(*kind, key);
+                continue;
+            };
             match validate(&policy) {
                 Ok(pattern) => {
-                    let list = if operator { &mut st.operator_policies } else { &mut st.policies };
+                    let list = if operator { &mut v.operator_policies } else { &mut v.policies };
                     list.push(ActivePolicy { policy, pattern });
                 }
                 Err(e) => tracing::error!("stored policy '{}' cannot be applied: {e}", policy.name),
             }
         }
-        st.apply_policies(&self.store);
+        let vhosts: Vec<Arc<str>> = st.vhosts.keys().cloned().collect();
+        for vhost in vhosts {
+            st.apply_policies(&vhost, &self.store);
+        }
     }
 }
 
-impl State {
+impl VHost {
     /// The policy and operator policy that apply to a queue: of the
     /// matching ones, the highest priority (on a tie, the first by name, so
     /// that the choice does not change with the order they were set in).
     pub(super) fn policies_for(&self, q: &Queue) -> (Option<Policy>, Option<Policy>) {
         let best = |list: &[ActivePolicy]| {
-            list.iter()
-                .filter(|p| p.policy.vhost == "/" && p.applies_to_queue(q))
-                .max_by(|a, b| by_priority(a, b))
-                .map(|p| p.policy.clone())
+            list.iter().filter(|p| p.applies_to_queue(q)).max_by(|a, b| by_priority(a, b)).map(|p| p.policy.clone())
         };
         (best(&self.policies), best(&self.operator_policies))
-    }
-
-    /// Gives a new queue the settings its policies add to its arguments.
-    pub(super) fn apply_policies_to(&self, q: &mut Queue) {
-        let (policy, operator) = self.policies_for(q);
-        if policy.is_some() || operator.is_some() {
-            q.args = effective_args(q, policy.as_ref(), operator.as_ref());
-            q.policy = policy.map(|p| p.name);
-            q.operator_policy = operator.map(|p| p.name);
-        }
     }
 
     /// An exchange's alternate exchange: its argument, else its policy's.
@@ -266,26 +278,42 @@ impl State {
         }
         self.policies
             .iter()
-            .filter(|p| p.policy.vhost == "/" && p.applies_to_exchange(&ex.name))
+            .filter(|p| p.applies_to_exchange(&ex.name))
             .max_by(|a, b| by_priority(a, b))
             .and_then(|p| p.policy.definition.get("alternate-exchange"))
             .and_then(Value::as_str)
             .map(str::to_string)
     }
+}
 
-    /// Recomputes every queue's settings from its arguments and policies;
-    /// a queue over a new length limit drops (or dead-letters) its head.
-    pub(super) fn apply_policies(&mut self, store: &LogStore) {
-        let names: Vec<Arc<str>> = self.queues.keys().cloned().collect();
+impl State {
+    /// Gives a new queue the settings its vhost's policies add to its arguments.
+    pub(super) fn apply_policies_to(&self, q: &mut Queue) {
+        let Some(v) = self.vhosts.get(&q.vhost) else { return };
+        let (policy, operator) = v.policies_for(q);
+        if policy.is_some() || operator.is_some() {
+            q.args = effective_args(q, policy.as_ref(), operator.as_ref());
+            q.policy = policy.map(|p| p.name);
+            q.operator_policy = operator.map(|p| p.name);
+        }
+    }
+
+    /// Recomputes the settings of every queue of a vhost from its
+    /// arguments and policies; a queue over a new length limit drops (or
+    /// dead-letters) its head.
+    pub(super) fn apply_policies(&mut self, vhost: &str, store: &LogStore) {
+        let Some(v) = self.vhosts.get_mut(vhost) else { return };
+        let names: Vec<Arc<str>> = v.queues.keys().cloned().collect();
         for name in names {
-            let Some(q) = self.queues.get(&name) else { continue };
-            let (policy, operator) = self.policies_for(q);
+            let Some(v) = self.vhosts.get_mut(vhost) else { return };
+            let Some(q) = v.queues.get(&name) else { continue };
+            let (policy, operator) = v.policies_for(q);
             let args = effective_args(q, policy.as_ref(), operator.as_ref());
-            let Some(q) = self.queues.get_mut(&name) else { continue };
+            let Some(q) = v.queues.get_mut(&name) else { continue };
             q.policy = policy.map(|p| p.name);
             q.operator_policy = operator.map(|p| p.name);
             q.args = args;
-            self.trim_queue(&name, store);
+            self.trim_queue(vhost, &name, store);
         }
     }
 }

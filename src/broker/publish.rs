@@ -29,21 +29,27 @@ impl Broker {
     /// says what must be durable before the publish may be confirmed.
     /// `headers` are the publisher's, `CC` and `BCC` included (the message's
     /// own properties no longer carry `BCC`).
-    pub fn publish(&self, exchange: &str, headers: Option<&FieldTable>, message: Arc<Message>) -> Result<Routed> {
+    pub fn publish(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        headers: Option<&FieldTable>,
+        message: Arc<Message>,
+    ) -> Result<Routed> {
         let mut st = self.state.lock();
-        if let Some(ex) = st.exchanges.get(exchange)
+        if let Some(ex) = st.exchange(vhost, exchange)
             && ex.internal
         {
             return Err(AmqpError::access_refused(format!(
-                "cannot publish to internal exchange '{exchange}' in vhost '/'"
+                "cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"
             )));
         }
         if exchange.is_empty() && message.routing_key.starts_with(REPLY_TO_QUEUE) {
             return Ok(st.reply_to(&message));
         }
-        let targets = st.route_publish(exchange, &message.routing_key, headers)?;
+        let targets = st.route_publish(vhost, exchange, &message.routing_key, headers)?;
         let message_priority = message.priority;
-        let delivery = st.deliver_to(&targets, message, &self.store, None, true).map_err(store_failed)?;
+        let delivery = st.deliver_to(vhost, &targets, message, &self.store, None, true).map_err(store_failed)?;
         let outcome = Routed {
             routed: !delivery.accepted.is_empty() || delivery.rejected,
             rejected: delivery.rejected,
@@ -54,15 +60,15 @@ impl Broker {
         }
         let priority = message_priority;
         for name in &delivery.accepted {
-            st.deliver_ready(name, &self.store);
+            st.deliver_ready(vhost, name, &self.store);
             // What no consumer took and is already due (a TTL of 0) goes now.
-            if let Some(q) = st.queues.get(name).filter(|q| q.next_expiry().is_some_and(|at| queue::now_ms() >= at)) {
-                let (queue, incarnation) = (q.name.clone(), q.incarnation);
-                st.expire_messages(&queue, incarnation, &self.store);
+            if let Some(q) = st.queue(vhost, name).filter(|q| q.next_expiry().is_some_and(|at| queue::now_ms() >= at)) {
+                let incarnation = q.incarnation;
+                st.expire_messages(vhost, name, incarnation, &self.store);
             }
             // Length limits apply to what no consumer took.
-            st.trim_queue(name, &self.store);
-            if let Some(q) = st.queues.get_mut(name)
+            st.trim_queue(vhost, name, &self.store);
+            if let Some(q) = st.queue_mut(vhost, name)
                 && q.store_id.is_some()
             {
                 let level = q.level_of(priority);
@@ -74,11 +80,12 @@ impl Broker {
 }
 
 impl State {
-    /// Offers a message to the named queues: appends it to the log once
+    /// Offers a message to the named queues of a vhost: appends it to the log once
     /// for the durable ones (moving it out of `moved_from` in the same
     /// step), then enqueues it. Does not deliver.
     pub(super) fn deliver_to(
         &mut self,
+        vhost: &str,
         targets: &[String],
         message: Arc<Message>,
         store: &LogStore,
@@ -86,12 +93,13 @@ impl State {
         trim_later: bool,
     ) -> std::result::Result<Delivery, StoreError> {
         let mut delivery = Delivery::default();
+        let Some(v) = self.vhosts.get_mut(vhost) else { return Ok(delivery) };
         let size = message.body_len();
         // Queue name, and whether the log keeps the message for it.
         let mut accepting: Vec<(&String, bool)> = Vec::with_capacity(targets.len());
         let mut durable_ids: Vec<u32> = Vec::new();
         for name in targets {
-            let Some(q) = self.queues.get(name.as_str()) else { continue };
+            let Some(q) = v.queues.get(name.as_str()) else { continue };
             if q.would_reject(size) {
                 delivery.rejected = true;
                 if q.args.overflow == Some(Overflow::RejectPublishDlx) {
@@ -106,6 +114,7 @@ impl State {
                         delivery_count: 0,
                     };
                     delivery.departed.push(Departed {
+                        vhost: q.vhost.clone(),
                         queue: q.name.clone(),
                         incarnation: q.incarnation,
                         entries: vec![entry],
@@ -140,12 +149,13 @@ impl State {
             delivery.moved = moved_from.is_some();
         }
         for (name, stored) in accepting {
-            let Some(q) = self.queues.get_mut(name.as_str()) else { continue };
+            let Some(q) = v.queues.get_mut(name.as_str()) else { continue };
             let id = if stored { store_id } else { 0 };
             let (_, dropped) = q.enqueue(message.clone(), id, now, trim_later);
             delivery.accepted.push(q.name.clone());
             if !dropped.is_empty() {
                 delivery.departed.push(Departed {
+                    vhost: q.vhost.clone(),
                     queue: q.name.clone(),
                     incarnation: q.incarnation,
                     entries: dropped,

@@ -152,6 +152,8 @@ impl Level {
 #[derive(Debug)]
 pub struct Queue {
     pub name: Arc<str>,
+    /// The virtual host the queue lives in.
+    pub vhost: Arc<str>,
     pub durable: bool,
     /// Id in the write-ahead log, for durable queues.
     pub store_id: Option<u32>,
@@ -199,6 +201,7 @@ pub enum Enqueued {
 
 impl Queue {
     pub fn new(
+        vhost: Arc<str>,
         name: &str,
         durable: bool,
         exclusive_owner: Option<u64>,
@@ -209,6 +212,7 @@ impl Queue {
         let levels = (0..=args.max_priority.unwrap_or(0) as usize).map(|_| Level::default()).collect();
         Queue {
             name: Arc::from(name),
+            vhost,
             durable,
             store_id: None,
             incarnation: 0,

@@ -6,16 +6,18 @@
 use super::*;
 
 impl Broker {
-    /// queue.declare; returns (name, ready messages, consumers).
-    pub fn queue_declare(&self, conn: u64, m: &QueueDeclare) -> Result<(String, u32, u32)> {
+    /// queue.declare in `vhost`; returns (name, ready messages, consumers).
+    pub fn queue_declare(&self, vhost: &str, conn: u64, m: &QueueDeclare) -> Result<(String, u32, u32)> {
         let mut st = self.state.lock();
+        let Some((vhost_name, v)) = st.vhosts.get_key_value(vhost) else { return Err(no_vhost(vhost)) };
+        let vhost_name = vhost_name.clone();
         let name = if m.queue.is_empty() {
             if m.passive {
-                return Err(no_queue(""));
+                return Err(no_queue(vhost, ""));
             }
             loop {
                 let candidate = generated_name("amq.gen-");
-                if !st.queues.contains_key(candidate.as_str()) {
+                if !v.queues.contains_key(candidate.as_str()) {
                     break candidate;
                 }
             }
@@ -29,15 +31,15 @@ impl Broker {
             return if name == REPLY_TO_QUEUE || st.reply_consumer_of(&name).is_some() {
                 Ok((name, 0, 1))
             } else {
-                Err(no_queue(&name))
+                Err(no_queue(vhost, &name))
             };
         }
-        if let Some(q) = st.queues.get_mut(name.as_str()) {
+        if let Some(q) = st.queue_mut(vhost, &name) {
             check_owner(q, conn)?;
             if !m.passive {
                 if m.exclusive != q.exclusive_owner.is_some() {
                     return Err(AmqpError::locked(format!(
-                        "cannot obtain exclusive access to locked queue '{name}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+                        "cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
                     )));
                 }
                 arguments::check_equivalent(
@@ -50,20 +52,19 @@ impl Broker {
             }
             // Any declare, passive too, counts as a use for x-expires.
             q.last_used = queue::now_ms();
-            let q = st.queues.get(name.as_str()).map(|q| (q.name.clone(), q.incarnation));
-            if let Some((qname, incarnation)) = q {
-                st.expire_messages(&qname, incarnation, &self.store);
-            }
-            let q = st.queues.get(name.as_str()).ok_or_else(|| no_queue(&name))?;
+            let (qname, incarnation) = (q.name.clone(), q.incarnation);
+            st.expire_messages(vhost, &qname, incarnation, &self.store);
+            let q = st.queue(vhost, &name).ok_or_else(|| no_queue(vhost, &name))?;
             return Ok((name, q.ready_count() as u32, q.consumers.len() as u32));
         }
         if m.passive {
-            return Err(no_queue(&name));
+            return Err(no_queue(vhost, &name));
         }
         if name.starts_with("amq.") && !m.queue.is_empty() {
             return Err(AmqpError::access_refused(format!("queue name '{name}' contains reserved prefix 'amq.*'")));
         }
-        let args = QueueArgs::parse(&m.arguments, &name)?;
+        let arguments = st.with_default_queue_type(vhost, m);
+        let args = QueueArgs::parse(&arguments, &name)?;
         if args.queue_type == QueueType::Quorum {
             // As RabbitMQ's quorum queues: replicated, so durable and shared.
             let property = if m.auto_delete {
@@ -77,12 +78,13 @@ impl Broker {
             };
             if let Some(property) = property {
                 return Err(AmqpError::precondition(format!(
-                    "invalid property '{property}' for queue '{name}' in vhost '/'"
+                    "invalid property '{property}' for queue '{name}' in vhost '{vhost}'"
                 )));
             }
         }
+        st.check_queue_limit(vhost, &name)?;
         let owner = m.exclusive.then_some(conn);
-        let mut q = Queue::new(&name, m.durable, owner, m.auto_delete, m.arguments.clone(), args);
+        let mut q = Queue::new(vhost_name, &name, m.durable, owner, m.auto_delete, arguments, args);
         st.apply_policies_to(&mut q);
         // As in RabbitMQ, exclusive and auto-delete queues do not outlive a
         // restart, so only durable queues that are neither are logged.
@@ -93,15 +95,16 @@ impl Broker {
         }
         st.next_incarnation += 1;
         q.incarnation = st.next_incarnation;
-        st.queues.insert(q.name.clone(), q);
+        let Some(v) = st.vhosts.get_mut(vhost) else { return Err(no_vhost(vhost)) };
+        v.queues.insert(q.name.clone(), q);
         // Every queue is bound to the default exchange by its name; that
         // binding is implicit (see `State::route`).
         Ok((name, 0, 0))
     }
 
-    pub fn queue_purge(&self, conn: u64, name: &str) -> Result<u32> {
+    pub fn queue_purge(&self, vhost: &str, conn: u64, name: &str) -> Result<u32> {
         let mut st = self.state.lock();
-        let q = st.queues.get_mut(name).ok_or_else(|| no_queue(name))?;
+        let q = st.queue_mut(vhost, name).ok_or_else(|| no_queue(vhost, name))?;
         check_owner(q, conn)?;
         q.last_used = queue::now_ms();
         purge_queue(q, &self.store).map(|n| n as u32)
@@ -111,43 +114,68 @@ impl Broker {
     /// deleting channel's own consumers, to cancel after the delete-ok.
     pub fn queue_delete(
         &self,
-        conn: u64,
-        channel: u16,
+        vhost: &str,
+        (conn, channel): (u64, u16),
         name: &str,
         if_unused: bool,
         if_empty: bool,
     ) -> Result<(u32, Vec<String>)> {
         let mut st = self.state.lock();
-        let Some(q) = st.queues.get(name) else {
+        let Some(q) = st.queue(vhost, name) else {
             // As RabbitMQ: deleting a queue that does not exist is not an error.
             return Ok((0, Vec::new()));
         };
         check_owner(q, conn)?;
         if if_unused && !q.consumers.is_empty() {
-            return Err(AmqpError::precondition(format!("queue '{name}' in vhost '/' in use")));
+            return Err(AmqpError::precondition(format!("queue '{name}' in vhost '{vhost}' in use")));
         }
         if if_empty && q.ready_count() > 0 {
-            return Err(AmqpError::precondition(format!("queue '{name}' in vhost '/' is not empty")));
+            return Err(AmqpError::precondition(format!("queue '{name}' in vhost '{vhost}' is not empty")));
         }
         let count = q.ready_count() as u32;
-        let own = st.delete_queue_from(name, &self.store, Some((conn, channel)));
+        let own = st.delete_queue_from(vhost, name, &self.store, Some((conn, channel)));
         Ok((count, own))
     }
 }
 
 impl State {
+    /// The arguments of a new queue: the declared ones, with `x-queue-type`
+    /// added from the vhost's default queue type when none is given and
+    /// the queue can be of that type (durable, shared, not auto-delete),
+    /// as RabbitMQ does.
+    fn with_default_queue_type(&self, vhost: &str, m: &QueueDeclare) -> FieldTable {
+        let default = self.vhosts.get(vhost).and_then(|v| v.info.default_queue_type.as_deref());
+        match default.and_then(QueueType::parse) {
+            Some(QueueType::Quorum)
+                if m.arguments.get("x-queue-type").is_none() && m.durable && !m.exclusive && !m.auto_delete =>
+            {
+                let mut arguments = m.arguments.clone();
+                arguments.insert("x-queue-type", crate::protocol::FieldValue::string("quorum"));
+                arguments
+            }
+            _ => m.arguments.clone(),
+        }
+    }
+
     /// Removes a queue and every binding to it; its consumers are told with
     /// basic.cancel when their client asked for that.
-    pub(super) fn delete_queue(&mut self, name: &str, store: &LogStore) {
-        self.delete_queue_from(name, store, None);
+    pub(super) fn delete_queue(&mut self, vhost: &str, name: &str, store: &LogStore) {
+        self.delete_queue_from(vhost, name, store, None);
     }
 
     /// As [`State::delete_queue`]; the basic.cancel of the consumers of the
     /// channel `from` (the one deleting the queue) are returned rather than
     /// sent, as they must follow its queue.delete-ok.
-    pub(super) fn delete_queue_from(&mut self, name: &str, store: &LogStore, from: Option<(u64, u16)>) -> Vec<String> {
+    pub(super) fn delete_queue_from(
+        &mut self,
+        vhost: &str,
+        name: &str,
+        store: &LogStore,
+        from: Option<(u64, u16)>,
+    ) -> Vec<String> {
         let mut own_cancels = Vec::new();
-        let Some(q) = self.queues.remove(name) else { return own_cancels };
+        let Some(v) = self.vhosts.get_mut(vhost) else { return own_cancels };
+        let Some(q) = v.queues.remove(name) else { return own_cancels };
         for c in &q.consumers {
             if let Some(ch) = self.channels.get_mut(&(c.connection.id, c.channel)) {
                 ch.consumers.remove(&c.tag);
@@ -173,12 +201,12 @@ impl State {
                 );
             }
             if let Err(e) = store.queue_deleted(qid, &ids) {
-                tracing::error!("queue '{name}' deleted in memory only: {e}");
+                tracing::error!("queue '{name}' in vhost '{vhost}' deleted in memory only: {e}");
             }
         }
         let dest = Destination::Queue(name.to_string());
         let mut emptied = Vec::new();
-        for ex in self.exchanges.values_mut() {
+        for ex in v.exchanges.values_mut() {
             let before = ex.bindings.len();
             ex.bindings.retain(|b| b.destination != dest);
             if ex.auto_delete && before > 0 && ex.bindings.is_empty() {
@@ -186,7 +214,7 @@ impl State {
             }
         }
         for ex in emptied {
-            self.delete_exchange(&ex, store);
+            self.delete_exchange(vhost, &ex, store);
         }
         own_cancels
     }
@@ -195,11 +223,12 @@ impl State {
 impl State {
     /// Drops (or dead-letters, reason `maxlen`) the head messages that keep
     /// a queue over a drop-head length limit.
-    pub(super) fn trim_queue(&mut self, name: &str, store: &LogStore) {
-        let Some(q) = self.queues.get_mut(name) else { return };
+    pub(super) fn trim_queue(&mut self, vhost: &str, name: &str, store: &LogStore) {
+        let Some(q) = self.queue_mut(vhost, name) else { return };
         let dropped = q.trim_to_limits();
         if !dropped.is_empty() {
             let departed = Departed {
+                vhost: q.vhost.clone(),
                 queue: q.name.clone(),
                 incarnation: q.incarnation,
                 entries: dropped,
@@ -211,8 +240,8 @@ impl State {
 
     /// Takes a queue's expired head messages out and dead-letters them (or
     /// drops them, and their log records' claim).
-    pub(super) fn expire_messages(&mut self, name: &Arc<str>, incarnation: u64, store: &LogStore) {
-        let Some(q) = self.queues.get_mut(name).filter(|q| q.incarnation == incarnation) else { return };
+    pub(super) fn expire_messages(&mut self, vhost: &str, name: &str, incarnation: u64, store: &LogStore) {
+        let Some(q) = self.queue_of(vhost, name, incarnation) else { return };
         let expired = q.expire(queue::now_ms());
         if expired.is_empty() {
             return;
@@ -221,7 +250,13 @@ impl State {
             dead_letter::forget(store, q.store_id, &expired);
             return;
         }
-        let departed = Departed { queue: name.clone(), incarnation, entries: expired, reason: Reason::Expired };
+        let departed = Departed {
+            vhost: q.vhost.clone(),
+            queue: q.name.clone(),
+            incarnation,
+            entries: expired,
+            reason: Reason::Expired,
+        };
         self.depart(departed, store);
     }
 }

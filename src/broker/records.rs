@@ -4,26 +4,50 @@
 use super::*;
 
 impl Broker {
-    /// Rebuilds durable exchanges, queues, bindings and messages from what
-    /// the log replayed. Messages keep their publish order; those that had
-    /// been delivered come back flagged redelivered.
-    pub fn restore(&self, recovered: &Recovered) {
+    /// Rebuilds the model from what the log replayed: vhosts and their
+    /// limits, then policies (so that restored messages get their policy's
+    /// TTL), then durable exchanges, queues, bindings and messages.
+    pub fn restore(&self, recovered: &Recovered) -> std::result::Result<(), vhosts::VhostError> {
+        let parameters = &recovered.definitions.parameters;
+        self.restore_vhosts(parameters)?;
+        self.restore_policies(parameters);
+        self.restore_topology(recovered);
+        Ok(())
+    }
+
+    /// Durable exchanges, queues, bindings and messages, into the vhosts
+    /// restored before. Messages keep their publish order; those that had
+    /// been delivered come back flagged redelivered. What belongs to a
+    /// vhost that no longer exists (a vhost deletion cut short by a crash)
+    /// is removed from the log now.
+    fn restore_topology(&self, recovered: &Recovered) {
         let mut st = self.state.lock();
         let defs = &recovered.definitions;
         for record in defs.exchanges.values() {
-            if let Record::ExchangeDeclare { name, kind, auto_delete, internal, arguments } = record
+            if let Record::ExchangeDeclare { vhost, name, kind, auto_delete, internal, arguments } = record
                 && let Some(kind) = ExchangeKind::parse(kind)
             {
+                let Some(v) = st.vhosts.get_mut(vhost.as_str()) else {
+                    self.forget_orphan(Record::ExchangeDelete { vhost: vhost.clone(), name: name.clone() });
+                    continue;
+                };
                 let ex = Exchange::new(name, kind, true, *auto_delete, *internal, decode_table(arguments));
-                st.exchanges.insert(name.clone(), ex);
+                v.exchanges.insert(name.clone(), ex);
             }
         }
         let mut per_queue = recovered.queue_messages();
         for record in defs.queues.values() {
-            if let Record::QueueDeclare { queue, name, auto_delete, arguments } = record {
+            if let Record::QueueDeclare { queue, vhost, name, auto_delete, arguments } = record {
+                let Some(vhost) = st.vhosts.get_key_value(vhost.as_str()).map(|(k, _)| k.clone()) else {
+                    let ids: Vec<u64> = per_queue.remove(queue).unwrap_or_default().iter().map(|m| m.id).collect();
+                    if let Err(e) = self.store.queue_deleted(*queue, &ids) {
+                        tracing::error!("queue '{name}' of deleted vhost '{vhost}' stays in the log: {e}");
+                    }
+                    continue;
+                };
                 let args = decode_table(arguments);
                 let parsed = QueueArgs::from_stored(&args);
-                let mut q = Queue::new(name, true, None, *auto_delete, args, parsed);
+                let mut q = Queue::new(vhost.clone(), name, true, None, *auto_delete, args, parsed);
                 q.store_id = Some(*queue);
                 st.apply_policies_to(&mut q);
                 let now = crate::store::wall_ms();
@@ -39,7 +63,9 @@ impl Broker {
                 }
                 st.next_incarnation += 1;
                 q.incarnation = st.next_incarnation;
-                st.queues.insert(q.name.clone(), q);
+                if let Some(v) = st.vhosts.get_mut(&vhost) {
+                    v.queues.insert(q.name.clone(), q);
+                }
             }
         }
         for b in &defs.bindings {
@@ -47,13 +73,20 @@ impl Broker {
                 DestinationKind::Queue => Destination::Queue(b.destination.clone()),
                 DestinationKind::Exchange => Destination::Exchange(b.destination.clone()),
             };
-            if let Some(ex) = st.exchanges.get_mut(&b.source) {
+            if let Some(ex) = st.vhosts.get_mut(b.vhost.as_str()).and_then(|v| v.exchanges.get_mut(&b.source)) {
                 let binding =
                     Binding { destination, routing_key: b.routing_key.clone(), arguments: decode_table(&b.arguments) };
                 if !ex.bindings.contains(&binding) {
                     ex.bindings.push(binding);
                 }
             }
+        }
+    }
+
+    /// Logs the removal of a definition of a vhost that no longer exists.
+    fn forget_orphan(&self, record: Record) {
+        if let Err(e) = self.store.define(record) {
+            tracing::error!("a definition of a deleted vhost stays in the log: {e}");
         }
     }
 }
@@ -82,8 +115,9 @@ pub(super) fn decode_table(raw: &bytes::Bytes) -> FieldTable {
     FieldTable::read(&mut reader).unwrap_or_default()
 }
 
-pub(super) fn exchange_record(ex: &Exchange) -> Record {
+pub(super) fn exchange_record(vhost: &str, ex: &Exchange) -> Record {
     Record::ExchangeDeclare {
+        vhost: vhost.to_string(),
         name: ex.name.clone(),
         kind: ex.kind.as_str().to_string(),
         auto_delete: ex.auto_delete,
@@ -95,14 +129,16 @@ pub(super) fn exchange_record(ex: &Exchange) -> Record {
 pub(super) fn queue_record(q: &Queue, id: u32) -> Record {
     Record::QueueDeclare {
         queue: id,
+        vhost: q.vhost.to_string(),
         name: q.name.to_string(),
         auto_delete: q.auto_delete,
         arguments: encode_table(&q.arguments),
     }
 }
 
-pub(super) fn binding_record(source: &str, b: &Binding) -> BindingRecord {
+pub(super) fn binding_record(vhost: &str, source: &str, b: &Binding) -> BindingRecord {
     BindingRecord {
+        vhost: vhost.to_string(),
         source: source.to_string(),
         destination_kind: match b.destination {
             Destination::Queue(_) => DestinationKind::Queue,

@@ -5,8 +5,9 @@
 use super::*;
 
 impl Broker {
-    pub fn exchange_declare(&self, m: &ExchangeDeclare) -> Result<()> {
+    pub fn exchange_declare(&self, vhost: &str, m: &ExchangeDeclare) -> Result<()> {
         let mut st = self.state.lock();
+        let Some(v) = st.vhosts.get_mut(vhost) else { return Err(no_vhost(vhost)) };
         if m.exchange.is_empty() {
             return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
@@ -14,13 +15,13 @@ impl Broker {
         if !m.passive && ExchangeKind::parse(&m.kind).is_none() {
             return Err(AmqpError::command_invalid(format!("invalid exchange type '{}'", m.kind)));
         }
-        if let Some(ex) = st.exchanges.get(&m.exchange) {
+        if let Some(ex) = v.exchanges.get(&m.exchange) {
             if m.passive {
                 return Ok(());
             }
             let mismatch = |what: &str, received: &str, current: &str| {
                 AmqpError::precondition(format!(
-                    "inequivalent arg '{what}' for exchange '{}' in vhost '/': received '{received}' but current is '{current}'",
+                    "inequivalent arg '{what}' for exchange '{}' in vhost '{vhost}': received '{received}' but current is '{current}'",
                     m.exchange
                 ))
             };
@@ -39,7 +40,7 @@ impl Broker {
             return Ok(());
         }
         if m.passive {
-            return Err(no_exchange(&m.exchange));
+            return Err(no_exchange(vhost, &m.exchange));
         }
         if m.exchange.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
@@ -52,40 +53,42 @@ impl Broker {
         };
         let ex = Exchange::new(&m.exchange, kind, m.durable, m.auto_delete, m.internal, m.arguments.clone());
         if ex.durable {
-            self.store.define(exchange_record(&ex)).map_err(store_failed)?;
+            self.store.define(exchange_record(vhost, &ex)).map_err(store_failed)?;
         }
-        st.exchanges.insert(m.exchange.clone(), ex);
+        v.exchanges.insert(m.exchange.clone(), ex);
         Ok(())
     }
 
-    pub fn exchange_delete(&self, name: &str, if_unused: bool) -> Result<()> {
+    pub fn exchange_delete(&self, vhost: &str, name: &str, if_unused: bool) -> Result<()> {
         let mut st = self.state.lock();
+        let Some(v) = st.vhosts.get(vhost) else { return Err(no_vhost(vhost)) };
         if name.is_empty() {
             return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         if name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
-                "deletion of system exchange '{name}' in vhost '/' not allowed"
+                "deletion of system exchange '{name}' in vhost '{vhost}' not allowed"
             )));
         }
-        let Some(ex) = st.exchanges.get(name) else {
+        let Some(ex) = v.exchanges.get(name) else {
             // RabbitMQ answers delete-ok for an exchange that does not exist.
             return Ok(());
         };
-        let used_as_destination = st
+        let used_as_destination = v
             .exchanges
             .values()
             .any(|e| e.bindings.iter().any(|b| b.destination == Destination::Exchange(name.to_string())));
         if if_unused && (!ex.bindings.is_empty() || used_as_destination) {
-            return Err(AmqpError::precondition(format!("exchange '{name}' in vhost '/' in use")));
+            return Err(AmqpError::precondition(format!("exchange '{name}' in vhost '{vhost}' in use")));
         }
-        st.delete_exchange(name, &self.store);
+        st.delete_exchange(vhost, name, &self.store);
         Ok(())
     }
 
     /// exchange.bind / queue.bind.
     pub fn bind(
         &self,
+        vhost: &str,
         conn: u64,
         source: &str,
         destination: Destination,
@@ -93,15 +96,18 @@ impl Broker {
         arguments: &FieldTable,
     ) -> Result<()> {
         let mut st = self.state.lock();
-        let durable = st.check_binding_ends(conn, source, &destination)?;
-        let Some(ex) = st.exchanges.get_mut(source) else { return Err(no_exchange(source)) };
+        let durable = st.check_binding_ends(vhost, conn, source, &destination)?;
+        let Some(ex) = st.vhosts.get_mut(vhost).and_then(|v| v.exchanges.get_mut(source)) else {
+            return Err(no_exchange(vhost, source));
+        };
         if ex.kind == ExchangeKind::Headers {
             check_x_match(arguments)?;
         }
         let binding = Binding { destination, routing_key: routing_key.to_string(), arguments: arguments.clone() };
         if !ex.bindings.contains(&binding) {
             if durable {
-                self.store.define(Record::BindingAdd(binding_record(source, &binding))).map_err(store_failed)?;
+                let record = Record::BindingAdd(binding_record(vhost, source, &binding));
+                self.store.define(record).map_err(store_failed)?;
             }
             ex.bindings.push(binding);
         }
@@ -111,6 +117,7 @@ impl Broker {
     /// exchange.unbind / queue.unbind. Removing a binding that does not exist succeeds.
     pub fn unbind(
         &self,
+        vhost: &str,
         conn: u64,
         source: &str,
         destination: Destination,
@@ -121,42 +128,45 @@ impl Broker {
         // As RabbitMQ: unbinding from or to something already gone (an
         // auto-delete exchange goes with its last binding) succeeds.
         let dest_exists = match &destination {
-            Destination::Queue(name) => st.queues.contains_key(name.as_str()),
-            Destination::Exchange(name) => st.exchanges.contains_key(name),
+            Destination::Queue(name) => st.queue(vhost, name).is_some(),
+            Destination::Exchange(name) => st.exchange(vhost, name).is_some(),
         };
-        if !source.is_empty() && (!st.exchanges.contains_key(source) || !dest_exists) {
+        if !source.is_empty() && (st.exchange(vhost, source).is_none() || !dest_exists) {
             return Ok(());
         }
-        let durable = st.check_binding_ends(conn, source, &destination)?;
-        let Some(ex) = st.exchanges.get_mut(source) else { return Err(no_exchange(source)) };
+        let durable = st.check_binding_ends(vhost, conn, source, &destination)?;
+        let Some(ex) = st.vhosts.get_mut(vhost).and_then(|v| v.exchanges.get_mut(source)) else {
+            return Err(no_exchange(vhost, source));
+        };
         let binding = Binding { destination, routing_key: routing_key.to_string(), arguments: arguments.clone() };
         let before = ex.bindings.len();
         ex.bindings.retain(|b| *b != binding);
         if ex.bindings.len() != before {
             if durable {
-                self.store.define(Record::BindingRemove(binding_record(source, &binding))).map_err(store_failed)?;
+                let record = Record::BindingRemove(binding_record(vhost, source, &binding));
+                self.store.define(record).map_err(store_failed)?;
             }
             if ex.auto_delete && ex.bindings.is_empty() {
                 let name = ex.name.clone();
-                st.delete_exchange(&name, &self.store);
+                st.delete_exchange(vhost, &name, &self.store);
             }
         }
         Ok(())
     }
 
     /// Whether the named exchange is a topic exchange (topic permissions apply).
-    pub fn is_topic_exchange(&self, name: &str) -> bool {
-        self.state.lock().exchanges.get(name).is_some_and(|ex| ex.kind == ExchangeKind::Topic)
+    pub fn is_topic_exchange(&self, vhost: &str, name: &str) -> bool {
+        self.state.lock().exchange(vhost, name).is_some_and(|ex| ex.kind == ExchangeKind::Topic)
     }
 
     /// Fails unless the exchange exists and clients may publish to it.
-    pub fn check_publishable(&self, exchange: &str) -> Result<()> {
+    pub fn check_publishable(&self, vhost: &str, exchange: &str) -> Result<()> {
         let st = self.state.lock();
-        match st.exchanges.get(exchange) {
-            None => Err(no_exchange(exchange)),
-            Some(ex) if ex.internal => {
-                Err(AmqpError::access_refused(format!("cannot publish to internal exchange '{exchange}' in vhost '/'")))
-            }
+        match st.exchange(vhost, exchange) {
+            None => Err(no_exchange(vhost, exchange)),
+            Some(ex) if ex.internal => Err(AmqpError::access_refused(format!(
+                "cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"
+            ))),
             Some(_) => Ok(()),
         }
     }
@@ -169,16 +179,17 @@ impl State {
     /// `alternate-exchange` (and that one's, in turn).
     pub(super) fn route_publish(
         &self,
+        vhost: &str,
         exchange: &str,
         routing_key: &str,
         headers: Option<&FieldTable>,
     ) -> Result<Vec<String>> {
+        let Some(v) = self.vhosts.get(vhost) else { return Err(no_vhost(vhost)) };
         let selected = headers.is_some_and(|h| h.get("CC").is_some() || h.get("BCC").is_some());
         if !selected {
             // The common case: one routing key, no alternate exchange needed.
-            let queues = self.route(exchange, routing_key, headers)?;
-            let has_alternate =
-                || self.exchanges.get(exchange).is_some_and(|ex| self.alternate_exchange_of(ex).is_some());
+            let queues = v.route(exchange, routing_key, headers)?;
+            let has_alternate = || v.exchanges.get(exchange).is_some_and(|ex| v.alternate_exchange_of(ex).is_some());
             if !queues.is_empty() || exchange.is_empty() || !has_alternate() {
                 return Ok(queues);
             }
@@ -193,7 +204,7 @@ impl State {
         loop {
             let mut queues: Vec<String> = Vec::new();
             for key in &keys {
-                for q in self.route(&current, key, headers)? {
+                for q in v.route(&current, key, headers)? {
                     if !queues.contains(&q) {
                         queues.push(q);
                     }
@@ -203,21 +214,69 @@ impl State {
                 return Ok(queues);
             }
             tried.push(current.clone());
-            let alternate = self.exchanges.get(&current).and_then(|ex| self.alternate_exchange_of(ex));
+            let alternate = v.exchanges.get(&current).and_then(|ex| v.alternate_exchange_of(ex));
             match alternate {
-                Some(ae) if !tried.contains(&ae) && self.exchanges.contains_key(&ae) => current = ae,
+                Some(ae) if !tried.contains(&ae) && v.exchanges.contains_key(&ae) => current = ae,
                 _ => return Ok(queues),
             }
         }
     }
 
+    /// Checks both ends of a binding; returns whether it is durable (both ends are).
+    pub(super) fn check_binding_ends(
+        &self,
+        vhost: &str,
+        conn: u64,
+        source: &str,
+        destination: &Destination,
+    ) -> Result<bool> {
+        if source.is_empty() || destination.name().is_empty() && matches!(destination, Destination::Exchange(_)) {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        let Some(v) = self.vhosts.get(vhost) else { return Err(no_vhost(vhost)) };
+        let src = v.exchanges.get(source).ok_or_else(|| no_exchange(vhost, source))?;
+        let dest_durable = match destination {
+            Destination::Queue(name) => {
+                let q = v.queues.get(name.as_str()).ok_or_else(|| no_queue(vhost, name))?;
+                check_owner(q, conn)?;
+                q.store_id.is_some()
+            }
+            Destination::Exchange(name) => v.exchanges.get(name).ok_or_else(|| no_exchange(vhost, name))?.durable,
+        };
+        Ok(src.durable && dest_durable)
+    }
+
+    pub(super) fn delete_exchange(&mut self, vhost: &str, name: &str, store: &LogStore) {
+        let Some(v) = self.vhosts.get_mut(vhost) else { return };
+        let Some(ex) = v.exchanges.remove(name) else { return };
+        if ex.durable
+            && let Err(e) = store.define(Record::ExchangeDelete { vhost: vhost.to_string(), name: name.to_string() })
+        {
+            tracing::error!("exchange '{name}' in vhost '{vhost}' deleted in memory only: {e}");
+        }
+        let dest = Destination::Exchange(name.to_string());
+        let mut emptied = Vec::new();
+        for other in v.exchanges.values_mut() {
+            let before = other.bindings.len();
+            other.bindings.retain(|b| b.destination != dest);
+            if other.auto_delete && before > 0 && other.bindings.is_empty() {
+                emptied.push(other.name.clone());
+            }
+        }
+        for e in emptied {
+            self.delete_exchange(vhost, &e, store);
+        }
+    }
+}
+
+impl VHost {
     /// The queues a message published to `exchange` reaches, following
     /// exchange-to-exchange bindings, each queue once.
     pub(super) fn route(&self, exchange: &str, routing_key: &str, headers: Option<&FieldTable>) -> Result<Vec<String>> {
         if exchange.is_empty() {
             return Ok(if self.queues.contains_key(routing_key) { vec![routing_key.to_string()] } else { Vec::new() });
         }
-        let Some(start) = self.exchanges.get(exchange) else { return Err(no_exchange(exchange)) };
+        let Some(start) = self.exchanges.get(exchange) else { return Err(no_exchange(&self.info.name, exchange)) };
         let mut queues: Vec<String> = Vec::new();
         let mut visited: Vec<&str> = vec![exchange];
         let mut pending: Vec<&Exchange> = vec![start];
@@ -244,44 +303,6 @@ impl State {
             }
         }
         Ok(queues)
-    }
-
-    /// Checks both ends of a binding; returns whether it is durable (both ends are).
-    pub(super) fn check_binding_ends(&self, conn: u64, source: &str, destination: &Destination) -> Result<bool> {
-        if source.is_empty() || destination.name().is_empty() && matches!(destination, Destination::Exchange(_)) {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
-        }
-        let src = self.exchanges.get(source).ok_or_else(|| no_exchange(source))?;
-        let dest_durable = match destination {
-            Destination::Queue(name) => {
-                let q = self.queues.get(name.as_str()).ok_or_else(|| no_queue(name))?;
-                check_owner(q, conn)?;
-                q.store_id.is_some()
-            }
-            Destination::Exchange(name) => self.exchanges.get(name).ok_or_else(|| no_exchange(name))?.durable,
-        };
-        Ok(src.durable && dest_durable)
-    }
-
-    pub(super) fn delete_exchange(&mut self, name: &str, store: &LogStore) {
-        let Some(ex) = self.exchanges.remove(name) else { return };
-        if ex.durable
-            && let Err(e) = store.define(Record::ExchangeDelete { name: name.to_string() })
-        {
-            tracing::error!("exchange '{name}' deleted in memory only: {e}");
-        }
-        let dest = Destination::Exchange(name.to_string());
-        let mut emptied = Vec::new();
-        for other in self.exchanges.values_mut() {
-            let before = other.bindings.len();
-            other.bindings.retain(|b| b.destination != dest);
-            if other.auto_delete && before > 0 && other.bindings.is_empty() {
-                emptied.push(other.name.clone());
-            }
-        }
-        for e in emptied {
-            self.delete_exchange(&e, store);
-        }
     }
 }
 

@@ -59,41 +59,46 @@ impl State {
     /// Expires messages whose time came, and deletes queues unused for
     /// their `x-expires`.
     fn expire_all(&mut self, now: u64, store: &LogStore) {
-        let due: Vec<(Arc<str>, u64)> = self
-            .queues
+        let due: Vec<(Arc<str>, Arc<str>, u64)> = self
+            .vhosts
             .values()
+            .flat_map(|v| v.queues.values())
             .filter(|q| q.next_expiry().is_some_and(|at| now >= at))
-            .map(|q| (q.name.clone(), q.incarnation))
+            .map(|q| (q.vhost.clone(), q.name.clone(), q.incarnation))
             .collect();
-        for (name, incarnation) in due {
-            self.expire_messages(&name, incarnation, store);
-            self.drain(&name, store);
+        for (vhost, name, incarnation) in due {
+            self.expire_messages(&vhost, &name, incarnation, store);
+            self.drain(&vhost, &name, store);
         }
-        let unused: Vec<Arc<str>> = self
-            .queues
+        let unused: Vec<(Arc<str>, Arc<str>)> = self
+            .vhosts
             .values()
+            .flat_map(|v| v.queues.values())
             .filter(|q| {
                 q.args.expires.is_some_and(|ttl| now >= q.last_used.saturating_add(ttl)) && q.consumers.is_empty()
             })
-            .map(|q| q.name.clone())
+            .map(|q| (q.vhost.clone(), q.name.clone()))
             .collect();
-        for name in unused {
-            tracing::info!("queue '{name}' expired: unused for its x-expires");
-            self.delete_queue(&name, store);
+        for (vhost, name) in unused {
+            tracing::info!("queue '{name}' in vhost '{vhost}' expired: unused for its x-expires");
+            self.delete_queue(&vhost, &name, store);
         }
     }
 
     /// Closes channels whose oldest unacknowledged delivery is older than
     /// its queue's `x-consumer-timeout` or the broker's `consumer_timeout`.
     fn check_consumer_timeouts(&mut self, now: u64) {
-        let State { channels, queues, connections, consumer_timeout, .. } = self;
+        let State { channels, vhosts, connections, consumer_timeout, .. } = self;
         for (&(conn, channel), ch) in channels.iter_mut() {
             if ch.timed_out {
                 continue;
             }
             let Some((_, oldest)) = ch.unacked.first_key_value() else { continue };
             // The consumer's own x-consumer-timeout, else its queue's, else the broker's.
-            let q = queues.get(&oldest.queue).filter(|q| q.incarnation == oldest.incarnation);
+            let q = vhosts
+                .get(&ch.vhost)
+                .and_then(|v| v.queues.get(&oldest.queue))
+                .filter(|q| q.incarnation == oldest.incarnation);
             let consumer = oldest.consumer_tag.as_ref().and_then(|tag| {
                 q.and_then(|q| {
                     q.consumers.iter().find(|c| c.tag == *tag && c.connection.id == conn && c.channel == channel)

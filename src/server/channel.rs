@@ -246,7 +246,7 @@ impl Connection {
         let exchange = message.exchange.clone();
         let result = if let Some(ops) = ch.tx.as_mut() {
             ops.push(TxOp::Publish { exchange: exchange.clone(), mandatory, headers: properties.headers, message });
-            self.broker.check_publishable(&exchange)
+            self.broker.check_publishable(&self.vhost, &exchange)
         } else {
             self.publish_now(channel, &exchange, mandatory, properties.headers.as_ref(), message)
         };
@@ -268,7 +268,7 @@ impl Connection {
         message: Arc<Message>,
     ) -> Result<(), AmqpError> {
         let confirm = self.channels.get(&channel).is_some_and(|c| c.confirm);
-        let routed = match self.broker.publish(exchange, headers, message.clone()) {
+        let routed = match self.broker.publish(&self.vhost, exchange, headers, message.clone()) {
             Ok(routed) => routed,
             // The log failed: a confirm-mode publisher gets a nack and keeps its channel.
             Err(err) if confirm && err.code == reply::INTERNAL_ERROR => {

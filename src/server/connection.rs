@@ -224,7 +224,7 @@ impl Connection {
                 // Let the writer put the consume-ok replies on the wire first.
                 tokio::task::yield_now().await;
                 for queue in std::mem::take(&mut self.start_delivery) {
-                    self.broker.start_delivery(&queue);
+                    self.broker.start_delivery(&self.vhost, &queue);
                 }
             }
             self.wait_for_the_log().await;

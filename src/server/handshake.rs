@@ -14,6 +14,9 @@ use crate::protocol::constants::{FRAME_MIN_SIZE, PROTOCOL_HEADER};
 use crate::protocol::method::*;
 use crate::protocol::{FieldTable, FieldValue, Frame, Method, reply};
 
+/// Class and method id of connection.open, named in a refusal of it.
+const CONNECTION_OPEN_IDS: (u16, u16) = (10, 40);
+
 fn server_properties() -> FieldTable {
     let mut caps = FieldTable::new();
     for cap in [
@@ -122,38 +125,48 @@ impl Connection {
                 .into());
             }
         };
-        if open.virtual_host != "/" {
-            return Err(CloseReason::new(reply::NOT_ALLOWED, format!("vhost {} not found", open.virtual_host)).into());
-        }
-        if !self.broker.access().may_enter(&self.user, &open.virtual_host) {
+        let vhost = open.virtual_host.as_str();
+        let client = ["product", "version"]
+            .iter()
+            .filter_map(|k| start_ok.client_properties.get(k).and_then(FieldValue::as_str))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let info = ConnectionInfo {
+            peer: self.peer.to_string(),
+            user: self.user.clone(),
+            vhost: vhost.to_string(),
+            client,
+            heartbeat: self.heartbeat,
+            frame_max: self.frame_max,
+        };
+        // As RabbitMQ: the vhost and its connection limit first, then the
+        // user's access to it; registering checks the limit again, atomically.
+        self.broker
+            .check_vhost_entry(vhost, &self.user)
+            .map_err(|e| CloseReason::from_error(e, CONNECTION_OPEN_IDS))?;
+        if !self.broker.access().may_enter(&self.user, vhost) {
             return Err(CloseReason::new(
                 reply::NOT_ALLOWED,
                 format!("access to vhost '{}' refused for user '{}'", open.virtual_host, self.user),
             )
             .into());
         }
+        self.broker
+            .register_connection(self.handle.clone(), info)
+            .map_err(|e| CloseReason::from_error(e, CONNECTION_OPEN_IDS))?;
+        self.registered = true;
         self.vhost = open.virtual_host.clone();
         self.handle.cancel_notify =
             client_caps.get("consumer_cancel_notify").and_then(FieldValue::as_bool).unwrap_or(false);
         self.blocked_notify = client_caps.get("connection.blocked").and_then(FieldValue::as_bool).unwrap_or(false);
         self.handle.method(0, ConnectionOpenOk::default());
-        let client = ["product", "version"]
-            .iter()
-            .filter_map(|k| start_ok.client_properties.get(k).and_then(FieldValue::as_str))
-            .collect::<Vec<_>>()
-            .join(" ");
-        self.broker.register_connection(
-            self.handle.clone(),
-            ConnectionInfo {
-                peer: self.peer.to_string(),
-                user: self.user.clone(),
-                client,
-                heartbeat: self.heartbeat,
-                frame_max: self.frame_max,
-            },
+        tracing::info!(
+            connection = self.id,
+            "connection {} accepted (user '{}', vhost '{}')",
+            self.peer,
+            self.user,
+            self.vhost
         );
-        self.registered = true;
-        tracing::info!(connection = self.id, "connection {} accepted (user '{}', vhost '/')", self.peer, self.user);
         Ok(())
     }
 

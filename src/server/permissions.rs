@@ -55,7 +55,7 @@ impl Connection {
 
     /// Topic permission on a routing key, for a topic exchange.
     pub(super) fn check_topic(&self, exchange: &str, routing_key: &str, write: bool) -> Result<(), AmqpError> {
-        if !self.broker.access().any_topic_permissions() || !self.broker.is_topic_exchange(exchange) {
+        if !self.broker.access().any_topic_permissions() || !self.broker.is_topic_exchange(&self.vhost, exchange) {
             return Ok(());
         }
         if self.broker.access().topic_permitted(&self.user, &self.vhost, exchange, write, routing_key) {

@@ -10,7 +10,8 @@ use super::format::*;
 /// Durable definitions, restated at the start of every segment.
 #[derive(Debug, Default, Clone)]
 pub struct Definitions {
-    pub exchanges: BTreeMap<String, Record>,
+    /// (vhost, name) -> declare record.
+    pub exchanges: BTreeMap<(String, String), Record>,
     pub queues: BTreeMap<u32, Record>,
     pub bindings: Vec<BindingRecord>,
     /// (kind, key) -> JSON value.
@@ -20,21 +21,25 @@ pub struct Definitions {
 impl Definitions {
     pub fn apply(&mut self, record: &Record) {
         match record {
-            Record::ExchangeDeclare { name, .. } => {
-                self.exchanges.insert(name.clone(), record.clone());
+            Record::ExchangeDeclare { vhost, name, .. } => {
+                self.exchanges.insert((vhost.clone(), name.clone()), record.clone());
             }
-            Record::ExchangeDelete { name } => {
-                self.exchanges.remove(name);
+            Record::ExchangeDelete { vhost, name } => {
+                self.exchanges.remove(&(vhost.clone(), name.clone()));
                 self.bindings.retain(|b| {
-                    b.source != *name && !(b.destination_kind == DestinationKind::Exchange && b.destination == *name)
+                    b.vhost != *vhost
+                        || b.source != *name
+                            && !(b.destination_kind == DestinationKind::Exchange && b.destination == *name)
                 });
             }
             Record::QueueDeclare { queue, .. } => {
                 self.queues.insert(*queue, record.clone());
             }
             Record::QueueDelete { queue } => {
-                if let Some(Record::QueueDeclare { name, .. }) = self.queues.remove(queue) {
-                    self.bindings.retain(|b| !(b.destination_kind == DestinationKind::Queue && b.destination == name));
+                if let Some(Record::QueueDeclare { vhost, name, .. }) = self.queues.remove(queue) {
+                    self.bindings.retain(|b| {
+                        !(b.vhost == vhost && b.destination_kind == DestinationKind::Queue && b.destination == name)
+                    });
                 }
             }
             Record::BindingAdd(b) if !self.bindings.contains(b) => self.bindings.push(b.clone()),

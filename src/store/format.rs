@@ -11,9 +11,9 @@
 use bytes::{BufMut, Bytes};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"WARRENLG";
-/// The version this build writes. Versions 1 and 2 segments are still read.
-pub const FORMAT_VERSION: u32 = 3;
-/// Header length of a version 2 or 3 segment (3 is written now).
+/// The version this build writes. Versions 1 to 3 segments are still read.
+pub const FORMAT_VERSION: u32 = 4;
+/// Header length of a version 2, 3 or 4 segment (4 is written now).
 pub const SEGMENT_HEADER_LEN: usize = 40;
 /// Header length of a version 1 segment.
 pub const SEGMENT_HEADER_LEN_V1: usize = 32;
@@ -92,6 +92,13 @@ pub const FLAG_WIDE: u8 = 4;
 /// A message record carrying its publish time (format 3), so that TTLs
 /// count from the publish across restarts.
 pub const FLAG_TIMED: u8 = 8;
+/// A definition record (exchange, queue or binding) of a virtual host other
+/// than "/" (format 4): its payload starts with the vhost name (str8).
+/// Without the flag a definition belongs to "/", as every one did before.
+pub const FLAG_VHOST: u8 = 16;
+
+/// The virtual host every log before format 4 had, and the default one.
+pub const DEFAULT_VHOST: &str = "/";
 
 /// Group flag: everything before this group in the log had been made
 /// durable when the group was written.
@@ -160,7 +167,7 @@ impl SegmentHeader {
         let version = u32_at(8);
         let expected_len = match version {
             1 => SEGMENT_HEADER_LEN_V1,
-            2 | 3 => SEGMENT_HEADER_LEN,
+            2..=FORMAT_VERSION => SEGMENT_HEADER_LEN,
             _ => {
                 return Err(FormatError::BadHeader(format!(
                     "format version {version}; this build reads versions 1 to {FORMAT_VERSION}"
@@ -240,6 +247,7 @@ pub enum DestinationKind {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     ExchangeDeclare {
+        vhost: String,
         name: String,
         kind: String,
         auto_delete: bool,
@@ -247,10 +255,12 @@ pub enum Record {
         arguments: Bytes,
     },
     ExchangeDelete {
+        vhost: String,
         name: String,
     },
     QueueDeclare {
         queue: u32,
+        vhost: String,
         name: String,
         auto_delete: bool,
         arguments: Bytes,
@@ -298,6 +308,7 @@ pub enum Record {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BindingRecord {
+    pub vhost: String,
     pub source: String,
     pub destination_kind: DestinationKind,
     pub destination: String,
@@ -343,19 +354,42 @@ impl Record {
         if let Record::Group { position, length, synced_before } = self {
             return encode_group(out, 0, *position, *length, *synced_before);
         }
+        let vhost = self.vhost().filter(|v| *v != DEFAULT_VHOST);
         let flags = match self {
             Record::Message(m) => message_flags(flags, m.queues.len(), m.published_ms),
+            _ if vhost.is_some() => flags | FLAG_VHOST,
             _ => flags,
         };
-        frame(out, self.type_code(), flags, |out| match self {
-            Record::ExchangeDeclare { name, kind, auto_delete, internal, arguments } => {
+        frame(out, self.type_code(), flags, |out| {
+            if let Some(vhost) = vhost {
+                put_str8(out, vhost);
+            }
+            self.encode_payload(out)
+        });
+    }
+
+    /// The virtual host of a definition record (None for other records).
+    pub fn vhost(&self) -> Option<&str> {
+        match self {
+            Record::ExchangeDeclare { vhost, .. }
+            | Record::ExchangeDelete { vhost, .. }
+            | Record::QueueDeclare { vhost, .. } => Some(vhost),
+            Record::BindingAdd(b) | Record::BindingRemove(b) => Some(&b.vhost),
+            _ => None,
+        }
+    }
+
+    /// The payload after the vhost prefix.
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        match self {
+            Record::ExchangeDeclare { name, kind, auto_delete, internal, arguments, .. } => {
                 put_str8(out, name);
                 out.put_u8(EXCHANGE_KINDS.iter().position(|k| k == kind).map_or(0, |i| i as u8 + 1));
                 out.put_u8(*auto_delete as u8 | (*internal as u8) << 1);
                 put_bytes32(out, arguments);
             }
-            Record::ExchangeDelete { name } => put_str8(out, name),
-            Record::QueueDeclare { queue, name, auto_delete, arguments } => {
+            Record::ExchangeDelete { name, .. } => put_str8(out, name),
+            Record::QueueDeclare { queue, name, auto_delete, arguments, .. } => {
                 out.put_u32_le(*queue);
                 put_str8(out, name);
                 out.put_u8(*auto_delete as u8);
@@ -394,12 +428,17 @@ impl Record {
                 put_bytes32(out, key.as_bytes());
             }
             Record::Group { .. } => {}
-        });
+        }
     }
 
     /// Decodes a record payload of the given type and record flags.
     pub fn decode(kind: u8, flags: u8, payload: Bytes) -> Result<Record, FormatError> {
         let mut r = Cursor { buf: payload, pos: 0 };
+        let definition = matches!(
+            kind,
+            TYPE_EXCHANGE_DECLARE | TYPE_EXCHANGE_DELETE | TYPE_QUEUE_DECLARE | TYPE_BINDING_ADD | TYPE_BINDING_REMOVE
+        );
+        let vhost = if definition && flags & FLAG_VHOST != 0 { r.str8()? } else { DEFAULT_VHOST.to_string() };
         let record = match kind {
             TYPE_EXCHANGE_DECLARE => {
                 let name = r.str8()?;
@@ -410,6 +449,7 @@ impl Record {
                     .to_string();
                 let flags = r.u8()?;
                 Record::ExchangeDeclare {
+                    vhost,
                     name,
                     kind,
                     auto_delete: flags & 1 != 0,
@@ -417,9 +457,10 @@ impl Record {
                     arguments: r.bytes32()?,
                 }
             }
-            TYPE_EXCHANGE_DELETE => Record::ExchangeDelete { name: r.str8()? },
+            TYPE_EXCHANGE_DELETE => Record::ExchangeDelete { vhost, name: r.str8()? },
             TYPE_QUEUE_DECLARE => Record::QueueDeclare {
                 queue: r.u32()?,
+                vhost,
                 name: r.str8()?,
                 auto_delete: r.u8()? & 1 != 0,
                 arguments: r.bytes32()?,
@@ -433,6 +474,7 @@ impl Record {
                     other => return Err(FormatError::DestinationKind(other)),
                 };
                 let b = BindingRecord {
+                    vhost,
                     source,
                     destination_kind,
                     destination: r.str8()?,

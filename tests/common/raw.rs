@@ -33,31 +33,53 @@ impl RawClient {
 
     /// The handshake, announcing these client properties (e.g. capabilities).
     pub async fn open_with_properties(addr: SocketAddr, heartbeat: u16, client_properties: FieldTable) -> RawClient {
+        match RawClient::handshake(addr, ("guest", "guest", "/"), heartbeat, client_properties).await {
+            Ok(c) => c,
+            Err(close) => panic!("expected connection.open-ok, got {close:?}"),
+        }
+    }
+
+    /// The handshake as `user` with `password` into `vhost`: the opened
+    /// connection, or the broker's connection.close (code and text).
+    pub async fn open_as(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+        vhost: &str,
+    ) -> Result<RawClient, (u16, String)> {
+        RawClient::handshake(addr, (user, password, vhost), 0, FieldTable::new())
+            .await
+            .map_err(|close| (close.reply_code, close.reply_text))
+    }
+
+    async fn handshake(
+        addr: SocketAddr,
+        (user, password, vhost): (&str, &str, &str),
+        heartbeat: u16,
+        client_properties: FieldTable,
+    ) -> Result<RawClient, ConnectionClose> {
         let mut c = RawClient::connect(addr).await;
         c.send_bytes(HEADER).await;
         let tune = loop {
             match c.expect_method().await {
                 Method::ConnectionStart(_) => {
-                    c.send_method(
-                        0,
-                        ConnectionStartOk {
-                            client_properties: client_properties.clone(),
-                            mechanism: "PLAIN".into(),
-                            response: Bytes::from_static(b"\0guest\0guest"),
-                            locale: "en_US".into(),
-                        },
-                    )
-                    .await
+                    let response = Bytes::from(format!("\0{user}\0{password}"));
+                    let mechanism = "PLAIN".into();
+                    let locale = "en_US".into();
+                    let client_properties = client_properties.clone();
+                    c.send_method(0, ConnectionStartOk { client_properties, mechanism, response, locale }).await
                 }
                 Method::ConnectionTune(t) => break t,
+                Method::ConnectionClose(close) => return Err(close),
                 other => panic!("unexpected {other:?} during handshake"),
             }
         };
         c.send_method(0, ConnectionTuneOk { channel_max: tune.channel_max, frame_max: tune.frame_max, heartbeat })
             .await;
-        c.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() }).await;
+        c.send_method(0, ConnectionOpen { virtual_host: vhost.into(), ..Default::default() }).await;
         match c.expect_method().await {
-            Method::ConnectionOpenOk(_) => c,
+            Method::ConnectionOpenOk(_) => Ok(c),
+            Method::ConnectionClose(close) => Err(close),
             other => panic!("expected connection.open-ok, got {other:?}"),
         }
     }

@@ -22,9 +22,9 @@ pub(crate) fn flags_text(flags: u8) -> String {
     if flags & FLAG_RELOCATED != 0 {
         parts.push("RELOCATED".to_string());
     }
-    // WIDE and TIMED only say how a message record is laid out; its
-    // fields show what they mean.
-    let other = flags & !(FLAG_SNAPSHOT | FLAG_RELOCATED | FLAG_WIDE | FLAG_TIMED);
+    // WIDE, TIMED and VHOST only say how a record is laid out; its fields
+    // show what they mean.
+    let other = flags & !(FLAG_SNAPSHOT | FLAG_RELOCATED | FLAG_WIDE | FLAG_TIMED | FLAG_VHOST);
     if other != 0 {
         parts.push(format!("{other:#04x}"));
     }
@@ -34,6 +34,11 @@ pub(crate) fn flags_text(flags: u8) -> String {
 pub(crate) fn flags_json(flags: u8) -> Value {
     let text = flags_text(flags);
     if text == "-" { json!([]) } else { json!(text.split('|').collect::<Vec<_>>()) }
+}
+
+/// `vhost="…" ` for a definition outside the default vhost; nothing for "/".
+fn vhost_text(vhost: &str) -> String {
+    if vhost == DEFAULT_VHOST { String::new() } else { format!("vhost={vhost:?} ") }
 }
 
 pub(crate) fn queue_text(id: u32, names: &HashMap<u32, String>) -> String {
@@ -79,18 +84,21 @@ pub(crate) fn record_text(
     names: &HashMap<u32, String>,
 ) -> String {
     let fields = match record {
-        Record::ExchangeDeclare { name, kind, auto_delete, internal, arguments } => format!(
-            "name={name:?} exchange_type={kind} auto_delete={auto_delete} internal={internal}{}",
+        Record::ExchangeDeclare { vhost, name, kind, auto_delete, internal, arguments } => format!(
+            "{}name={name:?} exchange_type={kind} auto_delete={auto_delete} internal={internal}{}",
+            vhost_text(vhost),
             arguments_text(arguments)
         ),
-        Record::ExchangeDelete { name } => format!("name={name:?}"),
+        Record::ExchangeDelete { vhost, name } => format!("{}name={name:?}", vhost_text(vhost)),
         Record::Parameter { kind, key, value } => {
             format!("kind={} key={:?} value={}", kind.name(), key, String::from_utf8_lossy(value))
         }
         Record::ParameterDelete { kind, key } => format!("kind={} key={:?}", kind.name(), key),
-        Record::QueueDeclare { queue, name, auto_delete, arguments } => {
-            format!("queue=#{queue} name={name:?} auto_delete={auto_delete}{}", arguments_text(arguments))
-        }
+        Record::QueueDeclare { queue, vhost, name, auto_delete, arguments } => format!(
+            "{}queue=#{queue} name={name:?} auto_delete={auto_delete}{}",
+            vhost_text(vhost),
+            arguments_text(arguments)
+        ),
         Record::QueueDelete { queue } => format!("queue={}", queue_text(*queue, names)),
         Record::BindingAdd(b) | Record::BindingRemove(b) => binding_text(b),
         Record::Message(m) => message_text(m, live, names),
@@ -139,7 +147,8 @@ pub(crate) fn binding_text(b: &BindingRecord) -> String {
         DestinationKind::Exchange => "exchange",
     };
     format!(
-        "source={:?} destination={kind} {:?} routing_key={:?}{}",
+        "{}source={:?} destination={kind} {:?} routing_key={:?}{}",
+        vhost_text(&b.vhost),
         b.source,
         b.destination,
         b.routing_key,
@@ -169,14 +178,18 @@ pub(crate) fn record_json(
         o.insert(k.to_string(), v);
     };
     match record {
-        Record::ExchangeDeclare { name, kind, auto_delete, internal, arguments } => {
+        Record::ExchangeDeclare { vhost, name, kind, auto_delete, internal, arguments } => {
+            put("vhost", json!(vhost));
             put("name", json!(name));
             put("exchange_type", json!(kind));
             put("auto_delete", json!(auto_delete));
             put("internal", json!(internal));
             put("arguments", arguments_json(arguments));
         }
-        Record::ExchangeDelete { name } => put("name", json!(name)),
+        Record::ExchangeDelete { vhost, name } => {
+            put("vhost", json!(vhost));
+            put("name", json!(name));
+        }
         Record::Parameter { kind, key, value } => {
             put("parameter", json!(kind.name()));
             put("key", json!(key));
@@ -186,13 +199,15 @@ pub(crate) fn record_json(
             put("parameter", json!(kind.name()));
             put("key", json!(key));
         }
-        Record::QueueDeclare { queue, name, auto_delete, arguments } => {
+        Record::QueueDeclare { queue, vhost, name, auto_delete, arguments } => {
+            put("vhost", json!(vhost));
             put("queue", json!({"id": queue, "name": name}));
             put("auto_delete", json!(auto_delete));
             put("arguments", arguments_json(arguments));
         }
         Record::QueueDelete { queue } => put("queue", queue_json(*queue, names)),
         Record::BindingAdd(b) | Record::BindingRemove(b) => {
+            put("vhost", json!(b.vhost));
             put("source", json!(b.source));
             put(
                 "destination_kind",

@@ -37,6 +37,9 @@ struct Args {
     /// Seconds to wait for the broker.
     #[arg(short, long, global = true, default_value_t = 60)]
     timeout: u64,
+    /// The virtual host a verb acts on or lists, as rabbitmqctl's -p.
+    #[arg(short = 'p', long = "vhost", global = true, default_value = "/")]
+    vhost: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,7 +47,7 @@ struct Args {
 #[derive(Subcommand, Debug)]
 #[command(rename_all = "snake_case")]
 enum Command {
-    /// Queues: name messages_ready messages_unacknowledged messages consumers durable auto_delete exclusive arguments message_bytes_ready
+    /// Queues of the vhost: name messages_ready messages_unacknowledged messages consumers durable auto_delete exclusive arguments message_bytes_ready
     ListQueues { columns: Vec<String> },
     /// Exchanges: name type durable auto_delete internal arguments
     ListExchanges { columns: Vec<String> },
@@ -71,45 +74,42 @@ enum Command {
     /// Users: user tags
     ListUsers { columns: Vec<String> },
     /// Sets a user's configure, write and read patterns in a vhost.
-    SetPermissions {
-        #[arg(short = 'p', long = "vhost", default_value = "/")]
-        vhost: String,
-        username: String,
-        conf: String,
-        write: String,
-        read: String,
-    },
+    SetPermissions { username: String, conf: String, write: String, read: String },
     /// Removes a user's permissions in a vhost.
-    ClearPermissions {
-        #[arg(short = 'p', long = "vhost", default_value = "/")]
-        vhost: String,
-        username: String,
-    },
+    ClearPermissions { username: String },
     /// Permissions in a vhost: user configure write read
-    ListPermissions {
-        #[arg(short = 'p', long = "vhost", default_value = "/")]
-        vhost: String,
-        columns: Vec<String>,
-    },
+    ListPermissions { columns: Vec<String> },
     /// A user's permissions: vhost configure write read
     ListUserPermissions { username: String, columns: Vec<String> },
     /// Sets a user's topic permissions (routing-key patterns) on an exchange of a vhost.
-    SetTopicPermissions {
-        #[arg(short = 'p', long = "vhost", default_value = "/")]
-        vhost: String,
-        username: String,
-        exchange: String,
-        write: String,
-        read: String,
-    },
+    SetTopicPermissions { username: String, exchange: String, write: String, read: String },
     /// Topic permissions in a vhost: user exchange write read
-    ListTopicPermissions {
-        #[arg(short = 'p', long = "vhost", default_value = "/")]
-        vhost: String,
-        columns: Vec<String>,
-    },
-    /// Virtual hosts: name description tags
+    ListTopicPermissions { columns: Vec<String> },
+    /// Virtual hosts: name description tags default_queue_type tracing cluster_state
     ListVhosts { columns: Vec<String> },
+    /// Creates a virtual host with its predeclared exchanges.
+    AddVhost {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// Comma-separated tags.
+        #[arg(long)]
+        tags: Option<String>,
+        /// classic or quorum: the type of durable queues declared without x-queue-type.
+        #[arg(long = "default-queue-type")]
+        default_queue_type: Option<String>,
+    },
+    /// Deletes a virtual host and everything in it.
+    DeleteVhost { name: String },
+    /// Sets the limits of the vhost given by -p: '{"max-connections": N, "max-queues": N}'.
+    SetVhostLimits { definition: String },
+    /// Removes the limits of the vhost given by -p.
+    ClearVhostLimits,
+    /// The limits of the vhost given by -p (or of every vhost with --global).
+    ListVhostLimits {
+        #[arg(long)]
+        global: bool,
+    },
     /// Writes every definition as RabbitMQ's JSON definitions file ("-": standard output).
     ExportDefinitions { path: String },
     /// Imports a JSON definitions file (from RabbitMQ or Warren; "-": standard input).
@@ -123,19 +123,17 @@ enum Command {
     /// Removes a policy.
     ClearPolicy(PolicyName),
     /// Policies: vhost name pattern apply-to definition priority
-    ListPolicies(VhostColumns),
+    ListPolicies(Columns),
     /// Sets an operator policy (limits that users' policies cannot lift).
     SetOperatorPolicy(PolicyArgs),
     /// Removes an operator policy.
     ClearOperatorPolicy(PolicyName),
     /// Operator policies: vhost name pattern apply-to definition priority
-    ListOperatorPolicies(VhostColumns),
+    ListOperatorPolicies(Columns),
 }
 
 #[derive(clap::Args, Debug)]
 struct PolicyArgs {
-    #[arg(short = 'p', long = "vhost", default_value = "/")]
-    vhost: String,
     #[arg(long, default_value_t = 0)]
     priority: i64,
     #[arg(long = "apply-to", default_value = "all")]
@@ -148,15 +146,11 @@ struct PolicyArgs {
 
 #[derive(clap::Args, Debug)]
 struct PolicyName {
-    #[arg(short = 'p', long = "vhost", default_value = "/")]
-    vhost: String,
     name: String,
 }
 
 #[derive(clap::Args, Debug)]
-struct VhostColumns {
-    #[arg(short = 'p', long = "vhost", default_value = "/")]
-    vhost: String,
+struct Columns {
     columns: Vec<String>,
 }
 
@@ -187,6 +181,8 @@ struct Listing {
     command: &'static str,
     what: &'static str,
     defaults: &'static [&'static str],
+    /// Lists what is in the vhost of -p (the header line says which).
+    per_vhost: bool,
 }
 
 /// Every column each listing knows, so a typo is refused even when the
@@ -195,6 +191,7 @@ fn known_columns(command: &str) -> &'static [&'static str] {
     match command {
         "list_queues" => &[
             "name",
+            "vhost",
             "durable",
             "auto_delete",
             "exclusive",
@@ -208,21 +205,23 @@ fn known_columns(command: &str) -> &'static [&'static str] {
             "operator_policy",
             "type",
         ],
-        "list_exchanges" => &["name", "type", "durable", "auto_delete", "internal", "arguments"],
+        "list_exchanges" => &["name", "vhost", "type", "durable", "auto_delete", "internal", "arguments"],
         "list_bindings" => {
-            &["source_name", "source_kind", "destination_name", "destination_kind", "routing_key", "arguments"]
+            &["source_name", "source_kind", "destination_name", "destination_kind", "routing_key", "arguments", "vhost"]
         }
         "list_connections" => &["name", "peer", "user", "vhost", "channels", "client", "timeout", "frame_max", "state"],
         "list_users" => &["user", "tags"],
         "list_permissions" => &["user", "configure", "write", "read"],
         "list_user_permissions" => &["vhost", "configure", "write", "read"],
         "list_topic_permissions" => &["user", "exchange", "write", "read"],
-        "list_vhosts" => &["name", "description", "tags"],
+        "list_vhosts" => &["name", "description", "tags", "default_queue_type", "tracing", "cluster_state"],
+        "list_vhost_limits" => &["vhost", "limits"],
         "status" => STATUS_FIELDS,
         "list_policies" | "list_operator_policies" => {
             &["vhost", "name", "pattern", "apply-to", "definition", "priority"]
         }
         "list_consumers" => &[
+            "vhost",
             "queue_name",
             "consumer_tag",
             "channel_pid",
@@ -248,22 +247,27 @@ fn main() -> ExitCode {
         Command::ImportDefinitions { path } => return definitions(&args, false, path),
         _ => {}
     }
-    if let Some((request, output, columns)) = access_verb(&args.command) {
+    if let Some((request, output, columns)) = access_verb(&args.command, &args.vhost) {
         return run_access_verb(&args, request, output, &columns);
     }
     let (request, listing, columns) = match &args.command {
         Command::ListQueues { columns } => (
-            req("list_queues", None),
-            Some(Listing { command: "list_queues", what: "queues", defaults: &["name", "messages"] }),
+            req(&args, "list_queues", None),
+            Some(Listing { command: "list_queues", what: "queues", defaults: &["name", "messages"], per_vhost: true }),
             columns,
         ),
         Command::ListExchanges { columns } => (
-            req("list_exchanges", None),
-            Some(Listing { command: "list_exchanges", what: "exchanges", defaults: &["name", "type"] }),
+            req(&args, "list_exchanges", None),
+            Some(Listing {
+                command: "list_exchanges",
+                what: "exchanges",
+                defaults: &["name", "type"],
+                per_vhost: true,
+            }),
             columns,
         ),
         Command::ListBindings { columns } => (
-            req("list_bindings", None),
+            req(&args, "list_bindings", None),
             Some(Listing {
                 command: "list_bindings",
                 what: "bindings",
@@ -275,16 +279,22 @@ fn main() -> ExitCode {
                     "routing_key",
                     "arguments",
                 ],
+                per_vhost: true,
             }),
             columns,
         ),
         Command::ListConnections { columns } => (
-            req("list_connections", None),
-            Some(Listing { command: "list_connections", what: "connections", defaults: &["user", "peer", "state"] }),
+            req(&args, "list_connections", None),
+            Some(Listing {
+                command: "list_connections",
+                what: "connections",
+                defaults: &["user", "peer", "state"],
+                per_vhost: false,
+            }),
             columns,
         ),
         Command::ListConsumers { columns } => (
-            req("list_consumers", None),
+            req(&args, "list_consumers", None),
             Some(Listing {
                 command: "list_consumers",
                 what: "consumers",
@@ -297,11 +307,12 @@ fn main() -> ExitCode {
                     "active",
                     "arguments",
                 ],
+                per_vhost: true,
             }),
             columns,
         ),
-        Command::PurgeQueue { name } => (req("purge_queue", Some(name)), None, &Vec::new()),
-        Command::DeleteQueue { name } => (req("delete_queue", Some(name)), None, &Vec::new()),
+        Command::PurgeQueue { name } => (req(&args, "purge_queue", Some(name)), None, &Vec::new()),
+        Command::DeleteQueue { name } => (req(&args, "delete_queue", Some(name)), None, &Vec::new()),
         _ => unreachable!("access verbs are answered above"),
     };
     let response = match exchange(&args, &request, 70) {
@@ -314,7 +325,7 @@ fn main() -> ExitCode {
             let count = response.rows.first().and_then(|r| r.get("messages")).cloned().unwrap_or(Value::Null);
             if !args.quiet {
                 let verb = if request.command == "purge_queue" { "Purging" } else { "Deleting" };
-                println!("{verb} queue '{}' in vhost '/' ...", request.name.as_deref().unwrap_or(""));
+                println!("{verb} queue '{}' in vhost '{}' ...", request.name.as_deref().unwrap_or(""), args.vhost);
             }
             if request.command == "delete_queue" {
                 println!("Queue was successfully deleted with {count} ready messages");
@@ -324,8 +335,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn req(command: &str, name: Option<&String>) -> Request {
-    Request { command: command.to_string(), name: name.cloned(), args: Vec::new(), vhost: None }
+fn req(args: &Args, command: &str, name: Option<&String>) -> Request {
+    Request { command: command.to_string(), name: name.cloned(), args: Vec::new(), vhost: Some(args.vhost.clone()) }
 }
 
 /// The control socket: --socket, else the one in the data directory.
@@ -399,7 +410,11 @@ fn print_listing(args: &Args, listing: &Listing, columns: &[String], response: &
     }
     if !args.quiet {
         println!("Timeout: {}.0 seconds ...", args.timeout);
-        println!("Listing {} for vhost / ...", listing.what);
+        if listing.per_vhost {
+            println!("Listing {} for vhost {} ...", listing.what, args.vhost);
+        } else {
+            println!("Listing {} ...", listing.what);
+        }
     }
     if !args.no_table_headers {
         println!("{}", columns.join("\t"));

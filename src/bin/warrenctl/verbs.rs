@@ -9,8 +9,12 @@ use warren::admin::Request;
 
 use super::{Action, Args, Command, Listing, STATUS_FIELDS, exchange, print_listing, req};
 
-/// The request and output of the user, permission and vhost verbs.
-pub(super) fn access_verb(command: &Command) -> Option<(Request, Result<Listing, Action>, Vec<String>)> {
+/// The request and output of the user, permission and vhost verbs;
+/// `vhost` is the one -p names.
+pub(super) fn access_verb(
+    command: &Command,
+    vhost: &String,
+) -> Option<(Request, Result<Listing, Action>, Vec<String>)> {
     let request = |verb: &str, args: Vec<&String>, vhost: Option<&String>| Request {
         command: verb.to_string(),
         name: None,
@@ -19,7 +23,10 @@ pub(super) fn access_verb(command: &Command) -> Option<(Request, Result<Listing,
     };
     let action = |info: String, success: Option<&'static str>| Err(Action { info, success });
     let listing = |command: &'static str, what: &'static str, defaults: &'static [&'static str]| {
-        Ok(Listing { command, what, defaults })
+        Ok(Listing { command, what, defaults, per_vhost: true })
+    };
+    let global_listing = |command: &'static str, what: &'static str, defaults: &'static [&'static str]| {
+        Ok(Listing { command, what, defaults, per_vhost: false })
     };
     Some(match command {
         Command::AddUser { username, password } => (
@@ -51,30 +58,32 @@ pub(super) fn access_verb(command: &Command) -> Option<(Request, Result<Listing,
                 vec![],
             )
         }
-        Command::ListUsers { columns } => {
-            (request("list_users", vec![], None), listing("list_users", "users", &["user", "tags"]), columns.clone())
-        }
-        Command::SetPermissions { vhost, username, conf, write, read } => (
+        Command::ListUsers { columns } => (
+            request("list_users", vec![], None),
+            global_listing("list_users", "users", &["user", "tags"]),
+            columns.clone(),
+        ),
+        Command::SetPermissions { username, conf, write, read } => (
             request("set_permissions", vec![username, conf, write, read], Some(vhost)),
             action(format!("Setting permissions for user \"{username}\" in vhost \"{vhost}\" ..."), None),
             vec![],
         ),
-        Command::ClearPermissions { vhost, username } => (
+        Command::ClearPermissions { username } => (
             request("clear_permissions", vec![username], Some(vhost)),
             action(format!("Clearing permissions for user \"{username}\" in vhost \"{vhost}\" ..."), None),
             vec![],
         ),
-        Command::ListPermissions { vhost, columns } => (
+        Command::ListPermissions { columns } => (
             request("list_permissions", vec![], Some(vhost)),
             listing("list_permissions", "permissions", &["user", "configure", "write", "read"]),
             columns.clone(),
         ),
         Command::ListUserPermissions { username, columns } => (
             request("list_user_permissions", vec![username], None),
-            listing("list_user_permissions", "permissions", &["vhost", "configure", "write", "read"]),
+            global_listing("list_user_permissions", "permissions", &["vhost", "configure", "write", "read"]),
             columns.clone(),
         ),
-        Command::SetTopicPermissions { vhost, username, exchange, write, read } => (
+        Command::SetTopicPermissions { username, exchange, write, read } => (
             request("set_topic_permissions", vec![username, exchange, write, read], Some(vhost)),
             action(
                 format!("Setting topic permissions on \"{exchange}\" for user \"{username}\" in vhost \"{vhost}\" ..."),
@@ -82,7 +91,7 @@ pub(super) fn access_verb(command: &Command) -> Option<(Request, Result<Listing,
             ),
             vec![],
         ),
-        Command::ListTopicPermissions { vhost, columns } => (
+        Command::ListTopicPermissions { columns } => (
             request("list_topic_permissions", vec![], Some(vhost)),
             listing("list_topic_permissions", "topic permissions", &["user", "exchange", "write", "read"]),
             columns.clone(),
@@ -91,11 +100,11 @@ pub(super) fn access_verb(command: &Command) -> Option<(Request, Result<Listing,
             let verb = if matches!(command, Command::SetPolicy(_)) { "set_policy" } else { "set_operator_policy" };
             let priority = p.priority.to_string();
             (
-                request(verb, vec![&p.name, &p.pattern, &p.definition, &priority, &p.apply_to], Some(&p.vhost)),
+                request(verb, vec![&p.name, &p.pattern, &p.definition, &priority, &p.apply_to], Some(vhost)),
                 action(
                     format!(
-                        "Setting policy \"{}\" for pattern \"{}\" to \"{}\" with priority \"{}\" for vhost \"{}\" ...",
-                        p.name, p.pattern, p.definition, p.priority, p.vhost
+                        "Setting policy \"{}\" for pattern \"{}\" to \"{}\" with priority \"{}\" for vhost \"{vhost}\" ...",
+                        p.name, p.pattern, p.definition, p.priority
                     ),
                     None,
                 ),
@@ -106,8 +115,8 @@ pub(super) fn access_verb(command: &Command) -> Option<(Request, Result<Listing,
             let verb =
                 if matches!(command, Command::ClearPolicy(_)) { "clear_policy" } else { "clear_operator_policy" };
             (
-                request(verb, vec![&p.name], Some(&p.vhost)),
-                action(format!("Clearing policy \"{}\" on vhost \"{}\" ...", p.name, p.vhost), None),
+                request(verb, vec![&p.name], Some(vhost)),
+                action(format!("Clearing policy \"{}\" on vhost \"{vhost}\" ...", p.name), None),
                 vec![],
             )
         }
@@ -115,7 +124,7 @@ pub(super) fn access_verb(command: &Command) -> Option<(Request, Result<Listing,
             let verb =
                 if matches!(command, Command::ListPolicies(_)) { "list_policies" } else { "list_operator_policies" };
             (
-                request(verb, vec![], Some(&v.vhost)),
+                request(verb, vec![], Some(vhost)),
                 listing(verb, "policies", &["vhost", "name", "pattern", "apply-to", "definition", "priority"]),
                 v.columns.clone(),
             )
@@ -135,9 +144,41 @@ pub(super) fn access_verb(command: &Command) -> Option<(Request, Result<Listing,
                 vec![],
             )
         }
-        Command::Status => (request("status", vec![], None), listing("status", "status", STATUS_FIELDS), vec![]),
+        Command::Status => (request("status", vec![], None), global_listing("status", "status", STATUS_FIELDS), vec![]),
         Command::ListVhosts { columns } => {
-            (request("list_vhosts", vec![], None), listing("list_vhosts", "vhosts", &["name"]), columns.clone())
+            (request("list_vhosts", vec![], None), global_listing("list_vhosts", "vhosts", &["name"]), columns.clone())
+        }
+        Command::AddVhost { name, description, tags, default_queue_type } => {
+            let none = String::new();
+            let args = vec![
+                name,
+                description.as_ref().unwrap_or(&none),
+                tags.as_ref().unwrap_or(&none),
+                default_queue_type.as_ref().unwrap_or(&none),
+            ];
+            (request("add_vhost", args, None), action(format!("Adding vhost \"{name}\" ..."), None), vec![])
+        }
+        Command::DeleteVhost { name } => {
+            (request("delete_vhost", vec![name], None), action(format!("Deleting vhost \"{name}\" ..."), None), vec![])
+        }
+        Command::SetVhostLimits { definition } => (
+            request("set_vhost_limits", vec![definition], Some(vhost)),
+            action(format!("Setting vhost limits to \"{definition}\" for vhost \"{vhost}\" ..."), None),
+            vec![],
+        ),
+        Command::ClearVhostLimits => (
+            request("clear_vhost_limits", vec![], Some(vhost)),
+            action(format!("Clearing vhost \"{vhost}\" limits ..."), None),
+            vec![],
+        ),
+        Command::ListVhostLimits { global } => {
+            let scope = if *global { None } else { Some(vhost) };
+            let shown = if *global {
+                global_listing("list_vhost_limits", "limits", &["vhost", "limits"])
+            } else {
+                listing("list_vhost_limits", "limits", &["limits"])
+            };
+            (request("list_vhost_limits", vec![], scope), shown, vec![])
         }
         _ => return None,
     })
@@ -145,7 +186,7 @@ pub(super) fn access_verb(command: &Command) -> Option<(Request, Result<Listing,
 
 /// export_definitions / import_definitions.
 pub(super) fn definitions(args: &Args, export: bool, path: &str) -> ExitCode {
-    let mut request = req(if export { "export_definitions" } else { "import_definitions" }, None);
+    let mut request = req(args, if export { "export_definitions" } else { "import_definitions" }, None);
     if !export {
         let text = if path == "-" {
             let mut text = String::new();

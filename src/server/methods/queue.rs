@@ -12,6 +12,7 @@ impl Connection {
     pub(in crate::server) fn queue_method(&mut self, channel: u16, method: Method) -> Result<(), AmqpError> {
         let id = self.id;
         let broker = self.broker.clone();
+        let vhost = self.vhost.clone();
         match method {
             Method::QueueDeclare(m) => {
                 if !m.passive && !m.queue.starts_with(crate::broker::REPLY_TO_QUEUE) {
@@ -20,13 +21,13 @@ impl Connection {
                     self.check_access(Access::Configure, ResourceKind::Queue, name)?;
                     // As RabbitMQ: the dead-letter exchange is checked when the queue is made.
                     if let Some(dlx) = m.arguments.get("x-dead-letter-exchange").and_then(|v| v.as_str())
-                        && !broker.queue_exists(name)
+                        && !broker.queue_exists(&vhost, name)
                     {
                         self.check_access(Access::Read, ResourceKind::Queue, name)?;
                         self.check_access(Access::Write, ResourceKind::Exchange, dlx)?;
                     }
                 }
-                let (queue, message_count, consumer_count) = broker.queue_declare(id, &m)?;
+                let (queue, message_count, consumer_count) = broker.queue_declare(&vhost, id, &m)?;
                 self.channel_mut(channel)?.last_queue = Some(queue.clone());
                 if !m.no_wait {
                     self.reply_when_durable(channel, QueueDeclareOk { queue, message_count, consumer_count });
@@ -35,7 +36,7 @@ impl Connection {
             Method::QueueBind(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
                 self.check_binding(&m.exchange, ResourceKind::Queue, &queue, &m.routing_key)?;
-                broker.bind(id, &m.exchange, Destination::Queue(queue), &m.routing_key, &m.arguments)?;
+                broker.bind(&vhost, id, &m.exchange, Destination::Queue(queue), &m.routing_key, &m.arguments)?;
                 if !m.no_wait {
                     self.reply_when_durable(channel, QueueBindOk {});
                 }
@@ -43,13 +44,13 @@ impl Connection {
             Method::QueueUnbind(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
                 self.check_binding(&m.exchange, ResourceKind::Queue, &queue, &m.routing_key)?;
-                broker.unbind(id, &m.exchange, Destination::Queue(queue), &m.routing_key, &m.arguments)?;
+                broker.unbind(&vhost, id, &m.exchange, Destination::Queue(queue), &m.routing_key, &m.arguments)?;
                 self.reply_when_durable(channel, QueueUnbindOk {});
             }
             Method::QueuePurge(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
                 self.check_access(Access::Read, ResourceKind::Queue, &queue)?;
-                let message_count = broker.queue_purge(id, &queue)?;
+                let message_count = broker.queue_purge(&vhost, id, &queue)?;
                 if !m.no_wait {
                     self.reply_when_durable(channel, QueuePurgeOk { message_count });
                 }
@@ -58,7 +59,7 @@ impl Connection {
                 let queue = self.queue_name(channel, m.queue)?;
                 self.check_access(Access::Configure, ResourceKind::Queue, &queue)?;
                 let (message_count, own_consumers) =
-                    broker.queue_delete(id, channel, &queue, m.if_unused, m.if_empty)?;
+                    broker.queue_delete(&vhost, (id, channel), &queue, m.if_unused, m.if_empty)?;
                 if !m.no_wait {
                     self.reply_when_durable(channel, QueueDeleteOk { message_count });
                 }
