@@ -11,6 +11,8 @@
 #   A_ARGS= B_ARGS= A_LABEL=A B_LABEL=B
 # Needs target/release/warren-loadgen (cargo build --release -p warren-loadgen).
 set -euo pipefail
+# Builds with the management API get it turned off (older builds lack the flags).
+http_off() { if "$1" --help 2>/dev/null | grep -q -- --management-port; then echo --management-port 0 --prometheus-port 0; fi; }
 cd "$(dirname "$0")/.."
 [[ $# -ge 2 ]] || { echo "usage: $0 A_WARREN B_WARREN [REPS]" >&2; exit 2; }
 LOADGEN=${LOADGEN:-target/release/warren-loadgen}
@@ -29,7 +31,7 @@ for rep in $(seq "$REPS"); do
         for side in A B; do
             if [[ $side == A ]]; then bin=$1; label=$A_LABEL; extra=${A_ARGS:-}; else bin=$2; label=$B_LABEL; extra=${B_ARGS:-}; fi
             scratch=$(mktemp -d); port=$(free_port)
-            "$bin" --bind 127.0.0.1 --port "$port" --data-dir "$scratch/data" >"$scratch/out" 2>"$scratch/log" &
+            "$bin" --bind 127.0.0.1 --port "$port" $(http_off "$bin") --data-dir "$scratch/data" >"$scratch/out" 2>"$scratch/log" &
             pid=$!
             until grep -q "listening on" "$scratch/out" 2>/dev/null; do sleep 0.05; done
             # shellcheck disable=SC2086

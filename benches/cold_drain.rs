@@ -37,7 +37,17 @@ struct Broker {
 impl Broker {
     fn start(bin: &str, data: &std::path::Path) -> Broker {
         let mut child = Command::new(bin)
-            .args(["--bind", "127.0.0.1", "--port", "0", "--data-dir"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--management-port",
+                "0",
+                "--prometheus-port",
+                "0",
+                "--data-dir",
+            ])
             .arg(data)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

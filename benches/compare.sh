@@ -108,7 +108,7 @@ wait_exit() { # pid: until it is gone (it may not be our child)
 # ---------------------------------------------------------------- warren
 PORT=${PORT:-$(free_port)}
 start_warren() { # start and wait until it listens
-    "$WARREN" --bind 127.0.0.1 --port "$PORT" --data-dir "$scratch/warren-data" >>"$OUT_DIR/warren.log" 2>&1 &
+    "$WARREN" --bind 127.0.0.1 --port "$PORT" --management-port 0 --prometheus-port 0 --data-dir "$scratch/warren-data" >>"$OUT_DIR/warren.log" 2>&1 &
     warren_pid=$!
 }
 await_warren() {

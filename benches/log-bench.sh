@@ -44,7 +44,7 @@ trap cleanup EXIT
 
 start() { # start [queue count]: exec, then wait for the listener or for the queue's full count
     local t0; t0=$(date +%s.%N)
-    "$BIN" --bind 127.0.0.1 --port "$PORT" --data-dir "$scratch/data" --fsync "$FSYNC" >>"$scratch/out" 2>>"$scratch/log" &
+    "$BIN" --bind 127.0.0.1 --port "$PORT" --management-port 0 --prometheus-port 0 --data-dir "$scratch/data" --fsync "$FSYNC" >>"$scratch/out" 2>>"$scratch/log" &
     pid=$!
     if [[ -n ${1:-} ]]; then
         "$LOADGEN" wait --uri "$URI" --queue "$1" --expect "$2" --interval-ms 10 --timeout 900 >/dev/null

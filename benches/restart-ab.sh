@@ -12,7 +12,7 @@ L=${LOADGEN:-target/release/warren-loadgen}
 PORT=${PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 [[ $# -ge 2 ]] || { echo "usage: $0 OLD_WARREN NEW_WARREN [REPS]" >&2; exit 2; }
 start() { # bin dir out log
-    "$1" --bind 127.0.0.1 --port "$PORT" --data-dir "$2" >"$3" 2>"$4" &
+    "$1" --bind 127.0.0.1 --port "$PORT" $(http_off "$1") --data-dir "$2" >"$3" 2>"$4" &
     pid=$!
     until grep -q "listening on" "$3" 2>/dev/null; do sleep 0.05; done
 }

@@ -64,6 +64,12 @@ pub struct Config {
     /// segment preparer run beside it.
     pub threads: usize,
     pub users: Vec<User>,
+    /// Port of the management HTTP API (RabbitMQ's 15672); 0 turns it off.
+    pub management_port: u16,
+    /// Address the management API listens on [default: `bind`'s].
+    pub management_bind: Option<IpAddr>,
+    /// Port of the Prometheus endpoint (RabbitMQ's 15692); 0 turns it off.
+    pub prometheus_port: u16,
 }
 
 impl Default for Config {
@@ -87,6 +93,9 @@ impl Default for Config {
             log_backlog_limit: 64 << 20,
             threads: 1,
             users: vec![User { name: "guest".into(), password: "guest".into(), loopback_only: true }],
+            management_port: 15672,
+            management_bind: None,
+            prometheus_port: 15692,
         }
     }
 }

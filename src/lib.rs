@@ -15,6 +15,9 @@
 //!   acknowledgements and redelivery. Knows nothing about sockets or files.
 //! - [`store`]: durable storage behind the [`store::LogStore`].
 //! - [`admin`]: the control socket that `warrenctl` talks to.
+//! - [`management`]: RabbitMQ's management HTTP API, beside [`server`],
+//!   reading the broker's listings and statistics snapshot.
+//! - [`metrics`]: figures about the process (memory, descriptors, uptime).
 //! - [`definitions`]: RabbitMQ's JSON definitions file, export and import.
 //! - [`access`]: users, password hashes and permissions, checked by the
 //!   server where RabbitMQ checks them.
@@ -25,6 +28,8 @@ pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod definitions;
+pub mod management;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -56,7 +56,19 @@ async fn a_flipped_byte_in_a_sealed_segment_stops_startup_naming_segment_and_off
     std::fs::write(victim, &bytes).unwrap();
 
     let out = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(["--bind", "127.0.0.1", "--port", "0", "--segment-size", SEGMENT, "--data-dir"])
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--management-port",
+            "0",
+            "--prometheus-port",
+            "0",
+            "--segment-size",
+            SEGMENT,
+            "--data-dir",
+        ])
         .arg(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -194,7 +194,7 @@ fn offset_of(record: &Value) -> u64 {
 /// Starts the broker on `dir` and expects it to refuse: returns its log.
 fn broker_refuses(dir: &Path) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(["--bind", "127.0.0.1", "--port", "0", "--data-dir"])
+        .args(["--bind", "127.0.0.1", "--port", "0", "--management-port", "0", "--prometheus-port", "0", "--data-dir"])
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

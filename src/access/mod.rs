@@ -400,6 +400,17 @@ impl AccessControl {
         Ok(())
     }
 
+    /// Removes a user's topic permissions on one exchange of a vhost.
+    pub fn clear_topic_permissions(&self, user: &str, vhost: &str, exchange: &str) -> Result<(), AccessError> {
+        let mut st = self.state.write();
+        let key = (user.to_string(), vhost.to_string(), exchange.to_string());
+        if st.topic.remove(&key).is_some() {
+            self.log(ParameterKind::TopicPermission, format!("{user}\0{vhost}\0{exchange}"), None)?;
+            self.changed();
+        }
+        Ok(())
+    }
+
     /// Whether any topic permission exists (most brokers have none, and
     /// then a publish needs no look at its exchange's type).
     pub fn any_topic_permissions(&self) -> bool {

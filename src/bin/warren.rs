@@ -50,6 +50,12 @@ struct Args {
     /// Threads serving connections [default: 1]; the log writer has its own.
     #[arg(long)]
     threads: Option<usize>,
+    /// Port of the management HTTP API [default: 15672]; 0 turns it off.
+    #[arg(long)]
+    management_port: Option<u16>,
+    /// Port of the Prometheus metrics endpoint [default: 15692]; 0 turns it off.
+    #[arg(long)]
+    prometheus_port: Option<u16>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,6 +95,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(threads) = args.threads {
         config.threads = threads;
     }
+    if let Some(port) = args.management_port {
+        config.management_port = port;
+    }
+    if let Some(port) = args.prometheus_port {
+        config.prometheus_port = port;
+    }
+    warren::metrics::mark_start();
     let fsync: FsyncPolicy = config.fsync.parse().map_err(|e: String| anyhow::anyhow!(e))?;
 
     std::fs::create_dir_all(&config.data_dir)
@@ -154,6 +167,34 @@ async fn serve(config: Config, broker: Arc<Broker>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
     let addr = listener.local_addr()?;
+    let mut listeners = warren::management::Listeners { amqp: Some(addr), ..Default::default() };
+    let http_bind = config.management_bind.unwrap_or(config.bind);
+    let management = match config.management_port {
+        0 => None,
+        port => Some(bind_http(http_bind, port, "management API", "--management-port").await?),
+    };
+    let prometheus = match config.prometheus_port {
+        0 => None,
+        port => Some(bind_http(http_bind, port, "Prometheus endpoint", "--prometheus-port").await?),
+    };
+    listeners.management = management.as_ref().and_then(|l| l.local_addr().ok());
+    listeners.prometheus = prometheus.as_ref().and_then(|l| l.local_addr().ok());
+    let api = warren::management::Api { broker: broker.clone(), listeners: Arc::new(listeners) };
+    if let Some(listener) = management {
+        let api = api.clone();
+        tokio::spawn(async move {
+            if let Err(e) = warren::management::serve(listener, api).await {
+                tracing::error!("the management API stopped: {e}");
+            }
+        });
+    }
+    if let Some(listener) = prometheus {
+        tokio::spawn(async move {
+            if let Err(e) = warren::management::serve_prometheus(listener, api).await {
+                tracing::error!("the Prometheus endpoint stopped: {e}");
+            }
+        });
+    }
     tracing::info!("Warren {} listening on {addr}, data in {}", env!("CARGO_PKG_VERSION"), config.data_dir.display());
     // Tests that start the broker with --port 0 read the port from this line.
     println!("listening on {addr}");
@@ -164,6 +205,18 @@ async fn serve(config: Config, broker: Arc<Broker>) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(config.control_socket());
     Ok(())
+}
+
+/// Binds an HTTP listener and prints its address (tests read it); a port
+/// in use stops the start, as it does RabbitMQ's.
+async fn bind_http(ip: IpAddr, port: u16, what: &str, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind((ip, port)).await.with_context(|| {
+        format!("cannot listen on {ip}:{port} for the {what} (choose another port with {flag}, 0 for none)")
+    })?;
+    let addr = listener.local_addr()?;
+    tracing::info!("{what} listening on http://{addr}/");
+    println!("{what} listening on {addr}");
+    Ok(listener)
 }
 
 async fn shutdown_signal() {

@@ -75,6 +75,7 @@ impl Broker {
         // Tombstones, one record per queue for the whole batch.
         let mut tombstones: Vec<(u32, Vec<u64>)> = Vec::new();
         let mut departed: Vec<Departed> = Vec::new();
+        let mut acked = 0;
         let Some(v) = vhosts.get_mut(&vhost) else { return Ok(()) };
         for u in settled {
             let Some(q) = v.queues.get_mut(&u.queue).filter(|q| q.incarnation == u.incarnation) else { continue };
@@ -97,6 +98,10 @@ impl Broker {
                     departed_push(&mut departed, q, u.entry, Reason::Rejected);
                 }
                 Settle::Ack | Settle::Discard => {
+                    if how == Settle::Ack {
+                        q.counters.ack += 1;
+                        acked += 1;
+                    }
                     if let Some(qid) = q.store_id
                         && u.entry.store_id != 0
                     {
@@ -108,6 +113,7 @@ impl Broker {
                 }
             }
         }
+        GlobalStats::add(&self.stats.acknowledged, acked);
         for (qid, ids) in &tombstones {
             self.store.ack(*qid, ids).map_err(store_failed)?;
         }

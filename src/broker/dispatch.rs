@@ -157,6 +157,7 @@ impl Broker {
             st.expire_messages(&vhost, queue, incarnation, &self.store);
             let Some(q) = st.queue_mut(&vhost, queue) else { return Err(no_queue(&vhost, queue)) };
             let Some(mut entry) = q.pop_ready() else {
+                GlobalStats::add(&self.stats.get_empty, 1);
                 handle.method(channel, BasicGetEmpty::default());
                 return Ok(());
             };
@@ -188,6 +189,17 @@ impl Broker {
             let Some(message) = load(&self.store, q, &entry) else { continue };
             let message = with_delivery_count(q, &entry, message);
             let tag = ch.take_tag();
+            if no_ack {
+                q.counters.get_no_ack += 1;
+                GlobalStats::add(&self.stats.delivered_get_auto_ack, 1);
+            } else {
+                q.counters.get += 1;
+                GlobalStats::add(&self.stats.delivered_get_manual_ack, 1);
+            }
+            if entry.redelivered {
+                q.counters.redeliver += 1;
+                GlobalStats::add(&self.stats.redelivered, 1);
+            }
             let method = BasicGetOk {
                 delivery_tag: tag,
                 redelivered: entry.redelivered,
@@ -241,8 +253,9 @@ impl State {
     /// goes to a consumer that can take it at once even with a TTL of 0, as
     /// in RabbitMQ; what stays behind expires on the next drain or tick.
     pub(super) fn deliver_ready(&mut self, vhost: &str, queue: &str, store: &LogStore) {
-        let State { vhosts, channels, loader, .. } = self;
+        let State { vhosts, channels, loader, stats, .. } = self;
         let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
+        let counters_before = q.counters;
         // Log records for this drain, written once at the end: first
         // deliveries (so a restart flags them redelivered) and no-ack
         // deliveries (which settle at once).
@@ -287,6 +300,14 @@ impl State {
             };
             let delivery_tag = ch.take_tag();
             let redelivered = entry.redelivered;
+            if consumer.no_ack {
+                q.counters.deliver_no_ack += 1;
+            } else {
+                q.counters.deliver += 1;
+            }
+            if redelivered {
+                q.counters.redeliver += 1;
+            }
             if entry.store_id != 0 {
                 if consumer.no_ack {
                     settled.push(entry.store_id);
@@ -317,6 +338,10 @@ impl State {
             });
             q.consumers.push_back(consumer);
         }
+        let c = q.counters;
+        GlobalStats::add(&stats.delivered_consume_manual_ack, c.deliver - counters_before.deliver);
+        GlobalStats::add(&stats.delivered_consume_auto_ack, c.deliver_no_ack - counters_before.deliver_no_ack);
+        GlobalStats::add(&stats.redelivered, c.redeliver - counters_before.redeliver);
         if let Some(loader) = loader.as_ref().filter(|l| l.is_alive()) {
             read_ahead(q, loader);
         }

@@ -34,6 +34,8 @@ impl Broker {
                 message_bytes_ready: q.ready_bytes(),
                 consumers: q.consumers.len(),
                 arguments: format_table(&q.arguments),
+                argument_table: q.arguments.clone(),
+                owner: q.exclusive_owner,
                 policy: q.policy.clone().unwrap_or_default(),
                 operator_policy: q.operator_policy.clone().unwrap_or_default(),
                 queue_type: q.args.queue_type.as_str().to_string(),
@@ -59,6 +61,7 @@ impl Broker {
                     auto_delete: e.auto_delete,
                     internal: e.internal,
                     arguments: format_table(&e.arguments),
+                    argument_table: e.arguments.clone(),
                 })
             })
             .collect();
@@ -72,19 +75,20 @@ impl Broker {
         let st = self.state.lock();
         let mut rows = Vec::new();
         for v in st.vhosts.values().filter(|v| in_scope(vhost, v)) {
-            let row = |source: &str, kind: &'static str, destination: &str, key: &str, arguments: String| BindingRow {
+            let row = |source: &str, kind: &'static str, destination: &str, key: &str, table: &FieldTable| BindingRow {
                 vhost: v.info.name.clone(),
                 source: source.to_string(),
                 destination_kind: kind,
                 destination: destination.to_string(),
                 routing_key: key.to_string(),
-                arguments,
+                arguments: format_table(table),
+                argument_table: table.clone(),
             };
-            rows.extend(v.queues.keys().map(|q| row("", "queue", q, q, "[]".to_string())));
+            let none = FieldTable::new();
+            rows.extend(v.queues.keys().map(|q| row("", "queue", q, q, &none)));
             for ex in v.exchanges.values() {
                 for b in &ex.bindings {
-                    let arguments = format_table(&b.arguments);
-                    rows.push(row(&ex.name, b.destination.kind(), b.destination.name(), &b.routing_key, arguments));
+                    rows.push(row(&ex.name, b.destination.kind(), b.destination.name(), &b.routing_key, &b.arguments));
                 }
             }
         }
@@ -250,6 +254,11 @@ pub struct QueueRow {
     pub message_bytes_ready: usize,
     pub consumers: usize,
     pub arguments: String,
+    #[serde(skip)]
+    pub argument_table: FieldTable,
+    /// The connection owning an exclusive queue.
+    #[serde(skip)]
+    pub owner: Option<u64>,
     pub policy: String,
     pub operator_policy: String,
     /// `classic` or `quorum`.
@@ -312,6 +321,8 @@ pub struct ExchangeRow {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: String,
+    #[serde(skip)]
+    pub argument_table: FieldTable,
 }
 
 /// What `list_bindings` shows of one binding.
@@ -323,6 +334,8 @@ pub struct BindingRow {
     pub destination: String,
     pub routing_key: String,
     pub arguments: String,
+    #[serde(skip)]
+    pub argument_table: FieldTable,
 }
 
 /// A connection's name in listings: its peer and its number.

@@ -38,6 +38,7 @@ pub mod exchange;
 mod listings;
 pub mod loader;
 pub mod message;
+pub mod operator;
 mod policies;
 mod publish;
 pub mod queue;
@@ -45,6 +46,7 @@ mod queues;
 mod records;
 mod reply_to;
 mod routing;
+pub mod stats;
 mod timers;
 pub mod vhosts;
 
@@ -53,7 +55,7 @@ use std::collections::{BTreeMap, HashSet};
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 pub use arguments::{ConsumerArgs, Overflow, QueueArgs, QueueType};
 use dead_letter::{Departed, Reason};
@@ -61,6 +63,7 @@ pub use error::{AmqpError, Result, Scope};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use listings::{BindingRow, ConsumerRow, ExchangeRow, QueueRow, Topology, connection_name};
 pub use message::{ConnectionHandle, Message, OutboundShared, Outgoing};
+pub use operator::{ChannelRow, GetSettle, Taken};
 pub use policies::Policy;
 pub use queue::{Consumer, Enqueued, Queue, QueuedMessage};
 use queues::purge_queue;
@@ -68,6 +71,7 @@ pub use records::message_from_record;
 use records::{binding_record, exchange_record, queue_record};
 pub use reply_to::REPLY_TO_QUEUE;
 use reply_to::ReplyConsumer;
+pub use stats::{GlobalStats, QueueSample, Snapshot};
 pub use timers::BrokerEvent;
 pub use vhosts::{VHost, VhostError, VhostInfo, VhostLimits, VhostRow};
 
@@ -177,6 +181,8 @@ pub struct State {
     loader: Option<loader::Loader>,
     /// `consumer_timeout`: ms a delivery may stay unacknowledged; None = off.
     consumer_timeout: Option<u64>,
+    /// The broker-wide counters (the same as [`Broker::stats`]).
+    stats: Arc<GlobalStats>,
 }
 
 /// The result of routing one publish.
@@ -195,6 +201,10 @@ pub struct Broker {
     store: Arc<LogStore>,
     /// Users and permissions (their own lock: checked on every operation).
     access: Arc<crate::access::AccessControl>,
+    /// Broker-wide counters (atomics: no lock).
+    stats: Arc<GlobalStats>,
+    /// The sampler's latest snapshot of every queue, with rates.
+    snapshot: Arc<RwLock<Arc<Snapshot>>>,
 }
 
 fn no_queue(vhost: &str, name: &str) -> AmqpError {
@@ -237,7 +247,12 @@ impl Broker {
     /// A broker with no vhost yet: [`Broker::restore`] brings them back
     /// from the log (or makes the default one).
     pub fn new(store: Arc<LogStore>) -> Broker {
-        let state = State { consumer_timeout: Some(timers::DEFAULT_CONSUMER_TIMEOUT_MS), ..State::default() };
+        let stats = Arc::new(GlobalStats::default());
+        let state = State {
+            consumer_timeout: Some(timers::DEFAULT_CONSUMER_TIMEOUT_MS),
+            stats: stats.clone(),
+            ..State::default()
+        };
         let state = Arc::new(Mutex::new(state));
         match loader::Loader::spawn(state.clone(), store.clone()) {
             Ok(l) => state.lock().loader = Some(l),
@@ -247,7 +262,20 @@ impl Broker {
             tracing::error!("cannot start the timer thread ({e}); TTLs act only when a queue is used");
         }
         let access = Arc::new(crate::access::AccessControl::new(store.clone()));
-        Broker { state, store, access }
+        let snapshot = Arc::new(RwLock::new(Arc::new(Snapshot::default())));
+        stats::spawn(Arc::downgrade(&state), stats.clone(), snapshot.clone());
+        Broker { state, store, access, stats, snapshot }
+    }
+
+    /// Broker-wide counters.
+    pub fn stats(&self) -> &Arc<GlobalStats> {
+        &self.stats
+    }
+
+    /// The latest sample of every queue, with rates (at most
+    /// [`stats::SAMPLE_EVERY`] old).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().clone()
     }
 
     pub fn store(&self) -> &Arc<LogStore> {
@@ -275,6 +303,7 @@ impl Broker {
             .map(|(k, _)| k.clone())
             .ok_or_else(|| AmqpError::connection(reply::NOT_ALLOWED, format!("vhost {} not found", info.vhost)))?;
         st.connections.insert(handle.id, ConnectionEntry { handle, info, vhost, channels: HashSet::new() });
+        GlobalStats::add(&self.stats.connections_opened, 1);
         Ok(())
     }
 
@@ -282,6 +311,7 @@ impl Broker {
         let mut st = self.state.lock();
         let Some(vhost) = st.connections.get(&conn).map(|c| c.vhost.clone()) else { return };
         st.channels.insert((conn, channel), ChannelState::new(vhost));
+        GlobalStats::add(&self.stats.channels_opened, 1);
         if let Some(c) = st.connections.get_mut(&conn) {
             c.channels.insert(channel);
         }
@@ -291,6 +321,9 @@ impl Broker {
     /// (flagged redelivered) and its consumers are cancelled.
     pub fn close_channel(&self, conn: u64, channel: u16) {
         let mut st = self.state.lock();
+        if st.channels.contains_key(&(conn, channel)) {
+            GlobalStats::add(&self.stats.channels_closed, 1);
+        }
         st.close_channel(conn, channel, &self.store);
         if let Some(c) = st.connections.get_mut(&conn) {
             c.channels.remove(&channel);
@@ -309,6 +342,9 @@ impl Broker {
             }
         }
         for ch in channels {
+            if st.channels.contains_key(&(conn, ch)) {
+                GlobalStats::add(&self.stats.channels_closed, 1);
+            }
             st.close_channel(conn, ch, &self.store);
         }
         if let Some(vhost) = st.connections.get(&conn).map(|c| c.vhost.clone()) {
@@ -323,7 +359,9 @@ impl Broker {
                 st.delete_queue(&vhost, &name, &self.store);
             }
         }
-        st.connections.remove(&conn);
+        if st.connections.remove(&conn).is_some() {
+            GlobalStats::add(&self.stats.connections_closed, 1);
+        }
     }
 }
 

@@ -152,6 +152,7 @@ impl State {
             let Some(q) = v.queues.get_mut(name.as_str()) else { continue };
             let id = if stored { store_id } else { 0 };
             let (_, dropped) = q.enqueue(message.clone(), id, now, trim_later);
+            q.counters.publish += 1;
             delivery.accepted.push(q.name.clone());
             if !dropped.is_empty() {
                 delivery.departed.push(Departed {

@@ -189,6 +189,8 @@ pub struct Queue {
     /// The policy and operator policy that apply, by name.
     pub policy: Option<String>,
     pub operator_policy: Option<String>,
+    /// Message counters for the statistics (see `stats`).
+    pub counters: super::stats::QueueCounters,
 }
 
 /// The outcome of offering a message to a queue.
@@ -234,6 +236,7 @@ impl Queue {
             last_used: now_ms(),
             policy: None,
             operator_policy: None,
+            counters: Default::default(),
         }
     }
 

@@ -9,6 +9,7 @@ impl Broker {
     /// queue.declare in `vhost`; returns (name, ready messages, consumers).
     pub fn queue_declare(&self, vhost: &str, conn: u64, m: &QueueDeclare) -> Result<(String, u32, u32)> {
         let mut st = self.state.lock();
+        GlobalStats::add(&self.stats.queues_declared, 1);
         let Some((vhost_name, v)) = st.vhosts.get_key_value(vhost) else { return Err(no_vhost(vhost)) };
         let vhost_name = vhost_name.clone();
         let name = if m.queue.is_empty() {
@@ -97,6 +98,7 @@ impl Broker {
         q.incarnation = st.next_incarnation;
         let Some(v) = st.vhosts.get_mut(vhost) else { return Err(no_vhost(vhost)) };
         v.queues.insert(q.name.clone(), q);
+        GlobalStats::add(&self.stats.queues_created, 1);
         // Every queue is bound to the default exchange by its name; that
         // binding is implicit (see `State::route`).
         Ok((name, 0, 0))
@@ -176,6 +178,7 @@ impl State {
         let mut own_cancels = Vec::new();
         let Some(v) = self.vhosts.get_mut(vhost) else { return own_cancels };
         let Some(q) = v.queues.remove(name) else { return own_cancels };
+        GlobalStats::add(&self.stats.queues_deleted, 1);
         for c in &q.consumers {
             if let Some(ch) = self.channels.get_mut(&(c.connection.id, c.channel)) {
                 ch.consumers.remove(&c.tag);

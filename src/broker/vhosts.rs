@@ -213,6 +213,30 @@ impl Broker {
         Ok(())
     }
 
+    /// PUT of a vhost over HTTP: creates it, or replaces the description,
+    /// tags and default queue type of one that exists.
+    pub fn put_vhost(&self, info: VhostInfo) -> std::result::Result<(), VhostError> {
+        let exists = self.state.lock().vhosts.contains_key(info.name.as_str());
+        if !exists {
+            return self.add_vhost(info);
+        }
+        if let Some(t) = info.default_queue_type.as_deref()
+            && QueueType::parse(t).is_none()
+        {
+            return Err(VhostError::Invalid(format!("Unsupported default queue type '{t}'")));
+        }
+        let mut st = self.state.lock();
+        let v = st.vhosts.get_mut(info.name.as_str()).ok_or_else(|| VhostError::NoVhost(info.name.clone()))?;
+        let value = serde_json::to_vec(&info).map_err(|e| VhostError::Invalid(e.to_string()))?;
+        self.store.define(Record::Parameter {
+            kind: ParameterKind::Vhost,
+            key: info.name.clone(),
+            value: value.into(),
+        })?;
+        v.info = info;
+        Ok(())
+    }
+
     /// delete_vhost: closes its connections (320 CONNECTION_FORCED), then
     /// removes its queues with their messages, its exchanges, bindings,
     /// policies and limits, and every user's permissions in it.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::connection::{CloseReason, Connection};
-use crate::broker::{AmqpError, Message, Outgoing, REPLY_TO_QUEUE};
+use crate::broker::{AmqpError, GlobalStats, Message, Outgoing, REPLY_TO_QUEUE};
 use crate::protocol::method::*;
 use crate::protocol::{BasicProperties, ContentHeader, FieldTable, Frame, Method, reply};
 
@@ -268,6 +268,11 @@ impl Connection {
         message: Arc<Message>,
     ) -> Result<(), AmqpError> {
         let confirm = self.channels.get(&channel).is_some_and(|c| c.confirm);
+        let stats = self.broker.stats();
+        GlobalStats::add(&stats.received, 1);
+        if confirm {
+            GlobalStats::add(&stats.received_confirm, 1);
+        }
         let routed = match self.broker.publish(&self.vhost, exchange, headers, message.clone()) {
             Ok(routed) => routed,
             // The log failed: a confirm-mode publisher gets a nack and keeps its channel.
@@ -281,6 +286,13 @@ impl Connection {
             }
             Err(err) => return Err(err),
         };
+        let stats = self.broker.stats();
+        let outcome = match (routed.routed, mandatory) {
+            (true, _) => &stats.routed,
+            (false, true) => &stats.unroutable_returned,
+            (false, false) => &stats.unroutable_dropped,
+        };
+        GlobalStats::add(outcome, 1);
         if mandatory && !routed.routed {
             let method = BasicReturn {
                 reply_code: reply::NO_ROUTE,

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::channel::Channel;
 use super::writer::{self, WriterTuning};
-use crate::broker::{AmqpError, Broker, BrokerEvent, ConnectionHandle, OutboundShared, Outgoing, Scope};
+use crate::broker::{AmqpError, Broker, BrokerEvent, ConnectionHandle, GlobalStats, OutboundShared, Outgoing, Scope};
 use crate::config::Config;
 use crate::protocol::method::*;
 use crate::protocol::{Frame, Method, decode_frame, reply};
@@ -350,6 +350,7 @@ impl Connection {
     /// publish order per channel, a run of acks as one `multiple` ack.
     fn release_confirms(&mut self) {
         let durable = *self.durability.borrow_and_update();
+        let mut confirmed = 0;
         for (&channel, ch) in self.channels.iter_mut() {
             let mut run: Option<u64> = None;
             let mut run_len = 0;
@@ -368,11 +369,15 @@ impl Connection {
                 } else {
                     run = Some(c.seq);
                     run_len += 1;
+                    confirmed += 1;
                 }
             }
             if let Some(tag) = run {
                 self.handle.method(channel, BasicAck { delivery_tag: tag, multiple: run_len > 1 });
             }
+        }
+        if confirmed > 0 {
+            GlobalStats::add(&self.broker.stats().confirmed, confirmed);
         }
     }
 

@@ -294,6 +294,11 @@ impl LogStore {
     }
 
     /// Bytes free on the log's file system, when known.
+    /// The free-disk limit publishers are blocked under (0: no alarm).
+    pub fn disk_free_limit(&self) -> u64 {
+        self.options.disk_free_limit
+    }
+
     pub fn free_space(&self) -> Option<u64> {
         self.io.free_space()
     }

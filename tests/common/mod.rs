@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod amqp;
+pub mod http;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};
@@ -14,6 +15,10 @@ use std::time::Duration;
 pub struct Broker {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The management API and Prometheus endpoint, when started with them
+    /// ([`Broker::start_with_http`]).
+    pub management: Option<SocketAddr>,
+    pub prometheus: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Keeps the scratch directory alive for the broker's lifetime.
     _scratch: Option<tempfile::TempDir>,
@@ -29,8 +34,43 @@ impl Broker {
         broker
     }
 
-    /// A broker on an existing data directory (for restarts), with extra flags.
+    /// A broker with its management API and Prometheus endpoint on free
+    /// ports picked at run time (tried again if another process took one
+    /// in between).
+    pub fn start_with_http() -> Broker {
+        let scratch = tempfile::tempdir().expect("scratch dir");
+        let dir = scratch.path().join("data");
+        let mut broker = Broker::start_in_with_http(&dir, &[]);
+        broker._scratch = Some(scratch);
+        broker
+    }
+
+    /// As [`Broker::start_with_http`], on an existing data directory.
+    pub fn start_in_with_http(data_dir: &Path, extra: &[&str]) -> Broker {
+        for attempt in 0..5 {
+            let (management, prometheus) = (free_port().to_string(), free_port().to_string());
+            let mut args = vec!["--management-port", &management, "--prometheus-port", &prometheus];
+            args.extend_from_slice(extra);
+            match Broker::try_start_in(data_dir, &args) {
+                Ok(broker) => return broker,
+                Err(log) if attempt < 4 && log.contains("cannot listen") => continue,
+                Err(log) => panic!("warren exited before listening; its log:\n{log}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    /// A broker on an existing data directory (for restarts), with extra
+    /// flags; no management API or Prometheus endpoint unless asked for.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Broker {
+        let mut args = vec!["--management-port", "0", "--prometheus-port", "0"];
+        args.extend_from_slice(extra);
+        Broker::try_start_in(data_dir, &args)
+            .unwrap_or_else(|log| panic!("warren exited before listening; its log:\n{log}"))
+    }
+
+    /// Starts warren; Err(its log) if it exits before listening.
+    fn try_start_in(data_dir: &Path, extra: &[&str]) -> Result<Broker, String> {
         let log_path = data_dir.with_extension("log");
         std::fs::create_dir_all(data_dir).expect("data dir");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
@@ -45,22 +85,39 @@ impl Broker {
             .expect("start warren");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
+        let (mut management, mut prometheus) = (None, None);
         let addr = loop {
             match lines.next() {
                 Some(Ok(line)) => {
                     if let Some(addr) = line.strip_prefix("listening on ") {
                         break addr.trim().parse().expect("address");
+                    } else if let Some(addr) = line.strip_prefix("management API listening on ") {
+                        management = Some(addr.trim().parse().expect("address"));
+                    } else if let Some(addr) = line.strip_prefix("Prometheus endpoint listening on ") {
+                        prometheus = Some(addr.trim().parse().expect("address"));
                     }
                 }
                 _ => {
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    panic!("warren exited before listening; its log:\n{log}");
+                    let _ = child.wait();
+                    return Err(std::fs::read_to_string(&log_path).unwrap_or_default());
                 }
             }
         };
         // Keep draining stdout so the broker never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Broker { child: Some(child), addr, data_dir: data_dir.to_path_buf(), _scratch: None }
+        Ok(Broker {
+            child: Some(child),
+            addr,
+            management,
+            prometheus,
+            data_dir: data_dir.to_path_buf(),
+            _scratch: None,
+        })
+    }
+
+    /// The management API's base URL.
+    pub fn management_url(&self) -> String {
+        format!("http://{}/api", self.management.expect("started with start_with_http"))
     }
 
     pub fn url(&self) -> String {
@@ -120,6 +177,11 @@ pub fn segment_files(data_dir: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+/// A port free now on 127.0.0.1 (the OS picks it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// Sends SIGTERM through the `kill` command, so the harness needs no libc.

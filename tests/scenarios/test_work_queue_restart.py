@@ -32,7 +32,7 @@ class Broker:
     def start(self):
         log = open(os.path.join(os.path.dirname(self.data_dir), "broker.log"), "a")
         self.proc = subprocess.Popen(
-            [WARREN, "--bind", "127.0.0.1", "--port", "0", "--data-dir", self.data_dir],
+            [WARREN, "--bind", "127.0.0.1", "--port", "0", "--management-port", "0", "--prometheus-port", "0", "--data-dir", self.data_dir],
             stdout=subprocess.PIPE, stderr=log, text=True,
         )
         line = self.proc.stdout.readline()

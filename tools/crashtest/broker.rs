@@ -46,7 +46,17 @@ impl Broker {
         writeln!(log, "===== warren-crashtest: {label} =====")?;
         let mut command = Command::new(&config.warren);
         command
-            .args(["--bind", "127.0.0.1", "--port", "0", "--data-dir"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--management-port",
+                "0",
+                "--prometheus-port",
+                "0",
+                "--data-dir",
+            ])
             .arg(&config.data_dir)
             .args(["--fsync", &config.fsync, "--segment-size", &config.segment_size.to_string()])
             .stdin(Stdio::null())

@@ -1,0 +1,147 @@
+//! What operators do to queues outside AMQP (the HTTP API's "get
+//! messages", and the channel listing): taking messages off a queue with
+//! a chosen settlement, and describing channels.
+
+use super::*;
+
+/// How messages taken by [`Broker::operator_get`] are settled, as the
+/// management API's `ackmode` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetSettle {
+    /// Put back (flagged redelivered): `ack_requeue_true`, `reject_requeue_true`.
+    Requeue,
+    /// Removed for good: `ack_requeue_false`.
+    Ack,
+    /// Rejected without requeue: dead-lettered when the queue says so.
+    Reject,
+}
+
+/// One message [`Broker::operator_get`] took.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub message: Arc<Message>,
+    pub redelivered: bool,
+    /// Ready messages left in the queue after this one was taken.
+    pub remaining: usize,
+}
+
+/// What the channel listing shows of a channel.
+#[derive(Debug, Clone)]
+pub struct ChannelRow {
+    pub connection: u64,
+    pub number: u16,
+    pub vhost: String,
+    pub user: String,
+    pub peer: String,
+    pub prefetch_count: u16,
+    pub global_prefetch_count: u16,
+    pub unacked: usize,
+    pub consumers: usize,
+}
+
+impl Broker {
+    /// Takes up to `count` ready messages off a queue, as the management
+    /// API's POST /get does; bodies paged out to the log are read without
+    /// the broker's lock.
+    pub fn operator_get(&self, vhost: &str, queue: &str, count: usize, settle: GetSettle) -> Result<Vec<Taken>> {
+        let mut taken = Vec::new();
+        let mut put_back = Vec::new();
+        while taken.len() < count {
+            let mut st = self.state.lock();
+            let q = st.queue_mut(vhost, queue).ok_or_else(|| no_queue(vhost, queue))?;
+            let incarnation = q.incarnation;
+            let Some(mut entry) = q.pop_ready() else { break };
+            let redelivered = entry.redelivered;
+            let message = match entry.message.clone() {
+                Some(m) => m,
+                None => {
+                    drop(st);
+                    let read = self.store.read(entry.store_id);
+                    st = self.state.lock();
+                    let Some(q) = st.queue_of(vhost, queue, incarnation) else { break };
+                    match read {
+                        Ok(record) => {
+                            let message = Arc::new(message_from_record(record));
+                            entry.message = Some(message.clone());
+                            message
+                        }
+                        Err(e) => {
+                            dispatch::drop_unreadable(&self.store, q, entry.store_id, &e);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(q) = st.queue_of(vhost, queue, incarnation) else { break };
+            q.counters.get += 1;
+            if redelivered {
+                q.counters.redeliver += 1;
+            }
+            GlobalStats::add(&self.stats.delivered_get_manual_ack, 1);
+            let remaining = q.ready_count();
+            match settle {
+                GetSettle::Requeue => put_back.push(entry),
+                GetSettle::Ack => {
+                    q.counters.ack += 1;
+                    GlobalStats::add(&self.stats.acknowledged, 1);
+                    dead_letter::forget(&self.store, q.store_id, std::slice::from_ref(&entry));
+                }
+                GetSettle::Reject if q.args.dead_letter_exchange.is_some() => {
+                    let departed = Departed {
+                        vhost: q.vhost.clone(),
+                        queue: q.name.clone(),
+                        incarnation,
+                        entries: vec![entry],
+                        reason: Reason::Rejected,
+                    };
+                    st.depart(departed, &self.store);
+                }
+                GetSettle::Reject => dead_letter::forget(&self.store, q.store_id, std::slice::from_ref(&entry)),
+            }
+            taken.push(Taken { message, redelivered, remaining });
+        }
+        if !put_back.is_empty() {
+            // Back in their places, flagged redelivered, as a get and a
+            // requeueing nack leave them in RabbitMQ.
+            let mut st = self.state.lock();
+            let mut over_limit = Vec::new();
+            if let Some(q) = st.queue_mut(vhost, queue) {
+                for entry in put_back {
+                    if let Some(entry) = q.requeue(dispatch::unloaded(entry, &self.store)) {
+                        departed_push(&mut over_limit, q, entry, Reason::DeliveryLimit);
+                    }
+                }
+            }
+            for d in over_limit {
+                st.depart(d, &self.store);
+            }
+            st.drain(vhost, queue, &self.store);
+        }
+        Ok(taken)
+    }
+
+    /// Every open channel, by connection and number.
+    pub fn list_channels(&self) -> Vec<ChannelRow> {
+        let st = self.state.lock();
+        let mut rows: Vec<ChannelRow> = st
+            .channels
+            .iter()
+            .map(|(&(conn, number), ch)| {
+                let info = st.connections.get(&conn).map(|c| &c.info);
+                ChannelRow {
+                    connection: conn,
+                    number,
+                    vhost: ch.vhost.to_string(),
+                    user: info.map(|i| i.user.clone()).unwrap_or_default(),
+                    peer: info.map(|i| i.peer.clone()).unwrap_or_default(),
+                    prefetch_count: ch.consumer_prefetch,
+                    global_prefetch_count: ch.channel_prefetch,
+                    unacked: ch.unacked.len(),
+                    consumers: ch.consumers.len(),
+                }
+            })
+            .collect();
+        rows.sort_by_key(|r| (r.connection, r.number));
+        rows
+    }
+}

@@ -1,0 +1,249 @@
+//! The operators' read model: message and object counters, and a snapshot
+//! of every queue sampled every few seconds with its rates, which the HTTP
+//! API, the Prometheus endpoint and the console read without touching the
+//! broker's lock.
+//!
+//! Broker-wide counters are atomics bumped where things happen (a relaxed
+//! add each); per-queue counters are plain integers in the queue, bumped
+//! under the broker's lock the operation holds anyway. A sampler thread
+//! takes the lock once per [`SAMPLE_EVERY`] to copy the queues' counts and
+//! counters into a [`Snapshot`], and derives rates from the previous one,
+//! as RabbitMQ's management statistics do every 5 seconds.
+
+use std::collections::VecDeque;
+use std::sync::Weak;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::*;
+
+/// How often queues are sampled for rates (RabbitMQ's `collect_statistics_interval`).
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// Overview samples kept for the console's charts: ten minutes.
+const HISTORY: usize = 120;
+
+/// Broker-wide counters, named after RabbitMQ's `rabbitmq_global_*` and
+/// object churn metrics.
+#[derive(Debug, Default)]
+pub struct GlobalStats {
+    pub received: AtomicU64,
+    pub received_confirm: AtomicU64,
+    pub routed: AtomicU64,
+    pub unroutable_dropped: AtomicU64,
+    pub unroutable_returned: AtomicU64,
+    pub confirmed: AtomicU64,
+    pub delivered_consume_manual_ack: AtomicU64,
+    pub delivered_consume_auto_ack: AtomicU64,
+    pub delivered_get_manual_ack: AtomicU64,
+    pub delivered_get_auto_ack: AtomicU64,
+    pub get_empty: AtomicU64,
+    pub redelivered: AtomicU64,
+    pub acknowledged: AtomicU64,
+    pub connections_opened: AtomicU64,
+    pub connections_closed: AtomicU64,
+    pub channels_opened: AtomicU64,
+    pub channels_closed: AtomicU64,
+    pub queues_declared: AtomicU64,
+    pub queues_created: AtomicU64,
+    pub queues_deleted: AtomicU64,
+}
+
+impl GlobalStats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// Messages handed to consumers and basic.get, every kind.
+    pub fn delivered_total(&self) -> u64 {
+        [
+            &self.delivered_consume_manual_ack,
+            &self.delivered_consume_auto_ack,
+            &self.delivered_get_manual_ack,
+            &self.delivered_get_auto_ack,
+        ]
+        .iter()
+        .map(|c| Self::get(c))
+        .sum()
+    }
+}
+
+/// One queue's message counters since it was declared.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct QueueCounters {
+    pub publish: u64,
+    pub deliver: u64,
+    pub deliver_no_ack: u64,
+    pub get: u64,
+    pub get_no_ack: u64,
+    pub redeliver: u64,
+    pub ack: u64,
+}
+
+impl QueueCounters {
+    pub fn deliver_get(&self) -> u64 {
+        self.deliver + self.deliver_no_ack + self.get + self.get_no_ack
+    }
+}
+
+/// A counter and its rate per second over the last sampling interval.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
+pub struct Rated {
+    pub count: u64,
+    pub rate: f64,
+}
+
+/// One queue as sampled.
+#[derive(Debug, Clone)]
+pub struct QueueSample {
+    pub vhost: Arc<str>,
+    pub name: Arc<str>,
+    pub queue_type: &'static str,
+    pub durable: bool,
+    pub ready: usize,
+    pub unacked: usize,
+    pub consumers: usize,
+    pub ready_bytes: usize,
+    pub counters: QueueCounters,
+    pub publish: Rated,
+    pub deliver_get: Rated,
+    pub ack: Rated,
+    pub redeliver: Rated,
+}
+
+/// Broker-wide figures at one sample, for the overview's charts.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct OverviewSample {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub ready: usize,
+    pub unacked: usize,
+    pub publish_rate: f64,
+    pub deliver_get_rate: f64,
+    pub ack_rate: f64,
+}
+
+/// What the sampler saw last.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub queues: Vec<QueueSample>,
+    pub connections: usize,
+    pub channels: usize,
+    pub consumers: usize,
+    pub exchanges: usize,
+    pub vhosts: usize,
+    /// Broker-wide publish, deliver/get and ack rates of the last interval.
+    pub publish_rate: f64,
+    pub deliver_get_rate: f64,
+    pub ack_rate: f64,
+    pub confirm_rate: f64,
+    pub history: VecDeque<OverviewSample>,
+}
+
+impl Snapshot {
+    /// A queue's sample (queues are sorted by vhost and name).
+    pub fn queue(&self, vhost: &str, name: &str) -> Option<&QueueSample> {
+        let at = self.queues.binary_search_by(|q| (&*q.vhost, &*q.name).cmp(&(vhost, name))).ok()?;
+        self.queues.get(at)
+    }
+}
+
+fn rated(count: u64, before: Option<u64>, seconds: f64) -> Rated {
+    let rate = match before {
+        Some(b) if seconds > 0.0 && count >= b => (count - b) as f64 / seconds,
+        _ => 0.0,
+    };
+    Rated { count, rate }
+}
+
+/// Starts the sampler thread; it ends with the broker.
+pub(super) fn spawn(state: Weak<Mutex<State>>, stats: Arc<GlobalStats>, out: Arc<RwLock<Arc<Snapshot>>>) {
+    let started = std::thread::Builder::new().name("warren-stats".into()).spawn(move || {
+        let mut last = Instant::now();
+        // Broker-wide counters at the previous sample.
+        let mut before = (0u64, 0u64, 0u64, 0u64);
+        loop {
+            let Some(state) = state.upgrade() else { return };
+            let now = Instant::now();
+            let seconds = now.duration_since(last).as_secs_f64();
+            last = now;
+            let previous = out.read().clone();
+            let mut next = state.lock().sample(&previous, seconds);
+            drop(state);
+            let counters = (
+                GlobalStats::get(&stats.received),
+                stats.delivered_total(),
+                GlobalStats::get(&stats.acknowledged),
+                GlobalStats::get(&stats.confirmed),
+            );
+            let per_second =
+                |now: u64, was: u64| if seconds > 0.0 { now.saturating_sub(was) as f64 / seconds } else { 0.0 };
+            next.publish_rate = per_second(counters.0, before.0);
+            next.deliver_get_rate = per_second(counters.1, before.1);
+            next.ack_rate = per_second(counters.2, before.2);
+            next.confirm_rate = per_second(counters.3, before.3);
+            before = counters;
+            let mut history = previous.history.clone();
+            history.push_back(OverviewSample {
+                at_ms: crate::store::wall_ms(),
+                ready: next.queues.iter().map(|q| q.ready).sum(),
+                unacked: next.queues.iter().map(|q| q.unacked).sum(),
+                publish_rate: next.publish_rate,
+                deliver_get_rate: next.deliver_get_rate,
+                ack_rate: next.ack_rate,
+            });
+            while history.len() > HISTORY {
+                history.pop_front();
+            }
+            next.history = history;
+            *out.write() = Arc::new(next);
+            std::thread::sleep(SAMPLE_EVERY);
+        }
+    });
+    if let Err(e) = started {
+        tracing::error!("cannot start the statistics thread ({e}); rates stay at zero");
+    }
+}
+
+impl State {
+    /// Copies every queue's counts and counters, with rates against `previous`.
+    fn sample(&self, previous: &Snapshot, seconds: f64) -> Snapshot {
+        let mut queues = Vec::with_capacity(previous.queues.len());
+        for v in self.vhosts.values() {
+            for q in v.queues.values() {
+                let was = previous.queue(&q.vhost, &q.name).map(|s| s.counters);
+                let c = q.counters;
+                queues.push(QueueSample {
+                    vhost: q.vhost.clone(),
+                    name: q.name.clone(),
+                    queue_type: q.args.queue_type.as_str(),
+                    durable: q.durable,
+                    ready: q.ready_count(),
+                    unacked: q.unacked,
+                    consumers: q.consumers.len(),
+                    ready_bytes: q.ready_bytes(),
+                    counters: c,
+                    publish: rated(c.publish, was.map(|w| w.publish), seconds),
+                    deliver_get: rated(c.deliver_get(), was.map(|w| w.deliver_get()), seconds),
+                    ack: rated(c.ack, was.map(|w| w.ack), seconds),
+                    redeliver: rated(c.redeliver, was.map(|w| w.redeliver), seconds),
+                });
+            }
+        }
+        queues.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
+        Snapshot {
+            consumers: queues.iter().map(|q| q.consumers).sum(),
+            queues,
+            connections: self.connections.len(),
+            channels: self.channels.len(),
+            exchanges: self.vhosts.values().map(|v| v.exchanges.len()).sum(),
+            vhosts: self.vhosts.len(),
+            ..Snapshot::default()
+        }
+    }
+}

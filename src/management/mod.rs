@@ -1,0 +1,248 @@
+//! The management HTTP API, RabbitMQ's (port 15672): the JSON shapes,
+//! status codes and access rules of RabbitMQ's management plugin, so that
+//! rabbitmqadmin, KEDA's scaler, Terraform's provider and other clients of
+//! it work unchanged. It sits beside `server` and above `broker`: it reads
+//! the broker's listings and the sampler's snapshot, and changes things
+//! through the same broker calls AMQP clients use.
+//!
+//! Where each endpoint lives: `overview` (overview, whoami, nodes, health
+//! checks, aliveness, connections, channels, consumers); `objects`
+//! (queues, exchanges, bindings, messages); `settings` (vhosts, users,
+//! permissions, policies, limits, definitions); `json` the shapes shared
+//! by several of them; `console` the web console's files; `prometheus`
+//! the metrics endpoint, on a port of its own.
+
+mod console;
+mod json;
+mod objects;
+mod overview;
+mod prometheus;
+mod settings;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::json;
+
+use crate::access::Access;
+use crate::broker::Broker;
+
+/// Where the broker listens, for /api/overview's `listeners` and the
+/// port-listener health check.
+#[derive(Debug, Clone, Default)]
+pub struct Listeners {
+    pub amqp: Option<SocketAddr>,
+    pub management: Option<SocketAddr>,
+    pub prometheus: Option<SocketAddr>,
+}
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct Api {
+    pub broker: Arc<Broker>,
+    pub listeners: Arc<Listeners>,
+}
+
+/// Serves the API on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, api: Api) -> std::io::Result<()> {
+    let app = router(api);
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+}
+
+fn router(api: Api) -> Router {
+    Router::new()
+        .merge(overview::routes())
+        .merge(objects::routes())
+        .merge(settings::routes())
+        .merge(console::routes())
+        .fallback(|| async { ApiError::not_found() })
+        .with_state(api)
+}
+
+/// An error reply: RabbitMQ's `{"error": ..., "reason": ...}` body.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: String,
+    pub reason: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: &str, reason: impl Into<String>) -> ApiError {
+        ApiError { status, error: error.to_string(), reason: reason.into() }
+    }
+
+    pub fn not_found() -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "Object Not Found", "Not Found")
+    }
+
+    pub fn bad_request(reason: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", reason)
+    }
+
+    /// An authenticated caller that may not do this: 401 with the British
+    /// spelling, as RabbitMQ answers (not 403).
+    pub fn not_authorised(reason: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "not_authorised", reason)
+    }
+
+    pub fn forbidden() -> ApiError {
+        ApiError::not_authorised("Not administrator user")
+    }
+
+    /// No credentials at all: an empty 401 asking for them.
+    fn credentials_needed() -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "", "")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.error.is_empty() {
+            let mut response = StatusCode::UNAUTHORIZED.into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""));
+            return response;
+        }
+        (self.status, axum::Json(json!({"error": self.error, "reason": self.reason}))).into_response()
+    }
+}
+
+/// An AMQP refusal as an HTTP error: 404 for what is missing, 400 for the
+/// rest (as RabbitMQ's management API answers them).
+impl From<crate::broker::AmqpError> for ApiError {
+    fn from(e: crate::broker::AmqpError) -> ApiError {
+        use crate::protocol::reply;
+        let reason = e.text.split_once(" - ").map_or(e.text.as_str(), |(_, r)| r).to_string();
+        match e.code {
+            reply::NOT_FOUND => ApiError::new(StatusCode::NOT_FOUND, "Object Not Found", reason),
+            reply::ACCESS_REFUSED => ApiError::not_authorised(reason),
+            _ => ApiError::bad_request(reason),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The authenticated caller of a request (HTTP basic auth) and what its
+/// tags let it do, as in RabbitMQ: `management` (and `policymaker`) see
+/// the vhosts they have permissions in; `monitoring` sees everything;
+/// `administrator` may do everything.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub tags: Vec<String>,
+}
+
+impl Caller {
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags.iter().any(|t| t == tag)
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.has_tag("administrator")
+    }
+
+    /// Sees every vhost's objects and every user's connections.
+    pub fn is_monitor(&self) -> bool {
+        self.is_admin() || self.has_tag("monitoring")
+    }
+
+    pub fn require_admin(&self) -> ApiResult<()> {
+        if self.is_admin() { Ok(()) } else { Err(ApiError::forbidden()) }
+    }
+
+    pub fn require_monitor(&self) -> ApiResult<()> {
+        if self.is_monitor() { Ok(()) } else { Err(ApiError::not_authorised("Not monitor user")) }
+    }
+
+    /// May see (and act in) this vhost: it has permissions there, or is a monitor.
+    pub fn sees_vhost(&self, api: &Api, vhost: &str) -> bool {
+        self.is_monitor() || api.broker.access().may_enter(&self.name, vhost)
+    }
+
+    pub fn require_vhost(&self, api: &Api, vhost: &str) -> ApiResult<()> {
+        if !api.broker.vhost_exists(vhost) {
+            return Err(ApiError::not_found());
+        }
+        if self.is_admin() || api.broker.access().may_enter(&self.name, vhost) {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorised("User not authorised to access virtual host"))
+        }
+    }
+
+    /// A resource permission, checked as AMQP checks it (administrators too,
+    /// as in RabbitMQ).
+    pub fn require(
+        &self,
+        api: &Api,
+        vhost: &str,
+        access: Access,
+        kind: crate::access::ResourceKind,
+        name: &str,
+    ) -> ApiResult<()> {
+        if api.broker.access().permitted(&self.name, vhost, access, name) {
+            Ok(())
+        } else {
+            let reason = crate::access::refusal(kind, name, vhost, &self.name, access);
+            Err(ApiError::not_authorised(reason))
+        }
+    }
+}
+
+/// Tags that open the management API at all.
+const MANAGEMENT_TAGS: [&str; 4] = ["management", "policymaker", "monitoring", "administrator"];
+
+impl FromRequestParts<Api> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Caller, ApiError> {
+        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let Some(header) = header else { return Err(ApiError::credentials_needed()) };
+        let Some((user, password)) = basic_credentials(header) else {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "not_authorized", "Not_Authorized"));
+        };
+        let access = api.broker.access();
+        if !access.authenticate(&user, &password) {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "not_authorized", "Not_Authorized"));
+        }
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        if access.loopback_only(&user) && !peer.is_some_and(|ip| ip.is_loopback()) {
+            return Err(ApiError::not_authorised("User can only log in via localhost"));
+        }
+        let tags = access.user(&user).map(|u| u.tags).unwrap_or_default();
+        if !tags.iter().any(|t| MANAGEMENT_TAGS.contains(&t.as_str())) {
+            return Err(ApiError::not_authorised("Not management user"));
+        }
+        Ok(Caller { name: user, tags })
+    }
+}
+
+/// (user, password) from an `Authorization: Basic …` header.
+fn basic_credentials(header: &str) -> Option<(String, String)> {
+    let encoded = header.strip_prefix("Basic ").or_else(|| header.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// The node name this broker shows where RabbitMQ shows its node.
+pub fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("warren@{}", host.trim())
+}
+
+/// Serves the Prometheus metrics (RabbitMQ's port 15692) on `listener`.
+pub async fn serve_prometheus(listener: tokio::net::TcpListener, api: Api) -> std::io::Result<()> {
+    let app = prometheus::routes().with_state(api);
+    axum::serve(listener, app).await
+}
