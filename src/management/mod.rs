@@ -6,17 +6,21 @@
 //! through the same broker calls AMQP clients use.
 //!
 //! Where each endpoint lives: `overview` (overview, whoami, nodes, health
-//! checks, aliveness, connections, channels, consumers); `objects`
-//! (queues, exchanges, bindings, messages); `settings` (vhosts, users,
+//! checks, aliveness, connections, channels, consumers); `queues` (and
+//! getting messages), `exchanges` (and publishing), `bindings`; `paging`
+//! the listing parameters; `settings` (vhosts, users,
 //! permissions, policies, limits, definitions); `json` the shapes shared
 //! by several of them; `console` the web console's files; `prometheus`
 //! the metrics endpoint, on a port of its own.
 
+mod bindings;
 mod console;
+mod exchanges;
 mod json;
-mod objects;
 mod overview;
+mod paging;
 mod prometheus;
+mod queues;
 mod settings;
 
 use std::net::SocketAddr;
@@ -58,7 +62,9 @@ pub async fn serve(listener: tokio::net::TcpListener, api: Api) -> std::io::Resu
 fn router(api: Api) -> Router {
     Router::new()
         .merge(overview::routes())
-        .merge(objects::routes())
+        .merge(queues::routes())
+        .merge(exchanges::routes())
+        .merge(bindings::routes())
         .merge(settings::routes())
         .merge(console::routes())
         .fallback(|| async { ApiError::not_found() })
