@@ -97,6 +97,7 @@ fn info() -> ConnectionInfo {
         client: "test".into(),
         heartbeat: 0,
         frame_max: 131072,
+        connected_at: 0,
     }
 }
 

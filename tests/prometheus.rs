@@ -265,4 +265,29 @@ async fn values_follow_traffic() {
         must(&text, "rabbitmq_global_messages_delivered_total", AMQP),
         base("rabbitmq_global_messages_delivered_total", AMQP) + 11.0
     );
+
+    // The log: a confirm of a persistent message waited for an fdatasync,
+    // each one timed in the histogram; each writer pass counted in the
+    // batch histogram with the bytes it wrote.
+    let before = scrape(addr, "/metrics").await;
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    let args = lapin::types::FieldTable::default();
+    within("declare", ch.queue_declare("logged".into(), durable, args)).await.expect("declare");
+    let body = "x".repeat(1000);
+    for _ in 0..3 {
+        let props = lapin::BasicProperties::default().with_delivery_mode(2);
+        publish_props(&ch, "logged", body.as_bytes(), props).await;
+    }
+    let text = scrape(addr, "/metrics").await;
+    assert_eq!(type_of(&text, "warren_log_fsync_seconds"), Some("histogram"));
+    assert_eq!(type_of(&text, "warren_log_batch_bytes"), Some("histogram"));
+    let was = |name: &str, labels: &[(&str, &str)]| must(&before, name, labels);
+    let fsyncs = must(&text, "warren_log_fsyncs_total", &[]);
+    assert!(fsyncs - was("warren_log_fsyncs_total", &[]) >= 1.0, "confirms come after fdatasync");
+    assert_eq!(must(&text, "warren_log_fsync_seconds_count", &[]), fsyncs, "one latency per fdatasync");
+    assert_eq!(must(&text, "warren_log_fsync_seconds_bucket", &[("le", "+Inf")]), fsyncs);
+    assert!(must(&text, "warren_log_batch_bytes_count", &[]) > was("warren_log_batch_bytes_count", &[]));
+    let written = must(&text, "warren_log_batch_bytes_sum", &[]) - was("warren_log_batch_bytes_sum", &[]);
+    assert!(written >= 3000.0, "three 1000-byte bodies were written: {written}");
+    assert!(must(&text, "warren_log_replay_seconds", &[]) >= 0.0);
 }

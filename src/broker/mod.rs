@@ -160,6 +160,8 @@ pub struct ConnectionInfo {
     pub client: String,
     pub heartbeat: u16,
     pub frame_max: u32,
+    /// When the connection opened, ms since the Unix epoch.
+    pub connected_at: u64,
 }
 
 #[derive(Debug)]

@@ -286,7 +286,8 @@ fn peer_port(peer: &str) -> u16 {
     peer.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0)
 }
 
-fn connection_json(id: u64, info: &crate::broker::ConnectionInfo, channels: usize) -> Value {
+fn connection_json(api: &Api, id: u64, info: &crate::broker::ConnectionInfo, channels: usize) -> Value {
+    let listener = api.listeners.amqp;
     let (host, port) = (peer_host(&info.peer), peer_port(&info.peer).to_string());
     json!({
         "name": crate::broker::connection_name(id, &info.peer),
@@ -296,8 +297,8 @@ fn connection_json(id: u64, info: &crate::broker::ConnectionInfo, channels: usiz
         "user_who_performed_action": info.user,
         "peer_host": host,
         "peer_port": port.parse::<u16>().unwrap_or(0),
-        "host": "127.0.0.1",
-        "port": 5672,
+        "host": listener.map_or_else(|| "0.0.0.0".to_string(), |a| a.ip().to_string()),
+        "port": listener.map_or(5672, |a| a.port()),
         "protocol": "AMQP 0-9-1",
         "type": "network",
         "state": "running",
@@ -308,7 +309,7 @@ fn connection_json(id: u64, info: &crate::broker::ConnectionInfo, channels: usiz
         "auth_mechanism": "PLAIN",
         "ssl": false,
         "client_properties": {"product": info.client},
-        "connected_at": 0,
+        "connected_at": info.connected_at,
         "recv_oct": 0, "send_oct": 0, "recv_cnt": 0, "send_cnt": 0,
     })
 }
@@ -320,7 +321,7 @@ fn visible_connections(api: &Api, caller: &Caller, vhost: Option<&str>) -> Vec<V
         .into_iter()
         .filter(|(_, info, _)| caller.is_monitor() || info.user == caller.name)
         .filter(|(_, info, _)| vhost.is_none_or(|v| info.vhost == v))
-        .map(|(id, info, channels)| connection_json(id, &info, channels))
+        .map(|(id, info, channels)| connection_json(api, id, &info, channels))
         .collect()
 }
 

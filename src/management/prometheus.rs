@@ -14,6 +14,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -60,6 +62,10 @@ impl Scrape {
         self.registry.register(name, help, f);
     }
 
+    fn histogram(&mut self, name: &str, help: &str, histogram: crate::store::histogram::HistogramSnapshot) {
+        self.registry.register(name, help, Buckets(histogram));
+    }
+
     fn labelled(&mut self, name: &str, help: &str, series: Vec<(Labels, i64)>) {
         let f: Family<Labels, Gauge<i64, AtomicI64>> = Family::default();
         for (labels, value) in series {
@@ -79,6 +85,20 @@ impl Scrape {
             HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
         );
         response
+    }
+}
+
+/// A histogram the log keeps (its own atomics), encoded as one.
+#[derive(Debug)]
+struct Buckets(crate::store::histogram::HistogramSnapshot);
+
+impl EncodeMetric for Buckets {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.0.sum, self.0.count, &self.0.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
@@ -237,6 +257,15 @@ fn common(api: &Api) -> Scrape {
     s.counter("warren_log_written_bytes", "Bytes written to the log's segments", log.written_bytes);
     s.counter("warren_log_compaction_bytes", "Bytes compaction copied forward", log.compaction_bytes);
     s.counter("warren_log_segments_deleted", "Segment files compaction deleted", log.segments_deleted);
+    s.counter("warren_log_fsyncs", "fdatasync calls on the log's segments", log.fsyncs);
+    s.gauge_f(
+        "warren_log_replay_seconds",
+        "How long replaying the log took at start-up",
+        log.replay_ms as f64 / 1000.0,
+    );
+    let (fsync, pass) = store.histograms();
+    s.histogram("warren_log_fsync_seconds", "How long each fdatasync of a segment took", fsync);
+    s.histogram("warren_log_batch_bytes", "Bytes each writer pass (one group commit) wrote", pass);
     s
 }
 

@@ -138,6 +138,7 @@ impl Connection {
             client,
             heartbeat: self.heartbeat,
             frame_max: self.frame_max,
+            connected_at: crate::store::wall_ms(),
         };
         // As RabbitMQ: the vhost and its connection limit first, then the
         // user's access to it; registering checks the limit again, atomically.

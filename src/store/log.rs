@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 pub use super::definitions::Definitions;
 use super::format::*;
+use super::histogram::Histogram;
 use super::io::LogIo;
 use super::recovery::{QueueSet, Recovered};
 pub(super) use super::state::{Chunk, Inner, MANY_QUEUES, Relocation, SegmentMeta, prune_foreign};
@@ -123,7 +124,7 @@ pub struct LogStore {
 }
 
 /// Running totals, for listings and the write-amplification benchmark.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
     /// Bytes of message records appended by publishes.
     pub published_bytes: AtomicU64,
@@ -133,6 +134,29 @@ pub struct Counters {
     pub compaction_bytes: AtomicU64,
     /// Segments compaction deleted.
     pub segments_deleted: AtomicU64,
+    /// fdatasync calls on segments.
+    pub fsyncs: AtomicU64,
+    /// How long each fdatasync took, in seconds.
+    pub fsync_seconds: Histogram,
+    /// Bytes each writer pass wrote (a group commit).
+    pub pass_bytes: Histogram,
+    /// Milliseconds the replay at start-up took.
+    pub replay_ms: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            published_bytes: AtomicU64::new(0),
+            written_bytes: AtomicU64::new(0),
+            compaction_bytes: AtomicU64::new(0),
+            segments_deleted: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            fsync_seconds: Histogram::new(super::histogram::FSYNC_SECONDS),
+            pass_bytes: Histogram::new(super::histogram::PASS_BYTES),
+            replay_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Counters for listings and warren-dump.
@@ -158,12 +182,16 @@ pub struct LogStats {
     pub written_bytes: u64,
     pub compaction_bytes: u64,
     pub segments_deleted: u64,
+    pub fsyncs: u64,
+    pub replay_ms: u64,
 }
 
 impl LogStore {
     /// Opens the log, replays it, and starts the writer on a fresh segment.
     pub fn open(io: Arc<dyn LogIo>, options: LogOptions) -> Result<(Arc<LogStore>, Recovered), String> {
+        let replay_started = std::time::Instant::now();
         let mut recovered = super::recovery::recover(&*io, options.skip_damaged)?;
+        let replay_ms = replay_started.elapsed().as_millis() as u64;
         // Whatever the last run left in the page cache is made durable before
         // anything new is written: the new segment's first group says so.
         for seg in &recovered.segments {
@@ -244,7 +272,7 @@ impl LogStore {
             compact_wanted: Mutex::new(false),
             wake_compactor: Condvar::new(),
             stopping: AtomicBool::new(false),
-            stats: Counters::default(),
+            stats: Counters { replay_ms: AtomicU64::new(replay_ms), ..Counters::default() },
             disk_alarm: watch::channel(super::disk::DiskAlarm::default()).0,
             compaction_behind,
         });
@@ -294,6 +322,11 @@ impl LogStore {
     }
 
     /// Bytes free on the log's file system, when known.
+    /// How long fdatasyncs took and how much each writer pass wrote.
+    pub fn histograms(&self) -> (super::histogram::HistogramSnapshot, super::histogram::HistogramSnapshot) {
+        (self.stats.fsync_seconds.snapshot(), self.stats.pass_bytes.snapshot())
+    }
+
     /// The free-disk limit publishers are blocked under (0: no alarm).
     pub fn disk_free_limit(&self) -> u64 {
         self.options.disk_free_limit
@@ -547,6 +580,8 @@ impl LogStore {
             written_bytes: self.stats.written_bytes.load(Ordering::Relaxed),
             compaction_bytes: self.stats.compaction_bytes.load(Ordering::Relaxed),
             segments_deleted: self.stats.segments_deleted.load(Ordering::Relaxed),
+            fsyncs: self.stats.fsyncs.load(Ordering::Relaxed),
+            replay_ms: self.stats.replay_ms.load(Ordering::Relaxed),
         }
     }
 

@@ -25,6 +25,7 @@ pub mod compaction;
 pub mod definitions;
 pub mod disk;
 pub mod format;
+pub mod histogram;
 pub mod inspect;
 pub mod io;
 pub mod log;

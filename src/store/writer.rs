@@ -112,11 +112,17 @@ impl LogStore {
                     true
                 }
             };
+            if pass.written > 0 {
+                self.stats.pass_bytes.observe(pass.written as f64);
+            }
             if sync {
                 for base in &unsynced {
+                    let started = Instant::now();
                     if let Err(e) = self.io.sync(*base) {
                         return self.fail(format!("fdatasync of {}: {e}", self.io.describe(*base)));
                     }
+                    self.stats.fsync_seconds.observe(started.elapsed().as_secs_f64());
+                    self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
                 }
                 unsynced.clear();
                 // A new segment file must survive a power cut too.

@@ -2,7 +2,8 @@
 //!
 //! It reaches the broker through the control socket in the broker's data
 //! directory (see `warren::admin`), so it needs `--data-dir` (or
-//! `WARREN_DATA_DIR`) to name the same directory the broker was started with.
+//! `WARREN_DATA_DIR`) to name the same directory the broker was started
+//! with; or, with `--url`, through the management HTTP API (`http`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -37,6 +38,23 @@ struct Args {
     /// Seconds to wait for the broker.
     #[arg(short, long, global = true, default_value_t = 60)]
     timeout: u64,
+    /// Reach the broker through its management HTTP API at this URL (e.g.
+    /// http://host:15672) instead of the data directory's control socket.
+    #[arg(long, env = "WARREN_URL", global = true)]
+    url: Option<String>,
+    /// User for --url.
+    #[arg(long = "username", id = "http_username", env = "WARREN_USERNAME", global = true, default_value = "guest")]
+    http_username: String,
+    /// Password for --url.
+    #[arg(
+        long = "password",
+        id = "http_password",
+        env = "WARREN_PASSWORD",
+        global = true,
+        default_value = "guest",
+        hide_default_value = true
+    )]
+    http_password: String,
     /// The virtual host a verb acts on or lists, as rabbitmqctl's -p.
     #[arg(short = 'p', long = "vhost", global = true, default_value = "/")]
     vhost: String,
@@ -236,6 +254,7 @@ fn known_columns(command: &str) -> &'static [&'static str] {
     }
 }
 
+mod http;
 mod verbs;
 
 use verbs::{access_verb, definitions, run_access_verb};
@@ -349,6 +368,25 @@ fn socket_path(args: &Args) -> PathBuf {
 /// Sends a request; an unreachable broker or a refusal is printed and
 /// becomes the exit code (`refused` for a refusal).
 fn exchange(args: &Args, request: &Request, refused: u8) -> Result<Response, ExitCode> {
+    if let Some(url) = &args.url {
+        let target = http::Target {
+            url: url.clone(),
+            username: args.http_username.clone(),
+            password: args.http_password.clone(),
+        };
+        let response = match target.call(request) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("Error: unable to reach the broker's management API: {e}");
+                return Err(ExitCode::from(69));
+            }
+        };
+        if !response.ok {
+            eprintln!("Error:\n{}", response.error.unwrap_or_default());
+            return Err(ExitCode::from(refused));
+        }
+        return Ok(response);
+    }
     let socket = socket_path(args);
     let response = match call(&socket, request, Duration::from_secs(args.timeout)) {
         Ok(r) => r,
