@@ -8,12 +8,15 @@
 //! Where each endpoint lives: `overview` (overview, whoami, nodes, health
 //! checks, aliveness, connections, channels, consumers); `queues` (and
 //! getting messages), `exchanges` (and publishing), `bindings`; `paging`
-//! the listing parameters; `settings` (vhosts, users,
-//! permissions, policies, limits, definitions); `json` the shapes shared
-//! by several of them; `console` the web console's files; `prometheus`
+//! the listing parameters; `settings` (vhosts, policies, limits,
+//! definitions); `users` (users, permissions, topic permissions); `json`
+//! the shapes shared
+//! by several of them; `compat` what tools probe (cluster name, feature
+//! flags, parameters…); `console` the web console's files; `prometheus`
 //! the metrics endpoint, on a port of its own.
 
 mod bindings;
+mod compat;
 mod console;
 mod exchanges;
 mod json;
@@ -22,6 +25,7 @@ mod paging;
 mod prometheus;
 mod queues;
 mod settings;
+mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,7 +70,9 @@ fn router(api: Api) -> Router {
         .merge(exchanges::routes())
         .merge(bindings::routes())
         .merge(settings::routes())
+        .merge(users::routes())
         .merge(console::routes())
+        .merge(compat::routes())
         .fallback(|| async { ApiError::not_found() })
         .with_state(api)
 }

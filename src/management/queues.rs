@@ -51,7 +51,11 @@ fn queues_json(api: &Api, caller: &Caller, vhost: Option<&str>) -> Vec<Value> {
         .collect()
 }
 
-async fn all_queues(State(api): State<Api>, caller: Caller, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+pub(super) async fn all_queues(
+    State(api): State<Api>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
     listing(queues_json(&api, &caller, None), &q)
 }
 
