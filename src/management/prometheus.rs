@@ -139,7 +139,9 @@ fn common(api: &Api) -> Scrape {
         )],
     );
     let snapshot = api.broker.snapshot();
-    let (connections, queues, _, _) = api.broker.totals();
+    // From the snapshot and the atomics only: a scrape never waits on the
+    // broker's lock, whatever the number of queues.
+    let (connections, queues) = (snapshot.connections, snapshot.queues.len());
     s.gauge("rabbitmq_connections", "Connections currently open", connections as i64);
     s.gauge("rabbitmq_channels", "Channels currently open", snapshot.channels as i64);
     s.gauge("rabbitmq_consumers", "Consumers currently connected", snapshot.consumers as i64);
