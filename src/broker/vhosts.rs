@@ -192,6 +192,16 @@ impl Broker {
     /// add_vhost: creates the vhost with its predeclared exchanges; adding
     /// one that exists changes nothing, as in RabbitMQ.
     pub fn add_vhost(&self, info: VhostInfo) -> std::result::Result<(), VhostError> {
+        self.write_vhost(info, false)
+    }
+
+    /// PUT of a vhost over HTTP: creates it, or replaces the description,
+    /// tags and default queue type of one that exists.
+    pub fn put_vhost(&self, info: VhostInfo) -> std::result::Result<(), VhostError> {
+        self.write_vhost(info, true)
+    }
+
+    fn write_vhost(&self, info: VhostInfo, replace: bool) -> std::result::Result<(), VhostError> {
         check_vhost_name(&info.name)?;
         if let Some(t) = info.default_queue_type.as_deref()
             && QueueType::parse(t).is_none()
@@ -199,41 +209,20 @@ impl Broker {
             return Err(VhostError::Invalid(format!("Unsupported default queue type '{t}'")));
         }
         let mut st = self.state.lock();
-        if st.vhosts.contains_key(info.name.as_str()) {
+        let exists = st.vhosts.contains_key(info.name.as_str());
+        if exists && !replace {
             return Ok(());
         }
         let value = serde_json::to_vec(&info).map_err(|e| VhostError::Invalid(e.to_string()))?;
-        self.store.define(Record::Parameter {
-            kind: ParameterKind::Vhost,
-            key: info.name.clone(),
-            value: value.into(),
-        })?;
-        tracing::info!("vhost '{}' added", info.name);
-        st.vhosts.insert(Arc::from(info.name.as_str()), VHost::new(info));
-        Ok(())
-    }
-
-    /// PUT of a vhost over HTTP: creates it, or replaces the description,
-    /// tags and default queue type of one that exists.
-    pub fn put_vhost(&self, info: VhostInfo) -> std::result::Result<(), VhostError> {
-        let exists = self.state.lock().vhosts.contains_key(info.name.as_str());
-        if !exists {
-            return self.add_vhost(info);
+        let record = Record::Parameter { kind: ParameterKind::Vhost, key: info.name.clone(), value: value.into() };
+        self.store.define(record)?;
+        match st.vhosts.get_mut(info.name.as_str()) {
+            Some(v) => v.info = info,
+            None => {
+                tracing::info!("vhost '{}' added", info.name);
+                st.vhosts.insert(Arc::from(info.name.as_str()), VHost::new(info));
+            }
         }
-        if let Some(t) = info.default_queue_type.as_deref()
-            && QueueType::parse(t).is_none()
-        {
-            return Err(VhostError::Invalid(format!("Unsupported default queue type '{t}'")));
-        }
-        let mut st = self.state.lock();
-        let v = st.vhosts.get_mut(info.name.as_str()).ok_or_else(|| VhostError::NoVhost(info.name.clone()))?;
-        let value = serde_json::to_vec(&info).map_err(|e| VhostError::Invalid(e.to_string()))?;
-        self.store.define(Record::Parameter {
-            kind: ParameterKind::Vhost,
-            key: info.name.clone(),
-            value: value.into(),
-        })?;
-        v.info = info;
         Ok(())
     }
 

@@ -137,25 +137,15 @@ async fn add_binding(
     let mut response = StatusCode::CREATED.into_response();
     let location = format!(
         "/api/bindings/{}/e/{}/{}/{}/{key}",
-        encode(&vhost),
-        encode(&source),
+        shape::encode_segment(&vhost),
+        shape::encode_segment(&source),
         if kind == "queue" { "q" } else { "e" },
-        encode(&destination)
+        shape::encode_segment(&destination)
     );
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(response)
-}
-
-/// Percent-encodes a path segment.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 /// The binding a properties key names, if it exists.

@@ -129,6 +129,16 @@ pub fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
     format!("{key}~{}", base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes))
 }
 
+/// Percent-encodes one URL path segment (unreserved characters stay).
+pub fn encode_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
 /// Percent-encoding as RabbitMQ's `quote_plus`: letters, digits and `-_.`
 /// stay, a space is `+`, everything else (`~` included) is `%XX`.
 fn quote_plus(s: &str) -> String {

@@ -19,7 +19,7 @@ mod bindings;
 mod compat;
 mod console;
 mod exchanges;
-mod json;
+pub mod json;
 mod overview;
 mod paging;
 mod prometheus;

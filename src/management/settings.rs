@@ -144,6 +144,10 @@ fn policy_json(p: &Policy) -> Value {
 
 /// Policies may be read by whoever sees the vhost, and changed by
 /// `policymaker`s and administrators.
+fn require_policy_access(caller: &Caller, operator: bool) -> ApiResult<()> {
+    if operator { caller.require_admin() } else { require_policymaker(caller) }
+}
+
 fn require_policymaker(caller: &Caller) -> ApiResult<()> {
     if caller.is_admin() || caller.has_tag("policymaker") {
         Ok(())
@@ -171,11 +175,7 @@ async fn one_policy(
     Path((vhost, name)): Path<(String, String)>,
     operator: bool,
 ) -> ApiResult<Json<Value>> {
-    if operator {
-        caller.require_admin()?;
-    } else {
-        require_policymaker(&caller)?;
-    }
+    require_policy_access(&caller, operator)?;
     caller.require_vhost(&api, &vhost)?;
     let found = api.broker.policies(Some(&vhost), operator).into_iter().find(|p| p.name == name);
     found.map(|p| Json(policy_json(&p))).ok_or_else(ApiError::not_found)
@@ -202,11 +202,7 @@ async fn put_policy(
     Json(body): Json<PolicyBody>,
     operator: bool,
 ) -> ApiResult<StatusCode> {
-    if operator {
-        caller.require_admin()?;
-    } else {
-        require_policymaker(&caller)?;
-    }
+    require_policy_access(&caller, operator)?;
     caller.require_vhost(&api, &vhost)?;
     let existed = api.broker.policies(Some(&vhost), operator).iter().any(|p| p.name == name);
     let policy = Policy {
@@ -227,11 +223,7 @@ async fn delete_policy(
     Path((vhost, name)): Path<(String, String)>,
     operator: bool,
 ) -> ApiResult<StatusCode> {
-    if operator {
-        caller.require_admin()?;
-    } else {
-        require_policymaker(&caller)?;
-    }
+    require_policy_access(&caller, operator)?;
     caller.require_vhost(&api, &vhost)?;
     api.broker.clear_policy(&vhost, &name, operator).map_err(|_| ApiError::not_found())?;
     Ok(StatusCode::NO_CONTENT)
@@ -270,15 +262,7 @@ async fn put_vhost_limit(
     Path((vhost, name)): Path<(String, String)>,
     Json(body): Json<LimitBody>,
 ) -> ApiResult<StatusCode> {
-    caller.require_admin()?;
-    let mut limits = api.broker.vhost_limits(&vhost).ok_or_else(ApiError::not_found)?;
-    match name.as_str() {
-        "max-connections" => limits.max_connections = Some(body.value),
-        "max-queues" => limits.max_queues = Some(body.value),
-        other => return Err(ApiError::bad_request(format!("unknown limit '{other}'"))),
-    }
-    api.broker.set_vhost_limits(&vhost, limits).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(StatusCode::NO_CONTENT)
+    change_limit(&api, &caller, &vhost, &name, Some(body.value))
 }
 
 async fn delete_vhost_limit(
@@ -286,14 +270,19 @@ async fn delete_vhost_limit(
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
+    change_limit(&api, &caller, &vhost, &name, None)
+}
+
+/// Sets (or, with None, removes) one limit of a vhost, keeping the other.
+fn change_limit(api: &Api, caller: &Caller, vhost: &str, name: &str, value: Option<i64>) -> ApiResult<StatusCode> {
     caller.require_admin()?;
-    let mut limits = api.broker.vhost_limits(&vhost).ok_or_else(ApiError::not_found)?;
-    match name.as_str() {
-        "max-connections" => limits.max_connections = None,
-        "max-queues" => limits.max_queues = None,
+    let mut limits = api.broker.vhost_limits(vhost).ok_or_else(ApiError::not_found)?;
+    match name {
+        "max-connections" => limits.max_connections = value,
+        "max-queues" => limits.max_queues = value,
         other => return Err(ApiError::bad_request(format!("unknown limit '{other}'"))),
     }
-    api.broker.set_vhost_limits(&vhost, limits).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    api.broker.set_vhost_limits(vhost, limits).map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -17,14 +17,7 @@ pub struct Target {
 
 type Rows = Vec<Map<String, Value>>;
 
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
+use warren::management::json::encode_segment as enc;
 
 impl Target {
     /// Sends one request; Err for a transport failure, Ok(reply) otherwise
