@@ -19,7 +19,8 @@ pub fn uptime_ms() -> u64 {
 /// (resident memory, memory available to the process), in bytes: the
 /// cgroup's limit when one is set, else the machine's memory.
 pub fn memory() -> (u64, u64) {
-    let page = 4096;
+    // SAFETY: sysconf reads a system setting and touches no memory of ours.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     let rss = std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))

@@ -17,32 +17,16 @@ impl Broker {
         for (vhost, name, incarnation) in queues {
             st.expire_messages(&vhost, &name, incarnation, &self.store);
         }
-        let mut rows: Vec<QueueRow> = st
-            .vhosts
-            .values()
-            .filter(|v| in_scope(vhost, v))
-            .flat_map(|v| v.queues.values())
-            .map(|q| QueueRow {
-                name: q.name.to_string(),
-                vhost: q.vhost.to_string(),
-                durable: q.durable,
-                auto_delete: q.auto_delete,
-                exclusive: q.exclusive_owner.is_some(),
-                messages_ready: q.ready_count(),
-                messages_unacknowledged: q.unacked,
-                messages: q.ready_count() + q.unacked,
-                message_bytes_ready: q.ready_bytes(),
-                consumers: q.consumers.len(),
-                arguments: format_table(&q.arguments),
-                argument_table: q.arguments.clone(),
-                owner: q.exclusive_owner,
-                policy: q.policy.clone().unwrap_or_default(),
-                operator_policy: q.operator_policy.clone().unwrap_or_default(),
-                queue_type: q.args.queue_type.as_str().to_string(),
-            })
-            .collect();
+        let mut rows: Vec<QueueRow> =
+            st.vhosts.values().filter(|v| in_scope(vhost, v)).flat_map(|v| v.queues.values()).map(queue_row).collect();
         rows.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
         rows
+    }
+
+    /// One queue's row (no expiry pass: a poll of one queue stays cheap).
+    pub fn queue_row(&self, vhost: &str, name: &str) -> Option<QueueRow> {
+        let st = self.state.lock();
+        st.queue(vhost, name).map(queue_row)
     }
 
     /// Exchanges of one vhost (or all), by vhost and name.
@@ -232,6 +216,27 @@ impl Broker {
         let count = st.queue(vhost, name)?.ready_count();
         st.delete_queue(vhost, name, &self.store);
         Some(count)
+    }
+}
+
+fn queue_row(q: &Queue) -> QueueRow {
+    QueueRow {
+        name: q.name.to_string(),
+        vhost: q.vhost.to_string(),
+        durable: q.durable,
+        auto_delete: q.auto_delete,
+        exclusive: q.exclusive_owner.is_some(),
+        messages_ready: q.ready_count(),
+        messages_unacknowledged: q.unacked,
+        messages: q.ready_count() + q.unacked,
+        message_bytes_ready: q.ready_bytes(),
+        consumers: q.consumers.len(),
+        arguments: format_table(&q.arguments),
+        argument_table: q.arguments.clone(),
+        owner: q.exclusive_owner,
+        policy: q.policy.clone().unwrap_or_default(),
+        operator_policy: q.operator_policy.clone().unwrap_or_default(),
+        queue_type: q.args.queue_type.as_str().to_string(),
     }
 }
 

@@ -50,6 +50,9 @@ impl Broker {
             let mut st = self.state.lock();
             let q = st.queue_mut(vhost, queue).ok_or_else(|| no_queue(vhost, queue))?;
             let incarnation = q.incarnation;
+            // What expired goes first, as for basic.get.
+            st.expire_messages(vhost, queue, incarnation, &self.store);
+            let Some(q) = st.queue_of(vhost, queue, incarnation) else { break };
             let Some(mut entry) = q.pop_ready() else { break };
             let redelivered = entry.redelivered;
             let message = match entry.message.clone() {
@@ -76,6 +79,7 @@ impl Broker {
             q.counters.get += 1;
             if redelivered {
                 q.counters.redeliver += 1;
+                GlobalStats::add(&self.stats.redelivered, 1);
             }
             GlobalStats::add(&self.stats.delivered_get_manual_ack, 1);
             let remaining = q.ready_count();

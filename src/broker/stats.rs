@@ -103,6 +103,8 @@ pub struct Rated {
 pub struct QueueSample {
     pub vhost: Arc<str>,
     pub name: Arc<str>,
+    /// Which queue of that name (one deleted and declared again starts over).
+    pub incarnation: u64,
     pub queue_type: &'static str,
     pub durable: bool,
     pub ready: usize,
@@ -165,8 +167,9 @@ fn rated(count: u64, before: Option<u64>, seconds: f64) -> Rated {
 pub(super) fn spawn(state: Weak<Mutex<State>>, stats: Arc<GlobalStats>, out: Arc<RwLock<Arc<Snapshot>>>) {
     let started = std::thread::Builder::new().name("warren-stats".into()).spawn(move || {
         let mut last = Instant::now();
-        // Broker-wide counters at the previous sample.
-        let mut before = (0u64, 0u64, 0u64, 0u64);
+        // Broker-wide counters at the previous sample (none before the first:
+        // its rates are zero).
+        let mut before: Option<(u64, u64, u64, u64)> = None;
         loop {
             let Some(state) = state.upgrade() else { return };
             let now = Instant::now();
@@ -181,13 +184,15 @@ pub(super) fn spawn(state: Weak<Mutex<State>>, stats: Arc<GlobalStats>, out: Arc
                 GlobalStats::get(&stats.acknowledged),
                 GlobalStats::get(&stats.confirmed),
             );
-            let per_second =
-                |now: u64, was: u64| if seconds > 0.0 { now.saturating_sub(was) as f64 / seconds } else { 0.0 };
-            next.publish_rate = per_second(counters.0, before.0);
-            next.deliver_get_rate = per_second(counters.1, before.1);
-            next.ack_rate = per_second(counters.2, before.2);
-            next.confirm_rate = per_second(counters.3, before.3);
-            before = counters;
+            if let Some(b) = before {
+                let per_second =
+                    |now: u64, was: u64| if seconds > 0.0 { now.saturating_sub(was) as f64 / seconds } else { 0.0 };
+                next.publish_rate = per_second(counters.0, b.0);
+                next.deliver_get_rate = per_second(counters.1, b.1);
+                next.ack_rate = per_second(counters.2, b.2);
+                next.confirm_rate = per_second(counters.3, b.3);
+            }
+            before = Some(counters);
             let mut history = previous.history.clone();
             history.push_back(OverviewSample {
                 at_ms: crate::store::wall_ms(),
@@ -216,11 +221,13 @@ impl State {
         let mut queues = Vec::with_capacity(previous.queues.len());
         for v in self.vhosts.values() {
             for q in v.queues.values() {
-                let was = previous.queue(&q.vhost, &q.name).map(|s| s.counters);
+                let was =
+                    previous.queue(&q.vhost, &q.name).filter(|s| s.incarnation == q.incarnation).map(|s| s.counters);
                 let c = q.counters;
                 queues.push(QueueSample {
                     vhost: q.vhost.clone(),
                     name: q.name.clone(),
+                    incarnation: q.incarnation,
                     queue_type: q.args.queue_type.as_str(),
                     durable: q.durable,
                     ready: q.ready_count(),

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::exchanges::exchange_name;
-use super::{Api, ApiError, ApiResult, Caller, json as shape};
+use super::{Api, ApiError, ApiResult, Caller, JsonOrEmpty, check_short, json as shape};
 use crate::access::{Access, ResourceKind};
 use crate::broker::Destination;
 use crate::definitions::json_to_table;
@@ -119,11 +119,11 @@ async fn add_binding(
     State(api): State<Api>,
     caller: Caller,
     Path((vhost, source, kind, destination)): Path<(String, String, String, String)>,
-    body: Option<Json<BindingBody>>,
+    JsonOrEmpty(body): JsonOrEmpty<BindingBody>,
 ) -> ApiResult<Response> {
     caller.require_vhost(&api, &vhost)?;
     let kind = destination_kind(&kind)?;
-    let body = body.map(|b| b.0).unwrap_or_default();
+    check_short("routing_key", &body.routing_key)?;
     let (resource, target) = if kind == "queue" {
         (ResourceKind::Queue, Destination::Queue(destination.clone()))
     } else {
@@ -131,6 +131,7 @@ async fn add_binding(
     };
     caller.require(&api, &vhost, Access::Write, resource, &destination)?;
     caller.require(&api, &vhost, Access::Read, ResourceKind::Exchange, &source)?;
+    caller.require_topic(&api, &vhost, exchange_name(&source), &body.routing_key, false)?;
     let arguments: FieldTable = json_to_table(&body.arguments);
     api.broker.bind(&vhost, 0, exchange_name(&source), target, &body.routing_key, &arguments)?;
     let key = shape::properties_key(&body.routing_key, &arguments);
@@ -186,10 +187,12 @@ async fn delete_binding(
 ) -> ApiResult<StatusCode> {
     caller.require_vhost(&api, &vhost)?;
     let kind = destination_kind(&kind)?;
-    let binding = find_binding(&api, &vhost, &source, kind, &destination, &props).ok_or_else(ApiError::not_found)?;
+    // Permissions first: a refused caller learns nothing of what exists.
     let resource = if kind == "queue" { ResourceKind::Queue } else { ResourceKind::Exchange };
     caller.require(&api, &vhost, Access::Write, resource, &destination)?;
     caller.require(&api, &vhost, Access::Read, ResourceKind::Exchange, &source)?;
+    let binding = find_binding(&api, &vhost, &source, kind, &destination, &props).ok_or_else(ApiError::not_found)?;
+    caller.require_topic(&api, &vhost, &binding.source, &binding.routing_key, false)?;
     let target = if kind == "queue" { Destination::Queue(destination) } else { Destination::Exchange(destination) };
     api.broker.unbind(&vhost, 0, &binding.source, target, &binding.routing_key, &binding.argument_table)?;
     Ok(StatusCode::NO_CONTENT)

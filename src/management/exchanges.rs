@@ -12,9 +12,9 @@ use serde_json::{Map, Value, json};
 
 use super::paging::{ListQuery, listing};
 use super::queues::DeleteQuery;
-use super::{Api, ApiError, ApiResult, Caller, json as shape};
+use super::{Api, ApiError, ApiResult, Caller, JsonBody, check_short, json as shape};
 use crate::access::{Access, ResourceKind};
-use crate::broker::Message;
+use crate::broker::{GlobalStats, Message};
 use crate::definitions::json_to_table;
 use crate::protocol::BasicProperties;
 use crate::protocol::method::ExchangeDeclare;
@@ -38,15 +38,26 @@ async fn publish_default(
     state: State<Api>,
     caller: Caller,
     Path(vhost): Path<String>,
-    body: Json<PublishBody>,
+    body: JsonBody<PublishBody>,
 ) -> ApiResult<Json<Value>> {
     publish(state, caller, Path((vhost, String::new())), body).await
 }
 
-/// Message properties from the JSON a publish carries.
-fn properties_from_json(v: &Map<String, Value>) -> BasicProperties {
+/// Message properties from the JSON a publish carries; text properties and
+/// header names are AMQP short strings (at most 255 bytes).
+fn properties_from_json(v: &Map<String, Value>) -> ApiResult<BasicProperties> {
+    for (key, value) in v {
+        if let Some(text) = value.as_str() {
+            check_short(key, text)?;
+        }
+    }
+    if let Some(headers) = v.get("headers").and_then(Value::as_object) {
+        for key in headers.keys() {
+            check_short("a header name", key)?;
+        }
+    }
     let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-    BasicProperties {
+    Ok(BasicProperties {
         content_type: text("content_type"),
         content_encoding: text("content_encoding"),
         headers: v.get("headers").and_then(Value::as_object).map(json_to_table),
@@ -64,7 +75,7 @@ fn properties_from_json(v: &Map<String, Value>) -> BasicProperties {
         user_id: text("user_id"),
         app_id: text("app_id"),
         cluster_id: text("cluster_id"),
-    }
+    })
 }
 
 fn exchanges_json(api: &Api, caller: &Caller, vhost: Option<&str>) -> Vec<Value> {
@@ -121,9 +132,10 @@ async fn put_exchange(
     State(api): State<Api>,
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
-    Json(body): Json<ExchangeBody>,
+    JsonBody(body): JsonBody<ExchangeBody>,
 ) -> ApiResult<StatusCode> {
     caller.require_vhost(&api, &vhost)?;
+    check_short("exchange name", &name)?;
     caller.require(&api, &vhost, Access::Configure, ResourceKind::Exchange, &name)?;
     let existed = api.broker.exchange_exists(&vhost, &name);
     let declare = ExchangeDeclare {
@@ -173,15 +185,17 @@ async fn publish(
     State(api): State<Api>,
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
-    Json(body): Json<PublishBody>,
+    JsonBody(body): JsonBody<PublishBody>,
 ) -> ApiResult<Json<Value>> {
     caller.require_vhost(&api, &vhost)?;
     let exchange = exchange_name(&name);
     let resource = if exchange.is_empty() { "amq.default" } else { exchange };
     caller.require(&api, &vhost, Access::Write, ResourceKind::Exchange, resource)?;
+    check_short("routing_key", &body.routing_key)?;
     if !api.broker.exchange_exists(&vhost, exchange) {
         return Err(ApiError::not_found());
     }
+    caller.require_topic(&api, &vhost, exchange, &body.routing_key, true)?;
     let payload = match body.payload_encoding.as_str() {
         "string" => bytes::Bytes::from(body.payload.into_bytes()),
         "base64" => base64::engine::general_purpose::STANDARD
@@ -190,17 +204,37 @@ async fn publish(
             .map_err(|e| ApiError::bad_request(format!("payload is not base64: {e}")))?,
         other => return Err(ApiError::bad_request(format!("unknown payload_encoding '{other}'"))),
     };
-    let props = properties_from_json(&body.properties);
+    let mut props = properties_from_json(&body.properties)?;
+    // As AMQP publishes are checked: no impersonation, a valid expiration.
+    if let Some(user_id) = props.user_id.as_deref()
+        && user_id != caller.name
+    {
+        return Err(ApiError::bad_request(format!(
+            "user_id property set to '{user_id}' but authenticated user was '{}'",
+            caller.name
+        )));
+    }
+    let expiration_ms = match props.expiration.as_deref() {
+        None => None,
+        Some(e) => Some(e.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid expiration '{e}'")))?),
+    };
+    // BCC selects queues but never travels with the message.
+    let headers = props.headers.clone();
+    if let Some(h) = props.headers.as_mut() {
+        h.0.retain(|(k, _)| k != "BCC");
+    }
     let message = Message {
         exchange: exchange.to_string(),
         routing_key: body.routing_key,
         persistent: props.delivery_mode == Some(2),
-        expiration_ms: props.expiration.as_deref().and_then(|e| e.parse().ok()),
+        expiration_ms,
         priority: props.priority.unwrap_or(0),
         properties: props.to_bytes(),
         body: payload,
     };
-    let headers = props.headers.clone();
+    let stats = api.broker.stats();
+    GlobalStats::add(&stats.received, 1);
     let routed = api.broker.publish(&vhost, exchange, headers.as_ref(), std::sync::Arc::new(message))?;
+    GlobalStats::add(if routed.routed { &stats.routed } else { &stats.unroutable_dropped }, 1);
     Ok(Json(json!({"routed": routed.routed})))
 }

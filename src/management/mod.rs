@@ -210,6 +210,62 @@ impl Caller {
     }
 }
 
+/// A JSON request body, whatever its content type (RabbitMQ reads bodies
+/// so); a body that is not the JSON expected is a 400 with the reason.
+pub struct JsonBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = bytes::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| ApiError::bad_request(e.to_string()))
+    }
+}
+
+/// As [`JsonBody`], an empty body reading as the type's default.
+pub struct JsonOrEmpty<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Default, S: Send + Sync> axum::extract::FromRequest<S> for JsonOrEmpty<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = bytes::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonOrEmpty(T::default()));
+        }
+        serde_json::from_slice(&bytes).map(JsonOrEmpty).map_err(|e| ApiError::bad_request(e.to_string()))
+    }
+}
+
+/// Names and routing keys are AMQP short strings (at most 255 bytes), as
+/// the log stores them: longer ones are refused, never cut.
+pub fn check_short(what: &str, value: &str) -> ApiResult<()> {
+    if value.len() > 255 {
+        return Err(ApiError::bad_request(format!("{what} is longer than 255 bytes ({} bytes)", value.len())));
+    }
+    Ok(())
+}
+
+impl Caller {
+    /// Topic permission on a routing key of a topic exchange, as AMQP checks it.
+    pub fn require_topic(&self, api: &Api, vhost: &str, exchange: &str, key: &str, write: bool) -> ApiResult<()> {
+        let access = api.broker.access();
+        if !access.any_topic_permissions() || !api.broker.is_topic_exchange(vhost, exchange) {
+            return Ok(());
+        }
+        if access.topic_permitted(&self.name, vhost, exchange, write, key) {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorised(crate::access::topic_refusal(key, exchange, vhost, &self.name, write)))
+        }
+    }
+}
+
 /// Tags that open the management API at all.
 const MANAGEMENT_TAGS: [&str; 4] = ["management", "policymaker", "monitoring", "administrator"];
 
@@ -226,8 +282,8 @@ impl FromRequestParts<Api> for Caller {
         if !access.authenticate(&user, &password) {
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "not_authorized", "Not_Authorized"));
         }
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-        if access.loopback_only(&user) && !peer.is_some_and(|ip| ip.is_loopback()) {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        if access.loopback_only(&user) && !peer.is_some_and(|p| crate::server::is_loopback(&p)) {
             return Err(ApiError::not_authorised("User can only log in via localhost"));
         }
         let tags = access.user(&user).map(|u| u.tags).unwrap_or_default();

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 
 use super::json::{details, put_rated};
 use super::{Api, ApiError, ApiResult, Caller, node_name};
+use crate::access::{Access, ResourceKind};
 use crate::broker::GlobalStats;
 use crate::broker::stats::Rated;
 
@@ -50,6 +51,9 @@ fn counter(c: &AtomicU64) -> u64 {
 }
 
 async fn overview(State(api): State<Api>, caller: Caller) -> Json<Value> {
+    if !caller.is_monitor() {
+        return Json(own_overview(&api, &caller));
+    }
     let snapshot = api.broker.snapshot();
     let stats = api.broker.stats();
     let (connections, queues, ready, unacked) = api.broker.totals();
@@ -133,6 +137,50 @@ async fn overview(State(api): State<Api>, caller: Caller) -> Json<Value> {
         "warren_history": history,
         "user": caller.name,
     }))
+}
+
+/// The overview a user without `monitoring` gets, as RabbitMQ gives it:
+/// figures of the vhosts it may use and of its own connections only, from
+/// the sampler's snapshot, without node, listeners or broker-wide history.
+fn own_overview(api: &Api, caller: &Caller) -> Value {
+    let snapshot = api.broker.snapshot();
+    let mine: Vec<&crate::broker::QueueSample> =
+        snapshot.queues.iter().filter(|q| caller.sees_vhost(api, &q.vhost)).collect();
+    let sum = |f: fn(&crate::broker::QueueSample) -> Rated| {
+        mine.iter()
+            .map(|q| f(q))
+            .fold(Rated::default(), |a, b| Rated { count: a.count + b.count, rate: a.rate + b.rate })
+    };
+    let mut message_stats = Map::new();
+    put_rated(&mut message_stats, "publish", sum(|q| q.publish));
+    put_rated(&mut message_stats, "deliver_get", sum(|q| q.deliver_get));
+    put_rated(&mut message_stats, "ack", sum(|q| q.ack));
+    put_rated(&mut message_stats, "redeliver", sum(|q| q.redeliver));
+    let (ready, unacked): (usize, usize) = mine.iter().fold((0, 0), |(r, u), q| (r + q.ready, u + q.unacked));
+    let connections = visible_connections(api, caller, None).len();
+    json!({
+        "management_version": RABBITMQ_VERSION,
+        "rabbitmq_version": RABBITMQ_VERSION,
+        "product_name": "Warren",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "cluster_name": node_name(),
+        "rates_mode": "basic",
+        "message_stats": Value::Object(message_stats),
+        "queue_totals": {
+            "messages": ready + unacked, "messages_details": details(0.0),
+            "messages_ready": ready, "messages_ready_details": details(0.0),
+            "messages_unacknowledged": unacked, "messages_unacknowledged_details": details(0.0),
+        },
+        "object_totals": {
+            "connections": connections, "queues": mine.len(),
+            "consumers": mine.iter().map(|q| q.consumers).sum::<usize>(),
+            "channels": visible_channels(api, caller, |_| true).as_array().map_or(0, Vec::len),
+            "exchanges": api.broker.list_exchanges(None).iter().filter(|e| caller.sees_vhost(api, &e.vhost)).count(),
+        },
+        "listeners": [],
+        "contexts": [],
+        "user": caller.name,
+    })
 }
 
 async fn whoami(caller: Caller) -> Json<Value> {
@@ -259,6 +307,10 @@ async fn ok_check(_caller: Caller) -> Response {
 async fn aliveness(State(api): State<Api>, caller: Caller, Path(vhost): Path<String>) -> ApiResult<Response> {
     caller.require_vhost(&api, &vhost)?;
     let queue = "aliveness-test";
+    // Run as the caller: the permissions a client would need.
+    caller.require(&api, &vhost, Access::Configure, ResourceKind::Queue, queue)?;
+    caller.require(&api, &vhost, Access::Write, ResourceKind::Exchange, "amq.default")?;
+    caller.require(&api, &vhost, Access::Read, ResourceKind::Queue, queue)?;
     let declare = crate::protocol::method::QueueDeclare { queue: queue.into(), ..Default::default() };
     api.broker.queue_declare(&vhost, 0, &declare)?;
     let message = std::sync::Arc::new(crate::broker::Message {
@@ -352,9 +404,12 @@ async fn close_connection(
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<StatusCode> {
-    let visible = visible_connections(&api, &caller, None).iter().any(|c| c["name"] == name.as_str());
-    if !visible {
+    let Some(target) = visible_connections(&api, &caller, None).into_iter().find(|c| c["name"] == name.as_str()) else {
         return Err(ApiError::not_found());
+    };
+    // Monitors see every connection but close only their own, as in RabbitMQ.
+    if !caller.is_admin() && target["user"] != caller.name.as_str() {
+        return Err(ApiError::not_authorised("User not authorised to access object"));
     }
     let reason = headers.get("x-reason").and_then(|v| v.to_str().ok()).unwrap_or("Closed via management plugin");
     if api.broker.close_connection_named(&name, reason) {

@@ -312,12 +312,16 @@ async fn per_object(State(api): State<Api>) -> Response {
         "Sum of ready and unacknowledged messages - total queue depth",
         series(|q| (q.ready + q.unacked) as i64),
     );
-    s.labelled("rabbitmq_queue_messages_bytes", "Size in bytes of ready messages", series(|q| q.ready_bytes as i64));
-    s.labelled("rabbitmq_queue_consumers", "Consumers on a queue", series(|q| q.consumers as i64));
     s.labelled(
-        "rabbitmq_queue_messages_published",
-        "Messages published to a queue (a counter)",
-        series(|q| q.counters.publish as i64),
+        "rabbitmq_queue_messages_ready_bytes",
+        "Size in bytes of ready messages",
+        series(|q| q.ready_bytes as i64),
     );
+    s.labelled("rabbitmq_queue_consumers", "Consumers on a queue", series(|q| q.consumers as i64));
+    let published: Family<Labels, Counter<u64>> = Family::default();
+    for q in &snapshot.queues {
+        published.get_or_create(&labels(&[("vhost", &q.vhost), ("queue", &q.name)])).inc_by(q.counters.publish);
+    }
+    s.registry.register("rabbitmq_queue_messages_published", "Messages published to queues", published);
     s.into_response()
 }

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::bindings::bindings_where;
 use super::paging::{ListQuery, listing};
-use super::{Api, ApiError, ApiResult, Caller, json as shape};
+use super::{Api, ApiError, ApiResult, Caller, JsonBody, JsonOrEmpty, check_short, json as shape};
 use crate::access::{Access, ResourceKind};
 use crate::broker::GetSettle;
 use crate::definitions::json_to_table;
@@ -75,11 +75,28 @@ async fn one_queue(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     caller.require_vhost(&api, &vhost)?;
-    queues_json(&api, &caller, Some(&vhost))
-        .into_iter()
-        .find(|q| q["name"] == name.as_str())
-        .map(Json)
-        .ok_or_else(ApiError::not_found)
+    // One queue, looked up directly (KEDA polls this).
+    let row = api.broker.queue_row(&vhost, &name).ok_or_else(ApiError::not_found)?;
+    let owner = row.owner.and_then(|id| {
+        api.broker
+            .list_connections()
+            .into_iter()
+            .find(|(c, _, _)| *c == id)
+            .map(|(c, info, _)| crate::broker::connection_name(c, &info.peer))
+    });
+    Ok(Json(shape::queue(&row, api.broker.snapshot().queue(&vhost, &name), owner)))
+}
+
+/// An exclusive queue belongs to its connection: HTTP may look at it but
+/// not purge, delete or take its messages, as in RabbitMQ.
+fn check_not_exclusive(api: &Api, vhost: &str, name: &str) -> ApiResult<()> {
+    match api.broker.queue_row(vhost, name) {
+        None => Err(ApiError::not_found()),
+        Some(row) if row.exclusive => Err(ApiError::bad_request(format!(
+            "cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+        ))),
+        Some(_) => Ok(()),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,11 +115,11 @@ async fn put_queue(
     State(api): State<Api>,
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
-    body: Option<Json<QueueBody>>,
+    JsonOrEmpty(body): JsonOrEmpty<QueueBody>,
 ) -> ApiResult<StatusCode> {
     caller.require_vhost(&api, &vhost)?;
+    check_short("queue name", &name)?;
     caller.require(&api, &vhost, Access::Configure, ResourceKind::Queue, &name)?;
-    let body = body.map(|b| b.0).unwrap_or_default();
     let existed = api.broker.queue_exists(&vhost, &name);
     let declare = QueueDeclare {
         queue: name,
@@ -131,9 +148,7 @@ async fn delete_queue(
 ) -> ApiResult<StatusCode> {
     caller.require_vhost(&api, &vhost)?;
     caller.require(&api, &vhost, Access::Configure, ResourceKind::Queue, &name)?;
-    if !api.broker.queue_exists(&vhost, &name) {
-        return Err(ApiError::not_found());
-    }
+    check_not_exclusive(&api, &vhost, &name)?;
     let (if_unused, if_empty) = (q.if_unused.as_deref() == Some("true"), q.if_empty.as_deref() == Some("true"));
     if if_unused || if_empty {
         api.broker.queue_delete(&vhost, (0, 0), &name, if_unused, if_empty)?;
@@ -150,6 +165,7 @@ async fn purge_queue(
 ) -> ApiResult<StatusCode> {
     caller.require_vhost(&api, &vhost)?;
     caller.require(&api, &vhost, Access::Read, ResourceKind::Queue, &name)?;
+    check_not_exclusive(&api, &vhost, &name)?;
     api.broker.admin_purge(&vhost, &name).ok_or_else(ApiError::not_found)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -164,6 +180,9 @@ struct GetBody {
     truncate: Option<usize>,
 }
 
+/// Messages one POST /get may take: they are held in memory until answered.
+const MAX_GET: usize = 10_000;
+
 fn auto() -> String {
     "auto".into()
 }
@@ -173,10 +192,14 @@ async fn get_messages(
     State(api): State<Api>,
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
-    Json(body): Json<GetBody>,
+    JsonBody(body): JsonBody<GetBody>,
 ) -> ApiResult<Json<Value>> {
     caller.require_vhost(&api, &vhost)?;
     caller.require(&api, &vhost, Access::Read, ResourceKind::Queue, &name)?;
+    check_not_exclusive(&api, &vhost, &name)?;
+    if body.count > MAX_GET {
+        return Err(ApiError::bad_request(format!("count must be at most {MAX_GET}")));
+    }
     let settle = match body.ackmode.as_str() {
         "ack_requeue_true" | "reject_requeue_true" => GetSettle::Requeue,
         "ack_requeue_false" => GetSettle::Ack,

@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Api, ApiError, ApiResult, Caller};
+use super::{Api, ApiError, ApiResult, Caller, JsonBody, JsonOrEmpty};
 use crate::broker::{Policy, VhostInfo, VhostLimits};
 
 pub fn routes() -> Router<Api> {
@@ -104,10 +104,9 @@ async fn put_vhost(
     State(api): State<Api>,
     caller: Caller,
     Path(vhost): Path<String>,
-    body: Option<Json<VhostBody>>,
+    JsonOrEmpty(body): JsonOrEmpty<VhostBody>,
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
-    let body = body.map(|b| b.0).unwrap_or_default();
     let existed = api.broker.vhost_exists(&vhost);
     let info = VhostInfo {
         name: vhost,
@@ -199,7 +198,7 @@ async fn put_policy(
     State(api): State<Api>,
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
-    Json(body): Json<PolicyBody>,
+    JsonBody(body): JsonBody<PolicyBody>,
     operator: bool,
 ) -> ApiResult<StatusCode> {
     require_policy_access(&caller, operator)?;
@@ -260,7 +259,7 @@ async fn put_vhost_limit(
     State(api): State<Api>,
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
-    Json(body): Json<LimitBody>,
+    JsonBody(body): JsonBody<LimitBody>,
 ) -> ApiResult<StatusCode> {
     change_limit(&api, &caller, &vhost, &name, Some(body.value))
 }
@@ -310,8 +309,22 @@ async fn export_vhost(State(api): State<Api>, caller: Caller, Path(vhost): Path<
     Ok(Json(Value::Object(out)))
 }
 
-async fn import(State(api): State<Api>, caller: Caller, body: String) -> ApiResult<StatusCode> {
+async fn import(
+    State(api): State<Api>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> ApiResult<StatusCode> {
     caller.require_admin()?;
+    // JSON only, as RabbitMQ: a cross-site form (text/plain) cannot post here.
+    let kind = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !kind.starts_with("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "definitions must be posted as application/json",
+        ));
+    }
     crate::definitions::import(&api.broker, &body).map_err(ApiError::bad_request)?;
     Ok(StatusCode::NO_CONTENT)
 }

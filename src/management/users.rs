@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::settings::tag_list;
-use super::{Api, ApiError, ApiResult, Caller};
+use super::{Api, ApiError, ApiResult, Caller, JsonBody};
 use crate::access::{Permission, TopicPermission};
 
 pub fn routes() -> Router<Api> {
@@ -67,12 +67,17 @@ async fn put_user(
     State(api): State<Api>,
     caller: Caller,
     Path(user): Path<String>,
-    Json(body): Json<UserBody>,
+    JsonBody(body): JsonBody<UserBody>,
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     let access = api.broker.access();
-    let existed = access.user(&user).is_some();
-    let tags = tag_list(body.tags.as_ref());
+    let existing = access.user(&user);
+    let existed = existing.is_some();
+    // No `tags` keeps a user's tags (a password change must not drop them).
+    let tags = match (&body.tags, existing) {
+        (None, Some(u)) => u.tags,
+        _ => tag_list(body.tags.as_ref()),
+    };
     let bad = |e: crate::access::AccessError| ApiError::bad_request(e.to_string());
     match (body.password, body.password_hash) {
         (Some(password), _) => {
@@ -114,7 +119,11 @@ struct BulkDelete {
 }
 
 /// POST /api/users/bulk-delete: deletes each named user (missing ones are skipped).
-async fn delete_users(State(api): State<Api>, caller: Caller, Json(body): Json<BulkDelete>) -> ApiResult<StatusCode> {
+async fn delete_users(
+    State(api): State<Api>,
+    caller: Caller,
+    JsonBody(body): JsonBody<BulkDelete>,
+) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     for user in body.users {
         if api.broker.access().delete_user(&user).is_ok() {
@@ -184,7 +193,7 @@ async fn put_permission(
     State(api): State<Api>,
     caller: Caller,
     Path((vhost, user)): Path<(String, String)>,
-    Json(body): Json<PermissionBody>,
+    JsonBody(body): JsonBody<PermissionBody>,
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     if !api.broker.vhost_exists(&vhost) || api.broker.access().user(&user).is_none() {
@@ -263,7 +272,7 @@ async fn put_topic_permission(
     State(api): State<Api>,
     caller: Caller,
     Path((vhost, user)): Path<(String, String)>,
-    Json(body): Json<TopicBody>,
+    JsonBody(body): JsonBody<TopicBody>,
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     if !api.broker.vhost_exists(&vhost) {

@@ -28,13 +28,26 @@ impl Reply {
     }
 }
 
-/// Sends one request; `auth` is (user, password) for basic auth.
+/// Sends one request; `auth` is (user, password) for basic auth; a body
+/// goes as application/json.
 pub async fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
     auth: Option<(&str, &str)>,
     body: Option<&str>,
+) -> Reply {
+    request_typed(addr, method, path, auth, body, "application/json").await
+}
+
+/// As [`request`], with the body's content type given.
+pub async fn request_typed(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    body: Option<&str>,
+    content_type: &str,
 ) -> Reply {
     let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some((user, password)) = auth {
@@ -43,7 +56,7 @@ pub async fn request(
     }
     let body = body.unwrap_or("");
     if !body.is_empty() {
-        text.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        text.push_str(&format!("Content-Type: {content_type}\r\nContent-Length: {}\r\n", body.len()));
     }
     text.push_str("\r\n");
     text.push_str(body);

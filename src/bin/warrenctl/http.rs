@@ -142,7 +142,10 @@ impl Target {
                 let tags = self.send("GET", &format!("/users/{}", enc(arg(0))), None)?["tags"].clone();
                 self.put(&format!("/users/{}", enc(arg(0))), json!({"password": arg(1), "tags": join(&tags)}))
             }
-            "set_user_tags" => self.put(&format!("/users/{}", enc(arg(0))), json!({"tags": req.args[1..].join(",")})),
+            "set_user_tags" => {
+                let tags = req.args.get(1..).unwrap_or_default().join(",");
+                self.put(&format!("/users/{}", enc(arg(0))), json!({"tags": tags}))
+            }
             "delete_user" => self.delete(&format!("/users/{}", enc(arg(0)))),
             "authenticate_user" => {
                 let other = Target { url: self.url.clone(), username: arg(0).into(), password: arg(1).into() };

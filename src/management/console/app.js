@@ -36,12 +36,19 @@ async function api(method, path, body) {
   const headers = { Authorization: "Basic " + state.auth };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const res = await fetch("/api" + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  if (res.status === 401) {
-    logout();
-    throw new Error("not authorised");
-  }
   const text = await res.text();
-  const data = text ? JSON.parse(text) : null;
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = { reason: text };
+  }
+  // Bad or missing credentials log out; "not authorised" for one page or
+  // action (a tag or permission missing) is only an error.
+  if (res.status === 401 && (!data || data.error === "not_authorized")) {
+    logout();
+    throw new Error("login failed");
+  }
   if (!res.ok) throw new Error((data && (data.reason || data.error)) || res.statusText);
   return data;
 }
@@ -85,7 +92,7 @@ async function loadVhosts() {
   const vhosts = await api("GET", "/vhosts");
   const sel = $("#vhost-filter");
   const current = sel.value;
-  sel.innerHTML = '<option value="">All</option>' + vhosts.map((v) => `<option>${esc(v.name)}</option>`).join("");
+  sel.innerHTML = '<option value="">All</option>' + vhosts.map((v) => `<option value="${esc(v.name)}">${esc(v.name)}</option>`).join("");
   sel.value = vhosts.some((v) => v.name === current) ? current : "";
   return vhosts;
 }
@@ -255,8 +262,8 @@ const pages = {
         <div class="tile"><div class="n">${fmt(rate(q.message_stats, "deliver_get"))}</div><div class="l">Deliver /s</div></div>
       </div>
       <div class="card kv">
-        <div>Type</div><div>${esc(q.type)}</div><div>Durable</div><div>${q.durable}</div>
-        <div>Auto-delete</div><div>${q.auto_delete}</div><div>Exclusive</div><div>${q.exclusive}</div>
+        <div>Type</div><div>${esc(q.type)}</div><div>Durable</div><div>${esc(q.durable)}</div>
+        <div>Auto-delete</div><div>${esc(q.auto_delete)}</div><div>Exclusive</div><div>${esc(q.exclusive)}</div>
         <div>Policy</div><div>${esc(q.policy || "")}</div><div>Arguments</div><div>${esc(JSON.stringify(q.arguments))}</div>
       </div>
       <h2>Bindings</h2>${table("qbindings", [["From", (b) => b.source || "(default exchange)"], ["Routing key", (b) => b.routing_key], ["Arguments", (b) => JSON.stringify(b.arguments)]], bindings)}
@@ -267,7 +274,7 @@ const pages = {
           <label>Persistent<select name="persistent"><option value="2">yes</option><option value="1">no</option></select></label>
           <button>Publish</button></form>
         <form id="get" class="card"><h2>Get messages</h2>
-          <div class="row"><label>Count<input name="count" type="number" value="1" min="1"></label>
+          <div class="row"><label>Count<input name="count" type="number" value="1" min="1" max="10000"></label>
           <label>Ack mode<select name="ackmode"><option value="ack_requeue_true">Nack, requeue</option><option value="ack_requeue_false">Ack, remove</option><option value="reject_requeue_false">Reject, no requeue</option></select></label></div>
           <button>Get messages</button><div id="got">${state.got && state.got.queue === base ? state.got.html : ""}</div></form>
         <div class="card"><h2>Danger zone</h2><div class="row">
@@ -283,7 +290,7 @@ const pages = {
     $("#get").addEventListener("submit", act(async (f) => {
       const msgs = await api("POST", base + "/get", { count: Number(f.count.value), ackmode: f.ackmode.value, encoding: "auto", truncate: 50000 });
       const html = msgs.length
-        ? msgs.map((m) => `<pre class="message">${esc(m.payload)}</pre><div class="muted">redelivered: ${m.redelivered} · ${m.message_count} left</div>`).join("")
+        ? msgs.map((m) => `<pre class="message">${esc(m.payload)}</pre><div class="muted">redelivered: ${esc(m.redelivered)} · ${esc(m.message_count)} left</div>`).join("")
         : '<p class="muted">Queue is empty.</p>';
       // Kept across the page's refreshes, until the next get.
       state.got = { queue: base, html };
@@ -310,7 +317,7 @@ const pages = {
       ${table("exchanges", [
         ["Virtual host", (e) => e.vhost], ["Name", (e) => e.name || "(AMQP default)"], ["Type", (e) => e.type],
         ["Features", (e) => (e.durable ? "D " : "") + (e.auto_delete ? "AD " : "") + (e.internal ? "I" : "")],
-        ["", () => "", (e) => (e.name && !e.name.startsWith("amq.") ? `<button class="link" data-del-exchange="${esc(e.vhost)}|${esc(e.name)}">delete</button>` : "")],
+        ["", () => "", (e) => (e.name && !e.name.startsWith("amq.") ? `<button class="link" data-del-exchange="${esc(e.name)}" data-vhost="${esc(e.vhost)}">delete</button>` : "")],
       ], exchanges)}
       <h2>Add an exchange</h2>
       <form id="add-exchange" class="card row">
@@ -324,7 +331,7 @@ const pages = {
       toast(`Exchange ${f.name.value} added`);
     }));
     el.querySelectorAll("[data-del-exchange]").forEach((b) => b.addEventListener("click", act(async () => {
-      const [vh, n] = b.dataset.delExchange.split("|");
+      const [vh, n] = [b.dataset.vhost, b.dataset.delExchange];
       if (!confirm(`Delete exchange ${n}?`)) return;
       await api("DELETE", `/exchanges/${enc(vh)}/${enc(n)}`);
       toast(`Exchange ${n} deleted`);
@@ -362,14 +369,14 @@ const pages = {
     ]);
     el.innerHTML = `<h1>Admin</h1>
       <h2>Virtual hosts</h2>${table("vhosts", [["Name", (v) => v.name], ["Description", (v) => v.description], ["Messages", (v) => v.messages, null, true],
-        ["", () => "", (v) => `<button class="link" data-del-vhost="${esc(v.name)}">delete</button>`]], vhosts)}
+        ["", () => "", (v) => `<button class="link" data-del-vhost data-a="${esc(v.name)}">delete</button>`]], vhosts)}
       <h2>Users</h2>${table("users", [["Name", (u) => u.name], ["Tags", (u) => u.tags.join(","), (u) => u.tags.map((t) => `<span class="tag">${esc(t)}</span>`).join("")],
-        ["", () => "", (u) => `<button class="link" data-del-user="${esc(u.name)}">delete</button>`]], users)}
+        ["", () => "", (u) => `<button class="link" data-del-user data-a="${esc(u.name)}">delete</button>`]], users)}
       <h2>Permissions</h2>${table("perms", [["User", (p) => p.user], ["Virtual host", (p) => p.vhost], ["Configure", (p) => p.configure], ["Write", (p) => p.write], ["Read", (p) => p.read],
-        ["", () => "", (p) => `<button class="link" data-del-perm="${esc(p.vhost)}|${esc(p.user)}">clear</button>`]], perms)}
+        ["", () => "", (p) => `<button class="link" data-del-perm data-a="${esc(p.vhost)}" data-b="${esc(p.user)}">clear</button>`]], perms)}
       <h2>Policies</h2>${table("policies", [["Virtual host", (p) => p.vhost], ["Name", (p) => p.name], ["Pattern", (p) => p.pattern], ["Apply to", (p) => p["apply-to"]],
         ["Definition", (p) => JSON.stringify(p.definition)], ["Priority", (p) => p.priority, null, true],
-        ["", () => "", (p) => `<button class="link" data-del-policy="${esc(p.vhost)}|${esc(p.name)}">delete</button>`]], policies)}
+        ["", () => "", (p) => `<button class="link" data-del-policy data-a="${esc(p.vhost)}" data-b="${esc(p.name)}">delete</button>`]], policies)}
       <div class="forms">
         <form id="add-vhost" class="card"><h2>Add a virtual host</h2><label>Name<input name="name" required></label><label>Description<input name="description"></label><button>Add virtual host</button></form>
         <form id="add-user" class="card"><h2>Add a user</h2><label>Name<input name="name" required></label><label>Password<input name="password" type="password" required></label>
@@ -392,7 +399,7 @@ const pages = {
       });
       toast("Policy added");
     }));
-    const wire = (attr, fn) => el.querySelectorAll(`[${attr}]`).forEach((b) => b.addEventListener("click", act(() => fn(b.getAttribute(attr).split("|")))));
+    const wire = (attr, fn) => el.querySelectorAll(`[${attr}]`).forEach((b) => b.addEventListener("click", act(() => fn([b.dataset.a, b.dataset.b]))));
     wire("data-del-vhost", async ([v]) => { if (confirm(`Delete virtual host ${v} and everything in it?`)) { await api("DELETE", `/vhosts/${enc(v)}`); toast("Virtual host deleted"); } });
     wire("data-del-user", async ([u]) => { if (confirm(`Delete user ${u}?`)) { await api("DELETE", `/users/${enc(u)}`); toast("User deleted"); } });
     wire("data-del-perm", async ([v, u]) => { await api("DELETE", `/permissions/${enc(v)}/${enc(u)}`); toast("Permissions cleared"); });
@@ -423,7 +430,7 @@ const pages = {
 
 async function vhostOptions() {
   const vhosts = await api("GET", "/vhosts");
-  return vhosts.map((v) => `<option ${v.name === (vhostFilter() || "/") ? "selected" : ""}>${esc(v.name)}</option>`).join("");
+  return vhosts.map((v) => `<option value="${esc(v.name)}" ${v.name === (vhostFilter() || "/") ? "selected" : ""}>${esc(v.name)}</option>`).join("");
 }
 
 // Wraps a form or button handler: errors become a red toast; the page
