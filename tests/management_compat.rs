@@ -38,3 +38,27 @@ async fn the_probed_endpoints_answer_as_the_client_expects() {
     assert_eq!(api.list_feature_flags().await.expect("feature flags").len(), 0);
     assert!(api.list_runtime_parameters().await.expect("parameters").is_empty());
 }
+
+#[tokio::test]
+async fn channels_show_their_mode_and_can_be_fetched_by_name() {
+    use common::amqp::{channel, confirm_channel, connect};
+    let broker = Broker::start_with_http();
+    let conn = connect(&broker).await;
+    let _plain = channel(&conn).await;
+    let _confirming = confirm_channel(&conn).await;
+    let api = broker.management.expect("management API");
+    let listed = common::http::get(api, "/api/channels", Some(("guest", "guest"))).await.json();
+    let channels = listed.as_array().expect("an array");
+    let modes: Vec<(u64, bool)> =
+        channels.iter().map(|c| (c["number"].as_u64().expect("number"), c["confirm"] == true)).collect();
+    assert_eq!(modes, [(1, false), (2, true)], "{listed}");
+    let name = channels[1]["name"].as_str().expect("name");
+    let encoded: String = name
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    let one = common::http::get(api, &format!("/api/channels/{encoded}"), Some(("guest", "guest"))).await;
+    assert_eq!((one.status, one.json()["number"].as_u64()), (200, Some(2)), "{one:?}");
+    let missing = common::http::get(api, "/api/channels/nope", Some(("guest", "guest"))).await;
+    assert_eq!(missing.status, 404);
+}

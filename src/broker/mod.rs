@@ -116,6 +116,17 @@ struct ChannelState {
     timed_out: bool,
     /// Its connection is closing.
     closing: bool,
+    /// confirm.select or tx.select, for the channel listing.
+    mode: ChannelMode,
+}
+
+/// What a channel was put in by its client, as listings show it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ChannelMode {
+    #[default]
+    Plain,
+    Confirm,
+    Transactional,
 }
 
 impl ChannelState {
@@ -131,6 +142,7 @@ impl ChannelState {
             reply_to: None,
             timed_out: false,
             closing: false,
+            mode: ChannelMode::Plain,
         }
     }
 

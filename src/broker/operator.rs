@@ -37,6 +37,7 @@ pub struct ChannelRow {
     pub global_prefetch_count: u16,
     pub unacked: usize,
     pub consumers: usize,
+    pub mode: ChannelMode,
 }
 
 impl Broker {
@@ -124,6 +125,13 @@ impl Broker {
         Ok(taken)
     }
 
+    /// Notes that a channel went into confirm or transaction mode.
+    pub fn set_channel_mode(&self, conn: u64, channel: u16, mode: ChannelMode) {
+        if let Some(ch) = self.state.lock().channels.get_mut(&(conn, channel)) {
+            ch.mode = mode;
+        }
+    }
+
     /// Every open channel, by connection and number.
     pub fn list_channels(&self) -> Vec<ChannelRow> {
         let st = self.state.lock();
@@ -142,6 +150,7 @@ impl Broker {
                     global_prefetch_count: ch.channel_prefetch,
                     unacked: ch.unacked.len(),
                     consumers: ch.consumers.len(),
+                    mode: ch.mode,
                 }
             })
             .collect();

@@ -37,6 +37,7 @@ pub fn routes() -> Router<Api> {
         .route("/api/connections/{name}/channels", get(connection_channels))
         .route("/api/connections/username/{user}", get(user_connections).delete(close_user_connections))
         .route("/api/channels", get(channels))
+        .route("/api/channels/{name}", get(one_channel))
         .route("/api/vhosts/{vhost}/channels", get(vhost_channels))
         .route("/api/consumers", get(consumers))
         .route("/api/consumers/{vhost}", get(vhost_consumers))
@@ -457,8 +458,8 @@ fn channel_json(row: &crate::broker::ChannelRow) -> Value {
         "messages_uncommitted": 0,
         "acks_uncommitted": 0,
         "consumer_count": row.consumers,
-        "confirm": false,
-        "transactional": false,
+        "confirm": row.mode == crate::broker::ChannelMode::Confirm,
+        "transactional": row.mode == crate::broker::ChannelMode::Transactional,
         "state": "running",
     })
 }
@@ -476,6 +477,14 @@ fn visible_channels(api: &Api, caller: &Caller, filter: impl Fn(&crate::broker::
 
 async fn channels(State(api): State<Api>, caller: Caller) -> Json<Value> {
     Json(visible_channels(&api, &caller, |_| true))
+}
+
+async fn one_channel(State(api): State<Api>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let all = visible_channels(&api, &caller, |_| true);
+    all.as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name.as_str()).cloned())
+        .map(Json)
+        .ok_or_else(ApiError::not_found)
 }
 
 async fn vhost_channels(State(api): State<Api>, caller: Caller, Path(vhost): Path<String>) -> ApiResult<Json<Value>> {

@@ -18,6 +18,7 @@ impl Connection {
                     return Err(AmqpError::precondition("cannot switch from tx to confirm mode"));
                 }
                 ch.confirm = true;
+                broker.set_channel_mode(id, channel, crate::broker::ChannelMode::Confirm);
                 if !m.no_wait {
                     self.handle.method(channel, ConfirmSelectOk {});
                 }
@@ -28,6 +29,7 @@ impl Connection {
                     return Err(AmqpError::precondition("cannot switch from confirm to tx mode"));
                 }
                 ch.tx.get_or_insert_with(Vec::new);
+                broker.set_channel_mode(id, channel, crate::broker::ChannelMode::Transactional);
                 self.handle.method(channel, TxSelectOk {});
             }
             Method::TxCommit(_) => {
