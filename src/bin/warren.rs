@@ -200,11 +200,51 @@ async fn serve(config: Config, broker: Arc<Broker>) -> anyhow::Result<()> {
     println!("listening on {addr}");
 
     tokio::select! {
-        _ = warren::server::serve(listener, broker, config.clone()) => {}
-        _ = shutdown_signal() => tracing::info!("shutting down"),
+        _ = warren::server::serve(listener, broker.clone(), config.clone()) => {}
+        _ = shutdown_signal() => {
+            // The listener is gone with the serve future: no new connections.
+            tracing::info!("shutting down: waiting for in-flight confirms, then closing every connection");
+            tokio::spawn(async {
+                shutdown_signal().await;
+                tracing::warn!("second signal: exiting at once");
+                std::process::exit(130);
+            });
+            drain(&broker).await;
+        }
     }
     let _ = std::fs::remove_file(config.control_socket());
     Ok(())
+}
+
+/// The graceful part of a shutdown: what was appended becomes durable (so
+/// connections send the confirms it earned), then every client is told
+/// with 320 CONNECTION_FORCED, as RabbitMQ does, and given a moment to go.
+/// Each wait is bounded.
+async fn drain(broker: &Broker) {
+    const BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+    let store = broker.store();
+    let target = store.appended_position();
+    let mut durability = store.durability();
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let now = *durability.borrow_and_update();
+        if now.position >= target || now.failed {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, durability.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => {
+                tracing::warn!("shutdown: the log did not catch up within {BOUND:?}; closing anyway");
+                break;
+            }
+        }
+    }
+    let closing = broker.close_all_connections("broker forced connection closure with reason 'shutdown'");
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while !broker.list_connections().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tracing::info!("shutdown: {closing} connection(s) closed; syncing the log");
 }
 
 /// Binds an HTTP listener and prints its address (tests read it); a port

@@ -148,6 +148,15 @@ impl Broker {
         true
     }
 
+    /// Asks every connection to close (320 CONNECTION_FORCED); returns how many.
+    pub fn close_all_connections(&self, explanation: &str) -> usize {
+        let st = self.state.lock();
+        for c in st.connections.values() {
+            c.handle.event(BrokerEvent::CloseConnection { explanation: explanation.to_string() });
+        }
+        st.connections.len()
+    }
+
     /// Closes every connection of a user (it was deleted); returns how many.
     pub fn close_connections_of(&self, user: &str, explanation: &str) -> usize {
         let st = self.state.lock();

@@ -253,6 +253,8 @@ impl Connection {
                         }
                     }
                     BrokerEvent::CloseConnection { explanation } => {
+                        // Confirms already earned go out before the close.
+                        self.release_confirms();
                         return Exit::Close(CloseReason::new(reply::CONNECTION_FORCED, explanation));
                     }
                 },
