@@ -29,11 +29,16 @@ pub(super) enum Body {
 }
 
 impl Body {
+    /// Adds a body frame. The buffer grows with the bytes that arrive (at
+    /// most twice what came so far, never more than the header announced):
+    /// a header announcing a huge body costs nothing until its bytes come.
     fn push(&mut self, chunk: Bytes, total: u64) {
         *self = match std::mem::replace(self, Body::Empty) {
             Body::Empty => Body::One(chunk),
             Body::One(first) => {
-                let mut all = BytesMut::with_capacity(total as usize);
+                let arrived = first.len() + chunk.len();
+                let capacity = (total as usize).min(arrived.saturating_mul(2));
+                let mut all = BytesMut::with_capacity(capacity);
                 all.extend_from_slice(&first);
                 all.extend_from_slice(&chunk);
                 Body::Many(all)
@@ -424,5 +429,34 @@ impl Connection {
             return Ok(());
         }
         self.broker.reject(self.id, channel, tag, multiple, requeue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_buffer_grows_with_what_arrives_not_with_what_is_announced() {
+        let announced = 128 << 20;
+        let mut body = Body::Empty;
+        body.push(Bytes::from(vec![1u8; 1000]), announced);
+        body.push(Bytes::from(vec![2u8; 1000]), announced);
+        let Body::Many(all) = &body else { panic!("two frames are copied together") };
+        assert!(all.capacity() <= 4096, "capacity {} for 2000 bytes of a 128 MiB body", all.capacity());
+        for _ in 0..1000 {
+            body.push(Bytes::from(vec![3u8; 1000]), announced);
+        }
+        let Body::Many(all) = &body else { panic!("still one buffer") };
+        assert_eq!(all.len(), 1_002_000);
+        assert!(all.capacity() < 4 << 20, "capacity {} for ~1 MB", all.capacity());
+        let bytes = body.into_bytes();
+        assert_eq!((&bytes[..2], bytes[1000], bytes[2000], bytes.len()), (&[1u8, 1][..], 2, 3, 1_002_000));
+        // A small body announced exactly is allocated exactly once.
+        let mut exact = Body::Empty;
+        exact.push(Bytes::from(vec![0u8; 10]), 20);
+        exact.push(Bytes::from(vec![0u8; 10]), 20);
+        let Body::Many(all) = &exact else { panic!("two frames") };
+        assert_eq!((all.len(), all.capacity()), (20, 20));
     }
 }
