@@ -64,6 +64,9 @@ pub struct Config {
     /// segment preparer run beside it.
     pub threads: usize,
     pub users: Vec<User>,
+    /// Connections the broker accepts at most (RabbitMQ's `connection_max`);
+    /// 0 means no limit.
+    pub connection_max: usize,
     /// Port of the management HTTP API (RabbitMQ's 15672); 0 turns it off.
     pub management_port: u16,
     /// Address the management API listens on [default: `bind`'s].
@@ -93,6 +96,7 @@ impl Default for Config {
             log_backlog_limit: 64 << 20,
             threads: 1,
             users: vec![User { name: "guest".into(), password: "guest".into(), loopback_only: true }],
+            connection_max: 0,
             management_port: 15672,
             management_bind: None,
             prometheus_port: 15692,

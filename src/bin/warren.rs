@@ -50,6 +50,9 @@ struct Args {
     /// Threads serving connections [default: 1]; the log writer has its own.
     #[arg(long)]
     threads: Option<usize>,
+    /// Connections accepted at most [default: 0, no limit].
+    #[arg(long)]
+    connection_max: Option<usize>,
     /// Port of the management HTTP API [default: 15672]; 0 turns it off.
     #[arg(long)]
     management_port: Option<u16>,
@@ -95,6 +98,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(threads) = args.threads {
         config.threads = threads;
     }
+    if let Some(max) = args.connection_max {
+        config.connection_max = max;
+    }
     if let Some(port) = args.management_port {
         config.management_port = port;
     }
@@ -129,6 +135,7 @@ fn main() -> anyhow::Result<()> {
     let (store, recovered) = LogStore::open(Arc::new(io), options).map_err(|e| anyhow::anyhow!(e))?;
     let broker = Arc::new(Broker::new(store.clone()));
     broker.set_consumer_timeout((config.consumer_timeout > 0).then_some(config.consumer_timeout));
+    broker.set_connection_max((config.connection_max > 0).then_some(config.connection_max));
     broker.restore(&recovered).map_err(|e| anyhow::anyhow!("cannot restore the vhosts: {e}"))?;
     let seed: Vec<(String, String)> = config.users.iter().map(|u| (u.name.clone(), u.password.clone())).collect();
     let loopback: Vec<String> = config.users.iter().filter(|u| u.loopback_only).map(|u| u.name.clone()).collect();

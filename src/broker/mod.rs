@@ -197,6 +197,8 @@ pub struct State {
     consumer_timeout: Option<u64>,
     /// The broker-wide counters (the same as [`Broker::stats`]).
     stats: Arc<GlobalStats>,
+    /// RabbitMQ's `connection_max`: connections accepted at most.
+    connection_max: Option<usize>,
 }
 
 /// The result of routing one publish.
@@ -279,6 +281,11 @@ impl Broker {
         let snapshot = Arc::new(RwLock::new(Arc::new(Snapshot::default())));
         stats::spawn(Arc::downgrade(&state), stats.clone(), snapshot.clone());
         Broker { state, store, access, stats, snapshot }
+    }
+
+    /// Sets the node-wide connection limit (None: none).
+    pub fn set_connection_max(&self, max: Option<usize>) {
+        self.state.lock().connection_max = max;
     }
 
     /// Broker-wide counters.

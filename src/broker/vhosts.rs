@@ -322,9 +322,19 @@ impl Broker {
 }
 
 impl State {
-    /// Refuses a connection to a vhost that does not exist or is at its
-    /// `max-connections`, with RabbitMQ's texts (530 NOT_ALLOWED).
+    /// Refuses a connection when the broker is at its `connection_max`, or
+    /// to a vhost that does not exist or is at its `max-connections`, with
+    /// RabbitMQ's texts (530 NOT_ALLOWED).
     pub(super) fn check_connection_limit(&self, vhost: &str, user: &str) -> Result<()> {
+        // The node's own limit first, as RabbitMQ checks it.
+        if let Some(max) = self.connection_max
+            && self.connections.len() >= max
+        {
+            return Err(AmqpError::connection(
+                reply::NOT_ALLOWED,
+                format!("connection refused: node connection limit ({max}) is reached"),
+            ));
+        }
         let Some(v) = self.vhosts.get(vhost) else {
             return Err(AmqpError::connection(reply::NOT_ALLOWED, format!("vhost {vhost} not found")));
         };
