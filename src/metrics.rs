@@ -44,6 +44,17 @@ fn total_memory() -> u64 {
     }
 }
 
+/// The node name shown where RabbitMQ shows its node (`warren@HOST`),
+/// read once.
+pub fn node_name() -> String {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("warren@{}", host.trim())
+    })
+    .clone()
+}
+
 /// File descriptors open in this process.
 pub fn open_fds() -> u64 {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)

@@ -43,7 +43,7 @@ pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
             json!({"name": v.info.name, "description": v.info.description,
                    "tags": format!("[{}]", v.info.tags.join(", ")),
                    "default_queue_type": v.info.default_queue_type.as_deref().unwrap_or("classic"),
-                   "tracing": false, "cluster_state": format!("[{{{},running}}]", node_name()),
+                   "tracing": false, "cluster_state": format!("[{{{},running}}]", crate::metrics::node_name()),
                    "queues": v.queues, "exchanges": v.exchanges, "connections": v.connections,
                    "messages": v.messages, "limits": limits_json(&v.limits)})
         }))),
@@ -129,10 +129,4 @@ pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
 /// Limits as rabbitmqctl shows them: `{"max-connections":5}`.
 fn limits_json(limits: &VhostLimits) -> String {
     serde_json::to_string(limits).unwrap_or_default()
-}
-
-/// The node name RabbitMQ would show in `cluster_state`.
-fn node_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("warren@{}", host.trim())
 }

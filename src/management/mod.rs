@@ -303,11 +303,7 @@ fn basic_credentials(header: &str) -> Option<(String, String)> {
     Some((user.to_string(), password.to_string()))
 }
 
-/// The node name this broker shows where RabbitMQ shows its node.
-pub fn node_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("warren@{}", host.trim())
-}
+pub use crate::metrics::node_name;
 
 /// Serves the Prometheus metrics (RabbitMQ's port 15692) on `listener`.
 pub async fn serve_prometheus(listener: tokio::net::TcpListener, api: Api) -> std::io::Result<()> {

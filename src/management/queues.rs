@@ -32,14 +32,18 @@ pub fn routes() -> Router<Api> {
         .route("/api/queues/{vhost}/{name}/bindings", get(queue_bindings))
 }
 
-fn queues_json(api: &Api, caller: &Caller, vhost: Option<&str>) -> Vec<Value> {
-    let snapshot = api.broker.snapshot();
-    let connections: HashMap<u64, String> = api
-        .broker
+/// Connection names by id, for the owners of exclusive queues.
+fn connection_names(api: &Api) -> HashMap<u64, String> {
+    api.broker
         .list_connections()
         .into_iter()
         .map(|(id, info, _)| (id, crate::broker::connection_name(id, &info.peer)))
-        .collect();
+        .collect()
+}
+
+fn queues_json(api: &Api, caller: &Caller, vhost: Option<&str>) -> Vec<Value> {
+    let snapshot = api.broker.snapshot();
+    let connections = connection_names(api);
     api.broker
         .list_queues(vhost)
         .iter()
@@ -77,13 +81,7 @@ async fn one_queue(
     caller.require_vhost(&api, &vhost)?;
     // One queue, looked up directly (KEDA polls this).
     let row = api.broker.queue_row(&vhost, &name).ok_or_else(ApiError::not_found)?;
-    let owner = row.owner.and_then(|id| {
-        api.broker
-            .list_connections()
-            .into_iter()
-            .find(|(c, _, _)| *c == id)
-            .map(|(c, info, _)| crate::broker::connection_name(c, &info.peer))
-    });
+    let owner = row.owner.and_then(|id| connection_names(&api).remove(&id));
     Ok(Json(shape::queue(&row, api.broker.snapshot().queue(&vhost, &name), owner)))
 }
 
