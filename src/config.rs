@@ -64,6 +64,15 @@ pub struct Config {
     /// segment preparer run beside it.
     pub threads: usize,
     pub users: Vec<User>,
+    /// Resident memory above which publishers are blocked (RabbitMQ's
+    /// `vm_memory_high_watermark`): a fraction of the machine's or the
+    /// cgroup's memory (0.4, the default) or bytes (`536870912`, `"512MiB"`);
+    /// queues page their messages out to the log above half of it.
+    pub memory_high_watermark: crate::broker::memory::Watermark,
+    /// Fraction of the watermark above which queues page their messages
+    /// out to the log (RabbitMQ's `vm_memory_high_watermark_paging_ratio`,
+    /// 0.5 by default); 0 pages out always.
+    pub memory_high_watermark_paging_ratio: f64,
     /// Connections the broker accepts at most (RabbitMQ's `connection_max`);
     /// 0 means no limit.
     pub connection_max: usize,
@@ -97,6 +106,8 @@ impl Default for Config {
             threads: 1,
             users: vec![User { name: "guest".into(), password: "guest".into(), loopback_only: true }],
             connection_max: 0,
+            memory_high_watermark: Default::default(),
+            memory_high_watermark_paging_ratio: crate::broker::memory::PAGING_RATIO,
             management_port: 15672,
             management_bind: None,
             prometheus_port: 15692,

@@ -9,6 +9,7 @@
 //! the ones the user asked for. Access is guarded by the socket file's
 //! permissions (owner only), like rabbitmqctl's Erlang cookie.
 
+use crate::broker::memory::Watermark;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -138,6 +139,26 @@ pub fn execute(broker: &Broker, req: &Request) -> Response {
                    "exclusive": c.exclusive, "prefetch_count": c.prefetch, "active": c.active,
                    "activity_status": status, "arguments": arguments})
         }))),
+        "set_vm_memory_high_watermark" => {
+            let (Some(kind), Some(text)) = (req.args.first(), req.args.get(1)) else {
+                return fail("set_vm_memory_high_watermark needs <fraction> or absolute <bytes>".into());
+            };
+            let watermark = match kind.as_str() {
+                "relative" => text.trim().parse::<f64>().ok().filter(|f| f.is_finite() && *f >= 0.0).map(Watermark::Relative),
+                "absolute" => text.parse::<crate::config::Size>().ok().map(|s| Watermark::Absolute(s.0)),
+                _ => None,
+            };
+            match watermark {
+                Some(w) => {
+                    let bytes = broker.set_memory_high_watermark(w);
+                    tracing::info!("memory high watermark set to {bytes} bytes ({w:?}) by warrenctl");
+                    ok(Vec::new())
+                }
+                None => fail(format!(
+                    "invalid memory high watermark '{text}': expected a fraction such as 0.4, or absolute and a size such as 2GB"
+                )),
+            }
+        }
         "close_connection" => {
             let (Some(name), explanation) = (req.args.first(), req.args.get(1)) else {
                 return fail("close_connection needs <connection name> [<explanation>]".into());
@@ -166,6 +187,11 @@ pub fn execute(broker: &Broker, req: &Request) -> Response {
                 "log_live_bytes": log.live_bytes,
                 "disk_free_bytes": broker.store().free_space(),
                 "disk_free_alarm": broker.store().disk_alarm().borrow().raised,
+                "memory_resident_bytes": broker.memory().resident(),
+                "memory_high_watermark_bytes": broker.memory().limit(),
+                "memory_alarm": broker.memory().alarm_raised(),
+                "memory_paging": broker.memory().paging(),
+                "log_spilled_messages": log.spilled_messages,
             })]))
         }
         "purge_queue" | "delete_queue" => {

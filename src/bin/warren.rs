@@ -44,6 +44,12 @@ struct Args {
     /// Free disk space below which publishers are blocked: bytes or e.g. 2GB, 500MiB; 0 turns the alarm off [default: 2 segments + 50MB].
     #[arg(long)]
     disk_free_limit: Option<warren::config::Size>,
+    /// Resident memory above which publishers are blocked: a fraction of the memory available (e.g. 0.4) or bytes (e.g. 512MiB) [default: 0.4].
+    #[arg(long)]
+    memory_high_watermark: Option<warren::broker::memory::Watermark>,
+    /// Fraction of the memory high watermark above which queues page messages out to the log; 0 pages always [default: 0.5].
+    #[arg(long)]
+    memory_paging_ratio: Option<f64>,
     /// Milliseconds a delivery may stay unacknowledged before its channel is closed; 0 turns it off [default: 1800000].
     #[arg(long)]
     consumer_timeout: Option<u64>,
@@ -98,6 +104,12 @@ fn main() -> anyhow::Result<()> {
     if let Some(threads) = args.threads {
         config.threads = threads;
     }
+    if let Some(watermark) = args.memory_high_watermark {
+        config.memory_high_watermark = watermark;
+    }
+    if let Some(ratio) = args.memory_paging_ratio {
+        config.memory_high_watermark_paging_ratio = ratio;
+    }
     if let Some(max) = args.connection_max {
         config.connection_max = max;
     }
@@ -136,6 +148,10 @@ fn main() -> anyhow::Result<()> {
     let broker = Arc::new(Broker::new(store.clone()));
     broker.set_consumer_timeout((config.consumer_timeout > 0).then_some(config.consumer_timeout));
     broker.set_connection_max((config.connection_max > 0).then_some(config.connection_max));
+    let watermark = broker
+        .start_memory_monitor(config.memory_high_watermark, config.memory_high_watermark_paging_ratio)
+        .context("cannot start the memory monitor")?;
+    tracing::info!("memory high watermark: {watermark} bytes ({:?})", config.memory_high_watermark);
     broker.restore(&recovered).map_err(|e| anyhow::anyhow!("cannot restore the vhosts: {e}"))?;
     let seed: Vec<(String, String)> = config.users.iter().map(|u| (u.name.clone(), u.password.clone())).collect();
     let loopback: Vec<String> = config.users.iter().filter(|u| u.loopback_only).map(|u| u.name.clone()).collect();

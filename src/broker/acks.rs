@@ -102,7 +102,7 @@ impl Broker {
                         q.counters.ack += 1;
                         acked += 1;
                     }
-                    if let Some(qid) = q.store_id
+                    if let Some(qid) = q.settle_id()
                         && u.entry.store_id != 0
                     {
                         match tombstones.iter_mut().find(|(id, _)| *id == qid) {

@@ -73,7 +73,8 @@ impl State {
         let Some(q) = v.queues.get(&queue).filter(|q| q.incarnation == incarnation) else {
             return;
         };
-        let qid = q.store_id;
+        let qid = q.settle_id();
+        let durable_qid = q.store_id;
         let dlx = q.args.dead_letter_exchange.clone();
         let dlrk = q.args.dead_letter_routing_key.clone();
         let Some(dlx) = dlx.filter(|x| x.is_empty() || v.exchanges.contains_key(&**x)) else {
@@ -117,7 +118,11 @@ impl State {
                     );
                 }
             }
-            let moved_from = qid.filter(|_| entry.store_id != 0).map(|qid| (qid, entry.store_id));
+            // A persistent message moves in one commit group; a paged-out
+            // transient body is simply released.
+            let moved_from = durable_qid
+                .filter(|_| entry.store_id != 0 && !store.is_spilled(entry.store_id))
+                .map(|qid| (qid, entry.store_id));
             let delivery = self.deliver_to(&vhost, &targets, Arc::new(dead), store, moved_from, false);
             if let Ok(d) = delivery {
                 if !d.moved {

@@ -207,7 +207,7 @@ impl Broker {
                 routing_key: message.routing_key.clone(),
                 message_count: q.ready_count() as u32,
             };
-            if let Some(qid) = q.store_id
+            if let Some(qid) = q.settle_id()
                 && entry.store_id != 0
             {
                 let stored = if no_ack {
@@ -345,7 +345,7 @@ impl State {
         if let Some(loader) = loader.as_ref().filter(|l| l.is_alive()) {
             read_ahead(q, loader);
         }
-        if let Some(qid) = q.store_id {
+        if let Some(qid) = q.settle_id() {
             // A failure here is the log's I/O failure, already reported by
             // the writer; the deliveries themselves are in memory and stand.
             if !delivered.is_empty() {
@@ -424,7 +424,7 @@ pub(super) fn drop_unreadable(store: &LogStore, q: &Queue, store_id: u64, e: &St
         q.name,
         q.vhost
     );
-    if let Some(qid) = q.store_id {
+    if let Some(qid) = q.settle_id() {
         // A failure here is the log's own failure, already reported.
         let _ = store.ack(qid, &[store_id]);
     }

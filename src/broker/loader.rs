@@ -101,7 +101,7 @@ fn run(inbox: Receiver<LoadRequest>, state: &Mutex<State>, store: &LogStore) {
                 }
             }
         }
-        if let Some(qid) = q.store_id
+        if let Some(qid) = q.settle_id()
             && !lost.is_empty()
         {
             // A failure here is the log's own failure, already reported.

@@ -26,7 +26,7 @@
 //! nack, reject, recover; `timers` message TTL, queue expiry and consumer
 //! timeouts; `reply_to` direct reply-to; `policies` policies and operator
 //! policies; [`vhosts`] virtual hosts and their limits; [`loader`] bodies read back from
-//! the log; `records` the mapping to log records and the restore from
+//! the log; [`memory`] the memory alarm and paging under pressure; `records` the mapping to log records and the restore from
 //! replay; `listings` what warrenctl shows.
 
 mod acks;
@@ -37,6 +37,7 @@ pub mod error;
 pub mod exchange;
 mod listings;
 pub mod loader;
+pub mod memory;
 pub mod message;
 pub mod operator;
 mod policies;
@@ -221,6 +222,8 @@ pub struct Broker {
     stats: Arc<GlobalStats>,
     /// The sampler's latest snapshot of every queue, with rates.
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
+    /// The memory alarm and paging flag (see [`memory`]).
+    memory: Arc<memory::MemoryMonitor>,
 }
 
 fn no_queue(vhost: &str, name: &str) -> AmqpError {
@@ -280,7 +283,32 @@ impl Broker {
         let access = Arc::new(crate::access::AccessControl::new(store.clone()));
         let snapshot = Arc::new(RwLock::new(Arc::new(Snapshot::default())));
         stats::spawn(Arc::downgrade(&state), stats.clone(), snapshot.clone());
-        Broker { state, store, access, stats, snapshot }
+        Broker { state, store, access, stats, snapshot, memory: Arc::default() }
+    }
+
+    /// Starts the memory monitor with this watermark (of the memory
+    /// available to the process): queues page out above `paging_ratio` of
+    /// it and publishers are blocked above it. Returns the watermark in bytes.
+    pub fn start_memory_monitor(&self, watermark: memory::Watermark, paging_ratio: f64) -> std::io::Result<u64> {
+        let (_, available) = crate::metrics::memory();
+        let limit = watermark.bytes(available);
+        let state = Arc::downgrade(&self.state);
+        memory::spawn(self.memory.clone(), (limit, paging_ratio), state, self.store.clone())?;
+        Ok(limit)
+    }
+
+    /// Changes the memory high watermark (the monitor applies it at its
+    /// next sample); returns it in bytes.
+    pub fn set_memory_high_watermark(&self, watermark: memory::Watermark) -> u64 {
+        let (_, available) = crate::metrics::memory();
+        let limit = watermark.bytes(available);
+        self.memory.set_limit(limit);
+        limit
+    }
+
+    /// The memory alarm and the latest resident-memory sample.
+    pub fn memory(&self) -> &Arc<memory::MemoryMonitor> {
+        &self.memory
     }
 
     /// Sets the node-wide connection limit (None: none).

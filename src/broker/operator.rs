@@ -89,7 +89,7 @@ impl Broker {
                 GetSettle::Ack => {
                     q.counters.ack += 1;
                     GlobalStats::add(&self.stats.acknowledged, 1);
-                    dead_letter::forget(&self.store, q.store_id, std::slice::from_ref(&entry));
+                    dead_letter::forget(&self.store, q.settle_id(), std::slice::from_ref(&entry));
                 }
                 GetSettle::Reject if q.args.dead_letter_exchange.is_some() => {
                     let departed = Departed {
@@ -101,7 +101,7 @@ impl Broker {
                     };
                     st.depart(departed, &self.store);
                 }
-                GetSettle::Reject => dead_letter::forget(&self.store, q.store_id, std::slice::from_ref(&entry)),
+                GetSettle::Reject => dead_letter::forget(&self.store, q.settle_id(), std::slice::from_ref(&entry)),
             }
             taken.push(Taken { message, redelivered, remaining });
         }

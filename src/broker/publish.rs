@@ -68,11 +68,10 @@ impl Broker {
             }
             // Length limits apply to what no consumer took.
             st.trim_queue(vhost, name, &self.store);
-            if let Some(q) = st.queue_mut(vhost, name)
-                && q.store_id.is_some()
-            {
+            let pressure = self.memory.paging().then_some(&*self.memory);
+            if let Some(q) = st.queue_mut(vhost, name) {
                 let level = q.level_of(priority);
-                q.page_out(Some(level), |id| self.store.is_written(id));
+                memory::page_out(q, Some(level), &self.store, pressure);
             }
         }
         Ok(outcome)

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use super::arguments::{ConsumerArgs, Overflow, QueueArgs};
 use super::message::{ConnectionHandle, Message};
 use crate::protocol::FieldTable;
+use crate::store::SPILL_QUEUE;
 
 /// One message in one queue. `seq` is the queue's own publish counter: a
 /// requeued message goes back to the place its `seq` gives it.
@@ -71,8 +72,11 @@ struct Level {
     /// Messages given back (nack, reject, channel close) waiting to be
     /// delivered again ahead of later publishes, ordered by `seq`.
     requeued: BTreeMap<u64, QueuedMessage>,
-    /// Messages of `ready` with a lower seq hold no body in memory.
+    /// Messages of `ready` with a lower seq were looked at by page-out:
+    /// they hold no body in memory, or are transient ones passed over.
     cold_below: u64,
+    /// Page-out passed over transient bodies below `cold_below`.
+    passed_transient: bool,
 }
 
 impl Level {
@@ -127,12 +131,38 @@ impl Level {
         self.ready.remove(index)
     }
 
-    /// Drops bodies older than the hot window once the log has them;
-    /// returns how many bodies it dropped.
-    fn page_out(&mut self, is_written: &impl Fn(u64) -> bool) -> usize {
-        let mut index = self.ready.partition_point(|e| e.seq < self.cold_below);
+    /// Drops bodies of `ready` older than the newest `window` once the log
+    /// has them; returns how many bodies it dropped. With `spill`, bodies
+    /// that are not in the log (transient messages) are first paged out to
+    /// it; without, they are passed over (`passed_transient` then says a
+    /// later spill must look below `cold_below` too).
+    fn page_out(&mut self, window: usize, is_written: &impl Fn(u64) -> bool, spill: Option<&mut Spill<'_>>) -> usize {
+        let mut start = self.ready.partition_point(|e| e.seq < self.cold_below);
+        let end = self.ready.len().saturating_sub(window);
+        let spilling = spill.is_some();
+        if let Some(spill) = spill {
+            if std::mem::take(&mut self.passed_transient) {
+                start = 0;
+            }
+            for entry in self.ready.range_mut(start.min(end)..end) {
+                if entry.store_id == 0
+                    && let Some(message) = &entry.message
+                {
+                    match spill(message) {
+                        Some(id) => entry.store_id = id,
+                        None => {
+                            // Out of budget: the rest waits for the next
+                            // pass, which must look below cold_below again
+                            // if this one did.
+                            self.passed_transient |= start == 0 && self.cold_below > 0;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
         let mut dropped = 0;
-        while self.ready.len() - index > HOT_WINDOW {
+        for index in start..end.max(start) {
             let entry = &mut self.ready[index];
             if entry.store_id != 0 {
                 if !is_written(entry.store_id) {
@@ -141,13 +171,20 @@ impl Level {
                 if entry.message.take().is_some() {
                     dropped += 1;
                 }
+            } else if entry.message.is_some() {
+                if spilling {
+                    break;
+                }
+                self.passed_transient = true;
             }
-            self.cold_below = entry.seq + 1;
-            index += 1;
+            self.cold_below = self.cold_below.max(entry.seq + 1);
         }
         dropped
     }
 }
+
+/// Pages one transient body out to the log; `None` when it cannot now.
+pub type Spill<'a> = dyn FnMut(&Message) -> Option<u64> + 'a;
 
 #[derive(Debug)]
 pub struct Queue {
@@ -238,6 +275,14 @@ impl Queue {
             operator_policy: None,
             counters: Default::default(),
         }
+    }
+
+    /// The queue id its messages' log records are settled under: the
+    /// durable queue's own, or for any other queue [`SPILL_QUEUE`] (only
+    /// bodies paged out under memory pressure are in the log; settling
+    /// them writes nothing).
+    pub fn settle_id(&self) -> Option<u32> {
+        Some(self.store_id.unwrap_or(SPILL_QUEUE))
     }
 
     pub fn ready_count(&self) -> usize {
@@ -409,22 +454,28 @@ impl Queue {
         self.levels.iter().filter_map(|l| l.peek()).map(|e| e.expires_at).filter(|at| *at != 0).min().map(|at| at - 1)
     }
 
-    /// Drops the bodies of ready messages older than the hot window, once
-    /// the log has written them (`is_written`), so that a backlog costs a
-    /// small index entry per message rather than its body.
-    /// Only the level a message was just published to grows, so only it
-    /// is looked at (`level`); None looks at every level.
-    pub fn page_out(&mut self, level: Option<u8>, is_written: impl Fn(u64) -> bool) {
-        match level {
+    /// Drops the bodies of ready messages older than the newest `window`
+    /// of their level, once the log has written them (`is_written`), so
+    /// that a backlog costs a small index entry per message rather than its
+    /// body; with `spill` (memory pressure) transient bodies are paged out
+    /// to the log first. Only the level a message was just published to
+    /// grows, so only it is looked at (`level`); None looks at every level.
+    pub fn page_out(
+        &mut self,
+        level: Option<u8>,
+        window: usize,
+        is_written: impl Fn(u64) -> bool,
+        mut spill: Option<&mut Spill<'_>>,
+    ) {
+        let levels = match level {
             Some(l) => {
                 let l = (l as usize).min(self.levels.len() - 1);
-                self.cold += self.levels[l].page_out(&is_written);
+                l..l + 1
             }
-            None => {
-                for level in &mut self.levels {
-                    self.cold += level.page_out(&is_written);
-                }
-            }
+            None => 0..self.levels.len(),
+        };
+        for l in levels {
+            self.cold += self.levels[l].page_out(window, &is_written, spill.as_deref_mut());
         }
     }
 

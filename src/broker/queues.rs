@@ -191,9 +191,10 @@ impl State {
                 }
             }
         }
-        if let Some(qid) = q.store_id {
+        if let Some(qid) = q.settle_id() {
             // The log must forget the messages the queue still held, ready
-            // or delivered and unacked, so their segments can be reclaimed.
+            // or delivered and unacked, so their segments can be reclaimed
+            // (for a queue that is not durable: its paged-out bodies).
             let mut ids = q.ready_store_ids();
             for ch in self.channels.values() {
                 ids.extend(
@@ -203,7 +204,9 @@ impl State {
                         .map(|u| u.entry.store_id),
                 );
             }
-            if let Err(e) = store.queue_deleted(qid, &ids) {
+            let logged =
+                if q.store_id.is_some() { store.queue_deleted(qid, &ids).map(drop) } else { store.ack(qid, &ids) };
+            if let Err(e) = logged {
                 tracing::error!("queue '{name}' in vhost '{vhost}' deleted in memory only: {e}");
             }
         }
@@ -250,7 +253,7 @@ impl State {
             return;
         }
         if q.args.dead_letter_exchange.is_none() {
-            dead_letter::forget(store, q.store_id, &expired);
+            dead_letter::forget(store, q.settle_id(), &expired);
             return;
         }
         let departed = Departed {
@@ -266,7 +269,7 @@ impl State {
 
 pub(super) fn purge_queue(q: &mut Queue, store: &LogStore) -> Result<usize> {
     let purged = q.purge();
-    if let Some(qid) = q.store_id {
+    if let Some(qid) = q.settle_id() {
         let ids: Vec<u64> = purged.iter().filter(|e| e.store_id != 0).map(|e| e.store_id).collect();
         if !ids.is_empty() {
             store.ack(qid, &ids).map_err(store_failed)?;

@@ -91,14 +91,17 @@ impl Broker {
     }
 }
 
+/// A message read back from the log: a persistent one, or a body paged
+/// out under memory pressure (whose properties say it is transient).
 pub fn message_from_record(m: MessageRecord) -> Message {
     let (priority, expiration_ms) = crate::store::format::peek_properties(&m.properties);
+    let persistent = crate::store::format::peek_persistent(&m.properties);
     Message {
         exchange: m.exchange,
         routing_key: m.routing_key,
         properties: m.properties,
+        persistent,
         body: m.body,
-        persistent: true,
         expiration_ms,
         priority,
     }

@@ -191,7 +191,9 @@ async fn whoami(caller: Caller) -> Json<Value> {
 fn node_json(api: &Api) -> Value {
     let store = api.broker.store();
     let alarm = store.disk_alarm().borrow().raised;
-    let (rss, limit) = crate::metrics::memory();
+    let (rss, available) = crate::metrics::memory();
+    let memory = api.broker.memory();
+    let limit = if memory.limit() == u64::MAX { available } else { memory.limit() };
     json!({
         "name": node_name(),
         "type": "disc",
@@ -201,7 +203,7 @@ fn node_json(api: &Api) -> Value {
         "uptime": crate::metrics::uptime_ms().min(u32::MAX as u64),
         "mem_used": rss,
         "mem_limit": limit,
-        "mem_alarm": false,
+        "mem_alarm": memory.alarm_raised(),
         "disk_free": store.free_space().unwrap_or(0),
         "disk_free_limit": store.disk_free_limit(),
         "disk_free_alarm": alarm,
@@ -251,10 +253,16 @@ fn check(failure: Option<String>) -> Response {
 }
 
 async fn alarms(State(api): State<Api>, _caller: Caller) -> Response {
-    let alarm = api.broker.store().disk_alarm().borrow().raised;
-    if alarm {
+    let mut alarms = Vec::new();
+    if api.broker.memory().alarm_raised() {
+        alarms.push(json!({"node": node_name(), "resource": "memory"}));
+    }
+    if api.broker.store().disk_alarm().borrow().raised {
+        alarms.push(json!({"node": node_name(), "resource": "disk"}));
+    }
+    if !alarms.is_empty() {
         let body = json!({"status": "failed", "reason": "resource alarm(s) in effect in the cluster",
-                          "alarms": [{"node": node_name(), "resource": "disk"}]});
+                          "alarms": alarms});
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     } else {
         check(None)

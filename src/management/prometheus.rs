@@ -234,9 +234,16 @@ fn common(api: &Api) -> Scrape {
     ] {
         s.counter_with(name, help, &amqp, value);
     }
-    let (rss, limit) = crate::metrics::memory();
+    let (rss, available) = crate::metrics::memory();
+    let memory = api.broker.memory();
+    let limit = if memory.limit() == u64::MAX { available } else { memory.limit() };
     s.gauge("rabbitmq_process_resident_memory_bytes", "Memory used in bytes", rss as i64);
     s.gauge("rabbitmq_resident_memory_limit_bytes", "Memory high watermark in bytes", limit as i64);
+    s.gauge(
+        "rabbitmq_alarms_memory_used_watermark",
+        "is 1 if VM memory watermark alarm is in effect",
+        memory.alarm_raised() as i64,
+    );
     let store = api.broker.store();
     s.gauge(
         "rabbitmq_disk_space_available_bytes",

@@ -229,7 +229,10 @@ impl Connection {
             ));
             return self.close_channel_with(channel, err, (60, 40));
         }
-        let mut encoded = header.properties;
+        // The properties are kept as long as the message: copied out of the
+        // read buffer, whose allocation they would otherwise keep alive
+        // (with the neighbouring frames in it) for all that time.
+        let mut encoded = Bytes::copy_from_slice(&header.properties);
         let reply_to_rpc = properties.reply_to.as_deref() == Some(REPLY_TO_QUEUE);
         let has_bcc = properties.headers.as_ref().is_some_and(|h| h.get("BCC").is_some());
         if reply_to_rpc || has_bcc {

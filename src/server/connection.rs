@@ -60,6 +60,21 @@ impl From<CloseReason> for Exit {
     }
 }
 
+/// Bytes read per read call, about.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Room for the next read. While a frame is partly read the decoder has
+/// reserved exactly what it still needs: reading no further keeps a large
+/// body frame (a message body, kept in queues as a slice of this buffer)
+/// alone in its allocation rather than pinning one shared with the frames
+/// after it. Otherwise the buffer gets a read's worth of room.
+fn make_room(buf: &mut BytesMut) {
+    let partial_frame = buf.len() >= crate::protocol::constants::FRAME_HEADER_SIZE;
+    if !partial_frame && buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
 pub(super) struct Connection {
     pub id: u64,
     pub peer: SocketAddr,
@@ -97,6 +112,7 @@ pub(super) struct Connection {
     /// that publish are blocked by a resource alarm, as in RabbitMQ.
     pub published: bool,
     pub(super) disk_alarm: watch::Receiver<DiskAlarm>,
+    pub(super) memory_alarm: watch::Receiver<bool>,
 }
 
 pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broker>, config: Arc<Config>) {
@@ -132,6 +148,7 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broke
         blocked_notify: false,
         published: false,
         disk_alarm: broker.store().disk_alarm(),
+        memory_alarm: broker.memory().alarm(),
         broker,
     };
     tracing::debug!(connection = id, "accepting AMQP connection from {peer}");
@@ -172,9 +189,7 @@ impl Connection {
                 Ok(None) => {}
                 Err(e) => return Err(CloseReason::new(e.reply_code(), e).into()),
             }
-            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-                self.buf.reserve(64 * 1024);
-            }
+            make_room(&mut self.buf);
             let read = self.reader.read_buf(&mut self.buf);
             let result = match limit {
                 Some(limit) => match tokio::time::timeout(limit, read).await {
@@ -227,10 +242,12 @@ impl Connection {
                     self.broker.start_delivery(&self.vhost, &queue);
                 }
             }
-            self.wait_for_the_log().await;
-            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-                self.buf.reserve(64 * 1024);
+            if self.wait_for_the_log().await {
+                // Heartbeats are not watched while blocked (RabbitMQ
+                // pauses its monitor too): the client's wait on the socket.
+                last_heard = tokio::time::Instant::now();
             }
+            make_room(&mut self.buf);
             let waiting = self.channels.values().any(|c| !c.confirms.is_empty());
             let deadline = limit.map(|l| last_heard + l);
             tokio::select! {
@@ -272,11 +289,14 @@ impl Connection {
     }
 
     /// Why a connection that publishes must stop being read now, if it must:
-    /// the free-disk alarm, or more than `log_backlog_limit` bytes waiting
+    /// the memory alarm, the free-disk alarm, or more than `log_backlog_limit` bytes waiting
     /// for the disk (publishers then slow to what the disk takes).
     fn block_reason(&self) -> Option<&'static str> {
         if self.durability.borrow().failed {
             return None;
+        }
+        if *self.memory_alarm.borrow() || self.broker.memory().publishers_must_wait() {
+            return Some("low on memory");
         }
         if self.disk_alarm.borrow().raised {
             return Some("low on disk");
@@ -292,11 +312,12 @@ impl Connection {
     /// alarm holds; clients that asked for it are told with
     /// connection.blocked, and connection.unblocked once it cleared.
     /// Connections that only consume go on, so acks can free space.
-    async fn wait_for_the_log(&mut self) {
+    /// Returns whether it blocked.
+    async fn wait_for_the_log(&mut self) -> bool {
         if !std::mem::take(&mut self.published) {
-            return;
+            return false;
         }
-        let Some(reason) = self.block_reason() else { return };
+        let Some(reason) = self.block_reason() else { return false };
         if self.blocked_notify {
             self.handle.method(0, ConnectionBlocked { reason: reason.into() });
         }
@@ -305,6 +326,7 @@ impl Connection {
             tokio::select! {
                 changed = self.durability.changed() => if changed.is_err() { break },
                 changed = self.disk_alarm.changed() => if changed.is_err() { break },
+                changed = self.memory_alarm.changed() => if changed.is_err() { break },
                 // Compaction catching up has no channel of its own.
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
@@ -313,6 +335,7 @@ impl Connection {
         if self.blocked_notify {
             self.handle.method(0, ConnectionUnblocked {});
         }
+        true
     }
 
     /// Queues a reply that must wait until what this method appended to the

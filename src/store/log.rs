@@ -28,7 +28,7 @@ use super::format::*;
 use super::histogram::Histogram;
 use super::io::LogIo;
 use super::recovery::{QueueSet, Recovered};
-pub(super) use super::state::{Chunk, Inner, MANY_QUEUES, Relocation, SegmentMeta, prune_foreign};
+pub(super) use super::state::{Chunk, Inner, MANY_QUEUES, Relocation, SPILL_QUEUE, SegmentMeta, prune_foreign};
 pub use super::state::{IdHasher, IdMap, IdSet, Loc};
 
 /// When the writer makes a batch durable.
@@ -142,6 +142,8 @@ pub struct Counters {
     pub pass_bytes: Histogram,
     /// Milliseconds the replay at start-up took.
     pub replay_ms: AtomicU64,
+    /// Body bytes paged out to the log under memory pressure.
+    pub spilled_bytes: AtomicU64,
 }
 
 impl Default for Counters {
@@ -155,6 +157,7 @@ impl Default for Counters {
             fsync_seconds: Histogram::new(super::histogram::FSYNC_SECONDS),
             pass_bytes: Histogram::new(super::histogram::PASS_BYTES),
             replay_ms: AtomicU64::new(0),
+            spilled_bytes: AtomicU64::new(0),
         }
     }
 }
@@ -184,6 +187,10 @@ pub struct LogStats {
     pub segments_deleted: u64,
     pub fsyncs: u64,
     pub replay_ms: u64,
+    /// Body bytes paged out under memory pressure so far.
+    pub spilled_bytes: u64,
+    /// Paged-out bodies still live.
+    pub spilled_messages: usize,
 }
 
 impl LogStore {
@@ -254,6 +261,7 @@ impl LogStore {
             key: recovered.key.unwrap_or_else(|| fastrand::u64(..)),
             compaction_behind: Arc::new(AtomicBool::new(false)),
             compaction: options.compaction,
+            spilled: 0,
         };
         // Always continue in a new segment: the old newest one keeps what
         // recovery found and nothing is ever appended behind a torn tail.
@@ -301,6 +309,11 @@ impl LogStore {
     }
 
     /// Bytes appended but not yet handed to the disk.
+    /// The log is shutting down: threads that use it should end.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
     pub fn backlog_bytes(&self) -> usize {
         self.inner.lock().pending_bytes
     }
@@ -433,11 +446,36 @@ impl LogStore {
         Ok((id, end + ack_len as u64))
     }
 
-    /// Ack tombstones: these messages left `queue` for good.
+    /// Pages a message's body out to the log under memory pressure (see
+    /// [`SPILL_QUEUE`]): read it back with [`LogStore::read`] once
+    /// [`LogStore::is_written`], and release it with [`LogStore::ack`] from
+    /// whichever queue settles it. Nothing of it survives a restart.
+    pub fn spill(&self, exchange: &str, routing_key: &str, properties: &[u8], body: &[u8]) -> Result<u64, StoreError> {
+        let (id, _) = self.publish_moving(&[SPILL_QUEUE], exchange, routing_key, properties, body, None)?;
+        self.inner.lock().spilled += 1;
+        self.stats.spilled_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+        Ok(id)
+    }
+
+    /// Whether `id` is a body paged out under memory pressure (not a
+    /// persistent message).
+    pub fn is_spilled(&self, id: u64) -> bool {
+        self.inner.lock().is_spilled(id)
+    }
+
+    /// Ack tombstones: these messages left `queue` for good. Paged-out
+    /// bodies among them are released without one (replay drops them).
     pub fn ack(&self, queue: u32, ids: &[u64]) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
         inner.check()?;
-        inner.append_id_records(TYPE_ACK, queue, ids);
+        if inner.spilled > 0 {
+            let stored: Vec<u64> = ids.iter().copied().filter(|id| !inner.is_spilled(*id)).collect();
+            if !stored.is_empty() && queue != SPILL_QUEUE {
+                inner.append_id_records(TYPE_ACK, queue, &stored);
+            }
+        } else if queue != SPILL_QUEUE {
+            inner.append_id_records(TYPE_ACK, queue, ids);
+        }
         for id in ids {
             inner.release(*id, queue);
         }
@@ -451,7 +489,15 @@ impl LogStore {
     pub fn delivered(&self, queue: u32, ids: &[u64]) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
         inner.check()?;
-        inner.append_id_records(TYPE_DELIVERED, queue, ids);
+        if inner.spilled > 0 {
+            let stored: Vec<u64> = ids.iter().copied().filter(|id| !inner.is_spilled(*id)).collect();
+            if stored.is_empty() {
+                return Ok(());
+            }
+            inner.append_id_records(TYPE_DELIVERED, queue, &stored);
+        } else {
+            inner.append_id_records(TYPE_DELIVERED, queue, ids);
+        }
         for id in ids {
             inner.mark_delivered(*id, queue);
         }
@@ -582,6 +628,8 @@ impl LogStore {
             segments_deleted: self.stats.segments_deleted.load(Ordering::Relaxed),
             fsyncs: self.stats.fsyncs.load(Ordering::Relaxed),
             replay_ms: self.stats.replay_ms.load(Ordering::Relaxed),
+            spilled_bytes: self.stats.spilled_bytes.load(Ordering::Relaxed),
+            spilled_messages: inner.spilled,
         }
     }
 

@@ -38,3 +38,4 @@ pub mod writer;
 
 pub use log::{Durability, FsyncPolicy, LogOptions, LogStats, LogStore, StoreError, wall_ms};
 pub use recovery::Recovered;
+pub use state::SPILL_QUEUE;

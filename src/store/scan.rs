@@ -195,6 +195,29 @@ pub fn peek_properties(raw: &[u8]) -> (u8, Option<u64>) {
     parse().unwrap_or((0, None))
 }
 
+/// Whether AMQP basic properties carry delivery-mode 2 (persistent); the
+/// fields before it are skipped without decoding, as in [`peek_properties`].
+pub fn peek_persistent(raw: &[u8]) -> bool {
+    let parse = || -> Option<bool> {
+        let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
+        let has = |bit: u16| flags & (1 << bit) != 0;
+        if !has(12) {
+            return Some(false);
+        }
+        let mut at = 2;
+        for bit in [15, 14] {
+            if has(bit) {
+                at += 1 + *raw.get(at)? as usize; // content-type, content-encoding
+            }
+        }
+        if has(13) {
+            at += 4 + u32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?) as usize; // headers
+        }
+        Some(*raw.get(at)? == 2)
+    };
+    parse().unwrap_or(false)
+}
+
 /// Reads an ack or delivered record's queue and ids without allocating.
 pub fn peek_id_list(payload: &[u8]) -> Result<(u32, impl Iterator<Item = u64> + '_), FormatError> {
     if payload.len() < 8 {

@@ -35,6 +35,12 @@ pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 /// Queue id marking a message held by several durable queues (see `Inner::multi`).
 pub(super) const MANY_QUEUES: u32 = u32::MAX;
 
+/// Queue id under which bodies of messages that are not persistent (or
+/// not in a durable queue) are paged out to the log under memory pressure.
+/// No queue definition ever has it, so replay drops these records: they
+/// matter only to the process that wrote them.
+pub const SPILL_QUEUE: u32 = u32::MAX - 1;
+
 /// Where a live message's record is, and who holds it.
 #[derive(Debug, Clone, Copy)]
 pub struct Loc {
@@ -176,6 +182,9 @@ pub(super) struct Inner {
     /// cleared by the compactor once it caught up.
     pub compaction_behind: Arc<AtomicBool>,
     pub compaction: bool,
+    /// Live records held by [`SPILL_QUEUE`]: while there are none, acks
+    /// need not look for them.
+    pub spilled: usize,
 }
 
 /// Keeps only the foreign tombstones and marks that still matter: those of
@@ -354,7 +363,11 @@ impl Inner {
     /// `queue` no longer holds message `id`.
     pub fn release(&mut self, id: u64, queue: u32) {
         let Some(loc) = self.index.get(&id).copied() else { return };
-        let gone = if loc.queue == MANY_QUEUES {
+        // A paged-out body is released by whichever queue settles it.
+        let gone = if loc.queue == SPILL_QUEUE {
+            self.spilled -= 1;
+            true
+        } else if loc.queue == MANY_QUEUES {
             match self.multi.get_mut(&id) {
                 Some(queues) => {
                     queues.retain(|q| q.0 != queue);
@@ -384,6 +397,11 @@ impl Inner {
         } else if loc.queue == queue {
             loc.delivered = true;
         }
+    }
+
+    /// Whether `id` is a body paged out under memory pressure.
+    pub fn is_spilled(&self, id: u64) -> bool {
+        self.spilled > 0 && self.index.get(&id).is_some_and(|l| l.queue == SPILL_QUEUE)
     }
 
     /// The durable queues holding a live message, with their delivered marks.

@@ -127,6 +127,8 @@ impl Target {
                     "messages_ready": o["queue_totals"]["messages_ready"],
                     "messages_unacknowledged": o["queue_totals"]["messages_unacknowledged"],
                     "disk_free_bytes": node["disk_free"], "disk_free_alarm": node["disk_free_alarm"],
+                    "memory_resident_bytes": node["mem_used"], "memory_high_watermark_bytes": node["mem_limit"],
+                    "memory_alarm": node["mem_alarm"],
                 }))])
             }
             "purge_queue" | "delete_queue" => {

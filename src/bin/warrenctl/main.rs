@@ -119,6 +119,8 @@ enum Command {
     },
     /// Deletes a virtual host and everything in it.
     DeleteVhost { name: String },
+    /// Changes the memory high watermark until the next start: a fraction (0.4) of the memory available, or `absolute <bytes or size>`.
+    SetVmMemoryHighWatermark { value: String, absolute: Option<String> },
     /// Sets the limits of the vhost given by -p: '{"max-connections": N, "max-queues": N}'.
     SetVhostLimits { definition: String },
     /// Removes the limits of the vhost given by -p.
@@ -187,6 +189,11 @@ const STATUS_FIELDS: &[&str] = &[
     "log_live_bytes",
     "disk_free_bytes",
     "disk_free_alarm",
+    "memory_resident_bytes",
+    "memory_high_watermark_bytes",
+    "memory_alarm",
+    "memory_paging",
+    "log_spilled_messages",
 ];
 
 /// What an action verb prints before it acts, and on success.

@@ -158,6 +158,18 @@ pub(super) fn access_verb(
             ];
             (request("add_vhost", args, None), action(format!("Adding vhost \"{name}\" ..."), None), vec![])
         }
+        Command::SetVmMemoryHighWatermark { value, absolute } => {
+            let (kind, text) = match (value.as_str(), absolute) {
+                ("absolute", Some(size)) => ("absolute", size),
+                (_, None) => ("relative", value),
+                (_, Some(_)) => ("invalid", value),
+            };
+            (
+                request("set_vm_memory_high_watermark", vec![&kind.to_string(), text], None),
+                action(format!("Setting memory threshold on the node to {text} ..."), None),
+                vec![],
+            )
+        }
         Command::DeleteVhost { name } => {
             (request("delete_vhost", vec![name], None), action(format!("Deleting vhost \"{name}\" ..."), None), vec![])
         }
