@@ -30,6 +30,9 @@ pub struct Config {
     pub heartbeat: u16,
     /// Seconds a client has to finish the handshake.
     pub handshake_timeout: u64,
+    /// Milliseconds a write to a client may wait for it to read before
+    /// the connection is dropped (a client that stopped reading).
+    pub send_timeout: u64,
     /// Largest message body accepted, in bytes (RabbitMQ's max_message_size).
     pub max_message_size: u64,
     /// Size of a log segment file, in bytes.
@@ -94,6 +97,7 @@ impl Default for Config {
             channel_max: 2047,
             heartbeat: 60,
             handshake_timeout: 10,
+            send_timeout: 30_000,
             max_message_size: 128 << 20,
             segment_size: 64 << 20,
             fsync: "batch".into(),

@@ -75,6 +75,12 @@ impl Outgoing {
 /// stops handing its consumers messages until the writer catches up.
 pub const OUTBOUND_HIGH_WATER: usize = 4 << 20;
 
+/// When more than this many bytes wait for a connection's socket, the
+/// connection stops reading: replies, returns, confirms and basic.get-ok
+/// are not held back by [`OUTBOUND_HIGH_WATER`], but a client gets no more
+/// of them than it reads.
+pub const OUTBOUND_READ_PAUSE: usize = 2 * OUTBOUND_HIGH_WATER;
+
 /// State shared between the broker (producer of frames) and the connection's
 /// writer (consumer of frames).
 #[derive(Debug, Default)]
@@ -83,6 +89,8 @@ pub struct OutboundShared {
     /// Set when a delivery was held back because of `pending_bytes`; the
     /// writer then asks the broker to resume once it has drained.
     stalled: AtomicBool,
+    /// Woken when `pending_bytes` falls below [`OUTBOUND_READ_PAUSE`].
+    drained: tokio::sync::Notify,
 }
 
 /// The broker's way to reach one connection.
@@ -127,6 +135,16 @@ impl ConnectionHandle {
         self.send(Outgoing::Method { channel, method: method.into() });
     }
 
+    /// Bytes queued for this connection's socket and not yet written.
+    pub fn outbound_bytes(&self) -> usize {
+        self.shared.pending()
+    }
+
+    /// The queue's shared state (to wait for it to drain).
+    pub fn outbound(&self) -> Arc<OutboundShared> {
+        self.shared.clone()
+    }
+
     /// Whether the socket is keeping up; if not, remember to resume later.
     pub fn has_room(&self) -> bool {
         if self.shared.pending_bytes.load(Ordering::Relaxed) < OUTBOUND_HIGH_WATER {
@@ -144,6 +162,21 @@ impl OutboundShared {
     pub fn written(&self, items: &[Outgoing]) -> bool {
         let weight: usize = items.iter().map(Outgoing::weight).sum();
         let before = self.pending_bytes.fetch_sub(weight, Ordering::Relaxed);
-        before.saturating_sub(weight) < OUTBOUND_HIGH_WATER / 2 && self.stalled.swap(false, Ordering::Relaxed)
+        let after = before.saturating_sub(weight);
+        if before >= OUTBOUND_READ_PAUSE && after < OUTBOUND_READ_PAUSE {
+            self.drained.notify_one();
+        }
+        after < OUTBOUND_HIGH_WATER / 2 && self.stalled.swap(false, Ordering::Relaxed)
+    }
+
+    /// Bytes queued for the socket and not yet written.
+    pub fn pending(&self) -> usize {
+        self.pending_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the queue fell below [`OUTBOUND_READ_PAUSE`] (or at
+    /// once if it did since the last wait).
+    pub async fn drained(&self) {
+        self.drained.notified().await
     }
 }

@@ -28,6 +28,9 @@ pub enum BrokerEvent {
     CloseChannel { channel: u16, error: AmqpError },
     /// An operator closes the connection (320 CONNECTION_FORCED).
     CloseConnection { explanation: String },
+    /// The connection's socket is unusable (the peer stopped reading):
+    /// drop it without a close handshake.
+    Dropped { reason: String },
 }
 
 pub(super) fn spawn(state: Weak<Mutex<State>>, store: Arc<LogStore>) -> std::io::Result<()> {

@@ -1,7 +1,9 @@
-//! One AMQP connection: its state, the read loop with heartbeat
-//! supervision, resource-alarm blocking, durable replies and confirms,
-//! frame routing to channels, and the close handshake in both directions.
-//! The start/tune/open handshake is in `handshake`.
+//! One AMQP connection: its state, the read loop with heartbeat and
+//! partial-frame supervision and the bound on what waits for its socket,
+//! durable replies and confirms, frame routing to channels, and the close
+//! handshake in both directions. The start/tune/open handshake is in
+//! `handshake`; what blocks a publisher and the read buffer's sizing in
+//! `flow`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,14 +12,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::watch;
 
 use super::channel::Channel;
-use super::writer::{self, WriterTuning};
+use super::flow::{QUIET_READ, filled, make_room};
+use super::writer::{self, WriterContext, WriterTuning};
+use crate::broker::message::OUTBOUND_READ_PAUSE;
 use crate::broker::{AmqpError, Broker, BrokerEvent, ConnectionHandle, GlobalStats, OutboundShared, Outgoing, Scope};
 use crate::config::Config;
 use crate::protocol::method::*;
@@ -60,27 +63,12 @@ impl From<CloseReason> for Exit {
     }
 }
 
-/// Bytes read per read call, about.
-const READ_CHUNK: usize = 64 * 1024;
-
-/// Room for the next read. While a frame is partly read the decoder has
-/// reserved exactly what it still needs: reading no further keeps a large
-/// body frame (a message body, kept in queues as a slice of this buffer)
-/// alone in its allocation rather than pinning one shared with the frames
-/// after it. Otherwise the buffer gets a read's worth of room.
-fn make_room(buf: &mut BytesMut) {
-    let partial_frame = buf.len() >= crate::protocol::constants::FRAME_HEADER_SIZE;
-    if !partial_frame && buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
-    }
-}
-
 pub(super) struct Connection {
     pub id: u64,
     pub peer: SocketAddr,
     pub broker: Arc<Broker>,
     pub config: Arc<Config>,
-    pub(super) reader: OwnedReadHalf,
+    pub(super) reader: Box<dyn AsyncRead + Send + Unpin>,
     pub(super) buf: BytesMut,
     pub handle: ConnectionHandle,
     pub(super) tuning: Arc<WriterTuning>,
@@ -117,13 +105,33 @@ pub(super) struct Connection {
 
 pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broker>, config: Arc<Config>) {
     let _ = socket.set_nodelay(true);
-    let (reader, write_half) = socket.into_split();
+    let (reader, writer) = socket.into_split();
+    serve_stream((Box::new(reader), writer), peer, id, broker, config).await
+}
+
+/// Serves one connection over any byte stream (TCP, or TLS over TCP),
+/// given as its two halves.
+pub async fn serve_stream<W: AsyncWrite + Send + Unpin + 'static>(
+    (reader, write_half): (Box<dyn AsyncRead + Send + Unpin>, W),
+    peer: SocketAddr,
+    id: u64,
+    broker: Arc<Broker>,
+    config: Arc<Config>,
+) {
     let (tx, rx) = unbounded_channel();
     let (events_tx, events) = unbounded_channel();
     let shared = Arc::new(OutboundShared::default());
     let tuning = Arc::new(WriterTuning::default());
     tuning.frame_max.store(config.frame_max, Ordering::Relaxed);
-    let writer_task = tokio::spawn(writer::run(write_half, rx, shared.clone(), tuning.clone(), broker.clone(), id));
+    let context = WriterContext {
+        shared: shared.clone(),
+        tuning: tuning.clone(),
+        broker: broker.clone(),
+        connection_id: id,
+        events: events_tx.clone(),
+        send_timeout: Duration::from_millis(config.send_timeout.max(1)),
+    };
+    let writer_task = tokio::spawn(writer::run(write_half, rx, context));
     let mut conn = Connection {
         id,
         peer,
@@ -131,7 +139,7 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broke
         channel_max: config.channel_max,
         config,
         reader,
-        buf: BytesMut::with_capacity(64 * 1024),
+        buf: BytesMut::with_capacity(QUIET_READ),
         handle: ConnectionHandle::new(id, tx, shared, false).with_events(events_tx),
         events,
         tuning,
@@ -189,7 +197,7 @@ impl Connection {
                 Ok(None) => {}
                 Err(e) => return Err(CloseReason::new(e.reply_code(), e).into()),
             }
-            make_room(&mut self.buf);
+            make_room(&mut self.buf, false);
             let read = self.reader.read_buf(&mut self.buf);
             let result = match limit {
                 Some(limit) => match tokio::time::timeout(limit, read).await {
@@ -214,7 +222,13 @@ impl Connection {
     async fn serve(&mut self) -> Exit {
         // A peer silent for two heartbeat intervals is gone.
         let limit = (self.heartbeat > 0).then(|| Duration::from_secs(self.heartbeat as u64 * 2));
+        // A frame must arrive whole within that time too (60 s without
+        // heartbeats): a client dribbling a frame a byte at a time is not
+        // kept forever.
+        let frame_limit = limit.unwrap_or(Duration::from_secs(60));
         let mut last_heard = tokio::time::Instant::now();
+        let mut frame_started: Option<tokio::time::Instant> = None;
+        let mut busy = false;
         loop {
             loop {
                 let frame = match decode_frame(&mut self.buf, self.frame_max) {
@@ -247,20 +261,36 @@ impl Connection {
                 // pauses its monitor too): the client's wait on the socket.
                 last_heard = tokio::time::Instant::now();
             }
-            make_room(&mut self.buf);
+            make_room(&mut self.buf, busy);
+            let room = self.buf.capacity() - self.buf.len();
             let waiting = self.channels.values().any(|c| !c.confirms.is_empty());
-            let deadline = limit.map(|l| last_heard + l);
+            frame_started = if self.buf.is_empty() { None } else { frame_started.or(Some(last_heard)) };
+            // A client that does not read what it is sent gets no more
+            // replies, returns or confirms than fit the bound: stop reading
+            // it until its socket drains (the writer's send timeout ends a
+            // client that never reads). Its heartbeats wait meanwhile.
+            let paused = self.handle.outbound_bytes() >= OUTBOUND_READ_PAUSE;
+            let deadline = match frame_started {
+                _ if paused => None,
+                Some(started) => limit.map(|l| last_heard + l).into_iter().chain([started + frame_limit]).min(),
+                None => limit.map(|l| last_heard + l),
+            };
+            let shared = self.handle.outbound();
             tokio::select! {
-                read = self.reader.read_buf(&mut self.buf) => match read {
+                read = self.reader.read_buf(&mut self.buf), if !paused => match read {
                     Ok(0) => {
                         if self.registered {
                             tracing::warn!(connection = self.id, "client {} closed the socket without connection.close", self.peer);
                         }
                         return Exit::Done;
                     }
-                    Ok(_) => last_heard = tokio::time::Instant::now(),
+                    Ok(n) => {
+                        last_heard = tokio::time::Instant::now();
+                        busy = filled(n, room);
+                    }
                     Err(e) => return Exit::Dropped(format!("socket error: {e}")),
                 },
+                _ = shared.drained(), if paused => last_heard = tokio::time::Instant::now(),
                 Some(event) = self.events.recv() => match event {
                     BrokerEvent::CloseChannel { channel, error } => {
                         if self.channels.contains_key(&channel)
@@ -274,6 +304,7 @@ impl Connection {
                         self.release_confirms();
                         return Exit::Close(CloseReason::new(reply::CONNECTION_FORCED, explanation));
                     }
+                    BrokerEvent::Dropped { reason } => return Exit::Dropped(reason),
                 },
                 changed = self.durability.changed(), if waiting => {
                     if changed.is_err() {
@@ -281,61 +312,17 @@ impl Connection {
                     }
                 }
                 _ = sleep_until_opt(deadline) => {
+                    if frame_started.is_some_and(|s| s + frame_limit <= tokio::time::Instant::now()) {
+                        return Exit::Dropped(format!(
+                            "a frame was not received whole within {} s",
+                            frame_limit.as_secs()
+                        ));
+                    }
                     let secs = limit.map_or(0, |l| l.as_secs() / 2);
                     return Exit::Dropped(format!("missed heartbeats from client, timeout: {secs}s"));
                 }
             }
         }
-    }
-
-    /// Why a connection that publishes must stop being read now, if it must:
-    /// the memory alarm, the free-disk alarm, or more than `log_backlog_limit` bytes waiting
-    /// for the disk (publishers then slow to what the disk takes).
-    fn block_reason(&self) -> Option<&'static str> {
-        if self.durability.borrow().failed {
-            return None;
-        }
-        if *self.memory_alarm.borrow() || self.broker.memory().publishers_must_wait() {
-            return Some("low on memory");
-        }
-        if self.disk_alarm.borrow().raised {
-            return Some("low on disk");
-        }
-        if self.broker.store().compaction_behind() {
-            return Some("the write-ahead log is compacting");
-        }
-        (self.broker.store().backlog_bytes() > self.config.log_backlog_limit)
-            .then_some("the write-ahead log is behind the disk")
-    }
-
-    /// A connection that just published stops reading while a resource
-    /// alarm holds; clients that asked for it are told with
-    /// connection.blocked, and connection.unblocked once it cleared.
-    /// Connections that only consume go on, so acks can free space.
-    /// Returns whether it blocked.
-    async fn wait_for_the_log(&mut self) -> bool {
-        if !std::mem::take(&mut self.published) {
-            return false;
-        }
-        let Some(reason) = self.block_reason() else { return false };
-        if self.blocked_notify {
-            self.handle.method(0, ConnectionBlocked { reason: reason.into() });
-        }
-        tracing::debug!(connection = self.id, "blocking {}: {reason}", self.peer);
-        while self.block_reason().is_some() {
-            tokio::select! {
-                changed = self.durability.changed() => if changed.is_err() { break },
-                changed = self.disk_alarm.changed() => if changed.is_err() { break },
-                changed = self.memory_alarm.changed() => if changed.is_err() { break },
-                // Compaction catching up has no channel of its own.
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            }
-            self.release_confirms();
-        }
-        if self.blocked_notify {
-            self.handle.method(0, ConnectionUnblocked {});
-        }
-        true
     }
 
     /// Queues a reply that must wait until what this method appended to the
@@ -373,7 +360,7 @@ impl Connection {
 
     /// Sends the publisher confirms whose messages are now durable, in
     /// publish order per channel, a run of acks as one `multiple` ack.
-    fn release_confirms(&mut self) {
+    pub(super) fn release_confirms(&mut self) {
         let durable = *self.durability.borrow_and_update();
         let mut confirmed = 0;
         for (&channel, ch) in self.channels.iter_mut() {
@@ -507,7 +494,21 @@ impl Connection {
                     return;
                 }
                 Ok(Ok(Some(_))) => continue,
-                // Closed socket, undecodable bytes or timeout: nothing more to wait for.
+                Ok(Err(_)) => {
+                    // Bytes that are not frames (the error itself was one):
+                    // no close-ok can be found in them. Take what the client
+                    // still sends until it closes, so that closing with
+                    // unread bytes does not reset the socket and destroy
+                    // the connection.close on its way to the client.
+                    let mut scratch = [0u8; 4096];
+                    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, self.reader.read(&mut scratch)).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    return;
+                }
+                // Closed socket or timeout: nothing more to wait for.
                 _ => return,
             }
         }

@@ -7,6 +7,7 @@
 
 mod channel;
 mod connection;
+mod flow;
 mod handshake;
 mod methods;
 mod permissions;

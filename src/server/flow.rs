@@ -1,0 +1,94 @@
+//! What holds a connection's reading back: the resource alarms (memory,
+//! free disk) and the log's own flow control for connections that publish,
+//! and the sizing of the read buffer (small while quiet, a read's worth
+//! while busy, exactly one frame while a large frame arrives).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+use super::connection::Connection;
+use crate::protocol::method::{ConnectionBlocked, ConnectionUnblocked};
+
+/// Room a busy connection reads into.
+pub(super) const READ_CHUNK: usize = 64 * 1024;
+/// Room a quiet connection reads into: thousands of idle connections must
+/// not hold a busy one's buffer each.
+pub(super) const QUIET_READ: usize = 2 * 1024;
+
+/// Room for the next read. While a frame is partly read the decoder has
+/// reserved exactly what it still needs: reading no further keeps a large
+/// body frame (a message body, kept in queues as a slice of this buffer)
+/// alone in its allocation rather than pinning one shared with the frames
+/// after it. Otherwise a connection whose last read filled its room gets a
+/// large buffer, and one that went quiet a small one again.
+pub(super) fn make_room(buf: &mut BytesMut, busy: bool) {
+    if buf.len() >= crate::protocol::constants::FRAME_HEADER_SIZE {
+        return;
+    }
+    if !busy && buf.is_empty() && buf.capacity() > 4 * QUIET_READ {
+        *buf = BytesMut::with_capacity(QUIET_READ);
+        return;
+    }
+    let want = if busy { READ_CHUNK } else { QUIET_READ };
+    if buf.capacity() - buf.len() < want / 4 {
+        buf.reserve(want);
+    }
+}
+
+/// Whether a read of `read` bytes into `room` bytes of room filled most of it.
+pub(super) fn filled(read: usize, room: usize) -> bool {
+    read * 2 >= room
+}
+
+impl Connection {
+    /// Why a connection that publishes must stop being read now, if it must:
+    /// the memory alarm, the free-disk alarm, or more than `log_backlog_limit` bytes waiting
+    /// for the disk (publishers then slow to what the disk takes).
+    pub(super) fn block_reason(&self) -> Option<&'static str> {
+        if self.durability.borrow().failed {
+            return None;
+        }
+        if *self.memory_alarm.borrow() || self.broker.memory().publishers_must_wait() {
+            return Some("low on memory");
+        }
+        if self.disk_alarm.borrow().raised {
+            return Some("low on disk");
+        }
+        if self.broker.store().compaction_behind() {
+            return Some("the write-ahead log is compacting");
+        }
+        (self.broker.store().backlog_bytes() > self.config.log_backlog_limit)
+            .then_some("the write-ahead log is behind the disk")
+    }
+
+    /// A connection that just published stops reading while a resource
+    /// alarm holds; clients that asked for it are told with
+    /// connection.blocked, and connection.unblocked once it cleared.
+    /// Connections that only consume go on, so acks can free space.
+    /// Returns whether it blocked.
+    pub(super) async fn wait_for_the_log(&mut self) -> bool {
+        if !std::mem::take(&mut self.published) {
+            return false;
+        }
+        let Some(reason) = self.block_reason() else { return false };
+        if self.blocked_notify {
+            self.handle.method(0, ConnectionBlocked { reason: reason.into() });
+        }
+        tracing::debug!(connection = self.id, "blocking {}: {reason}", self.peer);
+        while self.block_reason().is_some() {
+            tokio::select! {
+                changed = self.durability.changed() => if changed.is_err() { break },
+                changed = self.disk_alarm.changed() => if changed.is_err() { break },
+                changed = self.memory_alarm.changed() => if changed.is_err() { break },
+                // Compaction catching up has no channel of its own.
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            self.release_confirms();
+        }
+        if self.blocked_notify {
+            self.handle.method(0, ConnectionUnblocked {});
+        }
+        true
+    }
+}
