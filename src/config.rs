@@ -85,6 +85,8 @@ pub struct Config {
     pub management_bind: Option<IpAddr>,
     /// Port of the Prometheus endpoint (RabbitMQ's 15692); 0 turns it off.
     pub prometheus_port: u16,
+    /// The amqps listener and TLS for the HTTP listeners.
+    pub tls: crate::tls::TlsConfig,
 }
 
 impl Default for Config {
@@ -115,6 +117,7 @@ impl Default for Config {
             management_port: 15672,
             management_bind: None,
             prometheus_port: 15692,
+            tls: Default::default(),
         }
     }
 }

@@ -98,6 +98,8 @@ fn info() -> ConnectionInfo {
         heartbeat: 0,
         frame_max: 131072,
         connected_at: 0,
+        tls: false,
+        auth_mechanism: "PLAIN".into(),
     }
 }
 

@@ -65,6 +65,18 @@ struct Args {
     /// Port of the Prometheus metrics endpoint [default: 15692]; 0 turns it off.
     #[arg(long)]
     prometheus_port: Option<u16>,
+    /// Port of the amqps (AMQP over TLS) listener [default: 5671]; on when a certificate and key are given.
+    #[arg(long)]
+    tls_port: Option<u16>,
+    /// The server's certificate chain (PEM) for TLS.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM) for TLS.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM): client certificates are verified against them (verify_peer).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -119,6 +131,14 @@ fn main() -> anyhow::Result<()> {
     if let Some(port) = args.prometheus_port {
         config.prometheus_port = port;
     }
+    if let Some(port) = args.tls_port {
+        config.tls.port = port;
+    }
+    config.tls.cert = args.tls_cert.or(config.tls.cert);
+    config.tls.key = args.tls_key.or(config.tls.key);
+    config.tls.ca = args.tls_ca.or(config.tls.ca);
+    // A broken TLS setup stops the start, before anything else.
+    let tls = warren::tls::server_config(&config.tls).map_err(|e| anyhow::anyhow!(e))?;
     warren::metrics::mark_start();
     let fsync: FsyncPolicy = config.fsync.parse().map_err(|e: String| anyhow::anyhow!(e))?;
 
@@ -173,14 +193,14 @@ fn main() -> anyhow::Result<()> {
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(config.threads).enable_all().build()?
     };
-    let result = runtime.block_on(serve(config, broker));
+    let result = runtime.block_on(serve(config, broker, tls));
     // Everything appended is written and synced before the process exits.
     store.shutdown();
     drop(lock);
     result
 }
 
-async fn serve(config: Config, broker: Arc<Broker>) -> anyhow::Result<()> {
+async fn serve(config: Config, broker: Arc<Broker>, tls: Option<Arc<rustls::ServerConfig>>) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let control = warren::admin::bind(&config.control_socket())
         .with_context(|| format!("cannot bind control socket {}", config.control_socket().display()))?;
@@ -203,20 +223,34 @@ async fn serve(config: Config, broker: Arc<Broker>) -> anyhow::Result<()> {
     listeners.management = management.as_ref().and_then(|l| l.local_addr().ok());
     listeners.prometheus = prometheus.as_ref().and_then(|l| l.local_addr().ok());
     let api = warren::management::Api { broker: broker.clone(), listeners: Arc::new(listeners) };
+    let management_tls = tls.clone().filter(|_| config.tls.management);
+    let prometheus_tls = tls.clone().filter(|_| config.tls.prometheus);
     if let Some(listener) = management {
         let api = api.clone();
         tokio::spawn(async move {
-            if let Err(e) = warren::management::serve(listener, api).await {
+            if let Err(e) = warren::management::serve(listener, api, management_tls).await {
                 tracing::error!("the management API stopped: {e}");
             }
         });
     }
     if let Some(listener) = prometheus {
         tokio::spawn(async move {
-            if let Err(e) = warren::management::serve_prometheus(listener, api).await {
+            if let Err(e) = warren::management::serve_prometheus(listener, api, prometheus_tls).await {
                 tracing::error!("the Prometheus endpoint stopped: {e}");
             }
         });
+    }
+    if let Some(tls) = &tls {
+        let listener = tokio::net::TcpListener::bind((config.bind, config.tls.port)).await.with_context(|| {
+            format!(
+                "cannot listen on {}:{} for amqps (choose another port with --tls-port)",
+                config.bind, config.tls.port
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        tracing::info!("amqps (AMQP over TLS) listening on {addr}");
+        println!("amqps listening on {addr}");
+        tokio::spawn(warren::server::serve_tls(listener, tls.clone(), broker.clone(), config.clone()));
     }
     tracing::info!("Warren {} listening on {addr}, data in {}", env!("CARGO_PKG_VERSION"), config.data_dir.display());
     // Tests that start the broker with --port 0 read the port from this line.

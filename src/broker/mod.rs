@@ -175,6 +175,10 @@ pub struct ConnectionInfo {
     pub frame_max: u32,
     /// When the connection opened, ms since the Unix epoch.
     pub connected_at: u64,
+    /// Over TLS (the amqps listener).
+    pub tls: bool,
+    /// The authentication mechanism the client used.
+    pub auth_mechanism: String,
 }
 
 #[derive(Debug)]

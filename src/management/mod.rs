@@ -58,9 +58,57 @@ pub struct Api {
 }
 
 /// Serves the API on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, api: Api) -> std::io::Result<()> {
-    let app = router(api);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+/// Serves the management API (over TLS with `tls`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: Api,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
+    let app = router(api).into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        None => axum::serve(listener, app).await,
+        Some(tls) => {
+            use axum::serve::ListenerExt;
+            // tap_io gives the TLS listener's peer address to ConnectInfo.
+            axum::serve(TlsListener::new(listener, tls, "management API")?.tap_io(|_| {}), app).await
+        }
+    }
+}
+
+/// An HTTP listener whose connections are TLS streams, their handshakes
+/// done by [`crate::tls::accept_loop`].
+struct TlsListener {
+    accepted: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    fn new(
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        what: &'static str,
+    ) -> std::io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        let accepted = crate::tls::accept_loop(listener, tls, std::time::Duration::from_secs(10), what);
+        Ok(TlsListener { accepted, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(accepted) => accepted,
+            // The accept loop ended (it never does while the listener lives).
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
 }
 
 fn router(api: Api) -> Router {
@@ -306,7 +354,15 @@ fn basic_credentials(header: &str) -> Option<(String, String)> {
 pub use crate::metrics::node_name;
 
 /// Serves the Prometheus metrics (RabbitMQ's port 15692) on `listener`.
-pub async fn serve_prometheus(listener: tokio::net::TcpListener, api: Api) -> std::io::Result<()> {
+/// Serves the Prometheus endpoint (over TLS with `tls`).
+pub async fn serve_prometheus(
+    listener: tokio::net::TcpListener,
+    api: Api,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
     let app = prometheus::routes().with_state(api);
-    axum::serve(listener, app).await
+    match tls {
+        None => axum::serve(listener, app).await,
+        Some(tls) => axum::serve(TlsListener::new(listener, tls, "Prometheus endpoint")?, app).await,
+    }
 }

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::watch;
 
+use super::Transport;
 use super::channel::Channel;
 use super::flow::{QUIET_READ, filled, make_room};
 use super::writer::{self, WriterContext, WriterTuning};
@@ -101,18 +102,23 @@ pub(super) struct Connection {
     pub published: bool,
     pub(super) disk_alarm: watch::Receiver<DiskAlarm>,
     pub(super) memory_alarm: watch::Receiver<bool>,
+    /// Plain TCP or TLS, and the client certificate's name.
+    pub(super) transport: Transport,
+    /// The mechanism the client authenticated with.
+    pub(super) auth_mechanism: String,
 }
 
 pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broker>, config: Arc<Config>) {
     let _ = socket.set_nodelay(true);
     let (reader, writer) = socket.into_split();
-    serve_stream((Box::new(reader), writer), peer, id, broker, config).await
+    serve_stream((Box::new(reader), writer), Transport::default(), peer, id, broker, config).await
 }
 
 /// Serves one connection over any byte stream (TCP, or TLS over TCP),
 /// given as its two halves.
 pub async fn serve_stream<W: AsyncWrite + Send + Unpin + 'static>(
     (reader, write_half): (Box<dyn AsyncRead + Send + Unpin>, W),
+    transport: Transport,
     peer: SocketAddr,
     id: u64,
     broker: Arc<Broker>,
@@ -157,6 +163,8 @@ pub async fn serve_stream<W: AsyncWrite + Send + Unpin + 'static>(
         published: false,
         disk_alarm: broker.store().disk_alarm(),
         memory_alarm: broker.memory().alarm(),
+        transport,
+        auth_mechanism: String::new(),
         broker,
     };
     tracing::debug!(connection = id, "accepting AMQP connection from {peer}");

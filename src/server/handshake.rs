@@ -77,7 +77,14 @@ impl Connection {
                 version_major: 0,
                 version_minor: 9,
                 server_properties: server_properties(),
-                mechanisms: Bytes::from_static(b"PLAIN AMQPLAIN"),
+                // EXTERNAL (the client certificate's common name, as
+                // RabbitMQ's rabbitmq_auth_mechanism_ssl) only where there
+                // is a verified certificate.
+                mechanisms: if self.transport.peer_common_name.is_some() {
+                    Bytes::from_static(b"PLAIN AMQPLAIN EXTERNAL")
+                } else {
+                    Bytes::from_static(b"PLAIN AMQPLAIN")
+                },
                 locales: Bytes::from_static(b"en_US"),
             },
         );
@@ -96,6 +103,7 @@ impl Connection {
             _ => FieldTable::new(),
         };
         self.user = self.authenticate(&start_ok)?;
+        self.auth_mechanism = start_ok.mechanism.clone();
         self.handle.method(
             0,
             ConnectionTune {
@@ -139,6 +147,8 @@ impl Connection {
             heartbeat: self.heartbeat,
             frame_max: self.frame_max,
             connected_at: crate::store::wall_ms(),
+            tls: self.transport.tls,
+            auth_mechanism: self.auth_mechanism.clone(),
         };
         // As RabbitMQ: the vhost and its connection limit first, then the
         // user's access to it; registering checks the limit again, atomically.
@@ -171,6 +181,28 @@ impl Connection {
         Ok(())
     }
 
+    /// EXTERNAL: the user is the common name of the client's verified
+    /// certificate, and must exist; no password.
+    fn authenticate_external(&self) -> Result<String, CloseReason> {
+        let refused = |why: String| {
+            tracing::warn!(connection = self.id, "EXTERNAL login refused for {}: {why}", self.peer);
+            CloseReason::new(
+                reply::ACCESS_REFUSED,
+                "Login was refused using authentication mechanism EXTERNAL. For details see the broker logfile.",
+            )
+        };
+        let Some(user) = self.transport.peer_common_name.clone() else {
+            return Err(refused("no verified client certificate".into()));
+        };
+        if self.broker.access().user(&user).is_none() {
+            return Err(refused(format!("no user '{user}' (the certificate's common name)")));
+        }
+        if self.broker.access().loopback_only(&user) && !super::is_loopback(&self.peer) {
+            return Err(refused(format!("user '{user}' can only connect via localhost")));
+        }
+        Ok(user)
+    }
+
     fn authenticate(&self, m: &ConnectionStartOk) -> Result<String, CloseReason> {
         let (user, password) = match m.mechanism.as_str() {
             "PLAIN" => {
@@ -199,6 +231,7 @@ impl Connection {
                     }
                 }
             }
+            "EXTERNAL" => return self.authenticate_external(),
             other => {
                 return Err(CloseReason::new(
                     reply::ACCESS_REFUSED,

@@ -1,6 +1,7 @@
-//! The network layer: the listener, one task per connection (handshake,
-//! tuning, heartbeats, channel multiplexing, content assembly) and one
-//! writer task per connection that coalesces outgoing frames.
+//! The network layer: the listeners (plain AMQP, and amqps over
+//! [`crate::tls`]), one task per connection (handshake, tuning, heartbeats,
+//! channel multiplexing, content assembly) and one writer task per
+//! connection that coalesces outgoing frames.
 //!
 //! Owns sockets and AMQP session state; it turns frames into calls on the
 //! [`Broker`] and never touches broker state directly.
@@ -22,13 +23,44 @@ use tokio::net::TcpListener;
 use crate::broker::Broker;
 use crate::config::Config;
 
+/// Connection ids, shared by every listener.
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How a connection reached the broker.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Transport {
+    pub tls: bool,
+    /// The common name of the client's verified certificate (TLS only).
+    pub peer_common_name: Option<String>,
+}
+
+/// Accepts amqps connections until the task is dropped: each TLS
+/// handshake runs on its own (bounded by the handshake timeout), then the
+/// connection is served like a plain one.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    broker: Arc<Broker>,
+    config: Arc<Config>,
+) {
+    let mut accepted = crate::tls::accept_loop(listener, tls, config.handshake_timeout(), "amqps");
+    while let Some((stream, peer)) = accepted.recv().await {
+        let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+        let transport = Transport { tls: true, peer_common_name: crate::tls::peer_common_name(&stream) };
+        let (broker, config) = (broker.clone(), config.clone());
+        tokio::spawn(async move {
+            let (reader, writer) = tokio::io::split(stream);
+            connection::serve_stream((Box::new(reader), writer), transport, peer, id, broker, config).await
+        });
+    }
+}
+
 /// Accepts connections until the task is dropped.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>, config: Arc<Config>) {
-    let next_id = AtomicU64::new(1);
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
-                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
                 let broker = broker.clone();
                 let config = config.clone();
                 tokio::spawn(async move { connection::run(socket, peer, id, broker, config).await });

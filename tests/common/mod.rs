@@ -19,6 +19,8 @@ pub struct Broker {
     /// ([`Broker::start_with_http`]).
     pub management: Option<SocketAddr>,
     pub prometheus: Option<SocketAddr>,
+    /// The amqps listener, when started with a TLS certificate.
+    pub tls: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Keeps the scratch directory alive for the broker's lifetime.
     _scratch: Option<tempfile::TempDir>,
@@ -85,7 +87,7 @@ impl Broker {
             .expect("start warren");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let (mut management, mut prometheus) = (None, None);
+        let (mut management, mut prometheus, mut tls) = (None, None, None);
         let addr = loop {
             match lines.next() {
                 Some(Ok(line)) => {
@@ -95,6 +97,8 @@ impl Broker {
                         management = Some(addr.trim().parse().expect("address"));
                     } else if let Some(addr) = line.strip_prefix("Prometheus endpoint listening on ") {
                         prometheus = Some(addr.trim().parse().expect("address"));
+                    } else if let Some(addr) = line.strip_prefix("amqps listening on ") {
+                        tls = Some(addr.trim().parse().expect("address"));
                     }
                 }
                 _ => {
@@ -110,6 +114,7 @@ impl Broker {
             addr,
             management,
             prometheus,
+            tls,
             data_dir: data_dir.to_path_buf(),
             _scratch: None,
         })
