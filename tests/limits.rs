@@ -1,19 +1,20 @@
 //! Broker-wide limits on the real binary, each refused with RabbitMQ's
 //! reply code and text while well-behaved clients keep being served:
 //! `connection_max` (530 `connection refused: node connection limit (N)
-//! is reached`).
+//! is reached`) and the user limits `max-connections` and `max-channels`
+//! (set with warrenctl and the HTTP API, kept across a kill -9).
 
 mod common;
 
 use common::amqp::*;
 use common::raw::RawClient;
+use warren::protocol::Method;
+use warren::protocol::method::ChannelOpen;
 
 #[tokio::test]
 async fn connections_over_connection_max_are_refused_and_the_others_served() {
-    let broker = common::Broker::start_in(
-        &tempfile::tempdir().expect("scratch").keep().join("data"),
-        &["--connection-max", "2"],
-    );
+    let scratch = tempfile::tempdir().expect("scratch");
+    let broker = common::Broker::start_in(&scratch.path().join("data"), &["--connection-max", "2"]);
     let first = connect(&broker).await;
     let second = RawClient::open_as(broker.addr, "guest", "guest", "/").await.expect("the second fits");
     let refused = RawClient::open_as(broker.addr, "guest", "guest", "/").await.err().expect("the third is over");
@@ -36,4 +37,88 @@ async fn connections_over_connection_max_are_refused_and_the_others_served() {
             }
         }
     }
+}
+
+fn ctl(broker: &common::Broker, args: &[&str]) -> String {
+    let out = broker.warrenctl(args);
+    assert!(out.status.success(), "warrenctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Opens channel `n` on a raw connection; the broker's answer.
+async fn open_channel(c: &mut RawClient, n: u16) -> Method {
+    c.send_method(n, ChannelOpen::default()).await;
+    c.expect_method().await
+}
+
+#[tokio::test]
+async fn user_limits_refuse_connections_and_channels_with_rabbitmqs_texts() {
+    let scratch = tempfile::tempdir().expect("scratch");
+    let data = scratch.path().join("data");
+    let mut broker = common::Broker::start_in_with_http(&data, &[]);
+    ctl(&broker, &["add_user", "app", "secret"]);
+    ctl(&broker, &["set_permissions", "app", ".*", ".*", ".*"]);
+    ctl(&broker, &["set_user_limits", "app", r#"{"max-connections": 2, "max-channels": 3}"#]);
+    let out = broker.warrenctl(&["set_user_limits", "app", r#"{"max-queues": 1}"#]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Unrecognised terms"));
+
+    // Connections: two fit, the third is refused; guest is not limited.
+    let mut a = RawClient::open_as(broker.addr, "app", "secret", "/").await.expect("first");
+    let mut b = RawClient::open_as(broker.addr, "app", "secret", "/").await.expect("second");
+    let refused = RawClient::open_as(broker.addr, "app", "secret", "/").await.err().expect("third");
+    assert_eq!(
+        refused,
+        (530, "NOT_ALLOWED - connection refused for user 'app': user connection limit (2) is reached".to_string())
+    );
+    let guest = connect(&broker).await;
+
+    // Channels are counted over the user's connections: 2 + 1 fit, a fourth closes its connection.
+    assert!(matches!(open_channel(&mut a, 1).await, Method::ChannelOpenOk(_)));
+    assert!(matches!(open_channel(&mut a, 2).await, Method::ChannelOpenOk(_)));
+    assert!(matches!(open_channel(&mut b, 1).await, Method::ChannelOpenOk(_)));
+    match open_channel(&mut b, 2).await {
+        Method::ConnectionClose(close) => {
+            assert_eq!(close.reply_code, 530);
+            assert_eq!(
+                close.reply_text,
+                "NOT_ALLOWED - number of channels opened for user 'app' has reached the maximum allowed user limit of (3)"
+            );
+        }
+        other => panic!("expected connection.close 530, got {other:?}"),
+    }
+    // Guest's channels are not counted against app, and guest is served.
+    let ch = confirm_channel(&guest).await;
+    declare_queue(&ch, "served").await;
+    publish_acked(&ch, "served", "hello").await;
+    assert_eq!(drain(&ch, "served").await, ["hello"]);
+
+    // The HTTP API shows and changes them.
+    let auth = Some(("guest", "guest"));
+    let http = broker.management.expect("management API");
+    let reply = common::http::request(http, "GET", "/api/user-limits", auth, None).await;
+    assert_eq!(reply.json(), serde_json::json!([{"user": "app", "value": {"max-connections": 2, "max-channels": 3}}]));
+    let reply =
+        common::http::request(http, "PUT", "/api/user-limits/app/max-connections", auth, Some(r#"{"value": 1}"#)).await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    let reply =
+        common::http::request(http, "PUT", "/api/user-limits/app/max-queues", auth, Some(r#"{"value": 1}"#)).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    let reply =
+        common::http::request(http, "PUT", "/api/user-limits/nobody/max-channels", auth, Some(r#"{"value": 1}"#)).await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    let reply = common::http::request(http, "DELETE", "/api/user-limits/app/max-channels", auth, None).await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+
+    // Kept across a kill -9.
+    broker.kill();
+    drop((a, b, guest));
+    let broker = common::Broker::start_in(&data, &[]);
+    let listed = ctl(&broker, &["list_user_limits", "--user", "app"]);
+    assert!(listed.contains(r#"{"max-connections":1}"#), "{listed}");
+    let _one = RawClient::open_as(broker.addr, "app", "secret", "/").await.expect("one fits");
+    let refused = RawClient::open_as(broker.addr, "app", "secret", "/").await.err().expect("the second is over");
+    assert_eq!(refused.0, 530);
+    ctl(&broker, &["clear_user_limits", "app", "all"]);
+    let _two = RawClient::open_as(broker.addr, "app", "secret", "/").await.expect("no limit any more");
+    assert_eq!(ctl(&broker, &["list_user_limits"]).lines().filter(|l| l.starts_with("app")).count(), 0);
 }

@@ -8,7 +8,10 @@
 //! broker's: checks take the read side, and a generation counter lets
 //! connections cache their answers until something changes.
 
+mod limits;
 pub mod password;
+
+pub use limits::UserLimits;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,6 +37,9 @@ pub struct User {
     /// Comma-separated in RabbitMQ's files, a list here.
     #[serde(default, deserialize_with = "tags_from_either")]
     pub tags: Vec<String>,
+    /// `max-connections` and `max-channels` (RabbitMQ's user limits).
+    #[serde(default)]
+    pub limits: UserLimits,
 }
 
 fn default_algorithm() -> String {
@@ -121,8 +127,8 @@ fn compile(pattern: &str) -> Result<Option<Regex>, String> {
 }
 
 #[derive(Debug, Default)]
-struct State {
-    users: BTreeMap<String, User>,
+pub(super) struct State {
+    pub(super) users: BTreeMap<String, User>,
     /// (user, vhost) -> permissions.
     permissions: BTreeMap<(String, String), Compiled>,
     /// (user, vhost, exchange) -> topic permissions.
@@ -133,7 +139,7 @@ struct State {
 
 /// Users and permissions.
 pub struct AccessControl {
-    state: RwLock<State>,
+    pub(super) state: RwLock<State>,
     store: Arc<LogStore>,
     /// Bumped on every change, so cached answers can tell they are stale.
     generation: AtomicU64,
@@ -233,7 +239,7 @@ impl AccessControl {
         Ok(())
     }
 
-    fn put_user(&self, st: &mut State, user: User) -> Result<(), AccessError> {
+    pub(super) fn put_user(&self, st: &mut State, user: User) -> Result<(), AccessError> {
         let json = serde_json::to_vec(&user).map_err(|e| AccessError::Invalid(e.to_string()))?;
         self.log(ParameterKind::User, user.name.clone(), Some(json))?;
         st.users.insert(user.name.clone(), user);
@@ -265,6 +271,7 @@ impl AccessControl {
             password_hash: password::hash(pass),
             hashing_algorithm: password::SHA256.to_string(),
             tags,
+            limits: UserLimits::default(),
         };
         self.put_user(&mut st, user)
     }

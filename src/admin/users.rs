@@ -2,7 +2,8 @@
 //! them): add_user, delete_user, change_password, authenticate_user,
 //! set_user_tags, list_users, set_permissions, clear_permissions,
 //! list_permissions, list_user_permissions, set_topic_permissions,
-//! list_topic_permissions.
+//! list_topic_permissions, set_user_limits, clear_user_limits,
+//! list_user_limits.
 
 use serde_json::json;
 
@@ -65,6 +66,29 @@ pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
                 Err(r) => r,
                 Ok(()) => done(access.set_user_tags(&req.args[0], req.args[1..].to_vec())),
             },
+            "set_user_limits" => match need(2, "<username> <definition>") {
+                Err(r) => r,
+                Ok(()) => match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&req.args[1]) {
+                    Err(e) => fail(format!("Could not parse JSON document: {e}")),
+                    Ok(definition) => match crate::access::UserLimits::parse(&definition) {
+                        Err(e) => fail(e),
+                        Ok(limits) => done(access.set_user_limits(&req.args[0], limits)),
+                    },
+                },
+            },
+            "clear_user_limits" => match need(2, "<username> <limit name|all>") {
+                Err(r) => r,
+                Ok(()) => done(access.clear_user_limits(&req.args[0], &req.args[1])),
+            },
+            "list_user_limits" => {
+                let users = access.users().into_iter().filter(|u| arg(0).is_none_or(|name| u.name == name));
+                match arg(0) {
+                    Some(name) if access.user(name).is_none() => fail(format!("user '{name}' does not exist")),
+                    _ => ok(rows(users.filter(|u| !u.limits.is_empty()).map(
+                        |u| json!({"user": u.name, "limits": serde_json::to_string(&u.limits).unwrap_or_default()}),
+                    ))),
+                }
+            }
             "list_users" => ok(rows(
                 access.users().into_iter().map(|u| json!({"user": u.name, "tags": format!("[{}]", u.tags.join(", "))})),
             )),

@@ -342,14 +342,16 @@ impl Broker {
     /// Refuses a connection to a vhost that does not exist or is at its
     /// `max-connections` (530 NOT_ALLOWED, RabbitMQ's texts).
     pub fn check_vhost_entry(&self, vhost: &str, user: &str) -> Result<()> {
-        self.state.lock().check_connection_limit(vhost, user)
+        let user_max = self.access.user_limits(user).max_connections();
+        self.state.lock().check_connection_limit(vhost, user, user_max)
     }
 
     /// Registers an opened connection in its vhost; refused (with
     /// RabbitMQ's text) when the vhost is gone or at its `max-connections`.
     pub fn register_connection(&self, handle: ConnectionHandle, info: ConnectionInfo) -> Result<()> {
+        let user_max = self.access.user_limits(&info.user).max_connections();
         let mut st = self.state.lock();
-        st.check_connection_limit(&info.vhost, &info.user)?;
+        st.check_connection_limit(&info.vhost, &info.user, user_max)?;
         let vhost = st
             .vhosts
             .get_key_value(info.vhost.as_str())
@@ -357,6 +359,23 @@ impl Broker {
             .ok_or_else(|| AmqpError::connection(reply::NOT_ALLOWED, format!("vhost {} not found", info.vhost)))?;
         st.connections.insert(handle.id, ConnectionEntry { handle, info, vhost, channels: HashSet::new() });
         GlobalStats::add(&self.stats.connections_opened, 1);
+        Ok(())
+    }
+
+    /// Refuses one more channel to a user at its `max-channels` (counted
+    /// over all of the user's connections): 530 with RabbitMQ's text.
+    pub fn check_user_channels(&self, user: &str) -> Result<()> {
+        let Some(max) = self.access.user_limits(user).max_channels() else { return Ok(()) };
+        let st = self.state.lock();
+        let open: usize = st.connections.values().filter(|c| c.info.user == user).map(|c| c.channels.len()).sum();
+        if open as i64 >= max {
+            return Err(AmqpError::connection(
+                reply::NOT_ALLOWED,
+                format!(
+                    "number of channels opened for user '{user}' has reached the maximum allowed user limit of ({max})"
+                ),
+            ));
+        }
         Ok(())
     }
 

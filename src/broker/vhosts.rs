@@ -322,10 +322,11 @@ impl Broker {
 }
 
 impl State {
-    /// Refuses a connection when the broker is at its `connection_max`, or
-    /// to a vhost that does not exist or is at its `max-connections`, with
-    /// RabbitMQ's texts (530 NOT_ALLOWED).
-    pub(super) fn check_connection_limit(&self, vhost: &str, user: &str) -> Result<()> {
+    /// Refuses a connection when the broker is at its `connection_max`, to
+    /// a vhost that does not exist or is at its `max-connections`, or for a
+    /// user at its own `max-connections` (`user_max`), with RabbitMQ's texts
+    /// (530 NOT_ALLOWED) and in RabbitMQ's order.
+    pub(super) fn check_connection_limit(&self, vhost: &str, user: &str, user_max: Option<i64>) -> Result<()> {
         // The node's own limit first, as RabbitMQ checks it.
         if let Some(max) = self.connection_max
             && self.connections.len() >= max
@@ -339,10 +340,17 @@ impl State {
             return Err(AmqpError::connection(reply::NOT_ALLOWED, format!("vhost {vhost} not found")));
         };
         let open = self.connections.values().filter(|c| &*c.vhost == vhost).count();
-        match VhostLimits::reached(v.limits.max_connections, open) {
-            Some(limit) => Err(AmqpError::connection(
+        if let Some(limit) = VhostLimits::reached(v.limits.max_connections, open) {
+            return Err(AmqpError::connection(
                 reply::NOT_ALLOWED,
                 format!("access to vhost '{vhost}' refused for user '{user}': connection limit ({limit}) is reached"),
+            ));
+        }
+        let mine = self.connections.values().filter(|c| c.info.user == user).count();
+        match VhostLimits::reached(user_max, mine) {
+            Some(limit) => Err(AmqpError::connection(
+                reply::NOT_ALLOWED,
+                format!("connection refused for user '{user}': user connection limit ({limit}) is reached"),
             )),
             None => Ok(()),
         }

@@ -248,9 +248,10 @@ async fn one_vhost_limits(State(api): State<Api>, caller: Caller, Path(vhost): P
     Ok(Json(if limits.is_empty() { json!([]) } else { json!([limits_json(&vhost, &limits)]) }))
 }
 
+/// The body of a PUT of one vhost or user limit.
 #[derive(Debug, Deserialize)]
-struct LimitBody {
-    value: i64,
+pub(super) struct LimitBody {
+    pub value: i64,
 }
 
 /// PUT /api/vhost-limits/{vhost}/{max-connections|max-queues}: one limit,

@@ -25,6 +25,9 @@ pub fn routes() -> Router<Api> {
         .route("/api/permissions", get(permissions))
         .route("/api/permissions/{vhost}/{user}", get(one_permission).put(put_permission).delete(delete_permission))
         .route("/api/topic-permissions", get(topic_permissions))
+        .route("/api/user-limits", get(user_limits))
+        .route("/api/user-limits/{user}", get(one_user_limits))
+        .route("/api/user-limits/{user}/{name}", axum::routing::put(put_user_limit).delete(delete_user_limit))
         .route(
             "/api/topic-permissions/{vhost}/{user}",
             get(one_topic_permission).put(put_topic_permission).delete(delete_topic_permission),
@@ -91,8 +94,10 @@ async fn put_user(
         (None, Some(hash)) => {
             let hashing_algorithm =
                 body.hashing_algorithm.unwrap_or_else(|| crate::access::password::SHA256.to_string());
+            // A user replaced by hash keeps the limits it had.
+            let limits = access.user_limits(&user);
             access
-                .import_user(crate::access::User { name: user, password_hash: hash, hashing_algorithm, tags })
+                .import_user(crate::access::User { name: user, password_hash: hash, hashing_algorithm, tags, limits })
                 .map_err(bad)?;
         }
         (None, None) if existed => access.set_user_tags(&user, tags).map_err(bad)?,
@@ -303,4 +308,52 @@ async fn delete_topic_permission(
         access.clear_topic_permissions(&user, &vhost, &exchange).map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn user_limits_json(user: &crate::access::User) -> Value {
+    json!({"user": user.name, "value": user.limits})
+}
+
+/// GET /api/user-limits: the users that have limits, with them.
+async fn user_limits(State(api): State<Api>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let users = api.broker.access().users();
+    Ok(Json(users.iter().filter(|u| !u.limits.is_empty()).map(user_limits_json).collect()))
+}
+
+async fn one_user_limits(State(api): State<Api>, caller: Caller, Path(user): Path<String>) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let user = api.broker.access().user(&user).ok_or_else(ApiError::not_found)?;
+    Ok(Json(if user.limits.is_empty() { json!([]) } else { json!([user_limits_json(&user)]) }))
+}
+
+/// PUT /api/user-limits/{user}/{max-connections|max-channels}.
+async fn put_user_limit(
+    State(api): State<Api>,
+    caller: Caller,
+    Path((user, name)): Path<(String, String)>,
+    JsonBody(body): JsonBody<super::settings::LimitBody>,
+) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
+    let mut definition = serde_json::Map::new();
+    definition.insert(name, json!(body.value));
+    let limits = crate::access::UserLimits::parse(&definition).map_err(ApiError::bad_request)?;
+    match api.broker.access().set_user_limits(&user, limits) {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(crate::access::AccessError::NoUser(_)) => Err(ApiError::not_found()),
+        Err(e) => Err(ApiError::bad_request(e.to_string())),
+    }
+}
+
+async fn delete_user_limit(
+    State(api): State<Api>,
+    caller: Caller,
+    Path((user, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
+    match api.broker.access().clear_user_limits(&user, &name) {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(crate::access::AccessError::NoUser(_)) => Err(ApiError::not_found()),
+        Err(e) => Err(ApiError::bad_request(e.to_string())),
+    }
 }

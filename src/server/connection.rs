@@ -427,6 +427,11 @@ impl Connection {
                         ),
                     ));
                 }
+                if let Frame::Method { method: Method::ChannelOpen(_), .. } = &frame
+                    && !self.channels.contains_key(&channel)
+                {
+                    self.broker.check_user_channels(&self.user).map_err(|e| CloseReason::from_error(e, (20, 10)))?;
+                }
                 self.channel_frame(channel, frame)?;
                 Ok(true)
             }

@@ -125,6 +125,17 @@ enum Command {
     SetVhostLimits { definition: String },
     /// Removes the limits of the vhost given by -p.
     ClearVhostLimits,
+    /// Sets a user's limits (merged into its others): '{"max-connections": N, "max-channels": N}'.
+    SetUserLimits { username: String, definition: String },
+    /// Removes one of a user's limits (max-connections, max-channels) or all.
+    ClearUserLimits { username: String, limit: String },
+    /// Users' limits: user limits (one user with --user, every user otherwise).
+    ListUserLimits {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        global: bool,
+    },
     /// The limits of the vhost given by -p (or of every vhost with --global).
     ListVhostLimits {
         #[arg(long)]
@@ -241,6 +252,7 @@ fn known_columns(command: &str) -> &'static [&'static str] {
         "list_topic_permissions" => &["user", "exchange", "write", "read"],
         "list_vhosts" => &["name", "description", "tags", "default_queue_type", "tracing", "cluster_state"],
         "list_vhost_limits" => &["vhost", "limits"],
+        "list_user_limits" => &["user", "limits"],
         "status" => STATUS_FIELDS,
         "list_policies" | "list_operator_policies" => {
             &["vhost", "name", "pattern", "apply-to", "definition", "priority"]

@@ -183,6 +183,21 @@ pub(super) fn access_verb(
             action(format!("Clearing vhost \"{vhost}\" limits ..."), None),
             vec![],
         ),
+        Command::SetUserLimits { username, definition } => (
+            request("set_user_limits", vec![username, definition], None),
+            action(format!("Setting user limits to \"{definition}\" for user \"{username}\" ..."), None),
+            vec![],
+        ),
+        Command::ClearUserLimits { username, limit } => (
+            request("clear_user_limits", vec![username, limit], None),
+            action(format!("Clearing \"{limit}\" limit for user \"{username}\" ..."), None),
+            vec![],
+        ),
+        Command::ListUserLimits { user, global: _ } => (
+            request("list_user_limits", user.iter().collect(), None),
+            global_listing("list_user_limits", "user limits", &["user", "limits"]),
+            vec![],
+        ),
         Command::ListVhostLimits { global } => {
             let scope = if *global { None } else { Some(vhost) };
             let shown = if *global {
