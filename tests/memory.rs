@@ -103,6 +103,17 @@ async fn a_bad_watermark_is_refused_by_warrenctl_and_at_start() {
 
 const BODY: usize = 8 * 1024;
 
+/// Takes the messages numbered `numbers` from a consumer, in that order,
+/// acking each; `what` names message n with `{}` for its number.
+async fn expect_in_order(deliveries: &mut lapin::Consumer, numbers: impl IntoIterator<Item = usize>, what: &str) {
+    for n in numbers {
+        let d = next(deliveries).await;
+        let name = what.replace("{}", &n.to_string());
+        assert!(d.data == body(n), "{name}: got message {} ({} bytes)", number(&d.data), d.data.len());
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+}
+
 /// The number a body starts with, for messages that name what arrived.
 fn number(data: &[u8]) -> String {
     String::from_utf8_lossy(&data[..8.min(data.len())]).into_owned()
@@ -163,16 +174,7 @@ async fn transient_backlogs_page_out_to_the_log_and_come_back_in_order() {
     let cch = channel(&consumer).await;
     cch.basic_qos(100, BasicQosOptions::default()).await.expect("qos");
     let mut deliveries = consume(&cch, "scratch", "c", false).await;
-    for n in 0..COUNT / 2 {
-        let d = next(&mut deliveries).await;
-        assert!(
-            d.data == body(n),
-            "message {n} of the non-durable queue: got message {} ({} bytes)",
-            number(&d.data),
-            d.data.len()
-        );
-        d.ack(BasicAckOptions::default()).await.expect("ack");
-    }
+    expect_in_order(&mut deliveries, 0..COUNT / 2, "message {} of the non-durable queue").await;
     // Closing the channel gives its unacked (paged-out) messages back to
     // their places; a requeue puts one back at its place too.
     cch.close(200, "bye".into()).await.expect("close");
@@ -183,16 +185,7 @@ async fn transient_backlogs_page_out_to_the_log_and_come_back_in_order() {
     got.delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.expect("nack");
     cch2.basic_qos(200, BasicQosOptions::default()).await.expect("qos");
     let mut rest = consume(&cch2, "scratch", "c2", false).await;
-    for n in COUNT / 2..COUNT {
-        let d = next(&mut rest).await;
-        assert!(
-            d.data == body(n),
-            "message {n} of the non-durable queue: got message {} ({} bytes)",
-            number(&d.data),
-            d.data.len()
-        );
-        d.ack(BasicAckOptions::default()).await.expect("ack");
-    }
+    expect_in_order(&mut rest, COUNT / 2..COUNT, "message {} of the non-durable queue").await;
     // Every paged-out body of the drained queue was released.
     poll("scratch's pages released", Duration::from_secs(5), || {
         status(&broker)["log_spilled_messages"].as_u64().unwrap_or(u64::MAX) as usize <= COUNT * 2 / 3
@@ -210,16 +203,7 @@ async fn transient_backlogs_page_out_to_the_log_and_come_back_in_order() {
     assert_eq!(ready(&ch, "mixed").await as usize, expected.len());
     ch.basic_qos(500, BasicQosOptions::default()).await.expect("qos");
     let mut mixed = consume(&ch, "mixed", "m", false).await;
-    for n in expected {
-        let d = next(&mut mixed).await;
-        assert!(
-            d.data == body(n),
-            "persistent message {n} after the restart: got message {} ({} bytes)",
-            number(&d.data),
-            d.data.len()
-        );
-        d.ack(BasicAckOptions::default()).await.expect("ack");
-    }
+    expect_in_order(&mut mixed, expected, "persistent message {} after the restart").await;
     assert_eq!(status(&broker)["log_spilled_messages"], 0);
 }
 

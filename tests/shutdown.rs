@@ -68,3 +68,27 @@ async fn sigterm_closes_clients_with_320_and_keeps_every_confirmed_message() {
 async fn sigint_does_the_same() {
     graceful_shutdown_on("INT").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let scratch = tempfile::tempdir().expect("scratch");
+    let mut broker = common::Broker::start_in(&scratch.path().join("data"), &[]);
+    // A client that never answers the broker's connection.close: the
+    // graceful shutdown waits seconds for it.
+    let _silent = RawClient::open_as(broker.addr, "guest", "guest", "/").await.expect("raw client");
+    let pid = broker.pid().expect("running");
+    send_signal(pid, "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(broker.try_exit_status().is_none(), "still waiting for the silent client");
+    let second = Instant::now();
+    send_signal(pid, "TERM");
+    let status = loop {
+        if let Some(status) = broker.try_exit_status() {
+            break status;
+        }
+        assert!(second.elapsed() < Duration::from_secs(2), "the second signal did not end the broker at once");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(broker.log().contains("second signal"), "{}", broker.log());
+}
