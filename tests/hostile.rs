@@ -243,3 +243,43 @@ async fn floods_of_channel_churn_and_heartbeats_leave_everyone_served() {
     }
     served(&broker, "afterwards").await;
 }
+
+/// The per-frame time limit is per frame: a client that streams frames back
+/// to back for longer than it (each read ending mid-frame) stays connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_streaming_frames_for_longer_than_the_frame_limit_stays() {
+    let broker = common::Broker::start();
+    // Heartbeat 1 s: a frame must arrive whole within 2 s.
+    let mut c = RawClient::open(broker.addr, 1).await;
+    c.send_method(1, ChannelOpen::default()).await;
+    assert!(matches!(c.expect_method().await, Method::ChannelOpenOk(_)));
+    let mut burst = BytesMut::new();
+    let props = warren::protocol::BasicProperties::default().to_bytes();
+    let body = vec![b's'; 50_000];
+    for _ in 0..40 {
+        // Routed nowhere: dropped, so nothing piles up.
+        encode_method(&mut burst, 1, &BasicPublish { routing_key: "nowhere".into(), ..Default::default() }.into());
+        encode_content(&mut burst, 1, &props, &body, 131_072);
+    }
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while started.elapsed() < Duration::from_secs(5) {
+        // Chunks that end mid-frame.
+        for chunk in burst.chunks(9_999) {
+            c.send_bytes(chunk).await;
+            sent += chunk.len();
+        }
+    }
+    c.send_method(1, QueueDeclare { queue: "after-the-stream".into(), ..Default::default() }).await;
+    loop {
+        match c.read_frame().await {
+            Some(Frame::Method { method: Method::QueueDeclareOk(_), .. }) => break,
+            Some(Frame::Method { method: Method::ConnectionClose(close), .. }) => {
+                panic!("closed after {sent} bytes: {close:?}")
+            }
+            Some(_) => {}
+            None => panic!("dropped after {sent} bytes:\n{}", broker.log()),
+        }
+    }
+    assert!(sent > 10 << 20, "{sent} bytes streamed");
+}

@@ -240,7 +240,12 @@ impl Connection {
         loop {
             loop {
                 let frame = match decode_frame(&mut self.buf, self.frame_max) {
-                    Ok(Some(frame)) => frame,
+                    Ok(Some(frame)) => {
+                        // The time limit is per frame: a client streaming
+                        // frames back to back is never "mid-frame" for long.
+                        frame_started = None;
+                        frame
+                    }
                     Ok(None) => break,
                     Err(e) => return Exit::Close(CloseReason::new(e.reply_code(), e)),
                 };
