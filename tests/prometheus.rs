@@ -87,7 +87,7 @@ const GLOBAL_COUNTERS: [&str; 6] = [
     "rabbitmq_global_messages_unroutable_dropped",
 ];
 
-const GAUGES: [&str; 12] = [
+const GAUGES: [&str; 15] = [
     "rabbitmq_build_info",
     "rabbitmq_queues",
     "rabbitmq_connections",
@@ -100,6 +100,9 @@ const GAUGES: [&str; 12] = [
     "rabbitmq_disk_space_available_bytes",
     "rabbitmq_process_open_fds",
     "warren_log_segments",
+    "rabbitmq_alarms_memory_used_watermark",
+    "warren_memory_paging",
+    "warren_log_spilled_messages",
 ];
 
 #[tokio::test]
@@ -152,6 +155,8 @@ async fn dashboard_names_types_and_labels() {
             assert!(must(&text, positive, &[]) > 0.0, "{positive} at {path}");
         }
         assert_eq!(must(&text, "rabbitmq_connections", &[]), 0.0, "no client yet");
+        assert_eq!(must(&text, "rabbitmq_alarms_memory_used_watermark", &[]), 0.0, "no memory alarm at rest");
+        assert_eq!(must(&text, "warren_memory_paging", &[]), 0.0, "no paging at rest");
     }
     // The memory limit is above what the process uses (no alarm at rest).
     let text = scrape(addr, "/metrics").await;

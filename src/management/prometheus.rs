@@ -267,6 +267,13 @@ fn common(api: &Api) -> Scrape {
     s.counter("warren_log_compaction_bytes", "Bytes compaction copied forward", log.compaction_bytes);
     s.counter("warren_log_segments_deleted", "Segment files compaction deleted", log.segments_deleted);
     s.counter("warren_log_fsyncs", "fdatasync calls on the log's segments", log.fsyncs);
+    s.counter("warren_log_spilled_bytes", "Body bytes paged out to the log under memory pressure", log.spilled_bytes);
+    s.gauge("warren_log_spilled_messages", "Paged-out bodies still live in the log", log.spilled_messages as i64);
+    s.gauge(
+        "warren_memory_paging",
+        "is 1 while queues page their messages out (memory above the paging ratio)",
+        api.broker.memory().paging() as i64,
+    );
     s.gauge_f(
         "warren_log_replay_seconds",
         "How long replaying the log took at start-up",
