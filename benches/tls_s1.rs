@@ -9,8 +9,11 @@
 //!
 //! `cargo bench --bench tls_s1`
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "support/mod.rs"]
+mod support;
 
 use futures_lite::StreamExt;
 use lapin::options::*;
@@ -18,19 +21,7 @@ use lapin::tcp::OwnedTLSConfig;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
-
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
+use support::{KillOnDrop, free_port};
 
 /// The broker's user + system CPU ticks so far.
 fn cpu_ticks(pid: u32) -> u64 {
@@ -139,7 +130,7 @@ fn main() {
         .spawn()
         .expect("start warren");
     let pid = child.id();
-    let _broker = Broker(child);
+    let _broker = KillOnDrop(child);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async move {
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -19,13 +19,18 @@ pub fn uptime_ms() -> u64 {
 /// (resident memory, memory available to the process), in bytes: the
 /// cgroup's limit when one is set, else the machine's memory.
 pub fn memory() -> (u64, u64) {
+    (resident_memory(), total_memory())
+}
+
+/// The process's resident memory, in bytes: one small read of
+/// `/proc/self/statm` (the memory monitor samples it 50 times a second).
+pub fn resident_memory() -> u64 {
     // SAFETY: sysconf reads a system setting and touches no memory of ours.
     let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    let rss = std::fs::read_to_string("/proc/self/statm")
+    std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
-        .map_or(0, |pages| pages * page);
-    (rss, total_memory())
+        .map_or(0, |pages| pages * page)
 }
 
 fn total_memory() -> u64 {

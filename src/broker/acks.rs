@@ -102,9 +102,8 @@ impl Broker {
                         q.counters.ack += 1;
                         acked += 1;
                     }
-                    if let Some(qid) = q.settle_id()
-                        && u.entry.store_id != 0
-                    {
+                    if u.entry.store_id != 0 {
+                        let qid = q.settle_id();
                         match tombstones.iter_mut().find(|(id, _)| *id == qid) {
                             Some((_, ids)) => ids.push(u.entry.store_id),
                             None => tombstones.push((qid, vec![u.entry.store_id])),

@@ -142,8 +142,7 @@ impl State {
 }
 
 /// Tells the log that these messages left queue `qid` for good.
-pub(super) fn forget(store: &LogStore, qid: Option<u32>, entries: &[QueuedMessage]) {
-    let Some(qid) = qid else { return };
+pub(super) fn forget(store: &LogStore, qid: u32, entries: &[QueuedMessage]) {
     let ids: Vec<u64> = entries.iter().filter(|e| e.store_id != 0).map(|e| e.store_id).collect();
     if !ids.is_empty() {
         // A failure here is the log's I/O failure, already reported.

@@ -207,9 +207,8 @@ impl Broker {
                 routing_key: message.routing_key.clone(),
                 message_count: q.ready_count() as u32,
             };
-            if let Some(qid) = q.settle_id()
-                && entry.store_id != 0
-            {
+            if entry.store_id != 0 {
+                let qid = q.settle_id();
                 let stored = if no_ack {
                     self.store.ack(qid, &[entry.store_id])
                 } else if !entry.redelivered {
@@ -345,15 +344,13 @@ impl State {
         if let Some(loader) = loader.as_ref().filter(|l| l.is_alive()) {
             read_ahead(q, loader);
         }
-        if let Some(qid) = q.settle_id() {
-            // A failure here is the log's I/O failure, already reported by
-            // the writer; the deliveries themselves are in memory and stand.
-            if !delivered.is_empty() {
-                let _ = store.delivered(qid, &delivered);
-            }
-            if !settled.is_empty() {
-                let _ = store.ack(qid, &settled);
-            }
+        // A failure here is the log's I/O failure, already reported by the
+        // writer; the deliveries themselves are in memory and stand.
+        if !delivered.is_empty() {
+            let _ = store.delivered(q.settle_id(), &delivered);
+        }
+        if !settled.is_empty() {
+            let _ = store.ack(q.settle_id(), &settled);
         }
     }
 
@@ -424,10 +421,8 @@ pub(super) fn drop_unreadable(store: &LogStore, q: &Queue, store_id: u64, e: &St
         q.name,
         q.vhost
     );
-    if let Some(qid) = q.settle_id() {
-        // A failure here is the log's own failure, already reported.
-        let _ = store.ack(qid, &[store_id]);
-    }
+    // A failure here is the log's own failure, already reported.
+    let _ = store.ack(q.settle_id(), &[store_id]);
 }
 
 /// A quorum queue tells a consumer how often a message was handed out

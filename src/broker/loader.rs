@@ -101,11 +101,9 @@ fn run(inbox: Receiver<LoadRequest>, state: &Mutex<State>, store: &LogStore) {
                 }
             }
         }
-        if let Some(qid) = q.settle_id()
-            && !lost.is_empty()
-        {
+        if !lost.is_empty() {
             // A failure here is the log's own failure, already reported.
-            let _ = store.ack(qid, &lost);
+            let _ = store.ack(q.settle_id(), &lost);
         }
         st.drain(&request.vhost, &request.queue, store);
     }

@@ -184,10 +184,9 @@ impl MemoryMonitor {
         self.resident.load(Ordering::Relaxed)
     }
 
-    /// Takes a sample: updates the alarm and the paging flag; returns
-    /// (resident bytes, alarm raised).
-    fn sample(&self) -> (u64, bool) {
-        let (resident, _) = crate::metrics::memory();
+    /// Takes a sample: updates the alarm and the paging flag.
+    fn sample(&self) {
+        let resident = crate::metrics::resident_memory();
         let limit = self.limit();
         self.resident.store(resident, Ordering::Relaxed);
         let raised = limit == 0 || resident > limit;
@@ -207,7 +206,6 @@ impl MemoryMonitor {
             *was = raised;
             true
         });
-        (resident, raised)
     }
 }
 

@@ -281,8 +281,8 @@ impl Queue {
     /// durable queue's own, or for any other queue [`SPILL_QUEUE`] (only
     /// bodies paged out under memory pressure are in the log; settling
     /// them writes nothing).
-    pub fn settle_id(&self) -> Option<u32> {
-        Some(self.store_id.unwrap_or(SPILL_QUEUE))
+    pub fn settle_id(&self) -> u32 {
+        self.store_id.unwrap_or(SPILL_QUEUE)
     }
 
     pub fn ready_count(&self) -> usize {

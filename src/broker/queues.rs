@@ -191,10 +191,10 @@ impl State {
                 }
             }
         }
-        if let Some(qid) = q.settle_id() {
-            // The log must forget the messages the queue still held, ready
-            // or delivered and unacked, so their segments can be reclaimed
-            // (for a queue that is not durable: its paged-out bodies).
+        // The log must forget the messages the queue still held, ready or
+        // delivered and unacked, so their segments can be reclaimed (for a
+        // queue that is not durable: its paged-out bodies, if any).
+        if q.store_id.is_some() || store.has_spilled() {
             let mut ids = q.ready_store_ids();
             for ch in self.channels.values() {
                 ids.extend(
@@ -204,8 +204,10 @@ impl State {
                         .map(|u| u.entry.store_id),
                 );
             }
-            let logged =
-                if q.store_id.is_some() { store.queue_deleted(qid, &ids).map(drop) } else { store.ack(qid, &ids) };
+            let logged = match q.store_id {
+                Some(qid) => store.queue_deleted(qid, &ids).map(drop),
+                None => store.ack(q.settle_id(), &ids),
+            };
             if let Err(e) = logged {
                 tracing::error!("queue '{name}' in vhost '{vhost}' deleted in memory only: {e}");
             }
@@ -269,11 +271,9 @@ impl State {
 
 pub(super) fn purge_queue(q: &mut Queue, store: &LogStore) -> Result<usize> {
     let purged = q.purge();
-    if let Some(qid) = q.settle_id() {
-        let ids: Vec<u64> = purged.iter().filter(|e| e.store_id != 0).map(|e| e.store_id).collect();
-        if !ids.is_empty() {
-            store.ack(qid, &ids).map_err(store_failed)?;
-        }
+    let ids: Vec<u64> = purged.iter().filter(|e| e.store_id != 0).map(|e| e.store_id).collect();
+    if !ids.is_empty() {
+        store.ack(q.settle_id(), &ids).map_err(store_failed)?;
     }
     Ok(purged.len())
 }

@@ -457,6 +457,11 @@ impl LogStore {
         Ok(id)
     }
 
+    /// Whether any body paged out under memory pressure is still live.
+    pub fn has_spilled(&self) -> bool {
+        self.inner.lock().spilled > 0
+    }
+
     /// Whether `id` is a body paged out under memory pressure (not a
     /// persistent message).
     pub fn is_spilled(&self, id: u64) -> bool {
