@@ -12,6 +12,8 @@ impl Broker {
         self.restore_vhosts(parameters)?;
         self.restore_policies(parameters);
         self.restore_topology(recovered);
+        // Listings show what came back at once, not at the sampler's next turn.
+        self.sample_now();
         Ok(())
     }
 

@@ -167,10 +167,12 @@ fn rated(count: u64, before: Option<u64>, seconds: f64) -> Rated {
 pub(super) fn spawn(state: Weak<Mutex<State>>, stats: Arc<GlobalStats>, out: Arc<RwLock<Arc<Snapshot>>>) {
     let started = std::thread::Builder::new().name("warren-stats".into()).spawn(move || {
         let mut last = Instant::now();
-        // Broker-wide counters at the previous sample (none before the first:
-        // its rates are zero).
-        let mut before: Option<(u64, u64, u64, u64)> = None;
+        // Broker-wide counters at the previous sample: the first one's
+        // rates count from the start, when every counter was zero.
+        let mut before = (0, 0, 0, 0);
         loop {
+            // The first snapshot is the restore's (`Broker::sample_now`).
+            std::thread::sleep(SAMPLE_EVERY);
             let Some(state) = state.upgrade() else { return };
             let now = Instant::now();
             let seconds = now.duration_since(last).as_secs_f64();
@@ -184,15 +186,13 @@ pub(super) fn spawn(state: Weak<Mutex<State>>, stats: Arc<GlobalStats>, out: Arc
                 GlobalStats::get(&stats.acknowledged),
                 GlobalStats::get(&stats.confirmed),
             );
-            if let Some(b) = before {
-                let per_second =
-                    |now: u64, was: u64| if seconds > 0.0 { now.saturating_sub(was) as f64 / seconds } else { 0.0 };
-                next.publish_rate = per_second(counters.0, b.0);
-                next.deliver_get_rate = per_second(counters.1, b.1);
-                next.ack_rate = per_second(counters.2, b.2);
-                next.confirm_rate = per_second(counters.3, b.3);
-            }
-            before = Some(counters);
+            let per_second =
+                |now: u64, was: u64| if seconds > 0.0 { now.saturating_sub(was) as f64 / seconds } else { 0.0 };
+            next.publish_rate = per_second(counters.0, before.0);
+            next.deliver_get_rate = per_second(counters.1, before.1);
+            next.ack_rate = per_second(counters.2, before.2);
+            next.confirm_rate = per_second(counters.3, before.3);
+            before = counters;
             let mut history = previous.history.clone();
             history.push_back(OverviewSample {
                 at_ms: crate::store::wall_ms(),
@@ -207,11 +207,22 @@ pub(super) fn spawn(state: Weak<Mutex<State>>, stats: Arc<GlobalStats>, out: Arc
             }
             next.history = history;
             *out.write() = Arc::new(next);
-            std::thread::sleep(SAMPLE_EVERY);
         }
     });
     if let Err(e) = started {
         tracing::error!("cannot start the statistics thread ({e}); rates stay at zero");
+    }
+}
+
+impl super::Broker {
+    /// Replaces the snapshot with one taken now (its rates zero, its
+    /// history kept): after the restore, so that the first listings do not
+    /// show an empty broker until the sampler's next turn.
+    pub(super) fn sample_now(&self) {
+        let previous = self.snapshot.read().clone();
+        let mut next = self.state.lock().sample(&previous, 0.0);
+        next.history = previous.history.clone();
+        *self.snapshot.write() = Arc::new(next);
     }
 }
 
