@@ -122,3 +122,42 @@ async fn user_limits_refuse_connections_and_channels_with_rabbitmqs_texts() {
     let _two = RawClient::open_as(broker.addr, "app", "secret", "/").await.expect("no limit any more");
     assert_eq!(ctl(&broker, &["list_user_limits"]).lines().filter(|l| l.starts_with("app")).count(), 0);
 }
+
+#[tokio::test]
+async fn a_message_over_max_message_size_closes_its_channel_from_the_header_alone() {
+    let scratch = tempfile::tempdir().expect("scratch");
+    let config = scratch.path().join("warren.toml");
+    std::fs::write(&config, "max_message_size = 1000\n").unwrap();
+    let broker = common::Broker::start_in(&scratch.path().join("data"), &["--config", config.to_str().unwrap()]);
+    let mut c = RawClient::open(broker.addr, 0).await;
+    raw_channel(&mut c, 1).await;
+    raw_channel(&mut c, 2).await;
+    // Only the method and a header announcing 2,000 bytes: no body is needed to refuse it.
+    let mut buf = bytes::BytesMut::new();
+    let publish = warren::protocol::method::BasicPublish { routing_key: "big".into(), ..Default::default() };
+    warren::protocol::encode_method(&mut buf, 1, &publish.into());
+    let mut content = bytes::BytesMut::new();
+    warren::protocol::frame::encode_content(&mut content, 1, &[0, 0], &[b'x'; 2000], 131_072);
+    let header_len = 7 + u32::from_be_bytes([content[3], content[4], content[5], content[6]]) as usize + 1;
+    buf.extend_from_slice(&content[..header_len]);
+    c.send_bytes(&buf).await;
+    match c.expect_method().await {
+        Method::ChannelClose(close) => {
+            assert_eq!(close.reply_code, 406);
+            assert_eq!(
+                close.reply_text,
+                "PRECONDITION_FAILED - message size 2000 is larger than configured max size 1000"
+            );
+        }
+        other => panic!("expected channel.close 406, got {other:?}"),
+    }
+    c.send_method(1, warren::protocol::method::ChannelCloseOk {}).await;
+    // The connection's other channel, and another client, are served.
+    c.send_method(2, warren::protocol::method::QueueDeclare { queue: "small".into(), ..Default::default() }).await;
+    assert!(matches!(c.expect_method().await, Method::QueueDeclareOk(_)));
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    declare_queue(&ch, "small").await;
+    publish_acked(&ch, "small", "fits").await;
+    assert_eq!(drain(&ch, "small").await, ["fits"]);
+}
