@@ -46,9 +46,9 @@ fn published(id: u64) -> u64 {
     1_700_000_000_000 + id
 }
 
-/// A segment of `version` 1 to 4 holding the same records (format 3
+/// A segment of `version` 1 to 5 holding the same records (format 3
 /// messages also carry their publish time; format 4 adds an exchange of
-/// another vhost).
+/// another vhost; format 5 a message of a stream, with its offset).
 fn hand_built(version: u32, base: u64, capacity: u32) -> Vec<u8> {
     let mut seg = Vec::new();
     seg.extend_from_slice(b"WARRENLG");
@@ -81,6 +81,17 @@ fn hand_built(version: u32, base: u64, capacity: u32) -> Vec<u8> {
     seg
 }
 
+/// The AMQP table {x-queue-type: "stream"} (big-endian inside, as AMQP).
+fn stream_arguments() -> Vec<u8> {
+    let mut entry = str8("x-queue-type");
+    entry.push(b'S');
+    entry.extend_from_slice(&6u32.to_be_bytes());
+    entry.extend_from_slice(b"stream");
+    let mut table = (entry.len() as u32).to_be_bytes().to_vec();
+    table.extend(entry);
+    table
+}
+
 fn records(version: u32) -> Vec<u8> {
     let mut seg = Vec::new();
     // exchange.declare "logs", topic, not auto-delete, not internal, empty AMQP table (u32 0, big-endian).
@@ -110,6 +121,14 @@ fn records(version: u32) -> Vec<u8> {
         p.extend_from_slice(&bytes32(&[0, 0, 0, 0]));
         seg.extend(record(1, 16, &p));
     }
+    if version >= 5 {
+        // queue.declare id 9 "ticks", a stream: x-queue-type = "stream".
+        let mut p = 9u32.to_le_bytes().to_vec();
+        p.extend(str8("ticks"));
+        p.push(0);
+        p.extend(bytes32(&stream_arguments()));
+        seg.extend(record(3, 0, &p));
+    }
     // Three messages to queue 7; properties = AMQP flags 0x1000 (delivery-mode) + octet 2.
     for (id, body) in [(1u64, &b"first"[..]), (2, b"second"), (3, b"third")] {
         let mut p = id.to_le_bytes().to_vec();
@@ -125,6 +144,20 @@ fn records(version: u32) -> Vec<u8> {
         // Flag 8 (TIMED): the publish time follows the id.
         seg.extend(record(7, if version >= 3 { 8 } else { 0 }, &p));
     }
+    if version >= 5 {
+        // Message 4 of stream 9 at offset 41: flags 8 (TIMED) + 32 (STREAM),
+        // the offset right after the publish time; no properties (flags 0).
+        let mut p = 4u64.to_le_bytes().to_vec();
+        p.extend_from_slice(&published(4).to_le_bytes());
+        p.extend_from_slice(&41u64.to_le_bytes());
+        p.extend_from_slice(&1u16.to_le_bytes());
+        p.extend_from_slice(&9u32.to_le_bytes());
+        p.extend(str8(""));
+        p.extend(str8("ticks"));
+        p.extend(bytes32(&[0, 0]));
+        p.extend(bytes32(b"tick"));
+        seg.extend(record(7, 8 | 32, &p));
+    }
     // delivered: queue 7, message 3. ack: queue 7, message 2.
     for (kind, id) in [(9u8, 3u64), (8, 2)] {
         let mut p = 7u32.to_le_bytes().to_vec();
@@ -137,7 +170,7 @@ fn records(version: u32) -> Vec<u8> {
 
 #[test]
 fn a_segment_built_from_the_document_decodes_record_by_record() {
-    for version in [1, 2, 3, 4] {
+    for version in [1, 2, 3, 4, 5] {
         decode_record_by_record(version);
     }
 }
@@ -153,10 +186,13 @@ fn decode_record_by_record(version: u32) {
         match read_record_at(&seg, offset) {
             Scanned::Record { len, record, flags, .. } => {
                 let timed = version >= 3 && matches!(record, Record::Message(_));
+                let stream = matches!(&record, Record::Message(m) if m.queues == [9]);
                 let other_vhost = record.vhost().is_some_and(|v| v != "/");
                 assert_eq!(
                     flags,
-                    if timed {
+                    if stream {
+                        8 | 32
+                    } else if timed {
                         8
                     } else if other_vhost {
                         16
@@ -168,7 +204,13 @@ fn decode_record_by_record(version: u32) {
                     let expected = if other_vhost { ("staging", "orders", "direct") } else { ("/", "logs", "topic") };
                     assert_eq!((vhost.as_str(), name.as_str(), kind.as_str()), expected);
                 }
-                if let Record::Message(m) = &record {
+                if let Record::Message(m) = &record
+                    && stream
+                {
+                    assert_eq!((m.id, m.published_ms, m.stream_offset), (4, Some(published(4)), Some(41)));
+                    assert_eq!((m.routing_key.as_str(), &m.body[..]), ("ticks", &b"tick"[..]));
+                } else if let Record::Message(m) = &record {
+                    assert_eq!(m.stream_offset, None);
                     assert_eq!(m.published_ms, timed.then(|| published(m.id)));
                     assert_eq!(m.queues, vec![7]);
                     assert_eq!(m.exchange, "logs");
@@ -188,7 +230,8 @@ fn decode_record_by_record(version: u32) {
     let expected: &[u8] = match version {
         1 => &[1, 3, 5, 7, 7, 7, 9, 8],
         2 | 3 => &[11, 1, 3, 5, 7, 7, 7, 9, 8],
-        _ => &[11, 1, 3, 5, 1, 7, 7, 7, 9, 8],
+        4 => &[11, 1, 3, 5, 1, 7, 7, 7, 9, 8],
+        _ => &[11, 1, 3, 5, 1, 3, 7, 7, 7, 7, 9, 8],
     };
     assert_eq!(kinds, expected, "format {version}");
 }
@@ -234,9 +277,18 @@ fn our_encoder_writes_exactly_the_documented_bytes() {
         arguments: bytes::Bytes::from_static(&[0, 0, 0, 0]),
     }
     .encode(0, &mut ours);
-    for (id, body) in [(1u64, &b"first"[..]), (2, b"second"), (3, b"third")] {
-        encode_message(&mut ours, 0, id, Some(published(id)), &[7], "logs", "a.b", &[0x10, 0x00, 2], body);
+    Record::QueueDeclare {
+        queue: 9,
+        vhost: "/".into(),
+        name: "ticks".into(),
+        auto_delete: false,
+        arguments: bytes::Bytes::from(stream_arguments()),
     }
+    .encode(0, &mut ours);
+    for (id, body) in [(1u64, &b"first"[..]), (2, b"second"), (3, b"third")] {
+        encode_message(&mut ours, 0, id, Some(published(id)), None, &[7], "logs", "a.b", &[0x10, 0x00, 2], body);
+    }
+    encode_message(&mut ours, 0, 4, Some(published(4)), Some(41), &[9], "", "ticks", &[0, 0], b"tick");
     encode_id_record(&mut ours, TYPE_DELIVERED, 7, &[3]);
     encode_id_record(&mut ours, TYPE_ACK, 7, &[2]);
     assert_eq!(&hand[..ours.len()], &ours[..]);
@@ -244,7 +296,7 @@ fn our_encoder_writes_exactly_the_documented_bytes() {
 
 #[test]
 fn recovery_of_the_hand_built_segment_rebuilds_queue_state() {
-    for version in [1, 2, 3, 4] {
+    for version in [1, 2, 3, 4, 5] {
         recover_hand_built(version);
     }
 }
@@ -263,6 +315,9 @@ fn recover_hand_built(version: u32) {
     let ids: Vec<(u64, bool)> = per_queue[&7].iter().map(|m| (m.id, m.delivered)).collect();
     assert_eq!(ids, vec![(1, false), (3, true)]);
     assert!(recovered.max_message_id >= 3 && recovered.max_queue_id >= 7);
+    let stream: Vec<(u64, Option<u64>)> =
+        per_queue.get(&9).into_iter().flatten().map(|m| (m.id, m.stream_offset)).collect();
+    assert_eq!(stream, if version >= 5 { vec![(4, Some(41))] } else { vec![] }, "format {version}");
 }
 
 #[test]

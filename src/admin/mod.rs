@@ -137,7 +137,7 @@ pub fn execute(broker: &Broker, req: &Request) -> Response {
             json!({"vhost": c.vhost, "queue_name": c.queue, "consumer_tag": c.tag,
                    "channel_pid": format!("{}:{}", c.peer, c.channel), "ack_required": c.ack_required,
                    "exclusive": c.exclusive, "prefetch_count": c.prefetch, "active": c.active,
-                   "activity_status": status, "arguments": arguments})
+                   "activity_status": status, "arguments": arguments, "offset": c.offset})
         }))),
         "set_vm_memory_high_watermark" => {
             let (Some(kind), Some(text)) = (req.args.first(), req.args.get(1)) else {

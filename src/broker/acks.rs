@@ -80,6 +80,21 @@ impl Broker {
         for u in settled {
             let Some(q) = v.queues.get_mut(&u.queue).filter(|q| q.incarnation == u.incarnation) else { continue };
             q.unacked -= 1;
+            if q.stream.is_some() {
+                // A stream keeps the message whatever the client says:
+                // the consumer gets its credit back, a tracked offset moves.
+                if let Some(tag) = &u.consumer_tag {
+                    stream::settled(q, (conn, channel), tag, u.entry.seq, how == Settle::Ack, &self.store);
+                }
+                if how == Settle::Ack {
+                    q.counters.ack += 1;
+                    acked += 1;
+                }
+                if !touched.contains(&u.queue) {
+                    touched.push(u.queue.clone());
+                }
+                continue;
+            }
             if let Some(tag) = &u.consumer_tag
                 && let Some(c) = q.consumer_mut(tag, conn, channel)
             {

@@ -20,26 +20,31 @@ pub enum QueueType {
     /// with the quorum queue's rules (durable, not exclusive nor
     /// auto-delete) and its delivery limit.
     Quorum,
+    /// A stream (`stream`): an append-only, retained log that consumers
+    /// read at their own offsets (see `broker::stream`).
+    Stream,
 }
 
 impl QueueType {
-    /// A type by its name (`classic`, `quorum`).
+    /// A type by its name (`classic`, `quorum`, `stream`).
     pub fn parse(name: &str) -> Option<QueueType> {
-        [QueueType::Classic, QueueType::Quorum].into_iter().find(|t| t.as_str() == name)
+        [QueueType::Classic, QueueType::Quorum, QueueType::Stream].into_iter().find(|t| t.as_str() == name)
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             QueueType::Classic => "classic",
             QueueType::Quorum => "quorum",
+            QueueType::Stream => "stream",
         }
     }
 
     /// The name RabbitMQ gives the type in its error texts.
-    fn module(self) -> &'static str {
+    pub fn module(self) -> &'static str {
         match self {
             QueueType::Classic => "rabbit_classic_queue",
             QueueType::Quorum => "rabbit_quorum_queue",
+            QueueType::Stream => "rabbit_stream_queue",
         }
     }
 
@@ -79,6 +84,15 @@ impl QueueType {
                 "x-message-ttl",
                 "x-queue-leader-locator",
                 "x-consumer-timeout",
+            ],
+            QueueType::Stream => &[
+                "x-max-length-bytes",
+                "x-queue-type",
+                "x-max-age",
+                "x-stream-max-segment-size-bytes",
+                "x-stream-filter-size-bytes",
+                "x-initial-cluster-size",
+                "x-queue-leader-locator",
             ],
         }
     }
@@ -149,6 +163,25 @@ pub struct QueueArgs {
     /// Deliveries after which a quorum queue dead-letters a message; None
     /// for no limit.
     pub delivery_limit: Option<u64>,
+    /// `x-max-age` of a stream, in milliseconds: older messages are dropped.
+    pub max_age: Option<u64>,
+}
+
+/// A duration as RabbitMQ's `x-max-age` takes it: a positive number and
+/// one unit of `Y` (365 days), `M` (30 days), `D`, `h`, `m` or `s`; in ms.
+pub fn parse_max_age(text: &str) -> Option<u64> {
+    let digits = text.find(|c: char| !c.is_ascii_digit())?;
+    let value: u64 = text[..digits].parse().ok().filter(|n| *n > 0)?;
+    let unit_ms: u64 = match &text[digits..] {
+        "Y" => 365 * 86_400_000,
+        "M" => 30 * 86_400_000,
+        "D" => 86_400_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1_000,
+        _ => return None,
+    };
+    value.checked_mul(unit_ms)
 }
 
 /// How RabbitMQ names a field value's type in its error texts.
@@ -285,7 +318,10 @@ fn validate(key: &str, v: &FieldValue, args: &FieldTable) -> Check {
             "invalid_queue_locator_arg",
         ),
         "x-max-age" => match v {
-            FieldValue::LongStr(_) => Ok(()),
+            FieldValue::LongStr(_) => match v.as_str().and_then(parse_max_age) {
+                Some(_) => Ok(()),
+                None => Err("invalid_max_age".into()),
+            },
             other => Err(format!("{{unacceptable_type,{}}}", type_name(other))),
         },
         _ => Ok(()),
@@ -302,6 +338,7 @@ fn queue_type(args: &FieldTable, queue: &str) -> Result<QueueType> {
         Some(v @ FieldValue::LongStr(_)) => match v.as_str() {
             Some("classic") => Ok(QueueType::Classic),
             Some("quorum") => Ok(QueueType::Quorum),
+            Some("stream") => Ok(QueueType::Stream),
             s => Err(invalid(format!("\"unsupported queue type '{}'\"", s.unwrap_or("")))),
         },
         Some(other) => Err(invalid(format!("{{unacceptable_type,{}}}", type_name(other)))),
@@ -349,7 +386,11 @@ impl QueueArgs {
             (QueueType::Quorum, None) => Some(DEFAULT_DELIVERY_LIMIT),
             // A negative limit means none, as in RabbitMQ 4.
             (QueueType::Quorum, Some(n)) => u64::try_from(n).ok(),
-            (QueueType::Classic, _) => None,
+            (QueueType::Classic | QueueType::Stream, _) => None,
+        };
+        let max_age = match queue_type {
+            QueueType::Stream => args.get("x-max-age").and_then(FieldValue::as_str).and_then(parse_max_age),
+            _ => None,
         };
         QueueArgs {
             queue_type,
@@ -364,6 +405,7 @@ impl QueueArgs {
             single_active_consumer: args.get("x-single-active-consumer").and_then(FieldValue::as_bool) == Some(true),
             consumer_timeout: count("x-consumer-timeout").map(|n| n as u64),
             delivery_limit,
+            max_age,
         }
     }
 
@@ -371,6 +413,7 @@ impl QueueArgs {
     pub fn from_stored(args: &FieldTable) -> QueueArgs {
         let kind = match args.get("x-queue-type").and_then(FieldValue::as_str) {
             Some("quorum") => QueueType::Quorum,
+            Some("stream") => QueueType::Stream,
             _ => QueueType::Classic,
         };
         QueueArgs::read(args, kind)

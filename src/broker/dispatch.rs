@@ -74,6 +74,7 @@ impl Broker {
     ) -> Result<()> {
         let mut st = self.state.lock();
         let conn = handle.id;
+        let client_chose_tag = !tag.is_empty();
         let tag: Arc<str> = if tag.is_empty() { Arc::from(generated_name("amq.ctag-")) } else { Arc::from(tag) };
         let State { vhosts, channels, .. } = &mut *st;
         let ch = channels
@@ -99,6 +100,13 @@ impl Broker {
         let q = vhosts.get_mut(&vhost).and_then(|v| v.queues.get_mut(queue)).ok_or_else(|| no_queue(&vhost, queue))?;
         check_owner(q, conn)?;
         let args = ConsumerArgs::parse(arguments, queue)?;
+        let stream = match q.stream.is_some() {
+            true => {
+                let client_tag = client_chose_tag.then_some(&tag);
+                Some(stream::consumer_cursor(q, ch, client_tag, no_ack, arguments, &self.store)?)
+            }
+            false => None,
+        };
         if q.has_exclusive_consumer() || (exclusive && !q.consumers.is_empty()) {
             return Err(AmqpError::access_refused(format!("queue '{queue}' in vhost '{vhost}' in exclusive use")));
         }
@@ -113,6 +121,7 @@ impl Broker {
             unacked: 0,
             args,
             active,
+            stream,
         });
         q.had_consumer = true;
         q.last_used = queue::now_ms();
@@ -147,6 +156,11 @@ impl Broker {
             };
             let q = st.queue_mut(&vhost, queue).ok_or_else(|| no_queue(&vhost, queue))?;
             check_owner(q, conn)?;
+            if q.stream.is_some() {
+                return Err(AmqpError::not_implemented(format!(
+                    "basic.get not supported by stream queues queue '{queue}' in vhost '{vhost}'"
+                )));
+            }
             if q.args.queue_type == QueueType::Quorum && q.args.single_active_consumer {
                 return Err(AmqpError::locked(format!(
                     "cannot obtain access to locked queue '{queue}' in vhost '{vhost}'. basic.get operations are not supported by quorum queues with single active consumer"
@@ -252,6 +266,9 @@ impl State {
     /// goes to a consumer that can take it at once even with a TTL of 0, as
     /// in RabbitMQ; what stays behind expires on the next drain or tick.
     pub(super) fn deliver_ready(&mut self, vhost: &str, queue: &str, store: &LogStore) {
+        if self.queue(vhost, queue).is_some_and(|q| q.stream.is_some()) {
+            return self.deliver_stream(vhost, queue, store);
+        }
         let State { vhosts, channels, loader, stats, .. } = self;
         let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
         let counters_before = q.counters;
@@ -394,6 +411,7 @@ pub(super) fn read_ahead(q: &mut Queue, loader: &loader::Loader) {
             queue: q.name.clone(),
             incarnation: q.incarnation,
             items,
+            consumer: None,
         });
     }
 }

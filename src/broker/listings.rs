@@ -205,6 +205,7 @@ impl Broker {
                     active: c.active,
                     single_active: q.args.single_active_consumer,
                     priority: c.args.priority,
+                    offset: c.stream.as_ref().map(|s| s.next),
                 });
             }
         }
@@ -246,6 +247,9 @@ fn queue_row(q: &Queue) -> QueueRow {
         policy: q.policy.clone().unwrap_or_default(),
         operator_policy: q.operator_policy.clone().unwrap_or_default(),
         queue_type: q.args.queue_type.as_str().to_string(),
+        first_offset: q.stream.as_ref().map(|s| s.first_offset()),
+        last_offset: q.stream.as_ref().and_then(|s| s.last_offset()),
+        disk_bytes: q.stream.as_ref().map(|s| s.record_bytes()),
     }
 }
 
@@ -275,9 +279,15 @@ pub struct QueueRow {
     pub owner: Option<u64>,
     pub policy: String,
     pub operator_policy: String,
-    /// `classic` or `quorum`.
+    /// `classic`, `quorum` or `stream`.
     #[serde(rename = "type")]
     pub queue_type: String,
+    /// A stream's oldest retained offset.
+    pub first_offset: Option<u64>,
+    /// A stream's newest offset (RabbitMQ's committed offset).
+    pub last_offset: Option<u64>,
+    /// Bytes a stream's retained messages take in the log.
+    pub disk_bytes: Option<u64>,
 }
 
 pub(super) fn format_table(t: &FieldTable) -> String {
@@ -311,6 +321,8 @@ pub struct ConsumerRow {
     pub single_active: bool,
     /// `x-priority`.
     pub priority: i32,
+    /// A stream consumer's position: the next offset it reads.
+    pub offset: Option<u64>,
 }
 
 /// What [`Broker::durable_topology`] returns, each item with its vhost.

@@ -32,7 +32,11 @@ pub struct LoadRequest {
     pub vhost: Arc<str>,
     pub queue: Arc<str>,
     pub incarnation: u64,
+    /// (seq or stream offset, store id) each.
     pub items: Vec<(u64, u64)>,
+    /// For a stream consumer (connection, channel, tag): the bodies go to
+    /// its cursor rather than to the queue's entries.
+    pub consumer: Option<(u64, u16, Arc<str>)>,
 }
 
 /// Where queues send their requests.
@@ -83,6 +87,10 @@ fn run(inbox: Receiver<LoadRequest>, state: &Mutex<State>, store: &LogStore) {
         let read: Vec<_> =
             request.items.iter().zip(store.read_many(&ids)).map(|((seq, id), result)| (*seq, *id, result)).collect();
         let mut st = state.lock();
+        if request.consumer.is_some() {
+            st.stream_loaded(&request, read, store);
+            continue;
+        }
         let Some(q) = st.queue_of(&request.vhost, &request.queue, request.incarnation) else { continue };
         q.loading = false;
         let mut lost = Vec::new();

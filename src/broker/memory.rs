@@ -257,6 +257,12 @@ pub(super) fn spawn(
 /// and the window is smaller; returns false when the log's writer was too
 /// far behind to take them all.
 pub(super) fn page_out(q: &mut Queue, level: Option<u8>, store: &LogStore, pressure: Option<&MemoryMonitor>) -> bool {
+    if let Some(stream) = q.stream.as_deref_mut() {
+        // Every message of a stream is in the log already.
+        let window = if pressure.is_some() { PRESSURE_WINDOW } else { super::stream::STREAM_HOT_WINDOW };
+        stream.page_out(window, |id| store.is_written(id));
+        return true;
+    }
     let Some(monitor) = pressure else {
         if q.store_id.is_some() {
             q.page_out(level, HOT_WINDOW, |id| store.is_written(id), None);

@@ -26,7 +26,8 @@
 //! nack, reject, recover; `timers` message TTL, queue expiry and consumer
 //! timeouts; `reply_to` direct reply-to; `policies` policies and operator
 //! policies; [`vhosts`] virtual hosts and their limits; [`loader`] bodies read back from
-//! the log; [`memory`] the memory alarm and paging under pressure; `records` the mapping to log records and the restore from
+//! the log; [`memory`] the memory alarm and paging under pressure;
+//! [`stream`] stream queues (offsets, retention, their consumers' cursors); `records` the mapping to log records and the restore from
 //! replay; `listings` what warrenctl shows.
 
 mod acks;
@@ -48,6 +49,7 @@ mod records;
 mod reply_to;
 mod routing;
 pub mod stats;
+pub mod stream;
 mod timers;
 pub mod vhosts;
 
@@ -79,7 +81,7 @@ pub use vhosts::{VHost, VhostError, VhostInfo, VhostLimits, VhostRow};
 use crate::protocol::method::*;
 use crate::protocol::wire::{Wire, Writer};
 use crate::protocol::{FieldTable, reply};
-use crate::store::format::{BindingRecord, DestinationKind, MessageRecord, Record};
+use crate::store::format::{BindingRecord, DestinationKind, MessageRecord, ParameterKind, Record};
 use crate::store::{LogStore, Recovered, StoreError};
 
 /// A message handed to a consumer or to basic.get and not yet settled.

@@ -37,6 +37,10 @@ const KEYS: &[&str] = &[
     "max-in-memory-length",
     "max-in-memory-bytes",
     "dead-letter-strategy",
+    "max-age",
+    "stream-max-segment-size-bytes",
+    "stream-filter-size-bytes",
+    "initial-cluster-size",
 ];
 
 /// A policy as RabbitMQ's definitions file has it.
@@ -69,6 +73,7 @@ impl ActivePolicy {
             "all" | "queues" => true,
             "classic_queues" => q.args.queue_type == QueueType::Classic,
             "quorum_queues" => q.args.queue_type == QueueType::Quorum,
+            "streams" => q.args.queue_type == QueueType::Stream,
             _ => false,
         };
         kind_ok && self.pattern.is_match(&q.name)
@@ -98,6 +103,10 @@ pub fn validate(policy: &Policy) -> std::result::Result<Regex, String> {
             "message-ttl" | "max-length" | "max-length-bytes" | "consumer-timeout" => value.as_u64().is_some(),
             "expires" => value.as_u64().is_some_and(|n| n > 0),
             "delivery-limit" => value.as_i64().is_some(),
+            "max-age" => value.as_str().and_then(super::arguments::parse_max_age).is_some(),
+            "stream-max-segment-size-bytes" | "stream-filter-size-bytes" | "initial-cluster-size" => {
+                value.as_u64().is_some()
+            }
             "overflow" => matches!(value.as_str(), Some("drop-head" | "reject-publish" | "reject-publish-dlx")),
             "dead-letter-exchange" | "dead-letter-routing-key" | "alternate-exchange" => value.is_string(),
             _ => true,
@@ -120,6 +129,9 @@ fn lower(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 /// policy, by RabbitMQ's precedence rules.
 pub(super) fn effective_args(q: &Queue, policy: Option<&Policy>, operator: Option<&Policy>) -> QueueArgs {
     let mut args = QueueArgs::read(&q.arguments, q.args.queue_type);
+    if args.queue_type == QueueType::Stream {
+        return stream_args(args, policy, operator);
+    }
     let from_args = args.clone();
     let number = |p: Option<&Policy>, key: &str| p.and_then(|p| p.definition.get(key)).and_then(Value::as_u64);
     let text = |p: Option<&Policy>, key: &str| {
@@ -168,6 +180,25 @@ pub(super) fn effective_args(q: &Queue, policy: Option<&Policy>, operator: Optio
             None => Some(DEFAULT_DELIVERY_LIMIT),
             Some(n) => u64::try_from(n).ok(),
         };
+    }
+    args
+}
+
+/// A stream's retention by policy: as RabbitMQ's streams, a policy's
+/// `max-length-bytes` and `max-age` win over the stream's arguments (the
+/// lower of a policy and an operator policy); the classic queue settings
+/// do not apply to streams.
+fn stream_args(mut args: QueueArgs, policy: Option<&Policy>, operator: Option<&Policy>) -> QueueArgs {
+    let setting = |key: &str| {
+        [policy, operator].into_iter().flatten().filter_map(|p| p.definition.get(key)).cloned().collect::<Vec<Value>>()
+    };
+    let bytes = setting("max-length-bytes").iter().filter_map(Value::as_u64).min();
+    if let Some(bytes) = bytes {
+        args.max_length_bytes = Some(bytes as usize);
+    }
+    let age = setting("max-age").iter().filter_map(Value::as_str).filter_map(super::arguments::parse_max_age).min();
+    if age.is_some() {
+        args.max_age = age;
     }
     args
 }

@@ -97,8 +97,14 @@ impl State {
         // Queue name, and whether the log keeps the message for it.
         let mut accepting: Vec<(&String, bool)> = Vec::with_capacity(targets.len());
         let mut durable_ids: Vec<u32> = Vec::new();
+        // Streams take the message as a record of their own each.
+        let mut streams: Vec<&String> = Vec::new();
         for name in targets {
             let Some(q) = v.queues.get(name.as_str()) else { continue };
+            if q.stream.is_some() {
+                streams.push(name);
+                continue;
+            }
             if q.would_reject(size) {
                 delivery.rejected = true;
                 if q.args.overflow == Some(Overflow::RejectPublishDlx) {
@@ -134,6 +140,16 @@ impl State {
         }
         let now = queue::now_ms();
         let mut store_id = 0;
+        let mut moved_from = moved_from;
+        for name in streams {
+            let Some(q) = v.queues.get_mut(name.as_str()) else { continue };
+            // The move out of a dead-lettering queue goes with the first record.
+            let moving = moved_from.take();
+            let end = stream::publish_to_stream(q, &message, store, moving)?;
+            delivery.durable_position = delivery.durable_position.max(Some(end));
+            delivery.accepted.push(q.name.clone());
+            delivery.moved |= moving.is_some();
+        }
         if !durable_ids.is_empty() {
             let (id, end) = store.publish_moving(
                 &durable_ids,
@@ -144,8 +160,8 @@ impl State {
                 moved_from,
             )?;
             store_id = id;
-            delivery.durable_position = Some(end);
-            delivery.moved = moved_from.is_some();
+            delivery.durable_position = delivery.durable_position.max(Some(end));
+            delivery.moved |= moved_from.is_some();
         }
         for (name, stored) in accepting {
             let Some(q) = v.queues.get_mut(name.as_str()) else { continue };

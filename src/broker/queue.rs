@@ -63,6 +63,8 @@ pub struct Consumer {
     /// Whether it receives messages: false for the waiting consumers of a
     /// single-active-consumer queue.
     pub active: bool,
+    /// A stream consumer's cursor.
+    pub stream: Option<Box<super::stream::StreamCursor>>,
 }
 
 /// The ready messages of one priority.
@@ -228,6 +230,8 @@ pub struct Queue {
     pub operator_policy: Option<String>,
     /// Message counters for the statistics (see `stats`).
     pub counters: super::stats::QueueCounters,
+    /// The retained messages of a stream (`x-queue-type=stream`).
+    pub stream: Option<Box<super::stream::Stream>>,
 }
 
 /// The outcome of offering a message to a queue.
@@ -249,6 +253,7 @@ impl Queue {
         args: QueueArgs,
     ) -> Self {
         let levels = (0..=args.max_priority.unwrap_or(0) as usize).map(|_| Level::default()).collect();
+        let stream = (args.queue_type == super::QueueType::Stream).then(Box::default);
         Queue {
             name: Arc::from(name),
             vhost,
@@ -274,6 +279,7 @@ impl Queue {
             policy: None,
             operator_policy: None,
             counters: Default::default(),
+            stream,
         }
     }
 
@@ -285,12 +291,13 @@ impl Queue {
         self.store_id.unwrap_or(SPILL_QUEUE)
     }
 
+    /// Messages ready for delivery (a stream's: every retained message).
     pub fn ready_count(&self) -> usize {
-        self.ready_len
+        self.ready_len + self.stream.as_ref().map_or(0, |s| s.len())
     }
 
     pub fn ready_bytes(&self) -> usize {
-        self.ready_bytes
+        self.ready_bytes + self.stream.as_ref().map_or(0, |s| s.bytes() as usize)
     }
 
     pub fn has_ready(&self) -> bool {
@@ -304,6 +311,10 @@ impl Queue {
     }
 
     fn is_full(&self, extra_bytes: usize) -> bool {
+        if self.stream.is_some() {
+            // A stream's limits are its retention (see `stream`).
+            return false;
+        }
         let len_full = self.args.max_length.is_some_and(|max| self.ready_count() >= max);
         let bytes_full = self.args.max_length_bytes.is_some_and(|max| self.ready_bytes + extra_bytes > max);
         len_full || bytes_full
@@ -483,6 +494,10 @@ impl Queue {
     /// returns it instead when it was returned more often than the queue's
     /// delivery limit allows (it is then dead-lettered or dropped).
     pub fn requeue(&mut self, mut entry: QueuedMessage) -> Option<QueuedMessage> {
+        if self.stream.is_some() {
+            // A stream keeps every message: nothing goes back.
+            return None;
+        }
         entry.redelivered = true;
         entry.delivery_count = entry.delivery_count.saturating_add(1);
         if self.args.delivery_limit.is_some_and(|limit| entry.delivery_count as u64 > limit) {
@@ -504,14 +519,19 @@ impl Queue {
         self.levels[level].requeued.insert(entry.seq, entry);
     }
 
-    /// Store ids of every ready message.
+    /// Store ids of every ready message (a stream's retained ones too).
     pub fn ready_store_ids(&self) -> Vec<u64> {
-        self.levels
+        let mut ids: Vec<u64> = self
+            .levels
             .iter()
             .flat_map(|l| l.ready.iter().chain(l.requeued.values()))
             .filter(|e| e.store_id != 0)
             .map(|e| e.store_id)
-            .collect()
+            .collect();
+        if let Some(stream) = &self.stream {
+            ids.extend(stream.store_ids());
+        }
+        ids
     }
 
     /// The message [`Queue::pop_ready`] would take next.

@@ -16,6 +16,11 @@ impl Broker {
             if m.passive {
                 return Err(no_queue(vhost, ""));
             }
+            if m.arguments.get("x-queue-type").and_then(|v| v.as_str()) == Some("stream") {
+                return Err(AmqpError::precondition(
+                    "Cannot declare a server-named queue for type rabbit_stream_queue",
+                ));
+            }
             loop {
                 let candidate = generated_name("amq.gen-");
                 if !v.queues.contains_key(candidate.as_str()) {
@@ -66,8 +71,9 @@ impl Broker {
         }
         let arguments = st.with_default_queue_type(vhost, m);
         let args = QueueArgs::parse(&arguments, &name)?;
-        if args.queue_type == QueueType::Quorum {
-            // As RabbitMQ's quorum queues: replicated, so durable and shared.
+        if matches!(args.queue_type, QueueType::Quorum | QueueType::Stream) {
+            // As RabbitMQ's quorum queues and streams: replicated, so
+            // durable and shared.
             let property = if m.auto_delete {
                 Some("auto-delete")
             } else if m.exclusive {
@@ -82,6 +88,9 @@ impl Broker {
                     "invalid property '{property}' for queue '{name}' in vhost '{vhost}'"
                 )));
             }
+        }
+        if args.queue_type == QueueType::Stream {
+            stream_declare_checks(&arguments)?;
         }
         st.check_queue_limit(vhost, &name)?;
         let owner = m.exclusive.then_some(conn);
@@ -108,6 +117,11 @@ impl Broker {
         let mut st = self.state.lock();
         let q = st.queue_mut(vhost, name).ok_or_else(|| no_queue(vhost, name))?;
         check_owner(q, conn)?;
+        if q.stream.is_some() {
+            return Err(AmqpError::not_implemented(format!(
+                "queue.purge not supported by stream queues queue '{name}' in vhost '{vhost}'"
+            )));
+        }
         q.last_used = queue::now_ms();
         purge_queue(q, &self.store).map(|n| n as u32)
     }
@@ -212,6 +226,13 @@ impl State {
                 tracing::error!("queue '{name}' in vhost '{vhost}' deleted in memory only: {e}");
             }
         }
+        // A stream's tracked offsets go with it.
+        for tag in q.stream.iter().flat_map(|s| s.tracked.keys()) {
+            let key = stream::tracked_key(&q, tag);
+            if let Err(e) = store.define(Record::ParameterDelete { kind: ParameterKind::StreamOffset, key }) {
+                tracing::error!("stream '{name}' in vhost '{vhost}': a tracked offset stays in the log: {e}");
+            }
+        }
         let dest = Destination::Queue(name.to_string());
         let mut emptied = Vec::new();
         for ex in v.exchanges.values_mut() {
@@ -267,6 +288,20 @@ impl State {
         };
         self.depart(departed, store);
     }
+}
+
+/// The segment size and filter size limits RabbitMQ checks when a stream
+/// is declared (Warren takes both and keeps no per-stream segments).
+fn stream_declare_checks(arguments: &FieldTable) -> Result<()> {
+    const MAX_SEGMENT_SIZE: i64 = 3_000_000_000;
+    let number = |key: &str| arguments.get(key).and_then(|v| v.as_i64());
+    if number("x-stream-max-segment-size-bytes").is_some_and(|n| n > MAX_SEGMENT_SIZE) {
+        return Err(AmqpError::precondition("Exceeded max value for x-stream-max-segment-size-bytes"));
+    }
+    if number("x-stream-filter-size-bytes").is_some_and(|n| !(16..=255).contains(&n)) {
+        return Err(AmqpError::precondition("Invalid value for  x-stream-filter-size-bytes"));
+    }
+    Ok(())
 }
 
 pub(super) fn purge_queue(q: &mut Queue, store: &LogStore) -> Result<usize> {

@@ -12,6 +12,7 @@ impl Broker {
         self.restore_vhosts(parameters)?;
         self.restore_policies(parameters);
         self.restore_topology(recovered);
+        self.restore_tracked_offsets(parameters);
         // Listings show what came back at once, not at the sampler's next turn.
         self.sample_now();
         Ok(())
@@ -54,6 +55,20 @@ impl Broker {
                 st.apply_policies_to(&mut q);
                 let now = crate::store::wall_ms();
                 for m in per_queue.remove(queue).unwrap_or_default() {
+                    if let Some(stream) = q.stream.as_deref_mut() {
+                        // A record without an offset cannot be a stream's.
+                        if let Some(offset) = m.stream_offset {
+                            stream.restore(stream::StreamEntry {
+                                offset,
+                                store_id: m.id,
+                                size: m.body_len,
+                                record_len: m.record_len,
+                                published_ms: m.published_ms,
+                                message: None,
+                            });
+                        }
+                        continue;
+                    }
                     let meta = queue::RestoredMeta {
                         size: m.body_len,
                         redelivered: m.delivered,
@@ -81,6 +96,28 @@ impl Broker {
                 if !ex.bindings.contains(&binding) {
                     ex.bindings.push(binding);
                 }
+            }
+        }
+    }
+
+    /// Server-side tracked offsets of stream consumers; those of streams
+    /// that no longer exist are forgotten.
+    fn restore_tracked_offsets(&self, parameters: &BTreeMap<(ParameterKind, String), bytes::Bytes>) {
+        let mut st = self.state.lock();
+        for ((kind, key), value) in parameters {
+            if *kind != ParameterKind::StreamOffset {
+                continue;
+            }
+            let mut parts = key.splitn(3, '\0');
+            let (Some(vhost), Some(queue), Some(tag)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            let offset = serde_json::from_slice::<serde_json::Value>(value)
+                .ok()
+                .and_then(|v| v.get("offset").and_then(serde_json::Value::as_u64));
+            match (st.queue_mut(vhost, queue).and_then(|q| q.stream.as_deref_mut()), offset) {
+                (Some(stream), Some(offset)) => {
+                    stream.tracked.insert(Arc::from(tag), offset);
+                }
+                _ => self.forget_orphan(Record::ParameterDelete { kind: *kind, key: key.clone() }),
             }
         }
     }

@@ -42,6 +42,7 @@ pub(super) fn spawn(state: Weak<Mutex<State>>, store: Arc<LogStore>) -> std::io:
             let mut st = state.lock();
             let now = queue::now_ms();
             st.expire_all(now, &store);
+            st.stream_retention(now, &store);
             if now.saturating_sub(last_timeout_check) >= CONSUMER_TIMEOUT_EVERY {
                 last_timeout_check = now;
                 st.check_consumer_timeouts(now);

@@ -73,6 +73,11 @@ pub fn queue(row: &QueueRow, sample: Option<&QueueSample>, owner: Option<String>
         "message_stats": Value::Object(stats),
         "idle_since": Value::Null,
     });
+    if row.queue_type == "stream" {
+        q["first_offset"] = json!(row.first_offset);
+        q["committed_offset"] = json!(row.last_offset);
+        q["disk_bytes"] = json!(row.disk_bytes);
+    }
     if let Some(owner) = owner {
         q["owner_pid_details"] = json!({"name": owner});
     }

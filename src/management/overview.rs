@@ -540,6 +540,7 @@ fn consumers_json(api: &Api, caller: &Caller, vhost: Option<&str>) -> Value {
                     },
                     "consumer_timeout": 1_800_000,
                     "arguments": arguments,
+                    "offset": c.offset,
                 })
             })
             .collect(),

@@ -277,7 +277,9 @@ impl LogStore {
             let holders = inner.holders(m.id);
             let queues: Vec<u32> = holders.iter().map(|h| h.0).collect();
             let timed = m.published_ms.is_some();
-            let len = message_record_len(queues.len(), timed, &m.exchange, &m.routing_key, &m.properties, &m.body);
+            let stream = m.stream_offset.is_some();
+            let len =
+                message_record_len(queues.len(), timed, stream, &m.exchange, &m.routing_key, &m.properties, &m.body);
             let end = inner.append(len, 0, |out| {
                 let (exchange, key) = (&m.exchange, &m.routing_key);
                 encode_message(
@@ -285,6 +287,7 @@ impl LogStore {
                     FLAG_RELOCATED,
                     m.id,
                     m.published_ms,
+                    m.stream_offset,
                     &queues,
                     exchange,
                     key,

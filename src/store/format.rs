@@ -11,9 +11,9 @@
 use bytes::{BufMut, Bytes};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"WARRENLG";
-/// The version this build writes. Versions 1 to 3 segments are still read.
-pub const FORMAT_VERSION: u32 = 4;
-/// Header length of a version 2, 3 or 4 segment (4 is written now).
+/// The version this build writes. Versions 1 to 4 segments are still read.
+pub const FORMAT_VERSION: u32 = 5;
+/// Header length of a version 2 to 5 segment (5 is written now).
 pub const SEGMENT_HEADER_LEN: usize = 40;
 /// Header length of a version 1 segment.
 pub const SEGMENT_HEADER_LEN_V1: usize = 32;
@@ -59,12 +59,15 @@ pub enum ParameterKind {
     OperatorPolicy = 6,
     /// Key: the vhost name.
     VhostLimits = 7,
+    /// A stream consumer's tracked offset (format 5). Key: vhost NUL
+    /// stream NUL consumer tag.
+    StreamOffset = 8,
 }
 
 impl ParameterKind {
     pub fn from_code(code: u8) -> Option<ParameterKind> {
         use ParameterKind::*;
-        [User, Permission, TopicPermission, Vhost, Policy, OperatorPolicy, VhostLimits]
+        [User, Permission, TopicPermission, Vhost, Policy, OperatorPolicy, VhostLimits, StreamOffset]
             .into_iter()
             .find(|k| *k as u8 == code)
     }
@@ -78,6 +81,7 @@ impl ParameterKind {
             ParameterKind::Policy => "policy",
             ParameterKind::OperatorPolicy => "operator-policy",
             ParameterKind::VhostLimits => "vhost-limits",
+            ParameterKind::StreamOffset => "stream-offset",
         }
     }
 }
@@ -96,6 +100,10 @@ pub const FLAG_TIMED: u8 = 8;
 /// than "/" (format 4): its payload starts with the vhost name (str8).
 /// Without the flag a definition belongs to "/", as every one did before.
 pub const FLAG_VHOST: u8 = 16;
+/// A message record of a stream (format 5): its payload carries the
+/// message's offset in that stream (u64) right after the publish time, and
+/// it lists that one stream.
+pub const FLAG_STREAM: u8 = 32;
 
 /// The virtual host every log before format 4 had, and the default one.
 pub const DEFAULT_VHOST: &str = "/";
@@ -321,6 +329,8 @@ pub struct MessageRecord {
     pub id: u64,
     /// Publish time, ms since the Unix epoch (format 3; None before).
     pub published_ms: Option<u64>,
+    /// The message's offset in its stream (format 5; None for queues).
+    pub stream_offset: Option<u64>,
     pub queues: Vec<u32>,
     pub exchange: String,
     pub routing_key: String,
@@ -356,7 +366,7 @@ impl Record {
         }
         let vhost = self.vhost().filter(|v| *v != DEFAULT_VHOST);
         let flags = match self {
-            Record::Message(m) => message_flags(flags, m.queues.len(), m.published_ms),
+            Record::Message(m) => message_flags(flags, m.queues.len(), m.published_ms, m.stream_offset),
             _ if vhost.is_some() => flags | FLAG_VHOST,
             _ => flags,
         };
@@ -407,6 +417,7 @@ impl Record {
                 out,
                 m.id,
                 m.published_ms,
+                m.stream_offset,
                 &m.queues,
                 &m.exchange,
                 &m.routing_key,
@@ -486,6 +497,7 @@ impl Record {
             TYPE_MESSAGE => {
                 let id = r.u64()?;
                 let published_ms = if flags & FLAG_TIMED != 0 { Some(r.u64()?) } else { None };
+                let stream_offset = if flags & FLAG_STREAM != 0 { Some(r.u64()?) } else { None };
                 let count = if flags & FLAG_WIDE != 0 { r.u32()? as usize } else { r.u16()? as usize };
                 let mut queues = Vec::with_capacity(count.min(r.remaining() / 4));
                 for _ in 0..count {
@@ -494,6 +506,7 @@ impl Record {
                 Record::Message(MessageRecord {
                     id,
                     published_ms,
+                    stream_offset,
                     queues,
                     exchange: r.str8()?,
                     routing_key: r.str8()?,
@@ -549,8 +562,9 @@ fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, body: impl FnOnce(&mut Vec<u8>)
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn message_flags(flags: u8, queues: usize, published_ms: Option<u64>) -> u8 {
+fn message_flags(flags: u8, queues: usize, published_ms: Option<u64>, stream_offset: Option<u64>) -> u8 {
     let flags = if queues > u16::MAX as usize { flags | FLAG_WIDE } else { flags };
+    let flags = if stream_offset.is_some() { flags | FLAG_STREAM } else { flags };
     if published_ms.is_some() { flags | FLAG_TIMED } else { flags }
 }
 
@@ -559,16 +573,20 @@ fn encode_message_payload(
     out: &mut Vec<u8>,
     id: u64,
     published_ms: Option<u64>,
+    stream_offset: Option<u64>,
     queues: &[u32],
     exchange: &str,
     routing_key: &str,
     properties: &[u8],
     body: &[u8],
 ) {
-    out.reserve(8 + 2 + queues.len() * 4 + 2 + exchange.len() + routing_key.len() + 8 + properties.len() + body.len());
+    out.reserve(24 + 2 + queues.len() * 4 + 2 + exchange.len() + routing_key.len() + 8 + properties.len() + body.len());
     out.put_u64_le(id);
     if let Some(ms) = published_ms {
         out.put_u64_le(ms);
+    }
+    if let Some(offset) = stream_offset {
+        out.put_u64_le(offset);
     }
     if queues.len() > u16::MAX as usize {
         out.put_u32_le(queues.len() as u32);
@@ -601,15 +619,16 @@ pub fn encode_message(
     flags: u8,
     id: u64,
     published_ms: Option<u64>,
+    stream_offset: Option<u64>,
     queues: &[u32],
     exchange: &str,
     routing_key: &str,
     properties: &[u8],
     body: &[u8],
 ) {
-    let flags = message_flags(flags, queues.len(), published_ms);
+    let flags = message_flags(flags, queues.len(), published_ms, stream_offset);
     frame(out, TYPE_MESSAGE, flags, |out| {
-        encode_message_payload(out, id, published_ms, queues, exchange, routing_key, properties, body)
+        encode_message_payload(out, id, published_ms, stream_offset, queues, exchange, routing_key, properties, body)
     });
 }
 
@@ -646,6 +665,7 @@ pub fn encode_id_record(out: &mut Vec<u8>, kind: u8, queue: u32, ids: &[u64]) {
 pub fn message_record_len(
     queues: usize,
     timed: bool,
+    stream: bool,
     exchange: &str,
     routing_key: &str,
     properties: &[u8],
@@ -656,6 +676,7 @@ pub fn message_record_len(
         + 2
         + 8
         + if timed { 8 } else { 0 }
+        + if stream { 8 } else { 0 }
         + count_len
         + queues * 4
         + 1

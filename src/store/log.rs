@@ -400,15 +400,42 @@ impl LogStore {
         body: &[u8],
         moved_from: Option<(u32, u64)>,
     ) -> Result<(u64, u64), StoreError> {
+        self.append_message(queues, None, (exchange, routing_key), properties, body, moved_from)
+    }
+
+    /// Appends a message of a stream at `offset` (a record of that stream
+    /// alone, carrying the offset); otherwise as [`LogStore::publish_moving`].
+    pub fn publish_stream(
+        &self,
+        stream: u32,
+        offset: u64,
+        (exchange, routing_key): (&str, &str),
+        properties: &[u8],
+        body: &[u8],
+        moved_from: Option<(u32, u64)>,
+    ) -> Result<(u64, u64), StoreError> {
+        self.append_message(&[stream], Some(offset), (exchange, routing_key), properties, body, moved_from)
+    }
+
+    fn append_message(
+        &self,
+        queues: &[u32],
+        stream_offset: Option<u64>,
+        (exchange, routing_key): (&str, &str),
+        properties: &[u8],
+        body: &[u8],
+        moved_from: Option<(u32, u64)>,
+    ) -> Result<(u64, u64), StoreError> {
         let mut inner = self.inner.lock();
         inner.check()?;
         let id = inner.next_message_id;
         inner.next_message_id += 1;
         let published = Some(wall_ms());
-        let len = message_record_len(queues.len(), true, exchange, routing_key, properties, body);
+        let stream = stream_offset.is_some();
+        let len = message_record_len(queues.len(), true, stream, exchange, routing_key, properties, body);
         let ack_len = if moved_from.is_some() { RECORD_PREFIX_LEN + 2 + 8 + 8 } else { 0 };
         let mut end = inner.append(len + ack_len, id, |out| {
-            encode_message(out, 0, id, published, queues, exchange, routing_key, properties, body);
+            encode_message(out, 0, id, published, stream_offset, queues, exchange, routing_key, properties, body);
             if let Some((queue, from)) = moved_from {
                 encode_id_record(out, TYPE_ACK, queue, &[from]);
             }

@@ -119,6 +119,8 @@ pub struct RecoveredMessage {
     pub queues: QueueSet,
     /// Publish time, ms since the Unix epoch; 0 when the record predates format 3.
     pub published_ms: u64,
+    /// Its offset, for a message of a stream.
+    pub stream_offset: Option<u64>,
     pub priority: u8,
     /// The message's own `expiration`, in ms.
     pub expiration_ms: Option<u64>,
@@ -131,6 +133,9 @@ pub struct QueueMessage {
     pub body_len: u32,
     pub delivered: bool,
     pub published_ms: u64,
+    pub stream_offset: Option<u64>,
+    /// Bytes its record takes in the log.
+    pub record_len: u32,
     pub priority: u8,
     pub expiration_ms: Option<u64>,
 }
@@ -162,6 +167,8 @@ impl Recovered {
                     body_len: m.body_len,
                     delivered,
                     published_ms: m.published_ms,
+                    stream_offset: m.stream_offset,
+                    record_len: m.len,
                     priority: m.priority,
                     expiration_ms: m.expiration_ms,
                 });
@@ -419,6 +426,7 @@ fn apply(out: &mut Recovered, seg: &mut SegmentState, frame: &Frame, segment: &[
                     body_len: m.body_len,
                     queues: QueueSet::from_queues(m.queues(), m.queue_count()),
                     published_ms: m.published_ms.unwrap_or(0),
+                    stream_offset: m.stream_offset,
                     priority: m.priority,
                     expiration_ms: m.expiration_ms,
                 },

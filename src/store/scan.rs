@@ -91,6 +91,8 @@ pub struct MessageHead<'a> {
     pub body_len: u32,
     /// Publish time, ms since the Unix epoch (format 3 records).
     pub published_ms: Option<u64>,
+    /// The message's offset in its stream (format 5 stream records).
+    pub stream_offset: Option<u64>,
     /// The `priority` property (0 when absent).
     pub priority: u8,
     /// The `expiration` property, in ms, when it is a number.
@@ -117,6 +119,12 @@ pub fn peek_message(payload: &[u8], flags: u8) -> Result<MessageHead<'_>, Format
     };
     let id = u64_at(0)?;
     let (published_ms, mut at) = if flags & FLAG_TIMED != 0 { (Some(u64_at(8)?), 16) } else { (None, 8) };
+    let stream_offset = if flags & FLAG_STREAM != 0 {
+        at += 8;
+        Some(u64_at(at - 8)?)
+    } else {
+        None
+    };
     let (count, queues_at) = if flags & FLAG_WIDE != 0 {
         (u32::from_le_bytes(get(at, 4)?.try_into().map_err(|_| FormatError::Truncated)?) as usize, at + 4)
     } else {
@@ -136,7 +144,9 @@ pub fn peek_message(payload: &[u8], flags: u8) -> Result<MessageHead<'_>, Format
     let body_len = u32::from_le_bytes(get(at, 4)?.try_into().map_err(|_| FormatError::Truncated)?);
     at += 4 + body_len as usize;
     match at.cmp(&payload.len()) {
-        std::cmp::Ordering::Equal => Ok(MessageHead { id, queues, body_len, published_ms, priority, expiration_ms }),
+        std::cmp::Ordering::Equal => {
+            Ok(MessageHead { id, queues, body_len, published_ms, stream_offset, priority, expiration_ms })
+        }
         std::cmp::Ordering::Less => Err(FormatError::Trailing(payload.len() - at)),
         std::cmp::Ordering::Greater => Err(FormatError::Truncated),
     }

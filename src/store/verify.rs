@@ -271,7 +271,7 @@ fn check_structure(scan: &mut SegmentScan) {
                 | Record::Parameter { .. }
                 | Record::IdWatermark { .. }
         );
-        let unknown = e.flags & !(FLAG_SNAPSHOT | FLAG_RELOCATED | FLAG_WIDE | FLAG_TIMED | FLAG_VHOST);
+        let unknown = e.flags & !(FLAG_SNAPSHOT | FLAG_RELOCATED | FLAG_WIDE | FLAG_TIMED | FLAG_VHOST | FLAG_STREAM);
         if unknown != 0 {
             warnings.push((e.offset, format!("unknown flag bits {unknown:#04x}")));
         }

@@ -240,6 +240,9 @@ fn known_columns(command: &str) -> &'static [&'static str] {
             "policy",
             "operator_policy",
             "type",
+            "first_offset",
+            "last_offset",
+            "disk_bytes",
         ],
         "list_exchanges" => &["name", "vhost", "type", "durable", "auto_delete", "internal", "arguments"],
         "list_bindings" => {
@@ -268,6 +271,7 @@ fn known_columns(command: &str) -> &'static [&'static str] {
             "active",
             "activity_status",
             "arguments",
+            "offset",
         ],
         _ => &[],
     }

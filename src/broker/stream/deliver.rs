@@ -1,0 +1,333 @@
+//! Streams at work: a publish appends a record carrying its offset (and the
+//! `x-stream-offset` header every delivery shows) and applies the size
+//! retention; each consumer is handed messages from its own cursor while
+//! it has credit, from memory for the newest messages and through the
+//! loader for the others; an ack only returns credit (and moves a tracked
+//! offset); retention by age runs on the timer.
+
+use std::sync::Arc;
+
+use super::super::loader::{self, LoadRequest};
+use super::super::message::{Message, Outgoing};
+use super::super::queue::{Queue, QueuedMessage, now_ms};
+use super::super::stats::GlobalStats;
+use super::super::{AmqpError, ChannelState, Result, State, Unacked, message_from_record};
+use super::consumer::{StreamConsumeArgs, StreamCursor};
+use super::{STREAM_HOT_WINDOW, StreamEntry};
+use crate::protocol::{BasicProperties, FieldTable, FieldValue};
+use crate::store::format::{MessageRecord, ParameterKind, Record, message_record_len};
+use crate::store::{LogStore, StoreError, wall_ms};
+
+/// The header each delivery of a stream carries: the message's offset.
+pub const STREAM_OFFSET_HEADER: &str = "x-stream-offset";
+
+/// How RabbitMQ names a queue in its texts.
+fn rs(q: &Queue) -> String {
+    format!("queue '{}' in vhost '{}'", q.name, q.vhost)
+}
+
+/// Appends a message to a stream: its own log record at the stream's next
+/// offset, with the offset in its headers, then drops what the size
+/// retention no longer keeps. Returns the position that must be durable
+/// before the publish is confirmed.
+pub(in crate::broker) fn publish_to_stream(
+    q: &mut Queue,
+    message: &Message,
+    store: &LogStore,
+    moved_from: Option<(u32, u64)>,
+) -> std::result::Result<u64, StoreError> {
+    let (Some(qid), Some(stream)) = (q.store_id, q.stream.as_deref_mut()) else { return Ok(0) };
+    let offset = stream.next_offset();
+    let properties = with_offset_header(&message.properties, offset);
+    let names = (message.exchange.as_str(), message.routing_key.as_str());
+    let (id, end) = store.publish_stream(qid, offset, names, &properties, &message.body, moved_from)?;
+    let record_len = message_record_len(1, true, true, names.0, names.1, &properties, &message.body) as u32;
+    let stored = Arc::new(Message {
+        exchange: message.exchange.clone(),
+        routing_key: message.routing_key.clone(),
+        properties,
+        body: message.body.clone(),
+        persistent: message.persistent,
+        expiration_ms: message.expiration_ms,
+        priority: message.priority,
+    });
+    stream.push(StreamEntry {
+        offset,
+        store_id: id,
+        size: message.body_len() as u32,
+        record_len,
+        published_ms: wall_ms(),
+        message: Some(stored),
+    });
+    q.counters.publish += 1;
+    apply_retention(q, store, false);
+    if let Some(stream) = q.stream.as_deref_mut() {
+        stream.page_out(STREAM_HOT_WINDOW, |id| store.is_written(id));
+    }
+    Ok(end)
+}
+
+/// The publisher's properties with `x-stream-offset` set in the headers.
+fn with_offset_header(raw: &bytes::Bytes, offset: u64) -> bytes::Bytes {
+    let Ok(mut props) = BasicProperties::decode(raw.clone()) else { return raw.clone() };
+    props.headers.get_or_insert_with(FieldTable::new).insert(STREAM_OFFSET_HEADER, FieldValue::I64(offset as i64));
+    props.to_bytes()
+}
+
+/// Drops the head messages the stream's retention no longer keeps (size
+/// always; age too with `by_age`) and tells the log.
+pub(in crate::broker) fn apply_retention(q: &mut Queue, store: &LogStore, by_age: bool) {
+    let max_bytes = q.args.max_length_bytes.map(|n| n as u64);
+    let min_published = match q.args.max_age {
+        Some(age) if by_age => Some(wall_ms().saturating_sub(age)),
+        _ => None,
+    };
+    let (Some(qid), Some(stream)) = (q.store_id, q.stream.as_deref_mut()) else { return };
+    if by_age {
+        stream.age_checked = now_ms();
+    }
+    let dropped = stream.apply_retention(max_bytes, min_published);
+    if !dropped.is_empty()
+        && let Err(e) = store.ack(qid, &dropped)
+    {
+        tracing::error!("stream {}: retention applied in memory only: {e}", rs(q));
+    }
+}
+
+/// Checks a basic.consume on a stream as RabbitMQ does and makes the
+/// consumer's cursor. `client_tag` is the tag when the client chose it
+/// (tracking needs one); a tracked offset it no longer asks for is
+/// forgotten.
+pub(in crate::broker) fn consumer_cursor(
+    q: &mut Queue,
+    ch: &ChannelState,
+    client_tag: Option<&Arc<str>>,
+    no_ack: bool,
+    arguments: &FieldTable,
+    store: &LogStore,
+) -> Result<Box<StreamCursor>> {
+    if ch.consumer_prefetch == 0 {
+        return Err(AmqpError::precondition(format!("consumer prefetch count is not set for '{}'", rs(q))));
+    }
+    if no_ack {
+        return Err(AmqpError::not_implemented(format!(
+            "automatic acknowledgement not supported by stream queues {}",
+            rs(q)
+        )));
+    }
+    if ch.channel_prefetch > 0 {
+        return Err(AmqpError::not_implemented(format!("{} does not support global qos", rs(q))));
+    }
+    let args = StreamConsumeArgs::parse(arguments, &q.name, &q.vhost, wall_ms())?;
+    let key = q.store_id.zip(client_tag);
+    let Some(stream) = q.stream.as_deref_mut() else {
+        return Err(AmqpError::precondition(format!("{} is not a stream", rs(q))));
+    };
+    let tracking = client_tag.filter(|_| args.track).cloned();
+    let start = match tracking.as_ref().and_then(|tag| stream.tracked.get(tag)) {
+        Some(next) => (*next).clamp(stream.first_offset(), stream.next_offset()),
+        None => args.start.resolve(stream),
+    };
+    if tracking.is_none()
+        && let Some((_, tag)) = key
+        && stream.tracked.remove(tag).is_some()
+    {
+        let record = Record::ParameterDelete { kind: ParameterKind::StreamOffset, key: tracked_key(q, tag) };
+        if let Err(e) = store.define(record) {
+            tracing::error!("stream {}: a tracked offset forgotten in memory only: {e}", rs(q));
+        }
+    }
+    let mut cursor = Box::new(StreamCursor::new(start, args, tracking));
+    cursor.requested_upto = start;
+    Ok(cursor)
+}
+
+/// The parameter key of a tracked offset: vhost NUL stream NUL consumer tag.
+pub fn tracked_key(q: &Queue, tag: &str) -> String {
+    format!("{}\0{}\0{tag}", q.vhost, q.name)
+}
+
+/// A delivery of a stream was settled: the consumer's credit comes back
+/// and, for an ack of a tracked consumer, its offset moves past it (logged
+/// so that it survives a restart).
+pub(in crate::broker) fn settled(
+    q: &mut Queue,
+    (conn, channel): (u64, u16),
+    tag: &str,
+    offset: u64,
+    ack: bool,
+    store: &LogStore,
+) {
+    let Some(c) = q.consumer_mut(tag, conn, channel) else { return };
+    c.unacked = c.unacked.saturating_sub(1);
+    let Some(tracking) = c.stream.as_ref().and_then(|s| s.tracking.clone()).filter(|_| ack) else { return };
+    let key = tracked_key(q, &tracking);
+    let Some(stream) = q.stream.as_deref_mut() else { return };
+    let next = stream.tracked.entry(tracking).or_insert(0);
+    if offset < *next {
+        return;
+    }
+    *next = offset + 1;
+    let value = serde_json::json!({ "offset": offset + 1 }).to_string();
+    let record = Record::Parameter { kind: ParameterKind::StreamOffset, key, value: value.into() };
+    if let Err(e) = store.define(record) {
+        tracing::error!("stream {}: a tracked offset kept in memory only: {e}", rs(q));
+    }
+}
+
+impl State {
+    /// Hands each consumer of a stream the messages from its cursor on,
+    /// while it has credit and its channel and socket have room.
+    pub(in crate::broker) fn deliver_stream(&mut self, vhost: &str, queue: &str, store: &LogStore) {
+        let State { vhosts, channels, loader, stats, .. } = self;
+        let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
+        let loader = loader.as_ref().filter(|l| l.is_alive());
+        let Queue { stream, consumers, counters, unacked, name, incarnation, vhost: q_vhost, .. } = q;
+        let Some(stream) = stream.as_deref_mut() else { return };
+        let mut delivered = 0;
+        for consumer in consumers.iter_mut() {
+            let Some(cursor) = consumer.stream.as_deref_mut() else { continue };
+            let Some(ch) = channels.get_mut(&(consumer.connection.id, consumer.channel)) else { continue };
+            while consumer.unacked < consumer.prefetch as u32 && ch.has_room() && consumer.connection.has_room() {
+                let Some(entry) = stream.entry_from(cursor.next) else {
+                    // Caught up: it waits for the next publish.
+                    cursor.next = cursor.next.max(stream.next_offset());
+                    break;
+                };
+                let offset = entry.offset;
+                let size = entry.size;
+                let message = match cursor.take_loaded(offset) {
+                    Some(m) => m,
+                    None => match &entry.message {
+                        Some(m) => m.clone(),
+                        None if loader.is_some() => break,
+                        None => match store.read(entry.store_id) {
+                            Ok(record) => Arc::new(message_from_record(record)),
+                            Err(e) => {
+                                tracing::error!(
+                                    "stream '{name}' in vhost '{q_vhost}': offset {offset} cannot be read back: {e}"
+                                );
+                                cursor.next = offset + 1;
+                                continue;
+                            }
+                        },
+                    },
+                };
+                cursor.next = offset + 1;
+                if !cursor.wants(&message) {
+                    continue;
+                }
+                let delivery_tag = ch.take_tag();
+                consumer.unacked += 1;
+                *unacked += 1;
+                counters.deliver += 1;
+                cursor.delivered += 1;
+                delivered += 1;
+                ch.unacked.insert(
+                    delivery_tag,
+                    Unacked {
+                        queue: name.clone(),
+                        incarnation: *incarnation,
+                        entry: QueuedMessage {
+                            seq: offset,
+                            store_id: 0,
+                            message: None,
+                            size,
+                            redelivered: false,
+                            expires_at: 0,
+                            level: 0,
+                            delivery_count: 0,
+                        },
+                        consumer_tag: Some(consumer.tag.clone()),
+                        delivered_at: now_ms(),
+                    },
+                );
+                consumer.connection.send(Outgoing::Deliver {
+                    channel: consumer.channel,
+                    consumer_tag: consumer.tag.clone(),
+                    delivery_tag,
+                    redelivered: false,
+                    message,
+                });
+            }
+            if let Some(loader) = loader {
+                read_ahead(
+                    stream,
+                    cursor,
+                    loader,
+                    (q_vhost, name, *incarnation),
+                    (consumer.connection.id, consumer.channel, &consumer.tag),
+                );
+            }
+        }
+        GlobalStats::add(&stats.delivered_consume_manual_ack, delivered);
+    }
+
+    /// Bodies the loader read for a stream consumer: kept in its cursor,
+    /// then delivered.
+    pub(in crate::broker) fn stream_loaded(
+        &mut self,
+        request: &LoadRequest,
+        read: Vec<(u64, u64, std::result::Result<MessageRecord, StoreError>)>,
+        store: &LogStore,
+    ) {
+        let Some((conn, channel, tag)) = &request.consumer else { return };
+        let Some(q) = self.queue_of(&request.vhost, &request.queue, request.incarnation) else { return };
+        let Some(cursor) = q.consumer_mut(tag, *conn, *channel).and_then(|c| c.stream.as_deref_mut()) else { return };
+        cursor.loading = false;
+        for (offset, _, result) in read {
+            match result {
+                Ok(record) if offset >= cursor.next => {
+                    cursor.loaded.push_back((offset, Arc::new(message_from_record(record))))
+                }
+                Ok(_) => {}
+                // Retention dropped it meanwhile, or the disk failed (the
+                // log reported that): the consumer moves past it.
+                Err(e) => {
+                    tracing::debug!("stream '{}': offset {offset} not read back: {e}", request.queue);
+                    if cursor.next == offset {
+                        cursor.next = offset + 1;
+                    }
+                }
+            }
+        }
+        self.deliver_stream(&request.vhost, &request.queue, store);
+    }
+
+    /// The timer's pass: `x-max-age` (and a size limit a policy lowered)
+    /// for streams not looked at in [`super::AGE_CHECK_MS`].
+    pub(in crate::broker) fn stream_retention(&mut self, now: u64, store: &LogStore) {
+        for v in self.vhosts.values_mut() {
+            for q in v.queues.values_mut() {
+                if q.stream.as_ref().is_some_and(|s| now.saturating_sub(s.age_checked) >= super::AGE_CHECK_MS) {
+                    apply_retention(q, store, true);
+                }
+            }
+        }
+    }
+}
+
+/// Asks the loader for the bodies the consumer reads next, when few of
+/// those it holds are left.
+fn read_ahead(
+    stream: &super::Stream,
+    cursor: &mut StreamCursor,
+    loader: &loader::Loader,
+    (vhost, queue, incarnation): (&Arc<str>, &Arc<str>, u64),
+    (conn, channel, tag): (u64, u16, &Arc<str>),
+) {
+    if cursor.loading || cursor.loaded.len() >= loader::WARM_ENOUGH / 2 {
+        return;
+    }
+    let from = cursor.loaded.back().map_or(cursor.next, |(o, _)| o + 1).max(cursor.next);
+    let items = stream.cold_from(from, loader::LOAD_BATCH, loader::LOAD_BATCH_BYTES);
+    let Some(last) = items.last() else { return };
+    cursor.requested_upto = last.0 + 1;
+    cursor.loading = loader.request(LoadRequest {
+        vhost: vhost.clone(),
+        queue: queue.clone(),
+        incarnation,
+        items,
+        consumer: Some((conn, channel, tag.clone())),
+    });
+}

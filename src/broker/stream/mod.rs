@@ -1,0 +1,235 @@
+//! Streams (`x-queue-type=stream`): an append-only view of the log that
+//! consumers read at their own offsets, as RabbitMQ's and LavinMQ's
+//! streams over AMQP 0-9-1.
+//!
+//! A stream is a durable queue whose messages are never removed by
+//! consumers: each consumer has a cursor (its next offset), acks only
+//! return credit, and messages leave only through retention
+//! (`x-max-length-bytes`, `x-max-age`) from the head. Every message of a
+//! stream is a log record of its own carrying its offset, persistent or
+//! not, so a restart rebuilds the stream with the same offsets; retention
+//! writes ack tombstones and compaction reclaims their space like any
+//! other dead record (and copies forward what retention still keeps).
+//!
+//! This module owns a stream's index ([`Stream`]: offset, log id, size and
+//! publish time of every retained message, bodies only for the newest);
+//! `consumer` owns consumer cursors and the consume arguments (offset
+//! specs, filters, server-side offset tracking); `deliver` publishing into
+//! a stream, delivery to its consumers, acks and retention.
+
+pub mod consumer;
+mod deliver;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+pub use consumer::{StartAt, StreamCursor};
+pub use deliver::{STREAM_OFFSET_HEADER, tracked_key};
+pub(super) use deliver::{consumer_cursor, publish_to_stream, settled};
+
+use super::message::Message;
+
+/// How many of the newest messages of a stream keep their body in memory
+/// once the log has them: consumers at the tail read from memory, the
+/// others from the log.
+pub const STREAM_HOT_WINDOW: usize = 512;
+
+/// Retention applies at least this often to streams with an `x-max-age`.
+pub const AGE_CHECK_MS: u64 = 1_000;
+
+/// One retained message of a stream.
+#[derive(Debug, Clone)]
+pub struct StreamEntry {
+    pub offset: u64,
+    /// Id of its log record.
+    pub store_id: u64,
+    /// Body length.
+    pub size: u32,
+    /// Bytes its log record takes.
+    pub record_len: u32,
+    /// Publish time, ms since the Unix epoch (0 when unknown).
+    pub published_ms: u64,
+    /// The body, for the newest messages only.
+    pub message: Option<Arc<Message>>,
+}
+
+/// A stream's retained messages, oldest first, and its tracked offsets.
+#[derive(Debug, Default)]
+pub struct Stream {
+    entries: VecDeque<StreamEntry>,
+    /// The offset the next message gets.
+    next_offset: u64,
+    /// Body bytes of the retained messages (what `x-max-length-bytes` counts).
+    bytes: u64,
+    /// Log bytes of the retained messages' records.
+    record_bytes: u64,
+    /// Entries below this index hold no body.
+    cold_below: usize,
+    /// Server-side tracked offsets by consumer tag: the next offset that
+    /// consumer reads when it comes back.
+    pub tracked: HashMap<Arc<str>, u64>,
+    /// Broker clock of the last `x-max-age` pass.
+    pub age_checked: u64,
+}
+
+impl Stream {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn record_bytes(&self) -> u64 {
+        self.record_bytes
+    }
+
+    /// The offset the next published message gets.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// The oldest retained offset (the next offset when empty).
+    pub fn first_offset(&self) -> u64 {
+        self.entries.front().map_or(self.next_offset, |e| e.offset)
+    }
+
+    /// The newest offset, if any message is retained.
+    pub fn last_offset(&self) -> Option<u64> {
+        self.entries.back().map(|e| e.offset)
+    }
+
+    /// Appends a message published now at [`Stream::next_offset`].
+    pub fn push(&mut self, entry: StreamEntry) {
+        self.next_offset = entry.offset + 1;
+        self.bytes += entry.size as u64;
+        self.record_bytes += entry.record_len as u64;
+        self.entries.push_back(entry);
+    }
+
+    /// Puts back a message replay found; messages come in offset order.
+    pub fn restore(&mut self, entry: StreamEntry) {
+        if self.entries.back().is_some_and(|last| last.offset >= entry.offset) {
+            return;
+        }
+        self.cold_below = self.entries.len() + 1;
+        self.push(entry);
+    }
+
+    /// Index of the first entry at or after `offset`.
+    fn index_from(&self, offset: u64) -> usize {
+        self.entries.partition_point(|e| e.offset < offset)
+    }
+
+    /// The first retained message at or after `offset`.
+    pub fn entry_from(&self, offset: u64) -> Option<&StreamEntry> {
+        self.entries.get(self.index_from(offset))
+    }
+
+    /// The messages from `offset` on whose bodies are on disk only, as
+    /// (offset, log id), up to `max` messages or `max_bytes` of bodies.
+    pub fn cold_from(&self, offset: u64, max: usize, max_bytes: usize) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for e in self.entries.range(self.index_from(offset)..) {
+            if e.message.is_some() || out.len() >= max || bytes >= max_bytes {
+                break;
+            }
+            out.push((e.offset, e.store_id));
+            bytes += e.size as usize;
+        }
+        out
+    }
+
+    /// The first offset whose message was published at or after `ms`
+    /// (Unix epoch); the next offset when none was.
+    pub fn offset_at_time(&self, ms: u64) -> u64 {
+        let index = self.entries.partition_point(|e| e.published_ms < ms);
+        self.entries.get(index).map_or(self.next_offset, |e| e.offset)
+    }
+
+    /// Drops the bodies of all but the newest `window` messages once the
+    /// log has written them (`is_written`).
+    pub fn page_out(&mut self, window: usize, is_written: impl Fn(u64) -> bool) {
+        let end = self.entries.len().saturating_sub(window);
+        while self.cold_below < end {
+            let entry = &mut self.entries[self.cold_below];
+            if entry.message.is_some() && !is_written(entry.store_id) {
+                break;
+            }
+            entry.message = None;
+            self.cold_below += 1;
+        }
+    }
+
+    /// Drops messages from the head while the stream is over `max_bytes`
+    /// of bodies or holds messages published before `min_published_ms`;
+    /// the newest message always stays, so offsets go on from it after a
+    /// restart. Returns the log ids of the dropped messages.
+    pub fn apply_retention(&mut self, max_bytes: Option<u64>, min_published_ms: Option<u64>) -> Vec<u64> {
+        let mut dropped = Vec::new();
+        while self.entries.len() > 1 {
+            let Some(head) = self.entries.front() else { break };
+            let over_size = max_bytes.is_some_and(|max| self.bytes > max);
+            let too_old = min_published_ms.is_some_and(|min| head.published_ms < min);
+            if !over_size && !too_old {
+                break;
+            }
+            let Some(head) = self.entries.pop_front() else { break };
+            self.bytes -= head.size as u64;
+            self.record_bytes -= head.record_len as u64;
+            self.cold_below = self.cold_below.saturating_sub(1);
+            dropped.push(head.store_id);
+        }
+        dropped
+    }
+
+    /// Log ids of every retained message.
+    pub fn store_ids(&self) -> Vec<u64> {
+        self.entries.iter().map(|e| e.store_id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(offset: u64, size: u32, published_ms: u64) -> StreamEntry {
+        StreamEntry { offset, store_id: offset + 100, size, record_len: size + 50, published_ms, message: None }
+    }
+
+    #[test]
+    fn offsets_retention_and_time_lookup() {
+        let mut s = Stream::default();
+        for i in 0..10 {
+            s.push(entry(i, 100, 1_000 + i * 10));
+        }
+        assert_eq!((s.first_offset(), s.last_offset(), s.next_offset()), (0, Some(9), 10));
+        assert_eq!(s.offset_at_time(1_035), 4);
+        assert_eq!(s.offset_at_time(5_000), 10);
+        // Over 500 bytes: the five oldest go.
+        assert_eq!(s.apply_retention(Some(500), None), vec![100, 101, 102, 103, 104]);
+        assert_eq!((s.first_offset(), s.len(), s.bytes()), (5, 5, 500));
+        // Older than 1,080: all but the last, which always stays.
+        assert_eq!(s.apply_retention(None, Some(2_000)).len(), 4);
+        assert_eq!((s.first_offset(), s.next_offset()), (9, 10));
+        assert_eq!(s.entry_from(3).map(|e| e.offset), Some(9));
+    }
+
+    #[test]
+    fn restore_keeps_offsets_and_skips_repeats() {
+        let mut s = Stream::default();
+        s.restore(entry(40, 1, 0));
+        s.restore(entry(41, 1, 0));
+        s.restore(entry(41, 1, 0));
+        s.restore(entry(45, 1, 0));
+        assert_eq!((s.first_offset(), s.len(), s.next_offset()), (40, 3, 46));
+        assert_eq!(s.entry_from(42).map(|e| e.offset), Some(45));
+        assert_eq!(s.cold_from(41, 10, 1 << 20), vec![(41, 141), (45, 145)]);
+    }
+}
