@@ -238,7 +238,8 @@ fn queue_row(q: &Queue) -> QueueRow {
         exclusive: q.exclusive_owner.is_some(),
         messages_ready: q.ready_count(),
         messages_unacknowledged: q.unacked,
-        messages: q.ready_count() + q.unacked,
+        // A stream's unacknowledged messages are still in it.
+        messages: if q.stream.is_some() { q.ready_count() } else { q.ready_count() + q.unacked },
         message_bytes_ready: q.ready_bytes(),
         consumers: q.consumers.len(),
         arguments: format_table(&q.arguments),
