@@ -25,6 +25,12 @@
 #   S4 transient messages, non-durable queue, no confirms, unthrottled
 #      producer, auto-ack consumer
 #   S5 as S1 with the producer held to RATE msg/s: the latency figure
+#   ST a stream (x-queue-type=stream): 1 producer, persistent, confirms
+#      (<= 100 in flight), while FANOUT consumers (prefetch 100, acking each)
+#      read it from x-stream-offset=first; cons = deliveries/s, all consumers
+#   FO the same fan-out done the classic way: a durable fanout exchange
+#      bound to FANOUT durable queues, one consumer each
+#   (ST and FO are not in the default SCENARIOS: SCENARIOS="ST FO")
 # Latency is publish -> delivery (a wall-clock timestamp in each body).
 #
 # Per scenario line (also appended to $OUT_DIR/summary.tsv):
@@ -42,6 +48,7 @@
 #
 # Environment (defaults): REPEAT=3 SCENARIOS="S1 S2 S3 S4 S5" DURATION=20
 #   WARMUP=3 (or 15% of a shorter DURATION) BACKLOG=200000 RATE=1000 SIZE=1024 RESTART_N=500000
+#   FANOUT=10 (consumers of ST, queues of FO)
 #   SKIP_RABBITMQ=0 SKIP_RECOVERY=0 PORT= (warren's port; default: a free one)
 #   QUEUE_ARGS="" extra queue arguments KEY=VALUE (comma or space separated,
 #     e.g. x-queue-type=quorum) for the durable queues of S1 S2 S3 S5
@@ -54,7 +61,7 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 REPEAT=${REPEAT:-3}; SCENARIOS=${SCENARIOS:-"S1 S2 S3 S4 S5"}
 DURATION=${DURATION:-20}; WARMUP=${WARMUP:-}; BACKLOG=${BACKLOG:-200000}
-RATE=${RATE:-1000}; SIZE=${SIZE:-1024}; RESTART_N=${RESTART_N:-500000}
+RATE=${RATE:-1000}; SIZE=${SIZE:-1024}; RESTART_N=${RESTART_N:-500000}; FANOUT=${FANOUT:-10}
 QUEUE_ARGS=$(tr ' ' ',' <<<"${QUEUE_ARGS:-}"); PRIORITIES=${PRIORITIES:-}
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT_DIR=${OUT_DIR:-$REPO/target/bench-results/compare-$STAMP}
@@ -160,14 +167,19 @@ kill9_rabbit() { kill -9 "$rmq_pid"; wait_exit "$rmq_pid"; rmq_pid=""; }
 # ---------------------------------------------------------------- measuring
 # scenario <label> <uri> <broker pid> <scenario>: one summary line
 scenario() {
-    local label=$1 uri=$2 pid=$3 sc=$4 args=(--scenario "$4" --size "$SIZE" --label "$1")
+    local label=$1 uri=$2 pid=$3 sc=$4 args=(--size "$SIZE" --label "$1")
+    # ST and FO: one publisher with confirms, FANOUT consumers, as S1 otherwise.
+    local fanout=(--durable --persistent --confirm 100 --prefetch 100 --producers 1 --consumers "$FANOUT" --delete
+        --duration "$DURATION" --warmup "${WARMUP:-3}")
     case $sc in
-        S3) args+=(--backlog "$BACKLOG") ;;
-        S5) args+=(--rate "$RATE" --duration "$DURATION") ;;
-        *) args+=(--duration "$DURATION") ;;
+        S3) args+=(--scenario S3 --backlog "$BACKLOG") ;;
+        S5) args+=(--scenario S5 --rate "$RATE" --duration "$DURATION") ;;
+        ST) args+=("${fanout[@]}" --queue bench-st --queue-args x-queue-type=stream --consumer-args x-stream-offset=first) ;;
+        FO) args+=("${fanout[@]}" --queue bench-fo --queues "$FANOUT" --exchange bench-fo) ;;
+        *) args+=(--scenario "$sc" --duration "$DURATION") ;;
     esac
-    [[ -n $WARMUP && $sc != S3 ]] && args+=(--warmup "$WARMUP")
-    [[ -n $QUEUE_ARGS && $sc != S4 ]] && args+=(--queue-args "$QUEUE_ARGS")
+    [[ -n $WARMUP && $sc != S3 && $sc != ST && $sc != FO ]] && args+=(--warmup "$WARMUP")
+    [[ -n $QUEUE_ARGS && $sc != S4 && $sc != ST ]] && args+=(--queue-args "$QUEUE_ARGS")
     [[ -n $PRIORITIES ]] && args+=(--priorities "$PRIORITIES")
     local hwm_reset=1
     echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || hwm_reset=0
@@ -295,7 +307,7 @@ print(f"\nmedians of {runs} run(s); ratio = how many times better Warren is "
 print(f"{'scenario':<8} {'metric':<16} {warren:>18} {rabbit:>18} {'ratio':>7}")
 metrics = [("pub msg/s", 0, True), ("cons msg/s", 1, True), ("p50 ms", 2, False), ("p99 ms", 3, False),
            ("confirm p99 ms", 4, False), ("peak RSS MB", 8, False), ("CPU us/msg", 9, False)]
-for sc in ("S1", "S2", "S3", "S4", "S5"):
+for sc in ("S1", "S2", "S3", "S4", "S5", "ST", "FO"):
     if (warren, sc) not in rows:
         continue
     for name, i, higher_better in metrics:

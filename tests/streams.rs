@@ -623,7 +623,7 @@ async fn compaction_reclaims_around_streams_and_keeps_what_retention_keeps() {
     for i in 0..400 {
         publish_all(&ch, "keep", &[body(i)], None).await;
         publish_all(&ch, "short", &[body(i)], None).await;
-        publish_all(&ch, "work", &[job.clone()], None).await;
+        publish_all(&ch, "work", std::slice::from_ref(&job), None).await;
         let got = within("get", ch.basic_get("work".into(), BasicGetOptions { no_ack: true })).await.expect("get");
         assert!(got.is_some(), "the job just published");
     }

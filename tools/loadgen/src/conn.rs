@@ -269,6 +269,24 @@ impl Conn {
         }
     }
 
+    /// exchange.declare of a durable fanout exchange.
+    pub async fn declare_fanout(&mut self, exchange: &str) -> Result<()> {
+        let m =
+            ExchangeDeclare { exchange: exchange.into(), kind: "fanout".into(), durable: true, ..Default::default() };
+        match self.call(m).await.with_context(|| format!("declaring exchange '{exchange}'"))? {
+            Method::ExchangeDeclareOk(_) => Ok(()),
+            other => bail!("declaring exchange '{exchange}': unexpected {}", other.name()),
+        }
+    }
+
+    pub async fn bind_queue(&mut self, queue: &str, exchange: &str) -> Result<()> {
+        let m = QueueBind { queue: queue.into(), exchange: exchange.into(), ..Default::default() };
+        match self.call(m).await.with_context(|| format!("binding '{queue}' to '{exchange}'"))? {
+            Method::QueueBindOk(_) => Ok(()),
+            other => bail!("binding '{queue}' to '{exchange}': unexpected {}", other.name()),
+        }
+    }
+
     pub async fn qos(&mut self, prefetch_count: u16) -> Result<()> {
         match self.call(BasicQos { prefetch_count, ..Default::default() }).await? {
             Method::BasicQosOk(_) => Ok(()),
@@ -276,8 +294,20 @@ impl Conn {
         }
     }
 
-    pub async fn consume(&mut self, queue: &str, consumer_tag: &str, no_ack: bool) -> Result<()> {
-        let m = BasicConsume { queue: queue.into(), consumer_tag: consumer_tag.into(), no_ack, ..Default::default() };
+    pub async fn consume(
+        &mut self,
+        queue: &str,
+        consumer_tag: &str,
+        no_ack: bool,
+        arguments: FieldTable,
+    ) -> Result<()> {
+        let m = BasicConsume {
+            queue: queue.into(),
+            consumer_tag: consumer_tag.into(),
+            no_ack,
+            arguments,
+            ..Default::default()
+        };
         match self.call(m).await.with_context(|| format!("consuming from '{queue}'"))? {
             Method::BasicConsumeOk(_) => Ok(()),
             other => bail!("consuming from '{queue}': unexpected {}", other.name()),

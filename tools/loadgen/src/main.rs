@@ -48,7 +48,7 @@ struct Cli {
 enum Command {
     /// Run producers and consumers (a scenario S1-S5, or any mix of knobs)
     /// and print one summary line.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Publish N persistent messages with confirms into a durable queue.
     Fill(restart::FillArgs),
     /// Poll (fresh connection, passive declare) until a queue holds N messages.
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
     let local = tokio::task::LocalSet::new();
     let outcome = runtime.block_on(local.run_until(async move {
         match cli.command {
-            Command::Run(a) => run(a).await,
+            Command::Run(a) => run(*a).await,
             Command::Fill(a) => restart::fill(a).await,
             Command::Wait(a) => restart::wait(a).await,
             Command::Delete(a) => restart::delete(a).await,

@@ -37,6 +37,8 @@ pub struct PublishPlan {
     pub count: u64,
     /// Publish with a random priority in 0..=N.
     pub priorities: Option<u8>,
+    /// The exchange to publish to ("" = the default exchange, to `queue`).
+    pub exchange: String,
 }
 
 /// What a producer hands back when it is done.
@@ -66,7 +68,8 @@ fn templates(plan: &PublishPlan, frame_max: u32) -> Vec<Template> {
                 ..Default::default()
             };
             let mut buf = BytesMut::new();
-            let publish = BasicPublish { routing_key: plan.queue.clone(), ..Default::default() };
+            let publish =
+                BasicPublish { exchange: plan.exchange.clone(), routing_key: plan.queue.clone(), ..Default::default() };
             encode_method(&mut buf, CHANNEL, &Method::BasicPublish(publish));
             encode_content(&mut buf, CHANNEL, &props.to_bytes(), &body, frame_max);
             // The first body frame starts 7 header bytes after the content
@@ -229,6 +232,7 @@ mod tests {
             rate: 0.0,
             count: 0,
             priorities: None,
+            exchange: String::new(),
         };
         let t = &templates(&plan, 131_072)[0];
         // frame type 3 (body), channel 1, size 1024, then the body

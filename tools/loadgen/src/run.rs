@@ -31,6 +31,8 @@ pub struct Phase {
     pub queues: Vec<String>,
     pub durable: bool,
     pub queue_args: FieldTable,
+    /// basic.consume arguments.
+    pub consumer_args: FieldTable,
     pub purge: bool,
     pub delete: bool,
     pub producers: usize,
@@ -91,6 +93,12 @@ pub async fn run_phase(uri: &AmqpUri, phase: &Phase) -> Result<PhaseResult> {
                 c.purge_queue(q).await.with_context(|| format!("purging queue '{q}'"))?;
             }
         }
+        if !phase.publish.exchange.is_empty() {
+            c.declare_fanout(&phase.publish.exchange).await?;
+            for q in &phase.queues {
+                c.bind_queue(q, &phase.publish.exchange).await?;
+            }
+        }
         Ok(())
     })
     .await?;
@@ -109,7 +117,8 @@ pub async fn run_phase(uri: &AmqpUri, phase: &Phase) -> Result<PhaseResult> {
         if !phase.consume.autoack && phase.prefetch > 0 {
             c.qos(phase.prefetch).await?;
         }
-        c.consume(&queue(i), &format!("warren-loadgen-{i}"), phase.consume.autoack).await?;
+        c.consume(&queue(i), &format!("warren-loadgen-{i}"), phase.consume.autoack, phase.consumer_args.clone())
+            .await?;
         conns.push(c);
     }
     let mut producer_conns = vec![];

@@ -90,6 +90,14 @@ pub struct RunArgs {
     /// long-long, true/false as booleans, the rest as strings).
     #[arg(long, value_delimiter = ',')]
     pub queue_args: Vec<String>,
+    /// basic.consume arguments, KEY=VALUE[,KEY=VALUE...] (as --queue-args;
+    /// e.g. x-stream-offset=first for a stream).
+    #[arg(long, value_delimiter = ',')]
+    pub consumer_args: Vec<String>,
+    /// Publish to this fanout exchange (declared durable, bound to every
+    /// queue of the run) instead of to each producer's queue.
+    #[arg(long)]
+    pub exchange: Option<String>,
     /// Declare the queues with x-max-priority=N and publish with random
     /// priorities 0..=N.
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..))]
@@ -120,11 +128,11 @@ pub struct Plan {
     pub fill_then_drain: bool,
 }
 
-/// Parses `KEY=VALUE` queue arguments.
+/// Parses `KEY=VALUE` queue (or consumer) arguments.
 pub fn queue_arguments(pairs: &[String], priorities: Option<u8>) -> Result<FieldTable> {
     let mut table = FieldTable::new();
     for pair in pairs.iter().filter(|p| !p.is_empty()) {
-        let Some((key, value)) = pair.split_once('=') else { bail!("queue argument '{pair}' is not KEY=VALUE") };
+        let Some((key, value)) = pair.split_once('=') else { bail!("argument '{pair}' is not KEY=VALUE") };
         let value = match value {
             "true" => FieldValue::Bool(true),
             "false" => FieldValue::Bool(false),
@@ -163,11 +171,13 @@ pub fn plan(a: &RunArgs) -> Result<Plan> {
         rate: a.rate.unwrap_or(if sc == Some(S5) { 1000.0 } else { 0.0 }),
         count: 0,
         priorities: a.priorities,
+        exchange: a.exchange.clone().unwrap_or_default(),
     };
     let phase = Phase {
         queues: names,
         durable: a.durable.unwrap_or(durable_sc),
         queue_args: queue_arguments(&a.queue_args, a.priorities)?,
+        consumer_args: queue_arguments(&a.consumer_args, None)?,
         purge: a.purge.unwrap_or(sc.is_some()),
         delete: false,
         producers,
