@@ -655,3 +655,26 @@ async fn compaction_reclaims_around_streams_and_keeps_what_retention_keeps() {
     assert!(got.iter().enumerate().all(|(i, (o, b))| *o == 390 + i as u64 && *b == body(390 + i)));
     drop(scratch);
 }
+
+#[tokio::test]
+async fn the_http_api_shows_a_streams_offsets_and_its_consumers_positions() {
+    let broker = Broker::start_with_http();
+    let api = broker.management.expect("management API");
+    let conn = connect(&broker).await;
+    let pub_ch = confirm_channel(&conn).await;
+    declare_stream(&pub_ch, "s", &[]).await;
+    publish_all(&pub_ch, "s", &numbered("m", 3), None).await;
+    let (_ch, mut reader) = stream_consumer(&conn, "s", "reader", 10, offset_arg(long_string("first"))).await;
+    take_acked(&mut reader, 3).await;
+    let guest = Some(("guest", "guest"));
+    let q = common::http::get(api, "/api/queues/%2F/s", guest).await.json();
+    assert_eq!(q["type"], "stream");
+    assert_eq!(
+        (q["first_offset"].as_u64(), q["committed_offset"].as_u64(), q["messages"].as_u64()),
+        (Some(0), Some(2), Some(3))
+    );
+    assert!(q["disk_bytes"].as_u64().is_some_and(|b| b > 3 * 40), "{q}");
+    let consumers = common::http::get(api, "/api/consumers", guest).await.json();
+    let reader = consumers.as_array().and_then(|a| a.iter().find(|c| c["consumer_tag"] == "reader")).cloned();
+    assert_eq!(reader.map(|c| c["offset"].clone()), Some(serde_json::json!(3)));
+}

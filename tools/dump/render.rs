@@ -22,9 +22,9 @@ pub(crate) fn flags_text(flags: u8) -> String {
     if flags & FLAG_RELOCATED != 0 {
         parts.push("RELOCATED".to_string());
     }
-    // WIDE, TIMED and VHOST only say how a record is laid out; its fields
+    // WIDE, TIMED, VHOST and STREAM only say how a record is laid out; its fields
     // show what they mean.
-    let other = flags & !(FLAG_SNAPSHOT | FLAG_RELOCATED | FLAG_WIDE | FLAG_TIMED | FLAG_VHOST);
+    let other = flags & !(FLAG_SNAPSHOT | FLAG_RELOCATED | FLAG_WIDE | FLAG_TIMED | FLAG_VHOST | FLAG_STREAM);
     if other != 0 {
         parts.push(format!("{other:#04x}"));
     }
@@ -129,8 +129,9 @@ pub(crate) fn message_text(m: &MessageRecord, live: Option<bool>, names: &HashMa
     };
     let ellipsis = if m.body.len() > PREVIEW_BYTES { "…" } else { "" };
     let published = m.published_ms.map_or(String::new(), |ms| format!(" published_ms={ms}"));
+    let offset = m.stream_offset.map_or(String::new(), |o| format!(" stream_offset={o}"));
     format!(
-        "id={} {state}{published} queues=[{}] exchange={:?} routing_key={:?} props={} body={} \"{}\"{ellipsis}",
+        "id={} {state}{published}{offset} queues=[{}] exchange={:?} routing_key={:?} props={} body={} \"{}\"{ellipsis}",
         m.id,
         queues.join(", "),
         m.exchange,
@@ -224,6 +225,9 @@ pub(crate) fn record_json(
             put("id", json!(m.id));
             put("live", json!(live));
             put("published_ms", json!(m.published_ms));
+            if let Some(offset) = m.stream_offset {
+                put("stream_offset", json!(offset));
+            }
             put("queues", Value::Array(m.queues.iter().map(|q| queue_json(*q, names)).collect()));
             put("exchange", json!(m.exchange));
             put("routing_key", json!(m.routing_key));
