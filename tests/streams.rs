@@ -234,54 +234,36 @@ async fn declare_refuses_what_a_stream_cannot_be_as_rabbitmq_does() {
     .await;
 }
 
+/// A basic.consume on stream "s" from a fresh connection, after a
+/// consumer prefetch (and a global one) when given, must fail this way.
+async fn consume_refused(broker: &Broker, qos: (u16, u16), no_ack: bool, args: FieldTable, code: u16, text: &str) {
+    let conn = connect(broker).await;
+    let ch = channel(&conn).await;
+    let (prefetch, global) = qos;
+    if prefetch > 0 {
+        within("qos", ch.basic_qos(prefetch, BasicQosOptions::default())).await.expect("qos");
+    }
+    if global > 0 {
+        within("global qos", ch.basic_qos(global, BasicQosOptions { global: true })).await.expect("qos");
+    }
+    let options = BasicConsumeOptions { no_ack, ..Default::default() };
+    expect_error(text, ch.basic_consume("s".into(), "c".into(), options, args), code, text).await;
+}
+
 #[tokio::test]
 async fn consume_needs_a_prefetch_manual_acks_and_no_global_qos() {
     let broker = Broker::start();
     let conn = connect(&broker).await;
     declare_stream(&channel(&conn).await, "s", &[]).await;
-    let ch = channel(&conn).await;
-    expect_error(
-        "consume without qos",
-        ch.basic_consume("s".into(), "c".into(), BasicConsumeOptions::default(), FieldTable::default()),
-        406,
-        "PRECONDITION_FAILED - consumer prefetch count is not set for 'queue 's' in vhost '/''",
-    )
-    .await;
-    let ch = channel(&conn).await;
-    within("qos", ch.basic_qos(10, BasicQosOptions::default())).await.expect("qos");
-    expect_error(
-        "no-ack consume",
-        ch.basic_consume(
-            "s".into(),
-            "c".into(),
-            BasicConsumeOptions { no_ack: true, ..Default::default() },
-            FieldTable::default(),
-        ),
-        540,
-        "NOT_IMPLEMENTED - automatic acknowledgement not supported by stream queues queue 's' in vhost '/'",
-    )
-    .await;
-    let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
-    within("qos", ch.basic_qos(10, BasicQosOptions::default())).await.expect("qos");
-    within("global qos", ch.basic_qos(10, BasicQosOptions { global: true })).await.expect("qos");
-    expect_error(
-        "consume under a global qos",
-        ch.basic_consume("s".into(), "c".into(), BasicConsumeOptions::default(), FieldTable::default()),
-        540,
-        "NOT_IMPLEMENTED - queue 's' in vhost '/' does not support global qos",
-    )
-    .await;
-    let conn = connect(&broker).await;
-    let ch = channel(&conn).await;
-    within("qos", ch.basic_qos(10, BasicQosOptions::default())).await.expect("qos");
-    expect_error(
-        "a bad offset",
-        ch.basic_consume("s".into(), "c".into(), BasicConsumeOptions::default(), offset_arg(long_string("soon"))),
-        406,
-        "PRECONDITION_FAILED - invalid arg 'x-stream-offset' for queue 's' in vhost '/': invalid offset 'soon'",
-    )
-    .await;
+    let none = FieldTable::default;
+    let text = "PRECONDITION_FAILED - consumer prefetch count is not set for 'queue 's' in vhost '/''";
+    consume_refused(&broker, (0, 0), false, none(), 406, text).await;
+    let text = "NOT_IMPLEMENTED - automatic acknowledgement not supported by stream queues queue 's' in vhost '/'";
+    consume_refused(&broker, (10, 0), true, none(), 540, text).await;
+    let text = "NOT_IMPLEMENTED - queue 's' in vhost '/' does not support global qos";
+    consume_refused(&broker, (10, 10), false, none(), 540, text).await;
+    let text = "PRECONDITION_FAILED - invalid arg 'x-stream-offset' for queue 's' in vhost '/': invalid offset 'soon'";
+    consume_refused(&broker, (10, 0), false, offset_arg(long_string("soon")), 406, text).await;
 }
 
 // ---- consuming -------------------------------------------------------------------
@@ -677,4 +659,18 @@ async fn the_http_api_shows_a_streams_offsets_and_its_consumers_positions() {
     let consumers = common::http::get(api, "/api/consumers", guest).await.json();
     let reader = consumers.as_array().and_then(|a| a.iter().find(|c| c["consumer_tag"] == "reader")).cloned();
     assert_eq!(reader.map(|c| c["offset"].clone()), Some(serde_json::json!(3)));
+}
+
+#[tokio::test]
+async fn warrenctl_refuses_to_purge_a_stream() {
+    let broker = Broker::start();
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    declare_stream(&ch, "s", &[]).await;
+    publish_all(&ch, "s", &numbered("m", 2), None).await;
+    let out = broker.warrenctl(&["purge_queue", "s"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("queue.purge not supported by stream queues queue 's' in vhost '/'"), "{stderr}");
+    assert_eq!(stream_span(&broker, "s"), (0, 1, 2));
 }

@@ -196,14 +196,17 @@ pub fn execute(broker: &Broker, req: &Request) -> Response {
         }
         "purge_queue" | "delete_queue" => {
             let Some(name) = req.name.as_deref() else { return fail(format!("{} needs a queue name", req.command)) };
+            let not_found = || format!("queue '{name}' in vhost '{vhost}' not found");
             let result = if req.command == "purge_queue" {
-                broker.admin_purge(vhost, name)
+                broker.admin_purge(vhost, name).map_err(|e| {
+                    if e.code == crate::protocol::reply::NOT_FOUND { not_found() } else { e.text }
+                })
             } else {
-                broker.admin_delete(vhost, name)
+                broker.admin_delete(vhost, name).ok_or_else(not_found)
             };
             match result {
-                Some(count) => ok(rows([json!({"name": name, "messages": count})])),
-                None => fail(format!("queue '{name}' in vhost '{vhost}' not found")),
+                Ok(count) => ok(rows([json!({"name": name, "messages": count})])),
+                Err(error) => fail(error),
             }
         }
         other => fail(format!("unknown command '{other}'")),

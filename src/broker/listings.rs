@@ -213,11 +213,17 @@ impl Broker {
         rows
     }
 
-    /// Admin purge: ready messages of any queue, exclusive or not.
-    pub fn admin_purge(&self, vhost: &str, name: &str) -> Option<usize> {
+    /// Admin purge: ready messages of any queue, exclusive or not (a
+    /// stream cannot be purged, as in RabbitMQ).
+    pub fn admin_purge(&self, vhost: &str, name: &str) -> Result<usize> {
         let mut st = self.state.lock();
-        let q = st.queue_mut(vhost, name)?;
-        purge_queue(q, &self.store).ok()
+        let q = st.queue_mut(vhost, name).ok_or_else(|| no_queue(vhost, name))?;
+        if q.stream.is_some() {
+            return Err(AmqpError::not_implemented(format!(
+                "queue.purge not supported by stream queues queue '{name}' in vhost '{vhost}'"
+            )));
+        }
+        purge_queue(q, &self.store)
     }
 
     /// Admin delete: like queue.delete without the ownership check.

@@ -164,7 +164,10 @@ async fn purge_queue(
     caller.require_vhost(&api, &vhost)?;
     caller.require(&api, &vhost, Access::Read, ResourceKind::Queue, &name)?;
     check_not_exclusive(&api, &vhost, &name)?;
-    api.broker.admin_purge(&vhost, &name).ok_or_else(ApiError::not_found)?;
+    api.broker.admin_purge(&vhost, &name).map_err(|e| match e.code {
+        crate::protocol::reply::NOT_FOUND => ApiError::not_found(),
+        _ => e.into(),
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
