@@ -17,6 +17,7 @@
 # Only the processes it started are stopped, by PID.
 #
 # Environment (defaults): N=300000 SIZE=1024 READERS=10 S1_SECONDS=10
+#   WARREN=target/release/warren (the broker binary: another build to compare)
 #   OUT_DIR=target/bench-results/stream-replay-<date>
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,12 +27,13 @@ mkdir -p "$OUT_DIR"
 cargo build --release -q -p warren-loadgen --bin warren-loadgen
 cargo build --release -q -p warren --bin warren
 LOADGEN=target/release/warren-loadgen
+WARREN=${WARREN:-target/release/warren}
 scratch=$(mktemp -d /tmp/warren-replay.XXXXXX)
 pid=""
 cleanup() { [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null; rm -rf "$scratch"; }
 trap cleanup EXIT
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-target/release/warren --bind 127.0.0.1 --port "$port" --management-port 0 --prometheus-port 0 \
+"$WARREN" --bind 127.0.0.1 --port "$port" --management-port 0 --prometheus-port 0 \
     --data-dir "$scratch/data" >"$OUT_DIR/warren.log" 2>&1 &
 pid=$!
 for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done

@@ -411,7 +411,7 @@ pub(super) fn read_ahead(q: &mut Queue, loader: &loader::Loader) {
             queue: q.name.clone(),
             incarnation: q.incarnation,
             items,
-            consumer: None,
+            stream: false,
         });
     }
 }

@@ -34,9 +34,9 @@ pub struct LoadRequest {
     pub incarnation: u64,
     /// (seq or stream offset, store id) each.
     pub items: Vec<(u64, u64)>,
-    /// For a stream consumer (connection, channel, tag): the bodies go to
-    /// its cursor rather than to the queue's entries.
-    pub consumer: Option<(u64, u16, Arc<str>)>,
+    /// For a stream: the items are (offset, store id) and the bodies are
+    /// kept for all of its readers.
+    pub stream: bool,
 }
 
 /// Where queues send their requests.
@@ -87,7 +87,7 @@ fn run(inbox: Receiver<LoadRequest>, state: &Mutex<State>, store: &LogStore) {
         let read: Vec<_> =
             request.items.iter().zip(store.read_many(&ids)).map(|((seq, id), result)| (*seq, *id, result)).collect();
         let mut st = state.lock();
-        if request.consumer.is_some() {
+        if request.stream {
             st.stream_loaded(&request, read, store);
             continue;
         }

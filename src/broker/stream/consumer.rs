@@ -3,7 +3,6 @@
 //! keeps its offset (`x-stream-automatic-offset-tracking`, or an
 //! `x-stream-offset` of void, as LavinMQ), and its cursor.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::super::arguments::parse_max_age;
@@ -115,12 +114,8 @@ pub struct StreamCursor {
     pub match_unfiltered: bool,
     /// The tag its offset is tracked under, when the broker tracks it.
     pub tracking: Option<Arc<str>>,
-    /// Bodies read back from the log for it, in offset order.
-    pub loaded: VecDeque<(u64, Arc<Message>)>,
-    /// A read from the log is under way for it.
-    pub loading: bool,
-    /// Offsets below this were asked of the loader.
-    pub requested_upto: u64,
+    /// Read-ahead looked at the offsets below this already.
+    pub read_ahead_from: u64,
     /// Messages delivered to it, for listings.
     pub delivered: u64,
 }
@@ -132,21 +127,8 @@ impl StreamCursor {
             filters: args.filters,
             match_unfiltered: args.match_unfiltered,
             tracking,
-            loaded: VecDeque::new(),
-            loading: false,
-            requested_upto: 0,
+            read_ahead_from: next,
             delivered: 0,
-        }
-    }
-
-    /// The body read back for `offset`, if it was; drops older ones.
-    pub fn take_loaded(&mut self, offset: u64) -> Option<Arc<Message>> {
-        while self.loaded.front().is_some_and(|(o, _)| *o < offset) {
-            self.loaded.pop_front();
-        }
-        match self.loaded.front() {
-            Some((o, _)) if *o == offset => self.loaded.pop_front().map(|(_, m)| m),
-            _ => None,
         }
     }
 

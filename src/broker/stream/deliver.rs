@@ -137,9 +137,7 @@ pub(in crate::broker) fn consumer_cursor(
             tracing::error!("stream {}: a tracked offset forgotten in memory only: {e}", rs(q));
         }
     }
-    let mut cursor = Box::new(StreamCursor::new(start, args, tracking));
-    cursor.requested_upto = start;
-    Ok(cursor)
+    Ok(Box::new(StreamCursor::new(start, args, tracking)))
 }
 
 /// The parameter key of a tracked offset: vhost NUL stream NUL consumer tag.
@@ -177,13 +175,15 @@ pub(in crate::broker) fn settled(
 
 impl State {
     /// Hands each consumer of a stream the messages from its cursor on,
-    /// while it has credit and its channel and socket have room.
+    /// while it has credit and its channel and socket have room. Bodies
+    /// not in memory are asked of the loader, once for all readers.
     pub(in crate::broker) fn deliver_stream(&mut self, vhost: &str, queue: &str, store: &LogStore) {
         let State { vhosts, channels, loader, stats, .. } = self;
         let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
         let loader = loader.as_ref().filter(|l| l.is_alive());
-        let Queue { stream, consumers, counters, unacked, name, incarnation, vhost: q_vhost, .. } = q;
+        let Queue { stream, consumers, counters, unacked, name, incarnation, vhost: q_vhost, store_id, .. } = q;
         let Some(stream) = stream.as_deref_mut() else { return };
+        let queue_ref = (&*q_vhost, &*name, *incarnation);
         let mut delivered = 0;
         for consumer in consumers.iter_mut() {
             let Some(cursor) = consumer.stream.as_deref_mut() else { continue };
@@ -194,23 +194,23 @@ impl State {
                     cursor.next = cursor.next.max(stream.next_offset());
                     break;
                 };
-                let offset = entry.offset;
-                let size = entry.size;
-                let message = match cursor.take_loaded(offset) {
-                    Some(m) => m,
-                    None => match &entry.message {
-                        Some(m) => m.clone(),
-                        None if loader.is_some() => break,
-                        None => match store.read(entry.store_id) {
-                            Ok(record) => Arc::new(message_from_record(record)),
-                            Err(e) => {
-                                tracing::error!(
-                                    "stream '{name}' in vhost '{q_vhost}': offset {offset} cannot be read back: {e}"
-                                );
-                                cursor.next = offset + 1;
-                                continue;
-                            }
-                        },
+                let (offset, size) = (entry.offset, entry.size);
+                let message = match &entry.message {
+                    Some(m) => m.clone(),
+                    None if loader.is_some() => {
+                        if !stream.is_loading(offset)
+                            && let Some(loader) = loader
+                        {
+                            request(stream, offset, loader, queue_ref);
+                        }
+                        break;
+                    }
+                    None => match store.read(entry.store_id) {
+                        Ok(record) => Arc::new(message_from_record(record)),
+                        Err(e) => {
+                            unreadable(stream, (*store_id, offset), store, &e, queue_ref);
+                            continue;
+                        }
                     },
                 };
                 cursor.next = offset + 1;
@@ -251,44 +251,36 @@ impl State {
                 });
             }
             if let Some(loader) = loader {
-                read_ahead(
-                    stream,
-                    cursor,
-                    loader,
-                    (q_vhost, name, *incarnation),
-                    (consumer.connection.id, consumer.channel, &consumer.tag),
-                );
+                read_ahead(stream, cursor, loader, queue_ref);
             }
         }
+        // Bodies read back that every reader is past go; the rest stay
+        // within a budget that grows with the readers.
+        let needed_from = consumers.iter().filter_map(|c| c.stream.as_ref()).map(|c| c.next).min();
+        let readers = consumers.iter().filter(|c| c.stream.is_some()).count().max(1);
+        stream.evict_warm(needed_from.unwrap_or(u64::MAX), readers * super::WARM_BYTES_PER_READER);
         GlobalStats::add(&stats.delivered_consume_manual_ack, delivered);
     }
 
-    /// Bodies the loader read for a stream consumer: kept in its cursor,
-    /// then delivered.
+    /// Bodies the loader read back for a stream: they go to the stream's
+    /// entries, for every reader, and the readers go on.
     pub(in crate::broker) fn stream_loaded(
         &mut self,
         request: &LoadRequest,
         read: Vec<(u64, u64, std::result::Result<MessageRecord, StoreError>)>,
         store: &LogStore,
     ) {
-        let Some((conn, channel, tag)) = &request.consumer else { return };
         let Some(q) = self.queue_of(&request.vhost, &request.queue, request.incarnation) else { return };
-        let Some(cursor) = q.consumer_mut(tag, *conn, *channel).and_then(|c| c.stream.as_deref_mut()) else { return };
-        cursor.loading = false;
+        let Queue { stream, vhost, name, incarnation, store_id, .. } = q;
+        let (store_id, queue_ref) = (*store_id, (&*vhost, &*name, *incarnation));
+        let Some(stream) = stream.as_deref_mut() else { return };
+        if let Some((first, _)) = request.items.first() {
+            stream.end_load(*first);
+        }
         for (offset, _, result) in read {
             match result {
-                Ok(record) if offset >= cursor.next => {
-                    cursor.loaded.push_back((offset, Arc::new(message_from_record(record))))
-                }
-                Ok(_) => {}
-                // Retention dropped it meanwhile, or the disk failed (the
-                // log reported that): the consumer moves past it.
-                Err(e) => {
-                    tracing::debug!("stream '{}': offset {offset} not read back: {e}", request.queue);
-                    if cursor.next == offset {
-                        cursor.next = offset + 1;
-                    }
-                }
+                Ok(record) => stream.attach(offset, Arc::new(message_from_record(record))),
+                Err(e) => unreadable(stream, (store_id, offset), store, &e, queue_ref),
             }
         }
         self.deliver_stream(&request.vhost, &request.queue, store);
@@ -307,27 +299,65 @@ impl State {
     }
 }
 
-/// Asks the loader for the bodies the consumer reads next, when few of
-/// those it holds are left.
-fn read_ahead(
-    stream: &super::Stream,
-    cursor: &mut StreamCursor,
-    loader: &loader::Loader,
-    (vhost, queue, incarnation): (&Arc<str>, &Arc<str>, u64),
-    (conn, channel, tag): (u64, u16, &Arc<str>),
-) {
-    if cursor.loading || cursor.loaded.len() >= loader::WARM_ENOUGH / 2 {
+/// Which queue a read is for: vhost, name, incarnation.
+type QueueRef<'a> = (&'a Arc<str>, &'a Arc<str>, u64);
+
+/// Asks the loader for the bodies from `offset` on (a batch not being read).
+fn request(stream: &mut super::Stream, offset: u64, loader: &loader::Loader, (vhost, queue, incarnation): QueueRef) {
+    let items = stream.start_load(offset, loader::LOAD_BATCH, loader::LOAD_BATCH_BYTES);
+    let Some(&(first, _)) = items.first() else { return };
+    let sent =
+        loader.request(LoadRequest { vhost: vhost.clone(), queue: queue.clone(), incarnation, items, stream: true });
+    if !sent {
+        stream.end_load(first);
+    }
+}
+
+/// Reads ahead of a reader: the first body within the next
+/// [`loader::WARM_ENOUGH`] messages that is neither in memory nor being read
+/// is asked for, so the reader does not wait for it.
+fn read_ahead(stream: &mut super::Stream, cursor: &mut StreamCursor, loader: &loader::Loader, queue: QueueRef) {
+    let horizon = cursor.next.saturating_add(loader::WARM_ENOUGH as u64);
+    let from = cursor.read_ahead_from.max(cursor.next);
+    if from >= horizon {
         return;
     }
-    let from = cursor.loaded.back().map_or(cursor.next, |(o, _)| o + 1).max(cursor.next);
-    let items = stream.cold_from(from, loader::LOAD_BATCH, loader::LOAD_BATCH_BYTES);
-    let Some(last) = items.last() else { return };
-    cursor.requested_upto = last.0 + 1;
-    cursor.loading = loader.request(LoadRequest {
-        vhost: vhost.clone(),
-        queue: queue.clone(),
-        incarnation,
-        items,
-        consumer: Some((conn, channel, tag.clone())),
-    });
+    let mut wanted = None;
+    let mut upto = horizon.min(stream.next_offset());
+    for e in stream.entries_from(from) {
+        if e.offset >= horizon {
+            break;
+        }
+        if e.message.is_none() {
+            if !stream.is_loading(e.offset) {
+                wanted = Some(e.offset);
+            }
+            upto = e.offset;
+            break;
+        }
+    }
+    cursor.read_ahead_from = upto;
+    if let Some(offset) = wanted {
+        request(stream, offset, loader, queue);
+    }
+}
+
+/// A stream message the log cannot give back: reported and taken out of
+/// the stream (and the log), so that no reader waits for it.
+fn unreadable(
+    stream: &mut super::Stream,
+    (qid, offset): (Option<u32>, u64),
+    store: &LogStore,
+    e: &StoreError,
+    (vhost, queue, _): QueueRef,
+) {
+    if let Some(id) = stream.forget(offset) {
+        tracing::error!(
+            "stream '{queue}' in vhost '{vhost}': offset {offset} cannot be read back from the log, dropping it: {e}"
+        );
+        if let Some(qid) = qid {
+            // A failure here is the log's own, already reported.
+            let _ = store.ack(qid, &[id]);
+        }
+    }
 }

@@ -12,7 +12,9 @@
 //! other dead record (and copies forward what retention still keeps).
 //!
 //! This module owns a stream's index ([`Stream`]: offset, log id, size and
-//! publish time of every retained message, bodies only for the newest);
+//! publish time of every retained message, bodies only for the newest and
+//! for those read back from the log, shared by all readers, within a
+//! budget);
 //! `consumer` owns consumer cursors and the consume arguments (offset
 //! specs, filters, server-side offset tracking); `deliver` publishing into
 //! a stream, delivery to its consumers, acks and retention.
@@ -36,6 +38,10 @@ pub const STREAM_HOT_WINDOW: usize = 512;
 
 /// Retention applies at least this often to streams with an `x-max-age`.
 pub const AGE_CHECK_MS: u64 = 1_000;
+
+/// Bodies read back from the log that a stream keeps for its readers, per
+/// reader: readers near each other share them, each may be a read ahead.
+pub const WARM_BYTES_PER_READER: usize = 2 * super::loader::LOAD_BATCH_BYTES;
 
 /// One retained message of a stream.
 #[derive(Debug, Clone)]
@@ -63,8 +69,15 @@ pub struct Stream {
     bytes: u64,
     /// Log bytes of the retained messages' records.
     record_bytes: u64,
-    /// Entries below this index hold no body.
+    /// Entries below this index hold no body, but for those read back
+    /// from the log for readers (`warm`).
     cold_below: usize,
+    /// Offsets (and body sizes) of bodies read back from the log, oldest
+    /// read first: dropped again once no reader needs them or over budget.
+    warm: VecDeque<(u64, u32)>,
+    warm_bytes: usize,
+    /// Offset ranges being read back by the loader.
+    in_flight: Vec<std::ops::Range<u64>>,
     /// Server-side tracked offsets by consumer tag: the next offset that
     /// consumer reads when it comes back.
     pub tracked: HashMap<Arc<str>, u64>,
@@ -131,19 +144,87 @@ impl Stream {
         self.entries.get(self.index_from(offset))
     }
 
-    /// The messages from `offset` on whose bodies are on disk only, as
-    /// (offset, log id), up to `max` messages or `max_bytes` of bodies.
-    pub fn cold_from(&self, offset: u64, max: usize, max_bytes: usize) -> Vec<(u64, u64)> {
+    /// The retained messages from `offset` on.
+    pub fn entries_from(&self, offset: u64) -> impl Iterator<Item = &StreamEntry> {
+        self.entries.range(self.index_from(offset)..)
+    }
+
+    /// Whether the body at `offset` is being read back.
+    pub fn is_loading(&self, offset: u64) -> bool {
+        self.in_flight.iter().any(|r| r.contains(&offset))
+    }
+
+    /// The messages from `offset` on whose bodies are on disk only and not
+    /// being read back, as (offset, log id), up to `max` messages or
+    /// `max_bytes` of bodies; the range is then marked as being read.
+    pub fn start_load(&mut self, offset: u64, max: usize, max_bytes: usize) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         let mut bytes = 0;
         for e in self.entries.range(self.index_from(offset)..) {
-            if e.message.is_some() || out.len() >= max || bytes >= max_bytes {
+            if e.message.is_some() || out.len() >= max || bytes >= max_bytes || self.is_loading(e.offset) {
                 break;
             }
             out.push((e.offset, e.store_id));
             bytes += e.size as usize;
         }
+        if let (Some(first), Some(last)) = (out.first(), out.last()) {
+            self.in_flight.push(first.0..last.0 + 1);
+        }
         out
+    }
+
+    /// A read started at `first` is over (done, or never sent).
+    pub fn end_load(&mut self, first: u64) {
+        self.in_flight.retain(|r| r.start != first);
+    }
+
+    /// Gives a message read back from the log its body, for every reader.
+    pub fn attach(&mut self, offset: u64, message: Arc<Message>) {
+        let index = self.index_from(offset);
+        if let Some(entry) = self.entries.get_mut(index).filter(|e| e.offset == offset && e.message.is_none()) {
+            entry.message = Some(message);
+            self.warm.push_back((offset, entry.size));
+            self.warm_bytes += entry.size as usize;
+        }
+    }
+
+    /// Drops bodies read back that no reader needs any more (below
+    /// `needed_from`), then the oldest ones while over `budget` bytes.
+    pub fn evict_warm(&mut self, needed_from: u64, budget: usize) {
+        while let Some(&(offset, size)) = self.warm.front() {
+            if offset >= needed_from && self.warm_bytes <= budget {
+                break;
+            }
+            self.warm.pop_front();
+            self.warm_bytes -= size as usize;
+            let index = self.index_from(offset);
+            if index < self.cold_below
+                && let Some(entry) = self.entries.get_mut(index).filter(|e| e.offset == offset)
+            {
+                entry.message = None;
+            }
+        }
+    }
+
+    /// Bytes of bodies read back and kept for readers.
+    pub fn warm_bytes(&self) -> usize {
+        self.warm_bytes
+    }
+
+    /// Takes a message out of the stream (one the log cannot give back);
+    /// returns its log id.
+    pub fn forget(&mut self, offset: u64) -> Option<u64> {
+        let index = self.index_from(offset);
+        if self.entries.get(index).is_none_or(|e| e.offset != offset) {
+            return None;
+        }
+        let entry = self.entries.remove(index)?;
+        self.bytes -= entry.size as u64;
+        self.record_bytes -= entry.record_len as u64;
+        if index < self.cold_below {
+            self.cold_below -= 1;
+        }
+        Some(entry.store_id)
     }
 
     /// The first offset whose message was published at or after `ms`
@@ -230,6 +311,49 @@ mod tests {
         s.restore(entry(45, 1, 0));
         assert_eq!((s.first_offset(), s.len(), s.next_offset()), (40, 3, 46));
         assert_eq!(s.entry_from(42).map(|e| e.offset), Some(45));
-        assert_eq!(s.cold_from(41, 10, 1 << 20), vec![(41, 141), (45, 145)]);
+        assert_eq!(s.start_load(41, 10, 1 << 20), vec![(41, 141), (45, 145)]);
+    }
+
+    fn body(n: usize) -> Arc<Message> {
+        Arc::new(Message {
+            exchange: String::new(),
+            routing_key: String::new(),
+            properties: bytes::Bytes::new(),
+            body: bytes::Bytes::from(vec![0u8; n]),
+            persistent: true,
+            expiration_ms: None,
+            priority: 0,
+        })
+    }
+
+    #[test]
+    fn reads_are_shared_marked_in_flight_and_evicted() {
+        let mut s = Stream::default();
+        for i in 0..10 {
+            s.restore(entry(i, 100, 0));
+        }
+        // One read covers 0..4; another reader at 2 asks for nothing more
+        // until it is back; a reader at 6 gets its own.
+        assert_eq!(s.start_load(0, 4, 1 << 20).len(), 4);
+        assert!(s.is_loading(2) && !s.is_loading(4));
+        assert!(s.start_load(2, 4, 1 << 20).is_empty());
+        assert_eq!(s.start_load(6, 10, 1 << 20), vec![(6, 106), (7, 107), (8, 108), (9, 109)]);
+        for i in 0..4 {
+            s.attach(i, body(100));
+        }
+        s.end_load(0);
+        assert!(!s.is_loading(2));
+        assert!(s.entry_from(3).is_some_and(|e| e.message.is_some()));
+        assert_eq!(s.warm_bytes(), 400);
+        // Below every reader: dropped; over budget: the oldest read goes.
+        s.evict_warm(2, 1 << 20);
+        assert_eq!(s.warm_bytes(), 200);
+        assert!(s.entry_from(1).is_some_and(|e| e.message.is_none()));
+        assert!(s.entry_from(2).is_some_and(|e| e.message.is_some()));
+        s.evict_warm(0, 100);
+        assert_eq!(s.warm_bytes(), 100);
+        assert!(s.entry_from(2).is_some_and(|e| e.message.is_none()));
+        assert_eq!(s.forget(3), Some(103));
+        assert_eq!((s.len(), s.entry_from(3).map(|e| e.offset)), (9, Some(4)));
     }
 }
