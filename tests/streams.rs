@@ -534,6 +534,9 @@ async fn a_cold_stream_is_read_from_disk_in_order_after_kill_9() {
     // Two readers from the start and a classic consumer at once.
     let (_a, mut one) = stream_consumer(&conn, "s", "one", 200, offset_arg(long_string("first"))).await;
     let (_b, mut two) = stream_consumer(&conn, "s", "two", 7, offset_arg(AMQPValue::LongLongInt(1500))).await;
+    // A third reader from the start, one message at a time: it shares what
+    // the first one has read back, or reads it again once dropped.
+    let (_c, mut three) = stream_consumer(&conn, "s", "three", 1, offset_arg(long_string("first"))).await;
     let work_ch = channel(&conn).await;
     let mut work = within(
         "consume work",
@@ -553,6 +556,8 @@ async fn a_cold_stream_is_read_from_disk_in_order_after_kill_9() {
     assert!(got.iter().enumerate().all(|(i, (o, b))| *o == i as u64 && *b == body(i)), "every message, in order");
     let got = take_acked(&mut two, 1500).await;
     assert!(got.iter().enumerate().all(|(i, (o, _))| *o == 1500 + i as u64));
+    let got = take_acked(&mut three, 3000).await;
+    assert!(got.iter().enumerate().all(|(i, (o, b))| *o == i as u64 && *b == body(i)), "the third reader too");
     // Offsets go on after the restart.
     let pub_ch = confirm_channel(&conn).await;
     publish_all(&pub_ch, "s", &["after".to_string()], None).await;
