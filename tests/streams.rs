@@ -679,3 +679,52 @@ async fn warrenctl_refuses_to_purge_a_stream() {
     assert!(stderr.contains("queue.purge not supported by stream queues queue 's' in vhost '/'"), "{stderr}");
     assert_eq!(stream_span(&broker, "s"), (0, 1, 2));
 }
+
+#[tokio::test]
+async fn a_vhost_whose_default_queue_type_is_stream() {
+    let broker = Broker::start();
+    for args in [
+        &["add_vhost", "events", "--default-queue-type", "stream"][..],
+        &["set_permissions", "-p", "events", "guest", ".*", ".*", ".*"],
+    ] {
+        let out = broker.warrenctl(args);
+        assert!(out.status.success(), "warrenctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let conn = common::amqp::connect_url(&broker.url().replace("%2f", "events")).await;
+    let ch = confirm_channel(&conn).await;
+    within("declare", ch.queue_declare("audit".into(), durable(), FieldTable::default())).await.expect("declare");
+    within("declare", ch.queue_declare("scratch".into(), QueueDeclareOptions::default(), FieldTable::default()))
+        .await
+        .expect("declare");
+    let server_named =
+        within("declare", ch.queue_declare("".into(), durable(), FieldTable::default())).await.expect("declare");
+    let out = broker.warrenctl(&["-q", "--no-table-headers", "list_queues", "-p", "events", "name", "type"]);
+    let listed = String::from_utf8(out.stdout).expect("utf-8");
+    let mut rows: Vec<&str> = listed.lines().collect();
+    rows.sort();
+    let server_named = format!("{}\tclassic", server_named.name().as_str());
+    let mut expected = vec!["audit\tstream", "scratch\tclassic", server_named.as_str()];
+    expected.sort();
+    assert_eq!(rows, expected);
+    publish_all(&ch, "audit", &numbered("e", 2), None).await;
+    let (_c, mut reader) = stream_consumer(&conn, "audit", "r", 5, offset_arg(long_string("first"))).await;
+    assert_eq!(take_acked(&mut reader, 2).await, vec![(0, "e0".into()), (1, "e1".into())]);
+}
+
+#[tokio::test]
+async fn acks_after_a_cancel_still_move_a_tracked_offset() {
+    let broker = Broker::start();
+    let conn = connect(&broker).await;
+    let pub_ch = confirm_channel(&conn).await;
+    declare_stream(&pub_ch, "s", &[]).await;
+    publish_all(&pub_ch, "s", &numbered("m", 6), None).await;
+    let (ch, mut tracked) = stream_consumer(&conn, "s", "late", 3, offset_arg(AMQPValue::Void)).await;
+    let held = vec![next(&mut tracked).await, next(&mut tracked).await, next(&mut tracked).await];
+    within("cancel", ch.basic_cancel("late".into(), BasicCancelOptions::default())).await.expect("cancel");
+    for d in &held {
+        within("ack", d.ack(BasicAckOptions::default())).await.expect("ack");
+    }
+    within("close", ch.close(200, "bye".into())).await.expect("close");
+    let (_ch, mut again) = stream_consumer(&conn, "s", "late", 3, offset_arg(AMQPValue::Void)).await;
+    assert_eq!(take_acked(&mut again, 1).await, vec![(3, "m3".into())]);
+}

@@ -20,7 +20,8 @@
 //! channels; `routing` exchanges, bindings, routing, alternate exchanges
 //! and CC/BCC; `queues` queue declare, purge, delete and TTL expiry;
 //! [`arguments`] queue and consumer arguments; [`queue`] one queue's
-//! messages (priority levels) and consumers; `publish` publishing;
+//! messages and consumers, `level` one priority level's ready messages
+//! and their page-out; `publish` publishing;
 //! `dead_letter` dead-lettering; `dispatch` consumers (priorities, single
 //! active consumer), qos, get and the drain to consumers; `acks` ack,
 //! nack, reject, recover; `timers` message TTL, queue expiry and consumer
@@ -36,6 +37,7 @@ mod dead_letter;
 mod dispatch;
 pub mod error;
 pub mod exchange;
+mod level;
 mod listings;
 pub mod loader;
 pub mod memory;

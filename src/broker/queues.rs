@@ -162,11 +162,16 @@ impl State {
     fn with_default_queue_type(&self, vhost: &str, m: &QueueDeclare) -> FieldTable {
         let default = self.vhosts.get(vhost).and_then(|v| v.info.default_queue_type.as_deref());
         match default.and_then(QueueType::parse) {
-            Some(QueueType::Quorum)
-                if m.arguments.get("x-queue-type").is_none() && m.durable && !m.exclusive && !m.auto_delete =>
+            Some(kind @ (QueueType::Quorum | QueueType::Stream))
+                if m.arguments.get("x-queue-type").is_none()
+                    && m.durable
+                    && !m.exclusive
+                    && !m.auto_delete
+                    // A stream is never server-named.
+                    && (kind == QueueType::Quorum || !m.queue.is_empty()) =>
             {
                 let mut arguments = m.arguments.clone();
-                arguments.insert("x-queue-type", crate::protocol::FieldValue::string("quorum"));
+                arguments.insert("x-queue-type", crate::protocol::FieldValue::string(kind.as_str()));
                 arguments
             }
             _ => m.arguments.clone(),

@@ -128,8 +128,10 @@ pub(in crate::broker) fn consumer_cursor(
         Some(next) => (*next).clamp(stream.first_offset(), stream.next_offset()),
         None => args.start.resolve(stream),
     };
-    if tracking.is_none()
-        && let Some((_, tag)) = key
+    if let Some(tag) = &tracking {
+        // Known from now on, so that acks after a cancel still count.
+        stream.tracked.entry(tag.clone()).or_insert(start);
+    } else if let Some((_, tag)) = key
         && stream.tracked.remove(tag).is_some()
     {
         let record = Record::ParameterDelete { kind: ParameterKind::StreamOffset, key: tracked_key(q, tag) };
@@ -156,9 +158,15 @@ pub(in crate::broker) fn settled(
     ack: bool,
     store: &LogStore,
 ) {
-    let Some(c) = q.consumer_mut(tag, conn, channel) else { return };
-    c.unacked = c.unacked.saturating_sub(1);
-    let Some(tracking) = c.stream.as_ref().and_then(|s| s.tracking.clone()).filter(|_| ack) else { return };
+    let tracking = match q.consumer_mut(tag, conn, channel) {
+        Some(c) => {
+            c.unacked = c.unacked.saturating_sub(1);
+            c.stream.as_ref().and_then(|s| s.tracking.clone())
+        }
+        // Cancelled: an ack of what it was given still moves its offset.
+        None => q.stream.as_ref().and_then(|s| s.tracked.get_key_value(tag)).map(|(tag, _)| tag.clone()),
+    };
+    let Some(tracking) = tracking.filter(|_| ack) else { return };
     let key = tracked_key(q, &tracking);
     let Some(stream) = q.stream.as_deref_mut() else { return };
     let next = stream.tracked.entry(tracking).or_insert(0);
