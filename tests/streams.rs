@@ -728,3 +728,29 @@ async fn acks_after_a_cancel_still_move_a_tracked_offset() {
     let (_ch, mut again) = stream_consumer(&conn, "s", "late", 3, offset_arg(AMQPValue::Void)).await;
     assert_eq!(take_acked(&mut again, 1).await, vec![(3, "m3".into())]);
 }
+
+#[tokio::test]
+async fn readers_get_a_message_only_once_it_is_durable() {
+    // The log syncs at most every 1.5 s: a message published right after a
+    // sync is durable 1.5 s later, and no reader may see it before, or a
+    // crash could give its offset to another message.
+    let scratch = tempfile::tempdir().expect("scratch");
+    let broker = Broker::start_in(&scratch.path().join("data"), &["--fsync", "1500ms"]);
+    let conn = connect(&broker).await;
+    let pub_ch = confirm_channel(&conn).await;
+    declare_stream(&pub_ch, "s", &[]).await;
+    let (_ch, mut reader) = stream_consumer(&conn, "s", "r", 10, FieldTable::default()).await;
+    // Confirmed: a sync just happened.
+    publish_all(&pub_ch, "s", &["a".to_string()], None).await;
+    let published = Instant::now();
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let _unconfirmed =
+        within("publish b", pub_ch.basic_publish("".into(), "s".into(), BasicPublishOptions::default(), b"b", props))
+            .await
+            .expect("publish");
+    assert_eq!(take_acked(&mut reader, 1).await, vec![(0, "a".into())]);
+    assert_eq!(take_acked(&mut reader, 1).await, vec![(1, "b".into())]);
+    let waited = published.elapsed();
+    assert!(waited >= Duration::from_millis(1000), "b was delivered {waited:?} after its publish, before the sync");
+    drop(scratch);
+}

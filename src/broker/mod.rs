@@ -208,6 +208,9 @@ pub struct State {
     stats: Arc<GlobalStats>,
     /// RabbitMQ's `connection_max`: connections accepted at most.
     connection_max: Option<usize>,
+    /// Streams whose readers wait for the log to make messages durable
+    /// (see `stream`): drained when it has.
+    durability_waiters: HashSet<(Arc<str>, Arc<str>)>,
 }
 
 /// The result of routing one publish.
@@ -287,6 +290,9 @@ impl Broker {
         }
         if let Err(e) = timers::spawn(Arc::downgrade(&state), store.clone()) {
             tracing::error!("cannot start the timer thread ({e}); TTLs act only when a queue is used");
+        }
+        if let Err(e) = stream::spawn_durability_waker(Arc::downgrade(&state), store.clone()) {
+            tracing::error!("cannot start the stream thread ({e}); stream readers wait for the next publish or ack");
         }
         let access = Arc::new(crate::access::AccessControl::new(store.clone()));
         let snapshot = Arc::new(RwLock::new(Arc::new(Snapshot::default())));

@@ -298,6 +298,11 @@ impl LogStore {
         self.durable.subscribe()
     }
 
+    /// Everything below this log position is durable.
+    pub fn durable_position(&self) -> u64 {
+        self.durable.borrow().position
+    }
+
     /// Position just past the last appended record: wait for it to be
     /// durable to know that everything appended so far is.
     pub fn appended_position(&self) -> u64 {

@@ -5,7 +5,9 @@
 //! loader for the others; an ack only returns credit (and moves a tracked
 //! offset); retention by age runs on the timer.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 
 use super::super::loader::{self, LoadRequest};
 use super::super::message::{Message, Outgoing};
@@ -51,14 +53,15 @@ pub(in crate::broker) fn publish_to_stream(
         expiration_ms: message.expiration_ms,
         priority: message.priority,
     });
-    stream.push(StreamEntry {
+    let entry = StreamEntry {
         offset,
         store_id: id,
         size: message.body_len() as u32,
         record_len,
         published_ms: wall_ms(),
         message: Some(stored),
-    });
+    };
+    stream.publish(entry, end);
     q.counters.publish += 1;
     apply_retention(q, store, false);
     if let Some(stream) = q.stream.as_deref_mut() {
@@ -186,12 +189,14 @@ impl State {
     /// while it has credit and its channel and socket have room. Bodies
     /// not in memory are asked of the loader, once for all readers.
     pub(in crate::broker) fn deliver_stream(&mut self, vhost: &str, queue: &str, store: &LogStore) {
-        let State { vhosts, channels, loader, stats, .. } = self;
+        let State { vhosts, channels, loader, stats, durability_waiters, .. } = self;
         let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
         let loader = loader.as_ref().filter(|l| l.is_alive());
         let Queue { stream, consumers, counters, unacked, name, incarnation, vhost: q_vhost, store_id, .. } = q;
         let Some(stream) = stream.as_deref_mut() else { return };
         let queue_ref = (&*q_vhost, &*name, *incarnation);
+        let durable_below = stream.durable_below(store.durable_position());
+        let mut awaits_durability = false;
         let mut delivered = 0;
         for consumer in consumers.iter_mut() {
             let Some(cursor) = consumer.stream.as_deref_mut() else { continue };
@@ -202,6 +207,11 @@ impl State {
                     cursor.next = cursor.next.max(stream.next_offset());
                     break;
                 };
+                if entry.offset >= durable_below {
+                    // Not on disk yet: it goes out once it is.
+                    awaits_durability = true;
+                    break;
+                }
                 let (offset, size) = (entry.offset, entry.size);
                 let message = match &entry.message {
                     Some(m) => m.clone(),
@@ -268,6 +278,9 @@ impl State {
         let readers = consumers.iter().filter(|c| c.stream.is_some()).count().max(1);
         stream.evict_warm(needed_from.unwrap_or(u64::MAX), readers * super::WARM_BYTES_PER_READER);
         GlobalStats::add(&stats.delivered_consume_manual_ack, delivered);
+        if awaits_durability {
+            durability_waiters.insert((q_vhost.clone(), name.clone()));
+        }
     }
 
     /// Bodies the loader read back for a stream: they go to the stream's
@@ -305,6 +318,25 @@ impl State {
             }
         }
     }
+}
+
+/// Starts the thread that hands stream readers the messages they wait for
+/// as soon as the log has made them durable.
+pub fn spawn_durability_waker(state: Weak<Mutex<State>>, store: Arc<LogStore>) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let mut durability = store.durability();
+    std::thread::Builder::new().name("warren-streams".into()).spawn(move || {
+        runtime.block_on(async move {
+            while durability.changed().await.is_ok() {
+                let Some(state) = state.upgrade() else { return };
+                let mut st = state.lock();
+                for (vhost, queue) in std::mem::take(&mut st.durability_waiters) {
+                    st.deliver_stream(&vhost, &queue, &store);
+                }
+            }
+        })
+    })?;
+    Ok(())
 }
 
 /// Which queue a read is for: vhost, name, incarnation.

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 pub use consumer::{StartAt, StreamCursor};
 pub use deliver::{STREAM_OFFSET_HEADER, tracked_key};
-pub(super) use deliver::{consumer_cursor, publish_to_stream, settled};
+pub(super) use deliver::{consumer_cursor, publish_to_stream, settled, spawn_durability_waker};
 
 use super::message::Message;
 
@@ -78,6 +78,10 @@ pub struct Stream {
     warm_bytes: usize,
     /// Offset ranges being read back by the loader.
     in_flight: Vec<std::ops::Range<u64>>,
+    /// Messages appended but perhaps not durable yet: (offset, log position
+    /// just past its record). Readers get only durable messages, so an
+    /// offset a reader saw is never given to another message after a crash.
+    not_durable: VecDeque<(u64, u64)>,
     /// Server-side tracked offsets by consumer tag: the next offset that
     /// consumer reads when it comes back.
     pub tracked: HashMap<Arc<str>, u64>,
@@ -117,8 +121,23 @@ impl Stream {
         self.entries.back().map(|e| e.offset)
     }
 
-    /// Appends a message published now at [`Stream::next_offset`].
-    pub fn push(&mut self, entry: StreamEntry) {
+    /// Appends a message published now at [`Stream::next_offset`], durable
+    /// once the log is durable up to `end`.
+    pub fn publish(&mut self, entry: StreamEntry, end: u64) {
+        self.not_durable.push_back((entry.offset, end));
+        self.push(entry);
+    }
+
+    /// The offset below which messages are durable, the log being durable
+    /// up to position `durable`.
+    pub fn durable_below(&mut self, durable: u64) -> u64 {
+        while self.not_durable.front().is_some_and(|(_, end)| *end <= durable) {
+            self.not_durable.pop_front();
+        }
+        self.not_durable.front().map_or(self.next_offset, |(offset, _)| *offset)
+    }
+
+    fn push(&mut self, entry: StreamEntry) {
         self.next_offset = entry.offset + 1;
         self.bytes += entry.size as u64;
         self.record_bytes += entry.record_len as u64;
@@ -127,7 +146,8 @@ impl Stream {
 
     /// Puts back a message replay found; messages come in offset order.
     pub fn restore(&mut self, entry: StreamEntry) {
-        if self.entries.back().is_some_and(|last| last.offset >= entry.offset) {
+        // Offsets only grow, and the next one must exist.
+        if self.entries.back().is_some_and(|last| last.offset >= entry.offset) || entry.offset == u64::MAX {
             return;
         }
         self.cold_below = self.entries.len() + 1;
@@ -288,7 +308,7 @@ mod tests {
     fn offsets_retention_and_time_lookup() {
         let mut s = Stream::default();
         for i in 0..10 {
-            s.push(entry(i, 100, 1_000 + i * 10));
+            s.publish(entry(i, 100, 1_000 + i * 10), 0);
         }
         assert_eq!((s.first_offset(), s.last_offset(), s.next_offset()), (0, Some(9), 10));
         assert_eq!(s.offset_at_time(1_035), 4);
