@@ -262,8 +262,41 @@ async fn consume_needs_a_prefetch_manual_acks_and_no_global_qos() {
     consume_refused(&broker, (10, 0), true, none(), 540, text).await;
     let text = "NOT_IMPLEMENTED - queue 's' in vhost '/' does not support global qos";
     consume_refused(&broker, (10, 10), false, none(), 540, text).await;
-    let text = "PRECONDITION_FAILED - invalid arg 'x-stream-offset' for queue 's' in vhost '/': invalid offset 'soon'";
+    let text = "PRECONDITION_FAILED - invalid arg 'x-stream-offset' for queue 's' in vhost '/': {invalid_stream_offset_arg,{longstr,<<\"soon\">>}}";
     consume_refused(&broker, (10, 0), false, offset_arg(long_string("soon")), 406, text).await;
+    // Checked before the prefetch, as RabbitMQ does.
+    consume_refused(&broker, (0, 0), false, offset_arg(long_string("soon")), 406, text).await;
+    let text =
+        "PRECONDITION_FAILED - invalid arg 'x-priority' for queue 's' in vhost '/' of queue type rabbit_stream_queue";
+    consume_refused(&broker, (10, 0), false, table(&[("x-priority", AMQPValue::LongInt(5))]), 406, text).await;
+    // A stream's consumer argument on a classic queue is refused too.
+    let ch = channel(&conn).await;
+    within("declare", ch.queue_declare("classic".into(), durable(), FieldTable::default())).await.expect("declare");
+    let text = "PRECONDITION_FAILED - invalid arg 'x-stream-offset' for queue 'classic' in vhost '/' of queue type rabbit_classic_queue";
+    let consume = ch.basic_consume(
+        "classic".into(),
+        "c".into(),
+        BasicConsumeOptions::default(),
+        offset_arg(long_string("first")),
+    );
+    expect_error("x-stream-offset on a classic queue", consume, 406, text).await;
+    // Exclusive is only noted: other readers still read (RabbitMQ 3.13).
+    let conn = connect(&broker).await;
+    let (_a, _exclusive) = {
+        let ch = channel(&conn).await;
+        within("qos", ch.basic_qos(5, BasicQosOptions::default())).await.expect("qos");
+        let options = BasicConsumeOptions { exclusive: true, ..Default::default() };
+        let c = within("consume", ch.basic_consume("s".into(), "x".into(), options, FieldTable::default())).await;
+        (ch, c.expect("exclusive consume"))
+    };
+    let _other = stream_consumer(&conn, "s", "y", 5, FieldTable::default()).await;
+    // queue.delete with if-empty deletes a stream that is not empty, as RabbitMQ.
+    let ch = confirm_channel(&conn).await;
+    declare_stream(&ch, "full", &[]).await;
+    publish_all(&ch, "full", &numbered("m", 2), None).await;
+    let options = QueueDeleteOptions { if_empty: true, if_unused: true, ..Default::default() };
+    let deleted = within("delete", ch.queue_delete("full".into(), options)).await.expect("delete if-empty");
+    assert_eq!(deleted, 2);
 }
 
 // ---- consuming -------------------------------------------------------------------
@@ -436,12 +469,13 @@ async fn tracked_offsets_resume_after_acks_and_survive_kill_9() {
     assert_eq!(take_acked(&mut tracked, 1).await, vec![(5, "m5".into())], "resumes after its last ack, after kill -9");
     let (_ch2, mut auto_tracked) = stream_consumer(&conn, "s", "auto", 1, auto).await;
     assert_eq!(take_acked(&mut auto_tracked, 1).await, vec![(8, "m8".into())]);
-    // Without tracking, an explicit offset wins and the tracked one is forgotten.
+    // Without tracking, an explicit offset wins; its acks leave the
+    // tracked offset alone (as LavinMQ).
     let (ch3, mut explicit) = stream_consumer(&conn, "s", "reader", 1, offset_arg(long_string("first"))).await;
     assert_eq!(take_acked(&mut explicit, 1).await[0].0, 0);
     within("close", ch3.close(200, "bye".into())).await.expect("close");
     let (_ch4, mut again) = stream_consumer(&conn, "s", "reader", 1, void()).await;
-    assert_eq!(take_acked(&mut again, 1).await[0].0, 0, "tracking starts over from the start");
+    assert_eq!(take_acked(&mut again, 1).await[0].0, 6, "tracking resumes where it was");
     drop(scratch);
 }
 

@@ -76,6 +76,8 @@ impl Broker {
         let mut tombstones: Vec<(u32, Vec<u64>)> = Vec::new();
         let mut departed: Vec<Departed> = Vec::new();
         let mut acked = 0;
+        // Tracked stream offsets to move: (stream, tag, highest acked).
+        let mut tracks: Vec<(Arc<str>, Arc<str>, u64)> = Vec::new();
         let Some(v) = vhosts.get_mut(&vhost) else { return Ok(()) };
         for u in settled {
             let Some(q) = v.queues.get_mut(&u.queue).filter(|q| q.incarnation == u.incarnation) else { continue };
@@ -83,8 +85,14 @@ impl Broker {
             if q.stream.is_some() {
                 // A stream keeps the message whatever the client says:
                 // the consumer gets its credit back, a tracked offset moves.
-                if let Some(tag) = &u.consumer_tag {
-                    stream::settled(q, (conn, channel), tag, u.entry.seq, how == Settle::Ack, &self.store);
+                if let Some(tag) = &u.consumer_tag
+                    && let Some(tracked) = stream::settled(q, (conn, channel), tag, how == Settle::Ack)
+                {
+                    let offset = u.entry.seq;
+                    match tracks.iter_mut().find(|(s, t, _)| *s == u.queue && *t == tracked) {
+                        Some(entry) => entry.2 = entry.2.max(offset),
+                        None => tracks.push((u.queue.clone(), tracked, offset)),
+                    }
                 }
                 if how == Settle::Ack {
                     q.counters.ack += 1;
@@ -125,6 +133,11 @@ impl Broker {
                         }
                     }
                 }
+            }
+        }
+        for (queue, tag, offset) in tracks {
+            if let Some(q) = v.queues.get_mut(&queue) {
+                stream::track(q, tag, offset, &self.store);
             }
         }
         GlobalStats::add(&self.stats.acknowledged, acked);

@@ -98,6 +98,34 @@ impl QueueType {
     }
 }
 
+/// Every basic.consume argument some queue type takes (RabbitMQ 3.13): one
+/// that belongs to another queue type is refused.
+const ALL_CONSUMER_ARGUMENTS: &[&str] = &["x-cancel-on-ha-failover", "x-priority", "x-credit", "x-stream-offset"];
+
+impl QueueType {
+    fn consumer_arguments(self) -> &'static [&'static str] {
+        match self {
+            QueueType::Classic => &["x-cancel-on-ha-failover", "x-priority", "x-credit"],
+            QueueType::Quorum => &["x-priority", "x-credit"],
+            QueueType::Stream => &["x-stream-offset", "x-credit"],
+        }
+    }
+}
+
+/// Refuses a basic.consume argument of another queue type, as RabbitMQ
+/// does (406 `invalid arg 'x-priority' for queue 's' in vhost '/' of queue
+/// type rabbit_stream_queue`).
+pub fn check_consume_keys(kind: QueueType, args: &FieldTable, queue: &str, vhost: &str) -> Result<()> {
+    let own = kind.consumer_arguments();
+    match args.iter().map(|(key, _)| key).find(|key| ALL_CONSUMER_ARGUMENTS.contains(key) && !own.contains(key)) {
+        Some(key) => Err(AmqpError::precondition(format!(
+            "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}' of queue type {}",
+            kind.module()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Every queue argument some queue type takes (streams' included, so that
 /// a stream argument on a classic queue is refused as RabbitMQ does).
 const ALL_QUEUE_ARGUMENTS: &[&str] = &[

@@ -99,18 +99,30 @@ impl Broker {
         }
         let q = vhosts.get_mut(&vhost).and_then(|v| v.queues.get_mut(queue)).ok_or_else(|| no_queue(&vhost, queue))?;
         check_owner(q, conn)?;
+        if q.stream.is_some() {
+            // The offset is checked first, as RabbitMQ checks it.
+            stream::consumer::StreamConsumeArgs::parse(arguments, queue, &vhost, crate::store::wall_ms())?;
+        }
+        arguments::check_consume_keys(q.args.queue_type, arguments, queue, &vhost)?;
         let args = ConsumerArgs::parse(arguments, queue)?;
         let stream = match q.stream.is_some() {
             true => {
                 let client_tag = client_chose_tag.then_some(&tag);
-                Some(stream::consumer_cursor(q, ch, client_tag, no_ack, arguments, &self.store)?)
+                Some(stream::consumer_cursor(q, ch, client_tag, no_ack, arguments)?)
             }
             false => None,
         };
-        if q.has_exclusive_consumer() || (exclusive && !q.consumers.is_empty()) {
+        // A stream only notes `exclusive`, as RabbitMQ's: readers do not
+        // take messages from each other.
+        if q.stream.is_none() && (q.has_exclusive_consumer() || (exclusive && !q.consumers.is_empty())) {
             return Err(AmqpError::access_refused(format!("queue '{queue}' in vhost '{vhost}' in exclusive use")));
         }
         let active = !q.args.single_active_consumer || q.consumers.is_empty();
+        if let (Some(cursor), Some(s)) = (&stream, q.stream.as_deref_mut())
+            && let Some(tag) = &cursor.tracking
+        {
+            s.tracking_tags.insert(tag.clone());
+        }
         q.consumers.push_back(Consumer {
             tag: tag.clone(),
             connection: handle.clone(),

@@ -244,8 +244,7 @@ fn queue_row(q: &Queue) -> QueueRow {
         exclusive: q.exclusive_owner.is_some(),
         messages_ready: q.ready_count(),
         messages_unacknowledged: q.unacked,
-        // A stream's unacknowledged messages are still in it.
-        messages: if q.stream.is_some() { q.ready_count() } else { q.ready_count() + q.unacked },
+        messages: q.message_count(),
         message_bytes_ready: q.ready_bytes(),
         consumers: q.consumers.len(),
         arguments: format_table(&q.arguments),

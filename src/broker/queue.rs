@@ -172,6 +172,12 @@ impl Queue {
         self.store_id.unwrap_or(SPILL_QUEUE)
     }
 
+    /// Messages in the queue, ready or unacknowledged (a stream's
+    /// unacknowledged messages are among those it retains).
+    pub fn message_count(&self) -> usize {
+        if self.stream.is_some() { self.ready_count() } else { self.ready_count() + self.unacked }
+    }
+
     /// Messages ready for delivery (a stream's: every retained message).
     pub fn ready_count(&self) -> usize {
         self.ready_len + self.stream.as_ref().map_or(0, |s| s.len())

@@ -142,6 +142,8 @@ impl Broker {
             return Ok((0, Vec::new()));
         };
         check_owner(q, conn)?;
+        // As RabbitMQ, a stream is deleted whatever if-unused and if-empty say.
+        let (if_unused, if_empty) = if q.stream.is_some() { (false, false) } else { (if_unused, if_empty) };
         if if_unused && !q.consumers.is_empty() {
             return Err(AmqpError::precondition(format!("queue '{name}' in vhost '{vhost}' in use")));
         }

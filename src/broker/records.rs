@@ -108,8 +108,8 @@ impl Broker {
             if *kind != ParameterKind::StreamOffset {
                 continue;
             }
-            let mut parts = key.splitn(3, '\0');
-            let (Some(vhost), Some(queue), Some(tag)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            let Ok([vhost, queue, tag]) = serde_json::from_str::<[String; 3]>(key) else { continue };
+            let (vhost, queue, tag) = (vhost.as_str(), queue.as_str(), tag.as_str());
             let offset = serde_json::from_slice::<serde_json::Value>(value)
                 .ok()
                 .and_then(|v| v.get("offset").and_then(serde_json::Value::as_u64));

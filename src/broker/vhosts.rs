@@ -289,7 +289,7 @@ impl Broker {
                 queues: v.queues.len(),
                 exchanges: v.exchanges.len(),
                 connections: st.connections.values().filter(|c| c.vhost == *name).count(),
-                messages: v.queues.values().map(|q| q.ready_count() + q.unacked).sum(),
+                messages: v.queues.values().map(Queue::message_count).sum(),
             })
             .collect();
         rows.sort_by(|a, b| a.info.name.cmp(&b.info.name));

@@ -74,14 +74,15 @@ impl StreamConsumeArgs {
                 Some("next") => (StartAt::Next, false),
                 Some(text) => match parse_max_age(text) {
                     Some(age) => (StartAt::Time(now_ms.saturating_sub(age)), false),
-                    None => return Err(invalid(format!("invalid offset '{text}'"))),
+                    None => return Err(invalid(format!("{{invalid_stream_offset_arg,{{longstr,<<\"{text}\">>}}}}"))),
                 },
-                None => return Err(invalid("invalid offset".into())),
+                None => return Err(invalid("{invalid_stream_offset_arg,{longstr,<<>>}}".into())),
             },
             Some(v) => match v.as_i64() {
                 Some(n) => (StartAt::Offset(n.max(0) as u64), false),
                 None => {
-                    return Err(invalid(format!("invalid offset of type {}", super::super::arguments::type_name(v))));
+                    let kind = super::super::arguments::type_name(v);
+                    return Err(invalid(format!("{{invalid_stream_offset_arg,{{{kind},{v:?}}}}}")));
                 }
             },
         };

@@ -98,16 +98,14 @@ pub(in crate::broker) fn apply_retention(q: &mut Queue, store: &LogStore, by_age
 }
 
 /// Checks a basic.consume on a stream as RabbitMQ does and makes the
-/// consumer's cursor. `client_tag` is the tag when the client chose it
-/// (tracking needs one); a tracked offset it no longer asks for is
-/// forgotten.
+/// consumer's cursor (changing nothing). `client_tag` is the tag when the
+/// client chose it (tracking needs one).
 pub(in crate::broker) fn consumer_cursor(
     q: &mut Queue,
     ch: &ChannelState,
     client_tag: Option<&Arc<str>>,
     no_ack: bool,
     arguments: &FieldTable,
-    store: &LogStore,
 ) -> Result<Box<StreamCursor>> {
     if ch.consumer_prefetch == 0 {
         return Err(AmqpError::precondition(format!("consumer prefetch count is not set for '{}'", rs(q))));
@@ -122,57 +120,45 @@ pub(in crate::broker) fn consumer_cursor(
         return Err(AmqpError::not_implemented(format!("{} does not support global qos", rs(q))));
     }
     let args = StreamConsumeArgs::parse(arguments, &q.name, &q.vhost, wall_ms())?;
-    let key = q.store_id.zip(client_tag);
     let Some(stream) = q.stream.as_deref_mut() else {
         return Err(AmqpError::precondition(format!("{} is not a stream", rs(q))));
     };
+    // As LavinMQ: a tracked consumer resumes after its last ack; without
+    // tracking its offset is left alone (and not moved by its acks).
     let tracking = client_tag.filter(|_| args.track).cloned();
     let start = match tracking.as_ref().and_then(|tag| stream.tracked.get(tag)) {
         Some(next) => (*next).clamp(stream.first_offset(), stream.next_offset()),
         None => args.start.resolve(stream),
     };
-    if let Some(tag) = &tracking {
-        // Known from now on, so that acks after a cancel still count.
-        stream.tracked.entry(tag.clone()).or_insert(start);
-    } else if let Some((_, tag)) = key
-        && stream.tracked.remove(tag).is_some()
-    {
-        let record = Record::ParameterDelete { kind: ParameterKind::StreamOffset, key: tracked_key(q, tag) };
-        if let Err(e) = store.define(record) {
-            tracing::error!("stream {}: a tracked offset forgotten in memory only: {e}", rs(q));
-        }
-    }
     Ok(Box::new(StreamCursor::new(start, args, tracking)))
 }
 
-/// The parameter key of a tracked offset: vhost NUL stream NUL consumer tag.
+/// The parameter key of a tracked offset: the JSON array [vhost, stream,
+/// consumer tag] (unambiguous whatever the names hold).
 pub fn tracked_key(q: &Queue, tag: &str) -> String {
-    format!("{}\0{}\0{tag}", q.vhost, q.name)
+    serde_json::json!([&*q.vhost, &*q.name, tag]).to_string()
 }
 
-/// A delivery of a stream was settled: the consumer's credit comes back
-/// and, for an ack of a tracked consumer, its offset moves past it (logged
-/// so that it survives a restart).
-pub(in crate::broker) fn settled(
-    q: &mut Queue,
-    (conn, channel): (u64, u16),
-    tag: &str,
-    offset: u64,
-    ack: bool,
-    store: &LogStore,
-) {
+/// A delivery of a stream was settled: the consumer gets its credit back.
+/// Returns the tag whose tracked offset an ack moves, if it is tracked
+/// (also once the consumer is gone).
+pub(in crate::broker) fn settled(q: &mut Queue, (conn, channel): (u64, u16), tag: &str, ack: bool) -> Option<Arc<str>> {
     let tracking = match q.consumer_mut(tag, conn, channel) {
         Some(c) => {
             c.unacked = c.unacked.saturating_sub(1);
             c.stream.as_ref().and_then(|s| s.tracking.clone())
         }
-        // Cancelled: an ack of what it was given still moves its offset.
-        None => q.stream.as_ref().and_then(|s| s.tracked.get_key_value(tag)).map(|(tag, _)| tag.clone()),
+        None => q.stream.as_ref().and_then(|s| s.tracking_tags.get(tag)).cloned(),
     };
-    let Some(tracking) = tracking.filter(|_| ack) else { return };
-    let key = tracked_key(q, &tracking);
+    tracking.filter(|_| ack)
+}
+
+/// Moves a tracked offset past `offset` (the highest acked in a batch) and
+/// logs it, so that it survives a restart.
+pub(in crate::broker) fn track(q: &mut Queue, tag: Arc<str>, offset: u64, store: &LogStore) {
+    let key = tracked_key(q, &tag);
     let Some(stream) = q.stream.as_deref_mut() else { return };
-    let next = stream.tracked.entry(tracking).or_insert(0);
+    let next = stream.tracked.entry(tag).or_insert(0);
     if offset < *next {
         return;
     }

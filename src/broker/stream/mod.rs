@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 pub use consumer::{StartAt, StreamCursor};
 pub use deliver::{STREAM_OFFSET_HEADER, tracked_key};
-pub(super) use deliver::{consumer_cursor, publish_to_stream, settled, spawn_durability_waker};
+pub(super) use deliver::{consumer_cursor, publish_to_stream, settled, spawn_durability_waker, track};
 
 use super::message::Message;
 
@@ -83,8 +83,11 @@ pub struct Stream {
     /// offset a reader saw is never given to another message after a crash.
     not_durable: VecDeque<(u64, u64)>,
     /// Server-side tracked offsets by consumer tag: the next offset that
-    /// consumer reads when it comes back.
+    /// consumer reads when it comes back (set by its acks, or the log).
     pub tracked: HashMap<Arc<str>, u64>,
+    /// Tags consumed with tracking since the start: their acks move their
+    /// offset even after the consumer is gone.
+    pub tracking_tags: std::collections::HashSet<Arc<str>>,
     /// Broker clock of the last `x-max-age` pass.
     pub age_checked: u64,
 }
