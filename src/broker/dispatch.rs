@@ -99,18 +99,21 @@ impl Broker {
         }
         let q = vhosts.get_mut(&vhost).and_then(|v| v.queues.get_mut(queue)).ok_or_else(|| no_queue(&vhost, queue))?;
         check_owner(q, conn)?;
-        if q.stream.is_some() {
-            // The offset is checked first, as RabbitMQ checks it.
-            stream::consumer::StreamConsumeArgs::parse(arguments, queue, &vhost, crate::store::wall_ms())?;
-        }
-        arguments::check_consume_keys(q.args.queue_type, arguments, queue, &vhost)?;
-        let args = ConsumerArgs::parse(arguments, queue)?;
-        let stream = match q.stream.is_some() {
+        // A stream's offset is checked first, as RabbitMQ checks it.
+        let stream_args = match q.stream.is_some() {
             true => {
-                let client_tag = client_chose_tag.then_some(&tag);
-                Some(stream::consumer_cursor(q, ch, client_tag, no_ack, arguments)?)
+                Some(stream::consumer::StreamConsumeArgs::parse(arguments, queue, &vhost, crate::store::wall_ms())?)
             }
             false => None,
+        };
+        arguments::check_consume_keys(q.args.queue_type, arguments, queue, &vhost)?;
+        let args = ConsumerArgs::parse(arguments, queue)?;
+        let stream = match stream_args {
+            Some(stream_args) => {
+                let client_tag = client_chose_tag.then_some(&tag);
+                Some(stream::consumer_cursor(q, ch, client_tag, no_ack, stream_args)?)
+            }
+            None => None,
         };
         // A stream only notes `exclusive`, as RabbitMQ's: readers do not
         // take messages from each other.

@@ -117,8 +117,6 @@ pub struct StreamCursor {
     pub tracking: Option<Arc<str>>,
     /// Read-ahead looked at the offsets below this already.
     pub read_ahead_from: u64,
-    /// Messages delivered to it, for listings.
-    pub delivered: u64,
 }
 
 impl StreamCursor {
@@ -129,7 +127,6 @@ impl StreamCursor {
             match_unfiltered: args.match_unfiltered,
             tracking,
             read_ahead_from: next,
-            delivered: 0,
         }
     }
 

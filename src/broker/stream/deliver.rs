@@ -21,7 +21,7 @@ use crate::store::format::{MessageRecord, ParameterKind, Record, message_record_
 use crate::store::{LogStore, StoreError, wall_ms};
 
 /// The header each delivery of a stream carries: the message's offset.
-pub const STREAM_OFFSET_HEADER: &str = "x-stream-offset";
+const STREAM_OFFSET_HEADER: &str = "x-stream-offset";
 
 /// How RabbitMQ names a queue in its texts.
 fn rs(q: &Queue) -> String {
@@ -98,14 +98,14 @@ pub(in crate::broker) fn apply_retention(q: &mut Queue, store: &LogStore, by_age
 }
 
 /// Checks a basic.consume on a stream as RabbitMQ does and makes the
-/// consumer's cursor (changing nothing). `client_tag` is the tag when the
+/// consumer's cursor from its parsed arguments (changing nothing). `client_tag` is the tag when the
 /// client chose it (tracking needs one).
 pub(in crate::broker) fn consumer_cursor(
     q: &mut Queue,
     ch: &ChannelState,
     client_tag: Option<&Arc<str>>,
     no_ack: bool,
-    arguments: &FieldTable,
+    args: StreamConsumeArgs,
 ) -> Result<Box<StreamCursor>> {
     if ch.consumer_prefetch == 0 {
         return Err(AmqpError::precondition(format!("consumer prefetch count is not set for '{}'", rs(q))));
@@ -119,7 +119,6 @@ pub(in crate::broker) fn consumer_cursor(
     if ch.channel_prefetch > 0 {
         return Err(AmqpError::not_implemented(format!("{} does not support global qos", rs(q))));
     }
-    let args = StreamConsumeArgs::parse(arguments, &q.name, &q.vhost, wall_ms())?;
     let Some(stream) = q.stream.as_deref_mut() else {
         return Err(AmqpError::precondition(format!("{} is not a stream", rs(q))));
     };
@@ -225,7 +224,6 @@ impl State {
                 consumer.unacked += 1;
                 *unacked += 1;
                 counters.deliver += 1;
-                cursor.delivered += 1;
                 delivered += 1;
                 ch.unacked.insert(
                     delivery_tag,

@@ -26,7 +26,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 pub use consumer::{StartAt, StreamCursor};
-pub use deliver::{STREAM_OFFSET_HEADER, tracked_key};
+pub use deliver::tracked_key;
 pub(super) use deliver::{consumer_cursor, publish_to_stream, settled, spawn_durability_waker, track};
 
 use super::message::Message;
@@ -230,6 +230,7 @@ impl Stream {
     }
 
     /// Bytes of bodies read back and kept for readers.
+    #[cfg(test)]
     pub fn warm_bytes(&self) -> usize {
         self.warm_bytes
     }
