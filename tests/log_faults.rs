@@ -206,3 +206,101 @@ fn a_message_for_more_than_65535_durable_queues_survives_a_restart() {
     assert!(queues.iter().all(|q| per_queue[q].iter().map(|m| m.id).eq([id])));
     assert_eq!(store.read(id).unwrap().queues.len(), 70_000);
 }
+
+/// Message records of a segment as synced: id -> (offset, length).
+fn message_records(disk: &SimDisk, base: u64) -> std::collections::BTreeMap<u64, (usize, usize)> {
+    use warren::store::format::{Scanned, TYPE_MESSAGE, read_record_keyed};
+    let bytes = Bytes::from(disk.durable_bytes(base).expect("segment"));
+    let walk = warren::store::walk::walk_segment(&bytes).expect("segment header");
+    walk.frames
+        .iter()
+        .filter(|f| f.kind == TYPE_MESSAGE)
+        .filter_map(|f| match read_record_keyed(&bytes, f.offset, 0) {
+            Scanned::Record { record: Record::Message(m), len, .. } => Some((m.id, (f.offset, len))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The bytes where compaction's index points are no longer the message's
+/// record (the file changed behind the log's back, as when a file system
+/// put another file's pages there). Compaction must neither lose the
+/// message nor bring back another: it copies nothing of that segment, keeps
+/// it (not retried while the message is live), counts the record, and goes
+/// on with other segments. `zeros`: the record is zeros (a start then
+/// refuses the segment as damaged); otherwise it is another valid record of
+/// the same length, that of a message acked since, which must stay dead.
+fn compaction_meets_another_record(zeros: bool) {
+    let disk = SimDisk::new();
+    let (store, _) = LogStore::open(disk.clone(), options(16 * 1024)).unwrap();
+    let queue = declare(&store);
+    let body = |i: u8| vec![i; 1000];
+    let ids: Vec<u64> = (0..40u8).map(|i| store.publish(&[queue], "", "k", &[], &body(i)).unwrap().0).collect();
+    let end = store.appended_position();
+    poll("the messages to be durable", || store.durable_position() >= end);
+    let victim = disk.list().unwrap()[0];
+    let records = message_records(&disk, victim);
+    let here: Vec<u64> = records.keys().copied().collect();
+    assert!(here.len() >= 5, "the first segment holds messages: {here:?}");
+    let (keep, damaged, donor) = (here[0], here[1], here[2]);
+    let (at, len) = records[&damaged];
+    let replacement = if zeros {
+        vec![0u8; len]
+    } else {
+        let (donor_at, donor_len) = records[&donor];
+        assert_eq!(donor_len, len, "records of the same size");
+        disk.durable_bytes(victim).unwrap()[donor_at..donor_at + len].to_vec()
+    };
+    disk.overwrite(victim, at, &replacement).unwrap();
+    // Everything else of that segment dies: it is now worth compacting.
+    let others: Vec<u64> = here.iter().copied().filter(|id| *id != keep && *id != damaged).collect();
+    store.ack(queue, &others).unwrap();
+    poll("compaction to meet the record", || store.stats().unreadable_records >= 1);
+    match store.read(damaged) {
+        Err(StoreError::Corrupt { segment, offset, .. }) => {
+            assert!(segment.contains(&format!("{victim:020}.wal")), "{segment}");
+            assert_eq!(offset as usize, at);
+        }
+        other => panic!("the damaged record read back as {other:?}"),
+    }
+    // Other segments are still compacted; this one stays, and is not retried.
+    let deleted = store.stats().segments_deleted;
+    for round in 0..200 {
+        let more: Vec<u64> = (0..10).map(|_| store.publish(&[queue], "", "k", &[], &body(99)).unwrap().0).collect();
+        store.ack(queue, &more).unwrap();
+        if round % 20 == 19 {
+            let end = store.appended_position();
+            poll("the traffic to be durable", || store.durable_position() >= end);
+        }
+    }
+    poll("compaction to delete other segments", || store.stats().segments_deleted > deleted + 3);
+    assert!(disk.list().unwrap().contains(&victim), "the segment holding the unreadable record was deleted");
+    assert_eq!(store.stats().unreadable_records, 1, "a kept segment is not compacted again while its messages live");
+    assert_eq!(&store.read(keep).expect("the intact message").body[..], &body(0)[..]);
+    let live: Vec<u64> = ids.iter().copied().filter(|id| !here.contains(id)).collect();
+    for (id, read) in live.iter().zip(store.read_many(&live)) {
+        assert!(read.is_ok(), "message {id} of another segment is readable");
+    }
+    store.shutdown();
+    let restarted = LogStore::open(SimDisk::from_image(&disk.power_cut_image_any_order(7)), options(16 * 1024));
+    if zeros {
+        let err = restarted.err().expect("a start refuses the zeroed synced record");
+        assert!(err.contains(&format!("{victim:020}.wal")) && err.contains("offset"), "{err}");
+    } else {
+        let (_, recovered) = restarted.expect("a start");
+        let present: Vec<u64> = recovered.queue_messages().remove(&queue).unwrap().iter().map(|m| m.id).collect();
+        assert!(present.contains(&keep), "the intact message of the kept segment is there");
+        assert!(!present.contains(&donor), "the acked message whose bytes were copied came back");
+        assert!(live.iter().all(|id| present.contains(id)), "messages of other segments are there");
+    }
+}
+
+#[test]
+fn compaction_that_finds_zeros_where_its_index_points_keeps_the_segment() {
+    compaction_meets_another_record(true);
+}
+
+#[test]
+fn compaction_that_finds_another_message_where_its_index_points_keeps_the_segment() {
+    compaction_meets_another_record(false);
+}

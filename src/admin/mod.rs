@@ -185,6 +185,7 @@ pub fn execute(broker: &Broker, req: &Request) -> Response {
                 "log_segments": log.segments,
                 "log_disk_bytes": log.disk_bytes,
                 "log_live_bytes": log.live_bytes,
+                "log_unreadable_records": log.unreadable_records,
                 "disk_free_bytes": broker.store().free_space(),
                 "disk_free_alarm": broker.store().disk_alarm().borrow().raised,
                 "memory_resident_bytes": broker.memory().resident(),

@@ -265,6 +265,11 @@ fn common(api: &Api) -> Scrape {
     s.counter("warren_log_published_bytes", "Bytes of records appended for publishers", log.published_bytes);
     s.counter("warren_log_written_bytes", "Bytes written to the log's segments", log.written_bytes);
     s.counter("warren_log_compaction_bytes", "Bytes compaction copied forward", log.compaction_bytes);
+    s.counter(
+        "warren_log_unreadable_records",
+        "Live records compaction could not read where its index put them (their segments are kept)",
+        log.unreadable_records,
+    );
     s.counter("warren_log_segments_deleted", "Segment files compaction deleted", log.segments_deleted);
     s.counter("warren_log_fsyncs", "fdatasync calls on the log's segments", log.fsyncs);
     s.counter("warren_log_spilled_bytes", "Body bytes paged out to the log under memory pressure", log.spilled_bytes);

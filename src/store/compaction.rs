@@ -252,6 +252,7 @@ impl LogStore {
             match read {
                 Ok(m) => messages.push(m),
                 Err(e) => {
+                    self.stats.unreadable_records.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(
                         "compaction cannot read message {id} in {} at offset {offset}: {e}; the segment is kept",
                         self.io.describe(base)

@@ -134,6 +134,9 @@ pub struct Counters {
     pub compaction_bytes: AtomicU64,
     /// Segments compaction deleted.
     pub segments_deleted: AtomicU64,
+    /// Live records compaction could not read where the index put them
+    /// (their segments are kept).
+    pub unreadable_records: AtomicU64,
     /// fdatasync calls on segments.
     pub fsyncs: AtomicU64,
     /// How long each fdatasync took, in seconds.
@@ -153,6 +156,7 @@ impl Default for Counters {
             written_bytes: AtomicU64::new(0),
             compaction_bytes: AtomicU64::new(0),
             segments_deleted: AtomicU64::new(0),
+            unreadable_records: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
             fsync_seconds: Histogram::new(super::histogram::FSYNC_SECONDS),
             pass_bytes: Histogram::new(super::histogram::PASS_BYTES),
@@ -185,6 +189,8 @@ pub struct LogStats {
     pub written_bytes: u64,
     pub compaction_bytes: u64,
     pub segments_deleted: u64,
+    /// Live records compaction could not read where the index put them.
+    pub unreadable_records: u64,
     pub fsyncs: u64,
     pub replay_ms: u64,
     /// Body bytes paged out under memory pressure so far.
@@ -663,6 +669,7 @@ impl LogStore {
             written_bytes: self.stats.written_bytes.load(Ordering::Relaxed),
             compaction_bytes: self.stats.compaction_bytes.load(Ordering::Relaxed),
             segments_deleted: self.stats.segments_deleted.load(Ordering::Relaxed),
+            unreadable_records: self.stats.unreadable_records.load(Ordering::Relaxed),
             fsyncs: self.stats.fsyncs.load(Ordering::Relaxed),
             replay_ms: self.stats.replay_ms.load(Ordering::Relaxed),
             spilled_bytes: self.stats.spilled_bytes.load(Ordering::Relaxed),

@@ -2,9 +2,11 @@
 //! whole broker (see `storage-format.md` for the bytes).
 //!
 //! - [`format`](mod@format): segment headers, record framing and record types; the one
-//!   decoder everything (recovery, reads, `warren-dump`) goes through.
-//! - [`io`]: file I/O behind the [`io::LogIo`] trait, the real files and a
-//!   simulated disk for power-cut tests.
+//!   decoder everything (recovery, reads, `warren-dump`) goes through;
+//!   [`scan`] reads records out of a segment's bytes.
+//! - [`io`]: file I/O behind the [`io::LogIo`] trait: the real files.
+//! - [`spare`]: the zero-filled spare file that becomes the next segment.
+//! - [`sim_disk`]: a simulated disk for power-cut tests.
 //! - [`log`]: the log's interface: open, appends, reads, statistics.
 //! - [`state`]: what the log keeps in memory behind its lock: segments,
 //!   pending chunks, the message index.
@@ -13,6 +15,7 @@
 //! - [`compaction`]: copies forward what mostly dead segments still matter
 //!   for and deletes them, so disk use follows live data.
 //! - [`disk`]: the free-disk alarm.
+//! - [`histogram`]: lock-free fsync-latency and pass-size histograms.
 //! - [`walk`]: reads a segment back and tells a torn write from damage.
 //! - [`recovery`]: replay at start-up.
 //! - [`inspect`]: read-only helpers behind `warren-dump`; [`verify`] judges
@@ -31,6 +34,8 @@ pub mod io;
 pub mod log;
 pub mod recovery;
 pub mod scan;
+pub mod sim_disk;
+pub mod spare;
 pub mod state;
 pub mod verify;
 pub mod walk;
