@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# benches/regress.sh [REV ...]: the check to run before calling a change to
+# the message path done. Builds each named commit (a git worktree, built in
+# release mode in target/regress/<commit>, kept for the next run) and the
+# working tree, then runs warren-loadgen's scenarios against every build in
+# turn, alternating builds within each repetition, each run on a fresh data
+# directory and a port picked at run time, with the same client (the working
+# tree's warren-loadgen) for all. Per run it records the consumed msg/s, the
+# broker's CPU time per message (utime + stime of the whole process over the
+# load, from /proc), its syscalls and context switches per message (the
+# broker runs under perf stat, so every thread it starts is counted, start
+# and stop included; "-" without perf), and p50/p99 latency. It ends with the median of each figure per build and its ratio to
+# the first build.
+#
+#   benches/regress.sh HEAD                  # the last commit beside the working tree
+#   benches/regress.sh aef07c7 2952dd2       # two commits and the working tree
+#   SCENARIOS="S1 S4" REPS=5 DURATION=10 benches/regress.sh HEAD~3
+#
+# Environment: SCENARIOS="S1 S2 S4" REPS=3 DURATION=10; TREE=0 leaves the
+# working tree out (then at least one REV). Raw lines: target/regress/last.txt.
+# Nothing else may run meanwhile: on a 2-core machine, compare the ratios of
+# one run, never figures of different runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+SCENARIOS=${SCENARIOS:-"S1 S2 S4"}; REPS=${REPS:-3}; DURATION=${DURATION:-10}
+mkdir -p target/regress
+results=target/regress/last.txt
+: >"$results"
+
+labels=(); bins=()
+for rev in "$@"; do
+    sha=$(git rev-parse --short=9 "$rev^{commit}")
+    bin=$root/target/regress/$sha/release/warren
+    if [[ ! -x $bin ]]; then
+        echo "building $rev ($sha) in target/regress/$sha"
+        tree=$(mktemp -d)
+        git worktree add -q --detach "$tree" "$sha"
+        # Its own target directory: a commit's artifacts must never be
+        # mistaken for the working tree's (or another commit's).
+        (cd "$tree" && CARGO_TARGET_DIR=$root/target/regress/$sha cargo build -q --release --bin warren)
+        git worktree remove --force "$tree"
+    fi
+    labels+=("$sha"); bins+=("$bin")
+done
+if [[ ${TREE:-1} != 0 ]]; then
+    echo "building the working tree"
+    cargo build -q --release --bin warren
+    labels+=("tree"); bins+=("$root/target/release/warren")
+fi
+[[ ${#bins[@]} -ge 1 ]] || { echo "usage: $0 [REV ...] (with TREE=0, at least one REV)" >&2; exit 2; }
+cargo build -q --release -p warren-loadgen
+loadgen=$root/target/release/warren-loadgen
+have_perf=0
+perf stat -e raw_syscalls:sys_enter,context-switches -- true >/dev/null 2>&1 && have_perf=1
+[[ $have_perf == 1 ]] || echo "perf with the raw_syscalls tracepoint is not usable here: syscall figures are '-'" >&2
+
+pid=""; scratch=""
+cleanup() {
+    [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null
+    [[ -n $scratch ]] && rm -rf "$scratch"
+    return 0
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# The HTTP listeners are turned off where a build has them (older ones lack the flags).
+http_off() {
+    local help; help=$("$1" --help 2>/dev/null || true)
+    grep -q -- --management-port <<<"$help" && echo --management-port 0
+    grep -q -- --prometheus-port <<<"$help" && echo --prometheus-port 0
+    return 0
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks_per_s=$(getconf CLK_TCK)
+
+for rep in $(seq "$REPS"); do
+    for sc in $SCENARIOS; do
+        for i in "${!bins[@]}"; do
+            bin=${bins[$i]}; label=${labels[$i]}
+            scratch=$(mktemp -d); port=$(free_port)
+            # Under perf stat when it works, so that every thread the broker
+            # ever starts is counted (the load dominates the counts).
+            profiler=()
+            [[ $have_perf == 1 ]] && profiler=(perf stat -x, -e raw_syscalls:sys_enter,context-switches -o "$scratch/perf" --)
+            # shellcheck disable=SC2046
+            "${profiler[@]}" "$bin" --bind 127.0.0.1 --port "$port" $(http_off "$bin") --data-dir "$scratch/data" \
+                >"$scratch/out" 2>"$scratch/log" &
+            launched=$!
+            pid=$launched
+            if [[ $have_perf == 1 ]]; then
+                for _ in $(seq 200); do pid=$(pgrep -P "$launched" -x warren | head -1) && break; sleep 0.02; done
+            fi
+            for _ in $(seq 200); do grep -q "listening on" "$scratch/out" 2>/dev/null && break; sleep 0.05; done
+            grep -q "listening on" "$scratch/out" || { echo "$label did not start:" >&2; cat "$scratch/log" >&2; exit 1; }
+            [[ -r /proc/$pid/stat ]] || { echo "$label: no broker process (pid '$pid', launched $launched) after its start:" >&2; cat "$scratch/log" >&2; exit 1; }
+            before=$(cpu_ticks "$pid")
+            line=$("$loadgen" run --uri "amqp://guest:guest@127.0.0.1:$port/%2f" --scenario "$sc" \
+                --duration "$DURATION" 2>&1 | tail -1)
+            [[ -r /proc/$pid/stat ]] || { echo "$label: the broker died under load:" >&2; tail -20 "$scratch/log" >&2; exit 1; }
+            after=$(cpu_ticks "$pid")
+            kill "$pid"; wait "$launched" 2>/dev/null || true; pid=""
+            syscalls=-; switches=-
+            if [[ $have_perf == 1 ]]; then
+                syscalls=$(awk -F, '$3 == "raw_syscalls:sys_enter" {print $1}' "$scratch/perf")
+                switches=$(awk -F, '$3 == "context-switches" {print $1}' "$scratch/perf")
+            fi
+            rm -rf "$scratch"; scratch=""
+            consumed=$(sed -n 's/.* consumed=\([0-9]*\).*/\1/p' <<<"$line")
+            figures=$(python3 - "$before" "$after" "$ticks_per_s" "${consumed:-0}" "${syscalls:--}" "${switches:--}" <<'PY'
+import sys
+before, after, hz, consumed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def per(v):
+    return f"{float(v) / consumed:.3f}" if consumed and v not in ("-", "") else "-"
+cpu = f"{(after - before) / hz * 1e6 / consumed:.3f}" if consumed else "-"
+print(f"broker_us_per_msg={cpu} syscalls_per_msg={per(sys.argv[5])} switches_per_msg={per(sys.argv[6])}")
+PY
+)
+            echo "$label $sc rep$rep $line $figures" | tee -a "$results"
+        done
+    done
+done
+
+python3 - "$results" "${labels[@]}" <<'PY'
+import re, statistics, sys
+path, labels = sys.argv[1], sys.argv[2:]
+rows = {}
+for line in open(path):
+    label, sc = line.split()[:2]
+    for k, v in re.findall(r"(\w+)=([0-9.]+)\b", line):
+        rows.setdefault((label, sc, k), []).append(float(v))
+keys = ["cons_msg_s", "broker_us_per_msg", "syscalls_per_msg", "switches_per_msg", "p50_ms", "p99_ms"]
+base = labels[0]
+print(f"\nmedians over the repetitions; ratio = build / {base}")
+print("scenario figure            " + "".join(f"{l:>14}" for l in labels) + "".join(f"{'ratio ' + l:>16}" for l in labels[1:]))
+for sc in dict.fromkeys(k[1] for k in rows):
+    for k in keys:
+        med = {l: statistics.median(rows[(l, sc, k)]) for l in labels if rows.get((l, sc, k))}
+        if len(med) < len(labels):
+            continue
+        cells = "".join(f"{med[l]:>14,.3f}" if med[l] < 100 else f"{med[l]:>14,.0f}" for l in labels)
+        ratios = "".join(f"{(med[l] / med[base] if med[base] else float('nan')):>16.2f}" for l in labels[1:])
+        print(f"{sc:<8} {k:<18}{cells}{ratios}")
+PY
