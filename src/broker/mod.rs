@@ -211,6 +211,10 @@ pub struct State {
     /// Streams whose readers wait for the log to make messages durable
     /// (see `stream`): drained when it has.
     durability_waiters: HashSet<(Arc<str>, Arc<str>)>,
+    /// Wakes the stream thread when a stream starts waiting: without
+    /// waiters it sleeps, instead of waking (and taking the broker's lock)
+    /// at every group commit.
+    durability_wanted: Arc<tokio::sync::Notify>,
 }
 
 /// The result of routing one publish.
@@ -291,7 +295,8 @@ impl Broker {
         if let Err(e) = timers::spawn(Arc::downgrade(&state), store.clone()) {
             tracing::error!("cannot start the timer thread ({e}); TTLs act only when a queue is used");
         }
-        if let Err(e) = stream::spawn_durability_waker(Arc::downgrade(&state), store.clone()) {
+        let wanted = state.lock().durability_wanted.clone();
+        if let Err(e) = stream::spawn_durability_waker(Arc::downgrade(&state), wanted, store.clone()) {
             tracing::error!("cannot start the stream thread ({e}); stream readers wait for the next publish or ack");
         }
         let access = Arc::new(crate::access::AccessControl::new(store.clone()));

@@ -174,7 +174,7 @@ impl State {
     /// while it has credit and its channel and socket have room. Bodies
     /// not in memory are asked of the loader, once for all readers.
     pub(in crate::broker) fn deliver_stream(&mut self, vhost: &str, queue: &str, store: &LogStore) {
-        let State { vhosts, channels, loader, stats, durability_waiters, .. } = self;
+        let State { vhosts, channels, loader, stats, durability_waiters, durability_wanted, .. } = self;
         let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
         let loader = loader.as_ref().filter(|l| l.is_alive());
         let Queue { stream, consumers, counters, unacked, name, incarnation, vhost: q_vhost, store_id, .. } = q;
@@ -264,6 +264,7 @@ impl State {
         GlobalStats::add(&stats.delivered_consume_manual_ack, delivered);
         if awaits_durability {
             durability_waiters.insert((q_vhost.clone(), name.clone()));
+            durability_wanted.notify_one();
         }
     }
 
@@ -305,17 +306,35 @@ impl State {
 }
 
 /// Starts the thread that hands stream readers the messages they wait for
-/// as soon as the log has made them durable.
-pub fn spawn_durability_waker(state: Weak<Mutex<State>>, store: Arc<LogStore>) -> std::io::Result<()> {
+/// as soon as the log has made them durable. It sleeps until a stream has
+/// readers waiting (`wanted`), then follows the durable position until none
+/// waits: a broker without waiting stream readers never wakes it, however
+/// many group commits it makes.
+pub fn spawn_durability_waker(
+    state: Weak<Mutex<State>>,
+    wanted: Arc<tokio::sync::Notify>,
+    store: Arc<LogStore>,
+) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     let mut durability = store.durability();
     std::thread::Builder::new().name("warren-streams".into()).spawn(move || {
         runtime.block_on(async move {
-            while durability.changed().await.is_ok() {
-                let Some(state) = state.upgrade() else { return };
-                let mut st = state.lock();
-                for (vhost, queue) in std::mem::take(&mut st.durability_waiters) {
-                    st.deliver_stream(&vhost, &queue, &store);
+            loop {
+                // A waiter registered since the last look left a permit.
+                wanted.notified().await;
+                loop {
+                    // Changes while asleep count: the first wait may end at once.
+                    if durability.changed().await.is_err() {
+                        return;
+                    }
+                    let Some(state) = state.upgrade() else { return };
+                    let mut st = state.lock();
+                    for (vhost, queue) in std::mem::take(&mut st.durability_waiters) {
+                        st.deliver_stream(&vhost, &queue, &store);
+                    }
+                    if st.durability_waiters.is_empty() {
+                        break;
+                    }
                 }
             }
         })
