@@ -34,9 +34,10 @@ fn declare_in(store: &LogStore, vhost: &str, name: &str) -> u32 {
     queue
 }
 
-/// Bytes the log directory's files take (segments and spare).
+/// Bytes the log directory's files take (segments and spare). A file the
+/// log removes or renames while the directory is read takes no room.
 fn files_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
+    std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum()
 }
 
 fn poll(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {

@@ -12,19 +12,29 @@ use crate::protocol::method::{ConnectionBlocked, ConnectionUnblocked};
 
 /// Room a busy connection reads into.
 pub(super) const READ_CHUNK: usize = 64 * 1024;
+/// A frame at least this large is read alone, into its own allocation.
+pub(super) const LARGE_FRAME: usize = READ_CHUNK / 2;
 /// Room a quiet connection reads into: thousands of idle connections must
 /// not hold a busy one's buffer each.
 pub(super) const QUIET_READ: usize = 2 * 1024;
 
-/// Room for the next read. While a frame is partly read the decoder has
-/// reserved exactly what it still needs: reading no further keeps a large
-/// body frame (a message body, kept in queues as a slice of this buffer)
-/// alone in its allocation rather than pinning one shared with the frames
-/// after it. Otherwise a connection whose last read filled its room gets a
-/// large buffer, and one that went quiet a small one again.
+/// Room for the next read. While a large frame is partly read the decoder
+/// has reserved exactly what it still needs: reading no further keeps a
+/// large body frame (a message body, kept in queues as a slice of this
+/// buffer) alone in its allocation rather than pinning one shared with the
+/// frames after it. A small frame partly read gets no such treatment: a
+/// read that stopped at its end would take one message per syscall from a
+/// connection that streams small messages (S4 did: every read asked for
+/// exactly one message's 1,080 bytes). Otherwise a connection whose last
+/// read filled its room gets a large buffer, and one that went quiet a
+/// small one again.
 pub(super) fn make_room(buf: &mut BytesMut, busy: bool) {
-    if buf.len() >= crate::protocol::constants::FRAME_HEADER_SIZE {
-        return;
+    use crate::protocol::constants::{FRAME_HEADER_SIZE, FRAME_OVERHEAD};
+    if buf.len() >= FRAME_HEADER_SIZE {
+        let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
+        if size + FRAME_OVERHEAD >= LARGE_FRAME {
+            return;
+        }
     }
     if !busy && buf.is_empty() && buf.capacity() > 4 * QUIET_READ {
         *buf = BytesMut::with_capacity(QUIET_READ);
@@ -90,5 +100,41 @@ impl Connection {
             self.handle.method(0, ConnectionUnblocked {});
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::decode_frame;
+
+    /// The start of a body frame of `size` payload bytes, `have` of them read.
+    fn partial_body(size: usize, have: usize) -> BytesMut {
+        let mut buf = BytesMut::with_capacity(QUIET_READ);
+        buf.extend_from_slice(&[3, 0, 1]);
+        buf.extend_from_slice(&(size as u32).to_be_bytes());
+        buf.extend_from_slice(&vec![7u8; have]);
+        // The decoder asks for what the frame still lacks, as in the read loop.
+        assert!(decode_frame(&mut buf, 0).expect("a valid frame start").is_none());
+        buf
+    }
+
+    #[test]
+    fn a_small_frame_partly_read_leaves_room_for_many_messages() {
+        let mut buf = partial_body(1024, 100);
+        make_room(&mut buf, true);
+        assert!(buf.capacity() - buf.len() >= READ_CHUNK, "room: {}", buf.capacity() - buf.len());
+    }
+
+    #[test]
+    fn a_large_frame_partly_read_is_read_alone() {
+        let size = 1 << 20;
+        let mut buf = partial_body(size, 100);
+        let lacking = size + 8 - buf.len();
+        make_room(&mut buf, true);
+        // Room for the rest of this frame (the allocator may round up), not
+        // a read's worth of the frames after it on top.
+        assert!(buf.capacity() - buf.len() < lacking + READ_CHUNK, "room: {}", buf.capacity() - buf.len());
+        assert!(buf.capacity() - buf.len() >= lacking);
     }
 }
