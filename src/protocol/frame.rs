@@ -38,6 +38,13 @@ impl Frame {
     }
 }
 
+/// The whole length (header, payload and end octet) of the frame whose
+/// header is at the front of `buf`, once the header is there.
+pub fn frame_len_at_front(buf: &[u8]) -> Option<usize> {
+    let header = buf.get(..FRAME_HEADER_SIZE)?;
+    Some(u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize + FRAME_OVERHEAD)
+}
+
 /// Takes one complete frame off the front of `buf`, or returns `Ok(None)` when
 /// more bytes are needed. `frame_max` counts the whole frame, header and end
 /// octet included, as in connection.tune; like RabbitMQ, a frame whose
@@ -49,10 +56,10 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
     }
     let kind = buf[0];
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
-    let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    let total = size as u64 + FRAME_OVERHEAD as u64;
+    let Some(total) = frame_len_at_front(buf) else { return Ok(None) };
+    let size = total - FRAME_OVERHEAD;
     if frame_max != 0 && size as u64 > frame_max as u64 {
-        return Err(DecodeError::FrameTooLarge { size: total, max: frame_max });
+        return Err(DecodeError::FrameTooLarge { size: total as u64, max: frame_max });
     }
     if !matches!(kind, FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT) {
         return Err(DecodeError::UnknownFrameType(kind));

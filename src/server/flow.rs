@@ -29,12 +29,8 @@ pub(super) const QUIET_READ: usize = 2 * 1024;
 /// read filled its room gets a large buffer, and one that went quiet a
 /// small one again.
 pub(super) fn make_room(buf: &mut BytesMut, busy: bool) {
-    use crate::protocol::constants::{FRAME_HEADER_SIZE, FRAME_OVERHEAD};
-    if buf.len() >= FRAME_HEADER_SIZE {
-        let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-        if size + FRAME_OVERHEAD >= LARGE_FRAME {
-            return;
-        }
+    if crate::protocol::frame::frame_len_at_front(buf).is_some_and(|len| len >= LARGE_FRAME) {
+        return;
     }
     if !busy && buf.is_empty() && buf.capacity() > 4 * QUIET_READ {
         *buf = BytesMut::with_capacity(QUIET_READ);
