@@ -145,3 +145,51 @@ async fn a_ttl_of_zero_without_a_consumer_expires_at_once() {
         assert_eq!(ready(&ch, "ttl.now").await, 0, "message {i} outlived a TTL of 0");
     }
 }
+
+/// Voluntary context switches of the broker's timer thread so far.
+fn timer_thread_switches(broker: &common::Broker) -> u64 {
+    let pid = broker.pid().expect("broker pid");
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let path = task.expect("task").path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim() == "warren-timers" {
+            let status = std::fs::read_to_string(path.join("status")).expect("status");
+            let line = status.lines().find(|l| l.starts_with("voluntary_ctxt_switches:")).expect("switches line");
+            return line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("a count");
+        }
+    }
+    panic!("no warren-timers thread in the broker");
+}
+
+/// The timer thread sleeps until a deadline: with nothing due it does not
+/// wake (it used to tick every 50 ms), and a TTL wakes it at the deadline.
+#[tokio::test]
+async fn the_timer_thread_sleeps_while_nothing_is_due() {
+    let broker = common::Broker::start();
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    let before = timer_thread_switches(&broker);
+    // Waiting is the point here: over this second a ticking thread would
+    // have woken about 20 times.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let idle = timer_thread_switches(&broker) - before;
+    assert!(idle <= 1, "the timer thread woke {idle} times with nothing due");
+
+    // A message TTL arms it; the message goes at its deadline although
+    // nobody looks at the queue, and the thread sleeps again.
+    let mut args = ttl_args(200);
+    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+    args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString("timer.dlq".into()));
+    declare_with(&ch, "timer.dlq", false, FieldTable::default()).await.expect("declare dlq");
+    declare_with(&ch, "timer.src", false, args).await.expect("declare src");
+    publish_props(&ch, "timer.src", b"m", BasicProperties::default()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ready(&ch, "timer.dlq").await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the expired message never reached the dead-letter queue");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = timer_thread_switches(&broker);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let idle = timer_thread_switches(&broker) - before;
+    assert!(idle <= 1, "the timer thread woke {idle} times after the expiry, with nothing due");
+}

@@ -205,7 +205,7 @@ impl Broker {
                     }
                 }
             }
-            let State { vhosts, channels, .. } = &mut *st;
+            let State { vhosts, channels, timers, consumer_timeout, .. } = &mut *st;
             let Some(q) =
                 vhosts.get_mut(&vhost).and_then(|v| v.queues.get_mut(queue)).filter(|q| q.incarnation == incarnation)
             else {
@@ -248,6 +248,7 @@ impl Broker {
                 stored.map_err(store_failed)?;
             }
             if !no_ack {
+                let now = queue::now_ms();
                 q.unacked += 1;
                 ch.unacked.insert(
                     tag,
@@ -256,9 +257,10 @@ impl Broker {
                         incarnation: q.incarnation,
                         entry: unloaded(entry, &self.store),
                         consumer_tag: None,
-                        delivered_at: queue::now_ms(),
+                        delivered_at: now,
                     },
                 );
+                ch.arm_timeout((conn, channel), now, q.args.consumer_timeout.or(*consumer_timeout), timers);
             }
             handle.send(Outgoing::Content { channel, method: method.into(), message });
             return Ok(());
@@ -284,7 +286,7 @@ impl State {
         if self.queue(vhost, queue).is_some_and(|q| q.stream.is_some()) {
             return self.deliver_stream(vhost, queue, store);
         }
-        let State { vhosts, channels, loader, stats, .. } = self;
+        let State { vhosts, channels, loader, stats, timers, consumer_timeout, .. } = self;
         let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
         let counters_before = q.counters;
         // Log records for this drain, written once at the end: first
@@ -347,6 +349,7 @@ impl State {
                 }
             }
             if !consumer.no_ack {
+                let now = queue::now_ms();
                 consumer.unacked += 1;
                 q.unacked += 1;
                 ch.unacked.insert(
@@ -356,9 +359,11 @@ impl State {
                         incarnation: q.incarnation,
                         entry: unloaded(entry, store),
                         consumer_tag: Some(consumer.tag.clone()),
-                        delivered_at: queue::now_ms(),
+                        delivered_at: now,
                     },
                 );
+                let timeout = consumer.args.timeout.or(q.args.consumer_timeout).or(*consumer_timeout);
+                ch.arm_timeout((consumer.connection.id, consumer.channel), now, timeout, timers);
             }
             consumer.connection.send(Outgoing::Deliver {
                 channel: consumer.channel,

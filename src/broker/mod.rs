@@ -25,7 +25,7 @@
 //! `dead_letter` dead-lettering; `dispatch` consumers (priorities, single
 //! active consumer), qos, get and the drain to consumers; `acks` ack,
 //! nack, reject, recover; `timers` message TTL, queue expiry and consumer
-//! timeouts; `reply_to` direct reply-to; `policies` policies and operator
+//! timeouts, run by one thread that sleeps on [`deadlines`]; `reply_to` direct reply-to; `policies` policies and operator
 //! policies; [`vhosts`] virtual hosts and their limits; [`loader`] bodies read back from
 //! the log; [`memory`] the memory alarm and paging under pressure;
 //! [`stream`] stream queues (offsets, retention, their consumers' cursors); `records` the mapping to log records and the restore from
@@ -34,6 +34,7 @@
 mod acks;
 pub mod arguments;
 mod dead_letter;
+pub mod deadlines;
 mod dispatch;
 pub mod error;
 pub mod exchange;
@@ -64,6 +65,7 @@ use parking_lot::{Mutex, RwLock};
 
 pub use arguments::{ConsumerArgs, Overflow, QueueArgs, QueueType};
 use dead_letter::{Departed, Reason};
+use deadlines::{TimerHandle, TimerKey};
 pub use error::{AmqpError, Result, Scope};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use listings::{BindingRow, ConsumerRow, ExchangeRow, QueueRow, Topology, connection_name};
@@ -123,6 +125,8 @@ struct ChannelState {
     closing: bool,
     /// confirm.select or tx.select, for the channel listing.
     mode: ChannelMode,
+    /// The consumer-timeout deadline this channel has armed (0: none).
+    timer_at: u64,
 }
 
 /// What a channel was put in by its client, as listings show it.
@@ -148,6 +152,25 @@ impl ChannelState {
             timed_out: false,
             closing: false,
             mode: ChannelMode::Plain,
+            timer_at: 0,
+        }
+    }
+
+    /// A delivery the client must acknowledge within `timeout` ms (None:
+    /// no consumer timeout applies): the channel's timer is armed for it
+    /// unless it is armed no later.
+    fn arm_timeout(
+        &mut self,
+        (conn, channel): (u64, u16),
+        delivered_at: u64,
+        timeout: Option<u64>,
+        timers: &TimerHandle,
+    ) {
+        let Some(timeout) = timeout else { return };
+        // One past the timeout: it fires once the delivery is older than it.
+        let at = delivered_at.saturating_add(timeout).saturating_add(1);
+        if self.timer_at == 0 || at < self.timer_at {
+            timers.arm(TimerKey::Channel { connection: conn, channel }, &mut self.timer_at, at);
         }
     }
 
@@ -215,6 +238,9 @@ pub struct State {
     /// waiters it sleeps, instead of waking (and taking the broker's lock)
     /// at every group commit.
     durability_wanted: Arc<tokio::sync::Notify>,
+    /// The deadlines the timer thread sleeps on: queues' expiries,
+    /// channels' consumer timeouts, stream retention (see `deadlines`).
+    timers: TimerHandle,
 }
 
 /// The result of routing one publish.
@@ -292,7 +318,8 @@ impl Broker {
             Ok(l) => state.lock().loader = Some(l),
             Err(e) => tracing::error!("cannot start the body loader thread ({e}); paged-out bodies are read in line"),
         }
-        if let Err(e) = timers::spawn(Arc::downgrade(&state), store.clone()) {
+        let timers = state.lock().timers.clone();
+        if let Err(e) = timers::spawn(Arc::downgrade(&state), timers, store.clone()) {
             tracing::error!("cannot start the timer thread ({e}); TTLs act only when a queue is used");
         }
         let wanted = state.lock().durability_wanted.clone();
@@ -472,6 +499,7 @@ impl State {
 
     fn close_channel(&mut self, conn: u64, channel: u16, store: &LogStore) {
         let Some(mut ch) = self.channels.remove(&(conn, channel)) else { return };
+        self.timers.disarm(TimerKey::Channel { connection: conn, channel }, &mut ch.timer_at);
         let vhost = ch.vhost.clone();
         let mut touched: Vec<Arc<str>> = Vec::new();
         let mut over_limit: Vec<Departed> = Vec::new();
@@ -491,6 +519,11 @@ impl State {
             if let Some(q) = v.queues.get_mut(&queue) {
                 q.consumers.retain(|c| !(c.tag == tag && c.connection.id == conn && c.channel == channel));
                 q.activate_next_consumer();
+                // x-expires counts from the last consumer's going, as RabbitMQ's does.
+                if q.consumers.is_empty() {
+                    q.last_used = queue::now_ms();
+                    q.rearm(q.last_used);
+                }
                 if !touched.contains(&queue) {
                     touched.push(queue);
                 }

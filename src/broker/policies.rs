@@ -344,6 +344,8 @@ impl State {
             q.policy = policy.map(|p| p.name);
             q.operator_policy = operator.map(|p| p.name);
             q.args = args;
+            // A new x-expires may be due earlier than what is armed.
+            q.rearm(queue::now_ms());
             self.trim_queue(vhost, &name, store);
         }
     }

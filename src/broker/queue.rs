@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::arguments::{ConsumerArgs, Overflow, QueueArgs};
+use super::deadlines::{TimerHandle, TimerKey};
 use super::level::Level;
 pub use super::level::Spill;
 use super::message::{ConnectionHandle, Message};
@@ -41,10 +42,16 @@ pub struct QueuedMessage {
     pub delivery_count: u32,
 }
 
+static CLOCK_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 /// Milliseconds on the broker's monotonic clock, for message TTLs.
 pub fn now_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+    CLOCK_START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+}
+
+/// The instant a broker-clock time (ms) stands for, for sleeping until it.
+pub fn instant_of(ms: u64) -> std::time::Instant {
+    *CLOCK_START.get_or_init(std::time::Instant::now) + std::time::Duration::from_millis(ms)
 }
 
 /// How many of the newest ready messages of a durable queue's level keep
@@ -113,6 +120,11 @@ pub struct Queue {
     pub counters: super::stats::QueueCounters,
     /// The retained messages of a stream (`x-queue-type=stream`).
     pub stream: Option<Box<super::stream::Stream>>,
+    /// The broker's deadlines, armed for message expiries and `x-expires`
+    /// (none in a queue not yet attached: it arms nothing).
+    timer: Option<TimerHandle>,
+    /// The deadline this queue has armed (0: none).
+    timer_at: u64,
 }
 
 /// The outcome of offering a message to a queue.
@@ -161,6 +173,77 @@ impl Queue {
             operator_policy: None,
             counters: Default::default(),
             stream,
+            timer: None,
+            timer_at: 0,
+        }
+    }
+
+    /// Connects the queue to the broker's deadlines and arms what it
+    /// already needs (messages restored before, `x-expires`).
+    pub fn attach_timer(&mut self, timer: TimerHandle, now: u64) {
+        self.timer = Some(timer);
+        self.timer_at = 0;
+        self.rearm(now);
+    }
+
+    /// The queue's key among the broker's deadlines.
+    pub fn timer_key(&self) -> TimerKey {
+        TimerKey::Queue { vhost: self.vhost.clone(), name: self.name.clone() }
+    }
+
+    /// Arms the queue's timer at `at` unless it is armed no later.
+    fn arm_at(&mut self, at: u64) {
+        if self.timer_at != 0 && self.timer_at <= at {
+            return;
+        }
+        if let Some(timer) = &self.timer {
+            let key = TimerKey::Queue { vhost: self.vhost.clone(), name: self.name.clone() };
+            timer.arm(key, &mut self.timer_at, at);
+        }
+    }
+
+    /// When the queue next needs the timer: its earliest message expiry,
+    /// and with `x-expires` the moment it has been unused that long (while
+    /// it has consumers it is not unused: looked at again `x-expires` later).
+    pub fn next_deadline(&self, now: u64) -> Option<u64> {
+        if let Some(stream) = &self.stream {
+            // A stream's age retention is looked at every AGE_CHECK_MS.
+            return Some(stream.age_checked.max(now).saturating_add(super::stream::AGE_CHECK_MS));
+        }
+        let unused = self.args.expires.map(|ttl| {
+            if self.consumers.is_empty() { self.last_used.saturating_add(ttl) } else { now.saturating_add(ttl) }
+        });
+        match (self.next_expiry(), unused) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Arms the timer at [`Queue::next_deadline`] (after its arguments
+    /// changed, or the timer fired).
+    pub fn rearm(&mut self, now: u64) {
+        if let Some(at) = self.next_deadline(now) {
+            self.arm_at(at);
+        }
+    }
+
+    /// The timer fired for a deadline at `at`: whether it is this queue's
+    /// current one (else it was stale). The queue is then not armed until
+    /// [`Queue::rearm`].
+    pub fn timer_fired(&mut self, at: u64) -> bool {
+        if self.timer_at != 0 && self.timer_at == at {
+            self.timer_at = 0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Forgets the queue's deadline (the queue is going away).
+    pub fn disarm_timer(&mut self) {
+        if let Some(timer) = &self.timer {
+            let key = TimerKey::Queue { vhost: self.vhost.clone(), name: self.name.clone() };
+            timer.disarm(key, &mut self.timer_at);
         }
     }
 
@@ -290,6 +373,9 @@ impl Queue {
             self.ready_len += 1;
             self.timed += (expires_at != 0) as usize;
             self.levels[level as usize].ready.push_back(entry);
+            if expires_at != 0 {
+                self.arm_at(expires_at - 1);
+            }
         }
         (Enqueued::Accepted, dropped)
     }
@@ -306,6 +392,9 @@ impl Queue {
         let level = self.level_of(meta.priority);
         let expires_at = self.expiry(meta.expiration_ms, now_ms(), meta.age);
         self.timed += (expires_at != 0) as usize;
+        if expires_at != 0 {
+            self.arm_at(expires_at - 1);
+        }
         let l = &mut self.levels[level as usize];
         l.cold_below = seq + 1;
         l.ready.push_back(QueuedMessage {
@@ -402,6 +491,9 @@ impl Queue {
         self.ready_bytes += entry.size as usize;
         self.ready_len += 1;
         self.timed += (entry.expires_at != 0) as usize;
+        if entry.expires_at != 0 {
+            self.arm_at(entry.expires_at - 1);
+        }
         let level = (entry.level as usize).min(self.levels.len() - 1);
         self.levels[level].requeued.insert(entry.seq, entry);
     }
@@ -544,3 +636,7 @@ pub struct RestoredMeta {
     /// Milliseconds since the publish (0 when the log does not know).
     pub age: u64,
 }
+
+#[cfg(test)]
+#[path = "queue_tests.rs"]
+mod tests;

@@ -96,6 +96,7 @@ impl Broker {
         let owner = m.exclusive.then_some(conn);
         let mut q = Queue::new(vhost_name, &name, m.durable, owner, m.auto_delete, arguments, args);
         st.apply_policies_to(&mut q);
+        q.attach_timer(st.timers.clone(), queue::now_ms());
         // As in RabbitMQ, exclusive and auto-delete queues do not outlive a
         // restart, so only durable queues that are neither are logged.
         if q.durable && owner.is_none() && !q.auto_delete {
@@ -198,7 +199,8 @@ impl State {
     ) -> Vec<String> {
         let mut own_cancels = Vec::new();
         let Some(v) = self.vhosts.get_mut(vhost) else { return own_cancels };
-        let Some(q) = v.queues.remove(name) else { return own_cancels };
+        let Some(mut q) = v.queues.remove(name) else { return own_cancels };
+        q.disarm_timer();
         GlobalStats::add(&self.stats.queues_deleted, 1);
         for c in &q.consumers {
             if let Some(ch) = self.channels.get_mut(&(c.connection.id, c.channel)) {

@@ -53,6 +53,7 @@ impl Broker {
                 let mut q = Queue::new(vhost.clone(), name, true, None, *auto_delete, args, parsed);
                 q.store_id = Some(*queue);
                 st.apply_policies_to(&mut q);
+                q.attach_timer(st.timers.clone(), super::queue::now_ms());
                 let now = crate::store::wall_ms();
                 for m in per_queue.remove(queue).unwrap_or_default() {
                     if let Some(stream) = q.stream.as_deref_mut() {

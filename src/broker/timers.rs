@@ -1,25 +1,31 @@
 //! What happens with time rather than with a client's method: expired
 //! messages leave their queues (dead-lettered when the queue says so)
 //! even when nobody looks at the queue, queues unused for their
-//! `x-expires` are deleted, and a channel whose oldest delivery stayed
-//! unacknowledged past the consumer timeout is closed.
+//! `x-expires` are deleted, a channel whose oldest delivery stayed
+//! unacknowledged past the consumer timeout is closed, and streams drop
+//! what their `x-max-age` no longer keeps.
 //!
-//! One thread ticks every [`TICK`]; each tick is a short pass under the
-//! broker's lock.
+//! One thread sleeps until the earliest deadline of [`super::deadlines`]
+//! (or until an earlier one is armed), then runs what is due under the
+//! broker's lock and arms each owner again at its next deadline. A broker
+//! with no TTL, no `x-expires`, no unacknowledged delivery and no stream
+//! has no deadline, and the thread sleeps.
 
 use std::sync::Weak;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::*;
 
-/// How often the timers run: the precision of TTLs and expiries.
-pub const TICK: Duration = Duration::from_millis(50);
-
-/// Consumer timeouts are checked this often (RabbitMQ's checks are coarser).
-const CONSUMER_TIMEOUT_EVERY: u64 = 1_000;
-
 /// RabbitMQ's default `consumer_timeout`: 30 minutes.
 pub const DEFAULT_CONSUMER_TIMEOUT_MS: u64 = 30 * 60 * 1000;
+
+/// The longest the thread sleeps without a deadline before it checks
+/// that the broker still exists.
+const IDLE_WAKE: Duration = Duration::from_secs(5);
+
+/// How soon a channel whose oldest delivery has no timeout is looked at
+/// again, for the younger deliveries that have one.
+const RECHECK_MS: u64 = 1_000;
 
 /// What a connection must do because of the broker, not its client.
 #[derive(Debug)]
@@ -33,101 +39,136 @@ pub enum BrokerEvent {
     Dropped { reason: String },
 }
 
-pub(super) fn spawn(state: Weak<Mutex<State>>, store: Arc<LogStore>) -> std::io::Result<()> {
+pub(super) fn spawn(state: Weak<Mutex<State>>, timers: TimerHandle, store: Arc<LogStore>) -> std::io::Result<()> {
     std::thread::Builder::new().name("warren-timers".into()).spawn(move || {
-        let mut last_timeout_check = 0;
         loop {
-            std::thread::sleep(TICK);
-            let Some(state) = state.upgrade() else { return };
-            let mut st = state.lock();
-            let now = queue::now_ms();
-            st.expire_all(now, &store);
-            st.stream_retention(now, &store);
-            if now.saturating_sub(last_timeout_check) >= CONSUMER_TIMEOUT_EVERY {
-                last_timeout_check = now;
-                st.check_consumer_timeouts(now);
+            let due = timers.take_due(queue::now_ms());
+            if !due.is_empty() {
+                let Some(state) = state.upgrade() else { return };
+                let mut st = state.lock();
+                let now = queue::now_ms();
+                for (at, key) in due {
+                    st.fire(at, key, now, &store);
+                }
+            } else if state.strong_count() == 0 {
+                return;
             }
+            timers.wait(Instant::now() + IDLE_WAKE, queue::instant_of);
         }
     })?;
     Ok(())
 }
 
 impl Broker {
-    /// Sets the `consumer_timeout` (ms; None turns it off).
+    /// Sets the `consumer_timeout` (ms; None turns it off). Channels
+    /// holding deliveries are armed for the new timeout.
     pub fn set_consumer_timeout(&self, timeout: Option<u64>) {
-        self.state.lock().consumer_timeout = timeout;
+        let mut st = self.state.lock();
+        st.consumer_timeout = timeout;
+        let State { channels, timers, .. } = &mut *st;
+        for (&key, ch) in channels.iter_mut() {
+            if let Some((_, oldest)) = ch.unacked.first_key_value() {
+                let delivered_at = oldest.delivered_at;
+                ch.arm_timeout(key, delivered_at, timeout, timers);
+            }
+        }
     }
 }
 
 impl State {
-    /// Expires messages whose time came, and deletes queues unused for
-    /// their `x-expires`.
-    fn expire_all(&mut self, now: u64, store: &LogStore) {
-        let due: Vec<(Arc<str>, Arc<str>, u64)> = self
-            .vhosts
-            .values()
-            .flat_map(|v| v.queues.values())
-            .filter(|q| q.next_expiry().is_some_and(|at| now >= at))
-            .map(|q| (q.vhost.clone(), q.name.clone(), q.incarnation))
-            .collect();
-        for (vhost, name, incarnation) in due {
-            self.expire_messages(&vhost, &name, incarnation, store);
-            self.drain(&vhost, &name, store);
-        }
-        let unused: Vec<(Arc<str>, Arc<str>)> = self
-            .vhosts
-            .values()
-            .flat_map(|v| v.queues.values())
-            .filter(|q| {
-                q.args.expires.is_some_and(|ttl| now >= q.last_used.saturating_add(ttl)) && q.consumers.is_empty()
-            })
-            .map(|q| (q.vhost.clone(), q.name.clone()))
-            .collect();
-        for (vhost, name) in unused {
-            tracing::info!("queue '{name}' in vhost '{vhost}' expired: unused for its x-expires");
-            self.delete_queue(&vhost, &name, store);
+    /// Runs one deadline that came: `at` is the time it was armed for.
+    fn fire(&mut self, at: u64, key: TimerKey, now: u64, store: &LogStore) {
+        match key {
+            TimerKey::Queue { vhost, name } => self.queue_timer(&vhost, &name, at, now, store),
+            TimerKey::Channel { connection, channel } => self.channel_timer((connection, channel), at, now),
         }
     }
 
-    /// Closes channels whose oldest unacknowledged delivery is older than
-    /// its queue's `x-consumer-timeout` or the broker's `consumer_timeout`.
-    fn check_consumer_timeouts(&mut self, now: u64) {
-        let State { channels, vhosts, connections, consumer_timeout, .. } = self;
-        for (&(conn, channel), ch) in channels.iter_mut() {
-            if ch.timed_out {
-                continue;
+    /// A queue's deadline: expires its due messages, retains a stream's,
+    /// deletes it when unused for its `x-expires`, and arms it again.
+    fn queue_timer(&mut self, vhost: &str, name: &str, at: u64, now: u64, store: &LogStore) {
+        let Some(q) = self.queue_mut(vhost, name) else { return };
+        if !q.timer_fired(at) {
+            return;
+        }
+        if q.stream.is_some() {
+            stream::apply_retention(q, store, true);
+            q.rearm(now);
+            return;
+        }
+        if q.next_expiry().is_some_and(|due| now >= due) {
+            let incarnation = q.incarnation;
+            self.expire_messages(vhost, name, incarnation, store);
+            self.drain(vhost, name, store);
+        }
+        let Some(q) = self.queue_mut(vhost, name) else { return };
+        if q.args.expires.is_some_and(|ttl| now >= q.last_used.saturating_add(ttl)) && q.consumers.is_empty() {
+            tracing::info!("queue '{name}' in vhost '{vhost}' expired: unused for its x-expires");
+            self.delete_queue(vhost, name, store);
+            return;
+        }
+        q.rearm(now);
+    }
+
+    /// A channel's consumer-timeout deadline: closes the channel when its
+    /// oldest delivery is past its timeout, else arms it for that delivery.
+    fn channel_timer(&mut self, (conn, channel): (u64, u16), at: u64, now: u64) {
+        let Some(ch) = self.channels.get_mut(&(conn, channel)) else { return };
+        if ch.timer_at != at {
+            return;
+        }
+        ch.timer_at = 0;
+        self.check_consumer_timeout((conn, channel), now);
+    }
+
+    /// Closes a channel whose oldest unacknowledged delivery is older than
+    /// its consumer's `x-consumer-timeout`, its queue's, or the broker's
+    /// `consumer_timeout`; a channel with younger deliveries is armed again.
+    fn check_consumer_timeout(&mut self, (conn, channel): (u64, u16), now: u64) {
+        let State { channels, vhosts, connections, consumer_timeout, timers, .. } = self;
+        let Some(ch) = channels.get_mut(&(conn, channel)) else { return };
+        if ch.timed_out {
+            return;
+        }
+        let Some((_, oldest)) = ch.unacked.first_key_value() else { return };
+        // The consumer's own x-consumer-timeout, else its queue's, else the broker's.
+        let q = vhosts
+            .get(&ch.vhost)
+            .and_then(|v| v.queues.get(&oldest.queue))
+            .filter(|q| q.incarnation == oldest.incarnation);
+        let consumer = oldest.consumer_tag.as_ref().and_then(|tag| {
+            q.and_then(|q| {
+                q.consumers.iter().find(|c| c.tag == *tag && c.connection.id == conn && c.channel == channel)
+            })
+        });
+        let timeout = consumer
+            .and_then(|c| c.args.timeout)
+            .or_else(|| q.and_then(|q| q.args.consumer_timeout))
+            .or(*consumer_timeout);
+        let Some(timeout) = timeout else {
+            // No timeout for the oldest; a younger delivery may have one
+            // once the oldest is settled: look again then.
+            if ch.unacked.len() > 1 {
+                ch.arm_timeout((conn, channel), now, Some(RECHECK_MS), timers);
             }
-            let Some((_, oldest)) = ch.unacked.first_key_value() else { continue };
-            // The consumer's own x-consumer-timeout, else its queue's, else the broker's.
-            let q = vhosts
-                .get(&ch.vhost)
-                .and_then(|v| v.queues.get(&oldest.queue))
-                .filter(|q| q.incarnation == oldest.incarnation);
-            let consumer = oldest.consumer_tag.as_ref().and_then(|tag| {
-                q.and_then(|q| {
-                    q.consumers.iter().find(|c| c.tag == *tag && c.connection.id == conn && c.channel == channel)
-                })
-            });
-            let timeout = consumer
-                .and_then(|c| c.args.timeout)
-                .or_else(|| q.and_then(|q| q.args.consumer_timeout))
-                .or(*consumer_timeout);
-            let Some(timeout) = timeout else { continue };
-            if now.saturating_sub(oldest.delivered_at) <= timeout {
-                continue;
-            }
-            let Some(c) = connections.get(&conn) else { continue };
-            tracing::warn!(
-                "consumer on channel {channel} of connection {} timed out waiting for an acknowledgement ({timeout} ms)",
-                c.info.peer
-            );
-            ch.timed_out = true;
-            c.handle.event(BrokerEvent::CloseChannel {
+            return;
+        };
+        if now.saturating_sub(oldest.delivered_at) <= timeout {
+            let delivered_at = oldest.delivered_at;
+            ch.arm_timeout((conn, channel), delivered_at, Some(timeout), timers);
+            return;
+        }
+        let Some(c) = connections.get(&conn) else { return };
+        tracing::warn!(
+            "consumer on channel {channel} of connection {} timed out waiting for an acknowledgement ({timeout} ms)",
+            c.info.peer
+        );
+        ch.timed_out = true;
+        c.handle.event(BrokerEvent::CloseChannel {
                 channel,
                 error: AmqpError::precondition(format!(
                     "delivery acknowledgement on channel {channel} timed out. Timeout value used: {timeout} ms. This timeout value can be configured, see consumers doc guide to learn more"
                 )),
             });
-        }
     }
 }

@@ -174,10 +174,20 @@ impl State {
     /// while it has credit and its channel and socket have room. Bodies
     /// not in memory are asked of the loader, once for all readers.
     pub(in crate::broker) fn deliver_stream(&mut self, vhost: &str, queue: &str, store: &LogStore) {
-        let State { vhosts, channels, loader, stats, durability_waiters, durability_wanted, .. } = self;
+        let State {
+            vhosts,
+            channels,
+            loader,
+            stats,
+            durability_waiters,
+            durability_wanted,
+            timers,
+            consumer_timeout,
+            ..
+        } = self;
         let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
         let loader = loader.as_ref().filter(|l| l.is_alive());
-        let Queue { stream, consumers, counters, unacked, name, incarnation, vhost: q_vhost, store_id, .. } = q;
+        let Queue { stream, consumers, counters, unacked, name, incarnation, vhost: q_vhost, store_id, args, .. } = q;
         let Some(stream) = stream.as_deref_mut() else { return };
         let queue_ref = (&*q_vhost, &*name, *incarnation);
         let durable_below = stream.durable_below(store.durable_position());
@@ -221,6 +231,7 @@ impl State {
                     continue;
                 }
                 let delivery_tag = ch.take_tag();
+                let now = now_ms();
                 consumer.unacked += 1;
                 *unacked += 1;
                 counters.deliver += 1;
@@ -241,9 +252,11 @@ impl State {
                             delivery_count: 0,
                         },
                         consumer_tag: Some(consumer.tag.clone()),
-                        delivered_at: now_ms(),
+                        delivered_at: now,
                     },
                 );
+                let timeout = consumer.args.timeout.or(args.consumer_timeout).or(*consumer_timeout);
+                ch.arm_timeout((consumer.connection.id, consumer.channel), now, timeout, timers);
                 consumer.connection.send(Outgoing::Deliver {
                     channel: consumer.channel,
                     consumer_tag: consumer.tag.clone(),
@@ -290,18 +303,6 @@ impl State {
             }
         }
         self.deliver_stream(&request.vhost, &request.queue, store);
-    }
-
-    /// The timer's pass: `x-max-age` (and a size limit a policy lowered)
-    /// for streams not looked at in [`super::AGE_CHECK_MS`].
-    pub(in crate::broker) fn stream_retention(&mut self, now: u64, store: &LogStore) {
-        for v in self.vhosts.values_mut() {
-            for q in v.queues.values_mut() {
-                if q.stream.as_ref().is_some_and(|s| now.saturating_sub(s.age_checked) >= super::AGE_CHECK_MS) {
-                    apply_retention(q, store, true);
-                }
-            }
-        }
     }
 }
 

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 pub use consumer::{StartAt, StreamCursor};
 pub use deliver::tracked_key;
-pub(super) use deliver::{consumer_cursor, publish_to_stream, settled, spawn_durability_waker, track};
+pub(super) use deliver::{apply_retention, consumer_cursor, publish_to_stream, settled, spawn_durability_waker, track};
 
 use super::message::Message;
 

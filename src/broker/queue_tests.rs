@@ -1,0 +1,219 @@
+//! One queue through its methods, on an injected clock: every `now` is
+//! given, nothing sleeps, no socket and no log.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::broker::deadlines::TimerHandle;
+
+fn message(body: &str, expiration_ms: Option<u64>, priority: u8) -> Arc<Message> {
+    Arc::new(Message {
+        exchange: String::new(),
+        routing_key: "q".into(),
+        properties: Bytes::new(),
+        body: Bytes::copy_from_slice(body.as_bytes()),
+        persistent: false,
+        expiration_ms,
+        priority,
+    })
+}
+
+fn queue(args: QueueArgs) -> Queue {
+    Queue::new(Arc::from("/"), "q", false, None, false, FieldTable::default(), args)
+}
+
+fn bodies(entries: &[QueuedMessage]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.message.as_ref().expect("body in memory").body).into_owned())
+        .collect()
+}
+
+fn pop_all(q: &mut Queue) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(e) = q.pop_ready() {
+        out.extend(bodies(&[e]));
+    }
+    out
+}
+
+#[test]
+fn a_message_ttl_arms_the_timer_and_expires_at_its_deadline() {
+    let timers = TimerHandle::default();
+    let mut q = queue(QueueArgs { message_ttl: Some(100), ..Default::default() });
+    q.attach_timer(timers.clone(), 1_000);
+    assert_eq!(timers.next(), None, "nothing to expire yet");
+    q.enqueue(message("a", None, 0), 0, 1_000, false);
+    q.enqueue(message("b", None, 0), 0, 1_050, false);
+    assert_eq!(timers.next(), Some(1_100), "armed for the head only");
+    assert_eq!(timers.len(), 1);
+    assert!(q.expire(1_099).is_empty());
+    assert_eq!(bodies(&q.expire(1_100)), ["a"]);
+    assert_eq!(q.next_deadline(1_100), Some(1_150));
+    assert_eq!(bodies(&q.expire(1_150)), ["b"]);
+    assert_eq!((q.ready_count(), q.next_deadline(1_150)), (0, None));
+}
+
+#[test]
+fn the_shorter_of_queue_and_message_ttl_applies() {
+    let mut q = queue(QueueArgs { message_ttl: Some(500), ..Default::default() });
+    q.enqueue(message("short", Some(20), 0), 0, 0, false);
+    assert_eq!(q.next_expiry(), Some(20));
+    let mut q = queue(QueueArgs { message_ttl: Some(10), ..Default::default() });
+    q.enqueue(message("long", Some(900), 0), 0, 0, false);
+    assert_eq!(q.next_expiry(), Some(10));
+}
+
+#[test]
+fn a_message_behind_a_longer_lived_head_waits_for_it() {
+    // As RabbitMQ: only heads expire.
+    let mut q = queue(QueueArgs::default());
+    q.enqueue(message("long", Some(1_000), 0), 0, 0, false);
+    q.enqueue(message("short", Some(10), 0), 0, 0, false);
+    assert!(q.expire(500).is_empty());
+    assert_eq!(bodies(&q.expire(1_000)), ["long", "short"]);
+}
+
+#[test]
+fn a_requeued_message_with_an_earlier_expiry_arms_earlier() {
+    let timers = TimerHandle::default();
+    let mut q = queue(QueueArgs::default());
+    q.attach_timer(timers.clone(), 0);
+    q.enqueue(message("a", Some(100), 0), 0, 0, false);
+    let delivered = q.pop_ready().expect("a");
+    q.enqueue(message("b", Some(1_000), 0), 0, 50, false);
+    // The timer fired at 100 with only b ready: armed again for b.
+    assert!(timers.take_due(100).iter().any(|(at, _)| q.timer_fired(*at)));
+    q.rearm(100);
+    assert_eq!(timers.next(), Some(1_050));
+    assert!(q.requeue(delivered).is_none());
+    assert_eq!(timers.next(), Some(100), "the requeued message is due before b");
+    assert_eq!(bodies(&q.expire(100)), ["a"]);
+}
+
+#[test]
+fn a_stale_deadline_does_not_fire() {
+    let timers = TimerHandle::default();
+    let mut q = queue(QueueArgs::default());
+    q.attach_timer(timers.clone(), 0);
+    q.enqueue(message("a", Some(100), 0), 0, 0, false);
+    let due = timers.take_due(100);
+    assert_eq!(due.len(), 1);
+    assert!(!q.timer_fired(due[0].0 + 1), "another deadline than the armed one");
+    assert!(q.timer_fired(due[0].0));
+    assert!(!q.timer_fired(due[0].0), "fires once");
+}
+
+#[test]
+fn x_expires_counts_from_the_last_use_while_no_consumer_is_there() {
+    let timers = TimerHandle::default();
+    let mut q = queue(QueueArgs { expires: Some(1_000), ..Default::default() });
+    q.last_used = 500;
+    q.attach_timer(timers.clone(), 500);
+    assert_eq!(timers.next(), Some(1_500));
+    // Used again later: the armed deadline comes early and the queue is
+    // armed at its new one.
+    q.last_used = 900;
+    let due = timers.take_due(1_500);
+    assert_eq!(due.len(), 1);
+    assert!(q.timer_fired(due[0].0));
+    q.rearm(1_500);
+    assert_eq!(timers.next(), Some(1_900));
+}
+
+#[test]
+fn deleting_a_queue_disarms_its_timer() {
+    let timers = TimerHandle::default();
+    let mut q = queue(QueueArgs { expires: Some(1_000), ..Default::default() });
+    q.attach_timer(timers.clone(), 0);
+    assert_eq!(timers.len(), 1);
+    q.disarm_timer();
+    assert!(timers.is_empty());
+}
+
+#[test]
+fn priorities_deliver_highest_first_and_requeued_messages_keep_their_place() {
+    let mut q = queue(QueueArgs { max_priority: Some(5), ..Default::default() });
+    for (body, priority) in [("low1", 0), ("high1", 5), ("low2", 0), ("over", 9), ("mid", 3)] {
+        q.enqueue(message(body, None, priority), 0, 0, false);
+    }
+    // A priority above the maximum counts as the maximum.
+    assert_eq!(q.level_of(9), 5);
+    let first = q.pop_ready().expect("first");
+    assert_eq!(bodies(std::slice::from_ref(&first)), ["high1"]);
+    assert!(q.requeue(first).is_none());
+    assert_eq!(pop_all(&mut q), ["high1", "over", "mid", "low1", "low2"]);
+}
+
+#[test]
+fn a_requeued_message_goes_back_before_later_publishes() {
+    let mut q = queue(QueueArgs::default());
+    for body in ["1", "2", "3"] {
+        q.enqueue(message(body, None, 0), 0, 0, false);
+    }
+    let one = q.pop_ready().expect("1");
+    let two = q.pop_ready().expect("2");
+    assert!(q.requeue(two).is_none());
+    assert!(q.requeue(one).is_none());
+    let again = q.pop_ready().expect("1 again");
+    assert!(again.redelivered);
+    assert_eq!(again.delivery_count, 1);
+    assert_eq!(bodies(&[again]), ["1"]);
+    assert_eq!(pop_all(&mut q), ["2", "3"]);
+}
+
+#[test]
+fn max_length_drops_from_the_head_or_rejects() {
+    let mut q = queue(QueueArgs { max_length: Some(2), ..Default::default() });
+    for body in ["1", "2"] {
+        q.enqueue(message(body, None, 0), 0, 0, false);
+    }
+    let (outcome, dropped) = q.enqueue(message("3", None, 0), 0, 0, false);
+    assert_eq!((outcome, bodies(&dropped)), (Enqueued::Accepted, vec!["1".to_string()]));
+    assert_eq!(q.ready_count(), 2);
+
+    let mut q = queue(QueueArgs { max_length: Some(1), overflow: Some(Overflow::RejectPublish), ..Default::default() });
+    q.enqueue(message("1", None, 0), 0, 0, false);
+    let (outcome, dropped) = q.enqueue(message("2", None, 0), 0, 0, false);
+    assert_eq!((outcome, dropped.len()), (Enqueued::Rejected, 0));
+    assert_eq!(pop_all(&mut q), ["1"]);
+}
+
+#[test]
+fn max_length_bytes_counts_bodies() {
+    let mut q = queue(QueueArgs { max_length_bytes: Some(10), ..Default::default() });
+    q.enqueue(message("12345", None, 0), 0, 0, false);
+    q.enqueue(message("67890", None, 0), 0, 0, false);
+    let (_, dropped) = q.enqueue(message("abc", None, 0), 0, 0, false);
+    assert_eq!(bodies(&dropped), ["12345"]);
+    assert_eq!(q.ready_bytes(), 8);
+    // Larger than the limit on its own: the head goes to make room, as
+    // in RabbitMQ, and then the message itself.
+    let (_, dropped) = q.enqueue(message("0123456789ab", None, 0), 0, 0, false);
+    assert_eq!(bodies(&dropped), ["67890", "abc", "0123456789ab"]);
+    assert_eq!(q.ready_count(), 0);
+}
+
+#[test]
+fn the_delivery_limit_returns_the_message_instead_of_requeueing_it() {
+    let mut q = queue(QueueArgs { delivery_limit: Some(1), ..Default::default() });
+    q.enqueue(message("m", None, 0), 0, 0, false);
+    let first = q.pop_ready().expect("m");
+    assert!(q.requeue(first).is_none(), "returned once: within the limit");
+    let second = q.pop_ready().expect("m again");
+    let over = q.requeue(second).expect("over the limit");
+    assert_eq!(over.delivery_count, 2);
+    assert_eq!(q.ready_count(), 0);
+}
+
+#[test]
+fn purge_empties_the_ready_list_and_its_counters() {
+    let mut q = queue(QueueArgs { message_ttl: Some(10), ..Default::default() });
+    for body in ["1", "2", "3"] {
+        q.enqueue(message(body, None, 0), 0, 0, false);
+    }
+    assert_eq!(q.purge().len(), 3);
+    assert_eq!((q.ready_count(), q.ready_bytes(), q.next_expiry()), (0, 0, None));
+}
