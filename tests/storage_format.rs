@@ -286,9 +286,10 @@ fn our_encoder_writes_exactly_the_documented_bytes() {
     }
     .encode(0, &mut ours);
     for (id, body) in [(1u64, &b"first"[..]), (2, b"second"), (3, b"third")] {
-        encode_message(&mut ours, 0, id, Some(published(id)), None, &[7], "logs", "a.b", &[0x10, 0x00, 2], body);
+        MessageDraft::new(0, Some(published(id)), None, &[7], ("logs", "a.b"), &[0x10, 0x00, 2], body)
+            .encode(&mut ours, id);
     }
-    encode_message(&mut ours, 0, 4, Some(published(4)), Some(41), &[9], "", "ticks", &[0, 0], b"tick");
+    MessageDraft::new(0, Some(published(4)), Some(41), &[9], ("", "ticks"), &[0, 0], b"tick").encode(&mut ours, 4);
     encode_id_record(&mut ours, TYPE_DELIVERED, 7, &[3]);
     encode_id_record(&mut ours, TYPE_ACK, 7, &[2]);
     assert_eq!(&hand[..ours.len()], &ours[..]);

@@ -277,25 +277,18 @@ impl LogStore {
             }
             let holders = inner.holders(m.id);
             let queues: Vec<u32> = holders.iter().map(|h| h.0).collect();
-            let timed = m.published_ms.is_some();
-            let stream = m.stream_offset.is_some();
-            let len =
-                message_record_len(queues.len(), timed, stream, &m.exchange, &m.routing_key, &m.properties, &m.body);
-            let end = inner.append(len, 0, |out| {
-                let (exchange, key) = (&m.exchange, &m.routing_key);
-                encode_message(
-                    out,
-                    FLAG_RELOCATED,
-                    m.id,
-                    m.published_ms,
-                    m.stream_offset,
-                    &queues,
-                    exchange,
-                    key,
-                    &m.properties,
-                    &m.body,
-                )
-            });
+            let names = (m.exchange.as_str(), m.routing_key.as_str());
+            let draft = MessageDraft::new(
+                FLAG_RELOCATED,
+                m.published_ms,
+                m.stream_offset,
+                &queues,
+                names,
+                &m.properties,
+                &m.body,
+            );
+            let len = draft.len();
+            let end = inner.append(len, 0, |out| draft.encode(out, m.id));
             let active = inner.active;
             let offset = (end - inner.active_base()) as u32 - len as u32;
             let to = Loc { segment: active, offset, len: len as u32, queue: loc.queue, delivered: loc.delivered };

@@ -8,6 +8,9 @@
 //! encodings (and so big-endian inside): queue/exchange/binding arguments
 //! (an AMQP field table) and message properties (AMQP property flags and list).
 
+mod draft;
+pub use draft::MessageDraft;
+
 use bytes::{BufMut, Bytes};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"WARRENLG";
@@ -364,6 +367,18 @@ impl Record {
         if let Record::Group { position, length, synced_before } = self {
             return encode_group(out, 0, *position, *length, *synced_before);
         }
+        if let Record::Message(m) = self {
+            let draft = MessageDraft::new(
+                flags,
+                m.published_ms,
+                m.stream_offset,
+                &m.queues,
+                (&m.exchange, &m.routing_key),
+                &m.properties,
+                &m.body,
+            );
+            return draft.encode(out, m.id);
+        }
         let vhost = self.vhost().filter(|v| *v != DEFAULT_VHOST);
         let flags = match self {
             Record::Message(m) => message_flags(flags, m.queues.len(), m.published_ms, m.stream_offset),
@@ -413,17 +428,8 @@ impl Record {
                 put_str8(out, &b.routing_key);
                 put_bytes32(out, &b.arguments);
             }
-            Record::Message(m) => encode_message_payload(
-                out,
-                m.id,
-                m.published_ms,
-                m.stream_offset,
-                &m.queues,
-                &m.exchange,
-                &m.routing_key,
-                &m.properties,
-                &m.body,
-            ),
+            // Framed whole by `encode`, through a MessageDraft.
+            Record::Message(_) => {}
             Record::Ack { queue, ids } | Record::Delivered { queue, ids } => encode_id_list(out, *queue, ids),
             Record::IdWatermark { next_message_id, next_queue_id } => {
                 out.put_u64_le(*next_message_id);
@@ -562,44 +568,10 @@ fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, body: impl FnOnce(&mut Vec<u8>)
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn message_flags(flags: u8, queues: usize, published_ms: Option<u64>, stream_offset: Option<u64>) -> u8 {
+pub(super) fn message_flags(flags: u8, queues: usize, published_ms: Option<u64>, stream_offset: Option<u64>) -> u8 {
     let flags = if queues > u16::MAX as usize { flags | FLAG_WIDE } else { flags };
     let flags = if stream_offset.is_some() { flags | FLAG_STREAM } else { flags };
     if published_ms.is_some() { flags | FLAG_TIMED } else { flags }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn encode_message_payload(
-    out: &mut Vec<u8>,
-    id: u64,
-    published_ms: Option<u64>,
-    stream_offset: Option<u64>,
-    queues: &[u32],
-    exchange: &str,
-    routing_key: &str,
-    properties: &[u8],
-    body: &[u8],
-) {
-    out.reserve(24 + 2 + queues.len() * 4 + 2 + exchange.len() + routing_key.len() + 8 + properties.len() + body.len());
-    out.put_u64_le(id);
-    if let Some(ms) = published_ms {
-        out.put_u64_le(ms);
-    }
-    if let Some(offset) = stream_offset {
-        out.put_u64_le(offset);
-    }
-    if queues.len() > u16::MAX as usize {
-        out.put_u32_le(queues.len() as u32);
-    } else {
-        out.put_u16_le(queues.len() as u16);
-    }
-    for q in queues {
-        out.put_u32_le(*q);
-    }
-    put_str8(out, exchange);
-    put_str8(out, routing_key);
-    put_bytes32(out, properties);
-    put_bytes32(out, body);
 }
 
 fn encode_id_list(out: &mut Vec<u8>, queue: u32, ids: &[u64]) {
@@ -609,27 +581,6 @@ fn encode_id_list(out: &mut Vec<u8>, queue: u32, ids: &[u64]) {
     for id in ids {
         out.put_u64_le(*id);
     }
-}
-
-/// Encodes a message record straight from the broker's fields, without
-/// building a [`Record`] (the publish path).
-#[allow(clippy::too_many_arguments)]
-pub fn encode_message(
-    out: &mut Vec<u8>,
-    flags: u8,
-    id: u64,
-    published_ms: Option<u64>,
-    stream_offset: Option<u64>,
-    queues: &[u32],
-    exchange: &str,
-    routing_key: &str,
-    properties: &[u8],
-    body: &[u8],
-) {
-    let flags = message_flags(flags, queues.len(), published_ms, stream_offset);
-    frame(out, TYPE_MESSAGE, flags, |out| {
-        encode_message_payload(out, id, published_ms, stream_offset, queues, exchange, routing_key, properties, body)
-    });
 }
 
 /// The checksum of a commit-group record: CRC-32 over the segment's nonce
@@ -656,40 +607,19 @@ pub fn encode_group(out: &mut Vec<u8>, nonce: u64, position: u64, length: u32, s
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Encodes an ack or delivered record from a borrowed id list.
+/// Bytes [`encode_id_record`] writes for `ids` ids.
+pub const fn id_record_len(ids: usize) -> usize {
+    // Queue id and count (4 bytes each), then 8 bytes per id.
+    RECORD_PREFIX_LEN + 2 + 8 + ids * 8
+}
+
+/// Encodes an ack or delivered record from a borrowed id list
+/// ([`id_record_len`] bytes).
 pub fn encode_id_record(out: &mut Vec<u8>, kind: u8, queue: u32, ids: &[u64]) {
     frame(out, kind, 0, |out| encode_id_list(out, queue, ids));
 }
 
-/// Size of the framed record [`encode_message`] writes.
-pub fn message_record_len(
-    queues: usize,
-    timed: bool,
-    stream: bool,
-    exchange: &str,
-    routing_key: &str,
-    properties: &[u8],
-    body: &[u8],
-) -> usize {
-    let count_len = if queues > u16::MAX as usize { 4 } else { 2 };
-    RECORD_PREFIX_LEN
-        + 2
-        + 8
-        + if timed { 8 } else { 0 }
-        + if stream { 8 } else { 0 }
-        + count_len
-        + queues * 4
-        + 1
-        + exchange.len().min(255)
-        + 1
-        + routing_key.len().min(255)
-        + 4
-        + properties.len()
-        + 4
-        + body.len()
-}
-
-fn put_str8(out: &mut Vec<u8>, s: &str) {
+pub(super) fn put_str8(out: &mut Vec<u8>, s: &str) {
     // Names are AMQP short strings, at most 255 bytes, checked on the way in.
     let bytes = &s.as_bytes()[..s.len().min(255)];
     out.put_u8(bytes.len() as u8);

@@ -411,11 +411,13 @@ impl LogStore {
         body: &[u8],
         moved_from: Option<(u32, u64)>,
     ) -> Result<(u64, u64), StoreError> {
-        self.append_message(queues, None, (exchange, routing_key), properties, body, moved_from)
+        let (id, end, _) = self.append_message(queues, None, (exchange, routing_key), properties, body, moved_from)?;
+        Ok((id, end))
     }
 
     /// Appends a message of a stream at `offset` (a record of that stream
-    /// alone, carrying the offset); otherwise as [`LogStore::publish_moving`].
+    /// alone, carrying the offset); otherwise as [`LogStore::publish_moving`],
+    /// with the record's length as well (the stream's retention counts it).
     pub fn publish_stream(
         &self,
         stream: u32,
@@ -424,7 +426,7 @@ impl LogStore {
         properties: &[u8],
         body: &[u8],
         moved_from: Option<(u32, u64)>,
-    ) -> Result<(u64, u64), StoreError> {
+    ) -> Result<(u64, u64, u32), StoreError> {
         self.append_message(&[stream], Some(offset), (exchange, routing_key), properties, body, moved_from)
     }
 
@@ -436,17 +438,19 @@ impl LogStore {
         properties: &[u8],
         body: &[u8],
         moved_from: Option<(u32, u64)>,
-    ) -> Result<(u64, u64), StoreError> {
+    ) -> Result<(u64, u64, u32), StoreError> {
+        // Laid out and checksummed before the lock: under it the record
+        // only gets its id (ids follow log order) and is copied.
+        let published = Some(wall_ms());
+        let draft = MessageDraft::new(0, published, stream_offset, queues, (exchange, routing_key), properties, body);
+        let len = draft.len();
         let mut inner = self.inner.lock();
         inner.check()?;
         let id = inner.next_message_id;
         inner.next_message_id += 1;
-        let published = Some(wall_ms());
-        let stream = stream_offset.is_some();
-        let len = message_record_len(queues.len(), true, stream, exchange, routing_key, properties, body);
-        let ack_len = if moved_from.is_some() { RECORD_PREFIX_LEN + 2 + 8 + 8 } else { 0 };
+        let ack_len = if moved_from.is_some() { id_record_len(1) } else { 0 };
         let mut end = inner.append(len + ack_len, id, |out| {
-            encode_message(out, 0, id, published, stream_offset, queues, exchange, routing_key, properties, body);
+            draft.encode(out, id);
             if let Some((queue, from)) = moved_from {
                 encode_id_record(out, TYPE_ACK, queue, &[from]);
             }
@@ -481,7 +485,7 @@ impl LogStore {
         drop(inner);
         self.stats.published_bytes.fetch_add(len as u64, Ordering::Relaxed);
         self.wake_writer.notify_one();
-        Ok((id, end + ack_len as u64))
+        Ok((id, end + ack_len as u64, len as u32))
     }
 
     /// Pages a message's body out to the log under memory pressure (see

@@ -348,7 +348,7 @@ impl Inner {
     pub fn append_id_records(&mut self, kind: u8, queue: u32, ids: &[u64]) -> u64 {
         let mut end = self.appended.load(Ordering::Acquire);
         for chunk in ids.chunks(65_536) {
-            let len = RECORD_PREFIX_LEN + 2 + 8 + chunk.len() * 8;
+            let len = id_record_len(chunk.len());
             end = self.append(len, 0, |out| encode_id_record(out, kind, queue, chunk));
             let active = self.active;
             if let Some(meta) = self.segments.get_mut(&active) {

@@ -17,7 +17,7 @@ use super::super::{AmqpError, ChannelState, Result, State, Unacked, message_from
 use super::consumer::{StreamConsumeArgs, StreamCursor};
 use super::{STREAM_HOT_WINDOW, StreamEntry};
 use crate::protocol::{BasicProperties, FieldTable, FieldValue};
-use crate::store::format::{MessageRecord, ParameterKind, Record, message_record_len};
+use crate::store::format::{MessageRecord, ParameterKind, Record};
 use crate::store::{LogStore, StoreError, wall_ms};
 
 /// The header each delivery of a stream carries: the message's offset.
@@ -42,8 +42,7 @@ pub(in crate::broker) fn publish_to_stream(
     let offset = stream.next_offset();
     let properties = with_offset_header(&message.properties, offset);
     let names = (message.exchange.as_str(), message.routing_key.as_str());
-    let (id, end) = store.publish_stream(qid, offset, names, &properties, &message.body, moved_from)?;
-    let record_len = message_record_len(1, true, true, names.0, names.1, &properties, &message.body) as u32;
+    let (id, end, record_len) = store.publish_stream(qid, offset, names, &properties, &message.body, moved_from)?;
     let stored = Arc::new(Message {
         exchange: message.exchange.clone(),
         routing_key: message.routing_key.clone(),
