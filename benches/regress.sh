@@ -9,8 +9,11 @@
 # broker's CPU time per message (utime + stime of the whole process over the
 # load, from /proc), its syscalls and context switches per message (the
 # broker runs under perf stat, so every thread it starts is counted, start
-# and stop included; "-" without perf), and p50/p99 latency. It ends with the median of each figure per build and its ratio to
-# the first build.
+# and stop included; "-" without perf), p50/p99 latency, and for builds that
+# report them at shutdown the nanoseconds per message spent holding the
+# broker's lock and the log's (the serial part of a message's cost: 1e9 over
+# their sum is the rate no number of cores passes). It ends with the median
+# of each figure per build and its ratio to the first build.
 #
 #   benches/regress.sh HEAD                  # the last commit beside the working tree
 #   benches/regress.sh aef07c7 2952dd2       # two commits and the working tree
@@ -104,15 +107,23 @@ for rep in $(seq "$REPS"); do
                 syscalls=$(awk -F, '$3 == "raw_syscalls:sys_enter" {print $1}' "$scratch/perf")
                 switches=$(awk -F, '$3 == "context-switches" {print $1}' "$scratch/perf")
             fi
+            # Builds that report their lock holds at shutdown: seconds held.
+            locks=$(sed -n 's/.*broker lock: [0-9]* holds, [0-9.]* ns mean, \([0-9.]*\) s held; log lock (message path): [0-9]* holds, [0-9.]* ns mean, \([0-9.]*\) s held.*/\1 \2/p' \
+                "$scratch/out" "$scratch/log" 2>/dev/null | tail -1)
             rm -rf "$scratch"; scratch=""
             consumed=$(sed -n 's/.* consumed=\([0-9]*\).*/\1/p' <<<"$line")
-            figures=$(python3 - "$before" "$after" "$ticks_per_s" "${consumed:-0}" "${syscalls:--}" "${switches:--}" <<'PY'
+            figures=$(python3 - "$before" "$after" "$ticks_per_s" "${consumed:-0}" "${syscalls:--}" "${switches:--}" "${locks:-}" <<'PY'
 import sys
 before, after, hz, consumed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 def per(v):
     return f"{float(v) / consumed:.3f}" if consumed and v not in ("-", "") else "-"
 cpu = f"{(after - before) / hz * 1e6 / consumed:.3f}" if consumed else "-"
-print(f"broker_us_per_msg={cpu} syscalls_per_msg={per(sys.argv[5])} switches_per_msg={per(sys.argv[6])}")
+out = f"broker_us_per_msg={cpu} syscalls_per_msg={per(sys.argv[5])} switches_per_msg={per(sys.argv[6])}"
+held = sys.argv[7].split()
+if consumed and len(held) == 2:
+    # Time under the broker's lock and the log's, per message consumed.
+    out += f" broker_lock_ns_per_msg={float(held[0]) * 1e9 / consumed:.1f} log_lock_ns_per_msg={float(held[1]) * 1e9 / consumed:.1f}"
+print(out)
 PY
 )
             echo "$label $sc rep$rep $line $figures" | tee -a "$results"

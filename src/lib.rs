@@ -18,6 +18,7 @@
 //! - [`management`]: RabbitMQ's management HTTP API, beside [`server`],
 //!   reading the broker's listings and statistics snapshot.
 //! - [`metrics`]: figures about the process (memory, descriptors, uptime).
+//! - [`lock_stats`]: how long the locks every message takes are held.
 //! - [`definitions`]: RabbitMQ's JSON definitions file, export and import.
 //! - [`access`]: users, password hashes and permissions, checked by the
 //!   server where RabbitMQ checks them.
@@ -28,6 +29,7 @@ pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod definitions;
+pub mod lock_stats;
 pub mod management;
 pub mod metrics;
 pub mod protocol;

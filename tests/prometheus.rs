@@ -297,4 +297,14 @@ async fn values_follow_traffic() {
     assert!(written >= 3000.0, "three 1000-byte bodies were written: {written}");
     assert_eq!(type_of(&text, "warren_log_replay_seconds"), Some("gauge"));
     must(&text, "warren_log_replay_seconds", &[]);
+
+    // The locks every message passes through: three publishes took the
+    // broker's lock and the log's (appends) at least once each.
+    for lock in ["warren_broker_lock", "warren_log_lock"] {
+        let holds = format!("{lock}_holds_total");
+        assert_eq!(type_of(&text, &format!("{lock}_holds")), Some("counter"));
+        assert!(must(&text, &holds, &[]) - was(&holds, &[]) >= 3.0, "{holds} counts the three publishes");
+        let held = format!("{lock}_held_seconds_total");
+        assert!(must(&text, &held, &[]) >= was(&held, &[]), "{held} never goes back");
+    }
 }

@@ -193,7 +193,10 @@ fn main() -> anyhow::Result<()> {
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(config.threads).enable_all().build()?
     };
+    let reporting = broker.clone();
     let result = runtime.block_on(serve(config, broker, tls));
+    // What the message path spent under broker-wide locks (benches/regress.sh reads this line).
+    tracing::info!("lock holds since the start: {}", reporting.lock_report());
     // Everything appended is written and synced before the process exits.
     store.shutdown();
     drop(lock);

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 
-use parking_lot::Mutex;
+use super::StateLock;
 
-use super::{State, message_from_record};
+use super::message_from_record;
 use crate::store::LogStore;
 
 /// Messages read per request, at most.
@@ -59,7 +59,7 @@ impl Drop for AliveGuard {
 
 impl Loader {
     /// Starts the loader thread over the broker's state and log.
-    pub fn spawn(state: Arc<Mutex<State>>, store: Arc<LogStore>) -> std::io::Result<Loader> {
+    pub fn spawn(state: Arc<StateLock>, store: Arc<LogStore>) -> std::io::Result<Loader> {
         let (requests, inbox) = std::sync::mpsc::channel();
         let alive = Arc::new(AtomicBool::new(true));
         let guard = AliveGuard(alive.clone());
@@ -81,7 +81,7 @@ impl Loader {
     }
 }
 
-fn run(inbox: Receiver<LoadRequest>, state: &Mutex<State>, store: &LogStore) {
+fn run(inbox: Receiver<LoadRequest>, state: &StateLock, store: &LogStore) {
     while let Ok(request) = inbox.recv() {
         let ids: Vec<u64> = request.items.iter().map(|(_, id)| *id).collect();
         let read: Vec<_> =

@@ -23,11 +23,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use super::StateLock;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use super::State;
 use super::message::Message;
 use super::queue::{HOT_WINDOW, Queue};
 use crate::store::LogStore;
@@ -214,7 +213,7 @@ impl MemoryMonitor {
 pub(super) fn spawn(
     monitor: Arc<MemoryMonitor>,
     (limit, paging_ratio): (u64, f64),
-    state: Weak<Mutex<State>>,
+    state: Weak<StateLock>,
     store: Arc<LogStore>,
 ) -> std::io::Result<()> {
     monitor.limit.store(limit, Ordering::Relaxed);
@@ -284,7 +283,7 @@ pub(super) fn page_out(q: &mut Queue, level: Option<u8>, store: &LogStore, press
     kept_up
 }
 
-fn page_out_everywhere(state: &Mutex<State>, store: &LogStore, monitor: &MemoryMonitor) {
+fn page_out_everywhere(state: &StateLock, store: &LogStore, monitor: &MemoryMonitor) {
     let mut st = state.lock();
     let mut kept_up = true;
     for v in st.vhosts.values_mut() {

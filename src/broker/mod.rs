@@ -61,7 +61,7 @@ use std::collections::{BTreeMap, HashSet};
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
 pub use arguments::{ConsumerArgs, Overflow, QueueArgs, QueueType};
 use dead_letter::{Departed, Reason};
@@ -78,7 +78,7 @@ pub use records::message_from_record;
 use records::{binding_record, exchange_record, queue_record};
 pub use reply_to::REPLY_TO_QUEUE;
 use reply_to::ReplyConsumer;
-pub use stats::{GlobalStats, QueueSample, Snapshot};
+pub use stats::{GlobalStats, LockReport, QueueSample, Snapshot};
 pub use timers::BrokerEvent;
 pub use vhosts::{VHost, VhostError, VhostInfo, VhostLimits, VhostRow};
 
@@ -87,6 +87,10 @@ use crate::protocol::wire::{Wire, Writer};
 use crate::protocol::{FieldTable, reply};
 use crate::store::format::{BindingRecord, DestinationKind, MessageRecord, ParameterKind, Record};
 use crate::store::{LogStore, Recovered, StoreError};
+
+/// The lock around the broker's [`State`]; its holds are counted and
+/// sampled (see [`crate::lock_stats`]).
+pub type StateLock = crate::lock_stats::TimedMutex<State>;
 
 /// A message handed to a consumer or to basic.get and not yet settled.
 #[derive(Debug)]
@@ -255,7 +259,7 @@ pub struct Routed {
 }
 
 pub struct Broker {
-    state: Arc<Mutex<State>>,
+    state: Arc<StateLock>,
     store: Arc<LogStore>,
     /// Users and permissions (their own lock: checked on every operation).
     access: Arc<crate::access::AccessControl>,
@@ -313,7 +317,7 @@ impl Broker {
             stats: stats.clone(),
             ..State::default()
         };
-        let state = Arc::new(Mutex::new(state));
+        let state = Arc::new(StateLock::new(state));
         match loader::Loader::spawn(state.clone(), store.clone()) {
             Ok(l) => state.lock().loader = Some(l),
             Err(e) => tracing::error!("cannot start the body loader thread ({e}); paged-out bodies are read in line"),

@@ -164,7 +164,7 @@ fn rated(count: u64, before: Option<u64>, seconds: f64) -> Rated {
 }
 
 /// Starts the sampler thread; it ends with the broker.
-pub(super) fn spawn(state: Weak<Mutex<State>>, stats: Arc<GlobalStats>, out: Arc<RwLock<Arc<Snapshot>>>) {
+pub(super) fn spawn(state: Weak<StateLock>, stats: Arc<GlobalStats>, out: Arc<RwLock<Arc<Snapshot>>>) {
     let started = std::thread::Builder::new().name("warren-stats".into()).spawn(move || {
         let mut last = Instant::now();
         // Broker-wide counters at the previous sample: the first one's
@@ -262,6 +262,70 @@ impl State {
             exchanges: self.vhosts.values().map(|v| v.exchanges.len()).sum(),
             vhosts: self.vhosts.len(),
             ..Snapshot::default()
+        }
+    }
+}
+
+/// How long the locks every message passes through were held since the
+/// start (sampled: see [`crate::lock_stats`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LockReport {
+    /// The broker's state lock, by everything that takes it.
+    pub broker: crate::lock_stats::HoldFigures,
+    /// The log's lock, by the message path (appends, acks, delivery marks).
+    pub log: crate::lock_stats::HoldFigures,
+    /// Messages published since the start.
+    pub published: u64,
+}
+
+impl LockReport {
+    /// Nanoseconds under the broker's lock and under the log's, per
+    /// message published.
+    pub fn per_message_ns(&self) -> Option<(f64, f64)> {
+        (self.published > 0).then(|| {
+            let per = |seconds: f64| seconds * 1e9 / self.published as f64;
+            (per(self.broker.held_seconds), per(self.log.held_seconds))
+        })
+    }
+
+    /// The rate no number of cores could pass (Amdahl): today the message
+    /// path takes the log's lock inside the broker's, so the broker's time
+    /// is the serial part of a message.
+    pub fn ceiling(&self) -> Option<f64> {
+        self.per_message_ns().filter(|(broker, _)| *broker > 0.0).map(|(broker, _)| 1e9 / broker)
+    }
+}
+
+impl std::fmt::Display for LockReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "broker lock: {} holds, {:.0} ns mean, {:.3} s held; log lock (message path): {} holds, {:.0} ns mean, {:.3} s held; {} messages published",
+            self.broker.holds,
+            self.broker.mean_ns,
+            self.broker.held_seconds,
+            self.log.holds,
+            self.log.mean_ns,
+            self.log.held_seconds,
+            self.published
+        )?;
+        if let (Some((broker, log)), Some(ceiling)) = (self.per_message_ns(), self.ceiling()) {
+            write!(
+                f,
+                "; per message {broker:.0} ns under the broker lock and {log:.0} ns under the log's (taken inside it): at most {ceiling:.0} messages/s on any number of cores"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Broker {
+    /// The lock figures since the start.
+    pub fn lock_report(&self) -> LockReport {
+        LockReport {
+            broker: self.state.hold_figures(),
+            log: self.store.message_lock_figures(),
+            published: GlobalStats::get(&self.stats.received),
         }
     }
 }

@@ -39,7 +39,7 @@ pub enum BrokerEvent {
     Dropped { reason: String },
 }
 
-pub(super) fn spawn(state: Weak<Mutex<State>>, timers: TimerHandle, store: Arc<LogStore>) -> std::io::Result<()> {
+pub(super) fn spawn(state: Weak<StateLock>, timers: TimerHandle, store: Arc<LogStore>) -> std::io::Result<()> {
     std::thread::Builder::new().name("warren-timers".into()).spawn(move || {
         loop {
             let due = timers.take_due(queue::now_ms());

@@ -55,6 +55,13 @@ impl Scrape {
         self.registry.register(name, help, c);
     }
 
+    /// A counter of seconds (the encoder adds `_total`).
+    fn counter_f(&mut self, name: &str, help: &str, value: f64) {
+        let c: Counter<f64, AtomicU64> = Counter::default();
+        c.inc_by(value);
+        self.registry.register(name, help, c);
+    }
+
     /// A counter with labels (the encoder adds `_total`).
     fn counter_with(&mut self, name: &str, help: &str, labels: &Labels, value: u64) {
         let f: Family<Labels, Counter<u64>> = Family::default();
@@ -269,6 +276,19 @@ fn common(api: &Api) -> Scrape {
         "warren_log_unreadable_records",
         "Live records compaction could not read where its index put them (their segments are kept)",
         log.unreadable_records,
+    );
+    let locks = api.broker.lock_report();
+    s.counter("warren_broker_lock_holds", "Times the broker's state lock was taken", locks.broker.holds);
+    s.counter_f(
+        "warren_broker_lock_held_seconds",
+        "Time the broker's state lock was held (estimated from one hold in 64)",
+        locks.broker.held_seconds,
+    );
+    s.counter("warren_log_lock_holds", "Times the message path took the log's lock", locks.log.holds);
+    s.counter_f(
+        "warren_log_lock_held_seconds",
+        "Time the message path held the log's lock (estimated from one hold in 64)",
+        locks.log.held_seconds,
     );
     s.counter("warren_log_segments_deleted", "Segment files compaction deleted", log.segments_deleted);
     s.counter("warren_log_fsyncs", "fdatasync calls on the log's segments", log.fsyncs);

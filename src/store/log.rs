@@ -30,6 +30,7 @@ use super::io::LogIo;
 use super::recovery::{QueueSet, Recovered};
 pub(super) use super::state::{Chunk, Inner, MANY_QUEUES, Relocation, SPILL_QUEUE, SegmentMeta, prune_foreign};
 pub use super::state::{IdHasher, IdMap, IdSet, Loc};
+use crate::lock_stats::{HoldFigures, HoldStats};
 
 /// When the writer makes a batch durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +122,9 @@ pub struct LogStore {
     pub(super) disk_alarm: watch::Sender<super::disk::DiskAlarm>,
     /// The files have reached the disk bound: publishers wait for compaction.
     pub(super) compaction_behind: Arc<AtomicBool>,
+    /// Holds of the log's lock by the message path (appends of messages,
+    /// acks and delivery marks).
+    message_holds: HoldStats,
 }
 
 /// Running totals, for listings and the write-amplification benchmark.
@@ -288,6 +292,7 @@ impl LogStore {
             stopping: AtomicBool::new(false),
             stats: Counters { replay_ms: AtomicU64::new(replay_ms), ..Counters::default() },
             disk_alarm: watch::channel(super::disk::DiskAlarm::default()).0,
+            message_holds: HoldStats::default(),
             compaction_behind,
         });
         let writer = super::writer::spawn(store.clone())?;
@@ -305,6 +310,11 @@ impl LogStore {
     }
 
     /// Everything below this log position is durable.
+    /// How long the message path held the log's lock (sampled).
+    pub fn message_lock_figures(&self) -> HoldFigures {
+        self.message_holds.figures()
+    }
+
     pub fn durable_position(&self) -> u64 {
         self.durable.borrow().position
     }
@@ -445,6 +455,7 @@ impl LogStore {
         let draft = MessageDraft::new(0, published, stream_offset, queues, (exchange, routing_key), properties, body);
         let len = draft.len();
         let mut inner = self.inner.lock();
+        let held = self.message_holds.start();
         inner.check()?;
         let id = inner.next_message_id;
         inner.next_message_id += 1;
@@ -482,6 +493,7 @@ impl LogStore {
             meta.id_floor = meta.id_floor.min(id);
             meta.id_ceil = meta.id_ceil.max(id + 1);
         }
+        held.end();
         drop(inner);
         self.stats.published_bytes.fetch_add(len as u64, Ordering::Relaxed);
         self.wake_writer.notify_one();
@@ -514,6 +526,7 @@ impl LogStore {
     /// bodies among them are released without one (replay drops them).
     pub fn ack(&self, queue: u32, ids: &[u64]) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
+        let held = self.message_holds.start();
         inner.check()?;
         if inner.spilled > 0 {
             let stored: Vec<u64> = ids.iter().copied().filter(|id| !inner.is_spilled(*id)).collect();
@@ -526,6 +539,7 @@ impl LogStore {
         for id in ids {
             inner.release(*id, queue);
         }
+        held.end();
         drop(inner);
         self.wake_writer.notify_one();
         Ok(())
@@ -535,6 +549,7 @@ impl LogStore {
     /// restart they come back flagged redelivered.
     pub fn delivered(&self, queue: u32, ids: &[u64]) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
+        let held = self.message_holds.start();
         inner.check()?;
         if inner.spilled > 0 {
             let stored: Vec<u64> = ids.iter().copied().filter(|id| !inner.is_spilled(*id)).collect();
@@ -548,6 +563,7 @@ impl LogStore {
         for id in ids {
             inner.mark_delivered(*id, queue);
         }
+        held.end();
         drop(inner);
         self.wake_writer.notify_one();
         Ok(())

@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Weak};
 
-use parking_lot::Mutex;
+use crate::broker::StateLock;
 
 use super::super::loader::{self, LoadRequest};
 use super::super::message::{Message, Outgoing};
@@ -311,7 +311,7 @@ impl State {
 /// waits: a broker without waiting stream readers never wakes it, however
 /// many group commits it makes.
 pub fn spawn_durability_waker(
-    state: Weak<Mutex<State>>,
+    state: Weak<StateLock>,
     wanted: Arc<tokio::sync::Notify>,
     store: Arc<LogStore>,
 ) -> std::io::Result<()> {
