@@ -81,8 +81,8 @@ impl Broker {
         let Some(v) = vhosts.get_mut(&vhost) else { return Ok(()) };
         for u in settled {
             let Some(q) = v.queues.get_mut(&u.queue).filter(|q| q.incarnation == u.incarnation) else { continue };
-            q.unacked -= 1;
-            if q.stream.is_some() {
+            q.settled();
+            if q.is_stream() {
                 // A stream keeps the message whatever the client says:
                 // the consumer gets its credit back, a tracked offset moves.
                 if let Some(tag) = &u.consumer_tag

@@ -100,7 +100,7 @@ impl Broker {
         let q = vhosts.get_mut(&vhost).and_then(|v| v.queues.get_mut(queue)).ok_or_else(|| no_queue(&vhost, queue))?;
         check_owner(q, conn)?;
         // A stream's offset is checked first, as RabbitMQ checks it.
-        let stream_args = match q.stream.is_some() {
+        let stream_args = match q.is_stream() {
             true => {
                 Some(stream::consumer::StreamConsumeArgs::parse(arguments, queue, &vhost, crate::store::wall_ms())?)
             }
@@ -117,11 +117,11 @@ impl Broker {
         };
         // A stream only notes `exclusive`, as RabbitMQ's: readers do not
         // take messages from each other.
-        if q.stream.is_none() && (q.has_exclusive_consumer() || (exclusive && !q.consumers.is_empty())) {
+        if !q.is_stream() && (q.has_exclusive_consumer() || (exclusive && !q.consumers.is_empty())) {
             return Err(AmqpError::access_refused(format!("queue '{queue}' in vhost '{vhost}' in exclusive use")));
         }
         let active = !q.args.single_active_consumer || q.consumers.is_empty();
-        if let (Some(cursor), Some(s)) = (&stream, q.stream.as_deref_mut())
+        if let (Some(cursor), Some(s)) = (&stream, q.stream_mut())
             && let Some(tag) = &cursor.tracking
         {
             s.tracking_tags.insert(tag.clone());
@@ -171,7 +171,7 @@ impl Broker {
             };
             let q = st.queue_mut(&vhost, queue).ok_or_else(|| no_queue(&vhost, queue))?;
             check_owner(q, conn)?;
-            if q.stream.is_some() {
+            if q.is_stream() {
                 return Err(AmqpError::not_implemented(format!(
                     "basic.get not supported by stream queues queue '{queue}' in vhost '{vhost}'"
                 )));
@@ -249,7 +249,7 @@ impl Broker {
             }
             if !no_ack {
                 let now = queue::now_ms();
-                q.unacked += 1;
+                q.delivered(1);
                 ch.unacked.insert(
                     tag,
                     Unacked {
@@ -283,7 +283,7 @@ impl State {
     /// goes to a consumer that can take it at once even with a TTL of 0, as
     /// in RabbitMQ; what stays behind expires on the next drain or tick.
     pub(super) fn deliver_ready(&mut self, vhost: &str, queue: &str, store: &LogStore) {
-        if self.queue(vhost, queue).is_some_and(|q| q.stream.is_some()) {
+        if self.queue(vhost, queue).is_some_and(|q| q.is_stream()) {
             return self.deliver_stream(vhost, queue, store);
         }
         let State { vhosts, channels, loader, stats, timers, consumer_timeout, .. } = self;
@@ -351,7 +351,7 @@ impl State {
             if !consumer.no_ack {
                 let now = queue::now_ms();
                 consumer.unacked += 1;
-                q.unacked += 1;
+                q.delivered(1);
                 ch.unacked.insert(
                     delivery_tag,
                     Unacked {

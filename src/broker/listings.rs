@@ -182,7 +182,7 @@ impl Broker {
         let st = self.state.lock();
         let queues = || st.vhosts.values().flat_map(|v| v.queues.values());
         let ready = queues().map(|q| q.ready_count()).sum();
-        let unacked = queues().map(|q| q.unacked).sum();
+        let unacked = queues().map(|q| q.unacked()).sum();
         (st.connections.len(), queues().count(), ready, unacked)
     }
 
@@ -218,7 +218,7 @@ impl Broker {
     pub fn admin_purge(&self, vhost: &str, name: &str) -> Result<usize> {
         let mut st = self.state.lock();
         let q = st.queue_mut(vhost, name).ok_or_else(|| no_queue(vhost, name))?;
-        if q.stream.is_some() {
+        if q.is_stream() {
             return Err(AmqpError::not_implemented(format!(
                 "queue.purge not supported by stream queues queue '{name}' in vhost '{vhost}'"
             )));
@@ -243,7 +243,7 @@ fn queue_row(q: &Queue) -> QueueRow {
         auto_delete: q.auto_delete,
         exclusive: q.exclusive_owner.is_some(),
         messages_ready: q.ready_count(),
-        messages_unacknowledged: q.unacked,
+        messages_unacknowledged: q.unacked(),
         messages: q.message_count(),
         message_bytes_ready: q.ready_bytes(),
         consumers: q.consumers.len(),
@@ -253,9 +253,9 @@ fn queue_row(q: &Queue) -> QueueRow {
         policy: q.policy.clone().unwrap_or_default(),
         operator_policy: q.operator_policy.clone().unwrap_or_default(),
         queue_type: q.args.queue_type.as_str().to_string(),
-        first_offset: q.stream.as_ref().map(|s| s.first_offset()),
-        last_offset: q.stream.as_ref().and_then(|s| s.last_offset()),
-        disk_bytes: q.stream.as_ref().map(|s| s.record_bytes()),
+        first_offset: q.stream().map(|s| s.first_offset()),
+        last_offset: q.stream().and_then(|s| s.last_offset()),
+        disk_bytes: q.stream().map(|s| s.record_bytes()),
     }
 }
 

@@ -256,7 +256,7 @@ pub(super) fn spawn(
 /// and the window is smaller; returns false when the log's writer was too
 /// far behind to take them all.
 pub(super) fn page_out(q: &mut Queue, level: Option<u8>, store: &LogStore, pressure: Option<&MemoryMonitor>) -> bool {
-    if let Some(stream) = q.stream.as_deref_mut() {
+    if let Some(stream) = q.stream_mut() {
         // Every message of a stream is in the log already.
         let window = if pressure.is_some() { PRESSURE_WINDOW } else { super::stream::STREAM_HOT_WINDOW };
         stream.page_out(window, |id| store.is_written(id));

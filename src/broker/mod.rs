@@ -19,9 +19,11 @@
 //! Where each thing lives: this file holds the state, connections and
 //! channels; `routing` exchanges, bindings, routing, alternate exchanges
 //! and CC/BCC; `queues` queue declare, purge, delete and TTL expiry;
-//! [`arguments`] queue and consumer arguments; [`queue`] one queue's
-//! messages and consumers, `level` one priority level's ready messages
-//! and their page-out; `publish` publishing;
+//! [`arguments`] queue and consumer arguments; [`queue`] one queue: what
+//! every type has (consumers, arguments, its timer) and its
+//! [`queue::QueueKind`]; [`classic`] the ready messages of a classic or
+//! quorum queue, `level` one priority level's ready messages and their
+//! page-out; `publish` publishing;
 //! `dead_letter` dead-lettering; `dispatch` consumers (priorities, single
 //! active consumer), qos, get and the drain to consumers; `acks` ack,
 //! nack, reject, recover; `timers` message TTL, queue expiry and consumer
@@ -33,6 +35,7 @@
 
 mod acks;
 pub mod arguments;
+pub mod classic;
 mod dead_letter;
 pub mod deadlines;
 mod dispatch;
@@ -510,7 +513,7 @@ impl State {
         let Some(v) = self.vhosts.get_mut(&vhost) else { return };
         for (_, u) in std::mem::take(&mut ch.unacked) {
             if let Some(q) = v.queues.get_mut(&u.queue).filter(|q| q.incarnation == u.incarnation) {
-                q.unacked -= 1;
+                q.settled();
                 if let Some(entry) = q.requeue(u.entry) {
                     departed_push(&mut over_limit, q, entry, Reason::DeliveryLimit);
                 }

@@ -101,7 +101,7 @@ impl State {
         let mut streams: Vec<&String> = Vec::new();
         for name in targets {
             let Some(q) = v.queues.get(name.as_str()) else { continue };
-            if q.stream.is_some() {
+            if q.is_stream() {
                 streams.push(name);
                 continue;
             }

@@ -1,19 +1,25 @@
-//! A queue: its ready messages, its consumers, and the arguments it was
-//! declared with.
+//! A queue: what every queue type has (its name and arguments, its
+//! consumers, counters and timer) and a [`QueueKind`] holding the
+//! messages the way its type keeps them: a classic or quorum queue's ready
+//! messages in [`ClassicQueue`] (one level per priority: delivery takes
+//! the highest level that has a message, and within a level publish order,
+//! with requeued messages back at the place their `seq` gives them), a
+//! stream's retained sequence in [`Stream`].
 //!
-//! Ready messages live in one [`Level`] per message priority (one level for
-//! a queue without `x-max-priority`): delivery takes the highest level that
-//! has a message, and within a level publish order, with requeued messages
-//! back at the place their `seq` gives them.
+//! The methods here are the queue's interface to the rest of the broker;
+//! each one answers for every type (a stream takes no classic enqueue and
+//! gives nothing back on requeue), and arms the queue's timer at the
+//! deadlines its type returns.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::arguments::{ConsumerArgs, Overflow, QueueArgs};
+use super::arguments::{ConsumerArgs, QueueArgs, QueueType};
+pub use super::classic::ClassicQueue;
 use super::deadlines::{TimerHandle, TimerKey};
-use super::level::Level;
 pub use super::level::Spill;
 use super::message::{ConnectionHandle, Message};
+use super::stream::Stream;
 use crate::protocol::FieldTable;
 use crate::store::SPILL_QUEUE;
 
@@ -91,23 +97,17 @@ pub struct Queue {
     pub auto_delete: bool,
     pub arguments: FieldTable,
     pub args: QueueArgs,
-    /// Index = priority; one level without `x-max-priority`.
-    levels: Vec<Level>,
-    ready_len: usize,
-    ready_bytes: usize,
-    next_seq: u64,
-    /// Ready messages whose body is on disk only (`message = None`).
-    cold: usize,
-    /// Ready messages with an expiry: without any, no head needs a look.
-    timed: usize,
+    /// The queue's type, with the messages it holds.
+    pub(in crate::broker) kind: QueueKind,
     /// Bodies are being read back from the log for this queue.
     pub loading: bool,
     /// How many messages were asked of the loader and not yet taken: while
     /// enough of them are ahead of consumers, no read-ahead scan is needed.
     pub read_ahead_upto: u64,
     pub consumers: VecDeque<Consumer>,
-    /// Delivered to a consumer or basic.get and not yet settled.
-    pub unacked: usize,
+    /// Delivered to a consumer or basic.get and not yet settled (changed
+    /// only by [`Queue::delivered`] and [`Queue::settled`]).
+    unacked: usize,
     /// An auto-delete queue goes away when its last consumer does, but only
     /// once it has had one.
     pub had_consumer: bool,
@@ -118,13 +118,25 @@ pub struct Queue {
     pub operator_policy: Option<String>,
     /// Message counters for the statistics (see `stats`).
     pub counters: super::stats::QueueCounters,
-    /// The retained messages of a stream (`x-queue-type=stream`).
-    pub stream: Option<Box<super::stream::Stream>>,
     /// The broker's deadlines, armed for message expiries and `x-expires`
     /// (none in a queue not yet attached: it arms nothing).
     timer: Option<TimerHandle>,
     /// The deadline this queue has armed (0: none).
     timer_at: u64,
+}
+
+/// What a queue is, with the messages it holds: one type per queue type,
+/// as RabbitMQ's `x-queue-type` names them.
+#[derive(Debug)]
+pub enum QueueKind {
+    Classic(ClassicQueue),
+    /// Stored and served as a classic queue, with the quorum queue's rules
+    /// (every message logged, a delivery limit): the cluster issue gives it
+    /// a replicated state machine of its own.
+    Quorum(ClassicQueue),
+    /// A stream: an append-only sequence its readers each read at their
+    /// own offset.
+    Stream(Box<Stream>),
 }
 
 /// The outcome of offering a message to a queue.
@@ -145,8 +157,11 @@ impl Queue {
         arguments: FieldTable,
         args: QueueArgs,
     ) -> Self {
-        let levels = (0..=args.max_priority.unwrap_or(0) as usize).map(|_| Level::default()).collect();
-        let stream = (args.queue_type == super::QueueType::Stream).then(Box::default);
+        let kind = match args.queue_type {
+            QueueType::Classic => QueueKind::Classic(ClassicQueue::new(args.max_priority)),
+            QueueType::Quorum => QueueKind::Quorum(ClassicQueue::new(args.max_priority)),
+            QueueType::Stream => QueueKind::Stream(Box::default()),
+        };
         Queue {
             name: Arc::from(name),
             vhost,
@@ -157,12 +172,7 @@ impl Queue {
             auto_delete,
             arguments,
             args,
-            levels,
-            ready_len: 0,
-            ready_bytes: 0,
-            next_seq: 0,
-            cold: 0,
-            timed: 0,
+            kind,
             loading: false,
             read_ahead_upto: 0,
             consumers: VecDeque::new(),
@@ -172,7 +182,6 @@ impl Queue {
             policy: None,
             operator_policy: None,
             counters: Default::default(),
-            stream,
             timer: None,
             timer_at: 0,
         }
@@ -206,7 +215,7 @@ impl Queue {
     /// and with `x-expires` the moment it has been unused that long (while
     /// it has consumers it is not unused: looked at again `x-expires` later).
     pub fn next_deadline(&self, now: u64) -> Option<u64> {
-        if let Some(stream) = &self.stream {
+        if let QueueKind::Stream(stream) = &self.kind {
             // A stream's age retention is looked at every AGE_CHECK_MS.
             return Some(stream.age_checked.max(now).saturating_add(super::stream::AGE_CHECK_MS));
         }
@@ -255,81 +264,120 @@ impl Queue {
         self.store_id.unwrap_or(SPILL_QUEUE)
     }
 
+    /// Messages delivered and not yet settled.
+    pub fn unacked(&self) -> usize {
+        self.unacked
+    }
+
+    /// `count` messages of this queue were handed out and await their ack.
+    pub fn delivered(&mut self, count: usize) {
+        self.unacked += count;
+    }
+
+    /// A message handed out was settled (acked, rejected, requeued, or its
+    /// channel closed).
+    pub fn settled(&mut self) {
+        self.unacked = self.unacked.saturating_sub(1);
+    }
+
+    /// The queue's type and the messages it holds.
+    pub fn kind(&self) -> &QueueKind {
+        &self.kind
+    }
+
+    /// The retained messages of a stream queue.
+    pub fn stream(&self) -> Option<&Stream> {
+        match &self.kind {
+            QueueKind::Stream(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn stream_mut(&mut self) -> Option<&mut Stream> {
+        match &mut self.kind {
+            QueueKind::Stream(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn is_stream(&self) -> bool {
+        matches!(self.kind, QueueKind::Stream(_))
+    }
+
+    /// The ready messages of a classic or quorum queue.
+    fn messages(&self) -> Option<&ClassicQueue> {
+        match &self.kind {
+            QueueKind::Classic(m) | QueueKind::Quorum(m) => Some(m),
+            QueueKind::Stream(_) => None,
+        }
+    }
+
+    fn messages_mut(&mut self) -> Option<&mut ClassicQueue> {
+        match &mut self.kind {
+            QueueKind::Classic(m) | QueueKind::Quorum(m) => Some(m),
+            QueueKind::Stream(_) => None,
+        }
+    }
+
     /// Messages in the queue, ready or unacknowledged (a stream's
     /// unacknowledged messages are among those it retains).
     pub fn message_count(&self) -> usize {
-        if self.stream.is_some() { self.ready_count() } else { self.ready_count() + self.unacked }
+        match &self.kind {
+            QueueKind::Stream(s) => s.len(),
+            QueueKind::Classic(m) | QueueKind::Quorum(m) => m.ready_count() + self.unacked,
+        }
     }
 
     /// Messages ready for delivery (a stream's: every retained message).
     pub fn ready_count(&self) -> usize {
-        self.ready_len + self.stream.as_ref().map_or(0, |s| s.len())
+        match &self.kind {
+            QueueKind::Stream(s) => s.len(),
+            QueueKind::Classic(m) | QueueKind::Quorum(m) => m.ready_count(),
+        }
     }
 
     pub fn ready_bytes(&self) -> usize {
-        self.ready_bytes + self.stream.as_ref().map_or(0, |s| s.bytes() as usize)
+        match &self.kind {
+            QueueKind::Stream(s) => s.bytes() as usize,
+            QueueKind::Classic(m) | QueueKind::Quorum(m) => m.ready_bytes(),
+        }
     }
 
+    /// Whether a classic or quorum queue has a message ready (a stream's
+    /// readers each have their own position).
     pub fn has_ready(&self) -> bool {
-        self.ready_len > 0
+        self.messages().is_some_and(|m| m.ready_count() > 0)
     }
 
     /// The level a message of this priority waits in: priorities above
     /// the queue's maximum count as the maximum.
     pub fn level_of(&self, priority: u8) -> u8 {
-        priority.min((self.levels.len() - 1) as u8)
-    }
-
-    fn is_full(&self, extra_bytes: usize) -> bool {
-        if self.stream.is_some() {
-            // A stream's limits are its retention (see `stream`).
-            return false;
-        }
-        let len_full = self.args.max_length.is_some_and(|max| self.ready_count() >= max);
-        let bytes_full = self.args.max_length_bytes.is_some_and(|max| self.ready_bytes + extra_bytes > max);
-        len_full || bytes_full
+        self.messages().map_or(0, |m| m.level_of(priority))
     }
 
     /// Drops ready messages from the head while the queue is over a length
-    /// limit it drops for (a limit lowered by a policy); returns them.
+    /// limit it drops for (a limit lowered by a policy); returns them. A
+    /// stream's limits are its retention (see `stream`).
     pub fn trim_to_limits(&mut self) -> Vec<QueuedMessage> {
-        let mut dropped = Vec::new();
-        if matches!(self.args.overflow, Some(Overflow::RejectPublish | Overflow::RejectPublishDlx)) {
-            return dropped;
+        let Queue { kind, args, .. } = self;
+        match kind {
+            QueueKind::Classic(m) | QueueKind::Quorum(m) => m.trim_to_limits(args),
+            QueueKind::Stream(_) => Vec::new(),
         }
-        while self.is_full(0)
-            && (self.args.max_length.is_some_and(|max| self.ready_count() > max)
-                || self.args.max_length_bytes.is_some_and(|max| self.ready_bytes > max))
-        {
-            match self.pop_ready() {
-                Some(e) => dropped.push(e),
-                None => break,
-            }
-        }
-        dropped
     }
 
     /// Whether a message would be refused (x-overflow = reject-publish or
     /// reject-publish-dlx).
     pub fn would_reject(&self, size: usize) -> bool {
-        matches!(self.args.overflow, Some(Overflow::RejectPublish | Overflow::RejectPublishDlx)) && self.is_full(size)
-    }
-
-    /// The broker-clock expiry of a message published `age` ms ago.
-    fn expiry(&self, message_ttl: Option<u64>, now: u64, age: u64) -> u64 {
-        // The shorter of the queue's TTL and the message's own expiration.
-        let ttl = match (self.args.message_ttl, message_ttl) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        ttl.map_or(0, |ttl| now.saturating_add(ttl.saturating_sub(age)).saturating_add(1))
+        self.messages().is_some_and(|m| m.would_reject(&self.args, size))
     }
 
     /// Appends a newly published message, applying the length limits; the
     /// messages dropped from the head to make room are returned. With
     /// `trim_later` a drop-head limit is left to [`Queue::trim_to_limits`]
     /// after delivery, so that a waiting consumer still gets the message
-    /// (as RabbitMQ delivers before it drops).
+    /// (as RabbitMQ delivers before it drops). A stream takes its messages
+    /// through `stream::publish_to_stream` instead.
     pub fn enqueue(
         &mut self,
         message: Arc<Message>,
@@ -337,108 +385,41 @@ impl Queue {
         now: u64,
         trim_later: bool,
     ) -> (Enqueued, Vec<QueuedMessage>) {
-        let size = message.body_len();
-        let expires_at = self.expiry(message.expiration_ms, now, 0);
-        let mut dropped = Vec::new();
-        if self.would_reject(size) {
-            return (Enqueued::Rejected, dropped);
-        }
-        if self.is_full(size) && !trim_later {
-            while self.is_full(size) {
-                match self.pop_ready() {
-                    Some(e) => dropped.push(e),
-                    None => break,
-                }
-            }
-        }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let level = self.level_of(message.priority);
-        let entry = QueuedMessage {
-            seq,
-            store_id,
-            message: Some(message),
-            size: size as u32,
-            redelivered: false,
-            expires_at,
-            level,
-            delivery_count: 0,
+        let Queue { kind, args, .. } = self;
+        let offered = match kind {
+            QueueKind::Classic(m) | QueueKind::Quorum(m) => m.enqueue(args, message, store_id, now, trim_later),
+            QueueKind::Stream(_) => return (Enqueued::Rejected, Vec::new()),
         };
-        if self.is_full(size) && !trim_later {
-            // A message larger than x-max-length-bytes on its own, or
-            // x-max-length = 0: it is dropped at once.
-            dropped.push(entry);
-        } else {
-            self.ready_bytes += size;
-            self.ready_len += 1;
-            self.timed += (expires_at != 0) as usize;
-            self.levels[level as usize].ready.push_back(entry);
-            if expires_at != 0 {
-                self.arm_at(expires_at - 1);
-            }
+        if let Some(at) = offered.deadline {
+            self.arm_at(at);
         }
-        (Enqueued::Accepted, dropped)
+        (offered.outcome, offered.dropped)
     }
 
     /// Appends a message recovered from the log (body on disk). `age` is
     /// how long ago it was published (0 when the log does not know), so
     /// TTLs count from the publish.
     pub fn restore(&mut self, store_id: u64, meta: RestoredMeta) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.ready_bytes += meta.size as usize;
-        self.ready_len += 1;
-        self.cold += 1;
-        let level = self.level_of(meta.priority);
-        let expires_at = self.expiry(meta.expiration_ms, now_ms(), meta.age);
-        self.timed += (expires_at != 0) as usize;
-        if expires_at != 0 {
-            self.arm_at(expires_at - 1);
+        let Queue { kind, args, .. } = self;
+        let deadline = match kind {
+            QueueKind::Classic(m) | QueueKind::Quorum(m) => m.restore(args, store_id, meta, now_ms()),
+            QueueKind::Stream(_) => None,
+        };
+        if let Some(at) = deadline {
+            self.arm_at(at);
         }
-        let l = &mut self.levels[level as usize];
-        l.cold_below = seq + 1;
-        l.ready.push_back(QueuedMessage {
-            seq,
-            store_id,
-            message: None,
-            size: meta.size,
-            redelivered: meta.redelivered,
-            expires_at,
-            level,
-            delivery_count: meta.redelivered as u32,
-        });
     }
 
     /// Drops the expired messages at the head of each level, as RabbitMQ
     /// does (a message behind one that lives longer waits for it); returns
     /// them so the log can forget them.
     pub fn expire(&mut self, now: u64) -> Vec<QueuedMessage> {
-        let mut expired = Vec::new();
-        for index in 0..self.levels.len() {
-            loop {
-                match self.levels[index].peek() {
-                    // expires_at is the expiry plus one (0 = never).
-                    Some(e) if e.expires_at != 0 && now + 1 >= e.expires_at => {}
-                    _ => break,
-                }
-                match self.levels[index].pop() {
-                    Some(e) => {
-                        self.taken(&e);
-                        expired.push(e);
-                    }
-                    None => break,
-                }
-            }
-        }
-        expired
+        self.messages_mut().map(|m| m.expire(now)).unwrap_or_default()
     }
 
     /// The earliest expiry among the heads (broker clock), for the expiry timer.
     pub fn next_expiry(&self) -> Option<u64> {
-        if self.timed == 0 {
-            return None;
-        }
-        self.levels.iter().filter_map(|l| l.peek()).map(|e| e.expires_at).filter(|at| *at != 0).min().map(|at| at - 1)
+        self.messages().and_then(ClassicQueue::next_expiry)
     }
 
     /// Drops the bodies of ready messages older than the newest `window`
@@ -452,75 +433,55 @@ impl Queue {
         level: Option<u8>,
         window: usize,
         is_written: impl Fn(u64) -> bool,
-        mut spill: Option<&mut Spill<'_>>,
+        spill: Option<&mut Spill<'_>>,
     ) {
-        let levels = match level {
-            Some(l) => {
-                let l = (l as usize).min(self.levels.len() - 1);
-                l..l + 1
-            }
-            None => 0..self.levels.len(),
-        };
-        for l in levels {
-            self.cold += self.levels[l].page_out(window, &is_written, spill.as_deref_mut());
+        if let Some(m) = self.messages_mut() {
+            m.page_out(level, window, is_written, spill);
         }
     }
 
     /// Puts a message that was delivered back at its original place;
     /// returns it instead when it was returned more often than the queue's
-    /// delivery limit allows (it is then dead-lettered or dropped).
-    pub fn requeue(&mut self, mut entry: QueuedMessage) -> Option<QueuedMessage> {
-        if self.stream.is_some() {
-            // A stream keeps every message: nothing goes back.
-            return None;
+    /// delivery limit allows (it is then dead-lettered or dropped). A
+    /// stream keeps every message: nothing goes back.
+    pub fn requeue(&mut self, entry: QueuedMessage) -> Option<QueuedMessage> {
+        let Queue { kind, args, .. } = self;
+        let deadline = match kind {
+            QueueKind::Classic(m) | QueueKind::Quorum(m) => match m.requeue(args, entry) {
+                Ok(deadline) => deadline,
+                Err(over_limit) => return Some(over_limit),
+            },
+            QueueKind::Stream(_) => return None,
+        };
+        if let Some(at) = deadline {
+            self.arm_at(at);
         }
-        entry.redelivered = true;
-        entry.delivery_count = entry.delivery_count.saturating_add(1);
-        if self.args.delivery_limit.is_some_and(|limit| entry.delivery_count as u64 > limit) {
-            return Some(entry);
-        }
-        self.put_back(entry);
         None
     }
 
     /// Puts a message taken from the queue but never delivered back at its place.
     pub fn put_back(&mut self, entry: QueuedMessage) {
-        if entry.message.is_none() {
-            self.cold += 1;
+        if let Some(at) = self.messages_mut().and_then(|m| m.put_back(entry)) {
+            self.arm_at(at);
         }
-        self.ready_bytes += entry.size as usize;
-        self.ready_len += 1;
-        self.timed += (entry.expires_at != 0) as usize;
-        if entry.expires_at != 0 {
-            self.arm_at(entry.expires_at - 1);
-        }
-        let level = (entry.level as usize).min(self.levels.len() - 1);
-        self.levels[level].requeued.insert(entry.seq, entry);
     }
 
     /// Store ids of every ready message (a stream's retained ones too).
     pub fn ready_store_ids(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self
-            .levels
-            .iter()
-            .flat_map(|l| l.ready.iter().chain(l.requeued.values()))
-            .filter(|e| e.store_id != 0)
-            .map(|e| e.store_id)
-            .collect();
-        if let Some(stream) = &self.stream {
-            ids.extend(stream.store_ids());
+        match &self.kind {
+            QueueKind::Classic(m) | QueueKind::Quorum(m) => m.store_ids().collect(),
+            QueueKind::Stream(s) => s.store_ids(),
         }
-        ids
     }
 
     /// The message [`Queue::pop_ready`] would take next.
     pub fn peek_ready(&self) -> Option<&QueuedMessage> {
-        self.levels.iter().rev().find_map(Level::peek)
+        self.messages().and_then(ClassicQueue::peek_ready)
     }
 
     /// Whether some ready message holds no body in memory.
     pub fn has_cold(&self) -> bool {
-        self.cold > 0
+        self.messages().is_some_and(ClassicQueue::has_cold)
     }
 
     /// The next messages to read back from the log, as (seq, store id):
@@ -528,81 +489,31 @@ impl Queue {
     /// `max_bytes`; none when `warm_enough` messages with a body come first
     /// (consumers have enough to go on).
     pub fn cold_ahead(&self, warm_enough: usize, max: usize, max_bytes: usize) -> Vec<(u64, u64)> {
-        let mut out = Vec::new();
-        if self.cold == 0 {
-            return out;
-        }
-        let mut warm = 0;
-        let mut bytes = 0;
-        for entry in self.levels.iter().rev().flat_map(Level::in_order) {
-            if entry.message.is_some() {
-                if out.is_empty() {
-                    warm += 1;
-                    if warm >= warm_enough {
-                        break;
-                    }
-                }
-                continue;
-            }
-            out.push((entry.seq, entry.store_id));
-            bytes += entry.size as usize;
-            if out.len() >= max || bytes >= max_bytes {
-                break;
-            }
-        }
-        out
-    }
-
-    fn entry_mut(&mut self, seq: u64) -> Option<&mut QueuedMessage> {
-        self.levels.iter_mut().rev().find_map(|l| l.entry_mut(seq))
+        self.messages().map(|m| m.cold_ahead(warm_enough, max, max_bytes)).unwrap_or_default()
     }
 
     /// Gives a ready message read back from the log its body again.
     pub fn attach(&mut self, seq: u64, store_id: u64, message: Arc<Message>) {
-        if let Some(entry) = self.entry_mut(seq).filter(|e| e.store_id == store_id && e.message.is_none()) {
-            entry.message = Some(message);
-            self.cold = self.cold.saturating_sub(1);
-        }
-    }
-
-    /// Bookkeeping for a message that left the ready list.
-    fn taken(&mut self, entry: &QueuedMessage) {
-        self.ready_bytes -= entry.size as usize;
-        self.ready_len -= 1;
-        self.timed -= (entry.expires_at != 0) as usize;
-        if entry.message.is_none() {
-            self.cold = self.cold.saturating_sub(1);
+        if let Some(m) = self.messages_mut() {
+            m.attach(seq, store_id, message);
         }
     }
 
     /// Takes a ready message out of the queue wherever it is (one whose
     /// body cannot be read back).
     pub fn remove_ready(&mut self, seq: u64, store_id: u64) -> Option<QueuedMessage> {
-        let entry = self.levels.iter_mut().rev().find_map(|l| l.remove(seq, store_id))?;
-        self.taken(&entry);
-        Some(entry)
+        self.messages_mut()?.remove_ready(seq, store_id)
     }
 
     /// The next message to deliver: the highest priority first, requeued
     /// ones before later publishes of their priority.
     pub fn pop_ready(&mut self) -> Option<QueuedMessage> {
-        let entry = self.levels.iter_mut().rev().find(|l| l.len() > 0)?.pop()?;
-        self.taken(&entry);
-        Some(entry)
+        self.messages_mut()?.pop_ready()
     }
 
     /// Drops every ready message; returns them.
     pub fn purge(&mut self) -> Vec<QueuedMessage> {
-        let mut all = Vec::with_capacity(self.ready_len);
-        for level in &mut self.levels {
-            all.extend(level.ready.drain(..));
-            all.extend(std::mem::take(&mut level.requeued).into_values());
-        }
-        self.ready_bytes = 0;
-        self.ready_len = 0;
-        self.cold = 0;
-        self.timed = 0;
-        all
+        self.messages_mut().map(ClassicQueue::purge).unwrap_or_default()
     }
 
     pub fn consumer_mut(&mut self, tag: &str, connection: u64, channel: u16) -> Option<&mut Consumer> {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::*;
+use crate::broker::arguments::Overflow;
 use crate::broker::deadlines::TimerHandle;
 
 fn message(body: &str, expiration_ms: Option<u64>, priority: u8) -> Arc<Message> {
@@ -216,4 +217,33 @@ fn purge_empties_the_ready_list_and_its_counters() {
     }
     assert_eq!(q.purge().len(), 3);
     assert_eq!((q.ready_count(), q.ready_bytes(), q.next_expiry()), (0, 0, None));
+}
+
+#[test]
+fn the_classic_type_returns_the_deadline_its_owner_arms() {
+    // Effects as data: the message list knows no timer, it says when it
+    // needs one.
+    let args = QueueArgs { message_ttl: Some(100), ..Default::default() };
+    let mut m = ClassicQueue::new(None);
+    let offered = m.enqueue(&args, message("a", None, 0), 0, 1_000, false);
+    assert_eq!((offered.outcome, offered.dropped.len(), offered.deadline), (Enqueued::Accepted, 0, Some(1_100)));
+    let no_ttl = m.enqueue(&QueueArgs::default(), message("b", None, 0), 0, 1_000, false);
+    assert_eq!(no_ttl.deadline, None);
+    let a = m.pop_ready().expect("a");
+    assert_eq!(m.requeue(&args, a).ok(), Some(Some(1_100)), "requeued: its expiry needs the timer again");
+}
+
+#[test]
+fn each_queue_type_has_its_own_state() {
+    let classic = queue(QueueArgs::default());
+    assert!(matches!(classic.kind(), QueueKind::Classic(_)));
+    let quorum = queue(QueueArgs { queue_type: QueueType::Quorum, ..Default::default() });
+    assert!(matches!(quorum.kind(), QueueKind::Quorum(_)));
+    let mut stream = queue(QueueArgs { queue_type: QueueType::Stream, ..Default::default() });
+    assert!(stream.is_stream() && stream.stream().is_some());
+    // A stream takes messages as records of its own (`publish_to_stream`),
+    // never through the classic enqueue, and gives nothing back on requeue.
+    let (outcome, _) = stream.enqueue(message("x", None, 0), 0, 0, false);
+    assert_eq!(outcome, Enqueued::Rejected);
+    assert_eq!((stream.ready_count(), stream.has_ready(), stream.pop_ready().is_none()), (0, false, true));
 }

@@ -118,7 +118,7 @@ impl Broker {
         let mut st = self.state.lock();
         let q = st.queue_mut(vhost, name).ok_or_else(|| no_queue(vhost, name))?;
         check_owner(q, conn)?;
-        if q.stream.is_some() {
+        if q.is_stream() {
             return Err(AmqpError::not_implemented(format!(
                 "queue.purge not supported by stream queues queue '{name}' in vhost '{vhost}'"
             )));
@@ -144,7 +144,7 @@ impl Broker {
         };
         check_owner(q, conn)?;
         // As RabbitMQ, a stream is deleted whatever if-unused and if-empty say.
-        let (if_unused, if_empty) = if q.stream.is_some() { (false, false) } else { (if_unused, if_empty) };
+        let (if_unused, if_empty) = if q.is_stream() { (false, false) } else { (if_unused, if_empty) };
         if if_unused && !q.consumers.is_empty() {
             return Err(AmqpError::precondition(format!("queue '{name}' in vhost '{vhost}' in use")));
         }
@@ -236,7 +236,7 @@ impl State {
             }
         }
         // A stream's tracked offsets go with it.
-        for tag in q.stream.iter().flat_map(|s| s.tracked.keys()) {
+        for tag in q.stream().into_iter().flat_map(|s| s.tracked.keys()) {
             let key = stream::tracked_key(&q, tag);
             if let Err(e) = store.define(Record::ParameterDelete { kind: ParameterKind::StreamOffset, key }) {
                 tracing::error!("stream '{name}' in vhost '{vhost}': a tracked offset stays in the log: {e}");

@@ -56,7 +56,7 @@ impl Broker {
                 q.attach_timer(st.timers.clone(), super::queue::now_ms());
                 let now = crate::store::wall_ms();
                 for m in per_queue.remove(queue).unwrap_or_default() {
-                    if let Some(stream) = q.stream.as_deref_mut() {
+                    if let Some(stream) = q.stream_mut() {
                         // A record without an offset cannot be a stream's.
                         if let Some(offset) = m.stream_offset {
                             stream.restore(stream::StreamEntry {
@@ -114,7 +114,7 @@ impl Broker {
             let offset = serde_json::from_slice::<serde_json::Value>(value)
                 .ok()
                 .and_then(|v| v.get("offset").and_then(serde_json::Value::as_u64));
-            match (st.queue_mut(vhost, queue).and_then(|q| q.stream.as_deref_mut()), offset) {
+            match (st.queue_mut(vhost, queue).and_then(|q| q.stream_mut()), offset) {
                 (Some(stream), Some(offset)) => {
                     stream.tracked.insert(Arc::from(tag), offset);
                 }

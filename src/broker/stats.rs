@@ -242,7 +242,7 @@ impl State {
                     queue_type: q.args.queue_type.as_str(),
                     durable: q.durable,
                     ready: q.ready_count(),
-                    unacked: q.unacked,
+                    unacked: q.unacked(),
                     consumers: q.consumers.len(),
                     ready_bytes: q.ready_bytes(),
                     counters: c,

@@ -91,7 +91,7 @@ impl State {
         if !q.timer_fired(at) {
             return;
         }
-        if q.stream.is_some() {
+        if q.is_stream() {
             stream::apply_retention(q, store, true);
             q.rearm(now);
             return;

@@ -11,7 +11,7 @@ use crate::broker::StateLock;
 
 use super::super::loader::{self, LoadRequest};
 use super::super::message::{Message, Outgoing};
-use super::super::queue::{Queue, QueuedMessage, now_ms};
+use super::super::queue::{Queue, QueueKind, QueuedMessage, now_ms};
 use super::super::stats::GlobalStats;
 use super::super::{AmqpError, ChannelState, Result, State, Unacked, message_from_record};
 use super::consumer::{StreamConsumeArgs, StreamCursor};
@@ -38,7 +38,7 @@ pub(in crate::broker) fn publish_to_stream(
     store: &LogStore,
     moved_from: Option<(u32, u64)>,
 ) -> std::result::Result<u64, StoreError> {
-    let (Some(qid), Some(stream)) = (q.store_id, q.stream.as_deref_mut()) else { return Ok(0) };
+    let (Some(qid), Some(stream)) = (q.store_id, q.stream_mut()) else { return Ok(0) };
     let offset = stream.next_offset();
     let properties = with_offset_header(&message.properties, offset);
     let names = (message.exchange.as_str(), message.routing_key.as_str());
@@ -63,7 +63,7 @@ pub(in crate::broker) fn publish_to_stream(
     stream.publish(entry, end);
     q.counters.publish += 1;
     apply_retention(q, store, false);
-    if let Some(stream) = q.stream.as_deref_mut() {
+    if let Some(stream) = q.stream_mut() {
         stream.page_out(STREAM_HOT_WINDOW, |id| store.is_written(id));
     }
     Ok(end)
@@ -84,7 +84,7 @@ pub(in crate::broker) fn apply_retention(q: &mut Queue, store: &LogStore, by_age
         Some(age) if by_age => Some(wall_ms().saturating_sub(age)),
         _ => None,
     };
-    let (Some(qid), Some(stream)) = (q.store_id, q.stream.as_deref_mut()) else { return };
+    let (Some(qid), Some(stream)) = (q.store_id, q.stream_mut()) else { return };
     if by_age {
         stream.age_checked = now_ms();
     }
@@ -118,7 +118,7 @@ pub(in crate::broker) fn consumer_cursor(
     if ch.channel_prefetch > 0 {
         return Err(AmqpError::not_implemented(format!("{} does not support global qos", rs(q))));
     }
-    let Some(stream) = q.stream.as_deref_mut() else {
+    let Some(stream) = q.stream_mut() else {
         return Err(AmqpError::precondition(format!("{} is not a stream", rs(q))));
     };
     // As LavinMQ: a tracked consumer resumes after its last ack; without
@@ -146,7 +146,7 @@ pub(in crate::broker) fn settled(q: &mut Queue, (conn, channel): (u64, u16), tag
             c.unacked = c.unacked.saturating_sub(1);
             c.stream.as_ref().and_then(|s| s.tracking.clone())
         }
-        None => q.stream.as_ref().and_then(|s| s.tracking_tags.get(tag)).cloned(),
+        None => q.stream().and_then(|s| s.tracking_tags.get(tag)).cloned(),
     };
     tracking.filter(|_| ack)
 }
@@ -155,7 +155,7 @@ pub(in crate::broker) fn settled(q: &mut Queue, (conn, channel): (u64, u16), tag
 /// logs it, so that it survives a restart.
 pub(in crate::broker) fn track(q: &mut Queue, tag: Arc<str>, offset: u64, store: &LogStore) {
     let key = tracked_key(q, &tag);
-    let Some(stream) = q.stream.as_deref_mut() else { return };
+    let Some(stream) = q.stream_mut() else { return };
     let next = stream.tracked.entry(tag).or_insert(0);
     if offset < *next {
         return;
@@ -186,8 +186,8 @@ impl State {
         } = self;
         let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
         let loader = loader.as_ref().filter(|l| l.is_alive());
-        let Queue { stream, consumers, counters, unacked, name, incarnation, vhost: q_vhost, store_id, args, .. } = q;
-        let Some(stream) = stream.as_deref_mut() else { return };
+        let Queue { kind, consumers, counters, name, incarnation, vhost: q_vhost, store_id, args, .. } = q;
+        let QueueKind::Stream(stream) = kind else { return };
         let queue_ref = (&*q_vhost, &*name, *incarnation);
         let durable_below = stream.durable_below(store.durable_position());
         let mut awaits_durability = false;
@@ -232,7 +232,6 @@ impl State {
                 let delivery_tag = ch.take_tag();
                 let now = now_ms();
                 consumer.unacked += 1;
-                *unacked += 1;
                 counters.deliver += 1;
                 delivered += 1;
                 ch.unacked.insert(
@@ -278,6 +277,7 @@ impl State {
             durability_waiters.insert((q_vhost.clone(), name.clone()));
             durability_wanted.notify_one();
         }
+        q.delivered(delivered as usize);
     }
 
     /// Bodies the loader read back for a stream: they go to the stream's
@@ -289,9 +289,9 @@ impl State {
         store: &LogStore,
     ) {
         let Some(q) = self.queue_of(&request.vhost, &request.queue, request.incarnation) else { return };
-        let Queue { stream, vhost, name, incarnation, store_id, .. } = q;
+        let Queue { kind, vhost, name, incarnation, store_id, .. } = q;
         let (store_id, queue_ref) = (*store_id, (&*vhost, &*name, *incarnation));
-        let Some(stream) = stream.as_deref_mut() else { return };
+        let QueueKind::Stream(stream) = kind else { return };
         if let Some((first, _)) = request.items.first() {
             stream.end_load(*first);
         }
