@@ -283,11 +283,11 @@ impl State {
     /// goes to a consumer that can take it at once even with a TTL of 0, as
     /// in RabbitMQ; what stays behind expires on the next drain or tick.
     pub(super) fn deliver_ready(&mut self, vhost: &str, queue: &str, store: &LogStore) {
-        if self.queue(vhost, queue).is_some_and(|q| q.is_stream()) {
-            return self.deliver_stream(vhost, queue, store);
-        }
         let State { vhosts, channels, loader, stats, timers, consumer_timeout, .. } = self;
         let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
+        if q.is_stream() {
+            return self.deliver_stream(vhost, queue, store);
+        }
         let counters_before = q.counters;
         // Log records for this drain, written once at the end: first
         // deliveries (so a restart flags them redelivered) and no-ack

@@ -37,7 +37,8 @@ impl Broker {
         message: Arc<Message>,
     ) -> Result<Routed> {
         let mut st = self.state.lock();
-        if let Some(ex) = st.exchange(vhost, exchange)
+        // The default exchange is never internal: no lookup for it.
+        if let Some(ex) = (!exchange.is_empty()).then(|| st.exchange(vhost, exchange)).flatten()
             && ex.internal
         {
             return Err(AmqpError::access_refused(format!(
@@ -59,19 +60,31 @@ impl Broker {
             st.depart(departed, &self.store);
         }
         let priority = message_priority;
+        let pressure = self.memory.paging().then_some(&*self.memory);
         for name in &delivery.accepted {
             st.deliver_ready(vhost, name, &self.store);
+            // One lookup for what follows, unless something expires.
+            let Some(mut q) = st.queue_mut(vhost, name) else { continue };
             // What no consumer took and is already due (a TTL of 0) goes now.
-            if let Some(q) = st.queue(vhost, name).filter(|q| q.next_expiry().is_some_and(|at| queue::now_ms() >= at)) {
+            if q.next_expiry().is_some_and(|at| queue::now_ms() >= at) {
                 let incarnation = q.incarnation;
                 st.expire_messages(vhost, name, incarnation, &self.store);
+                let Some(again) = st.queue_mut(vhost, name) else { continue };
+                q = again;
             }
             // Length limits apply to what no consumer took.
-            st.trim_queue(vhost, name, &self.store);
-            let pressure = self.memory.paging().then_some(&*self.memory);
-            if let Some(q) = st.queue_mut(vhost, name) {
-                let level = q.level_of(priority);
-                memory::page_out(q, Some(level), &self.store, pressure);
+            let dropped = q.trim_to_limits();
+            let level = q.level_of(priority);
+            memory::page_out(q, Some(level), &self.store, pressure);
+            if !dropped.is_empty() {
+                let departed = Departed {
+                    vhost: q.vhost.clone(),
+                    queue: q.name.clone(),
+                    incarnation: q.incarnation,
+                    entries: dropped,
+                    reason: Reason::Maxlen,
+                };
+                st.depart(departed, &self.store);
             }
         }
         Ok(outcome)
