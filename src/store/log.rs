@@ -257,6 +257,7 @@ impl LogStore {
             active: next_seq,
             segments,
             pending: Vec::new(),
+            free_buffers: Vec::new(),
             pending_bytes: 0,
             appended: Arc::new(AtomicU64::new(next_base)),
             next_message_id: recovered.max_message_id + 1,

@@ -115,6 +115,11 @@ impl SegmentMeta {
     }
 }
 
+/// The size a new chunk's buffer starts at.
+const CHUNK_BUFFER: usize = 64 * 1024;
+/// Written chunks' buffers kept for reuse.
+const KEPT_BUFFERS: usize = 8;
+
 /// Bytes for the writer: contiguous records of one segment, opened by a
 /// commit-group record the writer fills in when it writes them.
 pub(super) struct Chunk {
@@ -160,6 +165,11 @@ pub(super) struct Inner {
     pub segments: BTreeMap<u32, SegmentMeta>,
     pub pending: Vec<Chunk>,
     pub pending_bytes: usize,
+    /// Chunk buffers the writer wrote and gave back: new chunks take one
+    /// instead of allocating. Freeing them on the writer thread made glibc
+    /// lock the appending thread's arena on every pass (a futex call on
+    /// each side), and allocating them again cost as much.
+    pub free_buffers: Vec<Vec<u8>>,
     /// Log position just past the last record appended; shared with
     /// [`LogStore`] so connections read it without taking the lock.
     pub appended: Arc<AtomicU64>,
@@ -289,6 +299,27 @@ impl Inner {
 
     /// Appends a record of exactly `len` bytes written by `encode`; returns
     /// the log position just past it.
+    /// An empty buffer for a new chunk of at least `len` bytes: a recycled
+    /// one when it is large enough.
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        match self.free_buffers.pop() {
+            Some(buffer) if buffer.capacity() >= len => buffer,
+            _ => Vec::with_capacity(len.max(CHUNK_BUFFER)),
+        }
+    }
+
+    /// Takes back written chunks' buffers for reuse: a few, of ordinary
+    /// size (a buffer grown for a large message is freed).
+    pub fn recycle(&mut self, spent: Vec<Vec<u8>>) {
+        for mut buffer in spent {
+            if self.free_buffers.len() >= KEPT_BUFFERS || buffer.capacity() > 4 * CHUNK_BUFFER {
+                continue;
+            }
+            buffer.clear();
+            self.free_buffers.push(buffer);
+        }
+    }
+
     pub fn append(&mut self, len: usize, message_id: u64, encode: impl FnOnce(&mut Vec<u8>)) -> u64 {
         let (base, capacity, used) = match self.segments.get(&self.active) {
             Some(m) => (m.base, m.capacity, m.used),
@@ -311,10 +342,10 @@ impl Inner {
         }
         let seq = self.active;
         if !contiguous(self) {
+            let mut data = self.buffer(GROUP_RECORD_LEN + len);
             let Some(meta) = self.segments.get_mut(&seq) else { return self.appended.load(Ordering::Acquire) };
             let offset = meta.used;
             meta.used += GROUP_RECORD_LEN as u32;
-            let mut data = Vec::with_capacity((GROUP_RECORD_LEN + len).max(64 * 1024));
             data.extend_from_slice(&[0u8; GROUP_RECORD_LEN]);
             self.pending.push(Chunk {
                 segment: seq,

@@ -71,6 +71,9 @@ struct Pass {
     created: bool,
     /// Chunks not written for lack of space, in order.
     unwritten: Vec<Chunk>,
+    /// The written chunks' buffers, handed back to the appending side for
+    /// reuse (see `Inner::recycle`).
+    spent: Vec<Vec<u8>>,
 }
 
 impl LogStore {
@@ -162,6 +165,7 @@ impl LogStore {
                 }
             } else {
                 let mut inner = self.inner.lock();
+                inner.recycle(pass.spent);
                 if inner.out_of_space {
                     inner.out_of_space = false;
                     tracing::info!("the log is writing again: disk space came back");
@@ -173,7 +177,7 @@ impl LogStore {
     /// Creates files and writes chunks in order; stops at the first chunk
     /// the disk has no space for. `None` when the log failed.
     fn write_pass(&self, chunks: Vec<Chunk>, unsynced: &mut Vec<u64>) -> Option<Pass> {
-        let mut pass = Pass { end: 0, written: 0, max_id: 0, created: false, unwritten: Vec::new() };
+        let mut pass = Pass { end: 0, written: 0, max_id: 0, created: false, unwritten: Vec::new(), spent: Vec::new() };
         let mut chunks = chunks.into_iter();
         while let Some(mut chunk) = chunks.next() {
             if let Some(capacity) = chunk.create {
@@ -230,6 +234,7 @@ impl LogStore {
             }
             pass.end = pass.end.max(chunk.end());
             pass.max_id = pass.max_id.max(chunk.max_message_id);
+            pass.spent.push(chunk.data);
         }
         Some(pass)
     }
