@@ -42,6 +42,13 @@ pub(super) struct Departed {
     pub reason: Reason,
 }
 
+impl Departed {
+    /// `entries` left queue `q` for `reason`.
+    pub(super) fn from(q: &Queue, entries: Vec<QueuedMessage>, reason: Reason) -> Departed {
+        Departed { vhost: q.vhost.clone(), queue: q.name.clone(), incarnation: q.incarnation, entries, reason }
+    }
+}
+
 impl State {
     /// Settles messages that left queue `queue` for good: dead-letters them
     /// when the queue has a dead-letter exchange, else only tells the log.

@@ -556,13 +556,7 @@ impl State {
 fn departed_push(batch: &mut Vec<Departed>, q: &Queue, entry: QueuedMessage, reason: Reason) {
     match batch.iter_mut().find(|d| d.queue == q.name && d.incarnation == q.incarnation && d.reason == reason) {
         Some(d) => d.entries.push(entry),
-        None => batch.push(Departed {
-            vhost: q.vhost.clone(),
-            queue: q.name.clone(),
-            incarnation: q.incarnation,
-            entries: vec![entry],
-            reason,
-        }),
+        None => batch.push(Departed::from(q, vec![entry], reason)),
     }
 }
 

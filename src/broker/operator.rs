@@ -92,13 +92,7 @@ impl Broker {
                     dead_letter::forget(&self.store, q.settle_id(), std::slice::from_ref(&entry));
                 }
                 GetSettle::Reject if q.args.dead_letter_exchange.is_some() => {
-                    let departed = Departed {
-                        vhost: q.vhost.clone(),
-                        queue: q.name.clone(),
-                        incarnation,
-                        entries: vec![entry],
-                        reason: Reason::Rejected,
-                    };
+                    let departed = Departed::from(q, vec![entry], Reason::Rejected);
                     st.depart(departed, &self.store);
                 }
                 GetSettle::Reject => dead_letter::forget(&self.store, q.settle_id(), std::slice::from_ref(&entry)),

@@ -77,13 +77,7 @@ impl Broker {
             let level = q.level_of(priority);
             memory::page_out(q, Some(level), &self.store, pressure);
             if !dropped.is_empty() {
-                let departed = Departed {
-                    vhost: q.vhost.clone(),
-                    queue: q.name.clone(),
-                    incarnation: q.incarnation,
-                    entries: dropped,
-                    reason: Reason::Maxlen,
-                };
+                let departed = Departed::from(q, dropped, Reason::Maxlen);
                 st.depart(departed, &self.store);
             }
         }
@@ -131,13 +125,7 @@ impl State {
                         level: 0,
                         delivery_count: 0,
                     };
-                    delivery.departed.push(Departed {
-                        vhost: q.vhost.clone(),
-                        queue: q.name.clone(),
-                        incarnation: q.incarnation,
-                        entries: vec![entry],
-                        reason: Reason::Maxlen,
-                    });
+                    delivery.departed.push(Departed::from(q, vec![entry], Reason::Maxlen));
                 }
                 continue;
             }
@@ -183,13 +171,7 @@ impl State {
             q.counters.publish += 1;
             delivery.accepted.push(q.name.clone());
             if !dropped.is_empty() {
-                delivery.departed.push(Departed {
-                    vhost: q.vhost.clone(),
-                    queue: q.name.clone(),
-                    incarnation: q.incarnation,
-                    entries: dropped,
-                    reason: Reason::Maxlen,
-                });
+                delivery.departed.push(Departed::from(q, dropped, Reason::Maxlen));
             }
         }
         Ok(delivery)

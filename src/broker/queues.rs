@@ -265,13 +265,7 @@ impl State {
         let Some(q) = self.queue_mut(vhost, name) else { return };
         let dropped = q.trim_to_limits();
         if !dropped.is_empty() {
-            let departed = Departed {
-                vhost: q.vhost.clone(),
-                queue: q.name.clone(),
-                incarnation: q.incarnation,
-                entries: dropped,
-                reason: Reason::Maxlen,
-            };
+            let departed = Departed::from(q, dropped, Reason::Maxlen);
             self.depart(departed, store);
         }
     }
@@ -288,13 +282,7 @@ impl State {
             dead_letter::forget(store, q.settle_id(), &expired);
             return;
         }
-        let departed = Departed {
-            vhost: q.vhost.clone(),
-            queue: q.name.clone(),
-            incarnation,
-            entries: expired,
-            reason: Reason::Expired,
-        };
+        let departed = Departed::from(q, expired, Reason::Expired);
         self.depart(departed, store);
     }
 }
