@@ -258,6 +258,7 @@ impl LogStore {
             segments,
             pending: Vec::new(),
             free_buffers: Vec::new(),
+            spare_chunk_list: Vec::new(),
             pending_bytes: 0,
             appended: Arc::new(AtomicU64::new(next_base)),
             next_message_id: recovered.max_message_id + 1,

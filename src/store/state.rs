@@ -170,6 +170,9 @@ pub(super) struct Inner {
     /// lock the appending thread's arena on every pass (a futex call on
     /// each side), and allocating them again cost as much.
     pub free_buffers: Vec<Vec<u8>>,
+    /// The chunk list the writer emptied, for the next pass's pending list
+    /// (for the same reason).
+    pub spare_chunk_list: Vec<Chunk>,
     /// Log position just past the last record appended; shared with
     /// [`LogStore`] so connections read it without taking the lock.
     pub appended: Arc<AtomicU64>,
@@ -308,9 +311,13 @@ impl Inner {
         }
     }
 
-    /// Takes back written chunks' buffers for reuse: a few, of ordinary
-    /// size (a buffer grown for a large message is freed).
-    pub fn recycle(&mut self, spent: Vec<Vec<u8>>) {
+    /// Takes back written chunks' buffers for reuse (a few, of ordinary
+    /// size: a buffer grown for a large message is freed) and the emptied
+    /// list that held them.
+    pub fn recycle(&mut self, spent: Vec<Vec<u8>>, emptied: Vec<Chunk>) {
+        if emptied.is_empty() && emptied.capacity() > self.spare_chunk_list.capacity() {
+            self.spare_chunk_list = emptied;
+        }
         for mut buffer in spent {
             if self.free_buffers.len() >= KEPT_BUFFERS || buffer.capacity() > 4 * CHUNK_BUFFER {
                 continue;

@@ -71,9 +71,10 @@ struct Pass {
     created: bool,
     /// Chunks not written for lack of space, in order.
     unwritten: Vec<Chunk>,
-    /// The written chunks' buffers, handed back to the appending side for
-    /// reuse (see `Inner::recycle`).
+    /// The written chunks' buffers and the emptied list that held them,
+    /// handed back to the appending side for reuse (see `Inner::recycle`).
     spent: Vec<Vec<u8>>,
+    chunk_list: Vec<Chunk>,
 }
 
 impl LogStore {
@@ -96,7 +97,9 @@ impl LogStore {
                     return;
                 }
                 inner.pending_bytes = 0;
-                (std::mem::take(&mut inner.pending), std::mem::take(&mut inner.relocations))
+                // The list the last pass emptied takes the pending one's place.
+                let emptied = std::mem::take(&mut inner.spare_chunk_list);
+                (std::mem::replace(&mut inner.pending, emptied), std::mem::take(&mut inner.relocations))
             };
             let Some(pass) = self.write_pass(chunks, &mut unsynced) else { return };
             if pass.max_id > 0 {
@@ -165,7 +168,7 @@ impl LogStore {
                 }
             } else {
                 let mut inner = self.inner.lock();
-                inner.recycle(pass.spent);
+                inner.recycle(pass.spent, pass.chunk_list);
                 if inner.out_of_space {
                     inner.out_of_space = false;
                     tracing::info!("the log is writing again: disk space came back");
@@ -176,9 +179,17 @@ impl LogStore {
 
     /// Creates files and writes chunks in order; stops at the first chunk
     /// the disk has no space for. `None` when the log failed.
-    fn write_pass(&self, chunks: Vec<Chunk>, unsynced: &mut Vec<u64>) -> Option<Pass> {
-        let mut pass = Pass { end: 0, written: 0, max_id: 0, created: false, unwritten: Vec::new(), spent: Vec::new() };
-        let mut chunks = chunks.into_iter();
+    fn write_pass(&self, mut list: Vec<Chunk>, unsynced: &mut Vec<u64>) -> Option<Pass> {
+        let mut pass = Pass {
+            end: 0,
+            written: 0,
+            max_id: 0,
+            created: false,
+            unwritten: Vec::new(),
+            spent: Vec::with_capacity(list.len()),
+            chunk_list: Vec::new(),
+        };
+        let mut chunks = list.drain(..);
         while let Some(mut chunk) = chunks.next() {
             if let Some(capacity) = chunk.create {
                 // The sealed segment's tail is synced before its successor
@@ -236,6 +247,8 @@ impl LogStore {
             pass.max_id = pass.max_id.max(chunk.max_message_id);
             pass.spent.push(chunk.data);
         }
+        drop(chunks);
+        pass.chunk_list = list;
         Some(pass)
     }
 
