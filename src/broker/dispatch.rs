@@ -260,7 +260,8 @@ impl Broker {
                         delivered_at: now,
                     },
                 );
-                ch.arm_timeout((conn, channel), now, q.args.consumer_timeout.or(*consumer_timeout), timers);
+                let timeout = super::timers::consumer_timeout_of(None, q.args.consumer_timeout, *consumer_timeout);
+                ch.arm_timeout((conn, channel), now, timeout, timers);
             }
             handle.send(Outgoing::Content { channel, method: method.into(), message });
             return Ok(());
@@ -362,7 +363,11 @@ impl State {
                         delivered_at: now,
                     },
                 );
-                let timeout = consumer.args.timeout.or(q.args.consumer_timeout).or(*consumer_timeout);
+                let timeout = super::timers::consumer_timeout_of(
+                    consumer.args.timeout,
+                    q.args.consumer_timeout,
+                    *consumer_timeout,
+                );
                 ch.arm_timeout((consumer.connection.id, consumer.channel), now, timeout, timers);
             }
             consumer.connection.send(Outgoing::Deliver {

@@ -27,7 +27,8 @@
 //! `dead_letter` dead-lettering; `dispatch` consumers (priorities, single
 //! active consumer), qos, get and the drain to consumers; `acks` ack,
 //! nack, reject, recover; `timers` message TTL, queue expiry and consumer
-//! timeouts, run by one thread that sleeps on [`deadlines`]; `reply_to` direct reply-to; `policies` policies and operator
+//! timeouts, run by one thread that sleeps on [`deadlines`]; `reply_to`
+//! direct reply-to; `policies` policies and operator
 //! policies; [`vhosts`] virtual hosts and their limits; [`loader`] bodies read back from
 //! the log; [`memory`] the memory alarm and paging under pressure;
 //! [`stream`] stream queues (offsets, retention, their consumers' cursors); `records` the mapping to log records and the restore from

@@ -205,8 +205,8 @@ impl Queue {
         if self.timer_at != 0 && self.timer_at <= at {
             return;
         }
+        let key = self.timer_key();
         if let Some(timer) = &self.timer {
-            let key = TimerKey::Queue { vhost: self.vhost.clone(), name: self.name.clone() };
             timer.arm(key, &mut self.timer_at, at);
         }
     }
@@ -250,8 +250,8 @@ impl Queue {
 
     /// Forgets the queue's deadline (the queue is going away).
     pub fn disarm_timer(&mut self) {
+        let key = self.timer_key();
         if let Some(timer) = &self.timer {
-            let key = TimerKey::Queue { vhost: self.vhost.clone(), name: self.name.clone() };
             timer.disarm(key, &mut self.timer_at);
         }
     }

@@ -27,6 +27,13 @@ const IDLE_WAKE: Duration = Duration::from_secs(5);
 /// again, for the younger deliveries that have one.
 const RECHECK_MS: u64 = 1_000;
 
+/// The consumer timeout of a delivery: the consumer's own
+/// `x-consumer-timeout`, else its queue's, else the broker's
+/// `consumer_timeout` (None: none applies).
+pub(super) fn consumer_timeout_of(consumer: Option<u64>, queue: Option<u64>, broker: Option<u64>) -> Option<u64> {
+    consumer.or(queue).or(broker)
+}
+
 /// What a connection must do because of the broker, not its client.
 #[derive(Debug)]
 pub enum BrokerEvent {
@@ -141,10 +148,11 @@ impl State {
                 q.consumers.iter().find(|c| c.tag == *tag && c.connection.id == conn && c.channel == channel)
             })
         });
-        let timeout = consumer
-            .and_then(|c| c.args.timeout)
-            .or_else(|| q.and_then(|q| q.args.consumer_timeout))
-            .or(*consumer_timeout);
+        let timeout = consumer_timeout_of(
+            consumer.and_then(|c| c.args.timeout),
+            q.and_then(|q| q.args.consumer_timeout),
+            *consumer_timeout,
+        );
         let Some(timeout) = timeout else {
             // No timeout for the oldest; a younger delivery may have one
             // once the oldest is settled: look again then.
@@ -164,11 +172,9 @@ impl State {
             c.info.peer
         );
         ch.timed_out = true;
-        c.handle.event(BrokerEvent::CloseChannel {
-                channel,
-                error: AmqpError::precondition(format!(
-                    "delivery acknowledgement on channel {channel} timed out. Timeout value used: {timeout} ms. This timeout value can be configured, see consumers doc guide to learn more"
-                )),
-            });
+        let text = format!(
+            "delivery acknowledgement on channel {channel} timed out. Timeout value used: {timeout} ms. This timeout value can be configured, see consumers doc guide to learn more"
+        );
+        c.handle.event(BrokerEvent::CloseChannel { channel, error: AmqpError::precondition(text) });
     }
 }

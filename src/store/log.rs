@@ -311,12 +311,12 @@ impl LogStore {
         self.durable.subscribe()
     }
 
-    /// Everything below this log position is durable.
     /// How long the message path held the log's lock (sampled).
     pub fn message_lock_figures(&self) -> HoldFigures {
         self.message_holds.figures()
     }
 
+    /// Everything below this log position is durable.
     pub fn durable_position(&self) -> u64 {
         self.durable.borrow().position
     }

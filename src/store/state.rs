@@ -300,8 +300,6 @@ impl Inner {
         }
     }
 
-    /// Appends a record of exactly `len` bytes written by `encode`; returns
-    /// the log position just past it.
     /// An empty buffer for a new chunk of at least `len` bytes: a recycled
     /// one when it is large enough.
     fn buffer(&mut self, len: usize) -> Vec<u8> {
@@ -327,6 +325,8 @@ impl Inner {
         }
     }
 
+    /// Appends a record of exactly `len` bytes written by `encode`; returns
+    /// the log position just past it.
     pub fn append(&mut self, len: usize, message_id: u64, encode: impl FnOnce(&mut Vec<u8>)) -> u64 {
         let (base, capacity, used) = match self.segments.get(&self.active) {
             Some(m) => (m.base, m.capacity, m.used),

@@ -253,7 +253,11 @@ impl State {
                         delivered_at: now,
                     },
                 );
-                let timeout = consumer.args.timeout.or(args.consumer_timeout).or(*consumer_timeout);
+                let timeout = crate::broker::timers::consumer_timeout_of(
+                    consumer.args.timeout,
+                    args.consumer_timeout,
+                    *consumer_timeout,
+                );
                 ch.arm_timeout((consumer.connection.id, consumer.channel), now, timeout, timers);
                 consumer.connection.send(Outgoing::Deliver {
                     channel: consumer.channel,

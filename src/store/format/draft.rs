@@ -81,13 +81,10 @@ impl<'a> MessageDraft<'a> {
         [&self.fields, self.properties, &self.body_len, self.body]
     }
 
-    /// Bytes the framed record takes.
+    /// Bytes the framed record takes (never none: no `is_empty`).
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         MESSAGE_HEAD_LEN + self.pieces().iter().map(|p| p.len()).sum::<usize>()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// Appends the framed record with its id: [`MessageDraft::len`] bytes.
