@@ -60,7 +60,8 @@ pub mod stream;
 mod timers;
 pub mod vhosts;
 
-use std::collections::{BTreeMap, HashSet};
+use rustc_hash::FxHashSet as HashSet;
+use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
@@ -407,7 +408,7 @@ impl Broker {
             .get_key_value(info.vhost.as_str())
             .map(|(k, _)| k.clone())
             .ok_or_else(|| AmqpError::connection(reply::NOT_ALLOWED, format!("vhost {} not found", info.vhost)))?;
-        st.connections.insert(handle.id, ConnectionEntry { handle, info, vhost, channels: HashSet::new() });
+        st.connections.insert(handle.id, ConnectionEntry { handle, info, vhost, channels: HashSet::default() });
         GlobalStats::add(&self.stats.connections_opened, 1);
         Ok(())
     }

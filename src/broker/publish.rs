@@ -2,6 +2,8 @@
 //! durable queues it reaches, enqueue it, and deliver. Dead-lettering
 //! republishes through the same [`State::deliver_to`].
 
+use smallvec::SmallVec;
+
 use super::dead_letter::{Departed, Reason};
 use super::*;
 use crate::store::StoreError;
@@ -9,8 +11,9 @@ use crate::store::StoreError;
 /// What offering one message to its target queues did.
 #[derive(Debug, Default)]
 pub(super) struct Delivery {
-    /// Queues that took the message.
-    pub accepted: Vec<Arc<str>>,
+    /// Queues that took the message (mostly one: kept inline, as are the
+    /// lists below, so that a publish allocates nothing for them).
+    pub accepted: SmallVec<[Arc<str>; 2]>,
     /// A queue refused it (x-overflow = reject-publish).
     pub rejected: bool,
     pub durable_position: Option<u64>,
@@ -102,10 +105,10 @@ impl State {
         let Some(v) = self.vhosts.get_mut(vhost) else { return Ok(delivery) };
         let size = message.body_len();
         // Queue name, and whether the log keeps the message for it.
-        let mut accepting: Vec<(&String, bool)> = Vec::with_capacity(targets.len());
-        let mut durable_ids: Vec<u32> = Vec::new();
+        let mut accepting: SmallVec<[(&String, bool); 4]> = SmallVec::new();
+        let mut durable_ids: SmallVec<[u32; 4]> = SmallVec::new();
         // Streams take the message as a record of their own each.
-        let mut streams: Vec<&String> = Vec::new();
+        let mut streams: SmallVec<[&String; 1]> = SmallVec::new();
         for name in targets {
             let Some(q) = v.queues.get(name.as_str()) else { continue };
             if q.is_stream() {

@@ -5,7 +5,7 @@
 //! `handshake`; what blocks a publisher and the read buffer's sizing in
 //! `flow`.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -150,10 +150,10 @@ pub async fn serve_stream<W: AsyncWrite + Send + Unpin + 'static>(
         events,
         tuning,
         heartbeat: 0,
-        channels: HashMap::new(),
+        channels: HashMap::default(),
         user: String::new(),
         vhost: "/".to_string(),
-        permission_cache: (u64::MAX, HashMap::new()),
+        permission_cache: (u64::MAX, HashMap::default()),
         registered: false,
         durability: broker.store().durability(),
         appended_before: 0,

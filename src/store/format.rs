@@ -8,6 +8,7 @@
 //! encodings (and so big-endian inside): queue/exchange/binding arguments
 //! (an AMQP field table) and message properties (AMQP property flags and list).
 
+mod crc_shift;
 mod draft;
 pub use draft::MessageDraft;
 
