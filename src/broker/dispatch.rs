@@ -497,3 +497,7 @@ pub(super) fn unloaded(mut entry: QueuedMessage, store: &LogStore) -> QueuedMess
     }
     entry
 }
+
+#[cfg(test)]
+#[path = "dispatch_tests.rs"]
+mod tests;

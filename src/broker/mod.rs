@@ -57,6 +57,8 @@ mod reply_to;
 mod routing;
 pub mod stats;
 pub mod stream;
+#[cfg(test)]
+mod test_support;
 mod timers;
 pub mod vhosts;
 

@@ -178,3 +178,7 @@ impl State {
         c.handle.event(BrokerEvent::CloseChannel { channel, error: AmqpError::precondition(text) });
     }
 }
+
+#[cfg(test)]
+#[path = "timers_tests.rs"]
+mod tests;
