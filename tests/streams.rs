@@ -460,6 +460,15 @@ async fn tracked_offsets_resume_after_acks_and_survive_kill_9() {
     let (ch, mut tracked) = stream_consumer(&conn, "s", "reader", 1, void()).await;
     assert_eq!(take_acked(&mut tracked, 1).await, vec![(4, "m4".into())]);
     within("close", ch.close(200, "bye".into())).await.expect("close");
+    // A tracked offset is logged when its ack arrives, not synced before
+    // any reply (as a publish is before its confirm): a kill -9 right after
+    // the ack may lose it, and the reader then gets messages again. A
+    // confirmed publish makes everything logged before it durable: the
+    // client's way to know the offsets above are.
+    within("declare", pub_ch.queue_declare("sync".into(), durable(), FieldTable::default()))
+        .await
+        .expect("declare a queue to sync with");
+    publish_all(&pub_ch, "sync", &["after the acks".into()], None).await;
     drop(conn);
 
     broker.kill();
