@@ -9,6 +9,16 @@ impl Broker {
         self.settle(conn, channel, delivery_tag, multiple, Settle::Ack)
     }
 
+    /// Consecutive basic.acks of one channel, as (delivery tag, multiple),
+    /// settled under one hold of the lock: one log record per queue and
+    /// one hand-out of waiting messages for all of them. An unknown tag
+    /// ends the run: the acks before it are settled, its error returned,
+    /// and the acks after it are not looked at (the channel closes), as
+    /// if they had been settled one by one.
+    pub fn ack_many(&self, conn: u64, channel: u16, acks: &[(u64, bool)]) -> Result<()> {
+        self.settle_then(conn, channel, acks, Settle::Ack, || {})
+    }
+
     /// basic.nack / basic.reject.
     pub fn reject(&self, conn: u64, channel: u16, delivery_tag: u64, multiple: bool, requeue: bool) -> Result<()> {
         self.settle(conn, channel, delivery_tag, multiple, if requeue { Settle::Requeue } else { Settle::Discard })
@@ -19,7 +29,7 @@ impl Broker {
     /// `reply` (basic.recover-ok) goes out before the redeliveries, which
     /// clients such as lapin require.
     pub fn recover(&self, conn: u64, channel: u16, reply: Option<&ConnectionHandle>) {
-        let _ = self.settle_then(conn, channel, 0, true, Settle::Requeue, || {
+        let _ = self.settle_then(conn, channel, &[(0, true)], Settle::Requeue, || {
             if let Some(handle) = reply {
                 handle.method(channel, BasicRecoverOk {});
             }
@@ -40,17 +50,18 @@ impl Broker {
     }
 
     fn settle(&self, conn: u64, channel: u16, delivery_tag: u64, multiple: bool, how: Settle) -> Result<()> {
-        self.settle_then(conn, channel, delivery_tag, multiple, how, || {})
+        self.settle_then(conn, channel, &[(delivery_tag, multiple)], how, || {})
     }
 
-    /// Settles deliveries, runs `before_redelivery`, then hands waiting
-    /// messages to consumers that now have room.
+    /// Settles the deliveries `tags` name, as (delivery tag, multiple),
+    /// runs `before_redelivery`, then hands waiting messages to consumers
+    /// that now have room. An unknown tag ends the run (see
+    /// [`Broker::ack_many`]).
     fn settle_then(
         &self,
         conn: u64,
         channel: u16,
-        delivery_tag: u64,
-        multiple: bool,
+        tags: &[(u64, bool)],
         how: Settle,
         before_redelivery: impl FnOnce(),
     ) -> Result<()> {
@@ -58,19 +69,19 @@ impl Broker {
         let State { vhosts, channels, .. } = &mut *st;
         let Some(ch) = channels.get_mut(&(conn, channel)) else { return Ok(()) };
         let vhost = ch.vhost.clone();
-        let settled: Vec<Unacked> = if multiple {
-            if delivery_tag != 0 && !ch.unacked.contains_key(&delivery_tag) {
-                return Err(AmqpError::precondition(format!("unknown delivery tag {delivery_tag}")));
+        let mut settled: Vec<Unacked> = Vec::new();
+        let mut unknown: Option<AmqpError> = None;
+        for &(delivery_tag, multiple) in tags {
+            if let Err(e) = take_unacked(ch, delivery_tag, multiple, &mut settled) {
+                unknown = Some(e);
+                break;
             }
-            let upto = if delivery_tag == 0 { u64::MAX } else { delivery_tag };
-            let rest = ch.unacked.split_off(&(upto.saturating_add(1)));
-            std::mem::replace(&mut ch.unacked, rest).into_values().collect()
-        } else {
-            match ch.unacked.remove(&delivery_tag) {
-                Some(u) => vec![u],
-                None => return Err(AmqpError::precondition(format!("unknown delivery tag {delivery_tag}"))),
-            }
-        };
+        }
+        if settled.is_empty()
+            && let Some(e) = unknown
+        {
+            return Err(e);
+        }
         let mut touched: Vec<Arc<str>> = Vec::new();
         // Tombstones, one record per queue for the whole batch.
         let mut tombstones: Vec<(u32, Vec<u64>)> = Vec::new();
@@ -162,8 +173,28 @@ impl Broker {
         for q in touched {
             st.drain(&vhost, &q, &self.store);
         }
-        Ok(())
+        unknown.map_or(Ok(()), Err)
     }
+}
+
+/// Moves the deliveries one ack names out of the channel's unacked map
+/// into `out`: `delivery_tag` alone, or with `multiple` every delivery up
+/// to it (0: all of them).
+fn take_unacked(ch: &mut ChannelState, delivery_tag: u64, multiple: bool, out: &mut Vec<Unacked>) -> Result<()> {
+    if multiple {
+        if delivery_tag != 0 && !ch.unacked.contains_key(&delivery_tag) {
+            return Err(AmqpError::precondition(format!("unknown delivery tag {delivery_tag}")));
+        }
+        let upto = if delivery_tag == 0 { u64::MAX } else { delivery_tag };
+        let rest = ch.unacked.split_off(&(upto.saturating_add(1)));
+        out.extend(std::mem::replace(&mut ch.unacked, rest).into_values());
+    } else {
+        match ch.unacked.remove(&delivery_tag) {
+            Some(u) => out.push(u),
+            None => return Err(AmqpError::precondition(format!("unknown delivery tag {delivery_tag}"))),
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 
+use super::routing::Targets;
 use super::*;
 use crate::protocol::{BasicProperties, FieldValue};
 
@@ -102,11 +103,11 @@ impl State {
                 },
             };
             let (dead, deaths, keys) = dead_lettered(&message, &queue, reason, &dlx, dlrk.as_deref());
-            let mut targets: Vec<String> = Vec::new();
+            let mut targets = Targets::new();
             let Some(v) = self.vhosts.get(&vhost) else { return };
             for key in keys {
                 let found = if dlx.is_empty() {
-                    Ok(if v.queues.contains_key(key.as_str()) { vec![key] } else { Vec::new() })
+                    Ok(v.queue_name(&key).into_iter().collect())
                 } else {
                     v.route(&dlx, &key, dead_headers(&dead).as_ref())
                 };

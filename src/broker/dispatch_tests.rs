@@ -91,3 +91,23 @@ fn a_quorum_queue_keeps_transient_messages_counts_deliveries_and_drops_past_its_
     assert!(c.deliveries().is_empty());
     assert_eq!(t.broker.state.lock().queue_mut("/", "orders").map(|q| q.message_count()), Some(0));
 }
+
+#[test]
+fn a_run_of_acks_settles_up_to_an_unknown_tag_and_no_further() {
+    let t = TestBroker::new();
+    t.declare("work", &[]);
+    let mut c = t.connect(1);
+    t.consume(&c, "work", "w", false, &[]);
+    for body in ["m1", "m2", "m3", "m4"] {
+        t.publish("work", body);
+    }
+    assert_eq!(c.deliveries().len(), 4);
+    let count = || t.broker.state.lock().queue_mut("/", "work").map(|q| q.message_count());
+
+    let refused = t.broker.ack_many(1, 1, &[(1, false), (2, false), (9, false), (3, false)]);
+    let err = refused.expect_err("tag 9 was never delivered");
+    assert_eq!((err.code, err.text.as_str()), (406, "PRECONDITION_FAILED - unknown delivery tag 9"));
+    assert_eq!(count(), Some(2), "the acks before the unknown tag are settled, the one after it is not");
+    t.broker.ack_many(1, 1, &[(4, true)]).expect("tags 3 and 4 are still unacknowledged");
+    assert_eq!(count(), Some(0));
+}

@@ -95,7 +95,7 @@ impl State {
     pub(super) fn deliver_to(
         &mut self,
         vhost: &str,
-        targets: &[String],
+        targets: &[Arc<str>],
         message: Arc<Message>,
         store: &LogStore,
         moved_from: Option<(u32, u64)>,
@@ -105,12 +105,12 @@ impl State {
         let Some(v) = self.vhosts.get_mut(vhost) else { return Ok(delivery) };
         let size = message.body_len();
         // Queue name, and whether the log keeps the message for it.
-        let mut accepting: SmallVec<[(&String, bool); 4]> = SmallVec::new();
+        let mut accepting: SmallVec<[(&Arc<str>, bool); 4]> = SmallVec::new();
         let mut durable_ids: SmallVec<[u32; 4]> = SmallVec::new();
         // Streams take the message as a record of their own each.
-        let mut streams: SmallVec<[&String; 1]> = SmallVec::new();
+        let mut streams: SmallVec<[&Arc<str>; 1]> = SmallVec::new();
         for name in targets {
-            let Some(q) = v.queues.get(name.as_str()) else { continue };
+            let Some(q) = v.queues.get(&**name) else { continue };
             if q.is_stream() {
                 streams.push(name);
                 continue;
@@ -146,7 +146,7 @@ impl State {
         let mut store_id = 0;
         let mut moved_from = moved_from;
         for name in streams {
-            let Some(q) = v.queues.get_mut(name.as_str()) else { continue };
+            let Some(q) = v.queues.get_mut(&**name) else { continue };
             // The move out of a dead-lettering queue goes with the first record.
             let moving = moved_from.take();
             let end = stream::publish_to_stream(q, &message, store, moving)?;
@@ -168,7 +168,7 @@ impl State {
             delivery.moved |= moved_from.is_some();
         }
         for (name, stored) in accepting {
-            let Some(q) = v.queues.get_mut(name.as_str()) else { continue };
+            let Some(q) = v.queues.get_mut(&**name) else { continue };
             let id = if stored { store_id } else { 0 };
             let (_, dropped) = q.enqueue(message.clone(), id, now, trim_later);
             q.counters.publish += 1;

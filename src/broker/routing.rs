@@ -183,7 +183,7 @@ impl State {
         exchange: &str,
         routing_key: &str,
         headers: Option<&FieldTable>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Targets> {
         let Some(v) = self.vhosts.get(vhost) else { return Err(no_vhost(vhost)) };
         let selected = headers.is_some_and(|h| h.get("CC").is_some() || h.get("BCC").is_some());
         if !selected {
@@ -202,7 +202,7 @@ impl State {
         let mut current = exchange.to_string();
         let mut tried: Vec<String> = Vec::new();
         loop {
-            let mut queues: Vec<String> = Vec::new();
+            let mut queues = Targets::new();
             for key in &keys {
                 for q in v.route(&current, key, headers)? {
                     if !queues.contains(&q) {
@@ -272,12 +272,13 @@ impl State {
 impl VHost {
     /// The queues a message published to `exchange` reaches, following
     /// exchange-to-exchange bindings, each queue once.
-    pub(super) fn route(&self, exchange: &str, routing_key: &str, headers: Option<&FieldTable>) -> Result<Vec<String>> {
+    pub(super) fn route(&self, exchange: &str, routing_key: &str, headers: Option<&FieldTable>) -> Result<Targets> {
+        let mut queues = Targets::new();
         if exchange.is_empty() {
-            return Ok(if self.queues.contains_key(routing_key) { vec![routing_key.to_string()] } else { Vec::new() });
+            queues.extend(self.queue_name(routing_key));
+            return Ok(queues);
         }
         let Some(start) = self.exchanges.get(exchange) else { return Err(no_exchange(&self.info.name, exchange)) };
-        let mut queues: Vec<String> = Vec::new();
         let mut visited: Vec<&str> = vec![exchange];
         let mut pending: Vec<&Exchange> = vec![start];
         let mut hits: Vec<&Destination> = Vec::new();
@@ -287,8 +288,10 @@ impl VHost {
             for dest in &hits {
                 match dest {
                     Destination::Queue(q) => {
-                        if !queues.contains(q) {
-                            queues.push(q.clone());
+                        if let Some(name) = self.queue_name(q)
+                            && !queues.contains(&name)
+                        {
+                            queues.push(name);
                         }
                     }
                     Destination::Exchange(e) => {
@@ -304,7 +307,17 @@ impl VHost {
         }
         Ok(queues)
     }
+
+    /// The map's own handle on a queue's name (no allocation), if it exists.
+    pub(super) fn queue_name(&self, name: &str) -> Option<Arc<str>> {
+        self.queues.get_key_value(name).map(|(k, _)| k.clone())
+    }
 }
+
+/// The queues a message goes to: mostly one, kept inline (a publish
+/// allocates nothing for its route), each the queue map's own `Arc` of
+/// its name.
+pub(super) type Targets = smallvec::SmallVec<[Arc<str>; 2]>;
 
 /// The routing keys of a `CC` or `BCC` header: an array of strings.
 pub(super) fn cc_keys(headers: &FieldTable, name: &str) -> Vec<String> {

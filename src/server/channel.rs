@@ -93,6 +93,10 @@ pub(super) struct Channel {
 }
 
 impl Channel {
+    pub(super) fn is_closing(&self) -> bool {
+        self.closing
+    }
+
     pub fn start_closing(&mut self) {
         self.closing = true;
         self.content = None;

@@ -92,6 +92,8 @@ pub(super) struct Connection {
     pub(super) appended_before: u64,
     /// Replies held back until the log is durable up to a position.
     pub(super) deferred: Vec<(u64, u16, Method)>,
+    /// basic.acks read and not settled yet (see `acks`).
+    pub(super) pending_acks: super::acks::PendingAcks,
     /// Queues that got a consumer in this batch of frames: deliveries start
     /// once the consume-ok replies were written.
     pub start_delivery: Vec<String>,
@@ -158,6 +160,7 @@ pub async fn serve_stream<W: AsyncWrite + Send + Unpin + 'static>(
         durability: broker.store().durability(),
         appended_before: 0,
         deferred: Vec::new(),
+        pending_acks: Default::default(),
         start_delivery: Vec::new(),
         blocked_notify: false,
         published: false,
@@ -247,8 +250,24 @@ impl Connection {
                         frame
                     }
                     Ok(None) => break,
-                    Err(e) => return Exit::Close(CloseReason::new(e.reply_code(), e)),
+                    Err(e) => {
+                        // What the client acked before the bad frame stays acked.
+                        if let Err(reason) = self.settle_acks() {
+                            return Exit::Close(reason);
+                        }
+                        return Exit::Close(CloseReason::new(e.reply_code(), e));
+                    }
                 };
+                // Acks wait for the end of their run; any other frame
+                // settles the run first.
+                let frame = match self.defer_ack(frame) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => continue,
+                    Err(reason) => return Exit::Close(reason),
+                };
+                if let Err(reason) = self.settle_acks() {
+                    return Exit::Close(reason);
+                }
                 self.appended_before = self.broker.store().appended_position();
                 match self.handle_frame(frame) {
                     Ok(true) => {}
@@ -260,6 +279,9 @@ impl Connection {
                 {
                     return exit;
                 }
+            }
+            if let Err(reason) = self.settle_acks() {
+                return Exit::Close(reason);
             }
             self.release_confirms();
             if !self.start_delivery.is_empty() {

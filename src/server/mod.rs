@@ -6,6 +6,7 @@
 //! Owns sockets and AMQP session state; it turns frames into calls on the
 //! [`Broker`] and never touches broker state directly.
 
+mod acks;
 mod channel;
 mod connection;
 mod flow;
