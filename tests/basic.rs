@@ -130,6 +130,44 @@ async fn raw_consume(c: &mut RawClient, channel: u16, queue: &str, tag: &str, no
     }
 }
 
+// ---- acknowledgements -----------------------------------------------------
+
+/// Acks that arrive together are settled as one run: those before an
+/// unknown tag stay settled, the unknown one closes the channel (406, with
+/// basic.ack's ids), and those after it are not applied.
+#[tokio::test]
+async fn acks_in_one_write_settle_up_to_an_unknown_tag_which_closes_the_channel() {
+    let broker = common::Broker::start();
+    let mut c = RawClient::open(broker.addr, 0).await;
+    raw_channel(&mut c, 1).await;
+    c.send_method(1, QueueDeclare { queue: "acks".into(), ..Default::default() }).await;
+    assert!(matches!(c.expect_method().await, Method::QueueDeclareOk(_)));
+    raw_consume(&mut c, 1, "acks", "w", false).await;
+    for i in 0..4 {
+        raw_publish(&mut c, 1, "", "acks", false, &[0, 0], format!("m{i}").as_bytes(), 131_072).await;
+    }
+    for _ in 0..4 {
+        assert!(matches!(raw_next(&mut c).await.method, Method::BasicDeliver(_)));
+    }
+    let mut acks = BytesMut::new();
+    for tag in [1u64, 2, 9, 3] {
+        encode_method(&mut acks, 1, &BasicAck { delivery_tag: tag, multiple: false }.into());
+    }
+    c.send_bytes(&acks).await;
+    let close = raw_channel_close(&mut c, 1).await;
+    assert_eq!(
+        (close.reply_code, close.reply_text.as_str(), close.class_id, close.method_id),
+        (406, "PRECONDITION_FAILED - unknown delivery tag 9", 60, 80)
+    );
+    // m0 and m1 were acked; m2 and m3 went back to the queue with the channel.
+    raw_channel(&mut c, 2).await;
+    c.send_method(2, QueueDeclare { queue: "acks".into(), passive: true, ..Default::default() }).await;
+    match within("queue.declare-ok", c.expect_method()).await {
+        Method::QueueDeclareOk(ok) => assert_eq!(ok.message_count, 2, "two acked before the unknown tag, none after"),
+        other => panic!("expected queue.declare-ok, got {other:?}"),
+    }
+}
+
 // ---- mandatory ------------------------------------------------------------
 
 #[tokio::test]
