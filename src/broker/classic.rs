@@ -1,5 +1,5 @@
-//! The messages of a classic queue (and, until the cluster issue gives it
-//! a replicated state of its own, of a quorum queue): ready messages in
+//! The messages of a classic queue (and, under its rules, of a quorum
+//! queue: `broker::quorum`): ready messages in
 //! one [`Level`] per priority, their counts, and the page-out of their
 //! bodies. Its state is private; every change goes through a method that
 //! keeps the counts, and the time is always given (`now`), never read.
@@ -249,16 +249,11 @@ impl ClassicQueue {
         }
     }
 
-    /// Puts a message that was delivered back at its original place
-    /// (`Ok` with the deadline its expiry needs); gives it back (`Err`)
-    /// when it was returned more often than the delivery limit allows.
-    pub fn requeue(&mut self, args: &QueueArgs, mut entry: QueuedMessage) -> Result<Option<u64>, QueuedMessage> {
+    /// Puts a message that was delivered back at its original place,
+    /// flagged redelivered; returns the deadline its expiry needs.
+    pub fn requeue(&mut self, mut entry: QueuedMessage) -> Option<u64> {
         entry.redelivered = true;
-        entry.delivery_count = entry.delivery_count.saturating_add(1);
-        if args.delivery_limit.is_some_and(|limit| entry.delivery_count as u64 > limit) {
-            return Err(entry);
-        }
-        Ok(self.put_back(entry))
+        self.put_back(entry)
     }
 
     /// Puts a message taken from the queue but never delivered back at its

@@ -216,7 +216,7 @@ impl Broker {
                 return Err(AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"));
             };
             let Some(message) = load(&self.store, q, &entry) else { continue };
-            let message = with_delivery_count(q, &entry, message);
+            let message = q.as_delivered(&entry, message);
             let tag = ch.take_tag();
             if no_ack {
                 q.counters.get_no_ack += 1;
@@ -326,7 +326,7 @@ impl State {
             }
             let Some(entry) = q.pop_ready() else { break };
             let Some(message) = load(store, q, &entry) else { continue };
-            let message = with_delivery_count(q, &entry, message);
+            let message = q.as_delivered(&entry, message);
             let Some(mut consumer) = q.consumers.remove(index) else { break };
             let Some(ch) = channels.get_mut(&(consumer.connection.id, consumer.channel)) else {
                 q.consumers.push_back(consumer);
@@ -466,26 +466,6 @@ pub(super) fn drop_unreadable(store: &LogStore, q: &Queue, store_id: u64, e: &St
     );
     // A failure here is the log's own failure, already reported.
     let _ = store.ack(q.settle_id(), &[store_id]);
-}
-
-/// A quorum queue tells a consumer how often a message was handed out
-/// before, in the `x-delivery-count` header.
-fn with_delivery_count(q: &Queue, entry: &QueuedMessage, message: Arc<Message>) -> Arc<Message> {
-    if q.args.queue_type != QueueType::Quorum || entry.delivery_count == 0 {
-        return message;
-    }
-    let Ok(mut props) = crate::protocol::BasicProperties::decode(message.properties.clone()) else { return message };
-    let headers = props.headers.get_or_insert_with(FieldTable::new);
-    headers.insert("x-delivery-count", crate::protocol::FieldValue::I64(entry.delivery_count as i64));
-    Arc::new(Message {
-        exchange: message.exchange.clone(),
-        routing_key: message.routing_key.clone(),
-        properties: props.to_bytes(),
-        body: message.body.clone(),
-        persistent: message.persistent,
-        expiration_ms: message.expiration_ms,
-        priority: message.priority,
-    })
 }
 
 /// An unacked entry of a stored message keeps no body once the log has

@@ -52,6 +52,7 @@ mod policies;
 mod publish;
 pub mod queue;
 mod queues;
+pub mod quorum;
 mod records;
 mod reply_to;
 mod routing;

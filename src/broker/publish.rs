@@ -132,8 +132,7 @@ impl State {
                 }
                 continue;
             }
-            // A quorum queue keeps every message it takes, as RabbitMQ's do.
-            let stored = message.persistent || q.args.queue_type == QueueType::Quorum;
+            let stored = q.keeps_in_log(&message);
             match q.store_id {
                 Some(id) if stored => {
                     durable_ids.push(id);

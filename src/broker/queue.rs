@@ -19,6 +19,7 @@ pub use super::classic::ClassicQueue;
 use super::deadlines::{TimerHandle, TimerKey};
 pub use super::level::Spill;
 use super::message::{ConnectionHandle, Message};
+use super::quorum::QuorumQueue;
 use super::stream::Stream;
 use crate::protocol::FieldTable;
 use crate::store::SPILL_QUEUE;
@@ -130,13 +131,31 @@ pub struct Queue {
 #[derive(Debug)]
 pub enum QueueKind {
     Classic(ClassicQueue),
-    /// Stored and served as a classic queue, with the quorum queue's rules
-    /// (every message logged, a delivery limit): the cluster issue gives it
-    /// a replicated state machine of its own.
-    Quorum(ClassicQueue),
+    /// A classic queue's messages under the quorum queue's rules (every
+    /// message logged, delivery counts and their limit): `broker::quorum`.
+    Quorum(QuorumQueue),
     /// A stream: an append-only sequence its readers each read at their
     /// own offset.
     Stream(Box<Stream>),
+}
+
+impl QueueKind {
+    /// The ready messages of a classic or quorum queue.
+    fn messages(&self) -> Option<&ClassicQueue> {
+        match self {
+            QueueKind::Classic(m) => Some(m),
+            QueueKind::Quorum(q) => Some(q.messages()),
+            QueueKind::Stream(_) => None,
+        }
+    }
+
+    fn messages_mut(&mut self) -> Option<&mut ClassicQueue> {
+        match self {
+            QueueKind::Classic(m) => Some(m),
+            QueueKind::Quorum(q) => Some(q.messages_mut()),
+            QueueKind::Stream(_) => None,
+        }
+    }
 }
 
 /// The outcome of offering a message to a queue.
@@ -159,7 +178,7 @@ impl Queue {
     ) -> Self {
         let kind = match args.queue_type {
             QueueType::Classic => QueueKind::Classic(ClassicQueue::new(args.max_priority)),
-            QueueType::Quorum => QueueKind::Quorum(ClassicQueue::new(args.max_priority)),
+            QueueType::Quorum => QueueKind::Quorum(QuorumQueue::new(args.max_priority)),
             QueueType::Stream => QueueKind::Stream(Box::default()),
         };
         Queue {
@@ -306,40 +325,48 @@ impl Queue {
 
     /// The ready messages of a classic or quorum queue.
     fn messages(&self) -> Option<&ClassicQueue> {
-        match &self.kind {
-            QueueKind::Classic(m) | QueueKind::Quorum(m) => Some(m),
-            QueueKind::Stream(_) => None,
-        }
+        self.kind.messages()
     }
 
     fn messages_mut(&mut self) -> Option<&mut ClassicQueue> {
-        match &mut self.kind {
-            QueueKind::Classic(m) | QueueKind::Quorum(m) => Some(m),
-            QueueKind::Stream(_) => None,
+        self.kind.messages_mut()
+    }
+
+    /// Whether the log keeps `message` for this queue (when the queue is
+    /// durable): a persistent one, or any a quorum queue takes.
+    pub fn keeps_in_log(&self, message: &Message) -> bool {
+        matches!(self.kind, QueueKind::Quorum(_)) || message.persistent
+    }
+
+    /// The message as a consumer gets it from this queue.
+    pub fn as_delivered(&self, entry: &QueuedMessage, message: Arc<Message>) -> Arc<Message> {
+        match self.kind {
+            QueueKind::Quorum(_) => QuorumQueue::as_delivered(entry, message),
+            QueueKind::Classic(_) | QueueKind::Stream(_) => message,
         }
     }
 
     /// Messages in the queue, ready or unacknowledged (a stream's
     /// unacknowledged messages are among those it retains).
     pub fn message_count(&self) -> usize {
-        match &self.kind {
-            QueueKind::Stream(s) => s.len(),
-            QueueKind::Classic(m) | QueueKind::Quorum(m) => m.ready_count() + self.unacked,
+        match (&self.kind, self.messages()) {
+            (QueueKind::Stream(s), _) => s.len(),
+            (_, m) => m.map_or(0, ClassicQueue::ready_count) + self.unacked,
         }
     }
 
     /// Messages ready for delivery (a stream's: every retained message).
     pub fn ready_count(&self) -> usize {
-        match &self.kind {
-            QueueKind::Stream(s) => s.len(),
-            QueueKind::Classic(m) | QueueKind::Quorum(m) => m.ready_count(),
+        match (&self.kind, self.messages()) {
+            (QueueKind::Stream(s), _) => s.len(),
+            (_, m) => m.map_or(0, ClassicQueue::ready_count),
         }
     }
 
     pub fn ready_bytes(&self) -> usize {
-        match &self.kind {
-            QueueKind::Stream(s) => s.bytes() as usize,
-            QueueKind::Classic(m) | QueueKind::Quorum(m) => m.ready_bytes(),
+        match (&self.kind, self.messages()) {
+            (QueueKind::Stream(s), _) => s.bytes() as usize,
+            (_, m) => m.map_or(0, ClassicQueue::ready_bytes),
         }
     }
 
@@ -360,10 +387,7 @@ impl Queue {
     /// stream's limits are its retention (see `stream`).
     pub fn trim_to_limits(&mut self) -> Vec<QueuedMessage> {
         let Queue { kind, args, .. } = self;
-        match kind {
-            QueueKind::Classic(m) | QueueKind::Quorum(m) => m.trim_to_limits(args),
-            QueueKind::Stream(_) => Vec::new(),
-        }
+        kind.messages_mut().map(|m| m.trim_to_limits(args)).unwrap_or_default()
     }
 
     /// Whether a message would be refused (x-overflow = reject-publish or
@@ -386,10 +410,8 @@ impl Queue {
         trim_later: bool,
     ) -> (Enqueued, Vec<QueuedMessage>) {
         let Queue { kind, args, .. } = self;
-        let offered = match kind {
-            QueueKind::Classic(m) | QueueKind::Quorum(m) => m.enqueue(args, message, store_id, now, trim_later),
-            QueueKind::Stream(_) => return (Enqueued::Rejected, Vec::new()),
-        };
+        let Some(m) = kind.messages_mut() else { return (Enqueued::Rejected, Vec::new()) };
+        let offered = m.enqueue(args, message, store_id, now, trim_later);
         if let Some(at) = offered.deadline {
             self.arm_at(at);
         }
@@ -401,10 +423,7 @@ impl Queue {
     /// TTLs count from the publish.
     pub fn restore(&mut self, store_id: u64, meta: RestoredMeta) {
         let Queue { kind, args, .. } = self;
-        let deadline = match kind {
-            QueueKind::Classic(m) | QueueKind::Quorum(m) => m.restore(args, store_id, meta, now_ms()),
-            QueueKind::Stream(_) => None,
-        };
+        let deadline = kind.messages_mut().and_then(|m| m.restore(args, store_id, meta, now_ms()));
         if let Some(at) = deadline {
             self.arm_at(at);
         }
@@ -447,7 +466,8 @@ impl Queue {
     pub fn requeue(&mut self, entry: QueuedMessage) -> Option<QueuedMessage> {
         let Queue { kind, args, .. } = self;
         let deadline = match kind {
-            QueueKind::Classic(m) | QueueKind::Quorum(m) => match m.requeue(args, entry) {
+            QueueKind::Classic(m) => m.requeue(entry),
+            QueueKind::Quorum(q) => match q.requeue(args, entry) {
                 Ok(deadline) => deadline,
                 Err(over_limit) => return Some(over_limit),
             },
@@ -468,9 +488,9 @@ impl Queue {
 
     /// Store ids of every ready message (a stream's retained ones too).
     pub fn ready_store_ids(&self) -> Vec<u64> {
-        match &self.kind {
-            QueueKind::Classic(m) | QueueKind::Quorum(m) => m.store_ids().collect(),
-            QueueKind::Stream(s) => s.store_ids(),
+        match (&self.kind, self.messages()) {
+            (QueueKind::Stream(s), _) => s.store_ids(),
+            (_, m) => m.map(|m| m.store_ids().collect()).unwrap_or_default(),
         }
     }
 

@@ -160,7 +160,7 @@ fn a_requeued_message_goes_back_before_later_publishes() {
     assert!(q.requeue(one).is_none());
     let again = q.pop_ready().expect("1 again");
     assert!(again.redelivered);
-    assert_eq!(again.delivery_count, 1);
+    assert_eq!(again.delivery_count, 0, "a classic queue keeps no delivery count (quorum queues do)");
     assert_eq!(bodies(&[again]), ["1"]);
     assert_eq!(pop_all(&mut q), ["2", "3"]);
 }
@@ -198,15 +198,67 @@ fn max_length_bytes_counts_bodies() {
 }
 
 #[test]
-fn the_delivery_limit_returns_the_message_instead_of_requeueing_it() {
-    let mut q = queue(QueueArgs { delivery_limit: Some(1), ..Default::default() });
+fn a_quorum_queues_delivery_limit_returns_the_message_instead_of_requeueing_it() {
+    let mut q = queue(QueueArgs { queue_type: QueueType::Quorum, delivery_limit: Some(1), ..Default::default() });
     q.enqueue(message("m", None, 0), 0, 0, false);
     let first = q.pop_ready().expect("m");
     assert!(q.requeue(first).is_none(), "returned once: within the limit");
     let second = q.pop_ready().expect("m again");
+    assert_eq!((second.redelivered, second.delivery_count), (true, 1));
     let over = q.requeue(second).expect("over the limit");
     assert_eq!(over.delivery_count, 2);
     assert_eq!(q.ready_count(), 0);
+}
+
+#[test]
+fn a_classic_queue_requeues_without_counting_whatever_its_arguments_say() {
+    // RabbitMQ's classic queues have no delivery limit (x-delivery-limit
+    // is a quorum queue argument; the arguments never give one to a
+    // classic queue, and the type would not apply one anyway).
+    let mut q = queue(QueueArgs { delivery_limit: Some(0), ..Default::default() });
+    q.enqueue(message("m", None, 0), 0, 0, false);
+    for _ in 0..3 {
+        let m = q.pop_ready().expect("m");
+        assert!(q.requeue(m).is_none(), "a classic queue takes every message back");
+    }
+    let m = q.pop_ready().expect("m");
+    assert_eq!((m.redelivered, m.delivery_count), (true, 0));
+}
+
+#[test]
+fn only_a_quorum_queue_marks_redeliveries_with_their_count() {
+    let quorum = queue(QueueArgs { queue_type: QueueType::Quorum, ..Default::default() });
+    let classic = queue(QueueArgs::default());
+    let mut entry = QueuedMessage {
+        seq: 0,
+        store_id: 0,
+        message: None,
+        size: 1,
+        redelivered: true,
+        expires_at: 0,
+        level: 0,
+        delivery_count: 3,
+    };
+    // No property set: the property flags only.
+    let plain = Arc::new(Message {
+        exchange: String::new(),
+        routing_key: "q".into(),
+        properties: Bytes::from_static(&[0, 0]),
+        body: Bytes::from_static(b"m"),
+        persistent: false,
+        expiration_ms: None,
+        priority: 0,
+    });
+    let header = |m: &Message| {
+        crate::protocol::BasicProperties::decode(m.properties.clone())
+            .expect("decodable")
+            .headers
+            .and_then(|h| h.get("x-delivery-count").and_then(crate::protocol::FieldValue::as_i64))
+    };
+    assert_eq!(header(&quorum.as_delivered(&entry, plain.clone())), Some(3));
+    assert_eq!(header(&classic.as_delivered(&entry, plain.clone())), None);
+    entry.delivery_count = 0;
+    assert!(Arc::ptr_eq(&quorum.as_delivered(&entry, plain.clone()), &plain), "a first delivery goes as it came");
 }
 
 #[test]
@@ -230,7 +282,7 @@ fn the_classic_type_returns_the_deadline_its_owner_arms() {
     let no_ttl = m.enqueue(&QueueArgs::default(), message("b", None, 0), 0, 1_000, false);
     assert_eq!(no_ttl.deadline, None);
     let a = m.pop_ready().expect("a");
-    assert_eq!(m.requeue(&args, a).ok(), Some(Some(1_100)), "requeued: its expiry needs the timer again");
+    assert_eq!(m.requeue(a), Some(1_100), "requeued: its expiry needs the timer again");
 }
 
 #[test]
