@@ -139,16 +139,20 @@ for line in open(path):
     label, sc = line.split()[:2]
     for k, v in re.findall(r"(\w+)=([0-9.]+)\b", line):
         rows.setdefault((label, sc, k), []).append(float(v))
-keys = ["cons_msg_s", "broker_us_per_msg", "syscalls_per_msg", "switches_per_msg", "p50_ms", "p99_ms"]
+keys = ["cons_msg_s", "broker_us_per_msg", "syscalls_per_msg", "switches_per_msg", "p50_ms", "p99_ms",
+        "broker_lock_ns_per_msg", "log_lock_ns_per_msg"]
 base = labels[0]
-print(f"\nmedians over the repetitions; ratio = build / {base}")
-print("scenario figure            " + "".join(f"{l:>14}" for l in labels) + "".join(f"{'ratio ' + l:>16}" for l in labels[1:]))
+print(f"\nmedians over the repetitions; ratio = build / {base} ('-': the build does not report it)")
+print("scenario figure                 " + "".join(f"{l:>14}" for l in labels) + "".join(f"{'ratio ' + l:>16}" for l in labels[1:]))
+def cell(v):
+    return f"{'-':>14}" if v is None else f"{v:>14,.3f}" if v < 100 else f"{v:>14,.0f}"
 for sc in dict.fromkeys(k[1] for k in rows):
     for k in keys:
-        med = {l: statistics.median(rows[(l, sc, k)]) for l in labels if rows.get((l, sc, k))}
-        if len(med) < len(labels):
+        med = {l: statistics.median(rows[(l, sc, k)]) if rows.get((l, sc, k)) else None for l in labels}
+        if all(v is None for v in med.values()):
             continue
-        cells = "".join(f"{med[l]:>14,.3f}" if med[l] < 100 else f"{med[l]:>14,.0f}" for l in labels)
-        ratios = "".join(f"{(med[l] / med[base] if med[base] else float('nan')):>16.2f}" for l in labels[1:])
-        print(f"{sc:<8} {k:<18}{cells}{ratios}")
+        cells = "".join(cell(med[l]) for l in labels)
+        b = med[base]
+        ratios = "".join(f"{(med[l] / b):>16.2f}" if b and med[l] is not None else f"{'-':>16}" for l in labels[1:])
+        print(f"{sc:<8} {k:<23}{cells}{ratios}")
 PY
