@@ -140,12 +140,13 @@ pub enum QueueKind {
 }
 
 impl QueueKind {
-    /// The ready messages of a classic or quorum queue.
-    fn messages(&self) -> Option<&ClassicQueue> {
+    /// What the queue holds: ready messages (a classic or quorum queue's)
+    /// or a stream.
+    fn holds(&self) -> Result<&ClassicQueue, &Stream> {
         match self {
-            QueueKind::Classic(m) => Some(m),
-            QueueKind::Quorum(q) => Some(q.messages()),
-            QueueKind::Stream(_) => None,
+            QueueKind::Classic(m) => Ok(m),
+            QueueKind::Quorum(q) => Ok(q.messages()),
+            QueueKind::Stream(s) => Err(s),
         }
     }
 
@@ -325,7 +326,7 @@ impl Queue {
 
     /// The ready messages of a classic or quorum queue.
     fn messages(&self) -> Option<&ClassicQueue> {
-        self.kind.messages()
+        self.kind.holds().ok()
     }
 
     fn messages_mut(&mut self) -> Option<&mut ClassicQueue> {
@@ -349,24 +350,24 @@ impl Queue {
     /// Messages in the queue, ready or unacknowledged (a stream's
     /// unacknowledged messages are among those it retains).
     pub fn message_count(&self) -> usize {
-        match (&self.kind, self.messages()) {
-            (QueueKind::Stream(s), _) => s.len(),
-            (_, m) => m.map_or(0, ClassicQueue::ready_count) + self.unacked,
+        match self.kind.holds() {
+            Ok(m) => m.ready_count() + self.unacked,
+            Err(s) => s.len(),
         }
     }
 
     /// Messages ready for delivery (a stream's: every retained message).
     pub fn ready_count(&self) -> usize {
-        match (&self.kind, self.messages()) {
-            (QueueKind::Stream(s), _) => s.len(),
-            (_, m) => m.map_or(0, ClassicQueue::ready_count),
+        match self.kind.holds() {
+            Ok(m) => m.ready_count(),
+            Err(s) => s.len(),
         }
     }
 
     pub fn ready_bytes(&self) -> usize {
-        match (&self.kind, self.messages()) {
-            (QueueKind::Stream(s), _) => s.bytes() as usize,
-            (_, m) => m.map_or(0, ClassicQueue::ready_bytes),
+        match self.kind.holds() {
+            Ok(m) => m.ready_bytes(),
+            Err(s) => s.bytes() as usize,
         }
     }
 
@@ -488,9 +489,9 @@ impl Queue {
 
     /// Store ids of every ready message (a stream's retained ones too).
     pub fn ready_store_ids(&self) -> Vec<u64> {
-        match (&self.kind, self.messages()) {
-            (QueueKind::Stream(s), _) => s.store_ids(),
-            (_, m) => m.map(|m| m.store_ids().collect()).unwrap_or_default(),
+        match self.kind.holds() {
+            Ok(m) => m.store_ids().collect(),
+            Err(s) => s.store_ids(),
         }
     }
 

@@ -28,13 +28,14 @@ impl Connection {
     /// gives any other frame back. A run on another channel is settled
     /// first.
     pub(super) fn defer_ack(&mut self, frame: Frame) -> Result<Option<Frame>, CloseReason> {
-        let Frame::Method { channel, method: Method::BasicAck(BasicAck { delivery_tag, multiple }) } = frame else {
+        let Frame::Method { channel, method: Method::BasicAck(BasicAck { delivery_tag, multiple }) } = &frame else {
             return Ok(Some(frame));
         };
+        let (channel, delivery_tag, multiple) = (*channel, *delivery_tag, *multiple);
         let plain =
             self.channels.get(&channel).is_some_and(|ch| !ch.is_closing() && ch.tx.is_none() && ch.content.is_none());
         if !plain {
-            return Ok(Some(Frame::Method { channel, method: Method::BasicAck(BasicAck { delivery_tag, multiple }) }));
+            return Ok(Some(frame));
         }
         if !self.pending_acks.acks.is_empty() && self.pending_acks.channel != channel {
             self.settle_acks()?;
