@@ -238,8 +238,11 @@ async fn check_timeout_of(conn: &Connection, queue: &str, timeout_ms: u64, consu
     let ch = confirm_channel(conn).await;
     let cch = channel(conn).await;
     let mut consumer = consume_with(&cch, queue, "slow", false, consumer_args).await.expect("basic.consume");
-    publish_acked(&ch, queue, "never acked").await;
+    // The timeout counts from the delivery, which comes before the
+    // publish's confirm (that waits for the fsync): the clock starts
+    // before the publish, so it never starts after the delivery.
     let started = Instant::now();
+    publish_acked(&ch, queue, "never acked").await;
     let _held = next(&mut consumer).await;
     let err = channel_closed(&mut consumer).await;
     let expected = format!(
