@@ -75,8 +75,6 @@ cargo build --release -q -p warren --bin warren
 
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo dev)
 WARREN_LABEL="warren-$rev"
-RABBIT_LABEL="rabbitmq-$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null | cut -d- -f1)"
-[[ $RABBIT_LABEL == rabbitmq- ]] && RABBIT_LABEL=rabbitmq
 
 scratch=$(mktemp -d /tmp/warren-compare.XXXXXX)
 warren_pid=""; rmq_dir=""; rmq_pid=""; epmd_before=""
@@ -101,16 +99,10 @@ free_port() {
     done
     echo "no free port found" >&2; return 1
 }
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 proc_jiffies() { if [[ -r /proc/$1/stat ]]; then sed 's/.*) //' "/proc/$1/stat" | awk '{print $12+$13}'; else echo 0; fi; }
 busy_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 hwm_mb() { awk '/^VmHWM/{printf "%.0f", $2/1024}' "/proc/$1/status" 2>/dev/null || echo -; }
 get() { tr ' ' '\n' <<<"$2" | awk -F= -v k="$1" '$1==k{print $2}'; }
-wait_exit() { # pid: until it is gone (it may not be our child)
-    local i
-    for ((i = 0; i < 6000; i++)); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-    echo "pid $1 still alive after 600 s" >&2; return 1
-}
 
 # ---------------------------------------------------------------- warren
 PORT=${PORT:-$(free_port)}
@@ -132,37 +124,11 @@ stop_warren() { kill -TERM "$warren_pid"; wait "$warren_pid" 2>/dev/null || true
 kill9_warren() { kill -9 "$warren_pid"; wait "$warren_pid" 2>/dev/null || true; warren_pid=""; }
 
 # ---------------------------------------------------------------- rabbitmq
-RPORT=""; DPORT=""; NODE="warren-compare-$$@localhost"
-rmq_env() {
-    env RABBITMQ_NODENAME="$NODE" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$RPORT" \
-        RABBITMQ_DIST_PORT="$DPORT" RABBITMQ_MNESIA_BASE="$rmq_dir/mnesia" RABBITMQ_LOG_BASE="$rmq_dir/log" \
-        RABBITMQ_PID_FILE="$rmq_dir/pid" RABBITMQ_ENABLED_PLUGINS_FILE="$rmq_dir/enabled_plugins" \
-        RABBITMQ_CONFIG_FILE="$rmq_dir/rabbitmq.conf" \
-        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" "$@"
-}
-beam_pid() { # the beam.smp of our node: from its pid file, else the listener of our port
-    local p=""
-    [[ -r $rmq_dir/pid ]] && p=$(tr -dc '0-9' <"$rmq_dir/pid")
-    if [[ -z $p || ! -r /proc/$p/comm ]] || ! grep -q '^beam' "/proc/$p/comm"; then
-        p=$(ss -ltnpH "sport = :$RPORT" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
-    fi
-    if [[ -n $p ]] && grep -q '^beam' "/proc/$p/comm" 2>/dev/null \
-        && tr '\0' '\n' <"/proc/$p/environ" | grep -qx "RABBITMQ_NODENAME=$NODE"; then echo "$p"; fi
-}
-start_rabbit() { (cd /tmp && rmq_env rabbitmq-server -detached) >>"$OUT_DIR/rabbitmq.log" 2>&1; }
-await_rabbit() { # until it accepts AMQP connections (the listener opens at the end of the boot)
-    local i
-    for ((i = 0; i < 2400; i++)); do
-        if listening "$RPORT" && "$LOADGEN" delete --uri "$RURI" --queue warren-compare-probe >/dev/null 2>&1; then
-            rmq_pid=$(beam_pid); [[ -n $rmq_pid ]] && return 0
-        fi
-        sleep 0.05
-    done
-    echo "RabbitMQ did not come up on $RPORT within 120 s, see $rmq_dir/log" >&2; exit 1
-}
+RPORT=""; DPORT=""; NODE="warren-compare-$$@localhost"; RMQ_LOG=$OUT_DIR/rabbitmq.log
+# shellcheck source=benches/support/rabbitmq-node.sh
+source "$REPO/benches/support/rabbitmq-node.sh"
+RABBIT_LABEL=$(rabbit_label)
 rmq_pid_of() { echo "$rmq_pid"; }
-stop_rabbit() { kill -TERM "$rmq_pid"; wait_exit "$rmq_pid"; rmq_pid=""; }
-kill9_rabbit() { kill -9 "$rmq_pid"; wait_exit "$rmq_pid"; rmq_pid=""; }
 
 # ---------------------------------------------------------------- measuring
 # scenario <label> <uri> <broker pid> <scenario>: one summary line
@@ -252,19 +218,14 @@ stop_warren
 
 if [[ ${SKIP_RABBITMQ:-0} == 1 ]]; then
     echo "# RabbitMQ skipped (SKIP_RABBITMQ=1)"
-elif ! command -v rabbitmq-server >/dev/null; then
-    echo "# RabbitMQ skipped: rabbitmq-server is not installed"
-elif [[ $(id -u) != 0 ]]; then
-    echo "# RabbitMQ skipped: Debian's rabbitmq-server must be started as root (it runs the node as user rabbitmq)"
+elif [[ -n $(rabbit_unavailable) ]]; then
+    echo "# RabbitMQ skipped: $(rabbit_unavailable)"
 else
     epmd_before=$(pgrep -x epmd || true)
     rmq_dir=$(mktemp -d /tmp/warren-compare-rmq.XXXXXX)
     RPORT=$(free_port); DPORT=$(free_port)
     while [[ $DPORT == "$RPORT" || $DPORT == "$PORT" ]]; do DPORT=$(free_port); done
-    mkdir -p "$rmq_dir/mnesia" "$rmq_dir/log"
-    printf '[].\n' >"$rmq_dir/enabled_plugins"
-    printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users.guest = true\n' "$RPORT" >"$rmq_dir/rabbitmq.conf"
-    chown -R rabbitmq:rabbitmq "$rmq_dir"
+    prepare_rabbit
     echo "# $RABBIT_LABEL node $NODE on 127.0.0.1:$RPORT (distribution port $DPORT), data in $rmq_dir"
     RURI="amqp://guest:guest@127.0.0.1:$RPORT/%2f"
     start_rabbit; await_rabbit

@@ -19,8 +19,16 @@
 #   benches/regress.sh aef07c7 2952dd2       # two commits and the working tree
 #   SCENARIOS="S1 S4" REPS=5 DURATION=10 benches/regress.sh HEAD~3
 #
+# With RABBITMQ=1 a RabbitMQ node (Debian's rabbitmq-server, started as
+# root; benches/support/rabbitmq-node.sh) is one more column, measured in
+# the same alternation with the same client: one node for the whole run
+# (each scenario purges its queues first and deletes them after), its CPU
+# that of its beam.smp, its syscalls and switches counted by perf stat
+# attached over the load only (Warren's include its start and stop).
+#
 # Environment: SCENARIOS="S1 S2 S4" REPS=3 DURATION=10; TREE=0 leaves the
-# working tree out (then at least one REV). Raw lines: target/regress/last.txt.
+# working tree out (then at least one REV); RABBITMQ=1. Raw lines:
+# target/regress/last.txt.
 # Nothing else may run meanwhile: on a 2-core machine, compare the ratios of
 # one run, never figures of different runs.
 set -euo pipefail
@@ -58,14 +66,33 @@ have_perf=0
 perf stat -e raw_syscalls:sys_enter,context-switches -- true >/dev/null 2>&1 && have_perf=1
 [[ $have_perf == 1 ]] || echo "perf with the raw_syscalls tracepoint is not usable here: syscall figures are '-'" >&2
 
-pid=""; scratch=""
+pid=""; scratch=""; rmq_dir=""; rmq_pid=""; epmd_before=""
 cleanup() {
     [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null
     [[ -n $scratch ]] && rm -rf "$scratch"
+    if [[ -n $rmq_pid ]]; then kill -TERM "$rmq_pid" 2>/dev/null && wait_exit "$rmq_pid"; fi
+    if [[ -n $rmq_dir && -z $epmd_before ]]; then
+        local e; e=$(pgrep -x epmd || true)   # started by our node: stop it, by PID
+        [[ -n $e ]] && kill "$e" 2>/dev/null
+    fi
+    [[ -n $rmq_dir ]] && rm -rf "$rmq_dir"
     return 0
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+if [[ ${RABBITMQ:-0} == 1 ]]; then
+    # shellcheck source=benches/support/rabbitmq-node.sh
+    source "$root/benches/support/rabbitmq-node.sh"
+    why=$(rabbit_unavailable)
+    [[ -z $why ]] || { echo "RABBITMQ=1, but $why" >&2; exit 2; }
+    epmd_before=$(pgrep -x epmd || true)
+    rmq_dir=$(mktemp -d /tmp/warren-regress-rmq.XXXXXX)
+    RPORT=$(free_port); DPORT=$(free_port); NODE="warren-regress-$$@localhost"
+    RURI="amqp://guest:guest@127.0.0.1:$RPORT/%2f"; LOADGEN=$loadgen; RMQ_LOG=$rmq_dir/server.log
+    prepare_rabbit; start_rabbit; await_rabbit
+    echo "$(rabbit_label): node $NODE on 127.0.0.1:$RPORT"
+    labels+=("$(rabbit_label)"); bins+=("rabbitmq")
+fi
 # The HTTP listeners are turned off where a build has them (older ones lack the flags).
 http_off() {
     local help; help=$("$1" --help 2>/dev/null || true)
@@ -81,27 +108,41 @@ for rep in $(seq "$REPS"); do
         for i in "${!bins[@]}"; do
             bin=${bins[$i]}; label=${labels[$i]}
             scratch=$(mktemp -d); port=$(free_port)
-            # Under perf stat when it works, so that every thread the broker
-            # ever starts is counted (the load dominates the counts).
-            profiler=()
-            [[ $have_perf == 1 ]] && profiler=(perf stat -x, -e raw_syscalls:sys_enter,context-switches -o "$scratch/perf" --)
-            # shellcheck disable=SC2046
-            "${profiler[@]}" "$bin" --bind 127.0.0.1 --port "$port" $(http_off "$bin") --data-dir "$scratch/data" \
-                >"$scratch/out" 2>"$scratch/log" &
-            launched=$!
-            pid=$launched
-            if [[ $have_perf == 1 ]]; then
-                for _ in $(seq 200); do pid=$(pgrep -P "$launched" -x warren | head -1) && break; sleep 0.02; done
+            if [[ $bin == rabbitmq ]]; then
+                pid=$rmq_pid; perf_pid=""
+                if [[ $have_perf == 1 ]]; then
+                    perf stat -x, -e raw_syscalls:sys_enter,context-switches -o "$scratch/perf" -p "$pid" &
+                    perf_pid=$!
+                fi
+                before=$(cpu_ticks "$pid")
+                line=$("$loadgen" run --uri "$RURI" --scenario "$sc" --duration "$DURATION" 2>&1 | tail -1)
+                [[ -r /proc/$pid/stat ]] || { echo "$label: the node died under load, see $rmq_dir/log" >&2; exit 1; }
+                after=$(cpu_ticks "$pid")
+                pid=""
+                [[ -n $perf_pid ]] && { kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; }
+            else
+                # Under perf stat when it works, so that every thread the broker
+                # ever starts is counted (the load dominates the counts).
+                profiler=()
+                [[ $have_perf == 1 ]] && profiler=(perf stat -x, -e raw_syscalls:sys_enter,context-switches -o "$scratch/perf" --)
+                # shellcheck disable=SC2046
+                "${profiler[@]}" "$bin" --bind 127.0.0.1 --port "$port" $(http_off "$bin") --data-dir "$scratch/data" \
+                    >"$scratch/out" 2>"$scratch/log" &
+                launched=$!
+                pid=$launched
+                if [[ $have_perf == 1 ]]; then
+                    for _ in $(seq 200); do pid=$(pgrep -P "$launched" -x warren | head -1) && break; sleep 0.02; done
+                fi
+                for _ in $(seq 200); do grep -q "listening on" "$scratch/out" 2>/dev/null && break; sleep 0.05; done
+                grep -q "listening on" "$scratch/out" || { echo "$label did not start:" >&2; cat "$scratch/log" >&2; exit 1; }
+                [[ -r /proc/$pid/stat ]] || { echo "$label: no broker process (pid '$pid', launched $launched) after its start:" >&2; cat "$scratch/log" >&2; exit 1; }
+                before=$(cpu_ticks "$pid")
+                line=$("$loadgen" run --uri "amqp://guest:guest@127.0.0.1:$port/%2f" --scenario "$sc" \
+                    --duration "$DURATION" 2>&1 | tail -1)
+                [[ -r /proc/$pid/stat ]] || { echo "$label: the broker died under load:" >&2; tail -20 "$scratch/log" >&2; exit 1; }
+                after=$(cpu_ticks "$pid")
+                kill "$pid"; wait "$launched" 2>/dev/null || true; pid=""
             fi
-            for _ in $(seq 200); do grep -q "listening on" "$scratch/out" 2>/dev/null && break; sleep 0.05; done
-            grep -q "listening on" "$scratch/out" || { echo "$label did not start:" >&2; cat "$scratch/log" >&2; exit 1; }
-            [[ -r /proc/$pid/stat ]] || { echo "$label: no broker process (pid '$pid', launched $launched) after its start:" >&2; cat "$scratch/log" >&2; exit 1; }
-            before=$(cpu_ticks "$pid")
-            line=$("$loadgen" run --uri "amqp://guest:guest@127.0.0.1:$port/%2f" --scenario "$sc" \
-                --duration "$DURATION" 2>&1 | tail -1)
-            [[ -r /proc/$pid/stat ]] || { echo "$label: the broker died under load:" >&2; tail -20 "$scratch/log" >&2; exit 1; }
-            after=$(cpu_ticks "$pid")
-            kill "$pid"; wait "$launched" 2>/dev/null || true; pid=""
             syscalls=-; switches=-
             if [[ $have_perf == 1 ]]; then
                 syscalls=$(awk -F, '$3 == "raw_syscalls:sys_enter" {print $1}' "$scratch/perf")

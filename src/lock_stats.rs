@@ -14,7 +14,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// One hold in this many is timed.
 pub const SAMPLE_EVERY: u64 = 64;
@@ -96,6 +96,87 @@ impl<T> TimedMutex<T> {
 
     pub fn hold_figures(&self) -> HoldFigures {
         self.stats.figures()
+    }
+}
+
+/// A read-write lock whose exclusive holds and shared holds are counted
+/// and sampled apart: only exclusive holds serialise the threads that
+/// take it (a shared hold costs its two atomic updates, not a wait).
+#[derive(Debug, Default)]
+pub struct TimedRwLock<T> {
+    inner: RwLock<T>,
+    exclusive: HoldStats,
+    shared: HoldStats,
+}
+
+impl<T> TimedRwLock<T> {
+    pub fn new(value: T) -> TimedRwLock<T> {
+        TimedRwLock { inner: RwLock::new(value), exclusive: HoldStats::default(), shared: HoldStats::default() }
+    }
+
+    /// An exclusive hold.
+    pub fn write(&self) -> TimedWriteGuard<'_, T> {
+        let guard = self.inner.write();
+        TimedWriteGuard { _timer: self.exclusive.start(), guard }
+    }
+
+    /// A shared hold.
+    pub fn read(&self) -> TimedReadGuard<'_, T> {
+        let guard = self.inner.read();
+        TimedReadGuard { timer: self.shared.start(), guard }
+    }
+
+    /// The exclusive holds.
+    pub fn hold_figures(&self) -> HoldFigures {
+        self.exclusive.figures()
+    }
+
+    /// The shared holds.
+    pub fn shared_figures(&self) -> HoldFigures {
+        self.shared.figures()
+    }
+}
+
+/// An exclusive hold of a [`TimedRwLock`], recorded when dropped.
+pub struct TimedWriteGuard<'a, T> {
+    // Only dropped, before the guard (fields drop in order).
+    _timer: HoldTimer<'a>,
+    guard: RwLockWriteGuard<'a, T>,
+}
+
+impl<T> Deref for TimedWriteGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> DerefMut for TimedWriteGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+/// A shared hold of a [`TimedRwLock`], recorded when dropped.
+pub struct TimedReadGuard<'a, T> {
+    timer: HoldTimer<'a>,
+    guard: RwLockReadGuard<'a, T>,
+}
+
+impl<T> Deref for TimedReadGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> TimedReadGuard<'_, T> {
+    /// Ends the hold (the timer first: fields drop in order anyway, this
+    /// names the moment).
+    pub fn release(self) {
+        let TimedReadGuard { timer, guard } = self;
+        drop(timer);
+        drop(guard);
     }
 }
 

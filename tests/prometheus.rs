@@ -299,8 +299,14 @@ async fn values_follow_traffic() {
     must(&text, "warren_log_replay_seconds", &[]);
 
     // The locks every message passes through: three publishes took the
-    // broker's lock and the log's (appends) at least once each.
-    for lock in ["warren_broker_lock", "warren_log_lock"] {
+    // broker's lock shared and the log's (appends) at least once each,
+    // and the broker's lock exclusive not at all (the declare took it once).
+    let exclusive = must(&text, "warren_broker_lock_holds_total", &[]) - was("warren_broker_lock_holds_total", &[]);
+    assert!(
+        exclusive <= 1.0,
+        "publishes took the broker's lock exclusive: {exclusive} holds for a declare and 3 publishes"
+    );
+    for lock in ["warren_broker_lock_shared", "warren_log_lock"] {
         let holds = format!("{lock}_holds_total");
         assert_eq!(type_of(&text, &format!("{lock}_holds")), Some("counter"));
         assert!(must(&text, &holds, &[]) - was(&holds, &[]) >= 3.0, "{holds} counts the three publishes");

@@ -40,8 +40,8 @@ impl Broker {
     /// with `multiple` means all of them): a transaction checks acks when
     /// they arrive, as RabbitMQ does.
     pub fn check_delivery_tag(&self, conn: u64, channel: u16, delivery_tag: u64, multiple: bool) -> Result<()> {
-        let st = self.state.lock();
-        let known = st.channels.get(&(conn, channel)).is_some_and(|ch| ch.unacked.contains_key(&delivery_tag));
+        let st = self.state.read();
+        let known = st.channel(conn, channel).is_some_and(|ch| ch.lock().unacked.contains_key(&delivery_tag));
         if known || (multiple && delivery_tag == 0) {
             Ok(())
         } else {
@@ -65,18 +65,21 @@ impl Broker {
         how: Settle,
         before_redelivery: impl FnOnce(),
     ) -> Result<()> {
-        let mut st = self.state.lock();
-        let State { vhosts, channels, .. } = &mut *st;
-        let Some(ch) = channels.get_mut(&(conn, channel)) else { return Ok(()) };
-        let vhost = ch.vhost.clone();
+        let st = self.state.read();
+        let Some(cell) = st.channel(conn, channel) else { return Ok(()) };
         let mut settled: Vec<Unacked> = Vec::new();
         let mut unknown: Option<AmqpError> = None;
-        for &(delivery_tag, multiple) in tags {
-            if let Err(e) = take_unacked(ch, delivery_tag, multiple, &mut settled) {
-                unknown = Some(e);
-                break;
+        // The channel's part, done before any queue is locked (lock order).
+        let (vhost, channel_prefetch) = {
+            let mut ch = cell.lock();
+            for &(delivery_tag, multiple) in tags {
+                if let Err(e) = take_unacked(&mut ch, delivery_tag, multiple, &mut settled) {
+                    unknown = Some(e);
+                    break;
+                }
             }
-        }
+            (ch.vhost.clone(), ch.channel_prefetch)
+        };
         if settled.is_empty()
             && let Some(e) = unknown
         {
@@ -89,15 +92,26 @@ impl Broker {
         let mut acked = 0;
         // Tracked stream offsets to move: (stream, tag, highest acked).
         let mut tracks: Vec<(Arc<str>, Arc<str>, u64)> = Vec::new();
-        let Some(v) = vhosts.get_mut(&vhost) else { return Ok(()) };
+        let Some(v) = st.vhosts.get(&vhost) else { return Ok(()) };
+        // The queue locked for the entries before; the next entry is
+        // mostly of the same queue.
+        let mut held: Option<(&Arc<str>, parking_lot::MutexGuard<'_, Queue>)> = None;
         for u in settled {
-            let Some(q) = v.queues.get_mut(&u.queue).filter(|q| q.incarnation == u.incarnation) else { continue };
+            if held.as_ref().is_none_or(|(name, _)| **name != u.queue) {
+                // One queue's lock at a time: let go before taking the next.
+                drop(held.take());
+                held = v.queues.get_key_value(&u.queue).map(|(name, cell)| (name, cell.lock()));
+            }
+            let Some((_, q)) = held.as_mut() else { continue };
+            if q.incarnation != u.incarnation {
+                continue;
+            }
             q.settled();
             if q.is_stream() {
                 // A stream keeps the message whatever the client says:
                 // the consumer gets its credit back, a tracked offset moves.
                 if let Some(tag) = &u.consumer_tag
-                    && let Some(tracked) = stream::settled(q, (conn, channel), tag, how == Settle::Ack)
+                    && let Some(tracked) = stream::settled(&mut *q, (conn, channel), tag, how == Settle::Ack)
                 {
                     let offset = u.entry.seq;
                     match tracks.iter_mut().find(|(s, t, _)| *s == u.queue && *t == tracked) {
@@ -146,9 +160,10 @@ impl Broker {
                 }
             }
         }
+        drop(held);
         for (queue, tag, offset) in tracks {
-            if let Some(q) = v.queues.get_mut(&queue) {
-                stream::track(q, tag, offset, &self.store);
+            if let Some(q) = v.queues.get(&queue) {
+                stream::track(&mut q.lock(), tag, offset, &self.store);
             }
         }
         GlobalStats::add(&self.stats.acknowledged, acked);
@@ -161,10 +176,10 @@ impl Broker {
         before_redelivery();
         // A channel-wide prefetch (global=true) freed by these acks may let
         // the channel's consumers of other queues go on too.
-        if let Some(ch) = st.channels.get(&(conn, channel))
-            && ch.channel_prefetch > 0
+        if channel_prefetch > 0
+            && let Some(ch) = st.channel(conn, channel)
         {
-            for q in ch.consumers.values() {
+            for q in ch.lock().consumers.values() {
                 if !touched.contains(q) {
                     touched.push(q.clone());
                 }

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 
+use super::publish::Arrival;
 use super::routing::Targets;
 use super::*;
 use crate::protocol::{BasicProperties, FieldValue};
@@ -55,7 +56,7 @@ impl State {
     /// when the queue has a dead-letter exchange, else only tells the log.
     /// Queues they reach may drop or refuse messages in turn; those follow
     /// until nothing is left to move.
-    pub(super) fn depart(&mut self, first: Departed, store: &LogStore) {
+    pub(super) fn depart(&self, first: Departed, store: &LogStore) {
         // Dead-letter exchanges are in the queue's vhost: everything that
         // follows stays in it.
         let vhost = first.vhost.clone();
@@ -70,7 +71,7 @@ impl State {
     }
 
     fn dead_letter_batch(
-        &mut self,
+        &self,
         departed: Departed,
         store: &LogStore,
         work: &mut VecDeque<Departed>,
@@ -78,13 +79,16 @@ impl State {
     ) {
         let Departed { vhost, queue, incarnation, entries, reason } = departed;
         let Some(v) = self.vhosts.get(&vhost) else { return };
-        let Some(q) = v.queues.get(&queue).filter(|q| q.incarnation == incarnation) else {
-            return;
+        let Some(cell) = v.queues.get(&queue) else { return };
+        // What dead-lettering needs of the queue, read before its lock is
+        // let go: the targets' locks are taken without it.
+        let (qid, durable_qid, dlx, dlrk) = {
+            let q = cell.lock();
+            if q.incarnation != incarnation {
+                return;
+            }
+            (q.settle_id(), q.store_id, q.args.dead_letter_exchange.clone(), q.args.dead_letter_routing_key.clone())
         };
-        let qid = q.settle_id();
-        let durable_qid = q.store_id;
-        let dlx = q.args.dead_letter_exchange.clone();
-        let dlrk = q.args.dead_letter_routing_key.clone();
         let Some(dlx) = dlx.filter(|x| x.is_empty() || v.exchanges.contains_key(&**x)) else {
             // No dead-letter exchange, or one that does not exist: dropped.
             forget(store, qid, &entries);
@@ -131,7 +135,7 @@ impl State {
             let moved_from = durable_qid
                 .filter(|_| entry.store_id != 0 && !store.is_spilled(entry.store_id))
                 .map(|qid| (qid, entry.store_id));
-            let delivery = self.deliver_to(&vhost, &targets, Arc::new(dead), store, moved_from, false);
+            let delivery = self.deliver_to(&vhost, &targets, Arc::new(dead), store, moved_from, Arrival::DeadLettered);
             if let Ok(d) = delivery {
                 if !d.moved {
                     forget(store, qid, std::slice::from_ref(&entry));

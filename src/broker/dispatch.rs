@@ -4,13 +4,16 @@
 //! one of a single-active-consumer queue), asking the loader for bodies
 //! paged out to the log.
 
+use smallvec::SmallVec;
+
 use super::*;
 
 impl Broker {
     pub fn flow(&self, conn: u64, channel: u16, active: bool) {
-        let mut st = self.state.lock();
-        let (vhost, queues): (Arc<str>, Vec<Arc<str>>) = match st.channels.get_mut(&(conn, channel)) {
+        let st = self.state.read();
+        let (vhost, queues): (Arc<str>, Vec<Arc<str>>) = match st.channel(conn, channel) {
             Some(ch) => {
+                let mut ch = ch.lock();
                 ch.paused = !active;
                 (ch.vhost.clone(), ch.consumers.values().cloned().collect())
             }
@@ -25,23 +28,25 @@ impl Broker {
 
     /// Called by a connection's writer once a backlog it reported has drained.
     pub fn resume_connection(&self, conn: u64) {
-        let mut st = self.state.lock();
-        let Some(vhost) = st.connections.get(&conn).map(|c| c.vhost.clone()) else { return };
-        let queues: HashSet<Arc<str>> = st
-            .channels
-            .iter()
-            .filter(|((c, _), _)| *c == conn)
-            .flat_map(|(_, ch)| ch.consumers.values().cloned())
-            .collect();
+        let st = self.state.read();
+        let Some(entry) = st.connections.get(&conn) else { return };
+        let vhost = entry.vhost.clone();
+        let mut queues: HashSet<Arc<str>> = HashSet::default();
+        for channel in &entry.channels {
+            if let Some(ch) = st.channel(conn, *channel) {
+                queues.extend(ch.lock().consumers.values().cloned());
+            }
+        }
         for q in queues {
             st.drain(&vhost, &q, &self.store);
         }
     }
 
     pub fn qos(&self, conn: u64, channel: u16, prefetch_count: u16, global: bool) {
-        let mut st = self.state.lock();
-        let (vhost, queues): (Arc<str>, Vec<Arc<str>>) = match st.channels.get_mut(&(conn, channel)) {
+        let st = self.state.read();
+        let (vhost, queues): (Arc<str>, Vec<Arc<str>>) = match st.channel(conn, channel) {
             Some(ch) => {
+                let mut ch = ch.lock();
                 if global {
                     ch.channel_prefetch = prefetch_count;
                 } else {
@@ -72,33 +77,40 @@ impl Broker {
         no_wait: bool,
         arguments: &FieldTable,
     ) -> Result<()> {
-        let mut st = self.state.lock();
+        let st = self.state.read();
         let conn = handle.id;
         let client_chose_tag = !tag.is_empty();
         let tag: Arc<str> = if tag.is_empty() { Arc::from(generated_name("amq.ctag-")) } else { Arc::from(tag) };
-        let State { vhosts, channels, .. } = &mut *st;
-        let ch = channels
-            .get_mut(&(conn, channel))
-            .ok_or_else(|| AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"))?;
-        let vhost = ch.vhost.clone();
-        if ch.consumers.contains_key(&tag) || ch.reply_to.as_ref().is_some_and(|r| r.tag == tag) {
-            return Err(AmqpError::connection(reply::NOT_ALLOWED, format!("attempt to reuse consumer tag '{tag}'")));
-        }
-        if queue == REPLY_TO_QUEUE {
-            if !no_ack {
-                return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
+        let cell =
+            st.channel(conn, channel).ok_or_else(|| AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"))?;
+        let vhost = {
+            let mut ch = cell.lock();
+            if ch.consumers.contains_key(&tag) || ch.reply_to.as_ref().is_some_and(|r| r.tag == tag) {
+                return Err(AmqpError::connection(
+                    reply::NOT_ALLOWED,
+                    format!("attempt to reuse consumer tag '{tag}'"),
+                ));
             }
-            if ch.reply_to.is_some() {
-                return Err(AmqpError::precondition("reply consumer already set"));
+            if queue == REPLY_TO_QUEUE {
+                if !no_ack {
+                    return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
+                }
+                if ch.reply_to.is_some() {
+                    return Err(AmqpError::precondition("reply consumer already set"));
+                }
+                ch.reply_to = Some(ReplyConsumer { tag: tag.clone(), secret: fastrand::u64(..) });
+                if !no_wait {
+                    handle.method(channel, BasicConsumeOk { consumer_tag: tag.to_string() });
+                }
+                return Ok(());
             }
-            ch.reply_to = Some(ReplyConsumer { tag: tag.clone(), secret: fastrand::u64(..) });
-            if !no_wait {
-                handle.method(channel, BasicConsumeOk { consumer_tag: tag.to_string() });
-            }
-            return Ok(());
-        }
-        let q = vhosts.get_mut(&vhost).and_then(|v| v.queues.get_mut(queue)).ok_or_else(|| no_queue(&vhost, queue))?;
-        check_owner(q, conn)?;
+            ch.vhost.clone()
+        };
+        let qcell = st.queue(&vhost, queue).ok_or_else(|| no_queue(&vhost, queue))?;
+        // Queue, then channel: the lock order.
+        let mut q = qcell.lock();
+        let mut ch = cell.lock();
+        check_owner(&q, conn)?;
         // A stream's offset is checked first, as RabbitMQ checks it.
         let stream_args = match q.is_stream() {
             true => {
@@ -111,7 +123,7 @@ impl Broker {
         let stream = match stream_args {
             Some(stream_args) => {
                 let client_tag = client_chose_tag.then_some(&tag);
-                Some(stream::consumer_cursor(q, ch, client_tag, no_ack, stream_args)?)
+                Some(stream::consumer_cursor(&mut q, &ch, client_tag, no_ack, stream_args)?)
             }
             None => None,
         };
@@ -130,6 +142,7 @@ impl Broker {
             tag: tag.clone(),
             connection: handle.clone(),
             channel,
+            channel_state: cell.clone(),
             no_ack,
             exclusive,
             prefetch: ch.consumer_prefetch,
@@ -152,12 +165,12 @@ impl Broker {
     /// the reply travels in a write of its own ahead of the first deliveries
     /// (some clients only look at frames that arrive after it).
     pub fn start_delivery(&self, vhost: &str, queue: &str) {
-        self.state.lock().drain(vhost, queue, &self.store);
+        self.state.read().drain(vhost, queue, &self.store);
     }
 
     /// basic.cancel; returns false for an unknown tag (which RabbitMQ answers with cancel-ok anyway).
     pub fn cancel(&self, conn: u64, channel: u16, tag: &str) -> bool {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         st.cancel(conn, channel, tag, &self.store)
     }
 
@@ -165,56 +178,59 @@ impl Broker {
     pub fn get(&self, handle: &ConnectionHandle, channel: u16, queue: &str, no_ack: bool) -> Result<()> {
         let conn = handle.id;
         loop {
-            let mut st = self.state.lock();
-            let Some(vhost) = st.channels.get(&(conn, channel)).map(|ch| ch.vhost.clone()) else {
+            let mut st = self.state.read();
+            let Some(cell) = st.channel(conn, channel).cloned() else {
                 return Err(AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"));
             };
-            let q = st.queue_mut(&vhost, queue).ok_or_else(|| no_queue(&vhost, queue))?;
-            check_owner(q, conn)?;
-            if q.is_stream() {
-                return Err(AmqpError::not_implemented(format!(
-                    "basic.get not supported by stream queues queue '{queue}' in vhost '{vhost}'"
-                )));
+            let vhost = cell.lock().vhost.clone();
+            let qcell = st.queue(&vhost, queue).ok_or_else(|| no_queue(&vhost, queue))?.clone();
+            {
+                let mut q = qcell.lock();
+                check_owner(&q, conn)?;
+                if q.is_stream() {
+                    return Err(AmqpError::not_implemented(format!(
+                        "basic.get not supported by stream queues queue '{queue}' in vhost '{vhost}'"
+                    )));
+                }
+                if q.args.queue_type == QueueType::Quorum && q.args.single_active_consumer {
+                    return Err(AmqpError::locked(format!(
+                        "cannot obtain access to locked queue '{queue}' in vhost '{vhost}'. basic.get operations are not supported by quorum queues with single active consumer"
+                    )));
+                }
+                q.last_used = queue::now_ms();
             }
-            if q.args.queue_type == QueueType::Quorum && q.args.single_active_consumer {
-                return Err(AmqpError::locked(format!(
-                    "cannot obtain access to locked queue '{queue}' in vhost '{vhost}'. basic.get operations are not supported by quorum queues with single active consumer"
-                )));
-            }
-            q.last_used = queue::now_ms();
-            let incarnation = q.incarnation;
-            st.expire_messages(&vhost, queue, incarnation, &self.store);
-            let Some(q) = st.queue_mut(&vhost, queue) else { return Err(no_queue(&vhost, queue)) };
+            st.expire_messages(&qcell, &self.store);
+            let mut q = qcell.lock();
             let Some(mut entry) = q.pop_ready() else {
                 GlobalStats::add(&self.stats.get_empty, 1);
                 handle.method(channel, BasicGetEmpty::default());
                 return Ok(());
             };
             if entry.message.is_none() && st.loader.as_ref().is_some_and(|l| l.is_alive()) {
-                // Read the body back without holding the broker's lock.
+                // Read the body back holding no lock.
+                drop(q);
                 drop(st);
                 let read = self.store.read(entry.store_id);
-                st = self.state.lock();
+                st = self.state.read();
                 // A queue deleted meanwhile took the message with it.
-                let Some(q) = st.queue_of(&vhost, queue, incarnation) else { continue };
+                if !st.queue(&vhost, queue).is_some_and(|c| Arc::ptr_eq(c, &qcell)) {
+                    continue;
+                }
+                q = qcell.lock();
                 match read {
                     Ok(record) => entry.message = Some(Arc::new(message_from_record(record))),
                     Err(e) => {
-                        drop_unreadable(&self.store, q, entry.store_id, &e);
+                        drop_unreadable(&self.store, &q, entry.store_id, &e);
                         continue;
                     }
                 }
             }
-            let State { vhosts, channels, timers, consumer_timeout, .. } = &mut *st;
-            let Some(q) =
-                vhosts.get_mut(&vhost).and_then(|v| v.queues.get_mut(queue)).filter(|q| q.incarnation == incarnation)
-            else {
-                continue;
-            };
-            let Some(ch) = channels.get_mut(&(conn, channel)) else {
+            let Some(cell) = st.channel(conn, channel) else {
                 q.put_back(entry);
                 return Err(AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"));
             };
+            let mut ch = cell.lock();
+            let q = &mut *q;
             let Some(message) = load(&self.store, q, &entry) else { continue };
             let message = q.as_delivered(&entry, message);
             let tag = ch.take_tag();
@@ -260,8 +276,8 @@ impl Broker {
                         delivered_at: now,
                     },
                 );
-                let timeout = super::timers::consumer_timeout_of(None, q.args.consumer_timeout, *consumer_timeout);
-                ch.arm_timeout((conn, channel), now, timeout, timers);
+                let timeout = super::timers::consumer_timeout_of(None, q.args.consumer_timeout, st.consumer_timeout);
+                ch.arm_timeout((conn, channel), now, timeout, &st.timers);
             }
             handle.send(Outgoing::Content { channel, method: method.into(), message });
             return Ok(());
@@ -272,29 +288,42 @@ impl Broker {
 impl State {
     /// Hands ready messages of one queue to consumers with room, in
     /// round-robin order: a consumer that received a message moves to the back.
-    pub(super) fn drain(&mut self, vhost: &str, queue: &str, store: &LogStore) {
-        if let Some(q) = self.queue(vhost, queue).filter(|q| q.next_expiry().is_some()) {
-            let incarnation = q.incarnation;
-            self.expire_messages(vhost, queue, incarnation, store);
+    pub(super) fn drain(&self, vhost: &str, queue: &str, store: &LogStore) {
+        if let Some(cell) = self.queue(vhost, queue) {
+            self.drain_queue(cell, store);
         }
-        self.deliver_ready(vhost, queue, store);
+    }
+
+    /// [`State::drain`] of a queue given by its lock (which the caller
+    /// does not hold).
+    pub(super) fn drain_queue(&self, cell: &QueueLock, store: &LogStore) {
+        let mut q = cell.lock();
+        if q.next_expiry().is_some() {
+            drop(q);
+            self.expire_messages(cell, store);
+            q = cell.lock();
+        }
+        self.deliver_ready(&mut q, store);
     }
 
     /// [`State::drain`] without expiring first: a message just published
     /// goes to a consumer that can take it at once even with a TTL of 0, as
     /// in RabbitMQ; what stays behind expires on the next drain or tick.
-    pub(super) fn deliver_ready(&mut self, vhost: &str, queue: &str, store: &LogStore) {
-        let State { vhosts, channels, loader, stats, timers, consumer_timeout, .. } = self;
-        let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
+    pub(super) fn deliver_ready(&self, q: &mut Queue, store: &LogStore) {
         if q.is_stream() {
-            return self.deliver_stream(vhost, queue, store);
+            return self.deliver_stream(q, store);
         }
+        let State { loader, stats, timers, consumer_timeout, .. } = self;
         let counters_before = q.counters;
         // Log records for this drain, written once at the end: first
         // deliveries (so a restart flags them redelivered) and no-ack
         // deliveries (which settle at once).
         let mut delivered: Vec<u64> = Vec::new();
         let mut settled: Vec<u64> = Vec::new();
+        // Channels found without room during this drain: their consumers
+        // are passed over (a channel is locked once per delivery, when its
+        // consumer is picked, not once per look).
+        let mut full: SmallVec<[*const ChannelLock; 2]> = SmallVec::new();
         // No consumer can beat one of this priority: the search stops there.
         let top_priority = q.consumers.iter().map(|c| c.args.priority).max().unwrap_or(0);
         while q.has_ready() && !q.consumers.is_empty() {
@@ -310,12 +339,7 @@ impl State {
                     continue;
                 }
                 let consumer_room = c.no_ack || c.prefetch == 0 || c.unacked < c.prefetch as u32;
-                if consumer_room
-                    && channels
-                        .get(&(c.connection.id, c.channel))
-                        .is_some_and(|ch| c.no_ack && ch.takes_deliveries() || ch.has_room())
-                    && c.connection.has_room()
-                {
+                if consumer_room && c.connection.has_room() && !full.contains(&Arc::as_ptr(&c.channel_state)) {
                     pick = Some((i, c.args.priority));
                 }
             }
@@ -324,14 +348,25 @@ impl State {
                 // The loader reads it outside this lock and drains again.
                 break;
             }
-            let Some(entry) = q.pop_ready() else { break };
-            let Some(message) = load(store, q, &entry) else { continue };
-            let message = q.as_delivered(&entry, message);
             let Some(mut consumer) = q.consumers.remove(index) else { break };
-            let Some(ch) = channels.get_mut(&(consumer.connection.id, consumer.channel)) else {
-                q.consumers.push_back(consumer);
+            let mut ch = consumer.channel_state.lock();
+            if !(consumer.no_ack && ch.takes_deliveries() || ch.has_room()) {
+                drop(ch);
+                full.push(Arc::as_ptr(&consumer.channel_state));
+                q.consumers.insert(index, consumer);
+                continue;
+            }
+            let Some(entry) = q.pop_ready() else {
+                drop(ch);
+                q.consumers.insert(index, consumer);
                 break;
             };
+            let Some(message) = load(store, q, &entry) else {
+                drop(ch);
+                q.consumers.insert(index, consumer);
+                continue;
+            };
+            let message = q.as_delivered(&entry, message);
             let delivery_tag = ch.take_tag();
             let redelivered = entry.redelivered;
             if consumer.no_ack {
@@ -370,6 +405,7 @@ impl State {
                 );
                 ch.arm_timeout((consumer.connection.id, consumer.channel), now, timeout, timers);
             }
+            // Queued under the channel's lock: tags reach the client in order.
             consumer.connection.send(Outgoing::Deliver {
                 channel: consumer.channel,
                 consumer_tag: consumer.tag.clone(),
@@ -377,12 +413,19 @@ impl State {
                 redelivered,
                 message,
             });
+            drop(ch);
             q.consumers.push_back(consumer);
         }
         let c = q.counters;
-        GlobalStats::add(&stats.delivered_consume_manual_ack, c.deliver - counters_before.deliver);
-        GlobalStats::add(&stats.delivered_consume_auto_ack, c.deliver_no_ack - counters_before.deliver_no_ack);
-        GlobalStats::add(&stats.redelivered, c.redeliver - counters_before.redeliver);
+        for (counter, now, before) in [
+            (&stats.delivered_consume_manual_ack, c.deliver, counters_before.deliver),
+            (&stats.delivered_consume_auto_ack, c.deliver_no_ack, counters_before.deliver_no_ack),
+            (&stats.redelivered, c.redeliver, counters_before.redeliver),
+        ] {
+            if now != before {
+                GlobalStats::add(counter, now - before);
+            }
+        }
         if let Some(loader) = loader.as_ref().filter(|l| l.is_alive()) {
             read_ahead(q, loader);
         }
@@ -400,14 +443,21 @@ impl State {
         if self.cancel_reply_consumer(conn, channel, tag) {
             return true;
         }
-        let Some(ch) = self.channels.get_mut(&(conn, channel)) else { return false };
-        let Some(queue) = ch.consumers.remove(tag) else { return false };
-        let vhost = ch.vhost.clone();
-        let Some(q) = self.queue_mut(&vhost, &queue) else { return true };
-        q.consumers.retain(|c| !(&*c.tag == tag && c.connection.id == conn && c.channel == channel));
-        q.activate_next_consumer();
-        q.last_used = queue::now_ms();
-        if q.auto_delete && q.consumers.is_empty() {
+        let Some(ch) = self.channel(conn, channel) else { return false };
+        let (queue, vhost) = {
+            let mut ch = ch.lock();
+            let Some(queue) = ch.consumers.remove(tag) else { return false };
+            (queue, ch.vhost.clone())
+        };
+        let Some(cell) = self.queue(&vhost, &queue) else { return true };
+        let goes = {
+            let mut q = cell.lock();
+            q.consumers.retain(|c| !(&*c.tag == tag && c.connection.id == conn && c.channel == channel));
+            q.activate_next_consumer();
+            q.last_used = queue::now_ms();
+            q.auto_delete && q.consumers.is_empty()
+        };
+        if goes {
             self.delete_queue(&vhost, &queue, store);
         } else {
             self.drain(&vhost, &queue, store);

@@ -89,7 +89,7 @@ fn a_quorum_queue_keeps_transient_messages_counts_deliveries_and_drops_past_its_
     // Returned once more: past the limit of 1, it leaves the queue.
     t.broker.reject(1, 1, second[0].delivery_tag, false, true).expect("requeue");
     assert!(c.deliveries().is_empty());
-    assert_eq!(t.broker.state.lock().queue_mut("/", "orders").map(|q| q.message_count()), Some(0));
+    assert_eq!(t.broker.state.read().queue("/", "orders").map(|q| q.lock().message_count()), Some(0));
 }
 
 #[test]
@@ -102,7 +102,7 @@ fn a_run_of_acks_settles_up_to_an_unknown_tag_and_no_further() {
         t.publish("work", body);
     }
     assert_eq!(c.deliveries().len(), 4);
-    let count = || t.broker.state.lock().queue_mut("/", "work").map(|q| q.message_count());
+    let count = || t.broker.state.read().queue("/", "work").map(|q| q.lock().message_count());
 
     let refused = t.broker.ack_many(1, 1, &[(1, false), (2, false), (9, false), (3, false)]);
     let err = refused.expect_err("tag 9 was never delivered");

@@ -6,32 +6,25 @@ use super::*;
 impl Broker {
     /// Queues of one vhost, or of every vhost with `None`, by vhost and name.
     pub fn list_queues(&self, vhost: Option<&str>) -> Vec<QueueRow> {
-        let mut st = self.state.lock();
-        let queues: Vec<(Arc<str>, Arc<str>, u64)> = st
-            .vhosts
-            .values()
-            .filter(|v| in_scope(vhost, v))
-            .flat_map(|v| v.queues.values())
-            .map(|q| (q.vhost.clone(), q.name.clone(), q.incarnation))
-            .collect();
-        for (vhost, name, incarnation) in queues {
-            st.expire_messages(&vhost, &name, incarnation, &self.store);
+        let st = self.state.read();
+        let in_scope = || st.vhosts.values().filter(|v| in_scope(vhost, v)).flat_map(|v| v.queues.values());
+        for cell in in_scope() {
+            st.expire_messages(cell, &self.store);
         }
-        let mut rows: Vec<QueueRow> =
-            st.vhosts.values().filter(|v| in_scope(vhost, v)).flat_map(|v| v.queues.values()).map(queue_row).collect();
+        let mut rows: Vec<QueueRow> = in_scope().map(|q| queue_row(&q.lock())).collect();
         rows.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
         rows
     }
 
     /// One queue's row (no expiry pass: a poll of one queue stays cheap).
     pub fn queue_row(&self, vhost: &str, name: &str) -> Option<QueueRow> {
-        let st = self.state.lock();
-        st.queue(vhost, name).map(queue_row)
+        let st = self.state.read();
+        st.queue(vhost, name).map(|q| queue_row(&q.lock()))
     }
 
     /// Exchanges of one vhost (or all), by vhost and name.
     pub fn list_exchanges(&self, vhost: Option<&str>) -> Vec<ExchangeRow> {
-        let st = self.state.lock();
+        let st = self.state.read();
         let mut rows: Vec<ExchangeRow> = st
             .vhosts
             .values()
@@ -56,7 +49,7 @@ impl Broker {
     /// Bindings of one vhost (or all), the default exchange's implicit ones
     /// included.
     pub fn list_bindings(&self, vhost: Option<&str>) -> Vec<BindingRow> {
-        let st = self.state.lock();
+        let st = self.state.read();
         let mut rows = Vec::new();
         for v in st.vhosts.values().filter(|v| in_scope(vhost, v)) {
             let row = |source: &str, kind: &'static str, destination: &str, key: &str, table: &FieldTable| BindingRow {
@@ -92,7 +85,7 @@ impl Broker {
     /// it: durable exchanges (not the predeclared ones), durable queues
     /// that outlive a restart, and the bindings between them.
     pub fn durable_topology(&self) -> Topology {
-        let st = self.state.lock();
+        let st = self.state.read();
         let predeclared = |name: &str| name.is_empty() || name.starts_with("amq.");
         let mut topology = Topology::default();
         for v in st.vhosts.values() {
@@ -106,13 +99,14 @@ impl Broker {
             topology.queues.extend(
                 v.queues
                     .values()
+                    .map(|q| q.lock())
                     .filter(|q| q.store_id.is_some())
                     .map(|q| (vhost.clone(), q.name.to_string(), q.auto_delete, q.arguments.clone())),
             );
             for ex in v.exchanges.values().filter(|e| e.durable) {
                 for b in &ex.bindings {
                     let durable_end = match &b.destination {
-                        Destination::Queue(q) => v.queues.get(q.as_str()).is_some_and(|q| q.store_id.is_some()),
+                        Destination::Queue(q) => v.queues.get(q.as_str()).is_some_and(|q| q.lock().store_id.is_some()),
                         Destination::Exchange(e) => v.exchanges.get(e).is_some_and(|e| e.durable),
                     };
                     if durable_end {
@@ -128,7 +122,7 @@ impl Broker {
 
     /// (id, info, channel count) per connection.
     pub fn list_connections(&self) -> Vec<(u64, ConnectionInfo, usize)> {
-        let st = self.state.lock();
+        let st = self.state.read();
         let mut rows: Vec<_> =
             st.connections.values().map(|c| (c.handle.id, c.info.clone(), c.channels.len())).collect();
         rows.sort_by_key(|r| r.0);
@@ -138,7 +132,7 @@ impl Broker {
     /// close_connection: asks the connection named as `list_connections`
     /// names it (or by its peer address) to close; false if none has it.
     pub fn close_connection_named(&self, name: &str, explanation: &str) -> bool {
-        let st = self.state.lock();
+        let st = self.state.read();
         let Some(c) =
             st.connections.values().find(|c| connection_name(c.handle.id, &c.info.peer) == name || c.info.peer == name)
         else {
@@ -150,7 +144,7 @@ impl Broker {
 
     /// Asks every connection to close (320 CONNECTION_FORCED); returns how many.
     pub fn close_all_connections(&self, explanation: &str) -> usize {
-        let st = self.state.lock();
+        let st = self.state.read();
         for c in st.connections.values() {
             c.handle.event(BrokerEvent::CloseConnection { explanation: explanation.to_string() });
         }
@@ -159,7 +153,7 @@ impl Broker {
 
     /// Closes every connection of a user (it was deleted); returns how many.
     pub fn close_connections_of(&self, user: &str, explanation: &str) -> usize {
-        let st = self.state.lock();
+        let st = self.state.read();
         let mine: Vec<&ConnectionEntry> = st.connections.values().filter(|c| c.info.user == user).collect();
         for c in &mine {
             c.handle.event(BrokerEvent::CloseConnection { explanation: explanation.to_string() });
@@ -169,28 +163,33 @@ impl Broker {
 
     /// Whether a queue of this name exists in the vhost.
     pub fn queue_exists(&self, vhost: &str, name: &str) -> bool {
-        self.state.lock().queue(vhost, name).is_some()
+        self.state.read().queue(vhost, name).is_some()
     }
 
     /// Whether an exchange of this name exists in the vhost.
     pub fn exchange_exists(&self, vhost: &str, name: &str) -> bool {
-        self.state.lock().exchange(vhost, name).is_some()
+        self.state.read().exchange(vhost, name).is_some()
     }
 
     /// Counts for `status`: (connections, queues, ready messages, unacked).
     pub fn totals(&self) -> (usize, usize, usize, usize) {
-        let st = self.state.lock();
+        let st = self.state.read();
         let queues = || st.vhosts.values().flat_map(|v| v.queues.values());
-        let ready = queues().map(|q| q.ready_count()).sum();
-        let unacked = queues().map(|q| q.unacked()).sum();
+        let (mut ready, mut unacked) = (0, 0);
+        for q in queues() {
+            let q = q.lock();
+            ready += q.ready_count();
+            unacked += q.unacked();
+        }
         (st.connections.len(), queues().count(), ready, unacked)
     }
 
     /// Every consumer of one vhost (or all), by queue and tag.
     pub fn list_consumers(&self, vhost: Option<&str>) -> Vec<ConsumerRow> {
-        let st = self.state.lock();
+        let st = self.state.read();
         let mut rows = Vec::new();
         for q in st.vhosts.values().filter(|v| in_scope(vhost, v)).flat_map(|v| v.queues.values()) {
+            let q = q.lock();
             for c in &q.consumers {
                 let peer = st.connections.get(&c.connection.id).map(|e| e.info.peer.clone()).unwrap_or_default();
                 rows.push(ConsumerRow {
@@ -216,20 +215,20 @@ impl Broker {
     /// Admin purge: ready messages of any queue, exclusive or not (a
     /// stream cannot be purged, as in RabbitMQ).
     pub fn admin_purge(&self, vhost: &str, name: &str) -> Result<usize> {
-        let mut st = self.state.lock();
-        let q = st.queue_mut(vhost, name).ok_or_else(|| no_queue(vhost, name))?;
+        let st = self.state.read();
+        let mut q = st.queue(vhost, name).ok_or_else(|| no_queue(vhost, name))?.lock();
         if q.is_stream() {
             return Err(AmqpError::not_implemented(format!(
                 "queue.purge not supported by stream queues queue '{name}' in vhost '{vhost}'"
             )));
         }
-        purge_queue(q, &self.store)
+        purge_queue(&mut q, &self.store)
     }
 
     /// Admin delete: like queue.delete without the ownership check.
     pub fn admin_delete(&self, vhost: &str, name: &str) -> Option<usize> {
-        let mut st = self.state.lock();
-        let count = st.queue(vhost, name)?.ready_count();
+        let mut st = self.state.write();
+        let count = st.queue(vhost, name)?.lock().ready_count();
         st.delete_queue(vhost, name, &self.store);
         Some(count)
     }

@@ -86,12 +86,16 @@ fn run(inbox: Receiver<LoadRequest>, state: &StateLock, store: &LogStore) {
         let ids: Vec<u64> = request.items.iter().map(|(_, id)| *id).collect();
         let read: Vec<_> =
             request.items.iter().zip(store.read_many(&ids)).map(|((seq, id), result)| (*seq, *id, result)).collect();
-        let mut st = state.lock();
+        let st = state.read();
         if request.stream {
             st.stream_loaded(&request, read, store);
             continue;
         }
-        let Some(q) = st.queue_of(&request.vhost, &request.queue, request.incarnation) else { continue };
+        let Some(cell) = st.queue(&request.vhost, &request.queue) else { continue };
+        let mut q = cell.lock();
+        if q.incarnation != request.incarnation {
+            continue;
+        }
         q.loading = false;
         let mut lost = Vec::new();
         for (seq, id, result) in read {
@@ -113,6 +117,7 @@ fn run(inbox: Receiver<LoadRequest>, state: &StateLock, store: &LogStore) {
             // A failure here is the log's own failure, already reported.
             let _ = store.ack(q.settle_id(), &lost);
         }
-        st.drain(&request.vhost, &request.queue, store);
+        drop(q);
+        st.drain_queue(cell, store);
     }
 }

@@ -284,11 +284,11 @@ pub(super) fn page_out(q: &mut Queue, level: Option<u8>, store: &LogStore, press
 }
 
 fn page_out_everywhere(state: &StateLock, store: &LogStore, monitor: &MemoryMonitor) {
-    let mut st = state.lock();
+    let st = state.read();
     let mut kept_up = true;
-    for v in st.vhosts.values_mut() {
-        for q in v.queues.values_mut() {
-            kept_up &= page_out(q, None, store, Some(monitor));
+    for v in st.vhosts.values() {
+        for q in v.queues.values() {
+            kept_up &= page_out(&mut q.lock(), None, store, Some(monitor));
         }
     }
     if kept_up {

@@ -1,13 +1,17 @@
 //! The broker model: virtual hosts with their exchanges, bindings, queues
 //! and policies; consumers and the unacked messages of every channel.
 //!
-//! All of it lives in one [`State`] behind one mutex. Every operation is a
-//! short critical section that never waits on I/O (bodies paged out to the
-//! log are read back by the [`loader`] thread, outside it): deliveries are pushed to
-//! the consumer's connection through its unbounded outbound queue
-//! ([`ConnectionHandle`]), whose writer task does the socket work. One lock
-//! keeps prefetch accounting, round-robin order and requeue-on-close exact
-//! without cross-task protocols; on a 2-core machine it is not the bottleneck.
+//! The maps (vhosts, exchanges, bindings, the queues and channels by name)
+//! live in one [`State`] behind a read-write lock ([`StateLock`]); each
+//! queue and each channel has a lock of its own. The message path takes
+//! the state lock shared and then only the locks of the queues and
+//! channels it touches, so publishes, deliveries and acks of different
+//! queues do not wait for each other; what changes the maps takes it
+//! exclusive. [`StateLock`] gives the lock order. Every critical section is
+//! short and never waits on I/O (bodies paged out to the log are read back
+//! by the [`loader`] thread, outside them): deliveries are pushed to the
+//! consumer's connection through its unbounded outbound queue
+//! ([`ConnectionHandle`]), whose writer task does the socket work.
 //!
 //! This layer knows nothing about sockets or files. It speaks AMQP only
 //! through the method structs of [`crate::protocol`] that it hands to
@@ -96,9 +100,24 @@ use crate::protocol::{FieldTable, reply};
 use crate::store::format::{BindingRecord, DestinationKind, MessageRecord, ParameterKind, Record};
 use crate::store::{LogStore, Recovered, StoreError};
 
-/// The lock around the broker's [`State`]; its holds are counted and
-/// sampled (see [`crate::lock_stats`]).
-pub type StateLock = crate::lock_stats::TimedMutex<State>;
+/// The lock around the broker's [`State`]: the message path (publish,
+/// delivery, ack) takes it shared and then the lock of the one queue or
+/// channel it works on; declares, deletes, bindings, policies and channel
+/// closes take it exclusive. Its holds are counted and sampled (see
+/// [`crate::lock_stats`]).
+///
+/// Lock order: the state lock, then queue locks, then channel locks.
+/// A thread holding a queue's lock takes another queue's only in
+/// [`State::deliver_to`], all of them at once in address order; a
+/// thread holding a channel's lock takes no queue's.
+pub type StateLock = crate::lock_stats::TimedRwLock<State>;
+
+/// One queue behind its own lock: publishes, deliveries and acks of
+/// different queues do not wait for each other.
+pub type QueueLock = parking_lot::Mutex<Queue>;
+
+/// One channel's deliveries behind their own lock.
+pub(crate) type ChannelLock = parking_lot::Mutex<ChannelState>;
 
 /// A message handed to a consumer or to basic.get and not yet settled.
 #[derive(Debug)]
@@ -115,7 +134,7 @@ struct Unacked {
 }
 
 #[derive(Debug)]
-struct ChannelState {
+pub(crate) struct ChannelState {
     /// The vhost of the channel's connection: the queues its consumers and
     /// unacked messages name are in it.
     vhost: Arc<str>,
@@ -231,7 +250,7 @@ struct ConnectionEntry {
 #[derive(Debug, Default)]
 pub struct State {
     vhosts: HashMap<Arc<str>, VHost>,
-    channels: HashMap<(u64, u16), ChannelState>,
+    channels: HashMap<(u64, u16), Arc<ChannelLock>>,
     connections: HashMap<u64, ConnectionEntry>,
     next_incarnation: u64,
     /// Reads paged-out bodies back; `None` if its thread could not start
@@ -245,7 +264,7 @@ pub struct State {
     connection_max: Option<usize>,
     /// Streams whose readers wait for the log to make messages durable
     /// (see `stream`): drained when it has.
-    durability_waiters: HashSet<(Arc<str>, Arc<str>)>,
+    durability_waiters: parking_lot::Mutex<HashSet<(Arc<str>, Arc<str>)>>,
     /// Wakes the stream thread when a stream starts waiting: without
     /// waiters it sleeps, instead of waking (and taking the broker's lock)
     /// at every group commit.
@@ -327,14 +346,14 @@ impl Broker {
         };
         let state = Arc::new(StateLock::new(state));
         match loader::Loader::spawn(state.clone(), store.clone()) {
-            Ok(l) => state.lock().loader = Some(l),
+            Ok(l) => state.write().loader = Some(l),
             Err(e) => tracing::error!("cannot start the body loader thread ({e}); paged-out bodies are read in line"),
         }
-        let timers = state.lock().timers.clone();
+        let timers = state.read().timers.clone();
         if let Err(e) = timers::spawn(Arc::downgrade(&state), timers, store.clone()) {
             tracing::error!("cannot start the timer thread ({e}); TTLs act only when a queue is used");
         }
-        let wanted = state.lock().durability_wanted.clone();
+        let wanted = state.read().durability_wanted.clone();
         if let Err(e) = stream::spawn_durability_waker(Arc::downgrade(&state), wanted, store.clone()) {
             tracing::error!("cannot start the stream thread ({e}); stream readers wait for the next publish or ack");
         }
@@ -371,7 +390,7 @@ impl Broker {
 
     /// Sets the node-wide connection limit (None: none).
     pub fn set_connection_max(&self, max: Option<usize>) {
-        self.state.lock().connection_max = max;
+        self.state.write().connection_max = max;
     }
 
     /// Broker-wide counters.
@@ -397,14 +416,14 @@ impl Broker {
     /// `max-connections` (530 NOT_ALLOWED, RabbitMQ's texts).
     pub fn check_vhost_entry(&self, vhost: &str, user: &str) -> Result<()> {
         let user_max = self.access.user_limits(user).max_connections();
-        self.state.lock().check_connection_limit(vhost, user, user_max)
+        self.state.read().check_connection_limit(vhost, user, user_max)
     }
 
     /// Registers an opened connection in its vhost; refused (with
     /// RabbitMQ's text) when the vhost is gone or at its `max-connections`.
     pub fn register_connection(&self, handle: ConnectionHandle, info: ConnectionInfo) -> Result<()> {
         let user_max = self.access.user_limits(&info.user).max_connections();
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         st.check_connection_limit(&info.vhost, &info.user, user_max)?;
         let vhost = st
             .vhosts
@@ -420,7 +439,7 @@ impl Broker {
     /// over all of the user's connections): 530 with RabbitMQ's text.
     pub fn check_user_channels(&self, user: &str) -> Result<()> {
         let Some(max) = self.access.user_limits(user).max_channels() else { return Ok(()) };
-        let st = self.state.lock();
+        let st = self.state.read();
         let open: usize = st.connections.values().filter(|c| c.info.user == user).map(|c| c.channels.len()).sum();
         if open as i64 >= max {
             return Err(AmqpError::connection(
@@ -434,9 +453,9 @@ impl Broker {
     }
 
     pub fn open_channel(&self, conn: u64, channel: u16) {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let Some(vhost) = st.connections.get(&conn).map(|c| c.vhost.clone()) else { return };
-        st.channels.insert((conn, channel), ChannelState::new(vhost));
+        st.channels.insert((conn, channel), Arc::new(ChannelLock::new(ChannelState::new(vhost))));
         GlobalStats::add(&self.stats.channels_opened, 1);
         if let Some(c) = st.connections.get_mut(&conn) {
             c.channels.insert(channel);
@@ -446,7 +465,7 @@ impl Broker {
     /// Releases a channel: its unacked messages go back to their queues
     /// (flagged redelivered) and its consumers are cancelled.
     pub fn close_channel(&self, conn: u64, channel: u16) {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         if st.channels.contains_key(&(conn, channel)) {
             GlobalStats::add(&self.stats.channels_closed, 1);
         }
@@ -459,12 +478,12 @@ impl Broker {
     /// Releases a connection: every channel as in [`Broker::close_channel`],
     /// then its exclusive queues are deleted.
     pub fn close_connection(&self, conn: u64) {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let channels: Vec<u16> =
             st.connections.get(&conn).map(|c| c.channels.iter().copied().collect()).unwrap_or_default();
         for ch in &channels {
-            if let Some(state) = st.channels.get_mut(&(conn, *ch)) {
-                state.closing = true;
+            if let Some(state) = st.channel(conn, *ch) {
+                state.lock().closing = true;
             }
         }
         for ch in channels {
@@ -478,7 +497,11 @@ impl Broker {
                 .vhosts
                 .get(&vhost)
                 .map(|v| {
-                    v.queues.values().filter(|q| q.exclusive_owner == Some(conn)).map(|q| q.name.clone()).collect()
+                    v.queues
+                        .iter()
+                        .filter(|(_, q)| q.lock().exclusive_owner == Some(conn))
+                        .map(|(name, _)| name.clone())
+                        .collect()
                 })
                 .unwrap_or_default();
             for name in exclusive {
@@ -492,17 +515,14 @@ impl Broker {
 }
 
 impl State {
-    fn queue(&self, vhost: &str, name: &str) -> Option<&Queue> {
+    /// A queue's lock, by name.
+    fn queue(&self, vhost: &str, name: &str) -> Option<&Arc<QueueLock>> {
         self.vhosts.get(vhost)?.queues.get(name)
     }
 
-    fn queue_mut(&mut self, vhost: &str, name: &str) -> Option<&mut Queue> {
-        self.vhosts.get_mut(vhost)?.queues.get_mut(name)
-    }
-
-    /// The queue of this incarnation, if it still exists.
-    fn queue_of(&mut self, vhost: &str, name: &str, incarnation: u64) -> Option<&mut Queue> {
-        self.queue_mut(vhost, name).filter(|q| q.incarnation == incarnation)
+    /// A channel's lock.
+    fn channel(&self, conn: u64, channel: u16) -> Option<&Arc<ChannelLock>> {
+        self.channels.get(&(conn, channel))
     }
 
     fn exchange(&self, vhost: &str, name: &str) -> Option<&Exchange> {
@@ -510,35 +530,44 @@ impl State {
     }
 
     fn close_channel(&mut self, conn: u64, channel: u16, store: &LogStore) {
-        let Some(mut ch) = self.channels.remove(&(conn, channel)) else { return };
-        self.timers.disarm(TimerKey::Channel { connection: conn, channel }, &mut ch.timer_at);
-        let vhost = ch.vhost.clone();
+        let Some(cell) = self.channels.remove(&(conn, channel)) else { return };
+        // What the channel held, taken out before any queue is locked.
+        let (vhost, unacked, consumers) = {
+            let mut ch = cell.lock();
+            self.timers.disarm(TimerKey::Channel { connection: conn, channel }, &mut ch.timer_at);
+            (ch.vhost.clone(), std::mem::take(&mut ch.unacked), std::mem::take(&mut ch.consumers))
+        };
         let mut touched: Vec<Arc<str>> = Vec::new();
         let mut over_limit: Vec<Departed> = Vec::new();
-        let Some(v) = self.vhosts.get_mut(&vhost) else { return };
-        for (_, u) in std::mem::take(&mut ch.unacked) {
-            if let Some(q) = v.queues.get_mut(&u.queue).filter(|q| q.incarnation == u.incarnation) {
-                q.settled();
-                if let Some(entry) = q.requeue(u.entry) {
-                    departed_push(&mut over_limit, q, entry, Reason::DeliveryLimit);
-                }
-                if !touched.contains(&u.queue) {
-                    touched.push(u.queue.clone());
-                }
+        let Some(v) = self.vhosts.get(&vhost) else { return };
+        for (_, u) in unacked {
+            let Some(cell) = v.queues.get(&u.queue) else { continue };
+            let mut q = cell.lock();
+            if q.incarnation != u.incarnation {
+                continue;
+            }
+            q.settled();
+            if let Some(entry) = q.requeue(u.entry) {
+                departed_push(&mut over_limit, &q, entry, Reason::DeliveryLimit);
+            }
+            if !touched.contains(&u.queue) {
+                touched.push(u.queue.clone());
             }
         }
-        for (tag, queue) in ch.consumers {
-            if let Some(q) = v.queues.get_mut(&queue) {
-                q.consumers.retain(|c| !(c.tag == tag && c.connection.id == conn && c.channel == channel));
-                q.activate_next_consumer();
-                // x-expires counts from the last consumer's going, as RabbitMQ's does.
-                if q.consumers.is_empty() {
-                    q.last_used = queue::now_ms();
-                    q.rearm(q.last_used);
-                }
-                if !touched.contains(&queue) {
-                    touched.push(queue);
-                }
+        for (tag, queue) in consumers {
+            let Some(cell) = v.queues.get(&queue) else { continue };
+            let mut q = cell.lock();
+            q.consumers.retain(|c| !(c.tag == tag && c.connection.id == conn && c.channel == channel));
+            q.activate_next_consumer();
+            // x-expires counts from the last consumer's going, as RabbitMQ's does.
+            if q.consumers.is_empty() {
+                q.last_used = queue::now_ms();
+                let at = q.last_used;
+                q.rearm(at);
+            }
+            drop(q);
+            if !touched.contains(&queue) {
+                touched.push(queue);
             }
         }
         for departed in over_limit {
@@ -547,8 +576,12 @@ impl State {
         // Auto-delete first (no point redelivering from a queue about to go),
         // then hand requeued messages to the remaining consumers.
         for name in touched {
-            let Some(q) = self.queue(&vhost, &name) else { continue };
-            if q.auto_delete && q.had_consumer && q.consumers.is_empty() {
+            let Some(cell) = self.queue(&vhost, &name) else { continue };
+            let goes = {
+                let q = cell.lock();
+                q.auto_delete && q.had_consumer && q.consumers.is_empty()
+            };
+            if goes {
                 self.delete_queue(&vhost, &name, store);
             } else {
                 self.drain(&vhost, &name, store);

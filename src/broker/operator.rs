@@ -48,21 +48,25 @@ impl Broker {
         let mut taken = Vec::new();
         let mut put_back = Vec::new();
         while taken.len() < count {
-            let mut st = self.state.lock();
-            let q = st.queue_mut(vhost, queue).ok_or_else(|| no_queue(vhost, queue))?;
-            let incarnation = q.incarnation;
+            let mut st = self.state.read();
+            let cell = st.queue(vhost, queue).ok_or_else(|| no_queue(vhost, queue))?.clone();
             // What expired goes first, as for basic.get.
-            st.expire_messages(vhost, queue, incarnation, &self.store);
-            let Some(q) = st.queue_of(vhost, queue, incarnation) else { break };
+            st.expire_messages(&cell, &self.store);
+            let mut q = cell.lock();
             let Some(mut entry) = q.pop_ready() else { break };
             let redelivered = entry.redelivered;
             let message = match entry.message.clone() {
                 Some(m) => m,
                 None => {
+                    drop(q);
                     drop(st);
                     let read = self.store.read(entry.store_id);
-                    st = self.state.lock();
-                    let Some(q) = st.queue_of(vhost, queue, incarnation) else { break };
+                    st = self.state.read();
+                    // A queue deleted meanwhile took the message with it.
+                    if !st.queue(vhost, queue).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                        break;
+                    }
+                    q = cell.lock();
                     match read {
                         Ok(record) => {
                             let message = Arc::new(message_from_record(record));
@@ -70,13 +74,12 @@ impl Broker {
                             message
                         }
                         Err(e) => {
-                            dispatch::drop_unreadable(&self.store, q, entry.store_id, &e);
+                            dispatch::drop_unreadable(&self.store, &q, entry.store_id, &e);
                             continue;
                         }
                     }
                 }
             };
-            let Some(q) = st.queue_of(vhost, queue, incarnation) else { break };
             q.counters.get += 1;
             if redelivered {
                 q.counters.redeliver += 1;
@@ -92,7 +95,8 @@ impl Broker {
                     dead_letter::forget(&self.store, q.settle_id(), std::slice::from_ref(&entry));
                 }
                 GetSettle::Reject if q.args.dead_letter_exchange.is_some() => {
-                    let departed = Departed::from(q, vec![entry], Reason::Rejected);
+                    let departed = Departed::from(&q, vec![entry], Reason::Rejected);
+                    drop(q);
                     st.depart(departed, &self.store);
                 }
                 GetSettle::Reject => dead_letter::forget(&self.store, q.settle_id(), std::slice::from_ref(&entry)),
@@ -102,12 +106,13 @@ impl Broker {
         if !put_back.is_empty() {
             // Back in their places, flagged redelivered, as a get and a
             // requeueing nack leave them in RabbitMQ.
-            let mut st = self.state.lock();
+            let st = self.state.read();
             let mut over_limit = Vec::new();
-            if let Some(q) = st.queue_mut(vhost, queue) {
+            if let Some(cell) = st.queue(vhost, queue) {
+                let mut q = cell.lock();
                 for entry in put_back {
                     if let Some(entry) = q.requeue(dispatch::unloaded(entry, &self.store)) {
-                        departed_push(&mut over_limit, q, entry, Reason::DeliveryLimit);
+                        departed_push(&mut over_limit, &q, entry, Reason::DeliveryLimit);
                     }
                 }
             }
@@ -121,18 +126,19 @@ impl Broker {
 
     /// Notes that a channel went into confirm or transaction mode.
     pub fn set_channel_mode(&self, conn: u64, channel: u16, mode: ChannelMode) {
-        if let Some(ch) = self.state.lock().channels.get_mut(&(conn, channel)) {
-            ch.mode = mode;
+        if let Some(ch) = self.state.read().channel(conn, channel) {
+            ch.lock().mode = mode;
         }
     }
 
     /// Every open channel, by connection and number.
     pub fn list_channels(&self) -> Vec<ChannelRow> {
-        let st = self.state.lock();
+        let st = self.state.read();
         let mut rows: Vec<ChannelRow> = st
             .channels
             .iter()
             .map(|(&(conn, number), ch)| {
+                let ch = ch.lock();
                 let info = st.connections.get(&conn).map(|c| &c.info);
                 ChannelRow {
                     connection: conn,

@@ -211,7 +211,7 @@ impl Broker {
         let kind = if operator { ParameterKind::OperatorPolicy } else { ParameterKind::Policy };
         let value = serde_json::to_vec(&policy).map_err(|e| e.to_string())?;
         let key = format!("{}\0{}", policy.vhost, policy.name);
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let vhost = policy.vhost.clone();
         let Some(v) = st.vhosts.get_mut(vhost.as_str()) else {
             return Err(format!("Virtual host '{vhost}' does not exist"));
@@ -226,7 +226,7 @@ impl Broker {
 
     /// clear_policy / clear_operator_policy.
     pub fn clear_policy(&self, vhost: &str, name: &str, operator: bool) -> std::result::Result<(), String> {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let missing = || format!("Parameter does not exist: policy '{name}' in vhost '{vhost}'");
         let Some(v) = st.vhosts.get_mut(vhost) else { return Err(missing()) };
         let list = if operator { &mut v.operator_policies } else { &mut v.policies };
@@ -245,7 +245,7 @@ impl Broker {
 
     /// The policies (or operator policies) of one vhost, or of all with `None`.
     pub fn policies(&self, vhost: Option<&str>, operator: bool) -> Vec<Policy> {
-        let st = self.state.lock();
+        let st = self.state.read();
         let mut out: Vec<Policy> = st
             .vhosts
             .values()
@@ -264,7 +264,7 @@ impl Broker {
         &self,
         parameters: &std::collections::BTreeMap<(ParameterKind, String), bytes::Bytes>,
     ) {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         for ((kind, key), value) in parameters {
             let operator = match kind {
                 ParameterKind::Policy => false,
@@ -332,21 +332,19 @@ impl State {
     /// Recomputes the settings of every queue of a vhost from its
     /// arguments and policies; a queue over a new length limit drops (or
     /// dead-letters) its head.
-    pub(super) fn apply_policies(&mut self, vhost: &str, store: &LogStore) {
-        let Some(v) = self.vhosts.get_mut(vhost) else { return };
-        let names: Vec<Arc<str>> = v.queues.keys().cloned().collect();
-        for name in names {
-            let Some(v) = self.vhosts.get_mut(vhost) else { return };
-            let Some(q) = v.queues.get(&name) else { continue };
-            let (policy, operator) = v.policies_for(q);
-            let args = effective_args(q, policy.as_ref(), operator.as_ref());
-            let Some(q) = v.queues.get_mut(&name) else { continue };
-            q.policy = policy.map(|p| p.name);
-            q.operator_policy = operator.map(|p| p.name);
-            q.args = args;
-            // A new x-expires may be due earlier than what is armed.
-            q.rearm(queue::now_ms());
-            self.trim_queue(vhost, &name, store);
+    pub(super) fn apply_policies(&self, vhost: &str, store: &LogStore) {
+        let Some(v) = self.vhosts.get(vhost) else { return };
+        for cell in v.queues.values() {
+            {
+                let mut q = cell.lock();
+                let (policy, operator) = v.policies_for(&q);
+                q.args = effective_args(&q, policy.as_ref(), operator.as_ref());
+                q.policy = policy.map(|p| p.name);
+                q.operator_policy = operator.map(|p| p.name);
+                // A new x-expires may be due earlier than what is armed.
+                q.rearm(queue::now_ms());
+            }
+            self.trim_queue(cell, store);
         }
     }
 }

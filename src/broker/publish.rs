@@ -39,7 +39,7 @@ impl Broker {
         headers: Option<&FieldTable>,
         message: Arc<Message>,
     ) -> Result<Routed> {
-        let mut st = self.state.lock();
+        let st = self.state.read();
         // The default exchange is never internal: no lookup for it.
         if let Some(ex) = (!exchange.is_empty()).then(|| st.exchange(vhost, exchange)).flatten()
             && ex.internal
@@ -52,8 +52,9 @@ impl Broker {
             return Ok(st.reply_to(&message));
         }
         let targets = st.route_publish(vhost, exchange, &message.routing_key, headers)?;
-        let message_priority = message.priority;
-        let delivery = st.deliver_to(vhost, &targets, message, &self.store, None, true).map_err(store_failed)?;
+        let pressure = self.memory.paging().then_some(&*self.memory);
+        let arrival = Arrival::Published { pressure };
+        let delivery = st.deliver_to(vhost, &targets, message, &self.store, None, arrival).map_err(store_failed)?;
         let outcome = Routed {
             routed: !delivery.accepted.is_empty() || delivery.rejected,
             rejected: delivery.rejected,
@@ -62,57 +63,57 @@ impl Broker {
         for departed in delivery.departed {
             st.depart(departed, &self.store);
         }
-        let priority = message_priority;
-        let pressure = self.memory.paging().then_some(&*self.memory);
-        for name in &delivery.accepted {
-            st.deliver_ready(vhost, name, &self.store);
-            // One lookup for what follows, unless something expires.
-            let Some(mut q) = st.queue_mut(vhost, name) else { continue };
-            // What no consumer took and is already due (a TTL of 0) goes now.
-            if q.next_expiry().is_some_and(|at| queue::now_ms() >= at) {
-                let incarnation = q.incarnation;
-                st.expire_messages(vhost, name, incarnation, &self.store);
-                let Some(again) = st.queue_mut(vhost, name) else { continue };
-                q = again;
-            }
-            // Length limits apply to what no consumer took.
-            let dropped = q.trim_to_limits();
-            let level = q.level_of(priority);
-            memory::page_out(q, Some(level), &self.store, pressure);
-            if !dropped.is_empty() {
-                let departed = Departed::from(q, dropped, Reason::Maxlen);
-                st.depart(departed, &self.store);
-            }
-        }
         Ok(outcome)
     }
+}
+
+/// How a message reaches [`State::deliver_to`].
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Arrival<'a> {
+    /// Published: each queue hands it to a waiting consumer at once, then
+    /// applies a TTL of 0 and its length limits to what no consumer took
+    /// (RabbitMQ delivers before it drops), and pages out under memory
+    /// `pressure`, all under the one hold of its lock.
+    Published { pressure: Option<&'a memory::MemoryMonitor> },
+    /// Dead-lettered: enqueued within the length limits; the caller
+    /// drains the queues it reached.
+    DeadLettered,
 }
 
 impl State {
     /// Offers a message to the named queues of a vhost: appends it to the log once
     /// for the durable ones (moving it out of `moved_from` in the same
-    /// step), then enqueues it. Does not deliver.
+    /// step), then enqueues it, and for a publish delivers it (see
+    /// [`Arrival`]). Messages that leave queues meanwhile are returned in
+    /// [`Delivery::departed`], for the caller to dead-letter once it holds
+    /// no queue's lock.
     pub(super) fn deliver_to(
-        &mut self,
+        &self,
         vhost: &str,
         targets: &[Arc<str>],
         message: Arc<Message>,
         store: &LogStore,
         moved_from: Option<(u32, u64)>,
-        trim_later: bool,
+        arrival: Arrival<'_>,
     ) -> std::result::Result<Delivery, StoreError> {
+        let trim_later = matches!(arrival, Arrival::Published { .. });
         let mut delivery = Delivery::default();
-        let Some(v) = self.vhosts.get_mut(vhost) else { return Ok(delivery) };
+        let Some(v) = self.vhosts.get(vhost) else { return Ok(delivery) };
         let size = message.body_len();
-        // Queue name, and whether the log keeps the message for it.
-        let mut accepting: SmallVec<[(&Arc<str>, bool); 4]> = SmallVec::new();
+        // Every target's lock, taken at once in address order (the order
+        // between queue locks): the message goes to all of them or, if
+        // the log refuses it, to none.
+        let mut cells: SmallVec<[&Arc<QueueLock>; 2]> = targets.iter().filter_map(|n| v.queues.get(&**n)).collect();
+        cells.sort_unstable_by_key(|c| Arc::as_ptr(c) as usize);
+        let mut queues: SmallVec<[parking_lot::MutexGuard<'_, Queue>; 2]> = cells.iter().map(|c| c.lock()).collect();
+        // Which of `queues` take it, and whether the log keeps it for them.
+        let mut accepting: SmallVec<[(usize, bool); 4]> = SmallVec::new();
         let mut durable_ids: SmallVec<[u32; 4]> = SmallVec::new();
         // Streams take the message as a record of their own each.
-        let mut streams: SmallVec<[&Arc<str>; 1]> = SmallVec::new();
-        for name in targets {
-            let Some(q) = v.queues.get(&**name) else { continue };
+        let mut streams: SmallVec<[usize; 1]> = SmallVec::new();
+        for (i, q) in queues.iter().enumerate() {
             if q.is_stream() {
-                streams.push(name);
+                streams.push(i);
                 continue;
             }
             if q.would_reject(size) {
@@ -136,19 +137,19 @@ impl State {
             match q.store_id {
                 Some(id) if stored => {
                     durable_ids.push(id);
-                    accepting.push((name, true));
+                    accepting.push((i, true));
                 }
-                _ => accepting.push((name, false)),
+                _ => accepting.push((i, false)),
             }
         }
         let now = queue::now_ms();
         let mut store_id = 0;
         let mut moved_from = moved_from;
-        for name in streams {
-            let Some(q) = v.queues.get_mut(&**name) else { continue };
+        for i in streams {
+            let q = &mut queues[i];
             // The move out of a dead-lettering queue goes with the first record.
             let moving = moved_from.take();
-            let end = stream::publish_to_stream(q, &message, store, moving)?;
+            let end = stream::publish_to_stream(&mut *q, &message, store, moving)?;
             delivery.durable_position = delivery.durable_position.max(Some(end));
             delivery.accepted.push(q.name.clone());
             delivery.moved |= moving.is_some();
@@ -166,14 +167,36 @@ impl State {
             delivery.durable_position = delivery.durable_position.max(Some(end));
             delivery.moved |= moved_from.is_some();
         }
-        for (name, stored) in accepting {
-            let Some(q) = v.queues.get_mut(&**name) else { continue };
+        let priority = message.priority;
+        for &(i, stored) in &accepting {
+            let q = &mut queues[i];
             let id = if stored { store_id } else { 0 };
             let (_, dropped) = q.enqueue(message.clone(), id, now, trim_later);
             q.counters.publish += 1;
             delivery.accepted.push(q.name.clone());
             if !dropped.is_empty() {
                 delivery.departed.push(Departed::from(q, dropped, Reason::Maxlen));
+            }
+        }
+        if let Arrival::Published { pressure } = arrival {
+            for q in queues.iter_mut() {
+                self.deliver_ready(q, store);
+                // What no consumer took and is already due (a TTL of 0) goes now.
+                if q.next_expiry().is_some_and(|at| queue::now_ms() >= at) {
+                    let expired = q.expire(queue::now_ms());
+                    if q.args.dead_letter_exchange.is_none() {
+                        dead_letter::forget(store, q.settle_id(), &expired);
+                    } else if !expired.is_empty() {
+                        delivery.departed.push(Departed::from(q, expired, Reason::Expired));
+                    }
+                }
+                // Length limits apply to what no consumer took.
+                let dropped = q.trim_to_limits();
+                let level = q.level_of(priority);
+                memory::page_out(q, Some(level), store, pressure);
+                if !dropped.is_empty() {
+                    delivery.departed.push(Departed::from(q, dropped, Reason::Maxlen));
+                }
             }
         }
         Ok(delivery)

@@ -70,6 +70,9 @@ pub struct Consumer {
     pub tag: Arc<str>,
     pub connection: ConnectionHandle,
     pub channel: u16,
+    /// That channel's own state (delivery tags, unacked deliveries), so a
+    /// delivery needs no lookup of it.
+    pub(in crate::broker) channel_state: Arc<super::ChannelLock>,
     pub no_ack: bool,
     pub exclusive: bool,
     /// Per-consumer limit from basic.qos(global=false); 0 = none.

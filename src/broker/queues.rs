@@ -8,7 +8,7 @@ use super::*;
 impl Broker {
     /// queue.declare in `vhost`; returns (name, ready messages, consumers).
     pub fn queue_declare(&self, vhost: &str, conn: u64, m: &QueueDeclare) -> Result<(String, u32, u32)> {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         GlobalStats::add(&self.stats.queues_declared, 1);
         let Some((vhost_name, v)) = st.vhosts.get_key_value(vhost) else { return Err(no_vhost(vhost)) };
         let vhost_name = vhost_name.clone();
@@ -40,8 +40,9 @@ impl Broker {
                 Err(no_queue(vhost, &name))
             };
         }
-        if let Some(q) = st.queue_mut(vhost, &name) {
-            check_owner(q, conn)?;
+        if let Some(cell) = st.queue(vhost, &name).cloned() {
+            let mut q = cell.lock();
+            check_owner(&q, conn)?;
             if !m.passive {
                 if m.exclusive != q.exclusive_owner.is_some() {
                     return Err(AmqpError::locked(format!(
@@ -58,9 +59,9 @@ impl Broker {
             }
             // Any declare, passive too, counts as a use for x-expires.
             q.last_used = queue::now_ms();
-            let (qname, incarnation) = (q.name.clone(), q.incarnation);
-            st.expire_messages(vhost, &qname, incarnation, &self.store);
-            let q = st.queue(vhost, &name).ok_or_else(|| no_queue(vhost, &name))?;
+            drop(q);
+            st.expire_messages(&cell, &self.store);
+            let q = cell.lock();
             return Ok((name, q.ready_count() as u32, q.consumers.len() as u32));
         }
         if m.passive {
@@ -107,7 +108,7 @@ impl Broker {
         st.next_incarnation += 1;
         q.incarnation = st.next_incarnation;
         let Some(v) = st.vhosts.get_mut(vhost) else { return Err(no_vhost(vhost)) };
-        v.queues.insert(q.name.clone(), q);
+        v.queues.insert(q.name.clone(), Arc::new(QueueLock::new(q)));
         GlobalStats::add(&self.stats.queues_created, 1);
         // Every queue is bound to the default exchange by its name; that
         // binding is implicit (see `State::route`).
@@ -115,16 +116,16 @@ impl Broker {
     }
 
     pub fn queue_purge(&self, vhost: &str, conn: u64, name: &str) -> Result<u32> {
-        let mut st = self.state.lock();
-        let q = st.queue_mut(vhost, name).ok_or_else(|| no_queue(vhost, name))?;
-        check_owner(q, conn)?;
+        let st = self.state.read();
+        let mut q = st.queue(vhost, name).ok_or_else(|| no_queue(vhost, name))?.lock();
+        check_owner(&q, conn)?;
         if q.is_stream() {
             return Err(AmqpError::not_implemented(format!(
                 "queue.purge not supported by stream queues queue '{name}' in vhost '{vhost}'"
             )));
         }
         q.last_used = queue::now_ms();
-        purge_queue(q, &self.store).map(|n| n as u32)
+        purge_queue(&mut q, &self.store).map(|n| n as u32)
     }
 
     /// queue.delete; returns the message count and the tags of the
@@ -137,12 +138,13 @@ impl Broker {
         if_unused: bool,
         if_empty: bool,
     ) -> Result<(u32, Vec<String>)> {
-        let mut st = self.state.lock();
-        let Some(q) = st.queue(vhost, name) else {
+        let mut st = self.state.write();
+        let Some(cell) = st.queue(vhost, name) else {
             // As RabbitMQ: deleting a queue that does not exist is not an error.
             return Ok((0, Vec::new()));
         };
-        check_owner(q, conn)?;
+        let q = cell.lock();
+        check_owner(&q, conn)?;
         // As RabbitMQ, a stream is deleted whatever if-unused and if-empty say.
         let (if_unused, if_empty) = if q.is_stream() { (false, false) } else { (if_unused, if_empty) };
         if if_unused && !q.consumers.is_empty() {
@@ -152,6 +154,7 @@ impl Broker {
             return Err(AmqpError::precondition(format!("queue '{name}' in vhost '{vhost}' is not empty")));
         }
         let count = q.ready_count() as u32;
+        drop(q);
         let own = st.delete_queue_from(vhost, name, &self.store, Some((conn, channel)));
         Ok((count, own))
     }
@@ -199,12 +202,13 @@ impl State {
     ) -> Vec<String> {
         let mut own_cancels = Vec::new();
         let Some(v) = self.vhosts.get_mut(vhost) else { return own_cancels };
-        let Some(mut q) = v.queues.remove(name) else { return own_cancels };
+        let Some(cell) = v.queues.remove(name) else { return own_cancels };
+        let mut q = cell.lock();
         q.disarm_timer();
         GlobalStats::add(&self.stats.queues_deleted, 1);
         for c in &q.consumers {
-            if let Some(ch) = self.channels.get_mut(&(c.connection.id, c.channel)) {
-                ch.consumers.remove(&c.tag);
+            if let Some(ch) = self.channels.get(&(c.connection.id, c.channel)) {
+                ch.lock().consumers.remove(&c.tag);
             }
             if c.connection.cancel_notify {
                 if from == Some((c.connection.id, c.channel)) {
@@ -221,7 +225,8 @@ impl State {
             let mut ids = q.ready_store_ids();
             for ch in self.channels.values() {
                 ids.extend(
-                    ch.unacked
+                    ch.lock()
+                        .unacked
                         .values()
                         .filter(|u| u.incarnation == q.incarnation && u.entry.store_id != 0)
                         .map(|u| u.entry.store_id),
@@ -261,19 +266,21 @@ impl State {
 impl State {
     /// Drops (or dead-letters, reason `maxlen`) the head messages that keep
     /// a queue over a drop-head length limit.
-    pub(super) fn trim_queue(&mut self, vhost: &str, name: &str, store: &LogStore) {
-        let Some(q) = self.queue_mut(vhost, name) else { return };
+    pub(super) fn trim_queue(&self, cell: &QueueLock, store: &LogStore) {
+        let mut q = cell.lock();
         let dropped = q.trim_to_limits();
         if !dropped.is_empty() {
-            let departed = Departed::from(q, dropped, Reason::Maxlen);
+            let departed = Departed::from(&q, dropped, Reason::Maxlen);
+            drop(q);
             self.depart(departed, store);
         }
     }
 
     /// Takes a queue's expired head messages out and dead-letters them (or
-    /// drops them, and their log records' claim).
-    pub(super) fn expire_messages(&mut self, vhost: &str, name: &str, incarnation: u64, store: &LogStore) {
-        let Some(q) = self.queue_of(vhost, name, incarnation) else { return };
+    /// drops them, and their log records' claim). The caller does not
+    /// hold the queue's lock.
+    pub(super) fn expire_messages(&self, cell: &QueueLock, store: &LogStore) {
+        let mut q = cell.lock();
         let expired = q.expire(queue::now_ms());
         if expired.is_empty() {
             return;
@@ -282,7 +289,8 @@ impl State {
             dead_letter::forget(store, q.settle_id(), &expired);
             return;
         }
-        let departed = Departed::from(q, expired, Reason::Expired);
+        let departed = Departed::from(&q, expired, Reason::Expired);
+        drop(q);
         self.depart(departed, store);
     }
 }

@@ -24,7 +24,7 @@ impl Broker {
     /// vhost that no longer exists (a vhost deletion cut short by a crash)
     /// is removed from the log now.
     fn restore_topology(&self, recovered: &Recovered) {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let defs = &recovered.definitions;
         for record in defs.exchanges.values() {
             if let Record::ExchangeDeclare { vhost, name, kind, auto_delete, internal, arguments } = record
@@ -82,7 +82,7 @@ impl Broker {
                 st.next_incarnation += 1;
                 q.incarnation = st.next_incarnation;
                 if let Some(v) = st.vhosts.get_mut(&vhost) {
-                    v.queues.insert(q.name.clone(), q);
+                    v.queues.insert(q.name.clone(), Arc::new(QueueLock::new(q)));
                 }
             }
         }
@@ -104,7 +104,7 @@ impl Broker {
     /// Server-side tracked offsets of stream consumers; those of streams
     /// that no longer exist are forgotten.
     fn restore_tracked_offsets(&self, parameters: &BTreeMap<(ParameterKind, String), bytes::Bytes>) {
-        let mut st = self.state.lock();
+        let st = self.state.read();
         for ((kind, key), value) in parameters {
             if *kind != ParameterKind::StreamOffset {
                 continue;
@@ -114,7 +114,8 @@ impl Broker {
             let offset = serde_json::from_slice::<serde_json::Value>(value)
                 .ok()
                 .and_then(|v| v.get("offset").and_then(serde_json::Value::as_u64));
-            match (st.queue_mut(vhost, queue).and_then(|q| q.stream_mut()), offset) {
+            let mut q = st.queue(vhost, queue).map(|q| q.lock());
+            match (q.as_mut().and_then(|q| q.stream_mut()), offset) {
                 (Some(stream), Some(offset)) => {
                     stream.tracked.insert(Arc::from(tag), offset);
                 }

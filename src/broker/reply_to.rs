@@ -22,20 +22,23 @@ impl Broker {
     /// `reply_to = amq.rabbitmq.reply-to` carries instead; None when the
     /// channel does not consume its replies.
     pub fn reply_address(&self, conn: u64, channel: u16) -> Option<String> {
-        let st = self.state.lock();
-        let reply = st.channels.get(&(conn, channel))?.reply_to.as_ref()?;
-        Some(format!("{REPLY_TO_QUEUE}.{conn:x}.{channel:x}.{:016x}", reply.secret))
+        let st = self.state.read();
+        let secret = st.channel(conn, channel)?.lock().reply_to.as_ref()?.secret;
+        Some(format!("{REPLY_TO_QUEUE}.{conn:x}.{channel:x}.{secret:016x}"))
     }
 }
 
 impl State {
     /// Hands a reply published to a reply address to its consumer; a
     /// reply whose channel is gone is dropped (unroutable).
-    pub(super) fn reply_to(&mut self, message: &Arc<Message>) -> Routed {
+    pub(super) fn reply_to(&self, message: &Arc<Message>) -> Routed {
         let unroutable = Routed::default();
         let Some((conn, channel, reply)) = self.reply_consumer_of(&message.routing_key) else { return unroutable };
         let Some(handle) = self.connections.get(&conn).map(|c| c.handle.clone()) else { return unroutable };
-        let Some(ch) = self.channels.get_mut(&(conn, channel)) else { return unroutable };
+        let Some(ch) = self.channel(conn, channel) else { return unroutable };
+        // The tag is taken and the delivery queued under the channel's
+        // lock: tags reach the client in order.
+        let mut ch = ch.lock();
         let delivery_tag = ch.take_tag();
         handle.send(Outgoing::Deliver {
             channel,
@@ -59,18 +62,19 @@ impl State {
         let conn = u64::from_str_radix(conn, 16).ok()?;
         let channel = u16::from_str_radix(channel, 16).ok()?;
         let secret = u64::from_str_radix(secret, 16).ok()?;
-        let reply = self.channels.get(&(conn, channel))?.reply_to.clone().filter(|r| r.secret == secret)?;
+        let reply = self.channel(conn, channel)?.lock().reply_to.clone().filter(|r| r.secret == secret)?;
         Some((conn, channel, reply))
     }
 
     /// basic.cancel of a channel's reply consumer.
-    pub(super) fn cancel_reply_consumer(&mut self, conn: u64, channel: u16, tag: &str) -> bool {
-        match self.channels.get_mut(&(conn, channel)) {
-            Some(ch) if ch.reply_to.as_ref().is_some_and(|r| &*r.tag == tag) => {
-                ch.reply_to = None;
-                true
-            }
-            _ => false,
+    pub(super) fn cancel_reply_consumer(&self, conn: u64, channel: u16, tag: &str) -> bool {
+        let Some(ch) = self.channel(conn, channel) else { return false };
+        let mut ch = ch.lock();
+        if ch.reply_to.as_ref().is_some_and(|r| &*r.tag == tag) {
+            ch.reply_to = None;
+            true
+        } else {
+            false
         }
     }
 }

@@ -6,7 +6,7 @@ use super::*;
 
 impl Broker {
     pub fn exchange_declare(&self, vhost: &str, m: &ExchangeDeclare) -> Result<()> {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let Some(v) = st.vhosts.get_mut(vhost) else { return Err(no_vhost(vhost)) };
         if m.exchange.is_empty() {
             return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
@@ -60,7 +60,7 @@ impl Broker {
     }
 
     pub fn exchange_delete(&self, vhost: &str, name: &str, if_unused: bool) -> Result<()> {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let Some(v) = st.vhosts.get(vhost) else { return Err(no_vhost(vhost)) };
         if name.is_empty() {
             return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
@@ -95,7 +95,7 @@ impl Broker {
         routing_key: &str,
         arguments: &FieldTable,
     ) -> Result<()> {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let durable = st.check_binding_ends(vhost, conn, source, &destination)?;
         let Some(ex) = st.vhosts.get_mut(vhost).and_then(|v| v.exchanges.get_mut(source)) else {
             return Err(no_exchange(vhost, source));
@@ -124,7 +124,7 @@ impl Broker {
         routing_key: &str,
         arguments: &FieldTable,
     ) -> Result<()> {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         // As RabbitMQ: unbinding from or to something already gone (an
         // auto-delete exchange goes with its last binding) succeeds.
         let dest_exists = match &destination {
@@ -156,12 +156,12 @@ impl Broker {
 
     /// Whether the named exchange is a topic exchange (topic permissions apply).
     pub fn is_topic_exchange(&self, vhost: &str, name: &str) -> bool {
-        self.state.lock().exchange(vhost, name).is_some_and(|ex| ex.kind == ExchangeKind::Topic)
+        self.state.read().exchange(vhost, name).is_some_and(|ex| ex.kind == ExchangeKind::Topic)
     }
 
     /// Fails unless the exchange exists and clients may publish to it.
     pub fn check_publishable(&self, vhost: &str, exchange: &str) -> Result<()> {
-        let st = self.state.lock();
+        let st = self.state.read();
         match st.exchange(vhost, exchange) {
             None => Err(no_exchange(vhost, exchange)),
             Some(ex) if ex.internal => Err(AmqpError::access_refused(format!(
@@ -237,8 +237,8 @@ impl State {
         let src = v.exchanges.get(source).ok_or_else(|| no_exchange(vhost, source))?;
         let dest_durable = match destination {
             Destination::Queue(name) => {
-                let q = v.queues.get(name.as_str()).ok_or_else(|| no_queue(vhost, name))?;
-                check_owner(q, conn)?;
+                let q = v.queues.get(name.as_str()).ok_or_else(|| no_queue(vhost, name))?.lock();
+                check_owner(&q, conn)?;
                 q.store_id.is_some()
             }
             Destination::Exchange(name) => v.exchanges.get(name).ok_or_else(|| no_exchange(vhost, name))?.durable,

@@ -52,10 +52,12 @@ pub(super) fn spawn(state: Weak<StateLock>, timers: TimerHandle, store: Arc<LogS
             let due = timers.take_due(queue::now_ms());
             if !due.is_empty() {
                 let Some(state) = state.upgrade() else { return };
-                let mut st = state.lock();
+                let st = state.read();
                 let now = queue::now_ms();
-                for (at, key) in due {
-                    st.fire(at, key, now, &store);
+                let unused: Vec<_> = due.into_iter().filter_map(|(at, key)| st.fire(at, key, now, &store)).collect();
+                drop(st);
+                if !unused.is_empty() {
+                    state.write().delete_unused(unused, now, &store);
                 }
             } else if state.strong_count() == 0 {
                 return;
@@ -70,13 +72,13 @@ impl Broker {
     /// Sets the `consumer_timeout` (ms; None turns it off). Channels
     /// holding deliveries are armed for the new timeout.
     pub fn set_consumer_timeout(&self, timeout: Option<u64>) {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         st.consumer_timeout = timeout;
-        let State { channels, timers, .. } = &mut *st;
-        for (&key, ch) in channels.iter_mut() {
+        for (&key, ch) in &st.channels {
+            let mut ch = ch.lock();
             if let Some((_, oldest)) = ch.unacked.first_key_value() {
                 let delivered_at = oldest.delivered_at;
-                ch.arm_timeout(key, delivered_at, timeout, timers);
+                ch.arm_timeout(key, delivered_at, timeout, &st.timers);
             }
         }
     }
@@ -84,89 +86,130 @@ impl Broker {
 
 impl State {
     /// Runs one deadline that came: `at` is the time it was armed for.
-    fn fire(&mut self, at: u64, key: TimerKey, now: u64, store: &LogStore) {
+    /// Returns a queue unused for its `x-expires`, to delete (which takes
+    /// the state lock exclusive).
+    fn fire(&self, at: u64, key: TimerKey, now: u64, store: &LogStore) -> Option<Arc<QueueLock>> {
         match key {
             TimerKey::Queue { vhost, name } => self.queue_timer(&vhost, &name, at, now, store),
-            TimerKey::Channel { connection, channel } => self.channel_timer((connection, channel), at, now),
+            TimerKey::Channel { connection, channel } => {
+                self.channel_timer((connection, channel), at, now);
+                None
+            }
+        }
+    }
+
+    /// Deletes the queues [`State::fire`] found unused, unless they were
+    /// used (or deleted) since.
+    fn delete_unused(&mut self, queues: Vec<Arc<QueueLock>>, now: u64, store: &LogStore) {
+        for cell in queues {
+            let (vhost, name) = {
+                let mut q = cell.lock();
+                if !is_unused(&q, now) {
+                    // Used meanwhile: its timer counts again from the use.
+                    q.rearm(now);
+                    continue;
+                }
+                (q.vhost.clone(), q.name.clone())
+            };
+            if self.queue(&vhost, &name).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                tracing::info!("queue '{name}' in vhost '{vhost}' expired: unused for its x-expires");
+                self.delete_queue(&vhost, &name, store);
+            }
         }
     }
 
     /// A queue's deadline: expires its due messages, retains a stream's,
     /// deletes it when unused for its `x-expires`, and arms it again.
-    fn queue_timer(&mut self, vhost: &str, name: &str, at: u64, now: u64, store: &LogStore) {
-        let Some(q) = self.queue_mut(vhost, name) else { return };
+    fn queue_timer(&self, vhost: &str, name: &str, at: u64, now: u64, store: &LogStore) -> Option<Arc<QueueLock>> {
+        let cell = self.queue(vhost, name)?;
+        let mut q = cell.lock();
         if !q.timer_fired(at) {
-            return;
+            return None;
         }
         if q.is_stream() {
-            stream::apply_retention(q, store, true);
+            stream::apply_retention(&mut q, store, true);
             q.rearm(now);
-            return;
+            return None;
         }
         if q.next_expiry().is_some_and(|due| now >= due) {
-            let incarnation = q.incarnation;
-            self.expire_messages(vhost, name, incarnation, store);
-            self.drain(vhost, name, store);
+            drop(q);
+            self.expire_messages(cell, store);
+            self.drain_queue(cell, store);
+            q = cell.lock();
         }
-        let Some(q) = self.queue_mut(vhost, name) else { return };
-        if q.args.expires.is_some_and(|ttl| now >= q.last_used.saturating_add(ttl)) && q.consumers.is_empty() {
-            tracing::info!("queue '{name}' in vhost '{vhost}' expired: unused for its x-expires");
-            self.delete_queue(vhost, name, store);
-            return;
+        if is_unused(&q, now) {
+            return Some(cell.clone());
         }
         q.rearm(now);
+        None
     }
 
     /// A channel's consumer-timeout deadline: closes the channel when its
     /// oldest delivery is past its timeout, else arms it for that delivery.
-    fn channel_timer(&mut self, (conn, channel): (u64, u16), at: u64, now: u64) {
-        let Some(ch) = self.channels.get_mut(&(conn, channel)) else { return };
-        if ch.timer_at != at {
-            return;
+    fn channel_timer(&self, (conn, channel): (u64, u16), at: u64, now: u64) {
+        let Some(ch) = self.channel(conn, channel) else { return };
+        {
+            let mut ch = ch.lock();
+            if ch.timer_at != at {
+                return;
+            }
+            ch.timer_at = 0;
         }
-        ch.timer_at = 0;
         self.check_consumer_timeout((conn, channel), now);
     }
 
     /// Closes a channel whose oldest unacknowledged delivery is older than
     /// its consumer's `x-consumer-timeout`, its queue's, or the broker's
     /// `consumer_timeout`; a channel with younger deliveries is armed again.
-    fn check_consumer_timeout(&mut self, (conn, channel): (u64, u16), now: u64) {
-        let State { channels, vhosts, connections, consumer_timeout, timers, .. } = self;
-        let Some(ch) = channels.get_mut(&(conn, channel)) else { return };
-        if ch.timed_out {
+    fn check_consumer_timeout(&self, (conn, channel): (u64, u16), now: u64) {
+        let Some(cell) = self.channel(conn, channel) else { return };
+        // The oldest delivery, read before its queue is locked (lock order).
+        let (vhost, queue, incarnation, tag, delivered_at, oldest_tag) = {
+            let ch = cell.lock();
+            if ch.timed_out {
+                return;
+            }
+            let Some((&oldest_tag, oldest)) = ch.unacked.first_key_value() else { return };
+            let tag = oldest.consumer_tag.clone();
+            (ch.vhost.clone(), oldest.queue.clone(), oldest.incarnation, tag, oldest.delivered_at, oldest_tag)
+        };
+        // The consumer's own x-consumer-timeout, else its queue's, else the broker's.
+        let (consumer_timeout, queue_timeout) = match self.queue(&vhost, &queue) {
+            Some(q) => {
+                let q = q.lock();
+                if q.incarnation == incarnation {
+                    let consumer = tag.as_ref().and_then(|tag| {
+                        q.consumers.iter().find(|c| c.tag == *tag && c.connection.id == conn && c.channel == channel)
+                    });
+                    (consumer.and_then(|c| c.args.timeout), q.args.consumer_timeout)
+                } else {
+                    (None, None)
+                }
+            }
+            None => (None, None),
+        };
+        let timeout = consumer_timeout_of(consumer_timeout, queue_timeout, self.consumer_timeout);
+        let mut ch = cell.lock();
+        if ch.unacked.first_key_value().is_none_or(|(&t, _)| t != oldest_tag) {
+            // Settled meanwhile: look again at the new oldest.
+            if !ch.unacked.is_empty() {
+                ch.arm_timeout((conn, channel), now, Some(RECHECK_MS), &self.timers);
+            }
             return;
         }
-        let Some((_, oldest)) = ch.unacked.first_key_value() else { return };
-        // The consumer's own x-consumer-timeout, else its queue's, else the broker's.
-        let q = vhosts
-            .get(&ch.vhost)
-            .and_then(|v| v.queues.get(&oldest.queue))
-            .filter(|q| q.incarnation == oldest.incarnation);
-        let consumer = oldest.consumer_tag.as_ref().and_then(|tag| {
-            q.and_then(|q| {
-                q.consumers.iter().find(|c| c.tag == *tag && c.connection.id == conn && c.channel == channel)
-            })
-        });
-        let timeout = consumer_timeout_of(
-            consumer.and_then(|c| c.args.timeout),
-            q.and_then(|q| q.args.consumer_timeout),
-            *consumer_timeout,
-        );
         let Some(timeout) = timeout else {
             // No timeout for the oldest; a younger delivery may have one
             // once the oldest is settled: look again then.
             if ch.unacked.len() > 1 {
-                ch.arm_timeout((conn, channel), now, Some(RECHECK_MS), timers);
+                ch.arm_timeout((conn, channel), now, Some(RECHECK_MS), &self.timers);
             }
             return;
         };
-        if now.saturating_sub(oldest.delivered_at) <= timeout {
-            let delivered_at = oldest.delivered_at;
-            ch.arm_timeout((conn, channel), delivered_at, Some(timeout), timers);
+        if now.saturating_sub(delivered_at) <= timeout {
+            ch.arm_timeout((conn, channel), delivered_at, Some(timeout), &self.timers);
             return;
         }
-        let Some(c) = connections.get(&conn) else { return };
+        let Some(c) = self.connections.get(&conn) else { return };
         tracing::warn!(
             "consumer on channel {channel} of connection {} timed out waiting for an acknowledgement ({timeout} ms)",
             c.info.peer
@@ -177,6 +220,12 @@ impl State {
         );
         c.handle.event(BrokerEvent::CloseChannel { channel, error: AmqpError::precondition(text) });
     }
+}
+
+/// Unused for its `x-expires`: no consumer, and no declare, consume or
+/// get for that long.
+fn is_unused(q: &Queue, now: u64) -> bool {
+    q.args.expires.is_some_and(|ttl| now >= q.last_used.saturating_add(ttl)) && q.consumers.is_empty()
 }
 
 #[cfg(test)]

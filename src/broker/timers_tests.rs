@@ -9,13 +9,13 @@ use crate::protocol::FieldValue;
 
 /// The time channel 1 of `client` got its oldest unacknowledged delivery.
 fn oldest_delivery_at(t: &TestBroker, client: &TestClient) -> u64 {
-    let st = t.broker.state.lock();
-    let ch = st.channels.get(&(client.handle.id, 1)).expect("channel 1 is open");
+    let st = t.broker.state.read();
+    let ch = st.channel(client.handle.id, 1).expect("channel 1 is open").lock();
     ch.unacked.first_key_value().map(|(_, u)| u.delivered_at).expect("one delivery unacknowledged")
 }
 
 fn check_at(t: &TestBroker, client: &TestClient, now: u64) {
-    t.broker.state.lock().check_consumer_timeout((client.handle.id, 1), now);
+    t.broker.state.read().check_consumer_timeout((client.handle.id, 1), now);
 }
 
 /// The channel-close events raised: (channel, reply code, text).

@@ -84,7 +84,7 @@ pub struct VHost {
     pub info: VhostInfo,
     pub limits: VhostLimits,
     pub(super) exchanges: HashMap<String, Exchange>,
-    pub(super) queues: HashMap<Arc<str>, Queue>,
+    pub(super) queues: HashMap<Arc<str>, Arc<super::QueueLock>>,
     pub(super) policies: Vec<ActivePolicy>,
     pub(super) operator_policies: Vec<ActivePolicy>,
 }
@@ -147,7 +147,7 @@ impl Broker {
         parameters: &std::collections::BTreeMap<(ParameterKind, String), bytes::Bytes>,
     ) -> std::result::Result<(), VhostError> {
         {
-            let mut st = self.state.lock();
+            let mut st = self.state.write();
             for ((kind, key), value) in parameters {
                 if *kind != ParameterKind::Vhost {
                     continue;
@@ -208,7 +208,7 @@ impl Broker {
         {
             return Err(VhostError::Invalid(format!("Unsupported default queue type '{t}'")));
         }
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let exists = st.vhosts.contains_key(info.name.as_str());
         if exists && !replace {
             return Ok(());
@@ -230,7 +230,7 @@ impl Broker {
     /// removes its queues with their messages, its exchanges, bindings,
     /// policies and limits, and every user's permissions in it.
     pub fn delete_vhost(&self, name: &str) -> std::result::Result<(), VhostError> {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let Some((vhost, _)) = st.vhosts.get_key_value(name).map(|(k, v)| (k.clone(), v.limits)) else {
             return Err(VhostError::NoVhost(name.to_string()));
         };
@@ -279,7 +279,7 @@ impl Broker {
 
     /// Every vhost with its counts, by name.
     pub fn list_vhosts(&self) -> Vec<VhostRow> {
-        let st = self.state.lock();
+        let st = self.state.read();
         let mut rows: Vec<VhostRow> = st
             .vhosts
             .iter()
@@ -289,7 +289,7 @@ impl Broker {
                 queues: v.queues.len(),
                 exchanges: v.exchanges.len(),
                 connections: st.connections.values().filter(|c| c.vhost == *name).count(),
-                messages: v.queues.values().map(Queue::message_count).sum(),
+                messages: v.queues.values().map(|q| q.lock().message_count()).sum(),
             })
             .collect();
         rows.sort_by(|a, b| a.info.name.cmp(&b.info.name));
@@ -297,13 +297,13 @@ impl Broker {
     }
 
     pub fn vhost_exists(&self, name: &str) -> bool {
-        self.state.lock().vhosts.contains_key(name)
+        self.state.read().vhosts.contains_key(name)
     }
 
     /// set_vhost_limits: replaces the vhost's limits with `limits` (an empty
     /// definition clears them, as clear_vhost_limits does).
     pub fn set_vhost_limits(&self, name: &str, limits: VhostLimits) -> std::result::Result<(), VhostError> {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         let v = st.vhosts.get_mut(name).ok_or_else(|| VhostError::NoVhost(name.to_string()))?;
         let record = if limits.is_empty() {
             Record::ParameterDelete { kind: ParameterKind::VhostLimits, key: name.to_string() }
@@ -317,7 +317,7 @@ impl Broker {
     }
 
     pub fn vhost_limits(&self, name: &str) -> Option<VhostLimits> {
-        self.state.lock().vhosts.get(name).map(|v| v.limits)
+        self.state.read().vhosts.get(name).map(|v| v.limits)
     }
 }
 

@@ -278,11 +278,21 @@ fn common(api: &Api) -> Scrape {
         log.unreadable_records,
     );
     let locks = api.broker.lock_report();
-    s.counter("warren_broker_lock_holds", "Times the broker's state lock was taken", locks.broker.holds);
+    s.counter("warren_broker_lock_holds", "Times the broker's state lock was taken exclusive", locks.broker.holds);
     s.counter_f(
         "warren_broker_lock_held_seconds",
-        "Time the broker's state lock was held (estimated from one hold in 64)",
+        "Time the broker's state lock was held exclusive (estimated from one hold in 64)",
         locks.broker.held_seconds,
+    );
+    s.counter(
+        "warren_broker_lock_shared_holds",
+        "Times the broker's state lock was taken shared (the message path)",
+        locks.shared.holds,
+    );
+    s.counter_f(
+        "warren_broker_lock_shared_held_seconds",
+        "Time the broker's state lock was held shared (estimated from one hold in 64)",
+        locks.shared.held_seconds,
     );
     s.counter("warren_log_lock_holds", "Times the message path took the log's lock", locks.log.holds);
     s.counter_f(

@@ -211,7 +211,7 @@ impl LogStore {
             let inner = self.inner.lock();
             let Some(meta) = inner.segments.get(&victim) else { return };
             let mut live: Vec<LiveRecord> = Vec::new();
-            let here = |id: u64| inner.index.get(&id).filter(|l| l.segment == victim).map(|l| (id, l.offset, l.len));
+            let here = |id: u64| inner.index.get(id).filter(|l| l.segment == victim).map(|l| (id, l.offset, l.len));
             live.extend((meta.id_floor..meta.id_ceil).filter_map(here));
             live.extend(meta.relocated.iter().filter_map(|id| here(*id)));
             live.sort_by_key(|r| r.1);
@@ -271,7 +271,7 @@ impl LogStore {
         let mut marks: Vec<(u32, Vec<u64>)> = Vec::new();
         let mut copied = 0u64;
         for m in messages {
-            let Some(loc) = inner.index.get(&m.id).copied() else { continue };
+            let Some(loc) = inner.index.get(m.id).copied() else { continue };
             if loc.segment != victim {
                 continue;
             }
@@ -333,7 +333,7 @@ impl LogStore {
         }
         let mut carried_marks: Vec<(u32, Vec<u64>)> = Vec::new();
         for (queue, id) in marks {
-            let older_copy = inner.index.get(&id).is_some_and(|l| l.segment < victim);
+            let older_copy = inner.index.get(id).is_some_and(|l| l.segment < victim);
             if older_copy && inner.holders(id).iter().any(|(q, d)| *q == queue && *d) {
                 group_by_queue(&mut carried_marks, queue, id);
             }

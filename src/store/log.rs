@@ -231,12 +231,14 @@ impl LogStore {
             next_base = seg.base + seg.capacity as u64;
         }
         prune_foreign(&mut segments);
-        let mut index = IdMap::default();
-        index.reserve(recovered.messages.len());
+        let mut index = super::index::MessageIndex::default();
         let mut multi = IdMap::default();
         let seq_of: HashMap<u64, u32> =
             recovered.segments.iter().enumerate().map(|(i, s)| (s.base, i as u32)).collect();
-        for (id, m) in &recovered.messages {
+        // In id order: the index keeps recent ids in a ring that grows at its end.
+        let mut ids: Vec<u64> = recovered.messages.keys().copied().collect();
+        ids.sort_unstable();
+        for (id, m) in ids.iter().filter_map(|id| recovered.messages.get_key_value(id)) {
             let Some(&seq) = seq_of.get(&m.base) else { continue };
             let (queue, delivered) = match &m.queues {
                 QueueSet::One(q, d) => (*q, *d),
@@ -596,7 +598,7 @@ impl LogStore {
             ids.iter()
                 .enumerate()
                 .filter_map(|(i, id)| {
-                    let loc = inner.index.get(id)?;
+                    let loc = inner.index.get(*id)?;
                     let meta = inner.segments.get(&loc.segment)?;
                     Some((i, meta.base, loc.offset as u64, loc.len))
                 })
@@ -642,7 +644,7 @@ impl LogStore {
             attempts += 1;
             let (base, offset, len) = {
                 let inner = self.inner.lock();
-                let loc = *inner.index.get(&id).ok_or(StoreError::Missing(id))?;
+                let loc = *inner.index.get(id).ok_or(StoreError::Missing(id))?;
                 let meta = inner.segments.get(&loc.segment).ok_or(StoreError::Missing(id))?;
                 (meta.base, loc.offset, loc.len)
             };

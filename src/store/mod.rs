@@ -9,7 +9,7 @@
 //! - [`sim_disk`]: a simulated disk for power-cut tests.
 //! - [`log`]: the log's interface: open, appends, reads, statistics.
 //! - [`state`]: what the log keeps in memory behind its lock: segments,
-//!   pending chunks, the message index.
+//!   pending chunks, the message index ([`index`]).
 //! - [`definitions`]: durable definitions and their per-segment snapshots.
 //! - [`writer`]: group commit on a writer thread; a full disk; supervision.
 //! - [`compaction`]: copies forward what mostly dead segments still matter
@@ -29,6 +29,7 @@ pub mod definitions;
 pub mod disk;
 pub mod format;
 pub mod histogram;
+pub mod index;
 pub mod inspect;
 pub mod io;
 pub mod log;

@@ -179,7 +179,7 @@ pub(super) struct Inner {
     pub next_message_id: u64,
     pub next_queue_id: u32,
     pub defs: Definitions,
-    pub index: IdMap<Loc>,
+    pub index: super::index::MessageIndex,
     /// Queues holding messages that went to more than one durable queue,
     /// with whether each handed it to a consumer.
     pub multi: IdMap<Vec<(u32, bool)>>,
@@ -400,7 +400,7 @@ impl Inner {
 
     /// `queue` no longer holds message `id`.
     pub fn release(&mut self, id: u64, queue: u32) {
-        let Some(loc) = self.index.get(&id).copied() else { return };
+        let Some(loc) = self.index.get(id).copied() else { return };
         // A paged-out body is released by whichever queue settles it.
         let gone = if loc.queue == SPILL_QUEUE {
             self.spilled -= 1;
@@ -417,8 +417,10 @@ impl Inner {
             loc.queue == queue
         };
         if gone {
-            self.index.remove(&id);
-            self.multi.remove(&id);
+            self.index.remove(id);
+            if loc.queue == MANY_QUEUES {
+                self.multi.remove(&id);
+            }
             if let Some(meta) = self.segments.get_mut(&loc.segment) {
                 meta.live_messages -= 1;
                 meta.live_bytes -= loc.len as u64;
@@ -427,7 +429,7 @@ impl Inner {
     }
 
     pub(super) fn mark_delivered(&mut self, id: u64, queue: u32) {
-        let Some(loc) = self.index.get_mut(&id) else { return };
+        let Some(loc) = self.index.get_mut(id) else { return };
         if loc.queue == MANY_QUEUES {
             if let Some(entry) = self.multi.get_mut(&id).and_then(|qs| qs.iter_mut().find(|q| q.0 == queue)) {
                 entry.1 = true;
@@ -439,12 +441,12 @@ impl Inner {
 
     /// Whether `id` is a body paged out under memory pressure.
     pub fn is_spilled(&self, id: u64) -> bool {
-        self.spilled > 0 && self.index.get(&id).is_some_and(|l| l.queue == SPILL_QUEUE)
+        self.spilled > 0 && self.index.get(id).is_some_and(|l| l.queue == SPILL_QUEUE)
     }
 
     /// The durable queues holding a live message, with their delivered marks.
     pub fn holders(&self, id: u64) -> Vec<(u32, bool)> {
-        match self.index.get(&id) {
+        match self.index.get(id) {
             Some(loc) if loc.queue == MANY_QUEUES => self.multi.get(&id).cloned().unwrap_or_default(),
             Some(loc) => vec![(loc.queue, loc.delivered)],
             None => Vec::new(),

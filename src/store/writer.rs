@@ -283,12 +283,12 @@ impl LogStore {
                 later.push(r);
                 continue;
             }
-            let still_there = inner.index.get(&r.id).is_some_and(|l| l.segment == r.from);
+            let still_there = inner.index.get(r.id).is_some_and(|l| l.segment == r.from);
             if !still_there {
                 continue;
             }
             let len = r.to.len as u64;
-            if let Some(old) = inner.index.get(&r.id).copied() {
+            if let Some(old) = inner.index.get(r.id).copied() {
                 if let Some(meta) = inner.segments.get_mut(&old.segment) {
                     meta.live_messages -= 1;
                     meta.live_bytes -= old.len as u64;

@@ -172,19 +172,9 @@ impl State {
     /// Hands each consumer of a stream the messages from its cursor on,
     /// while it has credit and its channel and socket have room. Bodies
     /// not in memory are asked of the loader, once for all readers.
-    pub(in crate::broker) fn deliver_stream(&mut self, vhost: &str, queue: &str, store: &LogStore) {
-        let State {
-            vhosts,
-            channels,
-            loader,
-            stats,
-            durability_waiters,
-            durability_wanted,
-            timers,
-            consumer_timeout,
-            ..
-        } = self;
-        let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
+    pub(in crate::broker) fn deliver_stream(&self, q: &mut Queue, store: &LogStore) {
+        let State { channels, loader, stats, durability_waiters, durability_wanted, timers, consumer_timeout, .. } =
+            self;
         let loader = loader.as_ref().filter(|l| l.is_alive());
         let Queue { kind, consumers, counters, name, incarnation, vhost: q_vhost, store_id, args, .. } = q;
         let QueueKind::Stream(stream) = kind else { return };
@@ -194,7 +184,8 @@ impl State {
         let mut delivered = 0;
         for consumer in consumers.iter_mut() {
             let Some(cursor) = consumer.stream.as_deref_mut() else { continue };
-            let Some(ch) = channels.get_mut(&(consumer.connection.id, consumer.channel)) else { continue };
+            let Some(ch) = channels.get(&(consumer.connection.id, consumer.channel)) else { continue };
+            let mut ch = ch.lock();
             while consumer.unacked < consumer.prefetch as u32 && ch.has_room() && consumer.connection.has_room() {
                 let Some(entry) = stream.entry_from(cursor.next) else {
                     // Caught up: it waits for the next publish.
@@ -278,7 +269,7 @@ impl State {
         stream.evict_warm(needed_from.unwrap_or(u64::MAX), readers * super::WARM_BYTES_PER_READER);
         GlobalStats::add(&stats.delivered_consume_manual_ack, delivered);
         if awaits_durability {
-            durability_waiters.insert((q_vhost.clone(), name.clone()));
+            durability_waiters.lock().insert((q_vhost.clone(), name.clone()));
             durability_wanted.notify_one();
         }
         q.delivered(delivered as usize);
@@ -287,12 +278,17 @@ impl State {
     /// Bodies the loader read back for a stream: they go to the stream's
     /// entries, for every reader, and the readers go on.
     pub(in crate::broker) fn stream_loaded(
-        &mut self,
+        &self,
         request: &LoadRequest,
         read: Vec<(u64, u64, std::result::Result<MessageRecord, StoreError>)>,
         store: &LogStore,
     ) {
-        let Some(q) = self.queue_of(&request.vhost, &request.queue, request.incarnation) else { return };
+        let Some(cell) = self.queue(&request.vhost, &request.queue) else { return };
+        let mut guard = cell.lock();
+        if guard.incarnation != request.incarnation {
+            return;
+        }
+        let q = &mut *guard;
         let Queue { kind, vhost, name, incarnation, store_id, .. } = q;
         let (store_id, queue_ref) = (*store_id, (&*vhost, &*name, *incarnation));
         let QueueKind::Stream(stream) = kind else { return };
@@ -305,7 +301,7 @@ impl State {
                 Err(e) => unreadable(stream, (store_id, offset), store, &e, queue_ref),
             }
         }
-        self.deliver_stream(&request.vhost, &request.queue, store);
+        self.deliver_stream(q, store);
     }
 }
 
@@ -332,11 +328,14 @@ pub fn spawn_durability_waker(
                         return;
                     }
                     let Some(state) = state.upgrade() else { return };
-                    let mut st = state.lock();
-                    for (vhost, queue) in std::mem::take(&mut st.durability_waiters) {
-                        st.deliver_stream(&vhost, &queue, &store);
+                    let st = state.read();
+                    let waiters = std::mem::take(&mut *st.durability_waiters.lock());
+                    for (vhost, queue) in waiters {
+                        if let Some(q) = st.queue(&vhost, &queue) {
+                            st.deliver_stream(&mut q.lock(), &store);
+                        }
                     }
-                    if st.durability_waiters.is_empty() {
+                    if st.durability_waiters.lock().is_empty() {
                         break;
                     }
                 }
