@@ -119,6 +119,11 @@ impl SegmentMeta {
 const CHUNK_BUFFER: usize = 64 * 1024;
 /// Written chunks' buffers kept for reuse.
 const KEPT_BUFFERS: usize = 8;
+/// A written buffer larger than this (grown for a large message) is freed
+/// rather than kept. A pass of S1 fills about 300 KiB: a buffer that
+/// size is kept, or every pass would grow a new one from [`CHUNK_BUFFER`]
+/// by doubling, copying what it held each time, under the log's lock.
+const KEPT_BUFFER_MAX: usize = 1 << 20;
 
 /// Bytes for the writer: contiguous records of one segment, opened by a
 /// commit-group record the writer fills in when it writes them.
@@ -317,7 +322,7 @@ impl Inner {
             self.spare_chunk_list = emptied;
         }
         for mut buffer in spent {
-            if self.free_buffers.len() >= KEPT_BUFFERS || buffer.capacity() > 4 * CHUNK_BUFFER {
+            if self.free_buffers.len() >= KEPT_BUFFERS || buffer.capacity() > KEPT_BUFFER_MAX {
                 continue;
             }
             buffer.clear();
