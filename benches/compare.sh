@@ -77,14 +77,11 @@ rev=$(git rev-parse --short HEAD 2>/dev/null || echo dev)
 WARREN_LABEL="warren-$rev"
 
 scratch=$(mktemp -d /tmp/warren-compare.XXXXXX)
-warren_pid=""; rmq_dir=""; rmq_pid=""; epmd_before=""
+warren_pid=""; rmq_dir=""; rmq_pid=""
 cleanup() {
     [[ -n $warren_pid ]] && kill -9 "$warren_pid" 2>/dev/null
     if [[ -n $rmq_pid ]]; then kill -9 "$rmq_pid" 2>/dev/null; fi
-    if [[ -n $rmq_dir && -z $epmd_before ]]; then
-        local e; e=$(pgrep -x epmd || true)   # started by our node: stop it, by PID
-        [[ -n $e ]] && kill "$e" 2>/dev/null
-    fi
+    [[ -n $rmq_dir ]] && stop_our_epmd
     [[ -n $rmq_dir ]] && rm -rf "$rmq_dir"
     rm -rf "$scratch"
 }
@@ -221,7 +218,6 @@ if [[ ${SKIP_RABBITMQ:-0} == 1 ]]; then
 elif [[ -n $(rabbit_unavailable) ]]; then
     echo "# RabbitMQ skipped: $(rabbit_unavailable)"
 else
-    epmd_before=$(pgrep -x epmd || true)
     rmq_dir=$(mktemp -d /tmp/warren-compare-rmq.XXXXXX)
     RPORT=$(free_port); DPORT=$(free_port)
     while [[ $DPORT == "$RPORT" || $DPORT == "$PORT" ]]; do DPORT=$(free_port); done

@@ -66,15 +66,12 @@ have_perf=0
 perf stat -e raw_syscalls:sys_enter,context-switches -- true >/dev/null 2>&1 && have_perf=1
 [[ $have_perf == 1 ]] || echo "perf with the raw_syscalls tracepoint is not usable here: syscall figures are '-'" >&2
 
-pid=""; scratch=""; rmq_dir=""; rmq_pid=""; epmd_before=""
+pid=""; scratch=""; rmq_dir=""; rmq_pid=""
 cleanup() {
     [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null
     [[ -n $scratch ]] && rm -rf "$scratch"
-    if [[ -n $rmq_pid ]]; then kill -TERM "$rmq_pid" 2>/dev/null && wait_exit "$rmq_pid"; fi
-    if [[ -n $rmq_dir && -z $epmd_before ]]; then
-        local e; e=$(pgrep -x epmd || true)   # started by our node: stop it, by PID
-        [[ -n $e ]] && kill "$e" 2>/dev/null
-    fi
+    if [[ -n $rmq_pid ]]; then kill -TERM "$rmq_pid" 2>/dev/null && wait_exit "$rmq_pid" || true; fi
+    [[ -n $rmq_dir ]] && stop_our_epmd
     [[ -n $rmq_dir ]] && rm -rf "$rmq_dir"
     return 0
 }
@@ -85,7 +82,6 @@ if [[ ${RABBITMQ:-0} == 1 ]]; then
     source "$root/benches/support/rabbitmq-node.sh"
     why=$(rabbit_unavailable)
     [[ -z $why ]] || { echo "RABBITMQ=1, but $why" >&2; exit 2; }
-    epmd_before=$(pgrep -x epmd || true)
     rmq_dir=$(mktemp -d /tmp/warren-regress-rmq.XXXXXX)
     RPORT=$(free_port); DPORT=$(free_port); NODE="warren-regress-$$@localhost"
     RURI="amqp://guest:guest@127.0.0.1:$RPORT/%2f"; LOADGEN=$loadgen; RMQ_LOG=$rmq_dir/server.log
@@ -109,6 +105,8 @@ for rep in $(seq "$REPS"); do
             bin=${bins[$i]}; label=${labels[$i]}
             scratch=$(mktemp -d); port=$(free_port)
             if [[ $bin == rabbitmq ]]; then
+                # No broker output of its own (the lock figures are read from these).
+                : >"$scratch/out"; : >"$scratch/log"
                 pid=$rmq_pid; perf_pid=""
                 if [[ $have_perf == 1 ]]; then
                     perf stat -x, -e raw_syscalls:sys_enter,context-switches -o "$scratch/perf" -p "$pid" &
@@ -184,9 +182,9 @@ keys = ["cons_msg_s", "broker_us_per_msg", "syscalls_per_msg", "switches_per_msg
         "broker_lock_ns_per_msg", "log_lock_ns_per_msg"]
 base = labels[0]
 print(f"\nmedians over the repetitions; ratio = build / {base} ('-': the build does not report it)")
-print("scenario figure                 " + "".join(f"{l:>14}" for l in labels) + "".join(f"{'ratio ' + l:>16}" for l in labels[1:]))
+print("scenario figure                 " + "".join(f"{l:>17}" for l in labels) + "".join(f"{'ratio ' + l:>23}" for l in labels[1:]))
 def cell(v):
-    return f"{'-':>14}" if v is None else f"{v:>14,.3f}" if v < 100 else f"{v:>14,.0f}"
+    return f"{'-':>17}" if v is None else f"{v:>17,.3f}" if v < 100 else f"{v:>17,.0f}"
 for sc in dict.fromkeys(k[1] for k in rows):
     for k in keys:
         med = {l: statistics.median(rows[(l, sc, k)]) if rows.get((l, sc, k)) else None for l in labels}
@@ -194,6 +192,6 @@ for sc in dict.fromkeys(k[1] for k in rows):
             continue
         cells = "".join(cell(med[l]) for l in labels)
         b = med[base]
-        ratios = "".join(f"{(med[l] / b):>16.2f}" if b and med[l] is not None else f"{'-':>16}" for l in labels[1:])
+        ratios = "".join(f"{(med[l] / b):>23.2f}" if b and med[l] is not None else f"{'-':>23}" for l in labels[1:])
         print(f"{sc:<8} {k:<23}{cells}{ratios}")
 PY

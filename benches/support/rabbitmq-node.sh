@@ -63,3 +63,13 @@ await_rabbit() { # until it accepts AMQP connections (the listener opens at the 
 }
 stop_rabbit() { kill -TERM "$rmq_pid"; wait_exit "$rmq_pid"; rmq_pid=""; }
 kill9_rabbit() { kill -9 "$rmq_pid"; wait_exit "$rmq_pid"; rmq_pid=""; }
+# Stops the epmd our node started (the node starts it when none runs; it
+# outlives the node), found by our node name in its environment: an epmd
+# that served other nodes before ours is not ours and is left alone.
+stop_our_epmd() {
+    local p
+    for p in $(pgrep -x epmd || true); do
+        tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "RABBITMQ_NODENAME=$NODE" && kill "$p" 2>/dev/null
+    done
+    return 0
+}

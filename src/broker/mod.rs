@@ -41,6 +41,8 @@
 mod acks;
 pub mod arguments;
 pub mod classic;
+#[cfg(test)]
+mod concurrency_tests;
 mod dead_letter;
 pub mod deadlines;
 mod dispatch;
