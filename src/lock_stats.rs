@@ -1,8 +1,8 @@
-//! How long the locks every message passes through are held: the broker's
-//! state lock and the log's lock. What a message spends under a lock that
-//! every message takes is the part of its cost that more cores cannot
-//! share (Amdahl): with `h` seconds held per message, no number of cores
-//! passes `1 / h` messages per second.
+//! How long the broker-wide locks are held: the broker's state lock
+//! (exclusive and shared holds apart) and the log's lock. What a message
+//! spends under a lock that every message takes exclusively is the part of
+//! its cost that more cores cannot share (Amdahl): with `h` seconds held
+//! per message, no number of cores passes `1 / h` messages per second.
 //!
 //! Timing every hold would cost two clock reads per lock taken, a few
 //! percent of a message's cost; one hold in [`SAMPLE_EVERY`] is timed
@@ -14,7 +14,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// One hold in this many is timed.
 pub const SAMPLE_EVERY: u64 = 64;
@@ -77,28 +77,6 @@ impl Drop for HoldTimer<'_> {
     }
 }
 
-/// A mutex whose holds are counted and sampled ([`HoldStats`]).
-#[derive(Debug, Default)]
-pub struct TimedMutex<T> {
-    inner: Mutex<T>,
-    stats: HoldStats,
-}
-
-impl<T> TimedMutex<T> {
-    pub fn new(value: T) -> TimedMutex<T> {
-        TimedMutex { inner: Mutex::new(value), stats: HoldStats::default() }
-    }
-
-    pub fn lock(&self) -> TimedGuard<'_, T> {
-        let guard = self.inner.lock();
-        TimedGuard { timer: self.stats.start(), guard }
-    }
-
-    pub fn hold_figures(&self) -> HoldFigures {
-        self.stats.figures()
-    }
-}
-
 /// A read-write lock whose exclusive holds and shared holds are counted
 /// and sampled apart: only exclusive holds serialise the threads that
 /// take it (a shared hold costs its two atomic updates, not a wait).
@@ -117,13 +95,13 @@ impl<T> TimedRwLock<T> {
     /// An exclusive hold.
     pub fn write(&self) -> TimedWriteGuard<'_, T> {
         let guard = self.inner.write();
-        TimedWriteGuard { _timer: self.exclusive.start(), guard }
+        Timed { timer: self.exclusive.start(), guard }
     }
 
     /// A shared hold.
     pub fn read(&self) -> TimedReadGuard<'_, T> {
         let guard = self.inner.read();
-        TimedReadGuard { timer: self.shared.start(), guard }
+        Timed { timer: self.shared.start(), guard }
     }
 
     /// The exclusive holds.
@@ -137,73 +115,36 @@ impl<T> TimedRwLock<T> {
     }
 }
 
-/// An exclusive hold of a [`TimedRwLock`], recorded when dropped.
-pub struct TimedWriteGuard<'a, T> {
-    // Only dropped, before the guard (fields drop in order).
-    _timer: HoldTimer<'a>,
-    guard: RwLockWriteGuard<'a, T>,
-}
-
-impl<T> Deref for TimedWriteGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.guard
-    }
-}
-
-impl<T> DerefMut for TimedWriteGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.guard
-    }
-}
-
-/// A shared hold of a [`TimedRwLock`], recorded when dropped.
-pub struct TimedReadGuard<'a, T> {
-    timer: HoldTimer<'a>,
-    guard: RwLockReadGuard<'a, T>,
-}
-
-impl<T> Deref for TimedReadGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.guard
-    }
-}
-
-impl<T> TimedReadGuard<'_, T> {
-    /// Ends the hold (the timer first: fields drop in order anyway, this
-    /// names the moment).
-    pub fn release(self) {
-        let TimedReadGuard { timer, guard } = self;
-        drop(timer);
-        drop(guard);
-    }
-}
-
-/// The guard of a [`TimedMutex`]: the hold is recorded when it is dropped.
-pub struct TimedGuard<'a, T> {
+/// A guard whose hold is recorded when it is dropped: `G` is the lock's
+/// own guard.
+pub struct Timed<'a, G> {
     // Dropped before the guard (fields drop in order): the time recorded
     // is the time held.
     timer: HoldTimer<'a>,
-    guard: MutexGuard<'a, T>,
+    guard: G,
 }
 
-impl<T> Deref for TimedGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
+/// An exclusive hold of a [`TimedRwLock`].
+pub type TimedWriteGuard<'a, T> = Timed<'a, RwLockWriteGuard<'a, T>>;
+/// A shared hold of a [`TimedRwLock`].
+pub type TimedReadGuard<'a, T> = Timed<'a, RwLockReadGuard<'a, T>>;
+
+impl<G: Deref> Deref for Timed<'_, G> {
+    type Target = G::Target;
+    fn deref(&self) -> &G::Target {
         &self.guard
     }
 }
 
-impl<T> DerefMut for TimedGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
+impl<G: DerefMut> DerefMut for Timed<'_, G> {
+    fn deref_mut(&mut self) -> &mut G::Target {
         &mut self.guard
     }
 }
 
-impl<T: std::fmt::Debug> std::fmt::Debug for TimedGuard<'_, T> {
+impl<G> std::fmt::Debug for Timed<'_, G> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TimedGuard").field("timer", &self.timer).finish_non_exhaustive()
+        f.debug_struct("Timed").field("timer", &self.timer).finish_non_exhaustive()
     }
 }
 
@@ -213,13 +154,18 @@ mod tests {
 
     #[test]
     fn every_hold_is_counted_and_one_in_sample_every_is_timed() {
-        let m = TimedMutex::new(0u64);
+        let m = TimedRwLock::new(0u64);
         for _ in 0..(SAMPLE_EVERY * 3) {
-            *m.lock() += 1;
+            *m.write() += 1;
+        }
+        for _ in 0..SAMPLE_EVERY {
+            assert!(*m.read() > 0);
         }
         let f = m.hold_figures();
-        assert_eq!(f.holds, SAMPLE_EVERY * 3);
-        assert_eq!(m.stats.sampled.load(Ordering::Relaxed), 3);
+        assert_eq!(f.holds, SAMPLE_EVERY * 3, "exclusive holds");
+        assert_eq!(m.exclusive.sampled.load(Ordering::Relaxed), 3);
+        assert_eq!(m.shared_figures().holds, SAMPLE_EVERY, "shared holds, counted apart");
+        assert_eq!(m.shared.sampled.load(Ordering::Relaxed), 1);
     }
 
     #[test]
