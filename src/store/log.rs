@@ -480,7 +480,6 @@ impl LogStore {
             }
             inner.release(from, queue);
         }
-        let offset = (end - inner.active_base()) as u32 - len as u32;
         let queue = if queues.len() == 1 {
             queues[0]
         } else {
@@ -488,8 +487,9 @@ impl LogStore {
             MANY_QUEUES
         };
         let segment = inner.active;
-        inner.index.insert(id, Loc { segment, offset, len: len as u32, queue, delivered: false });
+        let mut offset = 0;
         if let Some(meta) = inner.segments.get_mut(&segment) {
+            offset = (end - meta.base) as u32 - len as u32;
             meta.live_messages += 1;
             meta.live_bytes += len as u64;
             // The id was taken before `append` opened this segment, so it
@@ -497,6 +497,7 @@ impl LogStore {
             meta.id_floor = meta.id_floor.min(id);
             meta.id_ceil = meta.id_ceil.max(id + 1);
         }
+        inner.index.insert(id, Loc { segment, offset, len: len as u32, queue, delivered: false });
         held.end();
         drop(inner);
         self.stats.published_bytes.fetch_add(len as u64, Ordering::Relaxed);

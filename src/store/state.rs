@@ -333,6 +333,24 @@ impl Inner {
     /// Appends a record of exactly `len` bytes written by `encode`; returns
     /// the log position just past it.
     pub fn append(&mut self, len: usize, message_id: u64, encode: impl FnOnce(&mut Vec<u8>)) -> u64 {
+        // The common case, with one lookup of the active segment: the
+        // record fits and continues the last pending chunk.
+        if let Some(meta) = self.segments.get_mut(&self.active)
+            && meta.used as usize + len <= meta.capacity as usize
+            && let Some(chunk) = self.pending.last_mut()
+            && chunk.segment == self.active
+            && chunk.offset + chunk.data.len() as u32 == meta.used
+        {
+            let end = meta.base + meta.used as u64 + len as u64;
+            meta.used += len as u32;
+            let before = chunk.data.len();
+            encode(&mut chunk.data);
+            debug_assert_eq!(chunk.data.len() - before, len, "record length estimate");
+            chunk.max_message_id = chunk.max_message_id.max(message_id);
+            self.pending_bytes += len;
+            self.appended.store(end, Ordering::Release);
+            return end;
+        }
         let (base, capacity, used) = match self.segments.get(&self.active) {
             Some(m) => (m.base, m.capacity, m.used),
             None => (0, 0, 0),
