@@ -183,12 +183,7 @@ impl State {
                 self.deliver_ready(q, store);
                 // What no consumer took and is already due (a TTL of 0) goes now.
                 if q.next_expiry().is_some_and(|at| queue::now_ms() >= at) {
-                    let expired = q.expire(queue::now_ms());
-                    if q.args.dead_letter_exchange.is_none() {
-                        dead_letter::forget(store, q.settle_id(), &expired);
-                    } else if !expired.is_empty() {
-                        delivery.departed.push(Departed::from(q, expired, Reason::Expired));
-                    }
+                    delivery.departed.extend(super::queues::expire_due(q, store));
                 }
                 // Length limits apply to what no consumer took.
                 let dropped = q.trim_to_limits();

@@ -280,19 +280,26 @@ impl State {
     /// drops them, and their log records' claim). The caller does not
     /// hold the queue's lock.
     pub(super) fn expire_messages(&self, cell: &QueueLock, store: &LogStore) {
-        let mut q = cell.lock();
-        let expired = q.expire(queue::now_ms());
-        if expired.is_empty() {
-            return;
+        let departed = expire_due(&mut cell.lock(), store);
+        if let Some(departed) = departed {
+            self.depart(departed, store);
         }
-        if q.args.dead_letter_exchange.is_none() {
-            dead_letter::forget(store, q.settle_id(), &expired);
-            return;
-        }
-        let departed = Departed::from(&q, expired, Reason::Expired);
-        drop(q);
-        self.depart(departed, store);
     }
+}
+
+/// Takes a locked queue's expired head messages out: dropped (with their
+/// log records' claim) when the queue has no dead-letter exchange, else
+/// returned to be dead-lettered once the queue's lock is let go.
+pub(super) fn expire_due(q: &mut Queue, store: &LogStore) -> Option<Departed> {
+    let expired = q.expire(queue::now_ms());
+    if expired.is_empty() {
+        return None;
+    }
+    if q.args.dead_letter_exchange.is_none() {
+        dead_letter::forget(store, q.settle_id(), &expired);
+        return None;
+    }
+    Some(Departed::from(q, expired, Reason::Expired))
 }
 
 /// The segment size and filter size limits RabbitMQ checks when a stream

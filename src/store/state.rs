@@ -236,6 +236,24 @@ pub fn group_by_queue(groups: &mut Vec<(u32, Vec<u64>)>, queue: u32, id: u64) {
     }
 }
 
+/// Writes a record of `len` bytes at the end of `chunk`, the last chunk of
+/// segment `meta`; returns the log position just past it.
+fn write_record(
+    meta: &mut SegmentMeta,
+    chunk: &mut Chunk,
+    len: usize,
+    message_id: u64,
+    encode: impl FnOnce(&mut Vec<u8>),
+) -> u64 {
+    let end = meta.base + meta.used as u64 + len as u64;
+    meta.used += len as u32;
+    let before = chunk.data.len();
+    encode(&mut chunk.data);
+    debug_assert_eq!(chunk.data.len() - before, len, "record length estimate");
+    chunk.max_message_id = chunk.max_message_id.max(message_id);
+    end
+}
+
 impl Inner {
     /// Bytes of live message records, and bytes the segment files take
     /// (without the spare; `with_compacted`: also segments compacted and
@@ -341,16 +359,21 @@ impl Inner {
             && chunk.segment == self.active
             && chunk.offset + chunk.data.len() as u32 == meta.used
         {
-            let end = meta.base + meta.used as u64 + len as u64;
-            meta.used += len as u32;
-            let before = chunk.data.len();
-            encode(&mut chunk.data);
-            debug_assert_eq!(chunk.data.len() - before, len, "record length estimate");
-            chunk.max_message_id = chunk.max_message_id.max(message_id);
-            self.pending_bytes += len;
-            self.appended.store(end, Ordering::Release);
-            return end;
+            let end = write_record(meta, chunk, len, message_id, encode);
+            return self.appended_up_to(end, len);
         }
+        self.open_chunk(len);
+        let (Some(meta), Some(chunk)) = (self.segments.get_mut(&self.active), self.pending.last_mut()) else {
+            return self.appended.load(Ordering::Acquire);
+        };
+        let end = write_record(meta, chunk, len, message_id, encode);
+        self.appended_up_to(end, len)
+    }
+
+    /// Makes room for a record of `len` bytes that does not continue the
+    /// last pending chunk: a new segment when the active one has no room
+    /// for it, and a new chunk opened by its group record.
+    fn open_chunk(&mut self, len: usize) {
         let (base, capacity, used) = match self.segments.get(&self.active) {
             Some(m) => (m.base, m.capacity, m.used),
             None => (0, 0, 0),
@@ -373,7 +396,7 @@ impl Inner {
         let seq = self.active;
         if !contiguous(self) {
             let mut data = self.buffer(GROUP_RECORD_LEN + len);
-            let Some(meta) = self.segments.get_mut(&seq) else { return self.appended.load(Ordering::Acquire) };
+            let Some(meta) = self.segments.get_mut(&seq) else { return };
             let offset = meta.used;
             meta.used += GROUP_RECORD_LEN as u32;
             data.extend_from_slice(&[0u8; GROUP_RECORD_LEN]);
@@ -389,17 +412,11 @@ impl Inner {
             });
             self.pending_bytes += GROUP_RECORD_LEN;
         }
-        let Some(meta) = self.segments.get_mut(&seq) else { return self.appended.load(Ordering::Acquire) };
-        let (base, offset) = (meta.base, meta.used);
-        meta.used += len as u32;
-        if let Some(chunk) = self.pending.last_mut() {
-            let before = chunk.data.len();
-            encode(&mut chunk.data);
-            debug_assert_eq!(chunk.data.len() - before, len, "record length estimate");
-            chunk.max_message_id = chunk.max_message_id.max(message_id);
-        }
+    }
+
+    /// Counts a record of `len` bytes ending at log position `end` as appended.
+    fn appended_up_to(&mut self, end: u64, len: usize) -> u64 {
         self.pending_bytes += len;
-        let end = base + offset as u64 + len as u64;
         self.appended.store(end, Ordering::Release);
         end
     }

@@ -173,8 +173,7 @@ impl State {
     /// while it has credit and its channel and socket have room. Bodies
     /// not in memory are asked of the loader, once for all readers.
     pub(in crate::broker) fn deliver_stream(&self, q: &mut Queue, store: &LogStore) {
-        let State { channels, loader, stats, durability_waiters, durability_wanted, timers, consumer_timeout, .. } =
-            self;
+        let State { loader, stats, durability_waiters, durability_wanted, timers, consumer_timeout, .. } = self;
         let loader = loader.as_ref().filter(|l| l.is_alive());
         let Queue { kind, consumers, counters, name, incarnation, vhost: q_vhost, store_id, args, .. } = q;
         let QueueKind::Stream(stream) = kind else { return };
@@ -184,8 +183,7 @@ impl State {
         let mut delivered = 0;
         for consumer in consumers.iter_mut() {
             let Some(cursor) = consumer.stream.as_deref_mut() else { continue };
-            let Some(ch) = channels.get(&(consumer.connection.id, consumer.channel)) else { continue };
-            let mut ch = ch.lock();
+            let mut ch = consumer.channel_state.lock();
             while consumer.unacked < consumer.prefetch as u32 && ch.has_room() && consumer.connection.has_room() {
                 let Some(entry) = stream.entry_from(cursor.next) else {
                     // Caught up: it waits for the next publish.
