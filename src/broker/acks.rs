@@ -86,8 +86,6 @@ impl Broker {
             return Err(e);
         }
         let mut touched: Vec<Arc<str>> = Vec::new();
-        // Tombstones, one record per queue for the whole batch.
-        let mut tombstones: Vec<(u32, Vec<u64>)> = Vec::new();
         let mut departed: Vec<Departed> = Vec::new();
         let mut acked = 0;
         // Tracked stream offsets to move: (stream, tag, highest acked).
@@ -96,17 +94,29 @@ impl Broker {
         // The queue locked for the entries before; the next entry is
         // mostly of the same queue.
         let mut held: Option<(&Arc<str>, parking_lot::MutexGuard<'_, Queue>)> = None;
+        // The held queue's effects, carried out when it is let go.
+        let mut fx = Effects::default();
+        let mut logged = Ok(());
+        let now = queue::now_ms();
         for u in settled {
             if held.as_ref().is_none_or(|(name, _)| **name != u.queue) {
                 // One queue's lock at a time: let go before taking the next.
-                drop(held.take());
+                if let Some((_, q)) = held.take() {
+                    logged = logged.and(carry_out(&q, &mut fx, &self.store, &mut departed));
+                }
                 held = v.queues.get_key_value(&u.queue).map(|(name, cell)| (name, cell.lock()));
             }
             let Some((_, q)) = held.as_mut() else { continue };
             if q.incarnation != u.incarnation {
                 continue;
             }
-            q.settled();
+            if !touched.contains(&u.queue) {
+                touched.push(u.queue.clone());
+            }
+            if how == Settle::Ack {
+                q.counters.ack += 1;
+                acked += 1;
+            }
             if q.is_stream() {
                 // A stream keeps the message whatever the client says:
                 // the consumer gets its credit back, a tracked offset moves.
@@ -119,57 +129,23 @@ impl Broker {
                         None => tracks.push((u.queue.clone(), tracked, offset)),
                     }
                 }
-                if how == Settle::Ack {
-                    q.counters.ack += 1;
-                    acked += 1;
-                }
-                if !touched.contains(&u.queue) {
-                    touched.push(u.queue.clone());
-                }
-                continue;
-            }
-            if let Some(tag) = &u.consumer_tag
+            } else if let Some(tag) = &u.consumer_tag
                 && let Some(c) = q.consumer_mut(tag, conn, channel)
             {
                 c.unacked = c.unacked.saturating_sub(1);
             }
-            if !touched.contains(&u.queue) {
-                touched.push(u.queue.clone());
-            }
-            match how {
-                Settle::Requeue => {
-                    if let Some(entry) = q.requeue(u.entry) {
-                        departed_push(&mut departed, q, entry, Reason::DeliveryLimit);
-                    }
-                }
-                Settle::Discard if q.args.dead_letter_exchange.is_some() => {
-                    departed_push(&mut departed, q, u.entry, Reason::Rejected);
-                }
-                Settle::Ack | Settle::Discard => {
-                    if how == Settle::Ack {
-                        q.counters.ack += 1;
-                        acked += 1;
-                    }
-                    if u.entry.store_id != 0 {
-                        let qid = q.settle_id();
-                        match tombstones.iter_mut().find(|(id, _)| *id == qid) {
-                            Some((_, ids)) => ids.push(u.entry.store_id),
-                            None => tombstones.push((qid, vec![u.entry.store_id])),
-                        }
-                    }
-                }
-            }
+            q.apply(Command::Settle { entry: u.entry, how }, now, &mut fx);
         }
-        drop(held);
+        if let Some((_, q)) = held.take() {
+            logged = logged.and(carry_out(&q, &mut fx, &self.store, &mut departed));
+        }
         for (queue, tag, offset) in tracks {
             if let Some(q) = v.queues.get(&queue) {
                 stream::track(&mut q.lock(), tag, offset, &self.store);
             }
         }
         GlobalStats::add(&self.stats.acknowledged, acked);
-        for (qid, ids) in &tombstones {
-            self.store.ack(*qid, ids).map_err(store_failed)?;
-        }
+        logged.map_err(store_failed)?;
         for d in departed {
             st.depart(d, &self.store);
         }
@@ -210,11 +186,4 @@ fn take_unacked(ch: &mut ChannelState, delivery_tag: u64, multiple: bool, out: &
         }
     }
     Ok(())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Settle {
-    Ack,
-    Requeue,
-    Discard,
 }

@@ -4,15 +4,19 @@
 //! bodies. Its state is private; every change goes through a method that
 //! keeps the counts, and the time is always given (`now`), never read.
 //!
-//! Operations that can make the queue need the timer return the deadline
-//! to arm (`Some(at)`): the owner arms it, so this type knows no thread.
+//! Its changes come in as commands ([`ClassicQueue::apply`], the
+//! interface of `broker::queue_type`); what they ask of the world goes out
+//! as effects: the deadline to arm, log records, dead letters. So this
+//! type knows no thread, no log and no clock.
 
 use std::sync::Arc;
 
 use super::arguments::{Overflow, QueueArgs};
+use super::dead_letter::Reason;
 use super::level::{Level, Spill};
 use super::message::Message;
 use super::queue::{Enqueued, QueuedMessage, RestoredMeta};
+use super::queue_type::{Command, Effects, Settle};
 
 #[derive(Debug)]
 pub struct ClassicQueue {
@@ -30,10 +34,10 @@ pub struct ClassicQueue {
 /// What offering a message did: taken or refused, what left the head to
 /// make room, and the deadline its expiry needs.
 #[derive(Debug)]
-pub struct Offered {
-    pub outcome: Enqueued,
-    pub dropped: Vec<QueuedMessage>,
-    pub deadline: Option<u64>,
+struct Offered {
+    outcome: Enqueued,
+    dropped: Vec<QueuedMessage>,
+    deadline: Option<u64>,
 }
 
 /// The deadline of a message's expiry (`expires_at` is the expiry plus one).
@@ -51,6 +55,60 @@ impl ClassicQueue {
             next_seq: 0,
             cold: 0,
             timed: 0,
+        }
+    }
+
+    /// Applies one command (see `broker::queue_type`) at time `now`.
+    pub fn apply(&mut self, args: &QueueArgs, command: Command, now: u64, fx: &mut Effects) {
+        let dead_letter = args.dead_letter_exchange.is_some();
+        match command {
+            Command::Enqueue { message, store_id, trim_later } => {
+                let offered = self.enqueue(args, message, store_id, now, trim_later);
+                fx.rejected |= offered.outcome == Enqueued::Rejected;
+                fx.arm(offered.deadline);
+                fx.departed(dead_letter, offered.dropped, Reason::Maxlen);
+            }
+            Command::Checkout { settled } => {
+                let Some(entry) = self.pop_ready() else { return };
+                if entry.store_id != 0 {
+                    if settled {
+                        fx.log_settled.push(entry.store_id);
+                    } else if !entry.redelivered {
+                        fx.log_delivered.push(entry.store_id);
+                    }
+                }
+                fx.taken = Some(entry);
+            }
+            Command::Settle { entry, how: Settle::Ack } => {
+                if entry.store_id != 0 {
+                    fx.log_settled.push(entry.store_id);
+                }
+            }
+            Command::Settle { entry, how: Settle::Requeue } => fx.arm(self.requeue(entry)),
+            Command::Settle { entry, how: Settle::Discard } => fx.departed_one(dead_letter, entry, Reason::Rejected),
+            Command::Return { entry, settled } => {
+                fx.unmark(entry.store_id, settled);
+                fx.arm(self.put_back(entry));
+            }
+            Command::Expire => {
+                let expired = self.expire(now);
+                fx.departed(dead_letter, expired, Reason::Expired);
+            }
+            Command::Trim => {
+                let dropped = self.trim_to_limits(args);
+                fx.departed(dead_letter, dropped, Reason::Maxlen);
+            }
+            Command::Purge => {
+                let purged = self.purge();
+                fx.removed += purged.len();
+                fx.departed(false, purged, Reason::Maxlen);
+            }
+            Command::Remove { seq, store_id } => {
+                if let Some(entry) = self.remove_ready(seq, store_id) {
+                    fx.removed += 1;
+                    fx.departed_one(false, entry, Reason::Maxlen);
+                }
+            }
         }
     }
 
@@ -76,7 +134,7 @@ impl ClassicQueue {
 
     /// Drops ready messages from the head while the queue is over a length
     /// limit it drops for (a limit lowered by a policy); returns them.
-    pub fn trim_to_limits(&mut self, args: &QueueArgs) -> Vec<QueuedMessage> {
+    fn trim_to_limits(&mut self, args: &QueueArgs) -> Vec<QueuedMessage> {
         let mut dropped = Vec::new();
         if matches!(args.overflow, Some(Overflow::RejectPublish | Overflow::RejectPublishDlx)) {
             return dropped;
@@ -115,7 +173,7 @@ impl ClassicQueue {
     /// `trim_later` a drop-head limit is left to [`ClassicQueue::trim_to_limits`]
     /// after delivery, so that a waiting consumer still gets the message
     /// (as RabbitMQ delivers before it drops).
-    pub fn enqueue(
+    fn enqueue(
         &mut self,
         args: &QueueArgs,
         message: Arc<Message>,
@@ -193,7 +251,7 @@ impl ClassicQueue {
     /// Drops the expired messages at the head of each level, as RabbitMQ
     /// does (a message behind one that lives longer waits for it); returns
     /// them so the log can forget them.
-    pub fn expire(&mut self, now: u64) -> Vec<QueuedMessage> {
+    fn expire(&mut self, now: u64) -> Vec<QueuedMessage> {
         let mut expired = Vec::new();
         if self.timed == 0 {
             return expired;
@@ -251,14 +309,14 @@ impl ClassicQueue {
 
     /// Puts a message that was delivered back at its original place,
     /// flagged redelivered; returns the deadline its expiry needs.
-    pub fn requeue(&mut self, mut entry: QueuedMessage) -> Option<u64> {
+    fn requeue(&mut self, mut entry: QueuedMessage) -> Option<u64> {
         entry.redelivered = true;
         self.put_back(entry)
     }
 
     /// Puts a message taken from the queue but never delivered back at its
     /// place; returns the deadline its expiry needs.
-    pub fn put_back(&mut self, entry: QueuedMessage) -> Option<u64> {
+    fn put_back(&mut self, entry: QueuedMessage) -> Option<u64> {
         if entry.message.is_none() {
             self.cold += 1;
         }
@@ -341,7 +399,7 @@ impl ClassicQueue {
 
     /// Takes a ready message out of the queue wherever it is (one whose
     /// body cannot be read back).
-    pub fn remove_ready(&mut self, seq: u64, store_id: u64) -> Option<QueuedMessage> {
+    fn remove_ready(&mut self, seq: u64, store_id: u64) -> Option<QueuedMessage> {
         let entry = self.levels.iter_mut().rev().find_map(|l| l.remove(seq, store_id))?;
         self.taken(&entry);
         Some(entry)
@@ -349,14 +407,14 @@ impl ClassicQueue {
 
     /// The next message to deliver: the highest priority first, requeued
     /// ones before later publishes of their priority.
-    pub fn pop_ready(&mut self) -> Option<QueuedMessage> {
+    fn pop_ready(&mut self) -> Option<QueuedMessage> {
         let entry = self.levels.iter_mut().rev().find(|l| l.len() > 0)?.pop()?;
         self.taken(&entry);
         Some(entry)
     }
 
     /// Drops every ready message; returns them.
-    pub fn purge(&mut self) -> Vec<QueuedMessage> {
+    fn purge(&mut self) -> Vec<QueuedMessage> {
         let mut all = Vec::with_capacity(self.ready_len);
         for level in &mut self.levels {
             all.extend(level.ready.drain(..));

@@ -201,12 +201,14 @@ impl Broker {
             }
             st.expire_messages(&qcell, &self.store);
             let mut q = qcell.lock();
-            let Some(mut entry) = q.pop_ready() else {
+            let mut fx = Effects::default();
+            q.apply(Command::Checkout { settled: no_ack }, queue::now_ms(), &mut fx);
+            let Some(mut entry) = fx.taken.take() else {
                 GlobalStats::add(&self.stats.get_empty, 1);
                 handle.method(channel, BasicGetEmpty::default());
                 return Ok(());
             };
-            if entry.message.is_none() && st.loader.as_ref().is_some_and(|l| l.is_alive()) {
+            if entry.message.is_none() {
                 // Read the body back holding no lock.
                 drop(q);
                 drop(st);
@@ -220,18 +222,20 @@ impl Broker {
                 match read {
                     Ok(record) => entry.message = Some(Arc::new(message_from_record(record))),
                     Err(e) => {
-                        drop_unreadable(&self.store, &q, entry.store_id, &e);
+                        drop_checked_out(&mut q, entry, no_ack, &e, &mut fx);
+                        let _ = carry_out(&q, &mut fx, &self.store, &mut Vec::new());
                         continue;
                     }
                 }
             }
             let Some(cell) = st.channel(conn, channel) else {
-                q.put_back(entry);
+                // Closed from outside while the body was read: it goes back.
+                q.apply(Command::Return { entry, settled: no_ack }, queue::now_ms(), &mut fx);
                 return Err(AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"));
             };
             let mut ch = cell.lock();
             let q = &mut *q;
-            let Some(message) = load(&self.store, q, &entry) else { continue };
+            let Some(message) = entry.message.clone() else { continue };
             let message = q.as_delivered(&entry, message);
             let tag = ch.take_tag();
             if no_ack {
@@ -252,20 +256,9 @@ impl Broker {
                 routing_key: message.routing_key.clone(),
                 message_count: q.ready_count() as u32,
             };
-            if entry.store_id != 0 {
-                let qid = q.settle_id();
-                let stored = if no_ack {
-                    self.store.ack(qid, &[entry.store_id])
-                } else if !entry.redelivered {
-                    self.store.delivered(qid, &[entry.store_id])
-                } else {
-                    Ok(())
-                };
-                stored.map_err(store_failed)?;
-            }
+            carry_out(q, &mut fx, &self.store, &mut Vec::new()).map_err(store_failed)?;
             if !no_ack {
                 let now = queue::now_ms();
-                q.delivered(1);
                 ch.unacked.insert(
                     tag,
                     Unacked {
@@ -315,11 +308,11 @@ impl State {
         }
         let State { loader, stats, timers, consumer_timeout, .. } = self;
         let counters_before = q.counters;
-        // Log records for this drain, written once at the end: first
-        // deliveries (so a restart flags them redelivered) and no-ack
-        // deliveries (which settle at once).
-        let mut delivered: Vec<u64> = Vec::new();
-        let mut settled: Vec<u64> = Vec::new();
+        let now = queue::now_ms();
+        // The log records of this drain (first deliveries, so a restart
+        // flags them redelivered; no-ack deliveries, which settle at once),
+        // written once at the end.
+        let mut fx = Effects::default();
         // Channels found without room during this drain: their consumers
         // are passed over (a channel is locked once per delivery, when its
         // consumer is picked, not once per look).
@@ -356,20 +349,26 @@ impl State {
                 q.consumers.insert(index, consumer);
                 continue;
             }
-            let Some(entry) = q.pop_ready() else {
+            let settled = consumer.no_ack;
+            q.apply(Command::Checkout { settled }, now, &mut fx);
+            let Some(entry) = fx.taken.take() else {
                 drop(ch);
                 q.consumers.insert(index, consumer);
                 break;
             };
-            let Some(message) = load(store, q, &entry) else {
-                drop(ch);
-                q.consumers.insert(index, consumer);
-                continue;
+            let message = match load(store, &entry) {
+                Ok(message) => message,
+                Err(e) => {
+                    drop_checked_out(q, entry, settled, &e, &mut fx);
+                    drop(ch);
+                    q.consumers.insert(index, consumer);
+                    continue;
+                }
             };
             let message = q.as_delivered(&entry, message);
             let delivery_tag = ch.take_tag();
             let redelivered = entry.redelivered;
-            if consumer.no_ack {
+            if settled {
                 q.counters.deliver_no_ack += 1;
             } else {
                 q.counters.deliver += 1;
@@ -377,17 +376,8 @@ impl State {
             if redelivered {
                 q.counters.redeliver += 1;
             }
-            if entry.store_id != 0 {
-                if consumer.no_ack {
-                    settled.push(entry.store_id);
-                } else if !redelivered {
-                    delivered.push(entry.store_id);
-                }
-            }
-            if !consumer.no_ack {
-                let now = queue::now_ms();
+            if !settled {
                 consumer.unacked += 1;
-                q.delivered(1);
                 ch.unacked.insert(
                     delivery_tag,
                     Unacked {
@@ -431,12 +421,7 @@ impl State {
         }
         // A failure here is the log's I/O failure, already reported by the
         // writer; the deliveries themselves are in memory and stand.
-        if !delivered.is_empty() {
-            let _ = store.delivered(q.settle_id(), &delivered);
-        }
-        if !settled.is_empty() {
-            let _ = store.ack(q.settle_id(), &settled);
-        }
+        let _ = carry_out(q, &mut fx, store, &mut Vec::new());
     }
 
     pub(super) fn cancel(&mut self, conn: u64, channel: u16, tag: &str, store: &LogStore) -> bool {
@@ -492,30 +477,28 @@ pub(super) fn read_ahead(q: &mut Queue, loader: &loader::Loader) {
 }
 
 /// The message of a queue entry: from memory, or (when the loader is not
-/// running) read back from the log. A message that cannot be read back
-/// intact is dropped with an error in the log and a tombstone, never
-/// delivered damaged and never brought back by a restart.
-pub(super) fn load(store: &LogStore, q: &Queue, entry: &QueuedMessage) -> Option<Arc<Message>> {
-    if let Some(m) = &entry.message {
-        return Some(m.clone());
-    }
-    match store.read(entry.store_id) {
-        Ok(record) => Some(Arc::new(message_from_record(record))),
-        Err(e) => {
-            drop_unreadable(store, q, entry.store_id, &e);
-            None
-        }
+/// running) read back from the log.
+pub(super) fn load(store: &LogStore, entry: &QueuedMessage) -> std::result::Result<Arc<Message>, StoreError> {
+    match &entry.message {
+        Some(m) => Ok(m.clone()),
+        None => store.read(entry.store_id).map(|record| Arc::new(message_from_record(record))),
     }
 }
 
-pub(super) fn drop_unreadable(store: &LogStore, q: &Queue, store_id: u64, e: &StoreError) {
+/// A message checked out (with `settled` as its checkout) whose body cannot
+/// be read back intact: dropped with an error in the log and its record
+/// settled, never delivered damaged and never brought back by a restart.
+pub(super) fn drop_checked_out(q: &mut Queue, entry: QueuedMessage, settled: bool, e: &StoreError, fx: &mut Effects) {
     tracing::error!(
         "queue '{}' in vhost '{}': a message cannot be read back from the log, dropping it: {e}",
         q.name,
         q.vhost
     );
-    // A failure here is the log's own failure, already reported.
-    let _ = store.ack(q.settle_id(), &[store_id]);
+    fx.unmark(entry.store_id, false);
+    if !settled {
+        // Its settle record: the checkout with `settled` asked for it already.
+        q.apply(Command::Settle { entry, how: Settle::Ack }, queue::now_ms(), fx);
+    }
 }
 
 /// An unacked entry of a stored message keeps no body once the log has

@@ -16,7 +16,9 @@ use std::sync::mpsc::{Receiver, Sender};
 
 use super::StateLock;
 
-use super::message_from_record;
+use super::queue::now_ms;
+use super::queue_type::{Command, Effects};
+use super::{carry_out, message_from_record};
 use crate::store::LogStore;
 
 /// Messages read per request, at most.
@@ -97,7 +99,8 @@ fn run(inbox: Receiver<LoadRequest>, state: &StateLock, store: &LogStore) {
             continue;
         }
         q.loading = false;
-        let mut lost = Vec::new();
+        let mut fx = Effects::default();
+        let now = now_ms();
         for (seq, id, result) in read {
             match result {
                 Ok(record) => q.attach(seq, id, Arc::new(message_from_record(record))),
@@ -107,16 +110,12 @@ fn run(inbox: Receiver<LoadRequest>, state: &StateLock, store: &LogStore) {
                         q.name,
                         q.vhost
                     );
-                    if q.remove_ready(seq, id).is_some() {
-                        lost.push(id);
-                    }
+                    q.apply(Command::Remove { seq, store_id: id }, now, &mut fx);
                 }
             }
         }
-        if !lost.is_empty() {
-            // A failure here is the log's own failure, already reported.
-            let _ = store.ack(q.settle_id(), &lost);
-        }
+        // A failure here is the log's own failure, already reported.
+        let _ = carry_out(&q, &mut fx, store, &mut Vec::new());
         drop(q);
         st.drain_queue(cell, store);
     }

@@ -57,6 +57,7 @@ pub mod operator;
 mod policies;
 mod publish;
 pub mod queue;
+pub mod queue_type;
 mod queues;
 pub mod quorum;
 mod records;
@@ -78,7 +79,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 pub use arguments::{ConsumerArgs, Overflow, QueueArgs, QueueType};
-use dead_letter::{Departed, Reason};
+use dead_letter::Departed;
 use deadlines::{TimerHandle, TimerKey};
 pub use error::{AmqpError, Result, Scope};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
@@ -87,6 +88,7 @@ pub use message::{ConnectionHandle, Message, OutboundShared, Outgoing};
 pub use operator::{ChannelRow, GetSettle, Taken};
 pub use policies::Policy;
 pub use queue::{Consumer, Enqueued, Queue, QueuedMessage};
+use queue_type::{Command, Effects, Settle};
 use queues::purge_queue;
 pub use records::message_from_record;
 use records::{binding_record, exchange_record, queue_record};
@@ -542,16 +544,17 @@ impl State {
         let mut touched: Vec<Arc<str>> = Vec::new();
         let mut over_limit: Vec<Departed> = Vec::new();
         let Some(v) = self.vhosts.get(&vhost) else { return };
+        let now = queue::now_ms();
+        let mut fx = Effects::default();
         for (_, u) in unacked {
             let Some(cell) = v.queues.get(&u.queue) else { continue };
             let mut q = cell.lock();
             if q.incarnation != u.incarnation {
                 continue;
             }
-            q.settled();
-            if let Some(entry) = q.requeue(u.entry) {
-                departed_push(&mut over_limit, &q, entry, Reason::DeliveryLimit);
-            }
+            q.apply(Command::Settle { entry: u.entry, how: Settle::Requeue }, now, &mut fx);
+            // A failure is the log's I/O failure, already reported.
+            let _ = carry_out(&q, &mut fx, store, &mut over_limit);
             if !touched.contains(&u.queue) {
                 touched.push(u.queue.clone());
             }
@@ -592,12 +595,35 @@ impl State {
     }
 }
 
-/// Adds a message that left queue `q` for `reason` to the batch for that queue.
-fn departed_push(batch: &mut Vec<Departed>, q: &Queue, entry: QueuedMessage, reason: Reason) {
-    match batch.iter_mut().find(|d| d.queue == q.name && d.incarnation == q.incarnation && d.reason == reason) {
-        Some(d) => d.entries.push(entry),
-        None => batch.push(Departed::from(q, vec![entry], reason)),
+/// Carries out what applying commands to queue `q` asked of the log (its
+/// records, appended under the queue's settle id) and moves the dead
+/// letters into `departed`, to be dead-lettered once no queue's lock is
+/// held. `fx` is left empty but for `taken`, `rejected` and `removed` (its
+/// deadline `Queue::apply` armed already). An
+/// append that fails is the log's I/O failure, which its writer reports;
+/// the change in memory stands, and the error is returned for a caller that
+/// answers a client with it.
+fn carry_out(
+    q: &Queue,
+    fx: &mut queue_type::Effects,
+    store: &LogStore,
+    departed: &mut Vec<Departed>,
+) -> std::result::Result<(), StoreError> {
+    let mut result = Ok(());
+    if !fx.log_delivered.is_empty() {
+        result = store.delivered(q.settle_id(), &fx.log_delivered);
+        fx.log_delivered.clear();
     }
+    if !fx.log_settled.is_empty() {
+        result = result.and(store.ack(q.settle_id(), &fx.log_settled));
+        fx.log_settled.clear();
+    }
+    if !fx.dead_letters.is_empty() {
+        for (reason, entries) in fx.take_dead_letters() {
+            departed.push(Departed::from(q, entries, reason));
+        }
+    }
+    result
 }
 
 fn store_failed(e: StoreError) -> AmqpError {

@@ -53,7 +53,9 @@ impl Broker {
             // What expired goes first, as for basic.get.
             st.expire_messages(&cell, &self.store);
             let mut q = cell.lock();
-            let Some(mut entry) = q.pop_ready() else { break };
+            let mut fx = Effects::default();
+            q.apply(Command::Checkout { settled: false }, queue::now_ms(), &mut fx);
+            let Some(mut entry) = fx.taken.take() else { break };
             let redelivered = entry.redelivered;
             let message = match entry.message.clone() {
                 Some(m) => m,
@@ -74,7 +76,8 @@ impl Broker {
                             message
                         }
                         Err(e) => {
-                            dispatch::drop_unreadable(&self.store, &q, entry.store_id, &e);
+                            dispatch::drop_checked_out(&mut q, entry, false, &e, &mut fx);
+                            let _ = carry_out(&q, &mut fx, &self.store, &mut Vec::new());
                             continue;
                         }
                     }
@@ -87,19 +90,23 @@ impl Broker {
             }
             GlobalStats::add(&self.stats.delivered_get_manual_ack, 1);
             let remaining = q.ready_count();
+            let now = queue::now_ms();
             match settle {
+                // Settled once the others are taken, so that the loop
+                // does not take it again.
                 GetSettle::Requeue => put_back.push(entry),
                 GetSettle::Ack => {
                     q.counters.ack += 1;
                     GlobalStats::add(&self.stats.acknowledged, 1);
-                    dead_letter::forget(&self.store, q.settle_id(), std::slice::from_ref(&entry));
+                    q.apply(Command::Settle { entry, how: Settle::Ack }, now, &mut fx);
                 }
-                GetSettle::Reject if q.args.dead_letter_exchange.is_some() => {
-                    let departed = Departed::from(&q, vec![entry], Reason::Rejected);
-                    drop(q);
-                    st.depart(departed, &self.store);
-                }
-                GetSettle::Reject => dead_letter::forget(&self.store, q.settle_id(), std::slice::from_ref(&entry)),
+                GetSettle::Reject => q.apply(Command::Settle { entry, how: Settle::Discard }, now, &mut fx),
+            }
+            let mut departed = Vec::new();
+            let _ = carry_out(&q, &mut fx, &self.store, &mut departed);
+            drop(q);
+            for d in departed {
+                st.depart(d, &self.store);
             }
             taken.push(Taken { message, redelivered, remaining });
         }
@@ -107,16 +114,17 @@ impl Broker {
             // Back in their places, flagged redelivered, as a get and a
             // requeueing nack leave them in RabbitMQ.
             let st = self.state.read();
-            let mut over_limit = Vec::new();
+            let mut departed = Vec::new();
             if let Some(cell) = st.queue(vhost, queue) {
                 let mut q = cell.lock();
+                let mut fx = Effects::default();
                 for entry in put_back {
-                    if let Some(entry) = q.requeue(dispatch::unloaded(entry, &self.store)) {
-                        departed_push(&mut over_limit, &q, entry, Reason::DeliveryLimit);
-                    }
+                    let entry = dispatch::unloaded(entry, &self.store);
+                    q.apply(Command::Settle { entry, how: Settle::Requeue }, queue::now_ms(), &mut fx);
                 }
+                let _ = carry_out(&q, &mut fx, &self.store, &mut departed);
             }
-            for d in over_limit {
+            for d in departed {
                 st.depart(d, &self.store);
             }
             st.drain(vhost, queue, &self.store);

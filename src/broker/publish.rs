@@ -168,30 +168,29 @@ impl State {
             delivery.moved |= moved_from.is_some();
         }
         let priority = message.priority;
+        let mut fx = Effects::default();
         for &(i, stored) in &accepting {
             let q = &mut queues[i];
-            let id = if stored { store_id } else { 0 };
-            let (_, dropped) = q.enqueue(message.clone(), id, now, trim_later);
+            let store_id = if stored { store_id } else { 0 };
+            q.apply(Command::Enqueue { message: message.clone(), store_id, trim_later }, now, &mut fx);
             q.counters.publish += 1;
             delivery.accepted.push(q.name.clone());
-            if !dropped.is_empty() {
-                delivery.departed.push(Departed::from(q, dropped, Reason::Maxlen));
-            }
+            // A failure is the log's I/O failure, which its writer reports.
+            let _ = carry_out(q, &mut fx, store, &mut delivery.departed);
         }
         if let Arrival::Published { pressure } = arrival {
             for q in queues.iter_mut() {
                 self.deliver_ready(q, store);
                 // What no consumer took and is already due (a TTL of 0) goes now.
-                if q.next_expiry().is_some_and(|at| queue::now_ms() >= at) {
-                    delivery.departed.extend(super::queues::expire_due(q, store));
+                let now = queue::now_ms();
+                if q.next_expiry().is_some_and(|at| now >= at) {
+                    q.apply(Command::Expire, now, &mut fx);
                 }
                 // Length limits apply to what no consumer took.
-                let dropped = q.trim_to_limits();
+                q.apply(Command::Trim, now, &mut fx);
                 let level = q.level_of(priority);
                 memory::page_out(q, Some(level), store, pressure);
-                if !dropped.is_empty() {
-                    delivery.departed.push(Departed::from(q, dropped, Reason::Maxlen));
-                }
+                let _ = carry_out(q, &mut fx, store, &mut delivery.departed);
             }
         }
         Ok(delivery)

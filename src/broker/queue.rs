@@ -6,10 +6,12 @@
 //! with requeued messages back at the place their `seq` gives them), a
 //! stream's retained sequence in [`Stream`].
 //!
-//! The methods here are the queue's interface to the rest of the broker;
-//! each one answers for every type (a stream takes no classic enqueue and
-//! gives nothing back on requeue), and arms the queue's timer at the
-//! deadlines its type returns.
+//! Every change to the messages is a command of `broker::queue_type`,
+//! applied through [`Queue::apply`], which answers for every type and arms
+//! the queue's timer at the deadline its type asks for. The other methods
+//! read (counts, the next deadline, what to read back from the log) or
+//! manage where bodies are kept (page-out, bodies read back), which
+//! changes no message's place or fate.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ pub use super::classic::ClassicQueue;
 use super::deadlines::{TimerHandle, TimerKey};
 pub use super::level::Spill;
 use super::message::{ConnectionHandle, Message};
+use super::queue_type::{Command, Effects};
 use super::quorum::QuorumQueue;
 use super::stream::Stream;
 use crate::protocol::FieldTable;
@@ -292,15 +295,11 @@ impl Queue {
         self.unacked
     }
 
-    /// `count` messages of this queue were handed out and await their ack.
+    /// `count` messages of this stream were handed out to its readers and
+    /// await their ack (a classic or quorum queue counts its own, in
+    /// [`Queue::apply`]; each settle is a [`Command::Settle`]).
     pub fn delivered(&mut self, count: usize) {
         self.unacked += count;
-    }
-
-    /// A message handed out was settled (acked, rejected, requeued, or its
-    /// channel closed).
-    pub fn settled(&mut self) {
-        self.unacked = self.unacked.saturating_sub(1);
     }
 
     /// The queue's type and the messages it holds.
@@ -386,40 +385,38 @@ impl Queue {
         self.messages().map_or(0, |m| m.level_of(priority))
     }
 
-    /// Drops ready messages from the head while the queue is over a length
-    /// limit it drops for (a limit lowered by a policy); returns them. A
-    /// stream's limits are its retention (see `stream`).
-    pub fn trim_to_limits(&mut self) -> Vec<QueuedMessage> {
-        let Queue { kind, args, .. } = self;
-        kind.messages_mut().map(|m| m.trim_to_limits(args)).unwrap_or_default()
-    }
-
     /// Whether a message would be refused (x-overflow = reject-publish or
     /// reject-publish-dlx).
     pub fn would_reject(&self, size: usize) -> bool {
         self.messages().is_some_and(|m| m.would_reject(&self.args, size))
     }
 
-    /// Appends a newly published message, applying the length limits; the
-    /// messages dropped from the head to make room are returned. With
-    /// `trim_later` a drop-head limit is left to [`Queue::trim_to_limits`]
-    /// after delivery, so that a waiting consumer still gets the message
-    /// (as RabbitMQ delivers before it drops). A stream takes its messages
-    /// through `stream::publish_to_stream` instead.
-    pub fn enqueue(
-        &mut self,
-        message: Arc<Message>,
-        store_id: u64,
-        now: u64,
-        trim_later: bool,
-    ) -> (Enqueued, Vec<QueuedMessage>) {
+    /// Applies one command to the queue's messages at time `now` (see
+    /// `broker::queue_type`): arms the timer at the deadline it needs
+    /// (taken out of `fx`) and counts the deliveries awaiting a settle; the
+    /// other effects are gathered in `fx` for the caller to carry out.
+    pub fn apply(&mut self, command: Command, now: u64, fx: &mut Effects) {
+        let settles = matches!(command, Command::Settle { .. } | Command::Return { settled: false, .. });
+        let checkout = match command {
+            Command::Checkout { settled } => Some(settled),
+            _ => None,
+        };
+        let taken_before = fx.taken.is_some();
         let Queue { kind, args, .. } = self;
-        let Some(m) = kind.messages_mut() else { return (Enqueued::Rejected, Vec::new()) };
-        let offered = m.enqueue(args, message, store_id, now, trim_later);
-        if let Some(at) = offered.deadline {
+        match kind {
+            QueueKind::Classic(m) => m.apply(args, command, now, fx),
+            QueueKind::Quorum(q) => q.apply(args, command, now, fx),
+            QueueKind::Stream(s) => s.apply(args, command, now, fx),
+        }
+        if checkout == Some(false) && !taken_before && fx.taken.is_some() {
+            self.unacked += 1;
+        }
+        if settles {
+            self.unacked = self.unacked.saturating_sub(1);
+        }
+        if let Some(at) = fx.deadline.take() {
             self.arm_at(at);
         }
-        (offered.outcome, offered.dropped)
     }
 
     /// Appends a message recovered from the log (body on disk). `age` is
@@ -431,13 +428,6 @@ impl Queue {
         if let Some(at) = deadline {
             self.arm_at(at);
         }
-    }
-
-    /// Drops the expired messages at the head of each level, as RabbitMQ
-    /// does (a message behind one that lives longer waits for it); returns
-    /// them so the log can forget them.
-    pub fn expire(&mut self, now: u64) -> Vec<QueuedMessage> {
-        self.messages_mut().map(|m| m.expire(now)).unwrap_or_default()
     }
 
     /// The earliest expiry among the heads (broker clock), for the expiry timer.
@@ -460,33 +450,6 @@ impl Queue {
     ) {
         if let Some(m) = self.messages_mut() {
             m.page_out(level, window, is_written, spill);
-        }
-    }
-
-    /// Puts a message that was delivered back at its original place;
-    /// returns it instead when it was returned more often than the queue's
-    /// delivery limit allows (it is then dead-lettered or dropped). A
-    /// stream keeps every message: nothing goes back.
-    pub fn requeue(&mut self, entry: QueuedMessage) -> Option<QueuedMessage> {
-        let Queue { kind, args, .. } = self;
-        let deadline = match kind {
-            QueueKind::Classic(m) => m.requeue(entry),
-            QueueKind::Quorum(q) => match q.requeue(args, entry) {
-                Ok(deadline) => deadline,
-                Err(over_limit) => return Some(over_limit),
-            },
-            QueueKind::Stream(_) => return None,
-        };
-        if let Some(at) = deadline {
-            self.arm_at(at);
-        }
-        None
-    }
-
-    /// Puts a message taken from the queue but never delivered back at its place.
-    pub fn put_back(&mut self, entry: QueuedMessage) {
-        if let Some(at) = self.messages_mut().and_then(|m| m.put_back(entry)) {
-            self.arm_at(at);
         }
     }
 
@@ -521,23 +484,6 @@ impl Queue {
         if let Some(m) = self.messages_mut() {
             m.attach(seq, store_id, message);
         }
-    }
-
-    /// Takes a ready message out of the queue wherever it is (one whose
-    /// body cannot be read back).
-    pub fn remove_ready(&mut self, seq: u64, store_id: u64) -> Option<QueuedMessage> {
-        self.messages_mut()?.remove_ready(seq, store_id)
-    }
-
-    /// The next message to deliver: the highest priority first, requeued
-    /// ones before later publishes of their priority.
-    pub fn pop_ready(&mut self) -> Option<QueuedMessage> {
-        self.messages_mut()?.pop_ready()
-    }
-
-    /// Drops every ready message; returns them.
-    pub fn purge(&mut self) -> Vec<QueuedMessage> {
-        self.messages_mut().map(ClassicQueue::purge).unwrap_or_default()
     }
 
     pub fn consumer_mut(&mut self, tag: &str, connection: u64, channel: u16) -> Option<&mut Consumer> {

@@ -267,39 +267,32 @@ impl State {
     /// Drops (or dead-letters, reason `maxlen`) the head messages that keep
     /// a queue over a drop-head length limit.
     pub(super) fn trim_queue(&self, cell: &QueueLock, store: &LogStore) {
-        let mut q = cell.lock();
-        let dropped = q.trim_to_limits();
-        if !dropped.is_empty() {
-            let departed = Departed::from(&q, dropped, Reason::Maxlen);
-            drop(q);
-            self.depart(departed, store);
-        }
+        self.apply_and_depart(cell, Command::Trim, store);
     }
 
     /// Takes a queue's expired head messages out and dead-letters them (or
     /// drops them, and their log records' claim). The caller does not
     /// hold the queue's lock.
     pub(super) fn expire_messages(&self, cell: &QueueLock, store: &LogStore) {
-        let departed = expire_due(&mut cell.lock(), store);
-        if let Some(departed) = departed {
-            self.depart(departed, store);
+        self.apply_and_depart(cell, Command::Expire, store);
+    }
+
+    /// Applies `command` to a queue the caller does not hold, carries out
+    /// its log records, and dead-letters what left once the queue's lock
+    /// is let go.
+    fn apply_and_depart(&self, cell: &QueueLock, command: Command, store: &LogStore) {
+        let mut departed = Vec::new();
+        {
+            let mut q = cell.lock();
+            let mut fx = Effects::default();
+            q.apply(command, queue::now_ms(), &mut fx);
+            // A failure is the log's I/O failure, already reported.
+            let _ = carry_out(&q, &mut fx, store, &mut departed);
+        }
+        for d in departed {
+            self.depart(d, store);
         }
     }
-}
-
-/// Takes a locked queue's expired head messages out: dropped (with their
-/// log records' claim) when the queue has no dead-letter exchange, else
-/// returned to be dead-lettered once the queue's lock is let go.
-pub(super) fn expire_due(q: &mut Queue, store: &LogStore) -> Option<Departed> {
-    let expired = q.expire(queue::now_ms());
-    if expired.is_empty() {
-        return None;
-    }
-    if q.args.dead_letter_exchange.is_none() {
-        dead_letter::forget(store, q.settle_id(), &expired);
-        return None;
-    }
-    Some(Departed::from(q, expired, Reason::Expired))
 }
 
 /// The segment size and filter size limits RabbitMQ checks when a stream
@@ -317,10 +310,8 @@ fn stream_declare_checks(arguments: &FieldTable) -> Result<()> {
 }
 
 pub(super) fn purge_queue(q: &mut Queue, store: &LogStore) -> Result<usize> {
-    let purged = q.purge();
-    let ids: Vec<u64> = purged.iter().filter(|e| e.store_id != 0).map(|e| e.store_id).collect();
-    if !ids.is_empty() {
-        store.ack(q.settle_id(), &ids).map_err(store_failed)?;
-    }
-    Ok(purged.len())
+    let mut fx = Effects::default();
+    q.apply(Command::Purge, queue::now_ms(), &mut fx);
+    carry_out(q, &mut fx, store, &mut Vec::new()).map_err(store_failed)?;
+    Ok(fx.removed)
 }

@@ -14,8 +14,10 @@ use std::sync::Arc;
 
 use super::arguments::QueueArgs;
 use super::classic::ClassicQueue;
+use super::dead_letter::Reason;
 use super::message::Message;
 use super::queue::QueuedMessage;
+use super::queue_type::{Command, Effects, Settle};
 use crate::protocol::{BasicProperties, FieldTable, FieldValue};
 
 #[derive(Debug)]
@@ -37,16 +39,24 @@ impl QuorumQueue {
         &mut self.messages
     }
 
-    /// Puts a message that was delivered back at its place, one delivery
-    /// more (`Ok` with the deadline its expiry needs); gives it back
-    /// (`Err`) once it was returned more often than the delivery limit.
-    pub fn requeue(&mut self, args: &QueueArgs, mut entry: QueuedMessage) -> Result<Option<u64>, QueuedMessage> {
-        entry.redelivered = true;
-        entry.delivery_count = entry.delivery_count.saturating_add(1);
-        if args.delivery_limit.is_some_and(|limit| entry.delivery_count as u64 > limit) {
-            return Err(entry);
+    /// Applies one command (see `broker::queue_type`) at time `now`: a
+    /// classic queue's, except that a requeue counts as a delivery and a
+    /// message returned more often than the delivery limit leaves the
+    /// queue (dead-lettered with reason `delivery_limit` when the queue
+    /// has a dead-letter exchange).
+    pub fn apply(&mut self, args: &QueueArgs, command: Command, now: u64, fx: &mut Effects) {
+        match command {
+            Command::Settle { mut entry, how: Settle::Requeue } => {
+                entry.delivery_count = entry.delivery_count.saturating_add(1);
+                if args.delivery_limit.is_some_and(|limit| entry.delivery_count as u64 > limit) {
+                    entry.redelivered = true;
+                    fx.departed_one(args.dead_letter_exchange.is_some(), entry, Reason::DeliveryLimit);
+                } else {
+                    self.messages.apply(args, Command::Settle { entry, how: Settle::Requeue }, now, fx);
+                }
+            }
+            other => self.messages.apply(args, other, now, fx),
         }
-        Ok(self.messages.requeue(entry))
     }
 
     /// The message as its consumer gets it: from its second delivery on,

@@ -29,7 +29,9 @@ pub use consumer::{StartAt, StreamCursor};
 pub use deliver::tracked_key;
 pub(super) use deliver::{apply_retention, consumer_cursor, publish_to_stream, settled, spawn_durability_waker, track};
 
+use super::arguments::QueueArgs;
 use super::message::Message;
+use super::queue_type::{Command, Effects};
 
 /// How many of the newest messages of a stream keep their body in memory
 /// once the log has them: consumers at the tail read from memory, the
@@ -292,6 +294,31 @@ impl Stream {
             dropped.push(head.store_id);
         }
         dropped
+    }
+
+    /// Applies one command (see `broker::queue_type`). A stream keeps what
+    /// it was given for every reader, so most commands change nothing: its
+    /// readers read at their own offsets instead of checking messages out,
+    /// an ack only gives a reader credit back, and nothing is requeued,
+    /// expired or purged. `Trim` applies the size retention. Messages come
+    /// in through [`Stream::publish`] with the offset their log record
+    /// carries (the append needs the offset first), so an `Enqueue` is
+    /// refused.
+    pub fn apply(&mut self, args: &QueueArgs, command: Command, _now: u64, fx: &mut Effects) {
+        match command {
+            Command::Enqueue { .. } => fx.rejected = true,
+            Command::Trim => {
+                let dropped = self.apply_retention(args.max_length_bytes.map(|n| n as u64), None);
+                fx.removed += dropped.len();
+                fx.log_settled.extend(dropped);
+            }
+            Command::Checkout { .. }
+            | Command::Settle { .. }
+            | Command::Return { .. }
+            | Command::Expire
+            | Command::Purge
+            | Command::Remove { .. } => {}
+        }
     }
 
     /// Log ids of every retained message.
