@@ -27,7 +27,11 @@
 # attached over the load only (Warren's include its start and stop).
 #
 # Environment: SCENARIOS="S1 S2 S4" REPS=3 DURATION=10; TREE=0 leaves the
-# working tree out (then at least one REV); RABBITMQ=1. Raw lines:
+# working tree out (then at least one REV); RABBITMQ=1; LOADGEN_ARGS, more
+# warren-loadgen arguments for every run (LOADGEN_ARGS="--rate 300000"
+# holds S4's unthrottled producer to one rate, so that builds are compared
+# at the same load: S4 runs at either about 180k or 450k+ msg/s, whatever
+# the build, and its CPU per message follows the rate). Raw lines:
 # target/regress/last.txt.
 # Nothing else may run meanwhile: on a 2-core machine, compare the ratios of
 # one run, never figures of different runs.
@@ -35,6 +39,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 SCENARIOS=${SCENARIOS:-"S1 S2 S4"}; REPS=${REPS:-3}; DURATION=${DURATION:-10}
+read -r -a loadgen_args <<<"${LOADGEN_ARGS:-}"
 mkdir -p target/regress
 results=target/regress/last.txt
 : >"$results"
@@ -113,7 +118,7 @@ for rep in $(seq "$REPS"); do
                     perf_pid=$!
                 fi
                 before=$(cpu_ticks "$pid")
-                line=$("$loadgen" run --uri "$RURI" --scenario "$sc" --duration "$DURATION" 2>&1 | tail -1)
+                line=$("$loadgen" run --uri "$RURI" --scenario "$sc" --duration "$DURATION" "${loadgen_args[@]}" 2>&1 | tail -1)
                 [[ -r /proc/$pid/stat ]] || { echo "$label: the node died under load, see $rmq_dir/log" >&2; exit 1; }
                 after=$(cpu_ticks "$pid")
                 pid=""
@@ -136,7 +141,7 @@ for rep in $(seq "$REPS"); do
                 [[ -r /proc/$pid/stat ]] || { echo "$label: no broker process (pid '$pid', launched $launched) after its start:" >&2; cat "$scratch/log" >&2; exit 1; }
                 before=$(cpu_ticks "$pid")
                 line=$("$loadgen" run --uri "amqp://guest:guest@127.0.0.1:$port/%2f" --scenario "$sc" \
-                    --duration "$DURATION" 2>&1 | tail -1)
+                    --duration "$DURATION" "${loadgen_args[@]}" 2>&1 | tail -1)
                 [[ -r /proc/$pid/stat ]] || { echo "$label: the broker died under load:" >&2; tail -20 "$scratch/log" >&2; exit 1; }
                 after=$(cpu_ticks "$pid")
                 kill "$pid"; wait "$launched" 2>/dev/null || true; pid=""

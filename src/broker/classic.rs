@@ -59,6 +59,9 @@ impl ClassicQueue {
     }
 
     /// Applies one command (see `broker::queue_type`) at time `now`.
+    // Inlined always: at a call site the command is known, and its arm
+    // is all that is left (a call costed S4 about 4% of its CPU).
+    #[inline(always)]
     pub fn apply(&mut self, args: &QueueArgs, command: Command, now: u64, fx: &mut Effects) {
         let dead_letter = args.dead_letter_exchange.is_some();
         match command {

@@ -296,19 +296,21 @@ impl State {
             self.expire_messages(cell, store);
             q = cell.lock();
         }
-        self.deliver_ready(&mut q, store);
+        if q.has_ready() && !q.consumers.is_empty() || q.is_stream() {
+            self.deliver_ready(&mut q, store, queue::now_ms());
+        }
     }
 
     /// [`State::drain`] without expiring first: a message just published
     /// goes to a consumer that can take it at once even with a TTL of 0, as
     /// in RabbitMQ; what stays behind expires on the next drain or tick.
-    pub(super) fn deliver_ready(&self, q: &mut Queue, store: &LogStore) {
+    /// `now` is the broker clock the caller read (a publish reads it once).
+    pub(super) fn deliver_ready(&self, q: &mut Queue, store: &LogStore, now: u64) {
         if q.is_stream() {
             return self.deliver_stream(q, store);
         }
         let State { loader, stats, timers, consumer_timeout, .. } = self;
         let counters_before = q.counters;
-        let now = queue::now_ms();
         // The log records of this drain (first deliveries, so a restart
         // flags them redelivered; no-ack deliveries, which settle at once),
         // written once at the end.

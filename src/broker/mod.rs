@@ -603,7 +603,23 @@ impl State {
 /// append that fails is the log's I/O failure, which its writer reports;
 /// the change in memory stands, and the error is returned for a caller that
 /// answers a client with it.
+#[inline]
 fn carry_out(
+    q: &Queue,
+    fx: &mut queue_type::Effects,
+    store: &LogStore,
+    departed: &mut Vec<Departed>,
+) -> std::result::Result<(), StoreError> {
+    if fx.log_delivered.is_empty() && fx.log_settled.is_empty() && fx.dead_letters.is_empty() {
+        // Most publishes: nothing to carry out.
+        return Ok(());
+    }
+    carry_out_records(q, fx, store, departed)
+}
+
+/// [`carry_out`] once there is something to carry out.
+#[inline(never)]
+fn carry_out_records(
     q: &Queue,
     fx: &mut queue_type::Effects,
     store: &LogStore,

@@ -180,9 +180,8 @@ impl State {
         }
         if let Arrival::Published { pressure } = arrival {
             for q in queues.iter_mut() {
-                self.deliver_ready(q, store);
+                self.deliver_ready(q, store, now);
                 // What no consumer took and is already due (a TTL of 0) goes now.
-                let now = queue::now_ms();
                 if q.next_expiry().is_some_and(|at| now >= at) {
                     q.apply(Command::Expire, now, &mut fx);
                 }

@@ -395,6 +395,7 @@ impl Queue {
     /// `broker::queue_type`): arms the timer at the deadline it needs
     /// (taken out of `fx`) and counts the deliveries awaiting a settle; the
     /// other effects are gathered in `fx` for the caller to carry out.
+    #[inline(always)]
     pub fn apply(&mut self, command: Command, now: u64, fx: &mut Effects) {
         let settles = matches!(command, Command::Settle { .. } | Command::Return { settled: false, .. });
         let checkout = match command {

@@ -44,6 +44,9 @@ impl QuorumQueue {
     /// message returned more often than the delivery limit leaves the
     /// queue (dead-lettered with reason `delivery_limit` when the queue
     /// has a dead-letter exchange).
+    // Inlined always: at a call site the command is known, and its arm
+    // is all that is left (a call costed S4 about 4% of its CPU).
+    #[inline(always)]
     pub fn apply(&mut self, args: &QueueArgs, command: Command, now: u64, fx: &mut Effects) {
         match command {
             Command::Settle { mut entry, how: Settle::Requeue } => {

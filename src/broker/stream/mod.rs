@@ -304,6 +304,9 @@ impl Stream {
     /// in through [`Stream::publish`] with the offset their log record
     /// carries (the append needs the offset first), so an `Enqueue` is
     /// refused.
+    // Inlined always: at a call site the command is known, and its arm
+    // is all that is left (a call costed S4 about 4% of its CPU).
+    #[inline(always)]
     pub fn apply(&mut self, args: &QueueArgs, command: Command, _now: u64, fx: &mut Effects) {
         match command {
             Command::Enqueue { .. } => fx.rejected = true,
