@@ -620,9 +620,14 @@ pub fn encode_id_record(out: &mut Vec<u8>, kind: u8, queue: u32, ids: &[u64]) {
     frame(out, kind, 0, |out| encode_id_list(out, queue, ids));
 }
 
+/// The bytes of a name as a record keeps it: names are AMQP short
+/// strings, at most 255 bytes, checked on the way in.
+pub(super) fn str8(s: &str) -> &[u8] {
+    &s.as_bytes()[..s.len().min(255)]
+}
+
 pub(super) fn put_str8(out: &mut Vec<u8>, s: &str) {
-    // Names are AMQP short strings, at most 255 bytes, checked on the way in.
-    let bytes = &s.as_bytes()[..s.len().min(255)];
+    let bytes = str8(s);
     out.put_u8(bytes.len() as u8);
     out.put_slice(bytes);
 }

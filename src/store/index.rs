@@ -58,10 +58,17 @@ impl MessageIndex {
             self.base = id;
         }
         let at = (id - self.base) as usize;
-        if at >= self.ring.len() {
-            self.ring.resize(at + 1, None);
+        if at == self.ring.len() {
+            // The next id, as nearly every append is.
+            self.ring.push_back(Some(loc));
+        } else {
+            if at > self.ring.len() {
+                self.ring.resize(at, None);
+                self.ring.push_back(Some(loc));
+            } else {
+                self.ring[at] = Some(loc);
+            }
         }
-        self.ring[at] = Some(loc);
         if self.ring.len() > RING_SPAN {
             self.retire_front(self.ring.len() - RING_SPAN);
         }

@@ -2,9 +2,14 @@
 //! checksummed before the log's lock, stamped with its id under it.
 
 use bytes::BufMut;
+use smallvec::SmallVec;
 
 use super::crc_shift::PastBytes;
-use super::{RECORD_PREFIX_LEN, TYPE_MESSAGE, message_flags, put_str8};
+use super::{RECORD_PREFIX_LEN, TYPE_MESSAGE, message_flags, str8};
+
+/// Room for a record's fields without an allocation: a publish time, a
+/// stream offset, a few queue ids and short names.
+const FIELDS_INLINE: usize = 128;
 
 /// A message record laid out before its id is known, so that the log's
 /// lock only stamps the id and copies bytes: the record's length and the
@@ -23,7 +28,7 @@ pub struct MessageDraft<'a> {
     /// Everything between the id and the properties' bytes: publish time,
     /// stream offset, queue count and ids, exchange, routing key and the
     /// properties' length.
-    fields: Vec<u8>,
+    fields: SmallVec<[u8; FIELDS_INLINE]>,
     properties: &'a [u8],
     body_len: [u8; 4],
     body: &'a [u8],
@@ -47,24 +52,27 @@ impl<'a> MessageDraft<'a> {
         body: &'a [u8],
     ) -> MessageDraft<'a> {
         let flags = message_flags(flags, queues.len(), published_ms, stream_offset);
-        let mut fields = Vec::with_capacity(8 + 8 + 4 + queues.len() * 4 + 2 + exchange.len() + routing_key.len() + 4);
+        let mut fields: SmallVec<[u8; FIELDS_INLINE]> = SmallVec::new();
         if let Some(ms) = published_ms {
-            fields.put_u64_le(ms);
+            fields.extend_from_slice(&ms.to_le_bytes());
         }
         if let Some(offset) = stream_offset {
-            fields.put_u64_le(offset);
+            fields.extend_from_slice(&offset.to_le_bytes());
         }
         if queues.len() > u16::MAX as usize {
-            fields.put_u32_le(queues.len() as u32);
+            fields.extend_from_slice(&(queues.len() as u32).to_le_bytes());
         } else {
-            fields.put_u16_le(queues.len() as u16);
+            fields.extend_from_slice(&(queues.len() as u16).to_le_bytes());
         }
         for q in queues {
-            fields.put_u32_le(*q);
+            fields.extend_from_slice(&q.to_le_bytes());
         }
-        put_str8(&mut fields, exchange);
-        put_str8(&mut fields, routing_key);
-        fields.put_u32_le(properties.len() as u32);
+        for name in [exchange, routing_key] {
+            let bytes = str8(name);
+            fields.push(bytes.len() as u8);
+            fields.extend_from_slice(bytes);
+        }
+        fields.extend_from_slice(&(properties.len() as u32).to_le_bytes());
         let mut draft = MessageDraft {
             flags,
             fields,
@@ -79,7 +87,7 @@ impl<'a> MessageDraft<'a> {
             after_id.update(piece);
         }
         draft.after_id_crc = after_id.finalize();
-        draft.past_after_id = PastBytes::new((draft.len() - MESSAGE_HEAD_LEN) as u64);
+        draft.past_after_id = PastBytes::for_len((draft.len() - MESSAGE_HEAD_LEN) as u64);
         draft
     }
 
