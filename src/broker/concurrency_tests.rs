@@ -2,8 +2,9 @@
 //! acks and dead-letterings of different queues run side by side (each
 //! takes the state lock shared and then its own queues' and channels'
 //! locks), while declares and deletes take the state lock exclusive. What
-//! must hold: every message is settled exactly once, and nothing waits
-//! forever (a lock-order mistake would deadlock here).
+//! must hold: every message is settled exactly once, expired messages are
+//! dead-lettered in the order they expired, and nothing waits forever (a
+//! lock-order mistake would deadlock here).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -112,4 +113,57 @@ fn publishes_acks_and_dead_letterings_of_two_queues_from_several_threads_settle_
         let q = st.queue("/", name).expect("the queue exists").lock();
         assert_eq!((q.message_count(), q.unacked()), (0, 0), "queue '{name}' is empty and settled");
     }
+}
+
+/// Messages of one queue expire on several threads at once (the publish
+/// path expires a due head, a listing expires every queue, the timer
+/// thread fires): they still reach the dead-letter queue in the order they
+/// expired, as they would from one thread.
+#[test]
+fn expired_messages_are_dead_lettered_in_order_whoever_expires_them() {
+    const COUNT: usize = 5_000;
+    let t = Arc::new(TestBroker::new());
+    t.declare("dead", &[]);
+    t.declare(
+        "short-lived",
+        &[
+            ("x-message-ttl", FieldValue::I64(1)),
+            ("x-dead-letter-exchange", FieldValue::string("")),
+            ("x-dead-letter-routing-key", FieldValue::string("dead")),
+        ],
+    );
+    let published = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (done, results) = mpsc::channel::<()>();
+    // A listing expires what is due in every queue, from its own thread.
+    for _ in 0..2 {
+        let (t, published, done) = (t.clone(), published.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !published.load(Ordering::SeqCst) {
+                t.broker.list_queues(None);
+            }
+            let _ = done.send(());
+        });
+    }
+    let (publisher, finished) = (t.clone(), published.clone());
+    std::thread::spawn(move || {
+        for n in 0..COUNT {
+            publisher.publish("short-lived", &format!("{n:05}"));
+        }
+        finished.store(true, Ordering::SeqCst);
+        let _ = done.send(());
+    });
+    for _ in 0..3 {
+        results.recv_timeout(Duration::from_secs(45)).expect("a thread did not finish within 45 s (a deadlock?)");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while t.broker.list_queues(None).iter().find(|q| q.name == "dead").map_or(0, |q| q.messages_ready) < COUNT {
+        assert!(Instant::now() < deadline, "every message dead-lettered within 30 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut client = t.connect(9);
+    t.consume(&client, "dead", "d", true, &[]);
+    let bodies = client.bodies();
+    let expected: Vec<String> = (0..COUNT).map(|n| format!("{n:05}")).collect();
+    let first_out_of_order = bodies.iter().zip(&expected).position(|(got, want)| got != want);
+    assert_eq!((bodies.len(), first_out_of_order), (COUNT, None), "dead-lettered in the order they expired");
 }

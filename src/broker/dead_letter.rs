@@ -60,13 +60,25 @@ impl State {
         // Dead-letter exchanges are in the queue's vhost: everything that
         // follows stays in it.
         let vhost = first.vhost.clone();
-        let mut work = VecDeque::from([first]);
         let mut touched: Vec<Arc<str>> = Vec::new();
+        self.dead_letter(first, store, &mut touched);
+        self.drain_all(&vhost, touched, store);
+    }
+
+    /// [`State::depart`] without the drain of the queues the messages
+    /// reached: those are added to `touched`, for the caller to drain once
+    /// it holds no expiry-order lock (a drain expires, which takes one).
+    pub(super) fn dead_letter(&self, first: Departed, store: &LogStore, touched: &mut Vec<Arc<str>>) {
+        let mut work = VecDeque::from([first]);
         while let Some(departed) = work.pop_front() {
-            self.dead_letter_batch(departed, store, &mut work, &mut touched);
+            self.dead_letter_batch(departed, store, &mut work, touched);
         }
-        for name in touched {
-            self.drain(&vhost, &name, store);
+    }
+
+    /// Hands the ready messages of each named queue of `vhost` to their consumers.
+    pub(super) fn drain_all(&self, vhost: &str, queues: Vec<Arc<str>>, store: &LogStore) {
+        for name in queues {
+            self.drain(vhost, &name, store);
         }
     }
 

@@ -276,7 +276,17 @@ pub struct State {
     /// The deadlines the timer thread sleeps on: queues' expiries,
     /// channels' consumer timeouts, stream retention (see `deadlines`).
     timers: TimerHandle,
+    /// Held from taking a queue's expired messages out until they are
+    /// dead-lettered, so that two threads expiring one queue (the timer,
+    /// a publish, a drain) dead-letter its messages in the order they
+    /// expired. One of [`EXPIRY_STRIPES`] by the queue's address: queues
+    /// sharing a stripe only take turns. Taken before any queue's lock,
+    /// or with `try_lock` under one (see `queues::expire_messages`).
+    expiry_order: [parking_lot::Mutex<()>; EXPIRY_STRIPES],
 }
+
+/// How many locks order the expiries of all queues (see `State::expiry_order`).
+const EXPIRY_STRIPES: usize = 32;
 
 /// The result of routing one publish.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -519,6 +529,14 @@ impl Broker {
 }
 
 impl State {
+    /// The lock that orders the expiries of the queue `cell` locks.
+    fn expiry_stripe(&self, cell: &QueueLock) -> &parking_lot::Mutex<()> {
+        // Queue locks live apart on the heap: the address's low bits say
+        // little, the ones above the allocation's alignment do.
+        let address = std::ptr::from_ref(cell) as usize;
+        &self.expiry_order[(address >> 6) % EXPIRY_STRIPES]
+    }
+
     /// A queue's lock, by name.
     fn queue(&self, vhost: &str, name: &str) -> Option<&Arc<QueueLock>> {
         self.vhosts.get(vhost)?.queues.get(name)

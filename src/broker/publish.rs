@@ -10,7 +10,7 @@ use crate::store::StoreError;
 
 /// What offering one message to its target queues did.
 #[derive(Debug, Default)]
-pub(super) struct Delivery {
+pub(super) struct Delivery<'a> {
     /// Queues that took the message (mostly one: kept inline, as are the
     /// lists below, so that a publish allocates nothing for them).
     pub accepted: SmallVec<[Arc<str>; 2]>,
@@ -21,8 +21,13 @@ pub(super) struct Delivery {
     /// with its new copy (dead-lettering only).
     pub moved: bool,
     /// Messages that left queues because of it: dropped from the head for
-    /// length, or refused by a reject-publish-dlx queue.
+    /// length, expired (a TTL of 0), or refused by a reject-publish-dlx
+    /// queue.
     pub departed: Vec<Departed>,
+    /// The expiry-order locks of the queues whose expired messages are in
+    /// `departed`: held until those are dead-lettered (see
+    /// `State::expiry_order`).
+    pub expiry_order: SmallVec<[parking_lot::MutexGuard<'a, ()>; 1]>,
 }
 
 impl Broker {
@@ -54,14 +59,20 @@ impl Broker {
         let targets = st.route_publish(vhost, exchange, &message.routing_key, headers)?;
         let pressure = self.memory.paging().then_some(&*self.memory);
         let arrival = Arrival::Published { pressure };
-        let delivery = st.deliver_to(vhost, &targets, message, &self.store, None, arrival).map_err(store_failed)?;
+        let mut delivery = st.deliver_to(vhost, &targets, message, &self.store, None, arrival).map_err(store_failed)?;
         let outcome = Routed {
             routed: !delivery.accepted.is_empty() || delivery.rejected,
             rejected: delivery.rejected,
             durable_position: delivery.durable_position,
         };
-        for departed in delivery.departed {
-            st.depart(departed, &self.store);
+        if !delivery.departed.is_empty() {
+            let order = std::mem::take(&mut delivery.expiry_order);
+            let mut touched = Vec::new();
+            for departed in delivery.departed {
+                st.dead_letter(departed, &self.store, &mut touched);
+            }
+            drop(order);
+            st.drain_all(vhost, touched, &self.store);
         }
         Ok(outcome)
     }
@@ -95,7 +106,7 @@ impl State {
         store: &LogStore,
         moved_from: Option<(u32, u64)>,
         arrival: Arrival<'_>,
-    ) -> std::result::Result<Delivery, StoreError> {
+    ) -> std::result::Result<Delivery<'_>, StoreError> {
         let trim_later = matches!(arrival, Arrival::Published { .. });
         let mut delivery = Delivery::default();
         let Some(v) = self.vhosts.get(vhost) else { return Ok(delivery) };
@@ -179,11 +190,16 @@ impl State {
             let _ = carry_out(q, &mut fx, store, &mut delivery.departed);
         }
         if let Arrival::Published { pressure } = arrival {
-            for q in queues.iter_mut() {
+            for (q, cell) in queues.iter_mut().zip(&cells) {
                 self.deliver_ready(q, store, now);
-                // What no consumer took and is already due (a TTL of 0) goes now.
-                if q.next_expiry().is_some_and(|at| now >= at) {
+                // What no consumer took and is already due (a TTL of 0)
+                // goes now, unless another thread is expiring the queue:
+                // the timer then takes it after that thread's messages.
+                if q.next_expiry().is_some_and(|at| now >= at)
+                    && let Some(order) = self.expiry_stripe(cell).try_lock()
+                {
                     q.apply(Command::Expire, now, &mut fx);
+                    delivery.expiry_order.push(order);
                 }
                 // Length limits apply to what no consumer took.
                 q.apply(Command::Trim, now, &mut fx);

@@ -271,10 +271,30 @@ impl State {
     }
 
     /// Takes a queue's expired head messages out and dead-letters them (or
-    /// drops them, and their log records' claim). The caller does not
-    /// hold the queue's lock.
+    /// drops them, and their log records' claim), in the order they
+    /// expired: the queue's expiry-order lock is held from taking them out
+    /// until they are dead-lettered, so another thread expiring the same
+    /// queue meanwhile waits instead of overtaking them. The caller holds
+    /// no queue's lock and no expiry-order lock.
     pub(super) fn expire_messages(&self, cell: &QueueLock, store: &LogStore) {
-        self.apply_and_depart(cell, Command::Expire, store);
+        let order = self.expiry_stripe(cell).lock();
+        let mut departed = Vec::new();
+        {
+            let mut q = cell.lock();
+            let mut fx = Effects::default();
+            q.apply(Command::Expire, queue::now_ms(), &mut fx);
+            // A failure is the log's I/O failure, already reported.
+            let _ = carry_out(&q, &mut fx, store, &mut departed);
+        }
+        let mut touched = Vec::new();
+        let vhost = departed.first().map(|d| d.vhost.clone());
+        for d in departed {
+            self.dead_letter(d, store, &mut touched);
+        }
+        drop(order);
+        if let Some(vhost) = vhost {
+            self.drain_all(&vhost, touched, store);
+        }
     }
 
     /// Applies `command` to a queue the caller does not hold, carries out
