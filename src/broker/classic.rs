@@ -73,20 +73,14 @@ impl ClassicQueue {
             }
             Command::Checkout { settled } => {
                 let Some(entry) = self.pop_ready() else { return };
-                if entry.store_id != 0 {
-                    if settled {
-                        fx.log_settled.push(entry.store_id);
-                    } else if !entry.redelivered {
-                        fx.log_delivered.push(entry.store_id);
-                    }
+                if settled {
+                    fx.settled(&entry);
+                } else if entry.store_id != 0 && !entry.redelivered {
+                    fx.log_delivered.push(entry.store_id);
                 }
                 fx.taken = Some(entry);
             }
-            Command::Settle { entry, how: Settle::Ack } => {
-                if entry.store_id != 0 {
-                    fx.log_settled.push(entry.store_id);
-                }
-            }
+            Command::Settle { entry, how: Settle::Ack } => fx.settled(&entry),
             Command::Settle { entry, how: Settle::Requeue } => fx.arm(self.requeue(entry)),
             Command::Settle { entry, how: Settle::Discard } => fx.departed_one(dead_letter, entry, Reason::Rejected),
             Command::Return { entry, settled } => {
@@ -104,12 +98,12 @@ impl ClassicQueue {
             Command::Purge => {
                 let purged = self.purge();
                 fx.removed += purged.len();
-                fx.departed(false, purged, Reason::Maxlen);
+                purged.iter().for_each(|e| fx.settled(e));
             }
             Command::Remove { seq, store_id } => {
                 if let Some(entry) = self.remove_ready(seq, store_id) {
                     fx.removed += 1;
-                    fx.departed_one(false, entry, Reason::Maxlen);
+                    fx.settled(&entry);
                 }
             }
         }

@@ -235,7 +235,12 @@ impl Broker {
             };
             let mut ch = cell.lock();
             let q = &mut *q;
-            let Some(message) = entry.message.clone() else { continue };
+            let Some(message) = entry.message.clone() else {
+                // Read back above: never without a body here; if it were,
+                // it goes back rather than being lost.
+                q.apply(Command::Return { entry, settled: no_ack }, queue::now_ms(), &mut fx);
+                continue;
+            };
             let message = q.as_delivered(&entry, message);
             let tag = ch.take_tag();
             if no_ack {

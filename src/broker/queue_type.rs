@@ -124,7 +124,15 @@ impl Effects {
     pub(super) fn departed_one(&mut self, dead_letter: bool, entry: QueuedMessage, reason: Reason) {
         if dead_letter {
             self.dead_letters.push((reason, entry));
-        } else if entry.store_id != 0 {
+        } else {
+            self.settled(&entry);
+        }
+    }
+
+    /// A message that left the queue for good and goes nowhere: its
+    /// record, if it has one, is settled in the log.
+    pub(super) fn settled(&mut self, entry: &QueuedMessage) {
+        if entry.store_id != 0 {
             self.log_settled.push(entry.store_id);
         }
     }

@@ -267,7 +267,9 @@ impl State {
     /// Drops (or dead-letters, reason `maxlen`) the head messages that keep
     /// a queue over a drop-head length limit.
     pub(super) fn trim_queue(&self, cell: &QueueLock, store: &LogStore) {
-        self.apply_and_depart(cell, Command::Trim, store);
+        for d in apply_to(cell, Command::Trim, store) {
+            self.depart(d, store);
+        }
     }
 
     /// Takes a queue's expired head messages out and dead-letters them (or
@@ -278,14 +280,7 @@ impl State {
     /// no queue's lock and no expiry-order lock.
     pub(super) fn expire_messages(&self, cell: &QueueLock, store: &LogStore) {
         let order = self.expiry_stripe(cell).lock();
-        let mut departed = Vec::new();
-        {
-            let mut q = cell.lock();
-            let mut fx = Effects::default();
-            q.apply(Command::Expire, queue::now_ms(), &mut fx);
-            // A failure is the log's I/O failure, already reported.
-            let _ = carry_out(&q, &mut fx, store, &mut departed);
-        }
+        let departed = apply_to(cell, Command::Expire, store);
         let mut touched = Vec::new();
         let vhost = departed.first().map(|d| d.vhost.clone());
         for d in departed {
@@ -296,23 +291,19 @@ impl State {
             self.drain_all(&vhost, touched, store);
         }
     }
+}
 
-    /// Applies `command` to a queue the caller does not hold, carries out
-    /// its log records, and dead-letters what left once the queue's lock
-    /// is let go.
-    fn apply_and_depart(&self, cell: &QueueLock, command: Command, store: &LogStore) {
-        let mut departed = Vec::new();
-        {
-            let mut q = cell.lock();
-            let mut fx = Effects::default();
-            q.apply(command, queue::now_ms(), &mut fx);
-            // A failure is the log's I/O failure, already reported.
-            let _ = carry_out(&q, &mut fx, store, &mut departed);
-        }
-        for d in departed {
-            self.depart(d, store);
-        }
-    }
+/// Applies `command` to a queue the caller does not hold and carries out
+/// its log records; returns what left for the dead-letter exchange, to be
+/// dead-lettered once the queue's lock is let go (it is, on return).
+fn apply_to(cell: &QueueLock, command: Command, store: &LogStore) -> Vec<Departed> {
+    let mut departed = Vec::new();
+    let mut q = cell.lock();
+    let mut fx = Effects::default();
+    q.apply(command, queue::now_ms(), &mut fx);
+    // A failure is the log's I/O failure, already reported.
+    let _ = carry_out(&q, &mut fx, store, &mut departed);
+    departed
 }
 
 /// The segment size and filter size limits RabbitMQ checks when a stream
