@@ -3,11 +3,12 @@
 # the message path done. Builds each named commit (a git worktree, built in
 # release mode in target/regress/<commit>, kept for the next run) and the
 # working tree, then runs warren-loadgen's scenarios against every build in
-# turn, alternating builds within each repetition, each run on a fresh data
-# directory and a port picked at run time, with the same client (the working
-# tree's warren-loadgen) for all. Per run it records the consumed msg/s, the
-# broker's CPU time per message (utime + stime of the whole process over the
-# load, from /proc), its syscalls and context switches per message (the
+# turn, alternating builds within each repetition (in reverse order every
+# other repetition), each run on a fresh data directory and a port picked at
+# run time, with the same client (the working tree's warren-loadgen) for
+# all. Per run it records the consumed msg/s, the broker's CPU time per
+# message (utime + stime of the whole process over the load, from /proc,
+# and each of the two apart), its syscalls and context switches per message (the
 # broker runs under perf stat, so every thread it starts is counted, start
 # and stop included; "-" without perf), p50/p99 latency, and for builds that
 # report them at shutdown the nanoseconds per message spent holding the
@@ -101,12 +102,22 @@ http_off() {
     grep -q -- --prometheus-port <<<"$help" && echo --prometheus-port 0
     return 0
 }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# User and system ticks of a process, "utime stime".
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 ticks_per_s=$(getconf CLK_TCK)
 
 for rep in $(seq "$REPS"); do
     for sc in $SCENARIOS; do
-        for i in "${!bins[@]}"; do
+        # Every other repetition runs the builds in reverse. A run can pay
+        # for the one before it (whose deleted data directory is still being
+        # discarded and written back): with the working tree always after
+        # aef07c7 it came out at 0.93x in S1 and 0.83x in S2, with it always
+        # first at 0.99x and 0.95x (2026-12-07).
+        order=()
+        for j in "${!bins[@]}"; do
+            if (( rep % 2 == 0 )); then order=("$j" "${order[@]}"); else order+=("$j"); fi
+        done
+        for i in "${order[@]}"; do
             bin=${bins[$i]}; label=${labels[$i]}
             scratch=$(mktemp -d); port=$(free_port)
             if [[ $bin == rabbitmq ]]; then
@@ -158,11 +169,16 @@ for rep in $(seq "$REPS"); do
             consumed=$(sed -n 's/.* consumed=\([0-9]*\).*/\1/p' <<<"$line")
             figures=$(python3 - "$before" "$after" "$ticks_per_s" "${consumed:-0}" "${syscalls:--}" "${switches:--}" "${locks:-}" <<'PY'
 import sys
-before, after, hz, consumed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+(user0, sys0), (user1, sys1) = (map(int, sys.argv[i].split()) for i in (1, 2))
+hz, consumed = int(sys.argv[3]), int(sys.argv[4])
 def per(v):
     return f"{float(v) / consumed:.3f}" if consumed and v not in ("-", "") else "-"
-cpu = f"{(after - before) / hz * 1e6 / consumed:.3f}" if consumed else "-"
-out = f"broker_us_per_msg={cpu} syscalls_per_msg={per(sys.argv[5])} switches_per_msg={per(sys.argv[6])}"
+def us(ticks):
+    return f"{ticks / hz * 1e6 / consumed:.3f}" if consumed else "-"
+# The kernel's share (sys) is mostly the log's fdatasync path and loopback
+# TCP: a change in user code shows in user_us, not drowned in sys noise.
+out = (f"broker_us_per_msg={us(user1 - user0 + sys1 - sys0)} user_us_per_msg={us(user1 - user0)}"
+       f" sys_us_per_msg={us(sys1 - sys0)} syscalls_per_msg={per(sys.argv[5])} switches_per_msg={per(sys.argv[6])}")
 held = sys.argv[7].split()
 if consumed and len(held) == 2:
     # Time under the broker's lock and the log's, per message consumed.
@@ -183,7 +199,7 @@ for line in open(path):
     label, sc = line.split()[:2]
     for k, v in re.findall(r"(\w+)=([0-9.]+)\b", line):
         rows.setdefault((label, sc, k), []).append(float(v))
-keys = ["cons_msg_s", "broker_us_per_msg", "syscalls_per_msg", "switches_per_msg", "p50_ms", "p99_ms",
+keys = ["cons_msg_s", "broker_us_per_msg", "user_us_per_msg", "sys_us_per_msg", "syscalls_per_msg", "switches_per_msg", "p50_ms", "p99_ms",
         "broker_lock_ns_per_msg", "log_lock_ns_per_msg"]
 base = labels[0]
 print(f"\nmedians over the repetitions; ratio = build / {base} ('-': the build does not report it)")
