@@ -46,9 +46,10 @@ fn published(id: u64) -> u64 {
     1_700_000_000_000 + id
 }
 
-/// A segment of `version` 1 to 5 holding the same records (format 3
+/// A segment of `version` 1 to 6 holding the same records (format 3
 /// messages also carry their publish time; format 4 adds an exchange of
-/// another vhost; format 5 a message of a stream, with its offset).
+/// another vhost; format 5 a message of a stream, with its offset; format
+/// 6 a Raft group's entries and state).
 fn hand_built(version: u32, base: u64, capacity: u32) -> Vec<u8> {
     let mut seg = Vec::new();
     seg.extend_from_slice(b"WARRENLG");
@@ -165,12 +166,30 @@ fn records(version: u32) -> Vec<u8> {
         p.extend_from_slice(&id.to_le_bytes());
         seg.extend(record(kind, 0, &p));
     }
+    if version >= 6 {
+        // Raft group 5: entries 1 to 3, a vote, entries 3 on truncated
+        // (kind 3, index 3), then entries up to 1 purged (kind 4, index 1,
+        // the last purged log id "lid1").
+        for index in 1..=3u64 {
+            let mut p = 5u64.to_le_bytes().to_vec();
+            p.extend_from_slice(&index.to_le_bytes());
+            p.extend(bytes32(format!("entry{index}").as_bytes()));
+            seg.extend(record(14, 0, &p));
+        }
+        for (kind, index, value) in [(1u8, 0u64, &b"vote"[..]), (3, 3, b""), (4, 1, b"lid1")] {
+            let mut p = 5u64.to_le_bytes().to_vec();
+            p.push(kind);
+            p.extend_from_slice(&index.to_le_bytes());
+            p.extend(bytes32(value));
+            seg.extend(record(15, 0, &p));
+        }
+    }
     seg
 }
 
 #[test]
 fn a_segment_built_from_the_document_decodes_record_by_record() {
-    for version in [1, 2, 3, 4, 5] {
+    for version in [1, 2, 3, 4, 5, 6] {
         decode_record_by_record(version);
     }
 }
@@ -231,7 +250,8 @@ fn decode_record_by_record(version: u32) {
         1 => &[1, 3, 5, 7, 7, 7, 9, 8],
         2 | 3 => &[11, 1, 3, 5, 7, 7, 7, 9, 8],
         4 => &[11, 1, 3, 5, 1, 7, 7, 7, 9, 8],
-        _ => &[11, 1, 3, 5, 1, 3, 7, 7, 7, 7, 9, 8],
+        5 => &[11, 1, 3, 5, 1, 3, 7, 7, 7, 7, 9, 8],
+        _ => &[11, 1, 3, 5, 1, 3, 7, 7, 7, 7, 9, 8, 14, 14, 14, 15, 15, 15],
     };
     assert_eq!(kinds, expected, "format {version}");
 }
@@ -292,12 +312,24 @@ fn our_encoder_writes_exactly_the_documented_bytes() {
     MessageDraft::new(0, Some(published(4)), Some(41), &[9], ("", "ticks"), &[0, 0], b"tick").encode(&mut ours, 4);
     encode_id_record(&mut ours, TYPE_DELIVERED, 7, &[3]);
     encode_id_record(&mut ours, TYPE_ACK, 7, &[2]);
+    for index in 1..=3u64 {
+        let entry = bytes::Bytes::from(format!("entry{index}"));
+        Record::RaftEntry { group: 5, index, entry }.encode(0, &mut ours);
+    }
+    for (kind, index, value) in [
+        (RaftStateKind::Vote, 0, &b"vote"[..]),
+        (RaftStateKind::Truncated, 3, b""),
+        (RaftStateKind::Purged, 1, b"lid1"),
+    ] {
+        let value = bytes::Bytes::copy_from_slice(value);
+        Record::RaftState { group: 5, kind, index, value }.encode(0, &mut ours);
+    }
     assert_eq!(&hand[..ours.len()], &ours[..]);
 }
 
 #[test]
 fn recovery_of_the_hand_built_segment_rebuilds_queue_state() {
-    for version in [1, 2, 3, 4, 5] {
+    for version in [1, 2, 3, 4, 5, 6] {
         recover_hand_built(version);
     }
 }
@@ -319,6 +351,16 @@ fn recover_hand_built(version: u32) {
     let stream: Vec<(u64, Option<u64>)> =
         per_queue.get(&9).into_iter().flatten().map(|m| (m.id, m.stream_offset)).collect();
     assert_eq!(stream, if version >= 5 { vec![(4, Some(41))] } else { vec![] }, "format {version}");
+    let raft = recovered.raft.group(5);
+    if version >= 6 {
+        let raft = raft.expect("raft group 5");
+        let entries: Vec<(u64, &[u8])> = raft.entries(0..u64::MAX).map(|(i, e)| (i, &e[..])).collect();
+        assert_eq!(entries, vec![(2, &b"entry2"[..])]);
+        assert_eq!(raft.vote.as_deref(), Some(&b"vote"[..]));
+        assert_eq!(raft.purged.as_ref().map(|(i, id)| (*i, &id[..])), Some((1, &b"lid1"[..])));
+    } else {
+        assert!(raft.is_none());
+    }
 }
 
 #[test]

@@ -15,9 +15,9 @@ pub use draft::MessageDraft;
 use bytes::{BufMut, Bytes};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"WARRENLG";
-/// The version this build writes. Versions 1 to 4 segments are still read.
-pub const FORMAT_VERSION: u32 = 5;
-/// Header length of a version 2 to 5 segment (5 is written now).
+/// The version this build writes. Versions 1 to 5 segments are still read.
+pub const FORMAT_VERSION: u32 = 6;
+/// Header length of a version 2 to 6 segment (6 is written now).
 pub const SEGMENT_HEADER_LEN: usize = 40;
 /// Header length of a version 1 segment.
 pub const SEGMENT_HEADER_LEN_V1: usize = 32;
@@ -43,6 +43,47 @@ pub const TYPE_GROUP: u8 = 11;
 pub const TYPE_PARAMETER: u8 = 12;
 /// A runtime setting removed.
 pub const TYPE_PARAMETER_DELETE: u8 = 13;
+/// One entry of a Raft group's log (format 6): its bytes are the Raft
+/// layer's, the log keeps them in index order per group.
+pub const TYPE_RAFT_ENTRY: u8 = 14;
+/// A change to a Raft group's durable state other than an entry (format 6):
+/// its vote, commit index, a truncated or purged stretch, or its removal.
+pub const TYPE_RAFT_STATE: u8 = 15;
+
+/// What a Raft-state record changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum RaftStateKind {
+    /// `value`: the vote (the Raft layer's bytes); `index` unused (0).
+    Vote = 1,
+    /// `value`: the last committed log id; `index` unused (0).
+    Committed = 2,
+    /// The entries at `index` and after are gone (a new leader overwrote a
+    /// follower's uncommitted tail); `value` empty.
+    Truncated = 3,
+    /// The entries up to and including `index` are gone (they are in a
+    /// snapshot); `value`: the last purged log id.
+    Purged = 4,
+    /// The group left this node: its entries and state are gone.
+    Removed = 5,
+}
+
+impl RaftStateKind {
+    pub fn from_code(code: u8) -> Option<RaftStateKind> {
+        use RaftStateKind::*;
+        [Vote, Committed, Truncated, Purged, Removed].into_iter().find(|k| *k as u8 == code)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RaftStateKind::Vote => "vote",
+            RaftStateKind::Committed => "committed",
+            RaftStateKind::Truncated => "truncated",
+            RaftStateKind::Purged => "purged",
+            RaftStateKind::Removed => "removed",
+        }
+    }
+}
 
 /// What a parameter record holds; its value is JSON in the shape of
 /// RabbitMQ's definitions file for that kind.
@@ -246,6 +287,8 @@ pub enum FormatError {
     DestinationKind(u8),
     #[error("unknown parameter kind {0}")]
     ParameterKind(u8),
+    #[error("unknown Raft state kind {0}")]
+    RaftStateKind(u8),
 }
 
 /// Where a binding leads, as stored.
@@ -307,6 +350,19 @@ pub enum Record {
         kind: ParameterKind,
         key: String,
     },
+    /// An entry of Raft group `group` at `index` (format 6).
+    RaftEntry {
+        group: u64,
+        index: u64,
+        entry: Bytes,
+    },
+    /// A change to Raft group `group`'s state (format 6; see [`RaftStateKind`]).
+    RaftState {
+        group: u64,
+        kind: RaftStateKind,
+        index: u64,
+        value: Bytes,
+    },
     /// Opens a commit group (format 2): `length` bytes of records follow.
     Group {
         /// Log position of this record, so that a copy found elsewhere is
@@ -358,6 +414,8 @@ impl Record {
             Record::Group { .. } => TYPE_GROUP,
             Record::Parameter { .. } => TYPE_PARAMETER,
             Record::ParameterDelete { .. } => TYPE_PARAMETER_DELETE,
+            Record::RaftEntry { .. } => TYPE_RAFT_ENTRY,
+            Record::RaftState { .. } => TYPE_RAFT_STATE,
         }
     }
 
@@ -444,6 +502,17 @@ impl Record {
             Record::ParameterDelete { kind, key } => {
                 out.put_u8(*kind as u8);
                 put_bytes32(out, key.as_bytes());
+            }
+            Record::RaftEntry { group, index, entry } => {
+                out.put_u64_le(*group);
+                out.put_u64_le(*index);
+                put_bytes32(out, entry);
+            }
+            Record::RaftState { group, kind, index, value } => {
+                out.put_u64_le(*group);
+                out.put_u8(*kind as u8);
+                out.put_u64_le(*index);
+                put_bytes32(out, value);
             }
             Record::Group { .. } => {}
         }
@@ -545,6 +614,13 @@ impl Record {
                 } else {
                     Record::ParameterDelete { kind: parameter, key }
                 }
+            }
+            TYPE_RAFT_ENTRY => Record::RaftEntry { group: r.u64()?, index: r.u64()?, entry: r.bytes32()? },
+            TYPE_RAFT_STATE => {
+                let group = r.u64()?;
+                let code = r.u8()?;
+                let kind = RaftStateKind::from_code(code).ok_or(FormatError::RaftStateKind(code))?;
+                Record::RaftState { group, kind, index: r.u64()?, value: r.bytes32()? }
             }
             other => return Err(FormatError::UnknownType(other)),
         };

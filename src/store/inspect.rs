@@ -36,7 +36,7 @@ pub const SET_ASIDE_SUFFIX: &str = ".wal.damaged";
 const NEWEST_READ_ATTEMPTS: usize = 4;
 
 /// Every record type code, in order; names come from [`type_name`].
-pub const RECORD_TYPES: [u8; 13] = [
+pub const RECORD_TYPES: [u8; 15] = [
     TYPE_EXCHANGE_DECLARE,
     TYPE_EXCHANGE_DELETE,
     TYPE_QUEUE_DECLARE,
@@ -50,6 +50,8 @@ pub const RECORD_TYPES: [u8; 13] = [
     TYPE_GROUP,
     TYPE_PARAMETER,
     TYPE_PARAMETER_DELETE,
+    TYPE_RAFT_ENTRY,
+    TYPE_RAFT_STATE,
 ];
 
 /// The type code of a record type name (`message`, `ack`, `queue.declare`…).

@@ -266,6 +266,7 @@ impl LogStore {
             next_message_id: recovered.max_message_id + 1,
             next_queue_id: recovered.max_queue_id + 1,
             defs: recovered.definitions.clone(),
+            raft: recovered.raft.clone(),
             index,
             multi,
             relocations: Vec::new(),
@@ -752,6 +753,8 @@ pub fn type_name(kind: u8) -> &'static str {
         TYPE_GROUP => "group",
         TYPE_PARAMETER => "parameter.set",
         TYPE_PARAMETER_DELETE => "parameter.clear",
+        TYPE_RAFT_ENTRY => "raft.entry",
+        TYPE_RAFT_STATE => "raft.state",
         _ => "unknown",
     }
 }

@@ -11,6 +11,8 @@
 //! - [`state`]: what the log keeps in memory behind its lock: segments,
 //!   pending chunks, the message index ([`index`]).
 //! - [`definitions`]: durable definitions and their per-segment snapshots.
+//! - [`raft`]: the Raft groups' logs (entries, votes, commit and purge
+//!   points), restated in every segment's snapshot like the definitions.
 //! - [`writer`]: group commit on a writer thread; a full disk; supervision.
 //! - [`compaction`]: copies forward what mostly dead segments still matter
 //!   for and deletes them, so disk use follows live data.
@@ -33,6 +35,7 @@ pub mod index;
 pub mod inspect;
 pub mod io;
 pub mod log;
+pub mod raft;
 pub mod recovery;
 pub mod scan;
 pub mod sim_disk;

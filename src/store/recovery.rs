@@ -16,9 +16,10 @@
 //! operator asked to skip damaged segments (they are renamed `*.damaged`
 //! and their records are not replayed).
 //!
-//! Every segment starts with a snapshot of the definitions as they stood
-//! when it was opened; replay takes each snapshot as the whole truth, so
-//! that compaction may delete any segment, not only the oldest.
+//! Every segment starts with a snapshot of the definitions and the Raft
+//! groups as they stood when it was opened; replay takes each snapshot as
+//! the whole truth, so that compaction may delete any segment, not only
+//! the oldest.
 
 use std::time::Instant;
 
@@ -144,6 +145,8 @@ pub struct QueueMessage {
 pub struct Recovered {
     pub segments: Vec<SegmentState>,
     pub definitions: Definitions,
+    /// The Raft groups' logs (format 6).
+    pub raft: super::raft::RaftLogs,
     pub messages: IdMap<RecoveredMessage>,
     pub max_message_id: u64,
     pub max_queue_id: u32,
@@ -479,11 +482,13 @@ fn apply(out: &mut Recovered, seg: &mut SegmentState, frame: &Frame, segment: &[
                         // in the middle (compaction) loses no deletion.
                         seg.id_floor = seg.id_floor.min(*next_message_id);
                         out.definitions = Definitions::default();
+                        out.raft = Default::default();
                     }
                 }
                 _ => {}
             }
             out.definitions.apply(&record);
+            out.raft.apply(&record);
         }
     }
 }

@@ -184,6 +184,8 @@ pub(super) struct Inner {
     pub next_message_id: u64,
     pub next_queue_id: u32,
     pub defs: Definitions,
+    /// The Raft groups' logs (restated, like `defs`, in every segment's snapshot).
+    pub raft: super::raft::RaftLogs,
     pub index: super::index::MessageIndex,
     /// Queues holding messages that went to more than one durable queue,
     /// with whether each handed it to a consumer.
@@ -281,7 +283,8 @@ impl Inner {
     }
 
     /// Opens segment `seq` at `base`, big enough for its header, the
-    /// definitions snapshot and a first record of `first_record` bytes.
+    /// snapshot (definitions and Raft groups) and a first record of
+    /// `first_record` bytes.
     pub fn start_segment(&mut self, seq: u32, base: u64, first_record: usize) {
         let nonce = self.key;
         let mut data = vec![0u8; SEGMENT_HEADER_LEN];
@@ -290,6 +293,7 @@ impl Inner {
         Record::IdWatermark { next_message_id: self.next_message_id, next_queue_id: self.next_queue_id }
             .encode(FLAG_SNAPSHOT, &mut data);
         self.defs.encode_snapshot(&mut data);
+        self.raft.encode_snapshot(&mut data);
         let needed = data.len() + first_record + GROUP_RECORD_LEN;
         let capacity = (self.segment_size as usize).max(needed.next_multiple_of(4096)).min(u32::MAX as usize) as u32;
         let header = SegmentHeader::new(base, capacity, nonce).encode();

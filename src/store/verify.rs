@@ -270,6 +270,8 @@ fn check_structure(scan: &mut SegmentScan) {
                 | Record::BindingAdd(_)
                 | Record::Parameter { .. }
                 | Record::IdWatermark { .. }
+                | Record::RaftEntry { .. }
+                | Record::RaftState { .. }
         );
         let unknown = e.flags & !(FLAG_SNAPSHOT | FLAG_RELOCATED | FLAG_WIDE | FLAG_TIMED | FLAG_VHOST | FLAG_STREAM);
         if unknown != 0 {

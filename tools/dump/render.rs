@@ -94,6 +94,10 @@ pub(crate) fn record_text(
             format!("kind={} key={:?} value={}", kind.name(), key, String::from_utf8_lossy(value))
         }
         Record::ParameterDelete { kind, key } => format!("kind={} key={:?}", kind.name(), key),
+        Record::RaftEntry { group, index, entry } => format!("group={group} index={index} bytes={}", entry.len()),
+        Record::RaftState { group, kind, index, value } => {
+            format!("group={group} kind={} index={index} bytes={}", kind.name(), value.len())
+        }
         Record::QueueDeclare { queue, vhost, name, auto_delete, arguments } => format!(
             "{}queue=#{queue} name={name:?} auto_delete={auto_delete}{}",
             vhost_text(vhost),
@@ -199,6 +203,17 @@ pub(crate) fn record_json(
         Record::ParameterDelete { kind, key } => {
             put("parameter", json!(kind.name()));
             put("key", json!(key));
+        }
+        Record::RaftEntry { group, index, entry } => {
+            put("group", json!(group));
+            put("index", json!(index));
+            put("bytes", json!(entry.len()));
+        }
+        Record::RaftState { group, kind, index, value } => {
+            put("group", json!(group));
+            put("raft_state", json!(kind.name()));
+            put("index", json!(index));
+            put("bytes", json!(value.len()));
         }
         Record::QueueDeclare { queue, vhost, name, auto_delete, arguments } => {
             put("vhost", json!(vhost));
