@@ -27,6 +27,7 @@
 pub mod access;
 pub mod admin;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod definitions;
 pub mod lock_stats;

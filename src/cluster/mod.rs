@@ -1,0 +1,17 @@
+//! Warren as a cluster: Raft groups replicated over the nodes.
+//!
+//! Built in steps (issue 21). What is here so far:
+//!
+//! - [`types`]: the one Raft type configuration every group shares
+//!   (openraft, pinned exactly: see Cargo.toml), and the group command
+//!   and reply, which are bytes each kind of group reads its own way.
+//! - [`codec`]: the bytes of entries, votes and log ids as Warren's log
+//!   keeps them (storage-format.md, "The Raft layer's bytes").
+//! - [`log_storage`]: a group's Raft log and vote, kept in the node's one
+//!   write-ahead log (`store::raft`): an append is reported written once
+//!   the writer pass holding it is durable, so one `fdatasync` covers
+//!   every group's appends.
+
+pub mod codec;
+pub mod log_storage;
+pub mod types;
