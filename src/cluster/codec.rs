@@ -15,15 +15,15 @@ const PAYLOAD_BLANK: u8 = 0;
 const PAYLOAD_NORMAL: u8 = 1;
 const PAYLOAD_MEMBERSHIP: u8 = 2;
 
-fn bad(what: &str) -> io::Error {
+pub(super) fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("undecodable Raft {what} in the log"))
 }
 
 /// Reads fields off the front of a byte slice.
-struct Reader<'a>(&'a [u8]);
+pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &str) -> io::Result<&'a [u8]> {
+    pub(super) fn take(&mut self, n: usize, what: &str) -> io::Result<&'a [u8]> {
         if self.0.len() < n {
             return Err(bad(what));
         }
@@ -32,33 +32,33 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn u8(&mut self, what: &str) -> io::Result<u8> {
+    pub(super) fn u8(&mut self, what: &str) -> io::Result<u8> {
         Ok(self.take(1, what)?[0])
     }
 
-    fn u32(&mut self, what: &str) -> io::Result<u32> {
+    pub(super) fn u32(&mut self, what: &str) -> io::Result<u32> {
         let b = self.take(4, what)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn u64(&mut self, what: &str) -> io::Result<u64> {
+    pub(super) fn u64(&mut self, what: &str) -> io::Result<u64> {
         let mut b = [0u8; 8];
         b.copy_from_slice(self.take(8, what)?);
         Ok(u64::from_le_bytes(b))
     }
 
-    fn finish(&self, what: &str) -> io::Result<()> {
+    pub(super) fn finish(&self, what: &str) -> io::Result<()> {
         if self.0.is_empty() { Ok(()) } else { Err(bad(what)) }
     }
 }
 
-fn put_log_id(out: &mut Vec<u8>, id: &LogId) {
+pub(super) fn put_log_id(out: &mut Vec<u8>, id: &LogId) {
     out.put_u64_le(id.leader_id.term);
     out.put_u64_le(id.leader_id.node_id);
     out.put_u64_le(id.index);
 }
 
-fn read_log_id(r: &mut Reader<'_>) -> io::Result<LogId> {
+pub(super) fn read_log_id(r: &mut Reader<'_>) -> io::Result<LogId> {
     let (term, node_id, index) = (r.u64("log id")?, r.u64("log id")?, r.u64("log id")?);
     Ok(LogId { leader_id: LeaderId { term, node_id }, index })
 }
@@ -80,22 +80,35 @@ pub fn decode_log_id(bytes: &[u8]) -> io::Result<LogId> {
 /// A vote: term u64, node u64, committed u8 (1 once a quorum granted it).
 pub fn encode_vote(vote: &Vote) -> Bytes {
     let mut out = Vec::with_capacity(17);
-    out.put_u64_le(vote.leader_id.term);
-    out.put_u64_le(vote.leader_id.node_id);
-    out.put_u8(vote.committed as u8);
+    put_vote(&mut out, vote);
     out.into()
 }
 
 pub fn decode_vote(bytes: &[u8]) -> io::Result<Vote> {
     let mut r = Reader(bytes);
-    let (term, node_id) = (r.u64("vote")?, r.u64("vote")?);
-    let committed = match r.u8("vote")? {
-        0 => false,
-        1 => true,
-        _ => return Err(bad("vote")),
-    };
+    let vote = read_vote(&mut r)?;
     r.finish("vote")?;
+    Ok(vote)
+}
+
+pub(super) fn put_vote(out: &mut Vec<u8>, vote: &Vote) {
+    out.put_u64_le(vote.leader_id.term);
+    out.put_u64_le(vote.leader_id.node_id);
+    out.put_u8(vote.committed as u8);
+}
+
+pub(super) fn read_vote(r: &mut Reader<'_>) -> io::Result<Vote> {
+    let (term, node_id) = (r.u64("vote")?, r.u64("vote")?);
+    let committed = read_bool(r, "vote")?;
     Ok(Vote { leader_id: LeaderId { term, node_id }, committed })
+}
+
+pub(super) fn read_bool(r: &mut Reader<'_>, what: &str) -> io::Result<bool> {
+    match r.u8(what)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(bad(what)),
+    }
 }
 
 /// An entry: its log id, then the payload kind u8 (0 blank, 1 a command,
@@ -115,26 +128,52 @@ pub fn encode_entry(entry: &Entry) -> Bytes {
         }
         EntryPayload::Membership(membership) => {
             out.put_u8(PAYLOAD_MEMBERSHIP);
-            let configs = membership.get_joint_config();
-            out.put_u32_le(configs.len() as u32);
-            for config in configs {
-                out.put_u32_le(config.len() as u32);
-                for node in config {
-                    out.put_u64_le(*node);
-                }
-            }
-            let nodes: Vec<_> = membership.nodes().collect();
-            out.put_u32_le(nodes.len() as u32);
-            for (id, node) in nodes {
-                out.put_u64_le(*id);
-                let addr = node.addr.as_bytes();
-                let len = addr.len().min(u16::MAX as usize);
-                out.put_u16_le(len as u16);
-                out.extend_from_slice(&addr[..len]);
-            }
+            put_membership(&mut out, membership);
         }
     }
     out.into()
+}
+
+pub(super) fn put_membership(out: &mut Vec<u8>, membership: &Membership) {
+    let configs = membership.get_joint_config();
+    out.put_u32_le(configs.len() as u32);
+    for config in configs {
+        out.put_u32_le(config.len() as u32);
+        for node in config {
+            out.put_u64_le(*node);
+        }
+    }
+    let nodes: Vec<_> = membership.nodes().collect();
+    out.put_u32_le(nodes.len() as u32);
+    for (id, node) in nodes {
+        out.put_u64_le(*id);
+        let addr = node.addr.as_bytes();
+        let len = addr.len().min(u16::MAX as usize);
+        out.put_u16_le(len as u16);
+        out.extend_from_slice(&addr[..len]);
+    }
+}
+
+pub(super) fn read_membership(r: &mut Reader<'_>) -> io::Result<Membership> {
+    let count = r.u32("membership")? as usize;
+    let mut configs = Vec::with_capacity(count.min(16));
+    for _ in 0..count {
+        let members = r.u32("membership")? as usize;
+        let mut config = BTreeSet::new();
+        for _ in 0..members {
+            config.insert(r.u64("membership")?);
+        }
+        configs.push(config);
+    }
+    let count = r.u32("membership")? as usize;
+    let mut nodes = BTreeMap::new();
+    for _ in 0..count {
+        let id = r.u64("membership")?;
+        let len = u16::from_le_bytes([r.u8("membership")?, r.u8("membership")?]) as usize;
+        let addr = std::str::from_utf8(r.take(len, "membership")?).map_err(|_| bad("membership"))?;
+        nodes.insert(id, BasicNode { addr: addr.to_string() });
+    }
+    Membership::new(configs, nodes).map_err(|_| bad("membership"))
 }
 
 pub fn decode_entry(bytes: &Bytes) -> io::Result<Entry> {
@@ -147,28 +186,7 @@ pub fn decode_entry(bytes: &Bytes) -> io::Result<Entry> {
             r.0 = &[];
             EntryPayload::Normal(GroupCommand(bytes.slice(at..)))
         }
-        PAYLOAD_MEMBERSHIP => {
-            let count = r.u32("membership")? as usize;
-            let mut configs = Vec::with_capacity(count.min(16));
-            for _ in 0..count {
-                let members = r.u32("membership")? as usize;
-                let mut config = BTreeSet::new();
-                for _ in 0..members {
-                    config.insert(r.u64("membership")?);
-                }
-                configs.push(config);
-            }
-            let count = r.u32("membership")? as usize;
-            let mut nodes = BTreeMap::new();
-            for _ in 0..count {
-                let id = r.u64("membership")?;
-                let len = u16::from_le_bytes([r.u8("membership")?, r.u8("membership")?]) as usize;
-                let addr = std::str::from_utf8(r.take(len, "membership")?).map_err(|_| bad("membership"))?;
-                nodes.insert(id, BasicNode { addr: addr.to_string() });
-            }
-            let membership = Membership::new(configs, nodes).map_err(|_| bad("membership"))?;
-            EntryPayload::Membership(membership)
-        }
+        PAYLOAD_MEMBERSHIP => EntryPayload::Membership(read_membership(&mut r)?),
         _ => return Err(bad("entry")),
     };
     r.finish("entry")?;

@@ -11,7 +11,12 @@
 //!   write-ahead log (`store::raft`): an append is reported written once
 //!   the writer pass holding it is durable, so one `fdatasync` covers
 //!   every group's appends.
+//! - [`wire`]: the node-to-node protocol's frames and the bytes of each
+//!   Raft RPC; [`transport`]: the cluster port, one connection per pair of
+//!   nodes carrying every group's RPCs, and each group's openraft network.
 
 pub mod codec;
 pub mod log_storage;
+pub mod transport;
 pub mod types;
+pub mod wire;

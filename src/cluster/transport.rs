@@ -1,0 +1,386 @@
+//! Node-to-node traffic on the cluster port: one TCP connection from each
+//! node to each peer carries the requests of every Raft group, and each
+//! node serves the groups it holds to its peers ([`wire`] has the bytes).
+//!
+//! - [`Transport`] owns the listener, the outgoing connections (opened on
+//!   first use, dropped on any error and opened again by the next
+//!   request) and the groups served here.
+//! - [`GroupNetwork`] is one group's openraft network: its clients send
+//!   through the transport.
+//! - [`RaftGroup`] serves a group's `openraft::Raft` to peers.
+//!
+//! A request that gets no reply within its time-out fails; its late reply
+//! is dropped. A peer that is down costs a failed connect per request,
+//! and openraft backs off from an unreachable peer.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{self, Cursor};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::impls::BasicNode;
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{OptionalSend, Raft};
+use parking_lot::{Mutex, RwLock};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::types::*;
+use super::wire::*;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What a node serves to its peers for one group.
+pub trait GroupServer: Send + Sync + 'static {
+    /// Serves one request of `kind`; the reply's payload, or why not.
+    fn serve(&self, kind: u8, payload: Bytes) -> BoxFuture<io::Result<Vec<u8>>>;
+}
+
+/// A group's Raft, served to peers.
+pub struct RaftGroup<SM: RaftStateMachine<RaftConfig, SnapshotData = Cursor<Vec<u8>>>>(pub Raft<RaftConfig, SM>);
+
+fn failed(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl<SM> GroupServer for RaftGroup<SM>
+where
+    SM: RaftStateMachine<RaftConfig, SnapshotData = Cursor<Vec<u8>>>,
+{
+    fn serve(&self, kind: u8, payload: Bytes) -> BoxFuture<io::Result<Vec<u8>>> {
+        let raft = self.0.clone();
+        Box::pin(async move {
+            match kind {
+                KIND_APPEND => {
+                    let reply = raft.append_entries(decode_append(&payload)?).await.map_err(failed)?;
+                    Ok(encode_append_reply(&reply))
+                }
+                KIND_VOTE => Ok(encode_vote_reply(&raft.vote(decode_vote_request(&payload)?).await.map_err(failed)?)),
+                KIND_PRE_VOTE => {
+                    Ok(encode_vote_reply(&raft.pre_vote(decode_vote_request(&payload)?).await.map_err(failed)?))
+                }
+                KIND_SNAPSHOT => {
+                    let (vote, meta, data) = decode_snapshot(&payload)?;
+                    let snapshot = Snapshot { meta, snapshot: Cursor::new(data.to_vec()) };
+                    Ok(encode_snapshot_reply(&raft.install_full_snapshot(vote, snapshot).await.map_err(failed)?))
+                }
+                KIND_TRANSFER_LEADER => {
+                    let reply = raft.handle_transfer_leader(decode_transfer(&payload)?).await.map_err(failed)?;
+                    Ok(encode_transfer_reply(&reply))
+                }
+                other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("unknown request kind {other}"))),
+            }
+        })
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<(u8, Bytes)>>>>;
+
+/// One outgoing connection to a peer: its write half, and the requests
+/// waiting for their replies (its reader task resolves them).
+struct PeerLink {
+    /// The connection's write half, and whether its reader still runs
+    /// (a connection whose reader stopped is dead, whatever a write says).
+    writer: tokio::sync::Mutex<Option<(tokio::net::tcp::OwnedWriteHalf, Arc<AtomicBool>)>>,
+    pending: Pending,
+    /// The connection's reader task, stopped with the link.
+    reader: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for PeerLink {
+    fn drop(&mut self) {
+        if let Some(reader) = self.reader.get_mut().take() {
+            reader.abort();
+        }
+    }
+}
+
+/// A node's end of the cluster port.
+pub struct Transport {
+    local_addr: SocketAddr,
+    groups: RwLock<HashMap<u64, Arc<dyn GroupServer>>>,
+    peers: Mutex<HashMap<String, Arc<PeerLink>>>,
+    next_request: AtomicU64,
+    /// The listener's task and each served connection's, stopped by
+    /// [`Transport::shutdown`] (so the port is free again at once).
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Transport {
+    /// Listens on `addr` and serves the groups added later.
+    pub async fn bind(addr: SocketAddr) -> io::Result<Arc<Transport>> {
+        let listener = TcpListener::bind(addr).await?;
+        let transport = Arc::new(Transport {
+            local_addr: listener.local_addr()?,
+            groups: RwLock::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let weak = Arc::downgrade(&transport);
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else { continue };
+                let Some(transport) = weak.upgrade() else { return };
+                let _ = socket.set_nodelay(true);
+                let served = transport.clone();
+                let task = tokio::spawn(async move { served.serve_peer(socket).await });
+                let mut tasks = transport.tasks.lock();
+                tasks.retain(|t| !t.is_finished());
+                tasks.push(task.abort_handle());
+            }
+        });
+        transport.tasks.lock().push(accept.abort_handle());
+        Ok(transport)
+    }
+
+    /// Stops listening and serving, and drops the connections to peers:
+    /// the node is gone for its peers from now on.
+    pub fn shutdown(&self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+        self.groups.write().clear();
+        self.peers.lock().clear();
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn add_group(&self, group: u64, server: Arc<dyn GroupServer>) {
+        self.groups.write().insert(group, server);
+    }
+
+    pub fn remove_group(&self, group: u64) {
+        self.groups.write().remove(&group);
+    }
+
+    /// Serves one peer's connection: each request in a task of its own,
+    /// replies written as they are ready.
+    async fn serve_peer(self: Arc<Self>, socket: TcpStream) {
+        let (mut reader, mut writer) = socket.into_split();
+        let (replies, mut outbox) = mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            while let Some(frame) = outbox.recv().await {
+                if writer.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        while let Ok((kind, group, request, payload)) = read_frame(&mut reader).await {
+            let server = self.groups.read().get(&group).cloned();
+            let replies = replies.clone();
+            tokio::spawn(async move {
+                let reply = match server {
+                    Some(server) => server.serve(kind, payload).await,
+                    None => Err(io::Error::new(io::ErrorKind::NotFound, format!("no Raft group {group} here"))),
+                };
+                let frame = match reply {
+                    Ok(bytes) => frame(kind | REPLY, group, request, &bytes),
+                    Err(e) => frame(KIND_FAILED, group, request, e.to_string().as_bytes()),
+                };
+                let _ = replies.send(frame);
+            });
+        }
+    }
+
+    /// Sends a request to the node at `addr` and waits for its reply.
+    pub async fn call(&self, addr: &str, kind: u8, group: u64, payload: &[u8], limit: Duration) -> io::Result<Bytes> {
+        let link = self.peers.lock().entry(addr.to_string()).or_insert_with(PeerLink::new).clone();
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        link.pending.lock().insert(request, tx);
+        let sent = tokio::time::timeout(limit, link.send(addr, frame(kind, group, request, payload))).await;
+        let outcome = match sent {
+            Ok(Ok(())) => tokio::time::timeout(limit, rx).await,
+            Ok(Err(e)) => {
+                link.pending.lock().remove(&request);
+                return Err(e);
+            }
+            Err(_) => {
+                link.pending.lock().remove(&request);
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("{addr}: no connection within {limit:?}")));
+            }
+        };
+        match outcome {
+            Ok(Ok((reply_kind, bytes))) if reply_kind == kind | REPLY => Ok(bytes),
+            Ok(Ok((KIND_FAILED, why))) => Err(io::Error::other(format!("{addr}: {}", String::from_utf8_lossy(&why)))),
+            Ok(Ok((other, _))) => {
+                Err(io::Error::new(io::ErrorKind::InvalidData, format!("{addr}: reply kind {other}")))
+            }
+            Ok(Err(_)) => Err(io::Error::new(io::ErrorKind::ConnectionReset, format!("{addr}: connection lost"))),
+            Err(_) => {
+                link.pending.lock().remove(&request);
+                Err(io::Error::new(io::ErrorKind::TimedOut, format!("{addr}: no reply within {limit:?}")))
+            }
+        }
+    }
+}
+
+impl PeerLink {
+    fn new() -> Arc<PeerLink> {
+        Arc::new(PeerLink { writer: tokio::sync::Mutex::new(None), pending: Arc::default(), reader: Mutex::new(None) })
+    }
+
+    /// Writes a frame, connecting first if there is no connection.
+    async fn send(&self, addr: &str, frame: Vec<u8>) -> io::Result<()> {
+        let mut writer = self.writer.lock().await;
+        if writer.as_ref().is_some_and(|(_, alive)| !alive.load(Ordering::Acquire)) {
+            *writer = None;
+        }
+        if writer.is_none() {
+            let socket = TcpStream::connect(addr).await?;
+            let _ = socket.set_nodelay(true);
+            let (mut reader, write_half) = socket.into_split();
+            let pending = self.pending.clone();
+            let alive = Arc::new(AtomicBool::new(true));
+            let reading = alive.clone();
+            let task = tokio::spawn(async move {
+                while let Ok((kind, _, request, payload)) = read_frame(&mut reader).await {
+                    if let Some(waiter) = pending.lock().remove(&request) {
+                        let _ = waiter.send((kind, payload));
+                    }
+                }
+                // The connection is gone: the next request opens another,
+                // and whoever waits on this one learns now (their senders
+                // drop) rather than at their time-out.
+                reading.store(false, Ordering::Release);
+                pending.lock().clear();
+            });
+            if let Some(old) = self.reader.lock().replace(task.abort_handle()) {
+                old.abort();
+            }
+            *writer = Some((write_half, alive));
+        }
+        let Some((stream, _)) = writer.as_mut() else { return Err(io::Error::other("no connection")) };
+        if let Err(e) = stream.write_all(&frame).await {
+            *writer = None;
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// Reads one frame: (kind, group, request id, payload).
+async fn read_frame(reader: &mut (impl AsyncReadExt + Unpin)) -> io::Result<(u8, u64, u64, Bytes)> {
+    let len = reader.read_u32_le().await? as usize;
+    if !(FRAME_HEADER - 4..=MAX_FRAME).contains(&len) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame length {len}")));
+    }
+    let mut header = [0u8; FRAME_HEADER - 4];
+    reader.read_exact(&mut header).await?;
+    let (kind, group, request) = parse_header(&header);
+    let mut payload = vec![0u8; len - header.len()];
+    reader.read_exact(&mut payload).await?;
+    Ok((kind, group, request, payload.into()))
+}
+
+/// One group's openraft network: clients to each peer, through the transport.
+#[derive(Clone)]
+pub struct GroupNetwork {
+    pub transport: Arc<Transport>,
+    pub group: u64,
+}
+
+impl RaftNetworkFactory<RaftConfig> for GroupNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, _target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient { transport: self.transport.clone(), group: self.group, addr: node.addr.clone() }
+    }
+}
+
+/// Sends one group's RPCs to one peer.
+pub struct PeerClient {
+    transport: Arc<Transport>,
+    group: u64,
+    addr: String,
+}
+
+impl PeerClient {
+    async fn call(&self, kind: u8, payload: Vec<u8>, option: &RPCOption) -> io::Result<Bytes> {
+        self.transport.call(&self.addr, kind, self.group, &payload, option.hard_ttl()).await
+    }
+}
+
+fn rpc_error(e: io::Error) -> RPCError<RaftConfig> {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => RPCError::Unreachable(Unreachable::new(&e)),
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+fn decoded<T>(r: io::Result<T>) -> Result<T, RPCError<RaftConfig>> {
+    r.map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
+impl RaftNetworkV2<RaftConfig> for PeerClient {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<RaftConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<RaftConfig>, RPCError<RaftConfig>> {
+        let reply = self.call(KIND_APPEND, encode_append(&rpc), &option).await.map_err(rpc_error)?;
+        decoded(decode_append_reply(&reply))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<RaftConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<RaftConfig>, RPCError<RaftConfig>> {
+        let reply = self.call(KIND_VOTE, encode_vote_request(&rpc), &option).await.map_err(rpc_error)?;
+        decoded(decode_vote_reply(&reply))
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<RaftConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<RaftConfig>, RPCError<RaftConfig>> {
+        let reply = self.call(KIND_PRE_VOTE, encode_vote_request(&rpc), &option).await.map_err(rpc_error)?;
+        decoded(decode_vote_reply(&reply))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot<LeaderId, NodeId, BasicNode, Cursor<Vec<u8>>>,
+        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<RaftConfig>, StreamingError<RaftConfig>> {
+        let payload = encode_snapshot(&vote, &snapshot.meta, snapshot.snapshot.get_ref());
+        match self.call(KIND_SNAPSHOT, payload, &option).await {
+            Ok(reply) => decode_snapshot_reply(&reply).map_err(|e| StreamingError::Network(NetworkError::new(&e))),
+            Err(e) => Err(match rpc_error(e) {
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                RPCError::Network(n) => StreamingError::Network(n),
+                other => StreamingError::Network(NetworkError::new(&other)),
+            }),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<RaftConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<RaftConfig>, RPCError<RaftConfig>> {
+        let reply = self.call(KIND_TRANSFER_LEADER, encode_transfer(&req), &option).await.map_err(rpc_error)?;
+        decoded(decode_transfer_reply(&reply))
+    }
+}
