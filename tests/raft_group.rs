@@ -123,6 +123,7 @@ async fn three_nodes_elect_replicate_and_fail_over_when_the_leader_stops() {
     let second = leader_among(&nodes).await;
     assert_ne!(second, first);
     let failover = stopped_at.elapsed();
+    eprintln!("a new leader ({second}) {failover:?} after the leader ({first}) stopped");
     assert!(failover < Duration::from_secs(5), "a new leader took {failover:?}");
     for i in 50..60 {
         let count = write(&nodes[&second], format!("command {i}")).await;
