@@ -87,6 +87,21 @@ pub struct Config {
     pub prometheus_port: u16,
     /// The amqps listener and TLS for the HTTP listeners.
     pub tls: crate::tls::TlsConfig,
+    /// This node's place in a cluster (off without a cluster port).
+    pub cluster: ClusterConfig,
+}
+
+/// The `[cluster]` table: a static cluster, as RabbitMQ's classic config
+/// peer discovery.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name [default: `warren@HOST`].
+    pub node_name: Option<String>,
+    /// Port of node-to-node traffic; 0 (the default) runs a single node.
+    pub port: u16,
+    /// Every node of the cluster as `NAME@HOST:PORT` (this one may be listed).
+    pub peers: Vec<String>,
 }
 
 impl Default for Config {
@@ -118,6 +133,7 @@ impl Default for Config {
             management_bind: None,
             prometheus_port: 15692,
             tls: Default::default(),
+            cluster: Default::default(),
         }
     }
 }
@@ -217,5 +233,17 @@ mod tests {
         assert_eq!(config.disk_free_limit_bytes(), 1_000_000_000);
         let config: super::Config = toml::from_str("disk_free_limit = 1000").unwrap();
         assert_eq!(config.disk_free_limit_bytes(), 1000);
+    }
+
+    #[test]
+    fn the_cluster_table_names_the_node_its_port_and_peers() {
+        let text = "[cluster]\nnode_name = \"a@h\"\nport = 25672\npeers = [\"a@h@127.0.0.1:25672\", \"b@127.0.0.1:25673\"]\n";
+        let config: super::Config = toml::from_str(text).unwrap();
+        assert_eq!(config.cluster.node_name.as_deref(), Some("a@h"));
+        assert_eq!(config.cluster.port, 25672);
+        assert_eq!(config.cluster.peers.len(), 2);
+        assert_eq!(super::Config::default().cluster.port, 0, "a single node unless a cluster port is given");
+        let err = toml::from_str::<super::Config>("[cluster]\nnodes = []\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `nodes`"), "{err}");
     }
 }

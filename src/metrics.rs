@@ -49,15 +49,23 @@ fn total_memory() -> u64 {
     }
 }
 
-/// The node name shown where RabbitMQ shows its node (`warren@HOST`),
-/// read once.
+static NODE_NAME: OnceLock<String> = OnceLock::new();
+
+/// Names this node (`--node-name`), before anything reads the name; false
+/// if it was named already.
+pub fn set_node_name(name: &str) -> bool {
+    NODE_NAME.set(name.to_string()).is_ok()
+}
+
+/// The node name shown where RabbitMQ shows its node: the one set with
+/// [`set_node_name`], else `warren@HOST`. Read once.
 pub fn node_name() -> String {
-    static NAME: OnceLock<String> = OnceLock::new();
-    NAME.get_or_init(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        format!("warren@{}", host.trim())
-    })
-    .clone()
+    NODE_NAME
+        .get_or_init(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("warren@{}", host.trim())
+        })
+        .clone()
 }
 
 /// File descriptors open in this process.

@@ -77,6 +77,15 @@ struct Args {
     /// CA certificates (PEM): client certificates are verified against them (verify_peer).
     #[arg(long)]
     tls_ca: Option<PathBuf>,
+    /// This node's name, as its peers list it [default: warren@HOST].
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Port of node-to-node traffic; 0 runs a single node [default: 0].
+    #[arg(long)]
+    cluster_port: Option<u16>,
+    /// The cluster's nodes, NAME@HOST:PORT,NAME@HOST:PORT,... (this node may be listed).
+    #[arg(long)]
+    cluster_peers: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -137,6 +146,18 @@ fn main() -> anyhow::Result<()> {
     config.tls.cert = args.tls_cert.or(config.tls.cert);
     config.tls.key = args.tls_key.or(config.tls.key);
     config.tls.ca = args.tls_ca.or(config.tls.ca);
+    config.cluster.node_name = args.node_name.or(config.cluster.node_name);
+    if let Some(port) = args.cluster_port {
+        config.cluster.port = port;
+    }
+    if let Some(list) = &args.cluster_peers {
+        config.cluster.peers = vec![list.clone()];
+    }
+    // Every peer is checked before anything starts.
+    let peers = warren::cluster::node::parse_peers(&config.cluster.peers.join(",")).map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(name) = &config.cluster.node_name {
+        warren::metrics::set_node_name(name);
+    }
     // A broken TLS setup stops the start, before anything else.
     let tls = warren::tls::server_config(&config.tls).map_err(|e| anyhow::anyhow!(e))?;
     warren::metrics::mark_start();
@@ -186,6 +207,14 @@ fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot import {}: {e}", path.display()))?;
         tracing::info!("imported definitions from {}: {report:?}", path.display());
     }
+    let identity = match config.cluster.port {
+        0 => None,
+        _ => {
+            let name = warren::metrics::node_name();
+            let parameters = &recovered.definitions.parameters;
+            Some(warren::cluster::node::identity(&store, parameters, &name).map_err(|e| anyhow::anyhow!(e))?)
+        }
+    };
     drop(recovered);
 
     let runtime = if config.threads <= 1 {
@@ -194,7 +223,7 @@ fn main() -> anyhow::Result<()> {
         tokio::runtime::Builder::new_multi_thread().worker_threads(config.threads).enable_all().build()?
     };
     let reporting = broker.clone();
-    let result = runtime.block_on(serve(config, broker, tls));
+    let result = runtime.block_on(serve(config, broker, tls, identity.map(|i| (i, peers))));
     // What the message path spent under broker-wide locks (benches/regress.sh reads this line).
     tracing::info!("lock holds since the start: {}", reporting.lock_report());
     // Everything appended is written and synced before the process exits.
@@ -203,8 +232,30 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-async fn serve(config: Config, broker: Arc<Broker>, tls: Option<Arc<rustls::ServerConfig>>) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    broker: Arc<Broker>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    cluster: Option<(warren::cluster::node::Identity, Vec<warren::cluster::node::Peer>)>,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    let cluster = match cluster {
+        None => None,
+        Some((identity, peers)) => {
+            let port = config.cluster.port;
+            let node = warren::cluster::node::ClusterNode::start(identity, (config.bind, port).into(), peers)
+                .await
+                .with_context(|| format!("cannot listen on {}:{port} for the cluster (--cluster-port)", config.bind))?;
+            let addr = node.transport.local_addr();
+            tracing::info!(
+                "node {} (Raft id {}) cluster port listening on {addr}",
+                node.identity.name,
+                node.identity.id
+            );
+            println!("cluster port listening on {addr}");
+            Some(node)
+        }
+    };
     let control = warren::admin::bind(&config.control_socket())
         .with_context(|| format!("cannot bind control socket {}", config.control_socket().display()))?;
     tokio::spawn(warren::admin::serve(control, broker.clone()));
@@ -225,7 +276,8 @@ async fn serve(config: Config, broker: Arc<Broker>, tls: Option<Arc<rustls::Serv
     };
     listeners.management = management.as_ref().and_then(|l| l.local_addr().ok());
     listeners.prometheus = prometheus.as_ref().and_then(|l| l.local_addr().ok());
-    let api = warren::management::Api { broker: broker.clone(), listeners: Arc::new(listeners) };
+    let api =
+        warren::management::Api { broker: broker.clone(), listeners: Arc::new(listeners), cluster: cluster.clone() };
     let management_tls = tls.clone().filter(|_| config.tls.management);
     let prometheus_tls = tls.clone().filter(|_| config.tls.prometheus);
     if let Some(listener) = management {
@@ -271,6 +323,9 @@ async fn serve(config: Config, broker: Arc<Broker>, tls: Option<Arc<rustls::Serv
             });
             drain(&broker).await;
         }
+    }
+    if let Some(node) = &cluster {
+        node.shutdown();
     }
     let _ = std::fs::remove_file(config.control_socket());
     Ok(())

@@ -11,12 +11,15 @@
 //!   write-ahead log (`store::raft`): an append is reported written once
 //!   the writer pass holding it is durable, so one `fdatasync` covers
 //!   every group's appends.
+//! - [`node`]: this node: its name and Raft id (kept in its log), its
+//!   cluster port, and which of its configured peers are running.
 //! - [`wire`]: the node-to-node protocol's frames and the bytes of each
 //!   Raft RPC; [`transport`]: the cluster port, one connection per pair of
 //!   nodes carrying every group's RPCs, and each group's openraft network.
 
 pub mod codec;
 pub mod log_storage;
+pub mod node;
 pub mod transport;
 pub mod types;
 pub mod wire;

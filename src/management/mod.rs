@@ -55,6 +55,8 @@ pub struct Listeners {
 pub struct Api {
     pub broker: Arc<Broker>,
     pub listeners: Arc<Listeners>,
+    /// This node of a cluster (None for a single node).
+    pub cluster: Option<Arc<crate::cluster::node::ClusterNode>>,
 }
 
 /// Serves the API on `listener` until the process ends.

@@ -230,17 +230,34 @@ fn node_json(api: &Api) -> Value {
     })
 }
 
+/// This node, then each configured peer of a cluster: what this node
+/// knows of a peer is whether it answered on the cluster port lately
+/// (`running`) and its Raft id; its own figures are on its own API.
+fn all_nodes(api: &Api) -> Vec<Value> {
+    let mut nodes = vec![node_json(api)];
+    if let Some(cluster) = &api.cluster {
+        nodes[0]["raft_id"] = json!(cluster.identity.id);
+        for peer in cluster.peers() {
+            nodes.push(json!({
+                "name": peer.name,
+                "type": "disc",
+                "running": peer.running,
+                "raft_id": peer.id,
+                "cluster_address": peer.addr,
+            }));
+        }
+    }
+    nodes
+}
+
 async fn nodes(State(api): State<Api>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require_monitor()?;
-    Ok(Json(json!([node_json(&api)])))
+    Ok(Json(Value::Array(all_nodes(&api))))
 }
 
 async fn node(State(api): State<Api>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     caller.require_monitor()?;
-    if name != node_name() {
-        return Err(ApiError::not_found());
-    }
-    Ok(Json(node_json(&api)))
+    all_nodes(&api).into_iter().find(|n| n["name"] == name.as_str()).map(Json).ok_or_else(ApiError::not_found)
 }
 
 fn check(failure: Option<String>) -> Response {

@@ -107,12 +107,15 @@ pub enum ParameterKind {
     /// A stream consumer's tracked offset (format 5). Key: vhost NUL
     /// stream NUL consumer tag.
     StreamOffset = 8,
+    /// This node's identity in a cluster (format 6). Key: `node`; value
+    /// `{"name","id"}` (its node name and Raft id).
+    Node = 9,
 }
 
 impl ParameterKind {
     pub fn from_code(code: u8) -> Option<ParameterKind> {
         use ParameterKind::*;
-        [User, Permission, TopicPermission, Vhost, Policy, OperatorPolicy, VhostLimits, StreamOffset]
+        [User, Permission, TopicPermission, Vhost, Policy, OperatorPolicy, VhostLimits, StreamOffset, Node]
             .into_iter()
             .find(|k| *k as u8 == code)
     }
@@ -127,6 +130,7 @@ impl ParameterKind {
             ParameterKind::OperatorPolicy => "operator-policy",
             ParameterKind::VhostLimits => "vhost-limits",
             ParameterKind::StreamOffset => "stream-offset",
+            ParameterKind::Node => "node",
         }
     }
 }
