@@ -237,7 +237,8 @@ mod tests {
 
     #[test]
     fn the_cluster_table_names_the_node_its_port_and_peers() {
-        let text = "[cluster]\nnode_name = \"a@h\"\nport = 25672\npeers = [\"a@h@127.0.0.1:25672\", \"b@127.0.0.1:25673\"]\n";
+        let text =
+            "[cluster]\nnode_name = \"a@h\"\nport = 25672\npeers = [\"a@h@127.0.0.1:25672\", \"b@127.0.0.1:25673\"]\n";
         let config: super::Config = toml::from_str(text).unwrap();
         assert_eq!(config.cluster.node_name.as_deref(), Some("a@h"));
         assert_eq!(config.cluster.port, 25672);

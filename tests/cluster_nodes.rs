@@ -82,6 +82,25 @@ async fn nodes_know_their_peers_and_a_killed_node_comes_back_with_its_identity()
     }
     assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
 
+    // Bytes that are not the protocol on alpha's cluster port: a frame that
+    // claims a gigabyte and stops, an unknown request, a length too small.
+    // Alpha answers the unknown request with a refusal and goes on serving.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut hostile = tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.unwrap();
+    let mut unknown = vec![17, 0, 0, 0, 0x7E];
+    unknown.extend_from_slice(&u64::MAX.to_le_bytes());
+    unknown.extend_from_slice(&9u64.to_le_bytes());
+    hostile.write_all(&unknown).await.unwrap();
+    let mut reply = [0u8; 21];
+    tokio::time::timeout(Duration::from_secs(5), hostile.read_exact(&mut reply)).await.unwrap().unwrap();
+    assert_eq!(reply[4], 0xFF, "an unknown request is refused, not answered");
+    assert_eq!(u64::from_le_bytes(reply[13..21].try_into().unwrap()), 9, "the refusal names the request");
+    hostile.write_all(&[0, 0, 0, 0x40, 1, 2, 3]).await.unwrap();
+    drop(hostile);
+    let mut short = tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.unwrap();
+    short.write_all(&[3, 0, 0, 0, 1, 2, 3]).await.unwrap();
+    drop(short);
+
     // gamma killed with SIGKILL: the others see it stop.
     nodes[2].kill();
     let (alive, _) = nodes.split_at(2);

@@ -283,8 +283,15 @@ async fn read_frame(reader: &mut (impl AsyncReadExt + Unpin)) -> io::Result<(u8,
     let mut header = [0u8; FRAME_HEADER - 4];
     reader.read_exact(&mut header).await?;
     let (kind, group, request) = parse_header(&header);
-    let mut payload = vec![0u8; len - header.len()];
-    reader.read_exact(&mut payload).await?;
+    // Grown as the bytes arrive, not allocated from the length field: a
+    // peer claiming a gigabyte must send it (the port is not yet
+    // authenticated).
+    let want = len - header.len();
+    let mut payload = Vec::with_capacity(want.min(64 << 10));
+    (&mut *reader).take(want as u64).read_to_end(&mut payload).await?;
+    if payload.len() != want {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the connection ended inside a frame"));
+    }
     Ok((kind, group, request, payload.into()))
 }
 
