@@ -132,7 +132,17 @@ impl Transport {
         let weak = Arc::downgrade(&transport);
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((socket, _)) = listener.accept().await else { continue };
+                let socket = match listener.accept().await {
+                    Ok((socket, _)) => socket,
+                    Err(e) => {
+                        // Out of file descriptors, say: an accept that fails
+                        // at once must not spin (on one runtime thread it
+                        // would stall every connection), so wait a little.
+                        tracing::warn!("the cluster port cannot accept a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let Some(transport) = weak.upgrade() else { return };
                 let _ = socket.set_nodelay(true);
                 let served = transport.clone();
