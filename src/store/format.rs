@@ -7,10 +7,19 @@
 //! All integers are little-endian. Two payload fields are opaque AMQP
 //! encodings (and so big-endian inside): queue/exchange/binding arguments
 //! (an AMQP field table) and message properties (AMQP property flags and list).
+//!
+//! Parts of it live in submodules: `segment` (a segment's header and file
+//! name), `kinds` (the kind codes of parameter and Raft-state records),
+//! `draft` (a message record laid out and checksummed before the log's
+//! lock) and `crc_shift` (moving a CRC past bytes it did not cover).
 
 mod crc_shift;
 mod draft;
+mod kinds;
+mod segment;
 pub use draft::MessageDraft;
+pub use kinds::{ParameterKind, RaftStateKind};
+pub use segment::{SegmentHeader, parse_segment_file_name, segment_file_name};
 
 use bytes::{BufMut, Bytes};
 
@@ -50,91 +59,6 @@ pub const TYPE_RAFT_ENTRY: u8 = 14;
 /// its vote, commit index, a truncated or purged stretch, or its removal.
 pub const TYPE_RAFT_STATE: u8 = 15;
 
-/// What a Raft-state record changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[repr(u8)]
-pub enum RaftStateKind {
-    /// `value`: the vote (the Raft layer's bytes); `index` unused (0).
-    Vote = 1,
-    /// `value`: the last committed log id; `index` unused (0).
-    Committed = 2,
-    /// The entries at `index` and after are gone (a new leader overwrote a
-    /// follower's uncommitted tail); `value` empty.
-    Truncated = 3,
-    /// The entries up to and including `index` are gone (they are in a
-    /// snapshot); `value`: the last purged log id.
-    Purged = 4,
-    /// The group left this node: its entries and state are gone.
-    Removed = 5,
-}
-
-impl RaftStateKind {
-    pub fn from_code(code: u8) -> Option<RaftStateKind> {
-        use RaftStateKind::*;
-        [Vote, Committed, Truncated, Purged, Removed].into_iter().find(|k| *k as u8 == code)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            RaftStateKind::Vote => "vote",
-            RaftStateKind::Committed => "committed",
-            RaftStateKind::Truncated => "truncated",
-            RaftStateKind::Purged => "purged",
-            RaftStateKind::Removed => "removed",
-        }
-    }
-}
-
-/// What a parameter record holds; its value is JSON in the shape of
-/// RabbitMQ's definitions file for that kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[repr(u8)]
-pub enum ParameterKind {
-    /// Key: the user name.
-    User = 1,
-    /// Key: user NUL vhost.
-    Permission = 2,
-    /// Key: user NUL vhost NUL exchange.
-    TopicPermission = 3,
-    /// Key: the vhost name.
-    Vhost = 4,
-    /// Key: vhost NUL policy name.
-    Policy = 5,
-    /// Key: vhost NUL policy name.
-    OperatorPolicy = 6,
-    /// Key: the vhost name.
-    VhostLimits = 7,
-    /// A stream consumer's tracked offset (format 5). Key: vhost NUL
-    /// stream NUL consumer tag.
-    StreamOffset = 8,
-    /// This node's identity in a cluster (format 6). Key: `node`; value
-    /// `{"name","id"}` (its node name and Raft id).
-    Node = 9,
-}
-
-impl ParameterKind {
-    pub fn from_code(code: u8) -> Option<ParameterKind> {
-        use ParameterKind::*;
-        [User, Permission, TopicPermission, Vhost, Policy, OperatorPolicy, VhostLimits, StreamOffset, Node]
-            .into_iter()
-            .find(|k| *k as u8 == code)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ParameterKind::User => "user",
-            ParameterKind::Permission => "permission",
-            ParameterKind::TopicPermission => "topic-permission",
-            ParameterKind::Vhost => "vhost",
-            ParameterKind::Policy => "policy",
-            ParameterKind::OperatorPolicy => "operator-policy",
-            ParameterKind::VhostLimits => "vhost-limits",
-            ParameterKind::StreamOffset => "stream-offset",
-            ParameterKind::Node => "node",
-        }
-    }
-}
-
 /// The record restates a definition at the start of a segment, so that
 /// definitions survive the deletion of the segments that declared them.
 pub const FLAG_SNAPSHOT: u8 = 1;
@@ -164,108 +88,6 @@ pub const GROUP_SYNCED_BEFORE: u8 = 1;
 pub const GROUP_RECORD_LEN: usize = RECORD_PREFIX_LEN + 2 + 8 + 4 + 1;
 
 pub const EXCHANGE_KINDS: [&str; 4] = ["direct", "fanout", "topic", "headers"];
-
-/// The header at the start of every segment file: 40 bytes in format 2,
-/// 32 in format 1 (which has no nonce).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SegmentHeader {
-    pub version: u32,
-    /// Log position of byte 0 of this file; also the file's name.
-    pub base: u64,
-    /// Bytes reserved for the segment (the file's length).
-    pub capacity: u32,
-    /// The log's key (format 2): random, chosen when the log was created and
-    /// repeated in every segment header. It keys the checksum of
-    /// commit-group records, so that no bytes a client publishes can pass
-    /// for one.
-    pub nonce: u64,
-}
-
-impl SegmentHeader {
-    /// A format 2 header.
-    pub fn new(base: u64, capacity: u32, nonce: u64) -> SegmentHeader {
-        SegmentHeader { version: FORMAT_VERSION, base, capacity, nonce }
-    }
-
-    /// Bytes the header occupies; records start right after it.
-    pub fn len(&self) -> usize {
-        if self.version == 1 { SEGMENT_HEADER_LEN_V1 } else { SEGMENT_HEADER_LEN }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// Encodes the header in the layout of its version.
-    pub fn encode(&self) -> Vec<u8> {
-        let len = self.len();
-        let mut out = vec![0u8; len];
-        out[0..8].copy_from_slice(SEGMENT_MAGIC);
-        out[8..12].copy_from_slice(&self.version.to_le_bytes());
-        out[12..16].copy_from_slice(&(len as u32).to_le_bytes());
-        out[16..24].copy_from_slice(&self.base.to_le_bytes());
-        out[24..28].copy_from_slice(&self.capacity.to_le_bytes());
-        if self.version != 1 {
-            out[28..36].copy_from_slice(&self.nonce.to_le_bytes());
-        }
-        let crc = crc32fast::hash(&out[0..len - 4]);
-        out[len - 4..len].copy_from_slice(&crc.to_le_bytes());
-        out
-    }
-
-    pub fn decode(raw: &[u8]) -> Result<SegmentHeader, FormatError> {
-        if raw.len() < SEGMENT_HEADER_LEN_V1 {
-            return Err(FormatError::BadHeader("file shorter than a segment header".into()));
-        }
-        if &raw[0..8] != SEGMENT_MAGIC {
-            return Err(FormatError::BadHeader("wrong magic: not a Warren log segment".into()));
-        }
-        let u32_at = |at: usize| u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
-        let version = u32_at(8);
-        let expected_len = match version {
-            1 => SEGMENT_HEADER_LEN_V1,
-            2..=FORMAT_VERSION => SEGMENT_HEADER_LEN,
-            _ => {
-                return Err(FormatError::BadHeader(format!(
-                    "format version {version}; this build reads versions 1 to {FORMAT_VERSION}"
-                )));
-            }
-        };
-        if raw.len() < expected_len {
-            return Err(FormatError::BadHeader("file shorter than a segment header".into()));
-        }
-        let crc = u32_at(expected_len - 4);
-        if crc32fast::hash(&raw[0..expected_len - 4]) != crc {
-            return Err(FormatError::BadHeader("segment header checksum mismatch".into()));
-        }
-        let header_len = u32_at(12);
-        if header_len as usize != expected_len {
-            return Err(FormatError::BadHeader(format!("header length {header_len}, expected {expected_len}")));
-        }
-        let u64_at = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&raw[at..at + 8]);
-            u64::from_le_bytes(b)
-        };
-        let nonce = if version == 1 { 0 } else { u64_at(28) };
-        Ok(SegmentHeader { version, base: u64_at(16), capacity: u32_at(24), nonce })
-    }
-}
-
-/// The name of the segment file whose first byte is log position `base`:
-/// zero-padded so that `ls` lists segments in log order.
-pub fn segment_file_name(base: u64) -> String {
-    format!("{base:020}.wal")
-}
-
-/// Parses a segment file name back into its base position.
-pub fn parse_segment_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(".wal")?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
