@@ -35,10 +35,6 @@ impl GroupLogStorage {
     pub fn new(store: Arc<LogStore>, group: u64) -> GroupLogStorage {
         GroupLogStorage { store, group }
     }
-
-    pub fn group(&self) -> u64 {
-        self.group
-    }
 }
 
 fn store_error(e: StoreError) -> io::Error {

@@ -174,10 +174,6 @@ impl Transport {
         self.groups.write().insert(group, server);
     }
 
-    pub fn remove_group(&self, group: u64) {
-        self.groups.write().remove(&group);
-    }
-
     /// Serves one peer's connection: each request in a task of its own,
     /// replies written as they are ready.
     async fn serve_peer(self: Arc<Self>, socket: TcpStream) {

@@ -58,10 +58,6 @@ impl GroupLog {
         self.entries.iter().skip(skip).take(take).enumerate().map(move |(i, e)| (start + i as u64, e))
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -92,12 +88,6 @@ impl GroupLog {
         let drop = after.saturating_sub(self.first).min(self.entries.len() as u64);
         self.entries.drain(..drop as usize);
         self.first = self.first.max(after);
-    }
-
-    fn bytes(&self) -> usize {
-        self.entries.iter().map(Bytes::len).sum::<usize>()
-            + self.vote.as_ref().map_or(0, Bytes::len)
-            + self.committed.as_ref().map_or(0, Bytes::len)
     }
 }
 
@@ -143,11 +133,6 @@ impl RaftLogs {
     /// The groups that have any state here, in id order.
     pub fn groups(&self) -> impl Iterator<Item = (u64, &GroupLog)> {
         self.groups.iter().map(|(g, log)| (*g, log))
-    }
-
-    /// Bytes of entries, votes and commit points held in memory.
-    pub fn bytes(&self) -> usize {
-        self.groups.values().map(GroupLog::bytes).sum()
     }
 
     /// Restates every group at the start of a segment: its state first
@@ -204,14 +189,18 @@ impl LogStore {
     }
 
     fn raft_records(&self, records: impl Iterator<Item = Record>) -> Result<u64, StoreError> {
+        // Encoded and checksummed before the log's lock, which only orders.
+        let records: Vec<Record> = records.collect();
         let mut scratch = Vec::new();
+        for record in &records {
+            record.encode(0, &mut scratch);
+        }
         let mut inner = self.inner.lock();
         inner.check()?;
-        for record in records {
+        for record in &records {
             // Applied before the append, as definitions are: if the append
             // opens a segment, its snapshot holds the record already.
-            inner.raft.apply(&record);
-            record.encode(0, &mut scratch);
+            inner.raft.apply(record);
         }
         if scratch.is_empty() {
             return Ok(inner.appended.load(std::sync::atomic::Ordering::Acquire));
