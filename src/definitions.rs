@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::access::{TopicPermission, User};
+use crate::broker::changes::{Change, SettingChange, detail};
 use crate::broker::{Broker, Destination, Policy, VhostInfo, VhostLimits};
-use crate::protocol::method::{ExchangeDeclare, QueueDeclare};
+use crate::protocol::method::{ExchangeBind, ExchangeDeclare, QueueDeclare};
 use crate::protocol::{FieldTable, FieldValue};
 
 /// The parts of a definitions file Warren reads; others are ignored.
@@ -252,29 +253,31 @@ pub fn import(broker: &Broker, text: &str) -> Result<ImportReport, String> {
     for v in &file.vhosts {
         let info = vhost_info(v).ok_or_else(|| format!("a vhost without a name: {}", Value::Object(v.clone())))?;
         let name = info.name.clone();
-        broker.add_vhost(info).map_err(|e| format!("vhost '{name}': {e}"))?;
+        broker.change_blocking(Change::VhostAdd(info)).map_err(|e| format!("vhost '{name}': {}", detail(&e)))?;
         report.vhosts += 1;
     }
     let vhost_exists = |vhost: &str| {
         if broker.vhost_exists(vhost) { Ok(()) } else { Err(format!("Virtual host '{vhost}' does not exist")) }
     };
-    let access = broker.access();
+    // Every change goes through Broker::change_blocking: on a node of a
+    // cluster, through the metadata group.
+    let change = |setting: SettingChange| broker.change_blocking(Change::Setting(setting)).map_err(|e| detail(&e));
     for user in file.users {
         let name = user.name.clone();
-        access.import_user(user).map_err(|e| format!("user '{name}': {e}"))?;
+        change(SettingChange::PutUser { user }).map_err(|e| format!("user '{name}': {e}"))?;
         report.users += 1;
     }
-    for p in file.permissions {
-        vhost_exists(&p.vhost).map_err(|e| format!("permissions of '{}': {e}", p.user))?;
-        access
-            .set_permissions(&p.user, &p.vhost, &p.configure, &p.write, &p.read)
-            .map_err(|e| format!("permissions of '{}': {e}", p.user))?;
+    for permission in file.permissions {
+        let user = permission.user.clone();
+        vhost_exists(&permission.vhost).map_err(|e| format!("permissions of '{user}': {e}"))?;
+        change(SettingChange::SetPermissions { permission }).map_err(|e| format!("permissions of '{user}': {e}"))?;
         report.permissions += 1;
     }
-    for t in file.topic_permissions {
-        let user = t.user.clone();
-        vhost_exists(&t.vhost).map_err(|e| format!("topic permissions of '{user}': {e}"))?;
-        access.set_topic_permissions(t).map_err(|e| format!("topic permissions of '{user}': {e}"))?;
+    for permission in file.topic_permissions {
+        let user = permission.user.clone();
+        vhost_exists(&permission.vhost).map_err(|e| format!("topic permissions of '{user}': {e}"))?;
+        change(SettingChange::SetTopicPermissions { permission })
+            .map_err(|e| format!("topic permissions of '{user}': {e}"))?;
     }
     for p in file.parameters {
         if p.component != "vhost-limits" {
@@ -287,12 +290,14 @@ pub fn import(broker: &Broker, text: &str) -> Result<ImportReport, String> {
             .ok_or_else(|| "vhost-limits: the value is not an object".to_string())
             .and_then(VhostLimits::parse)
             .map_err(|e| format!("limits of vhost '{}': {e}", p.vhost))?;
-        broker.set_vhost_limits(&p.vhost, limits).map_err(|e| format!("limits of vhost '{}': {e}", p.vhost))?;
+        let vhost = p.vhost.clone();
+        change(SettingChange::SetVhostLimits { vhost: p.vhost, limits })
+            .map_err(|e| format!("limits of vhost '{vhost}': {e}"))?;
         report.vhost_limits += 1;
     }
-    for p in file.policies {
-        let name = p.name.clone();
-        broker.set_policy(p, false).map_err(|e| format!("policy '{name}': {e}"))?;
+    for policy in file.policies {
+        let name = policy.name.clone();
+        change(SettingChange::SetPolicy { policy, operator: false }).map_err(|e| format!("policy '{name}': {e}"))?;
         report.policies += 1;
     }
     for e in file.exchanges {
@@ -309,7 +314,7 @@ pub fn import(broker: &Broker, text: &str) -> Result<ImportReport, String> {
             ..Default::default()
         };
         broker
-            .exchange_declare(&e.vhost, &declare)
+            .change_blocking(Change::Exchange { vhost: e.vhost.clone(), method: declare.into() })
             .map_err(|err| format!("exchange '{}' in vhost '{}': {}", e.name, e.vhost, err.text))?;
         report.exchanges += 1;
     }
@@ -333,8 +338,21 @@ pub fn import(broker: &Broker, text: &str) -> Result<ImportReport, String> {
             other => return Err(format!("binding to '{}': unknown destination type '{other}'", b.destination)),
         };
         let arguments = json_to_table(&b.arguments);
-        broker
-            .bind(&b.vhost, 0, &b.source, destination, &b.routing_key, &arguments)
+        let result = match destination {
+            // A binding to an exchange is shared by every node of a cluster.
+            Destination::Exchange(destination) => {
+                let bind = ExchangeBind {
+                    destination,
+                    source: b.source.clone(),
+                    routing_key: b.routing_key.clone(),
+                    arguments,
+                    ..Default::default()
+                };
+                broker.change_blocking(Change::Exchange { vhost: b.vhost.clone(), method: bind.into() })
+            }
+            destination => broker.bind(&b.vhost, 0, &b.source, destination, &b.routing_key, &arguments),
+        };
+        result
             .map_err(|err| format!("binding {} -> {} in vhost '{}': {}", b.source, b.destination, b.vhost, err.text))?;
         report.bindings += 1;
     }

@@ -4,8 +4,10 @@
 //! three as running with their Raft ids; a node killed with SIGKILL shows
 //! as not running on the others, and as running again after its restart,
 //! with the same Raft id (it is kept in its log); a wiped data directory
-//! comes back as a new Raft id; a data directory started under another
-//! node name is refused with a clear error.
+//! comes back as a new Raft id, which the metadata group's leader takes in
+//! place of the old one (the node gets the definitions back); a data
+//! directory started under another node name is refused with a clear
+//! error.
 
 mod common;
 
@@ -66,6 +68,25 @@ async fn nodes_know_their_peers_and_a_killed_node_comes_back_with_its_identity()
     let mut nodes: Vec<Broker> = (0..3).map(|i| start(&dirs[i], NAMES[i], ports[i], &peers)).collect();
 
     until("all three nodes running on every node", &nodes.iter().collect::<Vec<_>>(), all_running).await;
+    // A vhost made once the metadata group has formed (it is retried
+    // while the group forms: 503 until then).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let made = http::request(
+            nodes[0].management.unwrap(),
+            "PUT",
+            "/api/vhosts/kept",
+            Some(("guest", "guest")),
+            Some("{}"),
+        )
+        .await;
+        if made.status == 201 {
+            break;
+        }
+        assert!(made.status == 503 && Instant::now() < deadline, "PUT /api/vhosts/kept: {} {}", made.status, made.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // Each node's Raft id is the one its peers report.
     let ids: Vec<u64> = {
         let mut ids = Vec::new();
@@ -133,6 +154,30 @@ async fn nodes_know_their_peers_and_a_killed_node_comes_back_with_its_identity()
         all_running(v) && v[NAMES[2]].1.is_some_and(|id| id != old)
     })
     .await;
+    // The leader takes the new id into the metadata group in place of the
+    // old one: every member is named (no unknown id), and the wiped node
+    // has the group's log again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut statuses = Vec::new();
+        for node in &nodes {
+            let reply = http::get(node.management.unwrap(), "/api/metadata-store", Some(("guest", "guest"))).await;
+            statuses.push(reply.json());
+        }
+        let members_named = statuses.iter().all(|s| {
+            let mut members: Vec<&str> =
+                s["members"].as_array().map(|m| m.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            members.sort();
+            members == NAMES
+        });
+        if members_named && statuses[2]["formed"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the wiped node was not taken back into the metadata group: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let kept = http::get(nodes[2].management.unwrap(), "/api/vhosts/kept", Some(("guest", "guest"))).await;
+    assert_eq!(kept.status, 200, "the wiped node has the definitions again: {}", kept.body);
     let reply = http::get(nodes[0].management.unwrap(), "/api/nodes/beta@localhost", Some(("guest", "guest"))).await;
     let beta: Value = reply.json();
     assert_eq!((beta["name"].as_str(), beta["running"].as_bool()), (Some("beta@localhost"), Some(true)));

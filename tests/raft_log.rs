@@ -1,6 +1,6 @@
 //! The Raft groups' logs in Warren's one write-ahead log: what a group
-//! appended and made durable (entries, vote, commit point, truncations and
-//! purges) is what a restart finds, after compaction deleted the segments
+//! appended and made durable (entries, vote, commit point, truncations,
+//! purges and its state machine's applied marker) is what a restart finds, after compaction deleted the segments
 //! that first held it, and after a power cut that kept only what was
 //! synced, in any order of page write-back.
 
@@ -36,6 +36,7 @@ struct Model {
     vote: Option<Bytes>,
     committed: Option<Bytes>,
     purged: Option<(u64, Bytes)>,
+    applied: Option<Bytes>,
     entries: BTreeMap<u64, Bytes>,
 }
 
@@ -45,6 +46,7 @@ impl Model {
             vote: self.vote.clone(),
             committed: self.committed.clone(),
             purged: self.purged.clone(),
+            applied: self.applied.clone(),
             last: self.entries.iter().next_back().map(|(i, e)| (*i, e.clone())),
         }
     }
@@ -81,6 +83,11 @@ fn drive(store: &LogStore, models: &mut BTreeMap<u64, Model>, rng: &mut fastrand
                 let from = next - rng.u64(1..3);
                 model.entries.retain(|i, _| *i < from);
                 store.raft_set(group, RaftStateKind::Truncated, from, Bytes::new()).unwrap()
+            }
+            4 if next > 1 => {
+                let applied = Bytes::from(format!("applied {}", next - 1));
+                model.applied = Some(applied.clone());
+                store.raft_set(group, RaftStateKind::Applied, 0, applied).unwrap()
             }
             3 if model.entries.len() > 10 => {
                 let upto = model.entries.keys().nth(model.entries.len() / 2).copied().unwrap();
@@ -173,6 +180,7 @@ fn a_power_cut_in_any_page_order_leaves_a_state_the_groups_passed_through() {
                     vote: log.vote.clone(),
                     committed: log.committed.clone(),
                     purged: log.purged.clone(),
+                    applied: log.applied.clone(),
                     entries: log.entries(0..u64::MAX).map(|(i, e)| (i, e.clone())).collect(),
                 };
                 (group, model)

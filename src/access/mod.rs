@@ -42,6 +42,19 @@ pub struct User {
     pub limits: UserLimits,
 }
 
+impl User {
+    /// A new user with no limits, its password hashed (salted) here.
+    pub fn new(name: &str, pass: &str, tags: Vec<String>) -> User {
+        User {
+            name: name.to_string(),
+            password_hash: password::hash(pass),
+            hashing_algorithm: password::SHA256.to_string(),
+            tags,
+            limits: UserLimits::default(),
+        }
+    }
+}
+
 fn default_algorithm() -> String {
     password::SHA256.to_string()
 }
@@ -259,20 +272,20 @@ impl AccessControl {
     }
 
     pub fn add_user(&self, name: &str, pass: &str, tags: Vec<String>) -> Result<(), AccessError> {
+        self.add_user_record(User::new(name, pass, tags))
+    }
+
+    /// Adds a user whose password is already hashed (where the change was
+    /// made, so every node of a cluster stores the same hash); refuses one
+    /// that exists.
+    pub fn add_user_record(&self, user: User) -> Result<(), AccessError> {
         let mut st = self.state.write();
-        if st.users.contains_key(name) {
-            return Err(AccessError::UserExists(name.to_string()));
+        if st.users.contains_key(&user.name) {
+            return Err(AccessError::UserExists(user.name));
         }
-        if name.is_empty() {
+        if user.name.is_empty() {
             return Err(AccessError::Invalid("a user name cannot be empty".into()));
         }
-        let user = User {
-            name: name.to_string(),
-            password_hash: password::hash(pass),
-            hashing_algorithm: password::SHA256.to_string(),
-            tags,
-            limits: UserLimits::default(),
-        };
         self.put_user(&mut st, user)
     }
 
@@ -329,9 +342,14 @@ impl AccessControl {
     }
 
     pub fn change_password(&self, name: &str, pass: &str) -> Result<(), AccessError> {
+        self.set_password_hash(name, password::hash(pass))
+    }
+
+    /// Replaces a user's password hash (made where the change was made).
+    pub fn set_password_hash(&self, name: &str, password_hash: String) -> Result<(), AccessError> {
         let mut st = self.state.write();
         let mut user = st.users.get(name).cloned().ok_or_else(|| AccessError::NoUser(name.to_string()))?;
-        user.password_hash = password::hash(pass);
+        user.password_hash = password_hash;
         self.put_user(&mut st, user)
     }
 

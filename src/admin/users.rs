@@ -8,8 +8,9 @@
 use serde_json::json;
 
 use super::{Request, Response, fail, ok, rows};
-use crate::access::TopicPermission;
+use crate::access::{Permission, TopicPermission, User};
 use crate::broker::Broker;
+use crate::broker::changes::{Change, SettingChange, detail};
 
 /// Answers the verbs this module owns; None for the others.
 pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
@@ -19,10 +20,13 @@ pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
     let need = |n: usize, usage: &str| {
         if req.args.len() < n { Err(fail(format!("{} needs {usage}", req.command))) } else { Ok(()) }
     };
-    let done = |result: Result<(), crate::access::AccessError>| match result {
+    // Every change goes through Broker::change_blocking: on a node of a
+    // cluster, through the metadata group.
+    let done = |setting: SettingChange| match broker.change_blocking(Change::Setting(setting)) {
         Ok(()) => ok(Vec::new()),
-        Err(e) => fail(e.to_string()),
+        Err(e) => fail(detail(&e)),
     };
+    let name = || req.args[0].clone();
     // Permissions name a vhost that must exist, as in RabbitMQ.
     let no_vhost = || fail(format!("Virtual host '{vhost}' does not exist"));
     let vhost_verb = matches!(
@@ -40,22 +44,19 @@ pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
         match req.command.as_str() {
             "add_user" => match need(2, "<username> <password>") {
                 Err(r) => r,
-                Ok(()) => done(access.add_user(&req.args[0], &req.args[1], Vec::new())),
+                Ok(()) => done(SettingChange::AddUser { user: User::new(&req.args[0], &req.args[1], Vec::new()) }),
             },
             "delete_user" => match need(1, "<username>") {
                 Err(r) => r,
-                Ok(()) => {
-                    let result = access.delete_user(&req.args[0]);
-                    if result.is_ok() {
-                        // As RabbitMQ: a deleted user's connections go too.
-                        broker.close_connections_of(&req.args[0], &format!("user '{}' is deleted", req.args[0]));
-                    }
-                    done(result)
-                }
+                // As RabbitMQ: a deleted user's connections go too (on every node).
+                Ok(()) => done(SettingChange::DeleteUser { name: name() }),
             },
             "change_password" => match need(2, "<username> <new_password>") {
                 Err(r) => r,
-                Ok(()) => done(access.change_password(&req.args[0], &req.args[1])),
+                Ok(()) => done(SettingChange::ChangePassword {
+                    name: name(),
+                    password_hash: crate::access::password::hash(&req.args[1]),
+                }),
             },
             "authenticate_user" => match need(2, "<username> <password>") {
                 Err(r) => r,
@@ -64,7 +65,7 @@ pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
             },
             "set_user_tags" => match need(1, "<username> [<tag> ...]") {
                 Err(r) => r,
-                Ok(()) => done(access.set_user_tags(&req.args[0], req.args[1..].to_vec())),
+                Ok(()) => done(SettingChange::SetUserTags { name: name(), tags: req.args[1..].to_vec() }),
             },
             "set_user_limits" => match need(2, "<username> <definition>") {
                 Err(r) => r,
@@ -72,13 +73,13 @@ pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
                     Err(e) => fail(format!("Could not parse JSON document: {e}")),
                     Ok(definition) => match crate::access::UserLimits::parse(&definition) {
                         Err(e) => fail(e),
-                        Ok(limits) => done(access.set_user_limits(&req.args[0], limits)),
+                        Ok(limits) => done(SettingChange::SetUserLimits { user: name(), limits }),
                     },
                 },
             },
             "clear_user_limits" => match need(2, "<username> <limit name|all>") {
                 Err(r) => r,
-                Ok(()) => done(access.clear_user_limits(&req.args[0], &req.args[1])),
+                Ok(()) => done(SettingChange::ClearUserLimits { user: name(), name: req.args[1].clone() }),
             },
             "list_user_limits" => {
                 let users = access.users().into_iter().filter(|u| arg(0).is_none_or(|name| u.name == name));
@@ -94,11 +95,19 @@ pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
             )),
             "set_permissions" => match need(4, "<username> <conf> <write> <read>") {
                 Err(r) => r,
-                Ok(()) => done(access.set_permissions(&req.args[0], vhost, &req.args[1], &req.args[2], &req.args[3])),
+                Ok(()) => done(SettingChange::SetPermissions {
+                    permission: Permission {
+                        user: name(),
+                        vhost: vhost.to_string(),
+                        configure: req.args[1].clone(),
+                        write: req.args[2].clone(),
+                        read: req.args[3].clone(),
+                    },
+                }),
             },
             "clear_permissions" => match need(1, "<username>") {
                 Err(r) => r,
-                Ok(()) => done(access.clear_permissions(&req.args[0], vhost)),
+                Ok(()) => done(SettingChange::ClearPermissions { user: name(), vhost: vhost.to_string() }),
             },
             "list_permissions" => ok(rows(
                 access
@@ -118,13 +127,15 @@ pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
             }
             "set_topic_permissions" => match need(4, "<username> <exchange> <write> <read>") {
                 Err(r) => r,
-                Ok(()) => done(access.set_topic_permissions(TopicPermission {
-                    user: req.args[0].clone(),
-                    vhost: vhost.to_string(),
-                    exchange: req.args[1].clone(),
-                    write: req.args[2].clone(),
-                    read: req.args[3].clone(),
-                })),
+                Ok(()) => done(SettingChange::SetTopicPermissions {
+                    permission: TopicPermission {
+                        user: name(),
+                        vhost: vhost.to_string(),
+                        exchange: req.args[1].clone(),
+                        write: req.args[2].clone(),
+                        read: req.args[3].clone(),
+                    },
+                }),
             },
             "list_topic_permissions" => ok(rows(
                 access

@@ -7,6 +7,7 @@
 use serde_json::{Map, Value, json};
 
 use super::{Request, Response, fail, ok, rows};
+use crate::broker::changes::{Change, SettingChange, detail};
 use crate::broker::{Broker, Policy, VhostInfo, VhostLimits};
 
 /// Answers the verbs this module owns; None for the others.
@@ -15,10 +16,13 @@ pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
     let need = |n: usize, usage: &str| {
         if req.args.len() < n { Err(fail(format!("{} needs {usage}", req.command))) } else { Ok(()) }
     };
-    let done = |result: Result<(), crate::broker::VhostError>| match result {
+    // Every change goes through Broker::change_blocking: on a node of a
+    // cluster, through the metadata group.
+    let done = |change: Change| match broker.change_blocking(change) {
         Ok(()) => ok(Vec::new()),
-        Err(e) => fail(e.to_string()),
+        Err(e) => fail(detail(&e)),
     };
+    let limits = |limits| Change::Setting(SettingChange::SetVhostLimits { vhost: vhost.to_string(), limits });
     let response = match req.command.as_str() {
         "add_vhost" => match need(1, "<vhost>") {
             Err(r) => r,
@@ -27,17 +31,18 @@ pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
                 let tags = arg(2)
                     .map(|t| t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect())
                     .unwrap_or_default();
-                done(broker.add_vhost(VhostInfo {
+                let info = VhostInfo {
                     name: req.args[0].clone(),
                     description: arg(1).unwrap_or_default(),
                     tags,
                     default_queue_type: arg(3),
-                }))
+                };
+                done(Change::VhostAdd(info))
             }
         },
         "delete_vhost" => match need(1, "<vhost>") {
             Err(r) => r,
-            Ok(()) => done(broker.delete_vhost(&req.args[0])),
+            Ok(()) => done(Change::VhostDelete(req.args[0].clone())),
         },
         "list_vhosts" => ok(rows(broker.list_vhosts().into_iter().map(|v| {
             json!({"name": v.info.name, "description": v.info.description,
@@ -53,11 +58,11 @@ pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
                 Err(e) => fail(format!("Could not parse JSON document: {e}")),
                 Ok(definition) => match VhostLimits::parse(&definition) {
                     Err(e) => fail(e),
-                    Ok(limits) => done(broker.set_vhost_limits(vhost, limits)),
+                    Ok(parsed) => done(limits(parsed)),
                 },
             },
         },
-        "clear_vhost_limits" => done(broker.set_vhost_limits(vhost, VhostLimits::default())),
+        "clear_vhost_limits" => done(limits(VhostLimits::default())),
         "list_vhost_limits" => match req.vhost.as_deref() {
             None => ok(rows(
                 broker
@@ -87,20 +92,18 @@ pub fn execute(broker: &Broker, req: &Request) -> Option<Response> {
                             definition,
                             priority: req.args[3].parse().unwrap_or(0),
                         };
-                        match broker.set_policy(policy, operator) {
-                            Ok(()) => ok(Vec::new()),
-                            Err(e) => fail(e),
-                        }
+                        done(Change::Setting(SettingChange::SetPolicy { policy, operator }))
                     }
                 }
             }
         },
         "clear_policy" | "clear_operator_policy" => match need(1, "<name>") {
             Err(r) => r,
-            Ok(()) => match broker.clear_policy(vhost, &req.args[0], req.command == "clear_operator_policy") {
-                Ok(()) => ok(Vec::new()),
-                Err(e) => fail(e),
-            },
+            Ok(()) => done(Change::Setting(SettingChange::ClearPolicy {
+                vhost: vhost.to_string(),
+                name: req.args[0].clone(),
+                operator: req.command == "clear_operator_policy",
+            })),
         },
         "list_policies" | "list_operator_policies" => {
             let operator = req.command == "list_operator_policies";

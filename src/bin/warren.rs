@@ -217,10 +217,13 @@ fn main() -> anyhow::Result<()> {
     };
     drop(recovered);
 
-    let runtime = if config.threads <= 1 {
+    // A node of a cluster waits for the metadata group from the control
+    // socket's thread (Broker::change_blocking): that needs a runtime with
+    // worker threads to hand its other tasks to.
+    let runtime = if config.threads <= 1 && identity.is_none() {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(config.threads).enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread().worker_threads(config.threads.max(2)).enable_all().build()?
     };
     let reporting = broker.clone();
     let result = runtime.block_on(serve(config, broker, tls, identity.map(|i| (i, peers))));
@@ -243,9 +246,13 @@ async fn serve(
         None => None,
         Some((identity, peers)) => {
             let port = config.cluster.port;
-            let node = warren::cluster::node::ClusterNode::start(identity, (config.bind, port).into(), peers)
+            let store = broker.store().clone();
+            let node = warren::cluster::node::ClusterNode::start(identity, (config.bind, port).into(), peers, store)
                 .await
                 .with_context(|| format!("cannot listen on {}:{port} for the cluster (--cluster-port)", config.bind))?;
+            let metadata = warren::cluster::metadata::MetadataGroup::start(node.clone(), &broker)
+                .await
+                .context("cannot start this node's member of the metadata group")?;
             let addr = node.transport.local_addr();
             tracing::info!(
                 "node {} (Raft id {}) cluster port listening on {addr}",
@@ -253,7 +260,7 @@ async fn serve(
                 node.identity.id
             );
             println!("cluster port listening on {addr}");
-            Some(node)
+            Some((node, metadata))
         }
     };
     let control = warren::admin::bind(&config.control_socket())
@@ -276,8 +283,12 @@ async fn serve(
     };
     listeners.management = management.as_ref().and_then(|l| l.local_addr().ok());
     listeners.prometheus = prometheus.as_ref().and_then(|l| l.local_addr().ok());
-    let api =
-        warren::management::Api { broker: broker.clone(), listeners: Arc::new(listeners), cluster: cluster.clone() };
+    let api = warren::management::Api {
+        broker: broker.clone(),
+        listeners: Arc::new(listeners),
+        cluster: cluster.as_ref().map(|(node, _)| node.clone()),
+        metadata: cluster.as_ref().map(|(_, metadata)| metadata.clone()),
+    };
     let management_tls = tls.clone().filter(|_| config.tls.management);
     let prometheus_tls = tls.clone().filter(|_| config.tls.prometheus);
     if let Some(listener) = management {
@@ -324,7 +335,9 @@ async fn serve(
             drain(&broker).await;
         }
     }
-    if let Some(node) = &cluster {
+    if let Some((node, metadata)) = &cluster {
+        // Leadership is handed over before the port closes.
+        metadata.shutdown().await;
         node.shutdown();
     }
     let _ = std::fs::remove_file(config.control_socket());

@@ -40,6 +40,7 @@
 
 mod acks;
 pub mod arguments;
+pub mod changes;
 pub mod classic;
 #[cfg(test)]
 mod concurrency_tests;
@@ -312,6 +313,9 @@ pub struct Broker {
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
     /// The memory alarm and paging flag (see [`memory`]).
     memory: Arc<memory::MemoryMonitor>,
+    /// On a node of a cluster: where changes to the shared definitions go
+    /// (see [`changes`]).
+    change_router: RwLock<Option<Arc<dyn changes::ChangeRouter>>>,
 }
 
 fn no_queue(vhost: &str, name: &str) -> AmqpError {
@@ -376,7 +380,7 @@ impl Broker {
         let access = Arc::new(crate::access::AccessControl::new(store.clone()));
         let snapshot = Arc::new(RwLock::new(Arc::new(Snapshot::default())));
         stats::spawn(Arc::downgrade(&state), stats.clone(), snapshot.clone());
-        Broker { state, store, access, stats, snapshot, memory: Arc::default() }
+        Broker { state, store, access, stats, snapshot, memory: Arc::default(), change_router: RwLock::new(None) }
     }
 
     /// Starts the memory monitor with this watermark (of the memory

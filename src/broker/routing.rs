@@ -59,6 +59,18 @@ impl Broker {
         Ok(())
     }
 
+    /// Whether exchange `name` is the source or destination of a binding
+    /// (what exchange.delete's `if-unused` refuses).
+    pub fn exchange_in_use(&self, vhost: &str, name: &str) -> bool {
+        let st = self.state.read();
+        let Some(v) = st.vhosts.get(vhost) else { return false };
+        let Some(ex) = v.exchanges.get(name) else { return false };
+        !ex.bindings.is_empty()
+            || v.exchanges
+                .values()
+                .any(|e| e.bindings.iter().any(|b| b.destination == Destination::Exchange(name.to_string())))
+    }
+
     pub fn exchange_delete(&self, vhost: &str, name: &str, if_unused: bool) -> Result<()> {
         let mut st = self.state.write();
         let Some(v) = st.vhosts.get(vhost) else { return Err(no_vhost(vhost)) };

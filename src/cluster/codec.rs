@@ -193,6 +193,39 @@ pub fn decode_entry(bytes: &Bytes) -> io::Result<Entry> {
     Ok(Entry { log_id, payload })
 }
 
+/// A state machine's applied marker (a `raft.state` kind 6 value): the
+/// last applied log id (a u8 1 and the log id, or a u8 0), then the last
+/// membership applied: its log id the same way, and the membership.
+pub fn encode_applied(applied: Option<&LogId>, membership_at: Option<&LogId>, membership: &Membership) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    for id in [applied, membership_at] {
+        match id {
+            Some(id) => {
+                out.put_u8(1);
+                put_log_id(&mut out, id);
+            }
+            None => out.put_u8(0),
+        }
+    }
+    put_membership(&mut out, membership);
+    out.into()
+}
+
+/// Reads an applied marker: (last applied, membership's log id, membership).
+pub fn decode_applied(bytes: &[u8]) -> io::Result<(Option<LogId>, Option<LogId>, Membership)> {
+    let mut r = Reader(bytes);
+    let mut ids = [None, None];
+    for id in &mut ids {
+        if read_bool(&mut r, "applied marker")? {
+            *id = Some(read_log_id(&mut r)?);
+        }
+    }
+    let membership = read_membership(&mut r)?;
+    r.finish("applied marker")?;
+    let [applied, at] = ids;
+    Ok((applied, at, membership))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +263,22 @@ mod tests {
             assert_eq!(decode_vote(&encode_vote(&vote)).unwrap(), vote);
         }
         assert_eq!(decode_log_id(&encode_log_id(&log_id(3, 1, 42))).unwrap(), log_id(3, 1, 42));
+    }
+
+    #[test]
+    fn applied_markers_round_trip_and_refuse_cut_bytes() {
+        let members = Membership::new(
+            vec![BTreeSet::from([1, 2])],
+            BTreeMap::from([(1, BasicNode { addr: "a:1".into() }), (2, BasicNode { addr: "b:2".into() })]),
+        )
+        .unwrap();
+        let marker = encode_applied(Some(&log_id(3, 2, 40)), Some(&log_id(1, 1, 0)), &members);
+        assert_eq!(decode_applied(&marker).unwrap(), (Some(log_id(3, 2, 40)), Some(log_id(1, 1, 0)), members.clone()));
+        let empty = encode_applied(None, None, &Membership::default());
+        assert_eq!(decode_applied(&empty).unwrap(), (None, None, Membership::default()));
+        for cut in 0..marker.len() {
+            assert!(decode_applied(&marker[..cut]).is_err(), "a prefix of {cut} bytes decoded");
+        }
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //!   write-ahead log (`store::raft`): an append is reported written once
 //!   the writer pass holding it is durable, so one `fdatasync` covers
 //!   every group's appends.
+//! - [`metadata`]: the metadata group, which replicates the definitions
+//!   every node shares (`broker::changes`) and applies them to each
+//!   node's broker.
 //! - [`node`]: this node: its name and Raft id (kept in its log), its
 //!   cluster port, and which of its configured peers are running.
 //! - [`wire`]: the node-to-node protocol's frames and the bytes of each
@@ -19,6 +22,7 @@
 
 pub mod codec;
 pub mod log_storage;
+pub mod metadata;
 pub mod node;
 pub mod transport;
 pub mod types;

@@ -105,10 +105,14 @@ pub struct PeerStatus {
     /// Its Raft id, once it answered.
     pub id: Option<NodeId>,
     pub running: bool,
+    /// Whether it holds any of the metadata group's log (the group was
+    /// formed), as it last answered.
+    pub formed: bool,
 }
 
 struct Seen {
     id: Option<NodeId>,
+    formed: bool,
     /// The name it answered with (a wrong address answers with another).
     name: Option<String>,
     at: Option<Instant>,
@@ -118,46 +122,69 @@ struct Seen {
 pub struct ClusterNode {
     pub identity: Identity,
     pub transport: Arc<Transport>,
+    /// The address peers reach this node at (its own entry in the peer
+    /// list, else the address it listens on).
+    advertised: String,
     peers: Vec<Peer>,
     seen: Mutex<Vec<Seen>>,
 }
 
-/// Answers "who are you" for the node.
-struct Hello(Identity);
+/// Answers "who are you" for the node: its identity, and whether it
+/// holds any of the metadata group's log.
+struct Hello(Identity, Arc<LogStore>);
 
 impl GroupServer for Hello {
     fn serve(&self, kind: u8, _payload: Bytes) -> std::pin::Pin<Box<dyn Future<Output = io::Result<Vec<u8>>> + Send>> {
         let reply = match kind {
-            KIND_HELLO => Ok(encode_hello(&self.0)),
+            KIND_HELLO => {
+                let metadata = self.1.raft_state(super::metadata::METADATA_GROUP);
+                Ok(encode_hello(&self.0, metadata.last.is_some() || metadata.purged.is_some()))
+            }
             other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("unknown node request {other}"))),
         };
         Box::pin(std::future::ready(reply))
     }
 }
 
-fn encode_hello(identity: &Identity) -> Vec<u8> {
-    let mut out = Vec::with_capacity(10 + identity.name.len());
+/// id u64, formed u8, name length u16, name.
+fn encode_hello(identity: &Identity, formed: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(11 + identity.name.len());
     out.put_u64_le(identity.id);
+    out.put_u8(formed as u8);
     out.put_u16_le(identity.name.len().min(u16::MAX as usize) as u16);
     out.extend_from_slice(&identity.name.as_bytes()[..identity.name.len().min(u16::MAX as usize)]);
     out
 }
 
-fn decode_hello(bytes: &[u8]) -> Option<Identity> {
+fn decode_hello(bytes: &[u8]) -> Option<(Identity, bool)> {
     let id = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-    let len = u16::from_le_bytes(bytes.get(8..10)?.try_into().ok()?) as usize;
-    let name = std::str::from_utf8(bytes.get(10..10 + len)?).ok()?;
-    (bytes.len() == 10 + len).then(|| Identity { name: name.to_string(), id })
+    let formed = match bytes.get(8)? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    let len = u16::from_le_bytes(bytes.get(9..11)?.try_into().ok()?) as usize;
+    let name = std::str::from_utf8(bytes.get(11..11 + len)?).ok()?;
+    (bytes.len() == 11 + len).then(|| (Identity { name: name.to_string(), id }, formed))
 }
 
 impl ClusterNode {
     /// Binds the cluster port and starts asking the peers who they are.
-    pub async fn start(identity: Identity, addr: SocketAddr, peers: Vec<Peer>) -> io::Result<Arc<ClusterNode>> {
+    pub async fn start(
+        identity: Identity,
+        addr: SocketAddr,
+        peers: Vec<Peer>,
+        store: Arc<LogStore>,
+    ) -> io::Result<Arc<ClusterNode>> {
         let transport = Transport::bind(addr).await?;
-        transport.add_group(NODE_GROUP, Arc::new(Hello(identity.clone())));
+        transport.add_group(NODE_GROUP, Arc::new(Hello(identity.clone(), store)));
+        let advertised = peers
+            .iter()
+            .find(|p| p.name == identity.name)
+            .map_or_else(|| transport.local_addr().to_string(), |p| p.addr.clone());
         let peers: Vec<Peer> = peers.into_iter().filter(|p| p.name != identity.name).collect();
-        let seen = peers.iter().map(|_| Seen { id: None, name: None, at: None }).collect();
-        let node = Arc::new(ClusterNode { identity, transport, peers, seen: Mutex::new(seen) });
+        let seen = peers.iter().map(|_| Seen { id: None, formed: false, name: None, at: None }).collect();
+        let node = Arc::new(ClusterNode { identity, transport, advertised, peers, seen: Mutex::new(seen) });
         let weak = Arc::downgrade(&node);
         tokio::spawn(async move {
             loop {
@@ -180,13 +207,13 @@ impl ClusterNode {
             let peer = &self.peers[i];
             let mut seen = self.seen.lock();
             match answer {
-                Some(who) if who.name == peer.name => {
+                Some((who, formed)) if who.name == peer.name => {
                     if seen[i].id.is_some_and(|id| id != who.id) {
                         tracing::warn!("cluster peer {} has a new Raft id: its data directory was replaced", peer.name);
                     }
-                    seen[i] = Seen { id: Some(who.id), name: Some(who.name), at: Some(Instant::now()) };
+                    seen[i] = Seen { id: Some(who.id), formed, name: Some(who.name), at: Some(Instant::now()) };
                 }
-                Some(who) => {
+                Some((who, _)) => {
                     if seen[i].name.as_deref() != Some(&who.name) {
                         tracing::warn!(
                             "cluster peer {} at {} answers as '{}': check --cluster-peers",
@@ -213,8 +240,14 @@ impl ClusterNode {
                 addr: peer.addr.clone(),
                 id: s.id,
                 running: s.at.is_some_and(|at| at.elapsed() < RUNNING_WITHIN),
+                formed: s.formed,
             })
             .collect()
+    }
+
+    /// The address peers reach this node's cluster port at.
+    pub fn advertised_addr(&self) -> String {
+        self.advertised.clone()
     }
 
     pub fn shutdown(&self) {
@@ -245,8 +278,9 @@ mod tests {
     #[test]
     fn hello_round_trips_and_refuses_cut_bytes() {
         let me = Identity { name: "warren-2".into(), id: 77 };
-        let bytes = encode_hello(&me);
-        assert_eq!(decode_hello(&bytes), Some(me));
+        let bytes = encode_hello(&me, true);
+        assert_eq!(decode_hello(&bytes), Some((me.clone(), true)));
+        assert_eq!(decode_hello(&encode_hello(&me, false)), Some((me, false)));
         for cut in 0..bytes.len() {
             assert_eq!(decode_hello(&bytes[..cut]), None);
         }

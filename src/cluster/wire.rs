@@ -28,6 +28,9 @@ pub const KIND_VOTE: u8 = 2;
 pub const KIND_PRE_VOTE: u8 = 3;
 pub const KIND_SNAPSHOT: u8 = 4;
 pub const KIND_TRANSFER_LEADER: u8 = 5;
+// 6 is the node's "who are you" (`node::KIND_HELLO`).
+/// A change forwarded to the metadata group's leader (`metadata`).
+pub const KIND_PROPOSE: u8 = 7;
 /// Set on a reply's kind.
 pub const REPLY: u8 = 0x80;
 /// The request was not served (no such group here, or the group failed).

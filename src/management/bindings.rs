@@ -14,8 +14,10 @@ use super::exchanges::exchange_name;
 use super::{Api, ApiError, ApiResult, Caller, JsonOrEmpty, check_short, json as shape};
 use crate::access::{Access, ResourceKind};
 use crate::broker::Destination;
+use crate::broker::changes::Change;
 use crate::definitions::json_to_table;
 use crate::protocol::FieldTable;
+use crate::protocol::method::{ExchangeBind, ExchangeUnbind};
 
 pub fn routes() -> Router<Api> {
     Router::new()
@@ -133,7 +135,20 @@ async fn add_binding(
     caller.require(&api, &vhost, Access::Read, ResourceKind::Exchange, &source)?;
     caller.require_topic(&api, &vhost, exchange_name(&source), &body.routing_key, false)?;
     let arguments: FieldTable = json_to_table(&body.arguments);
-    api.broker.bind(&vhost, 0, exchange_name(&source), target, &body.routing_key, &arguments)?;
+    match target {
+        // A binding to an exchange is shared by every node of a cluster.
+        Destination::Exchange(destination) => {
+            let bind = ExchangeBind {
+                destination,
+                source: exchange_name(&source).to_string(),
+                routing_key: body.routing_key.clone(),
+                arguments: arguments.clone(),
+                ..Default::default()
+            };
+            api.broker.change(Change::Exchange { vhost: vhost.clone(), method: bind.into() }).await?;
+        }
+        target => api.broker.bind(&vhost, 0, exchange_name(&source), target, &body.routing_key, &arguments)?,
+    }
     let key = shape::properties_key(&body.routing_key, &arguments);
     let mut response = StatusCode::CREATED.into_response();
     let location = format!(
@@ -193,7 +208,18 @@ async fn delete_binding(
     caller.require(&api, &vhost, Access::Read, ResourceKind::Exchange, &source)?;
     let binding = find_binding(&api, &vhost, &source, kind, &destination, &props).ok_or_else(ApiError::not_found)?;
     caller.require_topic(&api, &vhost, &binding.source, &binding.routing_key, false)?;
-    let target = if kind == "queue" { Destination::Queue(destination) } else { Destination::Exchange(destination) };
-    api.broker.unbind(&vhost, 0, &binding.source, target, &binding.routing_key, &binding.argument_table)?;
+    if kind == "queue" {
+        let target = Destination::Queue(destination);
+        api.broker.unbind(&vhost, 0, &binding.source, target, &binding.routing_key, &binding.argument_table)?;
+    } else {
+        let unbind = ExchangeUnbind {
+            destination,
+            source: binding.source.clone(),
+            routing_key: binding.routing_key.clone(),
+            arguments: binding.argument_table.clone(),
+            ..Default::default()
+        };
+        api.broker.change(Change::Exchange { vhost, method: unbind.into() }).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }

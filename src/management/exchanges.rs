@@ -14,10 +14,11 @@ use super::paging::{ListQuery, listing};
 use super::queues::DeleteQuery;
 use super::{Api, ApiError, ApiResult, Caller, JsonBody, check_short, json as shape};
 use crate::access::{Access, ResourceKind};
+use crate::broker::changes::Change;
 use crate::broker::{GlobalStats, Message};
 use crate::definitions::json_to_table;
 use crate::protocol::BasicProperties;
-use crate::protocol::method::ExchangeDeclare;
+use crate::protocol::method::{ExchangeDeclare, ExchangeDelete};
 
 pub fn routes() -> Router<Api> {
     Router::new()
@@ -147,7 +148,7 @@ async fn put_exchange(
         arguments: json_to_table(&body.arguments),
         ..Default::default()
     };
-    api.broker.exchange_declare(&vhost, &declare)?;
+    api.broker.change(Change::Exchange { vhost, method: declare.into() }).await?;
     Ok(if existed { StatusCode::NO_CONTENT } else { StatusCode::CREATED })
 }
 
@@ -162,7 +163,12 @@ async fn delete_exchange(
     if !api.broker.exchange_exists(&vhost, exchange_name(&name)) {
         return Err(ApiError::not_found());
     }
-    api.broker.exchange_delete(&vhost, exchange_name(&name), q.if_unused.as_deref() == Some("true"))?;
+    let delete = ExchangeDelete {
+        exchange: exchange_name(&name).to_string(),
+        if_unused: q.if_unused.as_deref() == Some("true"),
+        ..Default::default()
+    };
+    api.broker.change(Change::Exchange { vhost, method: delete.into() }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

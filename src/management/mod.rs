@@ -5,8 +5,9 @@
 //! the broker's listings and the sampler's snapshot, and changes things
 //! through the same broker calls AMQP clients use.
 //!
-//! Where each endpoint lives: `overview` (overview, whoami, nodes, health
-//! checks, aliveness, connections, channels, consumers); `queues` (and
+//! Where each endpoint lives: `overview` (overview, whoami, health
+//! checks, aliveness, connections, channels, consumers); `cluster` (nodes,
+//! the metadata store); `queues` (and
 //! getting messages), `exchanges` (and publishing), `bindings`; `paging`
 //! the listing parameters; `settings` (vhosts, policies, limits,
 //! definitions); `users` (users, permissions, topic permissions); `json`
@@ -16,6 +17,7 @@
 //! the metrics endpoint, on a port of its own.
 
 mod bindings;
+mod cluster;
 mod compat;
 mod console;
 mod exchanges;
@@ -57,6 +59,8 @@ pub struct Api {
     pub listeners: Arc<Listeners>,
     /// This node of a cluster (None for a single node).
     pub cluster: Option<Arc<crate::cluster::node::ClusterNode>>,
+    /// Its member of the metadata group.
+    pub metadata: Option<Arc<crate::cluster::metadata::MetadataGroup>>,
 }
 
 /// Serves the API on `listener` until the process ends.
@@ -116,6 +120,7 @@ impl axum::serve::Listener for TlsListener {
 fn router(api: Api) -> Router {
     Router::new()
         .merge(overview::routes())
+        .merge(cluster::routes())
         .merge(queues::routes())
         .merge(exchanges::routes())
         .merge(bindings::routes())
@@ -177,7 +182,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// An AMQP refusal as an HTTP error: 404 for what is missing, 400 for the
+/// An AMQP refusal as an HTTP error: 404 for what is missing, 503 when a
+/// node of a cluster could not commit a change (no majority), 400 for the
 /// rest (as RabbitMQ's management API answers them).
 impl From<crate::broker::AmqpError> for ApiError {
     fn from(e: crate::broker::AmqpError) -> ApiError {
@@ -186,12 +192,19 @@ impl From<crate::broker::AmqpError> for ApiError {
         match e.code {
             reply::NOT_FOUND => ApiError::new(StatusCode::NOT_FOUND, "Object Not Found", reason),
             reply::ACCESS_REFUSED => ApiError::not_authorised(reason),
+            reply::INTERNAL_ERROR => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason),
             _ => ApiError::bad_request(reason),
         }
     }
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A refused change where the API answers a bare 404 for what is missing
+/// (as RabbitMQ does for a DELETE of an unknown user or vhost).
+pub fn change_refused(e: crate::broker::AmqpError) -> ApiError {
+    if crate::broker::changes::is_not_found(&e) { ApiError::not_found() } else { ApiError::from(e) }
+}
 
 /// The authenticated caller of a request (HTTP basic auth) and what its
 /// tags let it do, as in RabbitMQ: `management` (and `policymaker`) see

@@ -1,4 +1,4 @@
-//! The broker as a whole: /api/overview, /api/whoami, /api/nodes, the
+//! The broker as a whole: /api/overview, /api/whoami, the
 //! health checks, /api/aliveness-test, and the connection, channel and
 //! consumer listings (DELETE on a connection closes it).
 
@@ -21,8 +21,6 @@ pub fn routes() -> Router<Api> {
     Router::new()
         .route("/api/overview", get(overview))
         .route("/api/whoami", get(whoami))
-        .route("/api/nodes", get(nodes))
-        .route("/api/nodes/{node}", get(node))
         .route("/api/health/checks/alarms", get(alarms))
         .route("/api/health/checks/local-alarms", get(alarms))
         .route("/api/health/checks/port-listener/{port}", get(port_listener))
@@ -188,7 +186,7 @@ async fn whoami(caller: Caller) -> Json<Value> {
     Json(json!({"name": caller.name, "tags": caller.tags, "is_internal_user": true}))
 }
 
-fn node_json(api: &Api) -> Value {
+pub(super) fn node_json(api: &Api) -> Value {
     let store = api.broker.store();
     let alarm = store.disk_alarm().borrow().raised;
     let (rss, available) = crate::metrics::memory();
@@ -228,36 +226,6 @@ fn node_json(api: &Api) -> Value {
         "cluster_links": [],
         "net_ticktime": 60,
     })
-}
-
-/// This node, then each configured peer of a cluster: what this node
-/// knows of a peer is whether it answered on the cluster port lately
-/// (`running`) and its Raft id; its own figures are on its own API.
-fn all_nodes(api: &Api) -> Vec<Value> {
-    let mut nodes = vec![node_json(api)];
-    if let Some(cluster) = &api.cluster {
-        nodes[0]["raft_id"] = json!(cluster.identity.id);
-        for peer in cluster.peers() {
-            nodes.push(json!({
-                "name": peer.name,
-                "type": "disc",
-                "running": peer.running,
-                "raft_id": peer.id,
-                "cluster_address": peer.addr,
-            }));
-        }
-    }
-    nodes
-}
-
-async fn nodes(State(api): State<Api>, caller: Caller) -> ApiResult<Json<Value>> {
-    caller.require_monitor()?;
-    Ok(Json(Value::Array(all_nodes(&api))))
-}
-
-async fn node(State(api): State<Api>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Value>> {
-    caller.require_monitor()?;
-    all_nodes(&api).into_iter().find(|n| n["name"] == name.as_str()).map(Json).ok_or_else(ApiError::not_found)
 }
 
 fn check(failure: Option<String>) -> Response {

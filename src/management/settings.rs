@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{Api, ApiError, ApiResult, Caller, JsonBody, JsonOrEmpty};
+use crate::broker::changes::{Change, SettingChange};
 use crate::broker::{Policy, VhostInfo, VhostLimits};
 
 pub fn routes() -> Router<Api> {
@@ -115,25 +116,26 @@ async fn put_vhost(
         default_queue_type: body.default_queue_type.filter(|t| !t.is_empty()),
     };
     let name = info.name.clone();
-    api.broker.put_vhost(info).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    api.broker.change(Change::VhostPut(info)).await?;
     if existed {
         return Ok(StatusCode::NO_CONTENT);
     }
     // As RabbitMQ: whoever creates a vhost over HTTP may use it.
-    api.broker
-        .access()
-        .set_permissions(&caller.name, &name, ".*", ".*", ".*")
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let permission = crate::access::Permission {
+        user: caller.name.clone(),
+        vhost: name,
+        configure: ".*".into(),
+        write: ".*".into(),
+        read: ".*".into(),
+    };
+    api.broker.change(Change::Setting(SettingChange::SetPermissions { permission })).await?;
     Ok(StatusCode::CREATED)
 }
 
 async fn delete_vhost(State(api): State<Api>, caller: Caller, Path(vhost): Path<String>) -> ApiResult<StatusCode> {
     caller.require_admin()?;
-    match api.broker.delete_vhost(&vhost) {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
-        Err(crate::broker::VhostError::NoVhost(_)) => Err(ApiError::not_found()),
-        Err(e) => Err(ApiError::bad_request(e.to_string())),
-    }
+    api.broker.change(Change::VhostDelete(vhost)).await.map_err(super::change_refused)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn policy_json(p: &Policy) -> Value {
@@ -212,7 +214,7 @@ async fn put_policy(
         definition: body.definition,
         priority: body.priority,
     };
-    api.broker.set_policy(policy, operator).map_err(ApiError::bad_request)?;
+    api.broker.change(Change::Setting(SettingChange::SetPolicy { policy, operator })).await?;
     Ok(if existed { StatusCode::NO_CONTENT } else { StatusCode::CREATED })
 }
 
@@ -224,7 +226,11 @@ async fn delete_policy(
 ) -> ApiResult<StatusCode> {
     require_policy_access(&caller, operator)?;
     caller.require_vhost(&api, &vhost)?;
-    api.broker.clear_policy(&vhost, &name, operator).map_err(|_| ApiError::not_found())?;
+    let clear = SettingChange::ClearPolicy { vhost, name, operator };
+    api.broker.change(Change::Setting(clear)).await.map_err(|e| match e.code {
+        crate::protocol::reply::INTERNAL_ERROR => ApiError::from(e),
+        _ => ApiError::not_found(),
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -262,7 +268,7 @@ async fn put_vhost_limit(
     Path((vhost, name)): Path<(String, String)>,
     JsonBody(body): JsonBody<LimitBody>,
 ) -> ApiResult<StatusCode> {
-    change_limit(&api, &caller, &vhost, &name, Some(body.value))
+    change_limit(&api, &caller, &vhost, &name, Some(body.value)).await
 }
 
 async fn delete_vhost_limit(
@@ -270,11 +276,17 @@ async fn delete_vhost_limit(
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    change_limit(&api, &caller, &vhost, &name, None)
+    change_limit(&api, &caller, &vhost, &name, None).await
 }
 
 /// Sets (or, with None, removes) one limit of a vhost, keeping the other.
-fn change_limit(api: &Api, caller: &Caller, vhost: &str, name: &str, value: Option<i64>) -> ApiResult<StatusCode> {
+async fn change_limit(
+    api: &Api,
+    caller: &Caller,
+    vhost: &str,
+    name: &str,
+    value: Option<i64>,
+) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     let mut limits = api.broker.vhost_limits(vhost).ok_or_else(ApiError::not_found)?;
     match name {
@@ -282,7 +294,8 @@ fn change_limit(api: &Api, caller: &Caller, vhost: &str, name: &str, value: Opti
         "max-queues" => limits.max_queues = value,
         other => return Err(ApiError::bad_request(format!("unknown limit '{other}'"))),
     }
-    api.broker.set_vhost_limits(vhost, limits).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let set = SettingChange::SetVhostLimits { vhost: vhost.to_string(), limits };
+    api.broker.change(Change::Setting(set)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

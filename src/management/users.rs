@@ -9,8 +9,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::settings::tag_list;
-use super::{Api, ApiError, ApiResult, Caller, JsonBody};
-use crate::access::{Permission, TopicPermission};
+use super::{Api, ApiError, ApiResult, Caller, JsonBody, change_refused};
+use crate::access::{Permission, TopicPermission, User};
+use crate::broker::changes::{Change, SettingChange};
 
 pub fn routes() -> Router<Api> {
     Router::new()
@@ -81,14 +82,15 @@ async fn put_user(
         (None, Some(u)) => u.tags,
         _ => tag_list(body.tags.as_ref()),
     };
-    let bad = |e: crate::access::AccessError| ApiError::bad_request(e.to_string());
+    let change = |setting: SettingChange| api.broker.change(Change::Setting(setting));
     match (body.password, body.password_hash) {
         (Some(password), _) => {
             if existed {
-                access.change_password(&user, &password).map_err(bad)?;
-                access.set_user_tags(&user, tags).map_err(bad)?;
+                let password_hash = crate::access::password::hash(&password);
+                change(SettingChange::ChangePassword { name: user.clone(), password_hash }).await?;
+                change(SettingChange::SetUserTags { name: user, tags }).await?;
             } else {
-                access.add_user(&user, &password, tags).map_err(bad)?;
+                change(SettingChange::AddUser { user: User::new(&user, &password, tags) }).await?;
             }
         }
         (None, Some(hash)) => {
@@ -96,11 +98,10 @@ async fn put_user(
                 body.hashing_algorithm.unwrap_or_else(|| crate::access::password::SHA256.to_string());
             // A user replaced by hash keeps the limits it had.
             let limits = access.user_limits(&user);
-            access
-                .import_user(crate::access::User { name: user, password_hash: hash, hashing_algorithm, tags, limits })
-                .map_err(bad)?;
+            let user = User { name: user, password_hash: hash, hashing_algorithm, tags, limits };
+            change(SettingChange::PutUser { user }).await?;
         }
-        (None, None) if existed => access.set_user_tags(&user, tags).map_err(bad)?,
+        (None, None) if existed => change(SettingChange::SetUserTags { name: user, tags }).await?,
         (None, None) => return Err(ApiError::bad_request("password or password_hash must be set")),
     }
     Ok(if existed { StatusCode::NO_CONTENT } else { StatusCode::CREATED })
@@ -108,14 +109,9 @@ async fn put_user(
 
 async fn delete_user(State(api): State<Api>, caller: Caller, Path(user): Path<String>) -> ApiResult<StatusCode> {
     caller.require_admin()?;
-    match api.broker.access().delete_user(&user) {
-        Ok(()) => {
-            api.broker.close_connections_of(&user, &format!("user '{user}' is deleted"));
-            Ok(StatusCode::NO_CONTENT)
-        }
-        Err(crate::access::AccessError::NoUser(_)) => Err(ApiError::not_found()),
-        Err(e) => Err(ApiError::bad_request(e.to_string())),
-    }
+    let delete = SettingChange::DeleteUser { name: user };
+    api.broker.change(Change::Setting(delete)).await.map_err(change_refused)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,8 +127,10 @@ async fn delete_users(
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     for user in body.users {
-        if api.broker.access().delete_user(&user).is_ok() {
-            api.broker.close_connections_of(&user, &format!("user '{user}' is deleted"));
+        // A missing user is skipped; a cluster without a majority is not.
+        match api.broker.change(Change::Setting(SettingChange::DeleteUser { name: user })).await {
+            Err(e) if !crate::broker::changes::is_not_found(&e) => return Err(e.into()),
+            _ => {}
         }
     }
     Ok(StatusCode::NO_CONTENT)
@@ -206,9 +204,8 @@ async fn put_permission(
     }
     let access = api.broker.access();
     let existed = access.permissions().iter().any(|p| p.vhost == vhost && p.user == user);
-    access
-        .set_permissions(&user, &vhost, &body.configure, &body.write, &body.read)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let permission = Permission { user, vhost, configure: body.configure, write: body.write, read: body.read };
+    api.broker.change(Change::Setting(SettingChange::SetPermissions { permission })).await?;
     Ok(if existed { StatusCode::NO_CONTENT } else { StatusCode::CREATED })
 }
 
@@ -222,7 +219,7 @@ async fn delete_permission(
     if !access.permissions().iter().any(|p| p.vhost == vhost && p.user == user) {
         return Err(ApiError::not_found());
     }
-    access.clear_permissions(&user, &vhost).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    api.broker.change(Change::Setting(SettingChange::ClearPermissions { user, vhost })).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -283,8 +280,8 @@ async fn put_topic_permission(
     if !api.broker.vhost_exists(&vhost) {
         return Err(ApiError::bad_request(format!("vhost '{vhost}' does not exist")));
     }
-    let t = TopicPermission { user, vhost, exchange: body.exchange, write: body.write, read: body.read };
-    api.broker.access().set_topic_permissions(t).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let permission = TopicPermission { user, vhost, exchange: body.exchange, write: body.write, read: body.read };
+    api.broker.change(Change::Setting(SettingChange::SetTopicPermissions { permission })).await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -305,7 +302,8 @@ async fn delete_topic_permission(
         return Err(ApiError::not_found());
     }
     for exchange in exchanges {
-        access.clear_topic_permissions(&user, &vhost, &exchange).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let clear = SettingChange::ClearTopicPermissions { user: user.clone(), vhost: vhost.clone(), exchange };
+        api.broker.change(Change::Setting(clear)).await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -338,11 +336,8 @@ async fn put_user_limit(
     let mut definition = serde_json::Map::new();
     definition.insert(name, json!(body.value));
     let limits = crate::access::UserLimits::parse(&definition).map_err(ApiError::bad_request)?;
-    match api.broker.access().set_user_limits(&user, limits) {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
-        Err(crate::access::AccessError::NoUser(_)) => Err(ApiError::not_found()),
-        Err(e) => Err(ApiError::bad_request(e.to_string())),
-    }
+    api.broker.change(Change::Setting(SettingChange::SetUserLimits { user, limits })).await.map_err(change_refused)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn delete_user_limit(
@@ -351,9 +346,6 @@ async fn delete_user_limit(
     Path((user, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
-    match api.broker.access().clear_user_limits(&user, &name) {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
-        Err(crate::access::AccessError::NoUser(_)) => Err(ApiError::not_found()),
-        Err(e) => Err(ApiError::bad_request(e.to_string())),
-    }
+    api.broker.change(Change::Setting(SettingChange::ClearUserLimits { user, name })).await.map_err(change_refused)?;
+    Ok(StatusCode::NO_CONTENT)
 }

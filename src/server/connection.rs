@@ -92,6 +92,10 @@ pub(super) struct Connection {
     pub(super) appended_before: u64,
     /// Replies held back until the log is durable up to a position.
     pub(super) deferred: Vec<(u64, u16, Method)>,
+    /// On a node of a cluster: a change to the shared definitions this
+    /// frame made, awaited (through the metadata group) before the next
+    /// frame is read, so the connection's methods keep their order.
+    pub(super) pending_change: Option<PendingChange>,
     /// basic.acks read and not settled yet (see `acks`).
     pub(super) pending_acks: super::acks::PendingAcks,
     /// Queues that got a consumer in this batch of frames: deliveries start
@@ -108,6 +112,15 @@ pub(super) struct Connection {
     pub(super) transport: Transport,
     /// The mechanism the client authenticated with.
     pub(super) auth_mechanism: String,
+}
+
+/// A change to the shared definitions waiting for the metadata group.
+pub(super) struct PendingChange {
+    channel: u16,
+    change: crate::broker::changes::Change,
+    /// The method's (class, method) ids, for an error's close.
+    ids: (u16, u16),
+    reply: Option<Method>,
 }
 
 pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broker>, config: Arc<Config>) {
@@ -160,6 +173,7 @@ pub async fn serve_stream<W: AsyncWrite + Send + Unpin + 'static>(
         durability: broker.store().durability(),
         appended_before: 0,
         deferred: Vec::new(),
+        pending_change: None,
         pending_acks: Default::default(),
         start_delivery: Vec::new(),
         blocked_notify: false,
@@ -274,6 +288,11 @@ impl Connection {
                     Ok(false) => return Exit::Done,
                     Err(reason) => return Exit::Close(reason),
                 }
+                if let Some(pending) = self.pending_change.take()
+                    && let Err(reason) = self.finish_change(pending).await
+                {
+                    return Exit::Close(reason);
+                }
                 if !self.deferred.is_empty()
                     && let Err(exit) = self.send_deferred().await
                 {
@@ -357,6 +376,45 @@ impl Connection {
                     return Exit::Dropped(format!("missed heartbeats from client, timeout: {secs}s"));
                 }
             }
+        }
+    }
+
+    /// Makes a change to the shared definitions for a method on `channel`,
+    /// then sends `reply` (None: the method had no-wait). A single node
+    /// applies it now; a node of a cluster commits it through the metadata
+    /// group once this frame is handled (see [`Connection::finish_change`]).
+    pub(super) fn make_change(
+        &mut self,
+        channel: u16,
+        change: crate::broker::changes::Change,
+        ids: (u16, u16),
+        reply: Option<Method>,
+    ) -> Result<(), AmqpError> {
+        if self.broker.is_clustered() {
+            self.pending_change = Some(PendingChange { channel, change, ids, reply });
+            return Ok(());
+        }
+        self.broker.apply_change(&change)?;
+        if let Some(reply) = reply {
+            self.reply_when_durable(channel, reply);
+        }
+        Ok(())
+    }
+
+    /// Waits for a change committed through the metadata group, then
+    /// replies, or closes the channel (or connection) with its error.
+    async fn finish_change(&mut self, pending: PendingChange) -> Result<(), CloseReason> {
+        let PendingChange { channel, change, ids, reply } = pending;
+        match self.broker.change(change).await {
+            Ok(()) => {
+                if let Some(reply) = reply
+                    && self.channels.contains_key(&channel)
+                {
+                    self.reply_when_durable(channel, reply);
+                }
+                Ok(())
+            }
+            Err(e) => self.close_channel_with(channel, e, ids),
         }
     }
 

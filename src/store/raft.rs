@@ -33,6 +33,8 @@ pub struct GroupLog {
     pub committed: Option<Bytes>,
     /// The last purged entry's index and log id.
     pub purged: Option<(u64, Bytes)>,
+    /// How far the group's state machine applied the log (its own bytes).
+    pub applied: Option<Bytes>,
     /// Index of `entries[0]`.
     first: u64,
     entries: VecDeque<Bytes>,
@@ -119,6 +121,7 @@ impl RaftLogs {
                         log.purge(*index);
                         log.purged = Some((*index, value.clone()));
                     }
+                    RaftStateKind::Applied => log.applied = Some(value.clone()),
                     RaftStateKind::Removed => {}
                 }
             }
@@ -153,6 +156,9 @@ impl RaftLogs {
             if let Some((index, id)) = &log.purged {
                 state(RaftStateKind::Purged, *index, id, out);
             }
+            if let Some(applied) = &log.applied {
+                state(RaftStateKind::Applied, 0, applied, out);
+            }
             for (index, entry) in log.entries(0..u64::MAX) {
                 Record::RaftEntry { group, index, entry: entry.clone() }.encode(FLAG_SNAPSHOT, out);
             }
@@ -166,6 +172,7 @@ pub struct RaftGroupState {
     pub vote: Option<Bytes>,
     pub committed: Option<Bytes>,
     pub purged: Option<(u64, Bytes)>,
+    pub applied: Option<Bytes>,
     /// The last entry held, with its index.
     pub last: Option<(u64, Bytes)>,
 }
@@ -225,6 +232,7 @@ impl LogStore {
             vote: log.vote.clone(),
             committed: log.committed.clone(),
             purged: log.purged.clone(),
+            applied: log.applied.clone(),
             last: log.last().map(|(i, e)| (i, e.clone())),
         }
     }

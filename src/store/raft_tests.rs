@@ -83,6 +83,7 @@ fn the_snapshot_restates_every_group_and_reads_back_the_same() {
     logs.apply(&state(7, RaftStateKind::Vote, 0, "term 3 for node 2"));
     logs.apply(&state(7, RaftStateKind::Committed, 0, "5"));
     logs.apply(&state(7, RaftStateKind::Purged, 2, "id2"));
+    logs.apply(&state(7, RaftStateKind::Applied, 0, "applied to 4"));
     logs.apply(&state(8, RaftStateKind::Vote, 0, "term 1"));
     let mut bytes = Vec::new();
     logs.encode_snapshot(&mut bytes);
@@ -100,11 +101,17 @@ fn the_snapshot_restates_every_group_and_reads_back_the_same() {
         at += len;
     }
     assert_eq!(again, logs);
+    assert_eq!(again.group(7).and_then(|g| g.applied.clone()), Some(Bytes::from("applied to 4")));
 }
 
 #[test]
 fn raft_records_round_trip_and_an_unknown_kind_is_an_error() {
-    for record in [entry(9, 42), state(9, RaftStateKind::Purged, 41, "id41"), state(9, RaftStateKind::Removed, 0, "")] {
+    for record in [
+        entry(9, 42),
+        state(9, RaftStateKind::Purged, 41, "id41"),
+        state(9, RaftStateKind::Removed, 0, ""),
+        state(9, RaftStateKind::Applied, 0, "id40"),
+    ] {
         let mut bytes = Vec::new();
         record.encode(0, &mut bytes);
         let payload = Bytes::copy_from_slice(&bytes[RECORD_PREFIX_LEN + 2..]);

@@ -3,16 +3,17 @@
 use super::super::channel::*;
 use super::super::connection::Connection;
 use crate::access::{Access, ResourceKind};
-use crate::broker::{AmqpError, Destination};
+use crate::broker::AmqpError;
+use crate::broker::changes::Change;
 use crate::protocol::Method;
 use crate::protocol::method::*;
 
 impl Connection {
     /// exchange.declare, delete, bind and unbind.
     pub(in crate::server) fn exchange_method(&mut self, channel: u16, method: Method) -> Result<(), AmqpError> {
-        let id = self.id;
         let broker = self.broker.clone();
         let vhost = self.vhost.clone();
+        let ids = method.ids();
         match method {
             Method::ExchangeDeclare(m) => {
                 if !m.passive && !m.exchange.is_empty() {
@@ -26,47 +27,32 @@ impl Connection {
                         self.check_access(Access::Write, ResourceKind::Exchange, ae)?;
                     }
                 }
-                broker.exchange_declare(&vhost, &m)?;
-                if !m.no_wait {
-                    self.reply_when_durable(channel, ExchangeDeclareOk {});
+                if m.passive {
+                    broker.exchange_declare(&vhost, &m)?;
+                    if !m.no_wait {
+                        self.reply_when_durable(channel, ExchangeDeclareOk {});
+                    }
+                } else {
+                    let reply = (!m.no_wait).then(|| ExchangeDeclareOk {}.into());
+                    self.make_change(channel, Change::Exchange { vhost, method: m.into() }, ids, reply)?;
                 }
             }
             Method::ExchangeDelete(m) => {
                 if !m.exchange.is_empty() {
                     self.check_access(Access::Configure, ResourceKind::Exchange, &m.exchange)?;
                 }
-                broker.exchange_delete(&vhost, &m.exchange, m.if_unused)?;
-                if !m.no_wait {
-                    self.reply_when_durable(channel, ExchangeDeleteOk {});
-                }
+                let reply = (!m.no_wait).then(|| ExchangeDeleteOk {}.into());
+                self.make_change(channel, Change::Exchange { vhost, method: m.into() }, ids, reply)?;
             }
             Method::ExchangeBind(m) => {
                 self.check_binding(&m.source, ResourceKind::Exchange, &m.destination, &m.routing_key)?;
-                broker.bind(
-                    &vhost,
-                    id,
-                    &m.source,
-                    Destination::Exchange(m.destination),
-                    &m.routing_key,
-                    &m.arguments,
-                )?;
-                if !m.no_wait {
-                    self.reply_when_durable(channel, ExchangeBindOk {});
-                }
+                let reply = (!m.no_wait).then(|| ExchangeBindOk {}.into());
+                self.make_change(channel, Change::Exchange { vhost, method: m.into() }, ids, reply)?;
             }
             Method::ExchangeUnbind(m) => {
                 self.check_binding(&m.source, ResourceKind::Exchange, &m.destination, &m.routing_key)?;
-                broker.unbind(
-                    &vhost,
-                    id,
-                    &m.source,
-                    Destination::Exchange(m.destination),
-                    &m.routing_key,
-                    &m.arguments,
-                )?;
-                if !m.no_wait {
-                    self.reply_when_durable(channel, ExchangeUnbindOk {});
-                }
+                let reply = (!m.no_wait).then(|| ExchangeUnbindOk {}.into());
+                self.make_change(channel, Change::Exchange { vhost, method: m.into() }, ids, reply)?;
             }
             other => return Err(not_on_a_channel(&other)),
         }

@@ -17,12 +17,18 @@ pub enum RaftStateKind {
     Purged = 4,
     /// The group left this node: its entries and state are gone.
     Removed = 5,
+    /// `value`: how far the group's state machine has applied the log, in
+    /// the state machine's own bytes (for the metadata group: the last
+    /// applied log id and membership); `index` unused (0). Written after
+    /// the changes the applied entries made, so a log cut anywhere never
+    /// holds a marker past what it holds of their effects.
+    Applied = 6,
 }
 
 impl RaftStateKind {
     pub fn from_code(code: u8) -> Option<RaftStateKind> {
         use RaftStateKind::*;
-        [Vote, Committed, Truncated, Purged, Removed].into_iter().find(|k| *k as u8 == code)
+        [Vote, Committed, Truncated, Purged, Removed, Applied].into_iter().find(|k| *k as u8 == code)
     }
 
     pub fn name(self) -> &'static str {
@@ -32,6 +38,7 @@ impl RaftStateKind {
             RaftStateKind::Truncated => "truncated",
             RaftStateKind::Purged => "purged",
             RaftStateKind::Removed => "removed",
+            RaftStateKind::Applied => "applied",
         }
     }
 }

@@ -1,0 +1,471 @@
+//! The metadata group: one Raft group, over every node of the cluster,
+//! whose log holds the changes to the definitions every node shares
+//! (`broker::changes`). A change made on any node is committed through
+//! the group's leader and applied by every node to its own broker, in log
+//! order, so every node holds the same vhosts and exchanges, and a
+//! partition cannot split them: a change needs a majority.
+//!
+//! - [`MetadataMachine`] is the group's state machine: it applies each
+//!   change to this node's broker, then logs how far it has applied (a
+//!   `raft.state` "applied" record, after the changes' own records), so a
+//!   restart re-applies only what the log may not hold the effects of
+//!   (applying a change twice changes nothing).
+//! - [`MetadataGroup`] proposes this node's changes: to its own Raft when
+//!   it leads, else to the leader over the cluster port
+//!   ([`KIND_PROPOSE`]); either way it waits until this node has applied
+//!   the change, so a client's next method on this node sees it.
+//! - The group forms itself: once every configured node has answered and
+//!   none holds any of the group's log, the node whose name sorts first
+//!   initializes it with every node as a voter. A node whose data
+//!   directory was wiped comes back with a new Raft id; the leader takes
+//!   it in as a learner, then makes it a voter in place of its old id.
+//!
+//! The group takes no snapshots yet: its log holds every change ever made
+//! (definitions change rarely; bounding it is a later step).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::{self, Cursor};
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes};
+use futures_util::StreamExt;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::error::ClientWriteError;
+use openraft::impls::BasicNode;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{ChangeMembers, Config, OptionalSend, Raft, Snapshot, SnapshotPolicy, StoredMembership};
+use tokio::sync::watch;
+
+use super::codec::{decode_applied, encode_applied};
+use super::log_storage::GroupLogStorage;
+use super::node::ClusterNode;
+use super::transport::{GroupNetwork, GroupServer, RaftGroup};
+use super::types::*;
+use super::wire::KIND_PROPOSE;
+use crate::broker::changes::{Change, ChangeRouter, decode_outcome, encode_outcome};
+use crate::broker::{AmqpError, Broker};
+use crate::protocol::Method;
+use crate::protocol::reply;
+use crate::store::LogStore;
+use crate::store::format::RaftStateKind;
+
+/// The metadata group's id.
+pub const METADATA_GROUP: u64 = 0;
+/// How long a change waits for the group (a leader, a majority) before it
+/// fails with INTERNAL_ERROR.
+pub const PROPOSE_WITHIN: Duration = Duration::from_secs(10);
+/// How often an uninitialized node checks whether the group can form.
+const FORM_EVERY: Duration = Duration::from_millis(500);
+
+type StoredMembers = StoredMembership<LeaderId, NodeId, BasicNode>;
+type Meta = openraft::SnapshotMeta<LeaderId, NodeId, BasicNode>;
+
+/// The Raft timing of the metadata group: heartbeats every 100 ms, an
+/// election after 400 to 800 ms without one (well above an fdatasync),
+/// pre-vote on (a node cut off and back does not depose a working leader).
+pub fn raft_config() -> io::Result<Arc<Config>> {
+    let config = Config {
+        cluster_name: "warren-metadata".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        enable_pre_vote: Some(true),
+        snapshot_policy: SnapshotPolicy::Never,
+        ..Default::default()
+    };
+    config.validate().map(Arc::new).map_err(io::Error::other)
+}
+
+/// The group's state machine: this node's broker.
+pub struct MetadataMachine {
+    broker: Arc<Broker>,
+    store: Arc<LogStore>,
+    applied: Option<LogId>,
+    membership: StoredMembers,
+    /// One past the index last applied (0: nothing yet).
+    applied_tx: watch::Sender<u64>,
+}
+
+impl MetadataMachine {
+    /// The machine as the log left it.
+    fn recover(broker: Arc<Broker>, store: Arc<LogStore>) -> io::Result<(MetadataMachine, watch::Receiver<u64>)> {
+        let (applied, membership) = match store.raft_state(METADATA_GROUP).applied {
+            Some(marker) => {
+                let (applied, at, membership) = decode_applied(&marker)?;
+                (applied, StoredMembers::new(at, membership))
+            }
+            None => (None, StoredMembers::default()),
+        };
+        let (applied_tx, applied_rx) = watch::channel(applied.map_or(0, |id| id.index + 1));
+        Ok((MetadataMachine { broker, store, applied, membership, applied_tx }, applied_rx))
+    }
+
+    fn log_applied(&self) -> io::Result<()> {
+        let marker =
+            encode_applied(self.applied.as_ref(), self.membership.log_id().as_ref(), self.membership.membership());
+        self.store.raft_set(METADATA_GROUP, RaftStateKind::Applied, 0, marker).map_err(io::Error::other)?;
+        Ok(())
+    }
+}
+
+/// Snapshots are not taken (see the module's docs): asked for one, it fails.
+pub struct NoSnapshots;
+
+impl RaftSnapshotBuilder<RaftConfig> for NoSnapshots {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot<LeaderId, NodeId, BasicNode, Cursor<Vec<u8>>>, io::Error> {
+        Err(io::Error::other("the metadata group takes no snapshots"))
+    }
+}
+
+impl RaftStateMachine<RaftConfig> for MetadataMachine {
+    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotBuilder = NoSnapshots;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembers), io::Error> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures_util::Stream<Item = Result<EntryResponder<RaftConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some(next) = entries.next().await {
+            let (entry, responder) = next?;
+            let outcome = match &entry.payload {
+                EntryPayload::Blank => Ok(()),
+                EntryPayload::Normal(command) => match Change::decode(&command.0) {
+                    Ok(change) => self.broker.apply_change(&change),
+                    // Every node reads the same bytes, so every node
+                    // refuses them alike.
+                    Err(e) => Err(AmqpError::connection(reply::INTERNAL_ERROR, format!("an unreadable change: {e}"))),
+                },
+                EntryPayload::Membership(members) => {
+                    self.membership = StoredMembers::new(Some(entry.log_id), members.clone());
+                    Ok(())
+                }
+            };
+            self.applied = Some(entry.log_id);
+            self.log_applied()?;
+            self.applied_tx.send_replace(entry.log_id.index + 1);
+            if let Some(responder) = responder {
+                responder.send(GroupReply(encode_outcome(&outcome)));
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> NoSnapshots {
+        NoSnapshots
+    }
+
+    async fn install_snapshot(&mut self, _meta: &Meta, _snapshot: Self::SnapshotData) -> Result<(), io::Error> {
+        Err(io::Error::other("the metadata group takes no snapshots"))
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<LeaderId, NodeId, BasicNode, Cursor<Vec<u8>>>>, io::Error> {
+        Ok(None)
+    }
+}
+
+/// What [`MetadataGroup::status`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataStatus {
+    /// Whether this node holds the group's membership yet.
+    pub formed: bool,
+    pub leader: Option<NodeId>,
+    pub voters: Vec<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub committed: Option<u64>,
+    pub last_applied: Option<u64>,
+}
+
+/// This node's member of the metadata group.
+pub struct MetadataGroup {
+    raft: Raft<RaftConfig, MetadataMachine>,
+    applied: watch::Receiver<u64>,
+    node: Arc<ClusterNode>,
+    broker: Weak<Broker>,
+}
+
+impl MetadataGroup {
+    /// Starts this node's member (from what its log holds), serves it on
+    /// the cluster port, routes the broker's changes through it, and forms
+    /// the group if it is new.
+    pub async fn start(node: Arc<ClusterNode>, broker: &Arc<Broker>) -> io::Result<Arc<MetadataGroup>> {
+        let store = broker.store().clone();
+        let (machine, applied) = MetadataMachine::recover(broker.clone(), store.clone())?;
+        let network = GroupNetwork { transport: node.transport.clone(), group: METADATA_GROUP };
+        let log = GroupLogStorage::new(store, METADATA_GROUP);
+        let raft =
+            Raft::new(node.identity.id, raft_config()?, network, log, machine).await.map_err(io::Error::other)?;
+        let group = Arc::new(MetadataGroup { raft, applied, node: node.clone(), broker: Arc::downgrade(broker) });
+        node.transport.add_group(METADATA_GROUP, Arc::new(Served(group.clone())));
+        broker.set_change_router(Arc::new(Router(Arc::downgrade(&group))));
+        let tended = Arc::downgrade(&group);
+        tokio::spawn(async move {
+            let mut formed = false;
+            loop {
+                let Some(group) = tended.upgrade() else { return };
+                if !formed {
+                    formed = group.try_to_form().await;
+                } else {
+                    group.replace_wiped_members().await;
+                }
+                drop(group);
+                tokio::time::sleep(FORM_EVERY).await;
+            }
+        });
+        Ok(group)
+    }
+
+    /// Forms the group if it can and this node is the one to: true once
+    /// it is formed (by this node or another).
+    async fn try_to_form(&self) -> bool {
+        match self.raft.is_initialized().await {
+            Ok(true) | Err(_) => return true,
+            Ok(false) => {}
+        }
+        let peers = self.node.peers();
+        if peers.iter().any(|p| p.formed) {
+            // Another node holds the group: it will bring this one in.
+            return true;
+        }
+        let me = &self.node.identity;
+        let all_known = peers.iter().all(|p| p.running && p.id.is_some());
+        let first = peers.iter().all(|p| p.name > me.name);
+        if !all_known || !first {
+            return false;
+        }
+        let mut members = BTreeMap::new();
+        members.insert(me.id, BasicNode { addr: self.node.advertised_addr() });
+        for peer in &peers {
+            if let Some(id) = peer.id {
+                members.insert(id, BasicNode { addr: peer.addr.clone() });
+            }
+        }
+        match self.raft.initialize(members).await {
+            Ok(()) => {
+                tracing::info!("formed the cluster's metadata group with {} nodes", peers.len() + 1);
+                true
+            }
+            Err(e) => {
+                tracing::warn!("cannot form the cluster's metadata group: {e}");
+                false
+            }
+        }
+    }
+
+    /// On the leader: a configured node that answers with a Raft id the
+    /// group does not know, at the address of a member, had its data
+    /// directory wiped. It is taken in as a learner (the leader's log
+    /// brings it up to date), then made a voter in place of the old id,
+    /// which can never come back. One change at a time.
+    async fn replace_wiped_members(&self) {
+        let me = self.node.identity.id;
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        if metrics.current_leader != Some(me) || metrics.membership_config != metrics.committed_membership_config {
+            return;
+        }
+        let membership = metrics.membership_config.membership().clone();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        for peer in self.node.peers() {
+            let Some(new) = peer.id.filter(|_| peer.running) else { continue };
+            let old = membership.nodes().find(|(id, node)| node.addr == peer.addr && **id != new).map(|(id, _)| *id);
+            let Some(old) = old.filter(|old| voters.contains(old) && !voters.contains(&new)) else { continue };
+            tracing::info!("{} came back with a new Raft id: replacing it in the metadata group", peer.name);
+            let node = BasicNode { addr: peer.addr.clone() };
+            let caught_up = tokio::time::timeout(Duration::from_secs(30), self.raft.add_learner(new, node, true)).await;
+            if !matches!(caught_up, Ok(Ok(_))) {
+                tracing::warn!("{} could not be brought up to date in the metadata group yet", peer.name);
+                return;
+            }
+            let mut after = voters.clone();
+            after.remove(&old);
+            after.insert(new);
+            let replaced = self.raft.change_membership(ChangeMembers::ReplaceAllVoters(after), false);
+            match tokio::time::timeout(Duration::from_secs(30), replaced).await {
+                Ok(Ok(_)) => tracing::info!("{} is a voter of the metadata group again", peer.name),
+                _ => tracing::warn!("{} could not be made a voter of the metadata group yet", peer.name),
+            }
+            return;
+        }
+    }
+
+    /// The group as this node sees it (`rabbitmq-diagnostics
+    /// metadata_store_status` shows the same of Khepri's).
+    pub fn status(&self) -> MetadataStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        MetadataStatus {
+            formed: m.membership_config.membership().voter_ids().next().is_some(),
+            leader: m.current_leader,
+            voters: m.membership_config.membership().voter_ids().collect(),
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            committed: m.local_committed.map(|id| id.index),
+            last_applied: m.last_applied.map(|id| id.index),
+        }
+    }
+
+    /// Commits `change` and waits until this node applied it: the outcome
+    /// of applying it.
+    pub async fn propose(&self, change: Change) -> Result<(), AmqpError> {
+        let change = self.judge_locally(change)?;
+        let command = change.encode();
+        let deadline = tokio::time::Instant::now() + PROPOSE_WITHIN;
+        loop {
+            match self.commit(&command, deadline).await {
+                Ok((index, outcome)) => {
+                    self.wait_applied(index, deadline).await?;
+                    return outcome;
+                }
+                Err(retry) if tokio::time::Instant::now() + retry < deadline => tokio::time::sleep(retry).await,
+                Err(_) => return Err(unavailable()),
+            }
+        }
+    }
+
+    /// What a change needs judged where it is made: an exchange delete's
+    /// `if-unused` counts this node's queue bindings, which are not
+    /// replicated, so it is judged here and the delete proposed without it.
+    fn judge_locally(&self, change: Change) -> Result<Change, AmqpError> {
+        match change {
+            Change::Exchange { vhost, method: Method::ExchangeDelete(mut m) } if m.if_unused => {
+                if self.broker.upgrade().is_some_and(|b| b.exchange_in_use(&vhost, &m.exchange)) {
+                    return Err(AmqpError::precondition(format!(
+                        "exchange '{}' in vhost '{vhost}' in use",
+                        m.exchange
+                    )));
+                }
+                m.if_unused = false;
+                Ok(Change::Exchange { vhost, method: Method::ExchangeDelete(m) })
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// One attempt to commit: through this node's Raft if it leads, else
+    /// through the leader. Ok((index, outcome)); Err(how long to wait
+    /// before trying again).
+    async fn commit(
+        &self,
+        command: &Bytes,
+        deadline: tokio::time::Instant,
+    ) -> Result<(u64, Result<(), AmqpError>), Duration> {
+        const AGAIN: Duration = Duration::from_millis(100);
+        // Bounded: a leader that cannot reach a majority waits for one.
+        let write = self.raft.client_write(GroupCommand(command.clone()));
+        let Ok(written) = tokio::time::timeout_at(deadline, write).await else { return Err(AGAIN) };
+        let forward = match written {
+            Ok(written) => return Ok((written.log_id.index, outcome_of(&written.data.0))),
+            Err(e) => match e.into_api_error() {
+                Some(ClientWriteError::ForwardToLeader(f)) | Some(ClientWriteError::LogEntryDiscarded(f)) => f,
+                _ => return Err(AGAIN),
+            },
+        };
+        let Some(leader) = forward.leader_node.filter(|_| forward.leader_id != Some(self.node.identity.id)) else {
+            // No leader known yet (an election is on): ask again shortly.
+            return Err(AGAIN);
+        };
+        let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let reply = self.node.transport.call(&leader.addr, KIND_PROPOSE, METADATA_GROUP, command, limit).await;
+        match reply.ok().and_then(|r| decode_forwarded(&r)) {
+            Some((index, outcome)) => Ok((index, outcome)),
+            None => Err(AGAIN),
+        }
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) -> Result<(), AmqpError> {
+        let mut applied = self.applied.clone();
+        let reached = tokio::time::timeout_at(deadline, applied.wait_for(|&next| next > index)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(unavailable()),
+        }
+    }
+
+    /// Serves a peer's forwarded change: commits it here if this node
+    /// leads (a follower refuses, and the peer asks again).
+    async fn serve_forwarded(&self, command: Bytes) -> io::Result<Vec<u8>> {
+        Change::decode(&command).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let written = self.raft.client_write(GroupCommand(command)).await.map_err(io::Error::other)?;
+        let mut out = Vec::with_capacity(8 + written.data.0.len());
+        out.put_u64_le(written.log_id.index);
+        out.extend_from_slice(&written.data.0);
+        Ok(out)
+    }
+
+    /// Hands leadership to another voter and stops this member (a graceful
+    /// stop: the group elects no new leader by time-out).
+    pub async fn shutdown(&self) {
+        let me = self.node.identity.id;
+        if self.raft.current_leader().await == Some(me) {
+            let metrics = self.raft.metrics().borrow_watched().clone();
+            let to = metrics.membership_config.membership().voter_ids().find(|id| *id != me);
+            if let Some(to) = to
+                && self.raft.trigger().transfer_leader(to).await.is_ok()
+            {
+                let handed = |m: &openraft::RaftMetrics<RaftConfig>| m.current_leader != Some(me);
+                let _ = self.raft.wait(Some(Duration::from_secs(2))).metrics(handed, "leadership handed over").await;
+            }
+        }
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+fn unavailable() -> AmqpError {
+    AmqpError::connection(
+        reply::INTERNAL_ERROR,
+        format!(
+            "the cluster's metadata store did not commit the change within {} s: is a majority of the nodes running?",
+            PROPOSE_WITHIN.as_secs()
+        ),
+    )
+}
+
+fn outcome_of(bytes: &[u8]) -> Result<(), AmqpError> {
+    decode_outcome(bytes).unwrap_or_else(|e| Err(AmqpError::connection(reply::INTERNAL_ERROR, e)))
+}
+
+/// A forwarded change's reply: the index it was committed at (u64), then
+/// the outcome.
+fn decode_forwarded(bytes: &[u8]) -> Option<(u64, Result<(), AmqpError>)> {
+    let index = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    Some((index, decode_outcome(&bytes[8..]).ok()?))
+}
+
+/// The broker's change router: the metadata group (weakly: the group owns
+/// the broker's state machine, not the other way round).
+struct Router(Weak<MetadataGroup>);
+
+impl ChangeRouter for Router {
+    fn propose(&self, change: Change) -> Pin<Box<dyn Future<Output = Result<(), AmqpError>> + Send>> {
+        let group = self.0.upgrade();
+        Box::pin(async move {
+            match group {
+                Some(group) => group.propose(change).await,
+                None => Err(AmqpError::connection(reply::INTERNAL_ERROR, "this node is shutting down")),
+            }
+        })
+    }
+}
+
+/// The group as served to peers: the Raft RPCs, and forwarded changes.
+struct Served(Arc<MetadataGroup>);
+
+impl GroupServer for Served {
+    fn serve(&self, kind: u8, payload: Bytes) -> Pin<Box<dyn Future<Output = io::Result<Vec<u8>>> + Send>> {
+        if kind == KIND_PROPOSE {
+            let group = self.0.clone();
+            return Box::pin(async move { group.serve_forwarded(payload).await });
+        }
+        RaftGroup(self.0.raft.clone()).serve(kind, payload)
+    }
+}

@@ -1,0 +1,73 @@
+//! The cluster as the HTTP API shows it: /api/nodes (this node and every
+//! configured peer) and /api/metadata-store (the metadata group: its
+//! leader, voters and how far this node has applied its log, as
+//! `rabbitmq-diagnostics metadata_store_status` shows Khepri's).
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use super::overview::node_json;
+use super::{Api, ApiError, ApiResult, Caller};
+
+pub fn routes() -> Router<Api> {
+    Router::new()
+        .route("/api/nodes", get(nodes))
+        .route("/api/nodes/{node}", get(node))
+        .route("/api/metadata-store", get(metadata_store))
+}
+
+/// This node, then each configured peer of a cluster: what this node
+/// knows of a peer is whether it answered on the cluster port lately
+/// (`running`) and its Raft id; its own figures are on its own API.
+fn all_nodes(api: &Api) -> Vec<Value> {
+    let mut nodes = vec![node_json(api)];
+    if let Some(cluster) = &api.cluster {
+        nodes[0]["raft_id"] = json!(cluster.identity.id);
+        for peer in cluster.peers() {
+            nodes.push(json!({
+                "name": peer.name,
+                "type": "disc",
+                "running": peer.running,
+                "raft_id": peer.id,
+                "cluster_address": peer.addr,
+            }));
+        }
+    }
+    nodes
+}
+
+async fn nodes(State(api): State<Api>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require_monitor()?;
+    Ok(Json(Value::Array(all_nodes(&api))))
+}
+
+async fn node(State(api): State<Api>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    caller.require_monitor()?;
+    all_nodes(&api).into_iter().find(|n| n["name"] == name.as_str()).map(Json).ok_or_else(ApiError::not_found)
+}
+
+/// The metadata group as this node sees it, members by node name (a Raft
+/// id no configured node answers with is shown as the id). 404 on a
+/// single node, which has no metadata group.
+async fn metadata_store(State(api): State<Api>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require_monitor()?;
+    let (Some(cluster), Some(metadata)) = (&api.cluster, &api.metadata) else {
+        return Err(ApiError::not_found());
+    };
+    let mut names = vec![(cluster.identity.id, cluster.identity.name.clone())];
+    names.extend(cluster.peers().into_iter().filter_map(|p| p.id.map(|id| (id, p.name))));
+    let name = |id: u64| names.iter().find(|(i, _)| *i == id).map_or_else(|| id.to_string(), |(_, n)| n.clone());
+    let status = metadata.status();
+    Ok(Json(json!({
+        "node": cluster.identity.name,
+        "formed": status.formed,
+        "leader": status.leader.map(name),
+        "members": status.voters.iter().map(|id| name(*id)).collect::<Vec<_>>(),
+        "term": status.term,
+        "last_log_index": status.last_log_index,
+        "committed": status.committed,
+        "last_applied": status.last_applied,
+    })))
+}

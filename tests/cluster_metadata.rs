@@ -1,0 +1,262 @@
+//! The metadata group over three real `warren` nodes on loopback (each
+//! with its own ports, chosen at run time, and data directory): the group
+//! forms by itself; a vhost, a user with its permissions and a policy
+//! made over HTTP on one node, and exchanges and
+//! an exchange-to-exchange binding made over AMQP on another, reach every
+//! node and route there; an inequivalent redeclare is refused on a third
+//! as on the first; the group's leader killed with SIGKILL, the other two
+//! go on taking changes, and the killed node restarted catches up from
+//! its log and its peers; a node left alone refuses changes (no majority)
+//! with INTERNAL_ERROR rather than make them on its own.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::amqp::{amqp_error, channel, connect, drain, within};
+use common::{Broker, free_port, http};
+use lapin::ExchangeKind;
+use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde_json::Value;
+
+const NAMES: [&str; 3] = ["alpha@localhost", "beta@localhost", "gamma@localhost"];
+const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
+
+fn start(dir: &Path, name: &str, port: u16, peers: &str) -> Broker {
+    let port = port.to_string();
+    Broker::start_in_with_http(dir, &["--node-name", name, "--cluster-port", &port, "--cluster-peers", peers])
+}
+
+async fn status(broker: &Broker) -> Value {
+    let reply = http::get(broker.management.expect("management API"), "/api/metadata-store", GUEST).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()
+}
+
+/// Polls until every broker names the same leader (not `not`), for at
+/// most 20 s; the leader's name.
+async fn agreed_leader(brokers: &[&Broker], not: Option<&str>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut seen = Vec::new();
+        for b in brokers {
+            seen.push(status(b).await);
+        }
+        let leader = seen[0]["leader"].as_str().map(str::to_string);
+        if let Some(leader) = leader
+            && Some(leader.as_str()) != not
+            && seen.iter().all(|s| {
+                s["leader"].as_str() == Some(leader.as_str()) && s["members"].as_array().is_some_and(|m| m.len() == 3)
+            })
+        {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "no agreed metadata leader within 20 s: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `path` on `broker` until it answers `status`, for at most 20 s.
+async fn until_status(broker: &Broker, path: &str, status: u16) -> http::Reply {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = http::get(broker.management.expect("management API"), path, GUEST).await;
+        if reply.status == status {
+            return reply;
+        }
+        assert!(Instant::now() < deadline, "GET {path} still {} after 20 s: {}", reply.status, reply.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Prints the end of every node's log if the test fails.
+struct LogsOnFailure(Vec<std::path::PathBuf>);
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for dir in &self.0 {
+                let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                eprintln!("---- {} ----", dir.display());
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+async fn declare(broker: &Broker, name: &str, kind: ExchangeKind) -> lapin::Result<()> {
+    let conn = connect(broker).await;
+    let ch = channel(&conn).await;
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    // Bounded by the test's own limit: a node without a majority answers
+    // only after its 10 s wait for the metadata group.
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        ch.exchange_declare(name.into(), kind, durable, FieldTable::default()),
+    )
+    .await
+    .expect("exchange.declare answered within 30 s");
+    let _ = conn.close(200, "done".into()).await;
+    result
+}
+
+#[tokio::test]
+async fn definitions_reach_every_node_survive_a_leader_kill_and_need_a_majority() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = NAMES.iter().map(|n| scratch.path().join(n.replace('@', "-"))).collect();
+    let _logs = LogsOnFailure(dirs.clone());
+    let ports: Vec<u16> = NAMES.iter().map(|_| free_port()).collect();
+    let peers = NAMES.iter().zip(&ports).map(|(n, p)| format!("{n}@127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let mut nodes: Vec<Broker> = (0..3).map(|i| start(&dirs[i], NAMES[i], ports[i], &peers)).collect();
+    let all: Vec<&Broker> = nodes.iter().collect();
+    agreed_leader(&all, None).await;
+
+    // A vhost made over HTTP on beta is on every node.
+    let made = http::request(nodes[1].management.unwrap(), "PUT", "/api/vhosts/shop", GUEST, Some("{}")).await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    for node in &nodes {
+        until_status(node, "/api/vhosts/shop", 200).await;
+    }
+
+    // A user and its permissions made on alpha log in on gamma; a policy
+    // set on beta is on alpha.
+    let alpha = nodes[0].management.unwrap();
+    let made = http::request(alpha, "PUT", "/api/users/carol", GUEST, Some(r#"{"password":"s3cret","tags":""}"#)).await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let granted = r#"{"configure":".*","write":".*","read":".*"}"#;
+    let made = http::request(alpha, "PUT", "/api/permissions/shop/carol", GUEST, Some(granted)).await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let gamma_url = format!("amqp://carol:s3cret@{}/shop", nodes[2].addr);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match lapin::Connection::connect(&gamma_url, lapin::ConnectionProperties::default()).await {
+            Ok(conn) => {
+                let _ = conn.close(200, "done".into()).await;
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "carol cannot log in on gamma: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let policy = r#"{"pattern":"^cart","definition":{"max-length":10},"apply-to":"queues"}"#;
+    let made =
+        http::request(nodes[1].management.unwrap(), "PUT", "/api/policies/shop/carts", GUEST, Some(policy)).await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let set = until_status(&nodes[0], "/api/policies/shop/carts", 200).await.json();
+    assert_eq!(set["definition"]["max-length"], 10, "{set}");
+
+    // Exchanges and a binding between them made over AMQP on gamma.
+    declare(&nodes[2], "orders", ExchangeKind::Topic).await.expect("orders on gamma");
+    declare(&nodes[2], "audit", ExchangeKind::Fanout).await.expect("audit on gamma");
+    {
+        let conn = connect(&nodes[2]).await;
+        let ch = channel(&conn).await;
+        within(
+            "bind",
+            ch.exchange_bind("audit".into(), "orders".into(), "#".into(), Default::default(), FieldTable::default()),
+        )
+        .await
+        .expect("audit bound to orders on gamma");
+    }
+    for node in &nodes[..2] {
+        let orders = until_status(node, "/api/exchanges/%2F/orders", 200).await.json();
+        assert_eq!((orders["type"].as_str(), orders["durable"].as_bool()), (Some("topic"), Some(true)));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let bindings = http::get(node.management.unwrap(), "/api/bindings/%2F/e/orders/e/audit", GUEST).await;
+            if bindings.json().as_array().is_some_and(|b| b.len() == 1 && b[0]["routing_key"] == "#") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the binding never reached a node: {}", bindings.body);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // The binding routes on beta: a message published to orders there
+    // reaches beta's own queue bound to audit.
+    {
+        let conn = connect(&nodes[1]).await;
+        let ch = channel(&conn).await;
+        within("queue", ch.queue_declare("audit-log".into(), QueueDeclareOptions::default(), FieldTable::default()))
+            .await
+            .expect("a queue on beta");
+        within(
+            "queue bind",
+            ch.queue_bind(
+                "audit-log".into(),
+                "audit".into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("bound to audit");
+        within(
+            "publish",
+            ch.basic_publish(
+                "orders".into(),
+                "eu.paid".into(),
+                BasicPublishOptions::default(),
+                b"order 1",
+                Default::default(),
+            ),
+        )
+        .await
+        .expect("publish");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.is_empty() && Instant::now() < deadline {
+            got = drain(&ch, "audit-log").await;
+        }
+        assert_eq!(got, vec!["order 1".to_string()], "routed through the replicated binding on beta");
+    }
+
+    // An inequivalent redeclare is refused on alpha as it would be on gamma.
+    let refused = declare(&nodes[0], "orders", ExchangeKind::Fanout).await.expect_err("orders as fanout");
+    let (code, text) = amqp_error(&refused).expect("a channel error");
+    assert_eq!(code, 406, "{text}");
+    assert!(text.contains("inequivalent arg 'type' for exchange 'orders'"), "{text}");
+
+    // The leader killed with SIGKILL: the other two elect another and go
+    // on taking changes.
+    let leader = agreed_leader(&all, None).await;
+    let killed = NAMES.iter().position(|n| *n == leader).expect("the leader is one of the nodes");
+    nodes[killed].kill();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != killed).collect();
+    declare(&nodes[survivors[0]], "after-kill", ExchangeKind::Direct).await.expect("a change without the old leader");
+    until_status(&nodes[survivors[1]], "/api/exchanges/%2F/after-kill", 200).await;
+
+    // Back on its data directory, the killed node catches up.
+    nodes[killed] = start(&dirs[killed], NAMES[killed], ports[killed], &peers);
+    until_status(&nodes[killed], "/api/exchanges/%2F/after-kill", 200).await;
+    until_status(&nodes[killed], "/api/vhosts/shop", 200).await;
+    let all: Vec<&Broker> = nodes.iter().collect();
+    agreed_leader(&all, None).await;
+
+    // A delete made on it reaches the others.
+    let deleted =
+        http::request(nodes[killed].management.unwrap(), "DELETE", "/api/exchanges/%2F/orders", GUEST, None).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    for node in &nodes {
+        until_status(node, "/api/exchanges/%2F/orders", 404).await;
+    }
+
+    // Alone, a node makes no change: no majority, INTERNAL_ERROR.
+    let alone = survivors[0];
+    for i in (0..3).filter(|i| *i != alone) {
+        nodes[i].kill();
+    }
+    let refused =
+        declare(&nodes[alone], "lonely", ExchangeKind::Direct).await.expect_err("a change without a majority");
+    let (code, text) = amqp_error(&refused).expect("a connection error");
+    assert_eq!(code, 541, "{text}");
+    assert!(text.contains("is a majority of the nodes running?"), "{text}");
+    let lonely = http::get(nodes[alone].management.unwrap(), "/api/exchanges/%2F/lonely", GUEST).await;
+    assert_eq!(lonely.status, 404, "a refused change is not made on the node alone: {}", lonely.body);
+}
