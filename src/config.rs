@@ -102,6 +102,22 @@ pub struct ClusterConfig {
     pub port: u16,
     /// Every node of the cluster as `NAME@HOST:PORT` (this one may be listed).
     pub peers: Vec<String>,
+    /// The file holding the secret every node of the cluster shares
+    /// [default: `.warren.cookie` in the home directory, made on first use].
+    pub cookie_file: Option<PathBuf>,
+}
+
+impl ClusterConfig {
+    /// The cookie file: the one given, else `$HOME/.warren.cookie`, as
+    /// Erlang keeps `$HOME/.erlang.cookie` (so nodes of one user on one
+    /// machine share it), else `.warren.cookie` in the working directory.
+    pub fn cookie_path(&self) -> PathBuf {
+        match (&self.cookie_file, std::env::var_os("HOME")) {
+            (Some(path), _) => path.clone(),
+            (None, Some(home)) => PathBuf::from(home).join(".warren.cookie"),
+            (None, None) => PathBuf::from(".warren.cookie"),
+        }
+    }
 }
 
 impl Default for Config {

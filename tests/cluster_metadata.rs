@@ -24,9 +24,15 @@ use serde_json::Value;
 const NAMES: [&str; 3] = ["alpha@localhost", "beta@localhost", "gamma@localhost"];
 const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
 
+/// Starts a node; its cluster cookie file is `cookie` beside its data
+/// directory's parent (one per test, shared by its nodes).
 fn start(dir: &Path, name: &str, port: u16, peers: &str) -> Broker {
     let port = port.to_string();
-    Broker::start_in_with_http(dir, &["--node-name", name, "--cluster-port", &port, "--cluster-peers", peers])
+    let cookie = dir.parent().expect("a data directory in the test's scratch").join("cookie");
+    let cookie = cookie.to_str().expect("a UTF-8 path");
+    let cluster =
+        ["--node-name", name, "--cluster-port", &port, "--cluster-peers", peers, "--cluster-cookie-file", cookie];
+    Broker::start_in_with_http(dir, &cluster)
 }
 
 async fn status(broker: &Broker) -> Value {
@@ -71,24 +77,6 @@ async fn until_status(broker: &Broker, path: &str, status: u16) -> http::Reply {
     }
 }
 
-/// Prints the end of every node's log if the test fails.
-struct LogsOnFailure(Vec<std::path::PathBuf>);
-
-impl Drop for LogsOnFailure {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for dir in &self.0 {
-                let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(60).collect();
-                eprintln!("---- {} ----", dir.display());
-                for line in tail.iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
-        }
-    }
-}
-
 async fn declare(broker: &Broker, name: &str, kind: ExchangeKind) -> lapin::Result<()> {
     let conn = connect(broker).await;
     let ch = channel(&conn).await;
@@ -109,7 +97,7 @@ async fn declare(broker: &Broker, name: &str, kind: ExchangeKind) -> lapin::Resu
 async fn definitions_reach_every_node_survive_a_leader_kill_and_need_a_majority() {
     let scratch = tempfile::tempdir().unwrap();
     let dirs: Vec<_> = NAMES.iter().map(|n| scratch.path().join(n.replace('@', "-"))).collect();
-    let _logs = LogsOnFailure(dirs.clone());
+    let _logs = common::LogsOnFailure(dirs.clone());
     let ports: Vec<u16> = NAMES.iter().map(|_| free_port()).collect();
     let peers = NAMES.iter().zip(&ports).map(|(n, p)| format!("{n}@127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
     let mut nodes: Vec<Broker> = (0..3).map(|i| start(&dirs[i], NAMES[i], ports[i], &peers)).collect();

@@ -7,7 +7,7 @@
 //! comes back as a new Raft id, which the metadata group's leader takes in
 //! place of the old one (the node gets the definitions back); a data
 //! directory started under another node name is refused with a clear
-//! error.
+//! error; the cluster port serves only nodes holding the cluster's cookie.
 
 mod common;
 
@@ -21,9 +21,15 @@ use serde_json::Value;
 
 const NAMES: [&str; 3] = ["alpha@localhost", "beta@localhost", "gamma@localhost"];
 
+/// Starts a node; its cluster cookie file is `cookie` beside its data
+/// directory's parent (one per test, shared by its nodes).
 fn start(dir: &Path, name: &str, port: u16, peers: &str) -> Broker {
     let port = port.to_string();
-    Broker::start_in_with_http(dir, &["--node-name", name, "--cluster-port", &port, "--cluster-peers", peers])
+    let cookie = dir.parent().expect("a data directory in the test's scratch").join("cookie");
+    let cookie = cookie.to_str().expect("a UTF-8 path");
+    let cluster =
+        ["--node-name", name, "--cluster-port", &port, "--cluster-peers", peers, "--cluster-cookie-file", cookie];
+    Broker::start_in_with_http(dir, &cluster)
 }
 
 /// Each node's view: name -> (running, raft id).
@@ -63,6 +69,7 @@ fn all_running(v: &BTreeMap<String, (bool, Option<u64>)>) -> bool {
 async fn nodes_know_their_peers_and_a_killed_node_comes_back_with_its_identity() {
     let scratch = tempfile::tempdir().unwrap();
     let dirs: Vec<_> = NAMES.iter().map(|n| scratch.path().join(n.replace('@', "-"))).collect();
+    let _logs = common::LogsOnFailure(dirs.clone());
     let ports: Vec<u16> = NAMES.iter().map(|_| free_port()).collect();
     let peers = NAMES.iter().zip(&ports).map(|(n, p)| format!("{n}@127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
     let mut nodes: Vec<Broker> = (0..3).map(|i| start(&dirs[i], NAMES[i], ports[i], &peers)).collect();
@@ -103,24 +110,64 @@ async fn nodes_know_their_peers_and_a_killed_node_comes_back_with_its_identity()
     }
     assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
 
-    // Bytes that are not the protocol on alpha's cluster port: a frame that
-    // claims a gigabyte and stops, an unknown request, a length too small.
-    // Alpha answers the unknown request with a refusal and goes on serving.
+    // Alpha's cluster port serves only nodes that hold the cluster's cookie.
+    // Bytes that are not the handshake (a frame straight away) and a
+    // handshake with another cookie are refused: the connection is closed
+    // unanswered. With the cookie, an unknown request is refused by name,
+    // a frame cut short and a length too small end their connections, and
+    // alpha goes on serving.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use warren::cluster::auth::{self, Cookie};
+    // A request: length, kind, group, request id, addressee (0: any).
+    let request = |kind: u8, id: u64, to: u64| {
+        let mut bytes = vec![25, 0, 0, 0, kind];
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        bytes.extend_from_slice(&id.to_le_bytes());
+        bytes.extend_from_slice(&to.to_le_bytes());
+        bytes
+    };
+    let unknown = request(0x7E, 9, 0);
+    let closed_unanswered = |mut socket: tokio::net::TcpStream| async move {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a refused connection got an answer: {read:?}");
+    };
+    let mut stranger = tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.unwrap();
+    stranger.write_all(&unknown).await.unwrap();
+    stranger.write_all(&[0u8; 64]).await.unwrap();
+    closed_unanswered(stranger).await;
+    let mut impostor = tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.unwrap();
+    let refused = auth::connect(&mut impostor, &Cookie::from_secret(b"not the cluster's cookie")).await.unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied, "{refused}");
+    let secret = std::fs::read_to_string(scratch.path().join("cookie")).expect("the cookie file the nodes made");
+    let cookie = Cookie::from_secret(secret.trim().as_bytes());
     let mut hostile = tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.unwrap();
-    let mut unknown = vec![17, 0, 0, 0, 0x7E];
-    unknown.extend_from_slice(&u64::MAX.to_le_bytes());
-    unknown.extend_from_slice(&9u64.to_le_bytes());
+    auth::connect(&mut hostile, &cookie).await.expect("the handshake with the cluster's cookie");
     hostile.write_all(&unknown).await.unwrap();
-    let mut reply = [0u8; 21];
+    let mut reply = [0u8; 29];
     tokio::time::timeout(Duration::from_secs(5), hostile.read_exact(&mut reply)).await.unwrap().unwrap();
     assert_eq!(reply[4], 0xFF, "an unknown request is refused, not answered");
     assert_eq!(u64::from_le_bytes(reply[13..21].try_into().unwrap()), 9, "the refusal names the request");
+    let len = u32::from_le_bytes(reply[..4].try_into().unwrap()) as usize;
+    let mut why = vec![0u8; len - 25];
+    hostile.read_exact(&mut why).await.unwrap();
+    // A request meant for another Raft id (the one a wiped node had) is
+    // refused too, even one any node would otherwise answer.
+    hostile.write_all(&request(6, 10, 12345)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), hostile.read_exact(&mut reply)).await.unwrap().unwrap();
+    assert_eq!((reply[4], u64::from_le_bytes(reply[13..21].try_into().unwrap())), (0xFF, 10));
+    let len = u32::from_le_bytes(reply[..4].try_into().unwrap()) as usize;
+    let mut why = vec![0u8; len - 25];
+    hostile.read_exact(&mut why).await.unwrap();
+    let why = String::from_utf8_lossy(&why);
+    assert!(why.contains("not node 12345"), "{why}");
     hostile.write_all(&[0, 0, 0, 0x40, 1, 2, 3]).await.unwrap();
     drop(hostile);
     let mut short = tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.unwrap();
+    auth::connect(&mut short, &cookie).await.expect("the handshake with the cluster's cookie");
     short.write_all(&[3, 0, 0, 0, 1, 2, 3]).await.unwrap();
     drop(short);
+    until("alpha still serving its peers", &nodes.iter().collect::<Vec<_>>(), all_running).await;
 
     // gamma killed with SIGKILL: the others see it stop.
     nodes[2].kill();

@@ -46,7 +46,8 @@ fn config() -> Arc<Config> {
 
 async fn start(id: NodeId, dir: &std::path::Path, addr: SocketAddr) -> Node {
     let (store, _) = LogStore::open(Arc::new(FileIo::new(dir).unwrap()), LogOptions::default()).unwrap();
-    let transport = Transport::bind(addr).await.expect("the cluster port");
+    let cookie = Arc::new(warren::cluster::auth::Cookie::from_secret(b"raft group test"));
+    let transport = Transport::bind(addr, cookie, id).await.expect("the cluster port");
     let machine = SummingMachine::default();
     let network = GroupNetwork { transport: transport.clone(), group: GROUP };
     let log = GroupLogStorage::new(store.clone(), GROUP);

@@ -86,6 +86,9 @@ struct Args {
     /// The cluster's nodes, NAME@HOST:PORT,NAME@HOST:PORT,... (this node may be listed).
     #[arg(long)]
     cluster_peers: Option<String>,
+    /// The file with the secret every node of the cluster shares [default: ~/.warren.cookie, made on first use].
+    #[arg(long)]
+    cluster_cookie_file: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -153,6 +156,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(list) = &args.cluster_peers {
         config.cluster.peers = vec![list.clone()];
     }
+    config.cluster.cookie_file = args.cluster_cookie_file.or(config.cluster.cookie_file);
     // Every peer is checked before anything starts.
     let peers = warren::cluster::node::parse_peers(&config.cluster.peers.join(",")).map_err(|e| anyhow::anyhow!(e))?;
     if let Some(name) = &config.cluster.node_name {
@@ -247,7 +251,10 @@ async fn serve(
         Some((identity, peers)) => {
             let port = config.cluster.port;
             let store = broker.store().clone();
-            let node = warren::cluster::node::ClusterNode::start(identity, (config.bind, port).into(), peers, store)
+            let cookie = warren::cluster::auth::Cookie::load_or_create(&config.cluster.cookie_path())
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let addr = (config.bind, port).into();
+            let node = warren::cluster::node::ClusterNode::start(identity, addr, peers, store, Arc::new(cookie))
                 .await
                 .with_context(|| format!("cannot listen on {}:{port} for the cluster (--cluster-port)", config.bind))?;
             let metadata = warren::cluster::metadata::MetadataGroup::start(node.clone(), &broker)

@@ -370,12 +370,16 @@ impl MetadataGroup {
                 _ => return Err(AGAIN),
             },
         };
-        let Some(leader) = forward.leader_node.filter(|_| forward.leader_id != Some(self.node.identity.id)) else {
+        let (Some(leader_id), Some(leader)) = (forward.leader_id, forward.leader_node) else {
             // No leader known yet (an election is on): ask again shortly.
             return Err(AGAIN);
         };
+        if leader_id == self.node.identity.id {
+            return Err(AGAIN);
+        }
         let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let reply = self.node.transport.call(&leader.addr, KIND_PROPOSE, METADATA_GROUP, command, limit).await;
+        let transport = &self.node.transport;
+        let reply = transport.call(&leader.addr, leader_id, KIND_PROPOSE, METADATA_GROUP, command, limit).await;
         match reply.ok().and_then(|r| decode_forwarded(&r)) {
             Some((index, outcome)) => Ok((index, outcome)),
             None => Err(AGAIN),

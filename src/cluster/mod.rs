@@ -2,6 +2,8 @@
 //!
 //! Built in steps (issue 21). What is here so far:
 //!
+//! - [`auth`]: the cookie every node of a cluster shares, and the
+//!   handshake that proves it on every connection of the cluster port.
 //! - [`types`]: the one Raft type configuration every group shares
 //!   (openraft, pinned exactly: see Cargo.toml), and the group command
 //!   and reply, which are bytes each kind of group reads its own way.
@@ -20,6 +22,7 @@
 //!   Raft RPC; [`transport`]: the cluster port, one connection per pair of
 //!   nodes carrying every group's RPCs, and each group's openraft network.
 
+pub mod auth;
 pub mod codec;
 pub mod log_storage;
 pub mod metadata;

@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 
 use super::transport::{GroupServer, Transport};
 use super::types::NodeId;
+use super::wire::TO_ANY;
 use crate::store::LogStore;
 use crate::store::format::{ParameterKind, Record};
 
@@ -175,8 +176,9 @@ impl ClusterNode {
         addr: SocketAddr,
         peers: Vec<Peer>,
         store: Arc<LogStore>,
+        cookie: Arc<super::auth::Cookie>,
     ) -> io::Result<Arc<ClusterNode>> {
-        let transport = Transport::bind(addr).await?;
+        let transport = Transport::bind(addr, cookie, identity.id).await?;
         transport.add_group(NODE_GROUP, Arc::new(Hello(identity.clone(), store)));
         let advertised = peers
             .iter()
@@ -200,7 +202,7 @@ impl ClusterNode {
     /// Asks every peer at once who it is.
     async fn probe(&self) {
         let asks = self.peers.iter().enumerate().map(|(i, peer)| async move {
-            let reply = self.transport.call(&peer.addr, KIND_HELLO, NODE_GROUP, &[], PROBE_EVERY).await;
+            let reply = self.transport.call(&peer.addr, TO_ANY, KIND_HELLO, NODE_GROUP, &[], PROBE_EVERY).await;
             (i, reply.ok().and_then(|b| decode_hello(&b)))
         });
         for (i, answer) in futures_util::future::join_all(asks).await {

@@ -9,6 +9,9 @@
 //!   through the transport.
 //! - [`RaftGroup`] serves a group's `openraft::Raft` to peers.
 //!
+//! Every connection starts with the cookie handshake ([`auth`]): only
+//! nodes that share the cluster's cookie are served or talked to.
+//!
 //! A request that gets no reply within its time-out fails; its late reply
 //! is dropped. A peer that is down costs a failed connect per request,
 //! and openraft backs off from an unreachable peer.
@@ -37,6 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
+use super::auth::{self, Cookie};
 use super::types::*;
 use super::wire::*;
 
@@ -116,11 +120,19 @@ pub struct Transport {
     /// The listener's task and each served connection's, stopped by
     /// [`Transport::shutdown`] (so the port is free again at once).
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Every connection, either way, starts with the cookie handshake.
+    cookie: Arc<Cookie>,
+    /// This node's Raft id: a request meant for another is refused.
+    id: NodeId,
 }
 
+/// How long a connection's cookie handshake may take.
+const HANDSHAKE_WITHIN: Duration = Duration::from_secs(5);
+
 impl Transport {
-    /// Listens on `addr` and serves the groups added later.
-    pub async fn bind(addr: SocketAddr) -> io::Result<Arc<Transport>> {
+    /// Listens on `addr` and serves the groups added later, as node `id`,
+    /// to nodes that hold `cookie` (and talks only to such nodes).
+    pub async fn bind(addr: SocketAddr, cookie: Arc<Cookie>, id: NodeId) -> io::Result<Arc<Transport>> {
         let listener = TcpListener::bind(addr).await?;
         let transport = Arc::new(Transport {
             local_addr: listener.local_addr()?,
@@ -128,6 +140,8 @@ impl Transport {
             peers: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             tasks: Mutex::new(Vec::new()),
+            cookie,
+            id,
         });
         let weak = Arc::downgrade(&transport);
         let accept = tokio::spawn(async move {
@@ -176,7 +190,21 @@ impl Transport {
 
     /// Serves one peer's connection: each request in a task of its own,
     /// replies written as they are ready.
-    async fn serve_peer(self: Arc<Self>, socket: TcpStream) {
+    async fn serve_peer(self: Arc<Self>, mut socket: TcpStream) {
+        let peer = socket.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
+        match tokio::time::timeout(HANDSHAKE_WITHIN, auth::accept(&mut socket, &self.cookie)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!("cluster port: refused a connection from {peer}: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "cluster port: refused a connection from {peer}: no handshake within {HANDSHAKE_WITHIN:?}"
+                );
+                return;
+            }
+        }
         let (mut reader, mut writer) = socket.into_split();
         let (replies, mut outbox) = mpsc::unbounded_channel::<Vec<u8>>();
         tokio::spawn(async move {
@@ -186,30 +214,48 @@ impl Transport {
                 }
             }
         });
-        while let Ok((kind, group, request, payload)) = read_frame(&mut reader).await {
-            let server = self.groups.read().get(&group).cloned();
+        while let Ok((header, payload)) = read_frame(&mut reader).await {
+            let server = self.groups.read().get(&header.group).cloned();
             let replies = replies.clone();
+            let me = self.id;
             tokio::spawn(async move {
+                let group = header.group;
                 let reply = match server {
-                    Some(server) => server.serve(kind, payload).await,
+                    // Meant for the id this address had before its data
+                    // directory was wiped: never answered for it.
+                    _ if header.to != TO_ANY && header.to != me => Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("this is node {me}, not node {}", header.to),
+                    )),
+                    Some(server) => server.serve(header.kind, payload).await,
                     None => Err(io::Error::new(io::ErrorKind::NotFound, format!("no Raft group {group} here"))),
                 };
                 let frame = match reply {
-                    Ok(bytes) => frame(kind | REPLY, group, request, &bytes),
-                    Err(e) => frame(KIND_FAILED, group, request, e.to_string().as_bytes()),
+                    Ok(bytes) => frame(Header { kind: header.kind | REPLY, ..header }, &bytes),
+                    Err(e) => frame(Header { kind: KIND_FAILED, ..header }, e.to_string().as_bytes()),
                 };
                 let _ = replies.send(frame);
             });
         }
     }
 
-    /// Sends a request to the node at `addr` and waits for its reply.
-    pub async fn call(&self, addr: &str, kind: u8, group: u64, payload: &[u8], limit: Duration) -> io::Result<Bytes> {
+    /// Sends a request to node `to` ([`TO_ANY`]: whichever node) at `addr`
+    /// and waits for its reply.
+    pub async fn call(
+        &self,
+        addr: &str,
+        to: NodeId,
+        kind: u8,
+        group: u64,
+        payload: &[u8],
+        limit: Duration,
+    ) -> io::Result<Bytes> {
         let link = self.peers.lock().entry(addr.to_string()).or_insert_with(PeerLink::new).clone();
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         link.pending.lock().insert(request, tx);
-        let sent = tokio::time::timeout(limit, link.send(addr, frame(kind, group, request, payload))).await;
+        let bytes = frame(Header { kind, group, request, to }, payload);
+        let sent = tokio::time::timeout(limit, link.send(addr, &self.cookie, bytes)).await;
         let outcome = match sent {
             Ok(Ok(())) => tokio::time::timeout(limit, rx).await,
             Ok(Err(e)) => {
@@ -242,22 +288,28 @@ impl PeerLink {
     }
 
     /// Writes a frame, connecting first if there is no connection.
-    async fn send(&self, addr: &str, frame: Vec<u8>) -> io::Result<()> {
+    async fn send(&self, addr: &str, cookie: &Cookie, frame: Vec<u8>) -> io::Result<()> {
         let mut writer = self.writer.lock().await;
         if writer.as_ref().is_some_and(|(_, alive)| !alive.load(Ordering::Acquire)) {
             *writer = None;
         }
         if writer.is_none() {
-            let socket = TcpStream::connect(addr).await?;
+            let mut socket = TcpStream::connect(addr).await?;
             let _ = socket.set_nodelay(true);
+            match tokio::time::timeout(HANDSHAKE_WITHIN, auth::connect(&mut socket, cookie)).await {
+                Ok(result) => result.map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?,
+                Err(_) => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, format!("{addr}: no cluster handshake")));
+                }
+            }
             let (mut reader, write_half) = socket.into_split();
             let pending = self.pending.clone();
             let alive = Arc::new(AtomicBool::new(true));
             let reading = alive.clone();
             let task = tokio::spawn(async move {
-                while let Ok((kind, _, request, payload)) = read_frame(&mut reader).await {
-                    if let Some(waiter) = pending.lock().remove(&request) {
-                        let _ = waiter.send((kind, payload));
+                while let Ok((header, payload)) = read_frame(&mut reader).await {
+                    if let Some(waiter) = pending.lock().remove(&header.request) {
+                        let _ = waiter.send((header.kind, payload));
                     }
                 }
                 // The connection is gone: the next request opens another,
@@ -280,25 +332,24 @@ impl PeerLink {
     }
 }
 
-/// Reads one frame: (kind, group, request id, payload).
-async fn read_frame(reader: &mut (impl AsyncReadExt + Unpin)) -> io::Result<(u8, u64, u64, Bytes)> {
+/// Reads one frame: its header and payload.
+async fn read_frame(reader: &mut (impl AsyncReadExt + Unpin)) -> io::Result<(Header, Bytes)> {
     let len = reader.read_u32_le().await? as usize;
     if !(FRAME_HEADER - 4..=MAX_FRAME).contains(&len) {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame length {len}")));
     }
     let mut header = [0u8; FRAME_HEADER - 4];
     reader.read_exact(&mut header).await?;
-    let (kind, group, request) = parse_header(&header);
+    let parsed = parse_header(&header);
     // Grown as the bytes arrive, not allocated from the length field: a
-    // peer claiming a gigabyte must send it (the port is not yet
-    // authenticated).
+    // peer claiming a gigabyte must send it.
     let want = len - header.len();
     let mut payload = Vec::with_capacity(want.min(64 << 10));
     (&mut *reader).take(want as u64).read_to_end(&mut payload).await?;
     if payload.len() != want {
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the connection ended inside a frame"));
     }
-    Ok((kind, group, request, payload.into()))
+    Ok((parsed, payload.into()))
 }
 
 /// One group's openraft network: clients to each peer, through the transport.
@@ -311,8 +362,8 @@ pub struct GroupNetwork {
 impl RaftNetworkFactory<RaftConfig> for GroupNetwork {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, _target: NodeId, node: &BasicNode) -> PeerClient {
-        PeerClient { transport: self.transport.clone(), group: self.group, addr: node.addr.clone() }
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient { transport: self.transport.clone(), group: self.group, target, addr: node.addr.clone() }
     }
 }
 
@@ -320,12 +371,14 @@ impl RaftNetworkFactory<RaftConfig> for GroupNetwork {
 pub struct PeerClient {
     transport: Arc<Transport>,
     group: u64,
+    /// The member's Raft id: only that node may answer.
+    target: NodeId,
     addr: String,
 }
 
 impl PeerClient {
     async fn call(&self, kind: u8, payload: Vec<u8>, option: &RPCOption) -> io::Result<Bytes> {
-        self.transport.call(&self.addr, kind, self.group, &payload, option.hard_ttl()).await
+        self.transport.call(&self.addr, self.target, kind, self.group, &payload, option.hard_ttl()).await
     }
 }
 

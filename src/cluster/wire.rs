@@ -3,9 +3,13 @@
 //! the log's encodings of entries, votes and log ids).
 //!
 //! A frame is `length u32` (of what follows), `kind u8`, `group u64`,
-//! `request id u64`, then the payload, all little-endian. A reply has the
-//! request's kind with bit 7 set and the request's id; a request that could
-//! not be served gets kind [`KIND_FAILED`] with a UTF-8 reason. Requests
+//! `request id u64`, `to u64` (the Raft id of the node it is meant for; 0
+//! for any), then the payload, all little-endian. A node refuses a request
+//! meant for another id: a node whose data directory was wiped answers at
+//! its old address under a new id, and must never answer for the old one
+//! (it lost what the old one acknowledged). A reply has the request's
+//! kind with bit 7 set and the request's id; a request that could not be
+//! served gets kind [`KIND_FAILED`] with a UTF-8 reason. Requests
 //! of many groups share one connection per pair of nodes; replies may come
 //! back in any order.
 
@@ -35,32 +39,46 @@ pub const KIND_PROPOSE: u8 = 7;
 pub const REPLY: u8 = 0x80;
 /// The request was not served (no such group here, or the group failed).
 pub const KIND_FAILED: u8 = 0xFF;
-/// Bytes before a frame's payload: length, kind, group, request id.
-pub const FRAME_HEADER: usize = 4 + 1 + 8 + 8;
+/// Bytes before a frame's payload: length, kind, group, request id, to.
+pub const FRAME_HEADER: usize = 4 + 1 + 8 + 8 + 8;
+/// `to` of a request any node may answer (who are you).
+pub const TO_ANY: NodeId = 0;
 /// The largest frame accepted: a snapshot of a deep queue is sent whole.
 pub const MAX_FRAME: usize = 1 << 30;
 
 pub type SnapshotMetadata = SnapshotMeta<LeaderId, NodeId, BasicNode>;
 
+/// A frame's header fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub kind: u8,
+    pub group: u64,
+    pub request: u64,
+    /// The node the request is meant for ([`TO_ANY`]: any); a reply's is
+    /// the request's.
+    pub to: NodeId,
+}
+
 /// Frames `payload` (a request or a reply).
-pub fn frame(kind: u8, group: u64, request: u64, payload: &[u8]) -> Vec<u8> {
+pub fn frame(header: Header, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(FRAME_HEADER + payload.len());
     out.put_u32_le((FRAME_HEADER - 4 + payload.len()) as u32);
-    out.put_u8(kind);
-    out.put_u64_le(group);
-    out.put_u64_le(request);
+    out.put_u8(header.kind);
+    out.put_u64_le(header.group);
+    out.put_u64_le(header.request);
+    out.put_u64_le(header.to);
     out.extend_from_slice(payload);
     out
 }
 
-/// A frame's header fields: (kind, group, request id), from the 17 bytes
-/// after the length.
-pub fn parse_header(header: &[u8; FRAME_HEADER - 4]) -> (u8, u64, u64) {
-    let mut group = [0u8; 8];
-    let mut request = [0u8; 8];
-    group.copy_from_slice(&header[1..9]);
-    request.copy_from_slice(&header[9..17]);
-    (header[0], u64::from_le_bytes(group), u64::from_le_bytes(request))
+/// A frame's header fields, from the bytes after the length.
+pub fn parse_header(header: &[u8; FRAME_HEADER - 4]) -> Header {
+    let field = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&header[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    Header { kind: header[0], group: field(1), request: field(9), to: field(17) }
 }
 
 fn put_option_log_id(out: &mut Vec<u8>, id: &Option<LogId>) {

@@ -98,10 +98,11 @@ fn votes_snapshots_and_transfers_round_trip() {
 }
 
 #[test]
-fn a_frame_carries_its_kind_group_and_request() {
-    let bytes = frame(KIND_VOTE | REPLY, 42, 7, b"payload");
+fn a_frame_carries_its_kind_group_request_and_addressee() {
+    let header = Header { kind: KIND_VOTE | REPLY, group: 42, request: 7, to: 99 };
+    let bytes = frame(header, b"payload");
     assert_eq!(u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize, bytes.len() - 4);
-    let header: [u8; FRAME_HEADER - 4] = bytes[4..FRAME_HEADER].try_into().unwrap();
-    assert_eq!(parse_header(&header), (KIND_VOTE | REPLY, 42, 7));
+    let raw: [u8; FRAME_HEADER - 4] = bytes[4..FRAME_HEADER].try_into().unwrap();
+    assert_eq!(parse_header(&raw), header);
     assert_eq!(&bytes[FRAME_HEADER..], b"payload");
 }

@@ -211,3 +211,23 @@ impl Drop for Broker {
         self.kill();
     }
 }
+
+/// Prints the end of each broker's log (`<data dir>.log`) if the test
+/// fails: a cluster test's nodes are several processes, and their logs
+/// say why they disagree.
+pub struct LogsOnFailure(pub Vec<std::path::PathBuf>);
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for dir in &self.0 {
+                let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(80).collect();
+                eprintln!("---- {} ----", dir.display());
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
