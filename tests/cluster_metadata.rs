@@ -11,11 +11,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::amqp::{amqp_error, channel, connect, drain, within};
-use common::{Broker, free_port, http};
+use common::cluster::TestCluster;
+use common::{Broker, http};
 use lapin::ExchangeKind;
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -23,17 +23,6 @@ use serde_json::Value;
 
 const NAMES: [&str; 3] = ["alpha@localhost", "beta@localhost", "gamma@localhost"];
 const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
-
-/// Starts a node; its cluster cookie file is `cookie` beside its data
-/// directory's parent (one per test, shared by its nodes).
-fn start(dir: &Path, name: &str, port: u16, peers: &str) -> Broker {
-    let port = port.to_string();
-    let cookie = dir.parent().expect("a data directory in the test's scratch").join("cookie");
-    let cookie = cookie.to_str().expect("a UTF-8 path");
-    let cluster =
-        ["--node-name", name, "--cluster-port", &port, "--cluster-peers", peers, "--cluster-cookie-file", cookie];
-    Broker::start_in_with_http(dir, &cluster)
-}
 
 async fn status(broker: &Broker) -> Value {
     let reply = http::get(broker.management.expect("management API"), "/api/metadata-store", GUEST).await;
@@ -95,31 +84,26 @@ async fn declare(broker: &Broker, name: &str, kind: ExchangeKind) -> lapin::Resu
 
 #[tokio::test]
 async fn definitions_reach_every_node_survive_a_leader_kill_and_need_a_majority() {
-    let scratch = tempfile::tempdir().unwrap();
-    let dirs: Vec<_> = NAMES.iter().map(|n| scratch.path().join(n.replace('@', "-"))).collect();
-    let _logs = common::LogsOnFailure(dirs.clone());
-    let ports: Vec<u16> = NAMES.iter().map(|_| free_port()).collect();
-    let peers = NAMES.iter().zip(&ports).map(|(n, p)| format!("{n}@127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-    let mut nodes: Vec<Broker> = (0..3).map(|i| start(&dirs[i], NAMES[i], ports[i], &peers)).collect();
-    let all: Vec<&Broker> = nodes.iter().collect();
+    let mut cluster = TestCluster::start(&NAMES);
+    let all: Vec<&Broker> = cluster.nodes.iter().collect();
     agreed_leader(&all, None).await;
 
     // A vhost made over HTTP on beta is on every node.
-    let made = http::request(nodes[1].management.unwrap(), "PUT", "/api/vhosts/shop", GUEST, Some("{}")).await;
+    let made = http::request(cluster.nodes[1].management.unwrap(), "PUT", "/api/vhosts/shop", GUEST, Some("{}")).await;
     assert_eq!(made.status, 201, "{}", made.body);
-    for node in &nodes {
+    for node in &cluster.nodes {
         until_status(node, "/api/vhosts/shop", 200).await;
     }
 
     // A user and its permissions made on alpha log in on gamma; a policy
     // set on beta is on alpha.
-    let alpha = nodes[0].management.unwrap();
+    let alpha = cluster.nodes[0].management.unwrap();
     let made = http::request(alpha, "PUT", "/api/users/carol", GUEST, Some(r#"{"password":"s3cret","tags":""}"#)).await;
     assert_eq!(made.status, 201, "{}", made.body);
     let granted = r#"{"configure":".*","write":".*","read":".*"}"#;
     let made = http::request(alpha, "PUT", "/api/permissions/shop/carol", GUEST, Some(granted)).await;
     assert_eq!(made.status, 201, "{}", made.body);
-    let gamma_url = format!("amqp://carol:s3cret@{}/shop", nodes[2].addr);
+    let gamma_url = format!("amqp://carol:s3cret@{}/shop", cluster.nodes[2].addr);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match lapin::Connection::connect(&gamma_url, lapin::ConnectionProperties::default()).await {
@@ -133,16 +117,17 @@ async fn definitions_reach_every_node_survive_a_leader_kill_and_need_a_majority(
     }
     let policy = r#"{"pattern":"^cart","definition":{"max-length":10},"apply-to":"queues"}"#;
     let made =
-        http::request(nodes[1].management.unwrap(), "PUT", "/api/policies/shop/carts", GUEST, Some(policy)).await;
+        http::request(cluster.nodes[1].management.unwrap(), "PUT", "/api/policies/shop/carts", GUEST, Some(policy))
+            .await;
     assert_eq!(made.status, 201, "{}", made.body);
-    let set = until_status(&nodes[0], "/api/policies/shop/carts", 200).await.json();
+    let set = until_status(&cluster.nodes[0], "/api/policies/shop/carts", 200).await.json();
     assert_eq!(set["definition"]["max-length"], 10, "{set}");
 
     // Exchanges and a binding between them made over AMQP on gamma.
-    declare(&nodes[2], "orders", ExchangeKind::Topic).await.expect("orders on gamma");
-    declare(&nodes[2], "audit", ExchangeKind::Fanout).await.expect("audit on gamma");
+    declare(&cluster.nodes[2], "orders", ExchangeKind::Topic).await.expect("orders on gamma");
+    declare(&cluster.nodes[2], "audit", ExchangeKind::Fanout).await.expect("audit on gamma");
     {
-        let conn = connect(&nodes[2]).await;
+        let conn = connect(&cluster.nodes[2]).await;
         let ch = channel(&conn).await;
         within(
             "bind",
@@ -151,7 +136,7 @@ async fn definitions_reach_every_node_survive_a_leader_kill_and_need_a_majority(
         .await
         .expect("audit bound to orders on gamma");
     }
-    for node in &nodes[..2] {
+    for node in &cluster.nodes[..2] {
         let orders = until_status(node, "/api/exchanges/%2F/orders", 200).await.json();
         assert_eq!((orders["type"].as_str(), orders["durable"].as_bool()), (Some("topic"), Some(true)));
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -168,7 +153,7 @@ async fn definitions_reach_every_node_survive_a_leader_kill_and_need_a_majority(
     // The binding routes on beta: a message published to orders there
     // reaches beta's own queue bound to audit.
     {
-        let conn = connect(&nodes[1]).await;
+        let conn = connect(&cluster.nodes[1]).await;
         let ch = channel(&conn).await;
         within("queue", ch.queue_declare("audit-log".into(), QueueDeclareOptions::default(), FieldTable::default()))
             .await
@@ -206,7 +191,7 @@ async fn definitions_reach_every_node_survive_a_leader_kill_and_need_a_majority(
     }
 
     // An inequivalent redeclare is refused on alpha as it would be on gamma.
-    let refused = declare(&nodes[0], "orders", ExchangeKind::Fanout).await.expect_err("orders as fanout");
+    let refused = declare(&cluster.nodes[0], "orders", ExchangeKind::Fanout).await.expect_err("orders as fanout");
     let (code, text) = amqp_error(&refused).expect("a channel error");
     assert_eq!(code, 406, "{text}");
     assert!(text.contains("inequivalent arg 'type' for exchange 'orders'"), "{text}");
@@ -215,36 +200,39 @@ async fn definitions_reach_every_node_survive_a_leader_kill_and_need_a_majority(
     // on taking changes.
     let leader = agreed_leader(&all, None).await;
     let killed = NAMES.iter().position(|n| *n == leader).expect("the leader is one of the nodes");
-    nodes[killed].kill();
+    cluster.nodes[killed].kill();
     let survivors: Vec<usize> = (0..3).filter(|i| *i != killed).collect();
-    declare(&nodes[survivors[0]], "after-kill", ExchangeKind::Direct).await.expect("a change without the old leader");
-    until_status(&nodes[survivors[1]], "/api/exchanges/%2F/after-kill", 200).await;
+    declare(&cluster.nodes[survivors[0]], "after-kill", ExchangeKind::Direct)
+        .await
+        .expect("a change without the old leader");
+    until_status(&cluster.nodes[survivors[1]], "/api/exchanges/%2F/after-kill", 200).await;
 
     // Back on its data directory, the killed node catches up.
-    nodes[killed] = start(&dirs[killed], NAMES[killed], ports[killed], &peers);
-    until_status(&nodes[killed], "/api/exchanges/%2F/after-kill", 200).await;
-    until_status(&nodes[killed], "/api/vhosts/shop", 200).await;
-    let all: Vec<&Broker> = nodes.iter().collect();
+    cluster.nodes[killed] = cluster.start_node(killed);
+    until_status(&cluster.nodes[killed], "/api/exchanges/%2F/after-kill", 200).await;
+    until_status(&cluster.nodes[killed], "/api/vhosts/shop", 200).await;
+    let all: Vec<&Broker> = cluster.nodes.iter().collect();
     agreed_leader(&all, None).await;
 
     // A delete made on it reaches the others.
     let deleted =
-        http::request(nodes[killed].management.unwrap(), "DELETE", "/api/exchanges/%2F/orders", GUEST, None).await;
+        http::request(cluster.nodes[killed].management.unwrap(), "DELETE", "/api/exchanges/%2F/orders", GUEST, None)
+            .await;
     assert_eq!(deleted.status, 204, "{}", deleted.body);
-    for node in &nodes {
+    for node in &cluster.nodes {
         until_status(node, "/api/exchanges/%2F/orders", 404).await;
     }
 
     // Alone, a node makes no change: no majority, INTERNAL_ERROR.
     let alone = survivors[0];
     for i in (0..3).filter(|i| *i != alone) {
-        nodes[i].kill();
+        cluster.nodes[i].kill();
     }
     let refused =
-        declare(&nodes[alone], "lonely", ExchangeKind::Direct).await.expect_err("a change without a majority");
+        declare(&cluster.nodes[alone], "lonely", ExchangeKind::Direct).await.expect_err("a change without a majority");
     let (code, text) = amqp_error(&refused).expect("a connection error");
     assert_eq!(code, 541, "{text}");
     assert!(text.contains("is a majority of the nodes running?"), "{text}");
-    let lonely = http::get(nodes[alone].management.unwrap(), "/api/exchanges/%2F/lonely", GUEST).await;
+    let lonely = http::get(cluster.nodes[alone].management.unwrap(), "/api/exchanges/%2F/lonely", GUEST).await;
     assert_eq!(lonely.status, 404, "a refused change is not made on the node alone: {}", lonely.body);
 }

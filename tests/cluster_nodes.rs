@@ -12,25 +12,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Broker, free_port, http};
+use common::cluster::TestCluster;
+use common::{Broker, http};
 use serde_json::Value;
 
 const NAMES: [&str; 3] = ["alpha@localhost", "beta@localhost", "gamma@localhost"];
-
-/// Starts a node; its cluster cookie file is `cookie` beside its data
-/// directory's parent (one per test, shared by its nodes).
-fn start(dir: &Path, name: &str, port: u16, peers: &str) -> Broker {
-    let port = port.to_string();
-    let cookie = dir.parent().expect("a data directory in the test's scratch").join("cookie");
-    let cookie = cookie.to_str().expect("a UTF-8 path");
-    let cluster =
-        ["--node-name", name, "--cluster-port", &port, "--cluster-peers", peers, "--cluster-cookie-file", cookie];
-    Broker::start_in_with_http(dir, &cluster)
-}
 
 /// Each node's view: name -> (running, raft id).
 async fn view(broker: &Broker) -> BTreeMap<String, (bool, Option<u64>)> {
@@ -67,20 +56,16 @@ fn all_running(v: &BTreeMap<String, (bool, Option<u64>)>) -> bool {
 
 #[tokio::test]
 async fn nodes_know_their_peers_and_a_killed_node_comes_back_with_its_identity() {
-    let scratch = tempfile::tempdir().unwrap();
-    let dirs: Vec<_> = NAMES.iter().map(|n| scratch.path().join(n.replace('@', "-"))).collect();
-    let _logs = common::LogsOnFailure(dirs.clone());
-    let ports: Vec<u16> = NAMES.iter().map(|_| free_port()).collect();
-    let peers = NAMES.iter().zip(&ports).map(|(n, p)| format!("{n}@127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-    let mut nodes: Vec<Broker> = (0..3).map(|i| start(&dirs[i], NAMES[i], ports[i], &peers)).collect();
+    let mut cluster = TestCluster::start(&NAMES);
+    let (dirs, ports, peers) = (cluster.dirs.clone(), cluster.ports.clone(), cluster.peers[2].clone());
 
-    until("all three nodes running on every node", &nodes.iter().collect::<Vec<_>>(), all_running).await;
+    until("all three nodes running on every node", &cluster.nodes.iter().collect::<Vec<_>>(), all_running).await;
     // A vhost made once the metadata group has formed (it is retried
     // while the group forms: 503 until then).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let made = http::request(
-            nodes[0].management.unwrap(),
+            cluster.nodes[0].management.unwrap(),
             "PUT",
             "/api/vhosts/kept",
             Some(("guest", "guest")),
@@ -97,12 +82,12 @@ async fn nodes_know_their_peers_and_a_killed_node_comes_back_with_its_identity()
     // Each node's Raft id is the one its peers report.
     let ids: Vec<u64> = {
         let mut ids = Vec::new();
-        for (i, node) in nodes.iter().enumerate() {
+        for (i, node) in cluster.nodes.iter().enumerate() {
             ids.push(view(node).await[NAMES[i]].1.expect("its own Raft id"));
         }
         ids
     };
-    for node in &nodes {
+    for node in &cluster.nodes {
         let v = view(node).await;
         for (i, name) in NAMES.iter().enumerate() {
             assert_eq!(v[*name].1, Some(ids[i]), "{name}'s Raft id as another node sees it");
@@ -139,7 +124,7 @@ async fn nodes_know_their_peers_and_a_killed_node_comes_back_with_its_identity()
     let mut impostor = tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.unwrap();
     let refused = auth::connect(&mut impostor, &Cookie::from_secret(b"not the cluster's cookie")).await.unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied, "{refused}");
-    let secret = std::fs::read_to_string(scratch.path().join("cookie")).expect("the cookie file the nodes made");
+    let secret = std::fs::read_to_string(cluster.cookie_path()).expect("the cookie file the nodes made");
     let cookie = Cookie::from_secret(secret.trim().as_bytes());
     let mut hostile = tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.unwrap();
     auth::connect(&mut hostile, &cookie).await.expect("the handshake with the cluster's cookie");
@@ -167,11 +152,11 @@ async fn nodes_know_their_peers_and_a_killed_node_comes_back_with_its_identity()
     auth::connect(&mut short, &cookie).await.expect("the handshake with the cluster's cookie");
     short.write_all(&[3, 0, 0, 0, 1, 2, 3]).await.unwrap();
     drop(short);
-    until("alpha still serving its peers", &nodes.iter().collect::<Vec<_>>(), all_running).await;
+    until("alpha still serving its peers", &cluster.nodes.iter().collect::<Vec<_>>(), all_running).await;
 
     // gamma killed with SIGKILL: the others see it stop.
-    nodes[2].kill();
-    let (alive, _) = nodes.split_at(2);
+    cluster.nodes[2].kill();
+    let (alive, _) = cluster.nodes.split_at(2);
     let alive: Vec<&Broker> = alive.iter().collect();
     until("gamma shown as not running", &alive, |v| !v[NAMES[2]].0 && v[NAMES[0]].0 && v[NAMES[1]].0).await;
 
@@ -188,44 +173,48 @@ async fn nodes_know_their_peers_and_a_killed_node_comes_back_with_its_identity()
     assert!(stderr.contains("belongs to node 'gamma@localhost', not 'delta@localhost'"), "{stderr}");
 
     // Back on its data directory: the same Raft id, running again everywhere.
-    nodes[2] = start(&dirs[2], NAMES[2], ports[2], &peers);
-    until("gamma running again", &nodes.iter().collect::<Vec<_>>(), all_running).await;
-    assert_eq!(view(&nodes[0]).await[NAMES[2]].1, Some(ids[2]), "gamma keeps its Raft id across a restart");
+    cluster.nodes[2] = cluster.start_node(2);
+    until("gamma running again", &cluster.nodes.iter().collect::<Vec<_>>(), all_running).await;
+    assert_eq!(view(&cluster.nodes[0]).await[NAMES[2]].1, Some(ids[2]), "gamma keeps its Raft id across a restart");
 
     // Wiped: it comes back as a new member, with a new Raft id.
-    nodes[2].kill();
+    cluster.nodes[2].kill();
     std::fs::remove_dir_all(&dirs[2]).unwrap();
-    nodes[2] = start(&dirs[2], NAMES[2], ports[2], &peers);
+    cluster.nodes[2] = cluster.start_node(2);
     let old = ids[2];
-    until("gamma's new Raft id on every node", &nodes.iter().collect::<Vec<_>>(), |v| {
+    until("gamma's new Raft id on every node", &cluster.nodes.iter().collect::<Vec<_>>(), |v| {
         all_running(v) && v[NAMES[2]].1.is_some_and(|id| id != old)
     })
     .await;
     // The leader takes the new id into the metadata group in place of the
-    // old one: every member is named (no unknown id), and the wiped node
-    // has the group's log again.
+    // old one (which can never vote again), and the wiped node has the
+    // group's log again.
+    let new = view(&cluster.nodes[0]).await[NAMES[2]].1.expect("gamma's new Raft id");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut statuses = Vec::new();
-        for node in &nodes {
+        for node in &cluster.nodes {
             let reply = http::get(node.management.unwrap(), "/api/metadata-store", Some(("guest", "guest"))).await;
             statuses.push(reply.json());
         }
-        let members_named = statuses.iter().all(|s| {
+        let replaced = statuses.iter().all(|s| {
             let mut members: Vec<&str> =
                 s["members"].as_array().map(|m| m.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
             members.sort();
-            members == NAMES
+            let ids: Vec<u64> =
+                s["member_ids"].as_array().map(|m| m.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
+            members == NAMES && ids.contains(&new) && !ids.contains(&old)
         });
-        if members_named && statuses[2]["formed"] == true {
+        if replaced && statuses[2]["formed"] == true {
             break;
         }
         assert!(Instant::now() < deadline, "the wiped node was not taken back into the metadata group: {statuses:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let kept = http::get(nodes[2].management.unwrap(), "/api/vhosts/kept", Some(("guest", "guest"))).await;
+    let kept = http::get(cluster.nodes[2].management.unwrap(), "/api/vhosts/kept", Some(("guest", "guest"))).await;
     assert_eq!(kept.status, 200, "the wiped node has the definitions again: {}", kept.body);
-    let reply = http::get(nodes[0].management.unwrap(), "/api/nodes/beta@localhost", Some(("guest", "guest"))).await;
+    let reply =
+        http::get(cluster.nodes[0].management.unwrap(), "/api/nodes/beta@localhost", Some(("guest", "guest"))).await;
     let beta: Value = reply.json();
     assert_eq!((beta["name"].as_str(), beta["running"].as_bool()), (Some("beta@localhost"), Some(true)));
 }

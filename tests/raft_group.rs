@@ -49,7 +49,7 @@ async fn start(id: NodeId, dir: &std::path::Path, addr: SocketAddr) -> Node {
     let cookie = Arc::new(warren::cluster::auth::Cookie::from_secret(b"raft group test"));
     let transport = Transport::bind(addr, cookie, id).await.expect("the cluster port");
     let machine = SummingMachine::default();
-    let network = GroupNetwork { transport: transport.clone(), group: GROUP };
+    let network = GroupNetwork { transport: transport.clone(), group: GROUP, book: None };
     let log = GroupLogStorage::new(store.clone(), GROUP);
     let raft = Raft::new(id, config(), network, log, machine.clone()).await.expect("a Raft node");
     transport.add_group(GROUP, Arc::new(RaftGroup(raft.clone())));
@@ -83,9 +83,21 @@ async fn leader_among(nodes: &BTreeMap<NodeId, Node>) -> NodeId {
     leader.unwrap_or_default()
 }
 
+/// A write on the leader. Right after its election a leader may refuse
+/// one until a quorum has acknowledged its lease (openraft's
+/// `ForwardToLeader` with reason `LeaseExpired`): it is tried again then,
+/// for at most 5 s.
 async fn write(node: &Node, text: String) -> u64 {
-    let reply = node.raft.client_write(GroupCommand(Bytes::from(text))).await.expect("a write on the leader");
-    u64::from_le_bytes(reply.data.0[..8].try_into().expect("a count"))
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match node.raft.client_write(GroupCommand(Bytes::from(text.clone()))).await {
+            Ok(reply) => return u64::from_le_bytes(reply.data.0[..8].try_into().expect("a count")),
+            Err(e) if e.forward_to_leader().is_some() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("a write on the leader: {e}"),
+        }
+    }
 }
 
 fn digest(node: &Node) -> (u64, u64) {

@@ -42,7 +42,7 @@ use tokio::sync::watch;
 use super::codec::{decode_applied, encode_applied};
 use super::log_storage::GroupLogStorage;
 use super::node::ClusterNode;
-use super::transport::{GroupNetwork, GroupServer, RaftGroup};
+use super::transport::{AddressBook, GroupNetwork, GroupServer, RaftGroup};
 use super::types::*;
 use super::wire::KIND_PROPOSE;
 use crate::broker::changes::{Change, ChangeRouter, decode_outcome, encode_outcome};
@@ -179,8 +179,11 @@ impl RaftStateMachine<RaftConfig> for MetadataMachine {
 pub struct MetadataStatus {
     /// Whether this node holds the group's membership yet.
     pub formed: bool,
-    pub leader: Option<NodeId>,
-    pub voters: Vec<NodeId>,
+    /// Node names.
+    pub leader: Option<String>,
+    pub members: Vec<String>,
+    /// The voters' Raft ids, in the order of `members`.
+    pub member_ids: Vec<NodeId>,
     pub term: u64,
     pub last_log_index: Option<u64>,
     pub committed: Option<u64>,
@@ -202,7 +205,8 @@ impl MetadataGroup {
     pub async fn start(node: Arc<ClusterNode>, broker: &Arc<Broker>) -> io::Result<Arc<MetadataGroup>> {
         let store = broker.store().clone();
         let (machine, applied) = MetadataMachine::recover(broker.clone(), store.clone())?;
-        let network = GroupNetwork { transport: node.transport.clone(), group: METADATA_GROUP };
+        let book: Arc<dyn AddressBook> = node.clone();
+        let network = GroupNetwork { transport: node.transport.clone(), group: METADATA_GROUP, book: Some(book) };
         let log = GroupLogStorage::new(store, METADATA_GROUP);
         let raft =
             Raft::new(node.identity.id, raft_config()?, network, log, machine).await.map_err(io::Error::other)?;
@@ -245,10 +249,11 @@ impl MetadataGroup {
             return false;
         }
         let mut members = BTreeMap::new();
-        members.insert(me.id, BasicNode { addr: self.node.advertised_addr() });
+        // Members by name: each node finds their addresses itself.
+        members.insert(me.id, BasicNode { addr: me.name.clone() });
         for peer in &peers {
             if let Some(id) = peer.id {
-                members.insert(id, BasicNode { addr: peer.addr.clone() });
+                members.insert(id, BasicNode { addr: peer.name.clone() });
             }
         }
         match self.raft.initialize(members).await {
@@ -278,10 +283,10 @@ impl MetadataGroup {
         let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
         for peer in self.node.peers() {
             let Some(new) = peer.id.filter(|_| peer.running) else { continue };
-            let old = membership.nodes().find(|(id, node)| node.addr == peer.addr && **id != new).map(|(id, _)| *id);
+            let old = membership.nodes().find(|(id, node)| node.addr == peer.name && **id != new).map(|(id, _)| *id);
             let Some(old) = old.filter(|old| voters.contains(old) && !voters.contains(&new)) else { continue };
             tracing::info!("{} came back with a new Raft id: replacing it in the metadata group", peer.name);
-            let node = BasicNode { addr: peer.addr.clone() };
+            let node = BasicNode { addr: peer.name.clone() };
             let caught_up = tokio::time::timeout(Duration::from_secs(30), self.raft.add_learner(new, node, true)).await;
             if !matches!(caught_up, Ok(Ok(_))) {
                 tracing::warn!("{} could not be brought up to date in the metadata group yet", peer.name);
@@ -303,10 +308,15 @@ impl MetadataGroup {
     /// metadata_store_status` shows the same of Khepri's).
     pub fn status(&self) -> MetadataStatus {
         let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        // A membership names its nodes; one it does not know by id is
+        // shown by id.
+        let name = |id: NodeId| membership.get_node(&id).map_or_else(|| id.to_string(), |n| n.addr.clone());
         MetadataStatus {
-            formed: m.membership_config.membership().voter_ids().next().is_some(),
-            leader: m.current_leader,
-            voters: m.membership_config.membership().voter_ids().collect(),
+            formed: membership.voter_ids().next().is_some(),
+            leader: m.current_leader.map(name),
+            members: membership.voter_ids().map(name).collect(),
+            member_ids: membership.voter_ids().collect(),
             term: m.current_term,
             last_log_index: m.last_log_index,
             committed: m.local_committed.map(|id| id.index),
@@ -374,12 +384,11 @@ impl MetadataGroup {
             // No leader known yet (an election is on): ask again shortly.
             return Err(AGAIN);
         };
-        if leader_id == self.node.identity.id {
-            return Err(AGAIN);
-        }
+        let address = self.node.address_of(&leader.addr);
+        let Some(address) = address.filter(|_| leader_id != self.node.identity.id) else { return Err(AGAIN) };
         let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
         let transport = &self.node.transport;
-        let reply = transport.call(&leader.addr, leader_id, KIND_PROPOSE, METADATA_GROUP, command, limit).await;
+        let reply = transport.call(&address, leader_id, KIND_PROPOSE, METADATA_GROUP, command, limit).await;
         match reply.ok().and_then(|r| decode_forwarded(&r)) {
             Some((index, outcome)) => Ok((index, outcome)),
             None => Err(AGAIN),

@@ -257,6 +257,16 @@ impl ClusterNode {
     }
 }
 
+impl super::transport::AddressBook for ClusterNode {
+    /// A configured node's address, by name (memberships name nodes).
+    fn address_of(&self, name: &str) -> Option<String> {
+        if name == self.identity.name {
+            return Some(self.advertised.clone());
+        }
+        self.peers.iter().find(|p| p.name == name).map(|p| p.addr.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

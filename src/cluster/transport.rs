@@ -352,18 +352,34 @@ async fn read_frame(reader: &mut (impl AsyncReadExt + Unpin)) -> io::Result<(Hea
     Ok((parsed, payload.into()))
 }
 
+/// Where a node named in a membership is reached: a membership names its
+/// nodes (openraft's `BasicNode::addr` holds the node's name), and each
+/// node finds the address from its own configuration, so every node may
+/// reach a peer its own way (the cluster tests put a proxy on each link).
+pub trait AddressBook: Send + Sync + 'static {
+    fn address_of(&self, name: &str) -> Option<String>;
+}
+
 /// One group's openraft network: clients to each peer, through the transport.
 #[derive(Clone)]
 pub struct GroupNetwork {
     pub transport: Arc<Transport>,
     pub group: u64,
+    /// None: a membership's `BasicNode::addr` is the address itself.
+    pub book: Option<Arc<dyn AddressBook>>,
 }
 
 impl RaftNetworkFactory<RaftConfig> for GroupNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        PeerClient { transport: self.transport.clone(), group: self.group, target, addr: node.addr.clone() }
+        PeerClient {
+            transport: self.transport.clone(),
+            group: self.group,
+            target,
+            node: node.addr.clone(),
+            book: self.book.clone(),
+        }
     }
 }
 
@@ -373,12 +389,17 @@ pub struct PeerClient {
     group: u64,
     /// The member's Raft id: only that node may answer.
     target: NodeId,
-    addr: String,
+    /// Its name (or, without an address book, its address).
+    node: String,
+    book: Option<Arc<dyn AddressBook>>,
 }
 
 impl PeerClient {
     async fn call(&self, kind: u8, payload: Vec<u8>, option: &RPCOption) -> io::Result<Bytes> {
-        self.transport.call(&self.addr, self.target, kind, self.group, &payload, option.hard_ttl()).await
+        // Looked up on every call: the address book learns of peers as
+        // they answer.
+        let addr = self.book.as_ref().and_then(|b| b.address_of(&self.node)).unwrap_or_else(|| self.node.clone());
+        self.transport.call(&addr, self.target, kind, self.group, &payload, option.hard_ttl()).await
     }
 }
 

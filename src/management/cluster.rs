@@ -48,23 +48,20 @@ async fn node(State(api): State<Api>, caller: Caller, Path(name): Path<String>) 
     all_nodes(&api).into_iter().find(|n| n["name"] == name.as_str()).map(Json).ok_or_else(ApiError::not_found)
 }
 
-/// The metadata group as this node sees it, members by node name (a Raft
-/// id no configured node answers with is shown as the id). 404 on a
-/// single node, which has no metadata group.
+/// The metadata group as this node sees it, members by node name. 404 on
+/// a single node, which has no metadata group.
 async fn metadata_store(State(api): State<Api>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require_monitor()?;
     let (Some(cluster), Some(metadata)) = (&api.cluster, &api.metadata) else {
         return Err(ApiError::not_found());
     };
-    let mut names = vec![(cluster.identity.id, cluster.identity.name.clone())];
-    names.extend(cluster.peers().into_iter().filter_map(|p| p.id.map(|id| (id, p.name))));
-    let name = |id: u64| names.iter().find(|(i, _)| *i == id).map_or_else(|| id.to_string(), |(_, n)| n.clone());
     let status = metadata.status();
     Ok(Json(json!({
         "node": cluster.identity.name,
         "formed": status.formed,
-        "leader": status.leader.map(name),
-        "members": status.voters.iter().map(|id| name(*id)).collect::<Vec<_>>(),
+        "leader": status.leader,
+        "members": status.members,
+        "member_ids": status.member_ids,
         "term": status.term,
         "last_log_index": status.last_log_index,
         "committed": status.committed,

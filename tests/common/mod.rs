@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod amqp;
+pub mod cluster;
 pub mod http;
+pub mod proxy;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};
