@@ -14,21 +14,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::amqp::{amqp_error, channel, connect, drain, within};
-use common::cluster::TestCluster;
+use common::cluster::{TestCluster, metadata_status};
 use common::{Broker, http};
 use lapin::ExchangeKind;
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use serde_json::Value;
 
 const NAMES: [&str; 3] = ["alpha@localhost", "beta@localhost", "gamma@localhost"];
 const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
-
-async fn status(broker: &Broker) -> Value {
-    let reply = http::get(broker.management.expect("management API"), "/api/metadata-store", GUEST).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.json()
-}
 
 /// Polls until every broker names the same leader (not `not`), for at
 /// most 20 s; the leader's name.
@@ -37,7 +30,7 @@ async fn agreed_leader(brokers: &[&Broker], not: Option<&str>) -> String {
     loop {
         let mut seen = Vec::new();
         for b in brokers {
-            seen.push(status(b).await);
+            seen.push(metadata_status(b).await);
         }
         let leader = seen[0]["leader"].as_str().map(str::to_string);
         if let Some(leader) = leader

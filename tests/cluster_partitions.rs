@@ -12,21 +12,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::amqp::{amqp_error, channel, connect};
-use common::cluster::TestCluster;
+use common::cluster::{TestCluster, metadata_status};
 use common::{Broker, http};
 use lapin::ExchangeKind;
 use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
-use serde_json::Value;
 
 const NAMES: [&str; 3] = ["alpha@localhost", "beta@localhost", "gamma@localhost"];
 const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
-
-async fn status(broker: &Broker) -> Value {
-    let reply = http::get(broker.management.expect("management API"), "/api/metadata-store", GUEST).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.json()
-}
 
 /// Polls until the nodes `among` agree on a leader that is one of them,
 /// for at most 20 s; its index.
@@ -35,7 +28,7 @@ async fn leader_among(cluster: &TestCluster, among: &[usize]) -> usize {
     loop {
         let mut seen = Vec::new();
         for &i in among {
-            seen.push(status(&cluster.nodes[i]).await);
+            seen.push(metadata_status(&cluster.nodes[i]).await);
         }
         let leader = seen[0]["leader"].as_str().map(|l| cluster.index(l));
         if let Some(leader) = leader

@@ -288,7 +288,10 @@ impl Connection {
                     Ok(false) => return Exit::Done,
                     Err(reason) => return Exit::Close(reason),
                 }
-                if let Some(pending) = self.pending_change.take()
+                // One predictable branch per frame: set only by a change
+                // to the shared definitions on a node of a cluster.
+                if self.pending_change.is_some()
+                    && let Some(pending) = self.pending_change.take()
                     && let Err(reason) = self.finish_change(pending).await
                 {
                     return Exit::Close(reason);

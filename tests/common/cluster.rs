@@ -7,7 +7,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::proxy::{CUT, Carries, OPEN, Proxy};
-use super::{Broker, LogsOnFailure, free_port};
+use super::{Broker, LogsOnFailure, free_port, http};
+
+/// A node's view of the metadata group (`/api/metadata-store`).
+pub async fn metadata_status(broker: &Broker) -> serde_json::Value {
+    let management = broker.management.expect("management API");
+    let reply = http::get(management, "/api/metadata-store", Some(("guest", "guest"))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()
+}
 
 pub struct TestCluster {
     /// The running nodes, by index into `names` (dropped first: killed).

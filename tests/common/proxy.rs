@@ -90,33 +90,26 @@ async fn relay(client: TcpStream, target_port: u16, carries: Carries) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)).await else { return };
     let _ = server.set_nodelay(true);
     let (mut server_read, mut server_write) = server.into_split();
-    let forward = async {
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let n = match client_read.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            if carries.forward && server_write.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    };
-    let backward = async {
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let n = match server_read.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            if carries.backward && client_write.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    };
+    let forward = pump(&mut client_read, &mut server_write, carries.forward);
+    let backward = pump(&mut server_read, &mut client_write, carries.backward);
     // Either side ending ends the connection.
     tokio::select! {
         _ = forward => {}
         _ = backward => {}
+    }
+}
+
+/// Copies `from` to `to` until either ends, or with `carry` off reads
+/// and drops what arrives.
+async fn pump(from: &mut (impl AsyncReadExt + Unpin), to: &mut (impl AsyncWriteExt + Unpin), carry: bool) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if carry && to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
