@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use crate::access::{TopicPermission, User};
 use crate::broker::changes::{Change, SettingChange, detail};
 use crate::broker::{Broker, Destination, Policy, VhostInfo, VhostLimits};
-use crate::protocol::method::{ExchangeBind, ExchangeDeclare, QueueDeclare};
+use crate::protocol::method::{ExchangeBind, ExchangeDeclare, QueueBind, QueueDeclare};
 use crate::protocol::{FieldTable, FieldValue};
 
 /// The parts of a definitions file Warren reads; others are ignored.
@@ -326,9 +326,12 @@ pub fn import(broker: &Broker, text: &str) -> Result<ImportReport, String> {
             arguments: json_to_table(&q.arguments),
             ..Default::default()
         };
-        broker
-            .queue_declare(&q.vhost, 0, &declare)
-            .map_err(|err| format!("queue '{}' in vhost '{}': {}", q.name, q.vhost, err.text))?;
+        let declared = match broker.queue_change(&q.vhost, declare.clone().into()) {
+            // A new quorum queue of a cluster: made on every node.
+            Some(change) => broker.change_blocking(change),
+            None => broker.queue_declare(&q.vhost, 0, &declare).map(drop),
+        };
+        declared.map_err(|err| format!("queue '{}' in vhost '{}': {}", q.name, q.vhost, err.text))?;
         report.queues += 1;
     }
     for b in file.bindings {
@@ -350,7 +353,19 @@ pub fn import(broker: &Broker, text: &str) -> Result<ImportReport, String> {
                 };
                 broker.change_blocking(Change::Exchange { vhost: b.vhost.clone(), method: bind.into() })
             }
-            destination => broker.bind(&b.vhost, 0, &b.source, destination, &b.routing_key, &arguments),
+            Destination::Queue(queue) => {
+                let bind = QueueBind {
+                    queue: queue.clone(),
+                    exchange: b.source.clone(),
+                    routing_key: b.routing_key.clone(),
+                    arguments: arguments.clone(),
+                    ..Default::default()
+                };
+                match broker.queue_change(&b.vhost, bind.into()) {
+                    Some(change) => broker.change_blocking(change),
+                    None => broker.bind(&b.vhost, 0, &b.source, Destination::Queue(queue), &b.routing_key, &arguments),
+                }
+            }
         };
         result
             .map_err(|err| format!("binding {} -> {} in vhost '{}': {}", b.source, b.destination, b.vhost, err.text))?;

@@ -14,7 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::amqp::{amqp_error, channel, connect, drain, within};
-use common::cluster::{TestCluster, metadata_status};
+use common::cluster::{TestCluster, agreed_leader, until_status};
 use common::{Broker, http};
 use lapin::ExchangeKind;
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -22,42 +22,6 @@ use lapin::types::FieldTable;
 
 const NAMES: [&str; 3] = ["alpha@localhost", "beta@localhost", "gamma@localhost"];
 const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
-
-/// Polls until every broker names the same leader (not `not`), for at
-/// most 20 s; the leader's name.
-async fn agreed_leader(brokers: &[&Broker], not: Option<&str>) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut seen = Vec::new();
-        for b in brokers {
-            seen.push(metadata_status(b).await);
-        }
-        let leader = seen[0]["leader"].as_str().map(str::to_string);
-        if let Some(leader) = leader
-            && Some(leader.as_str()) != not
-            && seen.iter().all(|s| {
-                s["leader"].as_str() == Some(leader.as_str()) && s["members"].as_array().is_some_and(|m| m.len() == 3)
-            })
-        {
-            return leader;
-        }
-        assert!(Instant::now() < deadline, "no agreed metadata leader within 20 s: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Polls `path` on `broker` until it answers `status`, for at most 20 s.
-async fn until_status(broker: &Broker, path: &str, status: u16) -> http::Reply {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let reply = http::get(broker.management.expect("management API"), path, GUEST).await;
-        if reply.status == status {
-            return reply;
-        }
-        assert!(Instant::now() < deadline, "GET {path} still {} after 20 s: {}", reply.status, reply.body);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn declare(broker: &Broker, name: &str, kind: ExchangeKind) -> lapin::Result<()> {
     let conn = connect(broker).await;

@@ -203,7 +203,15 @@ pub fn execute(broker: &Broker, req: &Request) -> Response {
                     if e.code == crate::protocol::reply::NOT_FOUND { not_found() } else { e.text }
                 })
             } else {
-                broker.admin_delete(vhost, name).ok_or_else(not_found)
+                let delete = crate::protocol::method::QueueDelete { queue: name.to_string(), ..Default::default() };
+                match broker.queue_change(vhost, delete.into()) {
+                    // A replicated quorum queue: deleted on every node.
+                    Some(change) => {
+                        let count = broker.queue_delete_check(vhost, name, false, false).unwrap_or(0);
+                        broker.change_blocking(change).map(|()| count as usize).map_err(|e| e.text)
+                    }
+                    None => broker.admin_delete(vhost, name).ok_or_else(not_found),
+                }
             };
             match result {
                 Ok(count) => ok(rows([json!({"name": name, "messages": count})])),

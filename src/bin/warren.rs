@@ -257,9 +257,11 @@ async fn serve(
             let node = warren::cluster::node::ClusterNode::start(identity, addr, peers, store, Arc::new(cookie))
                 .await
                 .with_context(|| format!("cannot listen on {}:{port} for the cluster (--cluster-port)", config.bind))?;
-            let metadata = warren::cluster::metadata::MetadataGroup::start(node.clone(), &broker)
+            let queues = warren::cluster::quorum::QueueGroups::new(node.clone(), &broker);
+            let metadata = warren::cluster::metadata::MetadataGroup::start(node.clone(), &broker, queues.clone())
                 .await
                 .context("cannot start this node's member of the metadata group")?;
+            queues.start().await;
             let addr = node.transport.local_addr();
             tracing::info!(
                 "node {} (Raft id {}) cluster port listening on {addr}",
@@ -267,7 +269,7 @@ async fn serve(
                 node.identity.id
             );
             println!("cluster port listening on {addr}");
-            Some((node, metadata))
+            Some((node, metadata, queues))
         }
     };
     let control = warren::admin::bind(&config.control_socket())
@@ -293,8 +295,9 @@ async fn serve(
     let api = warren::management::Api {
         broker: broker.clone(),
         listeners: Arc::new(listeners),
-        cluster: cluster.as_ref().map(|(node, _)| node.clone()),
-        metadata: cluster.as_ref().map(|(_, metadata)| metadata.clone()),
+        cluster: cluster.as_ref().map(|(node, _, _)| node.clone()),
+        metadata: cluster.as_ref().map(|(_, metadata, _)| metadata.clone()),
+        queues: cluster.as_ref().map(|(_, _, queues)| queues.clone()),
     };
     let management_tls = tls.clone().filter(|_| config.tls.management);
     let prometheus_tls = tls.clone().filter(|_| config.tls.prometheus);
@@ -342,8 +345,9 @@ async fn serve(
             drain(&broker).await;
         }
     }
-    if let Some((node, metadata)) = &cluster {
+    if let Some((node, metadata, queues)) = &cluster {
         // Leadership is handed over before the port closes.
+        queues.shutdown().await;
         metadata.shutdown().await;
         node.shutdown();
     }

@@ -33,6 +33,7 @@ const KIND_VHOST_ADD: u8 = 2;
 const KIND_VHOST_PUT: u8 = 3;
 const KIND_VHOST_DELETE: u8 = 4;
 const KIND_SETTING: u8 = 5;
+const KIND_QUEUE: u8 = 6;
 
 /// A change to the shared definitions.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +54,15 @@ pub enum Change {
     VhostDelete(String),
     /// Users, permissions, limits and policies.
     Setting(SettingChange),
+    /// A replicated quorum queue's `queue.declare` (with its `replica`),
+    /// `queue.delete` (its `if-unused` and `if-empty` judged where it was
+    /// made, and proposed without them), `queue.bind` or `queue.unbind`
+    /// (`broker::replicas`).
+    Queue {
+        vhost: String,
+        method: Method,
+        replica: Option<super::replicas::Replica>,
+    },
 }
 
 /// A change to users, permissions, limits or policies (JSON in the log).
@@ -154,6 +164,15 @@ impl Change {
                 // Plain data: it always serializes.
                 out.extend_from_slice(&serde_json::to_vec(setting).unwrap_or_default());
             }
+            Change::Queue { vhost, method, replica } => {
+                out.put_u8(KIND_QUEUE);
+                put_str(&mut out, vhost);
+                // Plain data: it always serializes.
+                let replica = replica.as_ref().map(|r| serde_json::to_vec(r).unwrap_or_default()).unwrap_or_default();
+                out.put_u32_le(replica.len() as u32);
+                out.extend_from_slice(&replica);
+                method.encode(&mut out);
+            }
         }
         out.freeze()
     }
@@ -186,6 +205,24 @@ impl Change {
             KIND_SETTING => {
                 let setting = serde_json::from_slice(&rest).map_err(|e| format!("a settings change: {e}"))?;
                 Ok(Change::Setting(setting))
+            }
+            KIND_QUEUE => {
+                let (vhost, rest) = take_str(&rest).ok_or("a queue change whose vhost is cut short")?;
+                let len = rest.get(..4).ok_or("a queue change cut short")?;
+                let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                let replica = rest.get(4..4 + len).ok_or("a queue change whose members are cut short")?;
+                let replica = match len {
+                    0 => None,
+                    _ => Some(serde_json::from_slice(replica).map_err(|e| format!("a queue change's members: {e}"))?),
+                };
+                let method = Method::decode(rest.slice(4 + len..)).map_err(|e| format!("a change's method: {e}"))?;
+                match method {
+                    Method::QueueDeclare(_)
+                    | Method::QueueDelete(_)
+                    | Method::QueueBind(_)
+                    | Method::QueueUnbind(_) => Ok(Change::Queue { vhost, method, replica }),
+                    other => Err(format!("{} is not a change to the shared definitions", other.name())),
+                }
             }
             other => Err(format!("unknown change kind {other}")),
         }
@@ -332,6 +369,7 @@ impl Broker {
             Change::VhostPut(info) => vhost_outcome(self.put_vhost(info.clone())),
             Change::VhostDelete(name) => vhost_outcome(self.delete_vhost(name)),
             Change::Setting(setting) => self.apply_setting(setting),
+            Change::Queue { vhost, method, replica } => self.apply_queue_change(vhost, method, replica.as_ref()),
         }
     }
 
@@ -385,13 +423,16 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::replicas::{Member, Replica};
     use crate::protocol::FieldTable;
-    use crate::protocol::method::{ExchangeBind, ExchangeDeclare, QueueDelete};
+    use crate::protocol::method::{ExchangeBind, ExchangeDeclare, QueueDeclare, QueueDelete, QueuePurge};
     use crate::protocol::table::FieldValue;
 
     #[test]
     fn changes_round_trip_with_their_argument_types() {
         let mut arguments = FieldTable::new();
+        let mut quorum = FieldTable::new();
+        quorum.insert("x-queue-type", FieldValue::string("quorum"));
         arguments.insert("alternate-exchange", FieldValue::string("ae"));
         arguments.insert("x-n", FieldValue::I16(-3));
         let changes = [
@@ -436,6 +477,25 @@ mod tests {
                 vhost: "/".into(),
                 exchange: "amq.topic".into(),
             }),
+            Change::Queue {
+                vhost: "/".into(),
+                method: QueueDeclare {
+                    queue: "orders".into(),
+                    durable: true,
+                    arguments: quorum.clone(),
+                    ..Default::default()
+                }
+                .into(),
+                replica: Some(Replica {
+                    group: 0x5eed,
+                    members: vec![Member { name: "beta@h".into(), id: 7 }, Member { name: "alpha@h".into(), id: 3 }],
+                }),
+            },
+            Change::Queue {
+                vhost: "/".into(),
+                method: QueueDelete { queue: "orders".into(), ..Default::default() }.into(),
+                replica: None,
+            },
         ];
         for change in changes {
             let bytes = change.encode();
@@ -448,6 +508,8 @@ mod tests {
         }
         let not_a_change = Change::Exchange { vhost: "/".into(), method: QueueDelete::default().into() }.encode();
         assert!(Change::decode(&not_a_change).unwrap_err().contains("queue.delete"));
+        let not_a_change = Change::Queue { vhost: "/".into(), method: QueuePurge::default().into(), replica: None };
+        assert!(Change::decode(&not_a_change.encode()).unwrap_err().contains("queue.purge"));
         assert_eq!(Change::decode(&Bytes::from_static(&[9])), Err("unknown change kind 9".to_string()));
     }
 

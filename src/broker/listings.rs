@@ -255,6 +255,7 @@ fn queue_row(q: &Queue) -> QueueRow {
         first_offset: q.stream().map(|s| s.first_offset()),
         last_offset: q.stream().and_then(|s| s.last_offset()),
         disk_bytes: q.stream().map(|s| s.record_bytes()),
+        replica: q.replica.clone(),
     }
 }
 
@@ -293,6 +294,9 @@ pub struct QueueRow {
     pub last_offset: Option<u64>,
     /// Bytes a stream's retained messages take in the log.
     pub disk_bytes: Option<u64>,
+    /// A replicated quorum queue's group and members.
+    #[serde(skip)]
+    pub replica: Option<Arc<super::replicas::Replica>>,
 }
 
 pub(super) fn format_table(t: &FieldTable) -> String {

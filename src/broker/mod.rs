@@ -63,6 +63,7 @@ pub mod queue_type;
 mod queues;
 pub mod quorum;
 mod records;
+pub mod replicas;
 mod reply_to;
 mod routing;
 pub mod stats;

@@ -106,6 +106,8 @@ pub struct Queue {
     pub args: QueueArgs,
     /// The queue's type, with the messages it holds.
     pub(in crate::broker) kind: QueueKind,
+    /// A replicated quorum queue's group and members (a node of a cluster).
+    pub replica: Option<Arc<super::replicas::Replica>>,
     /// Bodies are being read back from the log for this queue.
     pub loading: bool,
     /// How many messages were asked of the loader and not yet taken: while
@@ -199,6 +201,7 @@ impl Queue {
             arguments,
             args,
             kind,
+            replica: None,
             loading: false,
             read_ahead_upto: 0,
             consumers: VecDeque::new(),

@@ -147,12 +147,7 @@ impl Broker {
         check_owner(&q, conn)?;
         // As RabbitMQ, a stream is deleted whatever if-unused and if-empty say.
         let (if_unused, if_empty) = if q.is_stream() { (false, false) } else { (if_unused, if_empty) };
-        if if_unused && !q.consumers.is_empty() {
-            return Err(AmqpError::precondition(format!("queue '{name}' in vhost '{vhost}' in use")));
-        }
-        if if_empty && q.ready_count() > 0 {
-            return Err(AmqpError::precondition(format!("queue '{name}' in vhost '{vhost}' is not empty")));
-        }
+        delete_refused(&q, if_unused, if_empty)?;
         let count = q.ready_count() as u32;
         drop(q);
         let own = st.delete_queue_from(vhost, name, &self.store, Some((conn, channel)));
@@ -160,12 +155,36 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// What `queue.delete` with `if-unused` and `if-empty` would refuse,
+    /// judged on this node without deleting: Ok(its ready messages).
+    pub fn queue_delete_check(&self, vhost: &str, name: &str, if_unused: bool, if_empty: bool) -> Result<u32> {
+        let st = self.state.read();
+        let Some(cell) = st.queue(vhost, name) else { return Ok(0) };
+        let q = cell.lock();
+        delete_refused(&q, if_unused, if_empty)?;
+        Ok(q.ready_count() as u32)
+    }
+}
+
+/// What `if-unused` (consumers) and `if-empty` (ready messages) refuse.
+fn delete_refused(q: &Queue, if_unused: bool, if_empty: bool) -> Result<()> {
+    let (name, vhost) = (&q.name, &q.vhost);
+    if if_unused && !q.consumers.is_empty() {
+        return Err(AmqpError::precondition(format!("queue '{name}' in vhost '{vhost}' in use")));
+    }
+    if if_empty && q.ready_count() > 0 {
+        return Err(AmqpError::precondition(format!("queue '{name}' in vhost '{vhost}' is not empty")));
+    }
+    Ok(())
+}
+
 impl State {
     /// The arguments of a new queue: the declared ones, with `x-queue-type`
     /// added from the vhost's default queue type when none is given and
     /// the queue can be of that type (durable, shared, not auto-delete),
     /// as RabbitMQ does.
-    fn with_default_queue_type(&self, vhost: &str, m: &QueueDeclare) -> FieldTable {
+    pub(super) fn with_default_queue_type(&self, vhost: &str, m: &QueueDeclare) -> FieldTable {
         let default = self.vhosts.get(vhost).and_then(|v| v.info.default_queue_type.as_deref());
         match default.and_then(QueueType::parse) {
             Some(kind @ (QueueType::Quorum | QueueType::Stream))
@@ -240,6 +259,7 @@ impl State {
                 tracing::error!("queue '{name}' in vhost '{vhost}' deleted in memory only: {e}");
             }
         }
+        State::forget_replica(&q, store);
         // A stream's tracked offsets go with it.
         for tag in q.stream().into_iter().flat_map(|s| s.tracked.keys()) {
             let key = stream::tracked_key(&q, tag);

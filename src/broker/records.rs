@@ -13,6 +13,7 @@ impl Broker {
         self.restore_policies(parameters);
         self.restore_topology(recovered);
         self.restore_tracked_offsets(parameters);
+        self.restore_replicas(parameters);
         // Listings show what came back at once, not at the sampler's next turn.
         self.sample_now();
         Ok(())
@@ -125,7 +126,7 @@ impl Broker {
     }
 
     /// Logs the removal of a definition of a vhost that no longer exists.
-    fn forget_orphan(&self, record: Record) {
+    pub(super) fn forget_orphan(&self, record: Record) {
         if let Err(e) = self.store.define(record) {
             tracing::error!("a definition of a deleted vhost stays in the log: {e}");
         }

@@ -5,11 +5,11 @@
 //! order, so every node holds the same vhosts and exchanges, and a
 //! partition cannot split them: a change needs a majority.
 //!
-//! - [`MetadataMachine`] is the group's state machine: it applies each
-//!   change to this node's broker, then logs how far it has applied (a
-//!   `raft.state` "applied" record, after the changes' own records), so a
-//!   restart re-applies only what the log may not hold the effects of
-//!   (applying a change twice changes nothing).
+//! - [`BrokerChanges`] are the group's commands (its state machine is a
+//!   `machine::GroupMachine` of them): each change is applied to this
+//!   node's broker, then the group's applied marker is logged after the
+//!   change's own records, so a restart re-applies only what the log may
+//!   not hold the effects of (applying a change twice changes nothing).
 //! - [`MetadataGroup`] proposes this node's changes: to its own Raft when
 //!   it leads, else to the leader over the cluster port
 //!   ([`KIND_PROPOSE`]); either way it waits until this node has applied
@@ -25,32 +25,30 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::io::{self, Cursor};
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
-use futures_util::StreamExt;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::ClientWriteError;
 use openraft::impls::BasicNode;
-use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
-use openraft::{ChangeMembers, Config, OptionalSend, Raft, Snapshot, SnapshotPolicy, StoredMembership};
+use openraft::{ChangeMembers, Config, Raft, SnapshotPolicy};
 use tokio::sync::watch;
 
-use super::codec::{decode_applied, encode_applied};
 use super::log_storage::GroupLogStorage;
+use super::machine::{Commands, GroupMachine, hand_over_and_stop};
 use super::node::ClusterNode;
+use super::quorum::QueueGroups;
 use super::transport::{AddressBook, GroupNetwork, GroupServer, RaftGroup};
 use super::types::*;
 use super::wire::KIND_PROPOSE;
 use crate::broker::changes::{Change, ChangeRouter, decode_outcome, encode_outcome};
+use crate::broker::replicas::{Member, Replica};
 use crate::broker::{AmqpError, Broker};
 use crate::protocol::Method;
 use crate::protocol::reply;
-use crate::store::LogStore;
-use crate::store::format::RaftStateKind;
 
 /// The metadata group's id.
 pub const METADATA_GROUP: u64 = 0;
@@ -60,15 +58,13 @@ pub const PROPOSE_WITHIN: Duration = Duration::from_secs(10);
 /// How often an uninitialized node checks whether the group can form.
 const FORM_EVERY: Duration = Duration::from_millis(500);
 
-type StoredMembers = StoredMembership<LeaderId, NodeId, BasicNode>;
-type Meta = openraft::SnapshotMeta<LeaderId, NodeId, BasicNode>;
-
-/// The Raft timing of the metadata group: heartbeats every 100 ms, an
-/// election after 400 to 800 ms without one (well above an fdatasync),
-/// pre-vote on (a node cut off and back does not depose a working leader).
-pub fn raft_config() -> io::Result<Arc<Config>> {
+/// The Raft timing of every group (`name` tells them apart in openraft's
+/// logs): heartbeats every 100 ms, an election after 400 to 800 ms
+/// without one (well above an fdatasync), pre-vote on (a node cut off and
+/// back does not depose a working leader).
+pub fn raft_config(name: &str) -> io::Result<Arc<Config>> {
     let config = Config {
-        cluster_name: "warren-metadata".into(),
+        cluster_name: name.into(),
         heartbeat_interval: 100,
         election_timeout_min: 400,
         election_timeout_max: 800,
@@ -79,100 +75,32 @@ pub fn raft_config() -> io::Result<Arc<Config>> {
     config.validate().map(Arc::new).map_err(io::Error::other)
 }
 
-/// The group's state machine: this node's broker.
-pub struct MetadataMachine {
+/// The group's commands: changes to this node's broker. A change to a
+/// replicated queue also has this node's quorum queue groups looked over
+/// (a member starts or stops the queue's group).
+pub struct BrokerChanges {
     broker: Arc<Broker>,
-    store: Arc<LogStore>,
-    applied: Option<LogId>,
-    membership: StoredMembers,
-    /// One past the index last applied (0: nothing yet).
-    applied_tx: watch::Sender<u64>,
+    queues: Arc<QueueGroups>,
 }
 
-impl MetadataMachine {
-    /// The machine as the log left it.
-    fn recover(broker: Arc<Broker>, store: Arc<LogStore>) -> io::Result<(MetadataMachine, watch::Receiver<u64>)> {
-        let (applied, membership) = match store.raft_state(METADATA_GROUP).applied {
-            Some(marker) => {
-                let (applied, at, membership) = decode_applied(&marker)?;
-                (applied, StoredMembers::new(at, membership))
-            }
-            None => (None, StoredMembers::default()),
-        };
-        let (applied_tx, applied_rx) = watch::channel(applied.map_or(0, |id| id.index + 1));
-        Ok((MetadataMachine { broker, store, applied, membership, applied_tx }, applied_rx))
-    }
-
-    fn log_applied(&self) -> io::Result<()> {
-        let marker =
-            encode_applied(self.applied.as_ref(), self.membership.log_id().as_ref(), self.membership.membership());
-        self.store.raft_set(METADATA_GROUP, RaftStateKind::Applied, 0, marker).map_err(io::Error::other)?;
-        Ok(())
-    }
-}
-
-/// Snapshots are not taken (see the module's docs): asked for one, it fails.
-pub struct NoSnapshots;
-
-impl RaftSnapshotBuilder<RaftConfig> for NoSnapshots {
-    type SnapshotData = Cursor<Vec<u8>>;
-
-    async fn build_snapshot(&mut self) -> Result<Snapshot<LeaderId, NodeId, BasicNode, Cursor<Vec<u8>>>, io::Error> {
-        Err(io::Error::other("the metadata group takes no snapshots"))
-    }
-}
-
-impl RaftStateMachine<RaftConfig> for MetadataMachine {
-    type SnapshotData = Cursor<Vec<u8>>;
-    type SnapshotBuilder = NoSnapshots;
-
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembers), io::Error> {
-        Ok((self.applied, self.membership.clone()))
-    }
-
-    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
-    where
-        Strm: futures_util::Stream<Item = Result<EntryResponder<RaftConfig>, io::Error>> + Unpin + OptionalSend,
-    {
-        while let Some(next) = entries.next().await {
-            let (entry, responder) = next?;
-            let outcome = match &entry.payload {
-                EntryPayload::Blank => Ok(()),
-                EntryPayload::Normal(command) => match Change::decode(&command.0) {
-                    Ok(change) => self.broker.apply_change(&change),
-                    // Every node reads the same bytes, so every node
-                    // refuses them alike.
-                    Err(e) => Err(AmqpError::connection(reply::INTERNAL_ERROR, format!("an unreadable change: {e}"))),
-                },
-                EntryPayload::Membership(members) => {
-                    self.membership = StoredMembers::new(Some(entry.log_id), members.clone());
-                    Ok(())
+impl Commands for BrokerChanges {
+    fn apply(&mut self, command: &GroupCommand) -> GroupReply {
+        let outcome = match Change::decode(&command.0) {
+            Ok(change) => {
+                let outcome = self.broker.apply_change(&change);
+                if matches!(change, Change::Queue { .. }) {
+                    self.queues.look_over_soon();
                 }
-            };
-            self.applied = Some(entry.log_id);
-            self.log_applied()?;
-            self.applied_tx.send_replace(entry.log_id.index + 1);
-            if let Some(responder) = responder {
-                responder.send(GroupReply(encode_outcome(&outcome)));
+                outcome
             }
-        }
-        Ok(())
-    }
-
-    async fn get_snapshot_builder(&mut self) -> NoSnapshots {
-        NoSnapshots
-    }
-
-    async fn install_snapshot(&mut self, _meta: &Meta, _snapshot: Self::SnapshotData) -> Result<(), io::Error> {
-        Err(io::Error::other("the metadata group takes no snapshots"))
-    }
-
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<Snapshot<LeaderId, NodeId, BasicNode, Cursor<Vec<u8>>>>, io::Error> {
-        Ok(None)
+            // Every node reads the same bytes, so every node refuses them alike.
+            Err(e) => Err(AmqpError::connection(reply::INTERNAL_ERROR, format!("an unreadable change: {e}"))),
+        };
+        GroupReply(encode_outcome(&outcome))
     }
 }
+
+type MetadataMachine = GroupMachine<BrokerChanges>;
 
 /// What [`MetadataGroup::status`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,14 +130,20 @@ impl MetadataGroup {
     /// Starts this node's member (from what its log holds), serves it on
     /// the cluster port, routes the broker's changes through it, and forms
     /// the group if it is new.
-    pub async fn start(node: Arc<ClusterNode>, broker: &Arc<Broker>) -> io::Result<Arc<MetadataGroup>> {
+    pub async fn start(
+        node: Arc<ClusterNode>,
+        broker: &Arc<Broker>,
+        queues: Arc<QueueGroups>,
+    ) -> io::Result<Arc<MetadataGroup>> {
         let store = broker.store().clone();
-        let (machine, applied) = MetadataMachine::recover(broker.clone(), store.clone())?;
+        let commands = BrokerChanges { broker: broker.clone(), queues };
+        let (machine, applied) = GroupMachine::recover(METADATA_GROUP, commands, store.clone())?;
         let book: Arc<dyn AddressBook> = node.clone();
         let network = GroupNetwork { transport: node.transport.clone(), group: METADATA_GROUP, book: Some(book) };
         let log = GroupLogStorage::new(store, METADATA_GROUP);
-        let raft =
-            Raft::new(node.identity.id, raft_config()?, network, log, machine).await.map_err(io::Error::other)?;
+        let raft = Raft::new(node.identity.id, raft_config("warren-metadata")?, network, log, machine)
+            .await
+            .map_err(io::Error::other)?;
         let group = Arc::new(MetadataGroup { raft, applied, node: node.clone(), broker: Arc::downgrade(broker) });
         node.transport.add_group(METADATA_GROUP, Arc::new(Served(group.clone())));
         broker.set_change_router(Arc::new(Router(Arc::downgrade(&group))));
@@ -357,8 +291,59 @@ impl MetadataGroup {
                 m.if_unused = false;
                 Ok(Change::Exchange { vhost, method: Method::ExchangeDelete(m) })
             }
+            Change::Queue { vhost, method: Method::QueueDeclare(m), replica: None } => {
+                let replica = self.choose_replica(&m.arguments);
+                Ok(Change::Queue { vhost, method: Method::QueueDeclare(m), replica: Some(replica) })
+            }
             other => Ok(other),
         }
+    }
+
+    /// A new quorum queue's group and members: `x-quorum-initial-group-size`
+    /// nodes (3 by default, as RabbitMQ; at most every node), the preferred
+    /// leader first: this node under `x-queue-leader-locator` =
+    /// `client-local` (the default), else the node that leads (is first
+    /// member of) the fewest queues. The other members are the nodes that
+    /// are members of the fewest queues.
+    fn choose_replica(&self, arguments: &crate::protocol::FieldTable) -> Replica {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        let mut nodes: Vec<Member> = membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).map(|n| Member { name: n.addr.clone(), id }))
+            .collect();
+        let existing = self.broker.upgrade().map(|b| b.replicated_queues()).unwrap_or_default();
+        let count = |name: &str, leaders_only: bool| {
+            existing
+                .iter()
+                .filter(|q| {
+                    let members = &q.replica.members;
+                    let members = if leaders_only { &members[..members.len().min(1)] } else { &members[..] };
+                    members.iter().any(|m| m.name == name)
+                })
+                .count()
+        };
+        nodes.sort_by(|a, b| (count(&a.name, false), &a.name).cmp(&(count(&b.name, false), &b.name)));
+        let balanced = arguments.get("x-queue-leader-locator").and_then(|v| v.as_str()) == Some("balanced");
+        let first = if balanced {
+            nodes.iter().enumerate().min_by_key(|(_, m)| (count(&m.name, true), m.name.clone())).map(|(i, _)| i)
+        } else {
+            nodes.iter().position(|m| m.id == self.node.identity.id)
+        };
+        if let Some(first) = first {
+            let leader = nodes.remove(first);
+            nodes.insert(0, leader);
+        }
+        let size = arguments.get("x-quorum-initial-group-size").and_then(|v| v.as_i64()).unwrap_or(3);
+        nodes.truncate(size.clamp(1, nodes.len().max(1) as i64) as usize);
+        let taken: std::collections::HashSet<u64> = existing.iter().map(|q| q.replica.group).collect();
+        let group = loop {
+            let id = fastrand::u64(1..u64::MAX - 1);
+            if !taken.contains(&id) {
+                break id;
+            }
+        };
+        Replica { group, members: nodes }
     }
 
     /// One attempt to commit: through this node's Raft if it leads, else
@@ -418,18 +403,7 @@ impl MetadataGroup {
     /// Hands leadership to another voter and stops this member (a graceful
     /// stop: the group elects no new leader by time-out).
     pub async fn shutdown(&self) {
-        let me = self.node.identity.id;
-        if self.raft.current_leader().await == Some(me) {
-            let metrics = self.raft.metrics().borrow_watched().clone();
-            let to = metrics.membership_config.membership().voter_ids().find(|id| *id != me);
-            if let Some(to) = to
-                && self.raft.trigger().transfer_leader(to).await.is_ok()
-            {
-                let handed = |m: &openraft::RaftMetrics<RaftConfig>| m.current_leader != Some(me);
-                let _ = self.raft.wait(Some(Duration::from_secs(2))).metrics(handed, "leadership handed over").await;
-            }
-        }
-        let _ = self.raft.shutdown().await;
+        hand_over_and_stop(&self.raft, self.node.identity.id).await;
     }
 }
 

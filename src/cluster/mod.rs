@@ -13,6 +13,9 @@
 //!   write-ahead log (`store::raft`): an append is reported written once
 //!   the writer pass holding it is durable, so one `fdatasync` covers
 //!   every group's appends.
+//! - [`machine`]: what every group's state machine shares (how far it
+//!   applied, its membership, the applied marker in the log).
+//! - [`quorum`]: the quorum queues' groups this node is a member of.
 //! - [`metadata`]: the metadata group, which replicates the definitions
 //!   every node shares (`broker::changes`) and applies them to each
 //!   node's broker.
@@ -25,8 +28,10 @@
 pub mod auth;
 pub mod codec;
 pub mod log_storage;
+pub mod machine;
 pub mod metadata;
 pub mod node;
+pub mod quorum;
 pub mod transport;
 pub mod types;
 pub mod wire;

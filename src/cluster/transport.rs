@@ -188,6 +188,11 @@ impl Transport {
         self.groups.write().insert(group, server);
     }
 
+    /// Stops serving a group (its requests fail from now on).
+    pub fn remove_group(&self, group: u64) {
+        self.groups.write().remove(&group);
+    }
+
     /// Serves one peer's connection: each request in a task of its own,
     /// replies written as they are ready.
     async fn serve_peer(self: Arc<Self>, mut socket: TcpStream) {

@@ -17,7 +17,7 @@ use crate::broker::Destination;
 use crate::broker::changes::Change;
 use crate::definitions::json_to_table;
 use crate::protocol::FieldTable;
-use crate::protocol::method::{ExchangeBind, ExchangeUnbind};
+use crate::protocol::method::{ExchangeBind, ExchangeUnbind, QueueBind, QueueUnbind};
 
 pub fn routes() -> Router<Api> {
     Router::new()
@@ -147,7 +147,23 @@ async fn add_binding(
             };
             api.broker.change(Change::Exchange { vhost: vhost.clone(), method: bind.into() }).await?;
         }
-        target => api.broker.bind(&vhost, 0, exchange_name(&source), target, &body.routing_key, &arguments)?,
+        Destination::Queue(queue) => {
+            let bind = QueueBind {
+                queue: queue.clone(),
+                exchange: exchange_name(&source).to_string(),
+                routing_key: body.routing_key.clone(),
+                arguments: arguments.clone(),
+                ..Default::default()
+            };
+            match api.broker.queue_change(&vhost, bind.into()) {
+                // A binding to a replicated quorum queue is shared by every node.
+                Some(change) => api.broker.change(change).await?,
+                None => {
+                    let target = Destination::Queue(queue);
+                    api.broker.bind(&vhost, 0, exchange_name(&source), target, &body.routing_key, &arguments)?
+                }
+            }
+        }
     }
     let key = shape::properties_key(&body.routing_key, &arguments);
     let mut response = StatusCode::CREATED.into_response();
@@ -209,8 +225,20 @@ async fn delete_binding(
     let binding = find_binding(&api, &vhost, &source, kind, &destination, &props).ok_or_else(ApiError::not_found)?;
     caller.require_topic(&api, &vhost, &binding.source, &binding.routing_key, false)?;
     if kind == "queue" {
-        let target = Destination::Queue(destination);
-        api.broker.unbind(&vhost, 0, &binding.source, target, &binding.routing_key, &binding.argument_table)?;
+        let unbind = QueueUnbind {
+            queue: destination.clone(),
+            exchange: binding.source.clone(),
+            routing_key: binding.routing_key.clone(),
+            arguments: binding.argument_table.clone(),
+            ..Default::default()
+        };
+        match api.broker.queue_change(&vhost, unbind.into()) {
+            Some(change) => api.broker.change(change).await?,
+            None => {
+                let target = Destination::Queue(destination);
+                api.broker.unbind(&vhost, 0, &binding.source, target, &binding.routing_key, &binding.argument_table)?
+            }
+        }
     } else {
         let unbind = ExchangeUnbind {
             destination,

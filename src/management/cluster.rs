@@ -68,3 +68,24 @@ async fn metadata_store(State(api): State<Api>, caller: Caller) -> ApiResult<Jso
         "last_applied": status.last_applied,
     })))
 }
+
+/// A quorum queue's `leader`, `members` and `online` (node names), as
+/// RabbitMQ's queue object has them. A replicated queue's leader is its
+/// group's, as this node sees it (null while none is known, or when this
+/// node is no member); a quorum queue of a single node has that node.
+pub(super) fn add_members(api: &Api, row: &crate::broker::QueueRow, json: &mut Value) {
+    if row.queue_type != "quorum" {
+        return;
+    }
+    let node = super::node_name();
+    let (leader, members, online) = match (&row.replica, &api.queues) {
+        (Some(replica), Some(queues)) => match queues.status(replica.group) {
+            Some(status) => (status.leader, status.members, status.online),
+            None => (None, replica.members.iter().map(|m| m.name.clone()).collect(), Vec::new()),
+        },
+        _ => (Some(node.clone()), vec![node.clone()], vec![node]),
+    };
+    json["leader"] = json!(leader);
+    json["members"] = json!(members);
+    json["online"] = json!(online);
+}

@@ -61,6 +61,8 @@ pub struct Api {
     pub cluster: Option<Arc<crate::cluster::node::ClusterNode>>,
     /// Its member of the metadata group.
     pub metadata: Option<Arc<crate::cluster::metadata::MetadataGroup>>,
+    /// The quorum queue groups it is a member of.
+    pub queues: Option<Arc<crate::cluster::quorum::QueueGroups>>,
 }
 
 /// Serves the API on `listener` until the process ends.

@@ -20,7 +20,7 @@ use crate::access::{Access, ResourceKind};
 use crate::broker::GetSettle;
 use crate::definitions::json_to_table;
 use crate::protocol::BasicProperties;
-use crate::protocol::method::QueueDeclare;
+use crate::protocol::method::{QueueDeclare, QueueDelete};
 
 pub fn routes() -> Router<Api> {
     Router::new()
@@ -50,7 +50,9 @@ fn queues_json(api: &Api, caller: &Caller, vhost: Option<&str>) -> Vec<Value> {
         .filter(|row| caller.sees_vhost(api, &row.vhost))
         .map(|row| {
             let owner = row.owner.and_then(|id| connections.get(&id).cloned());
-            shape::queue(row, snapshot.queue(&row.vhost, &row.name), owner)
+            let mut json = shape::queue(row, snapshot.queue(&row.vhost, &row.name), owner);
+            super::cluster::add_members(api, row, &mut json);
+            json
         })
         .collect()
 }
@@ -82,7 +84,9 @@ async fn one_queue(
     // One queue, looked up directly (KEDA polls this).
     let row = api.broker.queue_row(&vhost, &name).ok_or_else(ApiError::not_found)?;
     let owner = row.owner.and_then(|id| connection_names(&api).remove(&id));
-    Ok(Json(shape::queue(&row, api.broker.snapshot().queue(&vhost, &name), owner)))
+    let mut json = shape::queue(&row, api.broker.snapshot().queue(&vhost, &name), owner);
+    super::cluster::add_members(&api, &row, &mut json);
+    Ok(Json(json))
 }
 
 /// An exclusive queue belongs to its connection: HTTP may look at it but
@@ -126,7 +130,11 @@ async fn put_queue(
         arguments: json_to_table(&body.arguments),
         ..Default::default()
     };
-    api.broker.queue_declare(&vhost, 0, &declare)?;
+    match api.broker.queue_change(&vhost, declare.clone().into()) {
+        // A new quorum queue of a cluster: made on every node.
+        Some(change) => api.broker.change(change).await?,
+        None => drop(api.broker.queue_declare(&vhost, 0, &declare)?),
+    }
     Ok(if existed { StatusCode::NO_CONTENT } else { StatusCode::CREATED })
 }
 
@@ -148,7 +156,12 @@ async fn delete_queue(
     caller.require(&api, &vhost, Access::Configure, ResourceKind::Queue, &name)?;
     check_not_exclusive(&api, &vhost, &name)?;
     let (if_unused, if_empty) = (q.if_unused.as_deref() == Some("true"), q.if_empty.as_deref() == Some("true"));
-    if if_unused || if_empty {
+    let delete = QueueDelete { queue: name.clone(), ..Default::default() };
+    if let Some(change) = api.broker.queue_change(&vhost, delete.into()) {
+        // A replicated quorum queue: deleted on every node.
+        api.broker.queue_delete_check(&vhost, &name, if_unused, if_empty)?;
+        api.broker.change(change).await?;
+    } else if if_unused || if_empty {
         api.broker.queue_delete(&vhost, (0, 0), &name, if_unused, if_empty)?;
     } else {
         api.broker.admin_delete(&vhost, &name);

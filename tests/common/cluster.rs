@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::proxy::{CUT, Carries, OPEN, Proxy};
 use super::{Broker, LogsOnFailure, free_port, http};
@@ -15,6 +16,42 @@ pub async fn metadata_status(broker: &Broker) -> serde_json::Value {
     let reply = http::get(management, "/api/metadata-store", Some(("guest", "guest"))).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     reply.json()
+}
+
+/// Polls until every broker names the same leader (not `not`), for at
+/// most 20 s; the leader's name.
+pub async fn agreed_leader(brokers: &[&Broker], not: Option<&str>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut seen = Vec::new();
+        for b in brokers {
+            seen.push(metadata_status(b).await);
+        }
+        let leader = seen[0]["leader"].as_str().map(str::to_string);
+        if let Some(leader) = leader
+            && Some(leader.as_str()) != not
+            && seen.iter().all(|s| {
+                s["leader"].as_str() == Some(leader.as_str()) && s["members"].as_array().is_some_and(|m| m.len() == 3)
+            })
+        {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "no agreed metadata leader within 20 s: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `path` on `broker` until it answers `status`, for at most 20 s.
+pub async fn until_status(broker: &Broker, path: &str, status: u16) -> http::Reply {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = http::get(broker.management.expect("management API"), path, Some(("guest", "guest"))).await;
+        if reply.status == status {
+            return reply;
+        }
+        assert!(Instant::now() < deadline, "GET {path} still {} after 20 s: {}", reply.status, reply.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 pub struct TestCluster {

@@ -3,6 +3,7 @@
 use super::super::channel::*;
 use super::super::connection::Connection;
 use crate::access::{Access, ResourceKind};
+use crate::broker::changes::Change;
 use crate::broker::{AmqpError, Destination};
 use crate::protocol::Method;
 use crate::protocol::method::*;
@@ -27,6 +28,14 @@ impl Connection {
                         self.check_access(Access::Write, ResourceKind::Exchange, dlx)?;
                     }
                 }
+                if broker.declares_replicated(&vhost, &m) {
+                    // A new quorum queue of a cluster: made on every node.
+                    let queue = m.queue.clone();
+                    self.channel_mut(channel)?.last_queue = Some(queue.clone());
+                    let reply =
+                        (!m.no_wait).then(|| QueueDeclareOk { queue, message_count: 0, consumer_count: 0 }.into());
+                    return self.shared_queue_change(channel, m.into(), (50, 10), reply);
+                }
                 let (queue, message_count, consumer_count) = broker.queue_declare(&vhost, id, &m)?;
                 self.channel_mut(channel)?.last_queue = Some(queue.clone());
                 if !m.no_wait {
@@ -36,6 +45,10 @@ impl Connection {
             Method::QueueBind(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
                 self.check_binding(&m.exchange, ResourceKind::Queue, &queue, &m.routing_key)?;
+                if broker.is_replicated(&vhost, &queue) {
+                    let reply = (!m.no_wait).then(|| QueueBindOk {}.into());
+                    return self.shared_queue_change(channel, QueueBind { queue, ..m }.into(), (50, 20), reply);
+                }
                 broker.bind(&vhost, id, &m.exchange, Destination::Queue(queue), &m.routing_key, &m.arguments)?;
                 if !m.no_wait {
                     self.reply_when_durable(channel, QueueBindOk {});
@@ -44,6 +57,10 @@ impl Connection {
             Method::QueueUnbind(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
                 self.check_binding(&m.exchange, ResourceKind::Queue, &queue, &m.routing_key)?;
+                if broker.is_replicated(&vhost, &queue) {
+                    let reply = Some(QueueUnbindOk {}.into());
+                    return self.shared_queue_change(channel, QueueUnbind { queue, ..m }.into(), (50, 50), reply);
+                }
                 broker.unbind(&vhost, id, &m.exchange, Destination::Queue(queue), &m.routing_key, &m.arguments)?;
                 self.reply_when_durable(channel, QueueUnbindOk {});
             }
@@ -58,6 +75,12 @@ impl Connection {
             Method::QueueDelete(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
                 self.check_access(Access::Configure, ResourceKind::Queue, &queue)?;
+                if broker.is_replicated(&vhost, &queue) {
+                    // if-unused and if-empty are judged here, on this node's view.
+                    let message_count = broker.queue_delete_check(&vhost, &queue, m.if_unused, m.if_empty)?;
+                    let reply = (!m.no_wait).then(|| QueueDeleteOk { message_count }.into());
+                    return self.shared_queue_change(channel, QueueDelete { queue, ..m }.into(), (50, 40), reply);
+                }
                 let (message_count, own_consumers) =
                     broker.queue_delete(&vhost, (id, channel), &queue, m.if_unused, m.if_empty)?;
                 if !m.no_wait {
@@ -71,5 +94,18 @@ impl Connection {
             other => return Err(not_on_a_channel(&other)),
         }
         Ok(())
+    }
+
+    /// A queue method that changes what every node of a cluster shares (a
+    /// replicated quorum queue): made through the metadata group.
+    fn shared_queue_change(
+        &mut self,
+        channel: u16,
+        method: Method,
+        ids: (u16, u16),
+        reply: Option<Method>,
+    ) -> Result<(), AmqpError> {
+        let change = Change::for_queue(&self.vhost, method);
+        self.make_change(channel, change, ids, reply)
     }
 }

@@ -68,14 +68,29 @@ pub enum ParameterKind {
     /// This node's identity in a cluster (format 6). Key: `node`; value
     /// `{"name","id"}` (its node name and Raft id).
     Node = 9,
+    /// A replicated quorum queue's Raft group and members (format 6, a
+    /// node of a cluster). Key: `[vhost, queue]` as a JSON array; value
+    /// `{"group", "members": [{"name","id"}]}`.
+    QuorumMembers = 10,
 }
 
 impl ParameterKind {
     pub fn from_code(code: u8) -> Option<ParameterKind> {
         use ParameterKind::*;
-        [User, Permission, TopicPermission, Vhost, Policy, OperatorPolicy, VhostLimits, StreamOffset, Node]
-            .into_iter()
-            .find(|k| *k as u8 == code)
+        [
+            User,
+            Permission,
+            TopicPermission,
+            Vhost,
+            Policy,
+            OperatorPolicy,
+            VhostLimits,
+            StreamOffset,
+            Node,
+            QuorumMembers,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == code)
     }
 
     pub fn name(self) -> &'static str {
@@ -89,6 +104,7 @@ impl ParameterKind {
             ParameterKind::VhostLimits => "vhost-limits",
             ParameterKind::StreamOffset => "stream-offset",
             ParameterKind::Node => "node",
+            ParameterKind::QuorumMembers => "quorum-members",
         }
     }
 }

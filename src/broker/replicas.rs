@@ -1,0 +1,216 @@
+//! Quorum queues of a cluster: which Raft group holds a quorum queue and
+//! which nodes are its members ([`Replica`]), kept with the queue and in
+//! the log (a `quorum-members` parameter), and the changes that make,
+//! bind and delete such a queue on every node ([`Change::Queue`]).
+//!
+//! On a node of a cluster a quorum queue is declared through the metadata
+//! group: the node that declares it chooses the members and a group id,
+//! every node applies the declare (so every node routes to the queue and
+//! knows its members), and the members run the queue's group
+//! (`cluster::quorum`). The bindings to such a queue and its deletion go
+//! through the metadata group too. Classic queues and streams stay on the
+//! node that declared them.
+
+use serde::{Deserialize, Serialize};
+
+use super::changes::Change;
+use super::*;
+use crate::protocol::Method;
+
+/// A replicated quorum queue's group and members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    /// The queue's Raft group (unique in the cluster; never the metadata
+    /// group's 0 or the node requests' `u64::MAX`).
+    pub group: u64,
+    /// The members, the preferred leader first (the declaring node under
+    /// the `client-local` leader locator).
+    pub members: Vec<Member>,
+}
+
+/// A member of a queue's group: a node by name and Raft id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub id: u64,
+}
+
+/// A replicated quorum queue of this node.
+#[derive(Debug, Clone)]
+pub struct ReplicatedQueue {
+    pub vhost: Arc<str>,
+    pub name: Arc<str>,
+    pub replica: Arc<Replica>,
+}
+
+/// The key of a queue's `quorum-members` parameter: `[vhost, queue]` as JSON.
+fn replica_key(vhost: &str, name: &str) -> String {
+    serde_json::json!([vhost, name]).to_string()
+}
+
+impl Broker {
+    /// The replica of a queue of this node, if it is a replicated quorum queue.
+    pub fn replica_of(&self, vhost: &str, name: &str) -> Option<Arc<Replica>> {
+        self.state.read().queue(vhost, name).and_then(|q| q.lock().replica.clone())
+    }
+
+    /// Every replicated quorum queue of this node.
+    pub fn replicated_queues(&self) -> Vec<ReplicatedQueue> {
+        let st = self.state.read();
+        let mut out = Vec::new();
+        for v in st.vhosts.values() {
+            for cell in v.queues.values() {
+                let q = cell.lock();
+                if let Some(replica) = &q.replica {
+                    out.push(ReplicatedQueue {
+                        vhost: q.vhost.clone(),
+                        name: q.name.clone(),
+                        replica: replica.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether a declare makes a new replicated quorum queue: on a node of
+    /// a cluster, a declare (not passive) of a queue that does not exist
+    /// here and would be a quorum queue (by its arguments or the vhost's
+    /// default queue type). Such a declare goes through the metadata group.
+    pub fn declares_replicated(&self, vhost: &str, m: &QueueDeclare) -> bool {
+        if !self.is_clustered() || m.passive || m.queue.is_empty() {
+            return false;
+        }
+        let st = self.state.read();
+        if st.queue(vhost, &m.queue).is_some() {
+            return false;
+        }
+        let arguments = st.with_default_queue_type(vhost, m);
+        arguments.get("x-queue-type").and_then(|v| v.as_str()) == Some("quorum")
+    }
+
+    /// Whether a change to the queue `name` (a binding, a delete) must go
+    /// through the metadata group: it is a replicated quorum queue.
+    pub fn is_replicated(&self, vhost: &str, name: &str) -> bool {
+        self.is_clustered() && self.replica_of(vhost, name).is_some()
+    }
+
+    /// The change a queue method makes when it must go through the metadata
+    /// group (the declare of a new replicated quorum queue; a binding to
+    /// or the delete of one), else None: the method is this node's own.
+    /// A delete is proposed without `if-unused` and `if-empty`: the caller
+    /// judges them here first ([`Broker::queue_delete_check`]).
+    pub fn queue_change(&self, vhost: &str, method: Method) -> Option<Change> {
+        let shared = match &method {
+            Method::QueueDeclare(m) => self.declares_replicated(vhost, m),
+            other => Change::queue_name(other).is_some_and(|name| self.is_replicated(vhost, name)),
+        };
+        shared.then(|| Change::for_queue(vhost, method))
+    }
+
+    /// Applies a change to a replicated queue (see [`Change::Queue`]).
+    pub(super) fn apply_queue_change(&self, vhost: &str, method: &Method, replica: Option<&Replica>) -> Result<()> {
+        match method {
+            Method::QueueDeclare(m) => {
+                let Some(replica) = replica else {
+                    return Err(AmqpError::command_invalid("a quorum queue declared without its members"));
+                };
+                self.queue_declare(vhost, 0, m)?;
+                self.attach_replica(vhost, &m.queue, replica)
+            }
+            Method::QueueDelete(m) => {
+                // if-unused and if-empty were judged where the delete was made.
+                self.admin_delete(vhost, &m.queue);
+                Ok(())
+            }
+            Method::QueueBind(m) => {
+                let destination = Destination::Queue(m.queue.clone());
+                self.bind(vhost, 0, &m.exchange, destination, &m.routing_key, &m.arguments)
+            }
+            Method::QueueUnbind(m) => {
+                let destination = Destination::Queue(m.queue.clone());
+                self.unbind(vhost, 0, &m.exchange, destination, &m.routing_key, &m.arguments)
+            }
+            other => Err(AmqpError::command_invalid(format!("{} is not a definitions change", other.name()))),
+        }
+    }
+
+    /// Gives a queue its replica, logged, unless it has one (a declare
+    /// applied again after a restart).
+    fn attach_replica(&self, vhost: &str, name: &str, replica: &Replica) -> Result<()> {
+        let st = self.state.read();
+        let Some(cell) = st.queue(vhost, name) else { return Err(no_queue(vhost, name)) };
+        let mut q = cell.lock();
+        if q.replica.is_some() {
+            return Ok(());
+        }
+        if q.args.queue_type != QueueType::Quorum {
+            return Err(AmqpError::precondition(format!(
+                "queue '{name}' in vhost '{vhost}' exists and is not a quorum queue"
+            )));
+        }
+        let value = serde_json::to_vec(replica).map_err(|e| AmqpError::connection(reply::INTERNAL_ERROR, e))?;
+        let record = Record::Parameter {
+            kind: ParameterKind::QuorumMembers,
+            key: replica_key(vhost, name),
+            value: value.into(),
+        };
+        self.store.define(record).map_err(store_failed)?;
+        q.replica = Some(Arc::new(replica.clone()));
+        Ok(())
+    }
+
+    /// The replicas the log holds, given to their queues; the replica of a
+    /// queue that no longer exists is forgotten.
+    pub(super) fn restore_replicas(&self, parameters: &BTreeMap<(ParameterKind, String), bytes::Bytes>) {
+        let st = self.state.read();
+        for ((kind, key), value) in parameters {
+            if *kind != ParameterKind::QuorumMembers {
+                continue;
+            }
+            let queue = serde_json::from_str::<[String; 2]>(key).ok().and_then(|[vhost, name]| st.queue(&vhost, &name));
+            match (queue, serde_json::from_slice::<Replica>(value)) {
+                (Some(cell), Ok(replica)) => cell.lock().replica = Some(Arc::new(replica)),
+                (_, Err(e)) => tracing::error!("the quorum members '{key}' in the log cannot be read: {e}"),
+                (None, Ok(_)) => self.forget_orphan(Record::ParameterDelete { kind: *kind, key: key.clone() }),
+            }
+        }
+    }
+}
+
+impl State {
+    /// A deleted queue's replica leaves the log with it.
+    pub(super) fn forget_replica(q: &Queue, store: &LogStore) {
+        if q.replica.is_none() {
+            return;
+        }
+        let key = replica_key(&q.vhost, &q.name);
+        if let Err(e) = store.define(Record::ParameterDelete { kind: ParameterKind::QuorumMembers, key }) {
+            tracing::error!("quorum queue '{}' in vhost '{}': its members stay in the log: {e}", q.name, q.vhost);
+        }
+    }
+}
+
+impl Change {
+    /// The change of a queue method on a replicated queue. A delete is
+    /// proposed without `if-unused` and `if-empty`, which were judged
+    /// where it was made.
+    pub fn for_queue(vhost: &str, method: Method) -> Change {
+        let method = match method {
+            Method::QueueDelete(m) => QueueDelete { if_unused: false, if_empty: false, ..m }.into(),
+            other => other,
+        };
+        Change::Queue { vhost: vhost.to_string(), method, replica: None }
+    }
+
+    /// The queue a queue change names.
+    pub fn queue_name(method: &Method) -> Option<&str> {
+        match method {
+            Method::QueueDeclare(m) => Some(&m.queue),
+            Method::QueueDelete(m) => Some(&m.queue),
+            Method::QueueBind(m) => Some(&m.queue),
+            Method::QueueUnbind(m) => Some(&m.queue),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Quorum queues of a cluster of three real `warren` nodes on loopback:
+//! a quorum queue declared over AMQP on one node is on every node, with
+//! the same members and the same leader (its own Raft group's, the
+//! declaring node first under `client-local`); a binding to it made on
+//! another node is on every node; its leader killed with SIGKILL, the
+//! other two elect another, and the killed node comes back with the queue
+//! and its members from its own log; deleted over HTTP on a third node,
+//! it is gone from every node. A classic queue stays on its node.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::amqp::{amqp_error, channel, connect, within};
+use common::cluster::{TestCluster, agreed_leader, until_status};
+use common::{Broker, http};
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+
+const NAMES: [&str; 3] = ["alpha@localhost", "beta@localhost", "gamma@localhost"];
+const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
+const QUEUE_PATH: &str = "/api/queues/%2F/orders";
+
+fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    for (key, value) in extra {
+        args.insert((*key).into(), value.clone());
+    }
+    args
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions { durable: true, ..Default::default() }
+}
+
+/// Polls until every node shows the queue with all three members and the
+/// same leader (not `not`); that leader's name.
+async fn queue_leader(nodes: &[&Broker], not: Option<&str>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let everyone: BTreeSet<&str> = NAMES.into_iter().collect();
+    loop {
+        let mut seen = Vec::new();
+        for node in nodes {
+            seen.push(http::get(node.management.expect("management API"), QUEUE_PATH, GUEST).await.json());
+        }
+        let leader = seen[0]["leader"].as_str().map(str::to_string);
+        let agreed = seen.iter().all(|q| {
+            let members: Option<BTreeSet<&str>> =
+                q["members"].as_array().map(|m| m.iter().filter_map(|n| n.as_str()).collect());
+            q["type"] == "quorum" && members.as_ref() == Some(&everyone) && q["leader"].as_str() == leader.as_deref()
+        });
+        if let Some(leader) = leader.filter(|l| agreed && Some(l.as_str()) != not) {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "no agreed queue leader within 20 s: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_quorum_queue_is_on_every_node_with_one_group_that_fails_over() {
+    let mut cluster = TestCluster::start(&NAMES);
+    let all: Vec<&Broker> = cluster.nodes.iter().collect();
+    agreed_leader(&all, None).await;
+
+    // Declared over AMQP on beta: on every node, beta leading (client-local).
+    {
+        let conn = connect(&cluster.nodes[1]).await;
+        let ch = channel(&conn).await;
+        let declared = within("declare", ch.queue_declare("orders".into(), durable(), quorum_args(&[]))).await;
+        declared.expect("a quorum queue declared on beta");
+    }
+    let leader = queue_leader(&all, None).await;
+    assert_eq!(leader, NAMES[1], "the declaring node leads its queue under client-local");
+
+    // The queue's group is not the metadata group: their leaders may differ,
+    // and each node holds the queue (a passive declare on gamma finds it).
+    {
+        let conn = connect(&cluster.nodes[2]).await;
+        let ch = channel(&conn).await;
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        within("passive", ch.queue_declare("orders".into(), passive, FieldTable::default()))
+            .await
+            .expect("the queue exists on gamma");
+        // An inequivalent redeclare is refused there as on beta.
+        let other = quorum_args(&[("x-max-length", AMQPValue::LongLongInt(5))]);
+        let refused = within("redeclare", ch.queue_declare("orders".into(), durable(), other)).await;
+        let (code, text) = amqp_error(&refused.expect_err("inequivalent")).expect("a channel error");
+        assert_eq!(code, 406, "{text}");
+        assert!(text.contains("inequivalent arg 'x-max-length'"), "{text}");
+    }
+
+    // A binding made on alpha is on gamma.
+    {
+        let conn = connect(&cluster.nodes[0]).await;
+        let ch = channel(&conn).await;
+        let bind = ch.queue_bind(
+            "orders".into(),
+            "amq.topic".into(),
+            "eu.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        );
+        within("bind", bind).await.expect("bound on alpha");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let bindings = http::get(cluster.nodes[2].management.unwrap(), "/api/queues/%2F/orders/bindings", GUEST).await;
+        let keys: Vec<String> = bindings.json().as_array().map_or_else(Vec::new, |b| {
+            b.iter()
+                .filter(|b| b["source"] == "amq.topic")
+                .filter_map(|b| b["routing_key"].as_str().map(str::to_string))
+                .collect()
+        });
+        if keys == ["eu.#"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the binding never reached gamma: {}", bindings.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A classic queue stays on the node that declared it.
+    {
+        let conn = connect(&cluster.nodes[0]).await;
+        let ch = channel(&conn).await;
+        within("classic", ch.queue_declare("local-work".into(), durable(), FieldTable::default()))
+            .await
+            .expect("a classic queue on alpha");
+    }
+    until_status(&cluster.nodes[0], "/api/queues/%2F/local-work", 200).await;
+    let elsewhere = http::get(cluster.nodes[1].management.unwrap(), "/api/queues/%2F/local-work", GUEST).await;
+    assert_eq!(elsewhere.status, 404, "a classic queue is not replicated: {}", elsewhere.body);
+
+    // The queue's leader killed: the other two elect another.
+    let killed = NAMES.iter().position(|n| *n == leader).expect("a node leads");
+    cluster.nodes[killed].kill();
+    let killed_at = Instant::now();
+    let survivors: Vec<&Broker> = (0..3).filter(|i| *i != killed).map(|i| &cluster.nodes[i]).collect();
+    let new_leader = queue_leader(&survivors, Some(&leader)).await;
+    println!("the queue's new leader {new_leader} is known on both survivors {:?} after the kill", killed_at.elapsed());
+    // The killed node is soon shown offline, still a member.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let q = http::get(survivors[0].management.unwrap(), QUEUE_PATH, GUEST).await.json();
+        let online: Vec<&str> =
+            q["online"].as_array().map_or_else(Vec::new, |o| o.iter().filter_map(|n| n.as_str()).collect());
+        if online.len() == 2 && !online.contains(&leader.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the killed node is still shown online: {q}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Back on its data directory, it has the queue and its members again.
+    cluster.nodes[killed] = cluster.start_node(killed);
+    let all: Vec<&Broker> = cluster.nodes.iter().collect();
+    queue_leader(&all, None).await;
+
+    // Deleted over HTTP on gamma: gone from every node.
+    let deleted = http::request(cluster.nodes[2].management.unwrap(), "DELETE", QUEUE_PATH, GUEST, None).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    for node in &cluster.nodes {
+        until_status(node, QUEUE_PATH, 404).await;
+    }
+    // The name is free for a new queue, with a group of its own.
+    {
+        let conn = connect(&cluster.nodes[0]).await;
+        let ch = channel(&conn).await;
+        let declared = within("declare again", ch.queue_declare("orders".into(), durable(), quorum_args(&[]))).await;
+        declared.expect("declared again on alpha");
+    }
+    assert_eq!(queue_leader(&all, None).await, NAMES[0], "alpha declared it, and leads it");
+}
