@@ -6,16 +6,24 @@
 //! other two elect another, and the killed node comes back with the queue
 //! and its members from its own log; deleted over HTTP on a third node,
 //! it is gone from every node. A classic queue stays on its node.
+//!
+//! And its messages: published with confirms on a follower, each is
+//! confirmed once the group committed it, every member holds it, and an
+//! ack on the leader takes it off every member; the leader killed with
+//! SIGKILL, the new leader hands out exactly the confirmed messages not
+//! yet acknowledged, in order; a node left without a majority confirms
+//! nothing (its publish is nacked).
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::amqp::{amqp_error, channel, connect, within};
+use common::amqp::{amqp_error, channel, confirm_channel, connect, next, publish_to, text, within};
 use common::cluster::{TestCluster, agreed_leader, until_status};
 use common::{Broker, http};
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::Confirmation;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
 const NAMES: [&str; 3] = ["alpha@localhost", "beta@localhost", "gamma@localhost"];
@@ -172,4 +180,130 @@ async fn a_quorum_queue_is_on_every_node_with_one_group_that_fails_over() {
         declared.expect("declared again on alpha");
     }
     assert_eq!(queue_leader(&all, None).await, NAMES[0], "alpha declared it, and leads it");
+}
+
+/// Polls until `node` shows `ready` ready messages in `queue`.
+async fn until_ready(node: &Broker, queue: &str, ready: u64) {
+    let path = format!("/api/queues/%2F/{queue}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let q = http::get(node.management.expect("management API"), &path, GUEST).await.json();
+        if q["messages_ready"].as_u64() == Some(ready) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{queue} never had {ready} ready messages: {q}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn confirmed_messages_are_on_every_member_and_outlive_the_leader() {
+    let mut cluster = TestCluster::start(&NAMES);
+    let all: Vec<&Broker> = cluster.nodes.iter().collect();
+    agreed_leader(&all, None).await;
+    {
+        let conn = connect(&cluster.nodes[0]).await;
+        let ch = channel(&conn).await;
+        let declared = within("declare", ch.queue_declare("work".into(), durable(), quorum_args(&[]))).await;
+        declared.expect("a quorum queue declared on alpha");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let q = http::get(cluster.nodes[2].management.unwrap(), "/api/queues/%2F/work", GUEST).await.json();
+        if q["leader"] == NAMES[0] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alpha does not lead its queue: {q}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 200 persistent messages with confirms on gamma, a follower.
+    let publisher = connect(&cluster.nodes[2]).await;
+    let pch = confirm_channel(&publisher).await;
+    for i in 0..200 {
+        let confirmation = publish_to(&pch, "", "work", &format!("task {i}")).await;
+        assert!(matches!(confirmation, Confirmation::Ack(_)), "task {i}: {confirmation:?}");
+    }
+    for node in &cluster.nodes {
+        until_ready(node, "work", 200).await;
+    }
+
+    // A consumer on the leader takes 50 and acks them: every member drops them.
+    {
+        let conn = connect(&cluster.nodes[0]).await;
+        let ch = channel(&conn).await;
+        within("qos", ch.basic_qos(10, BasicQosOptions::default())).await.expect("qos");
+        let mut consumer = within(
+            "consume",
+            ch.basic_consume("work".into(), "w".into(), BasicConsumeOptions::default(), FieldTable::default()),
+        )
+        .await
+        .expect("consume on alpha");
+        for i in 0..50 {
+            let delivery = next(&mut consumer).await;
+            assert_eq!(text(&delivery), format!("task {i}"), "in publish order from the leader");
+            within("ack", delivery.ack(BasicAckOptions::default())).await.expect("ack");
+        }
+        let _ = conn.close(200, "done".into()).await;
+    }
+    for node in &cluster.nodes {
+        until_ready(node, "work", 150).await;
+    }
+
+    // The leader killed: the new one hands out exactly the other 150, in order.
+    cluster.nodes[0].kill();
+    let survivors: Vec<&Broker> = cluster.nodes[1..].iter().collect();
+    let new_leader = queue_leader_named(&survivors, "work", NAMES[0]).await;
+    let at = NAMES.iter().position(|n| *n == new_leader).expect("a node leads");
+    {
+        let conn = connect(&cluster.nodes[at]).await;
+        let ch = channel(&conn).await;
+        within("qos", ch.basic_qos(50, BasicQosOptions::default())).await.expect("qos");
+        let mut consumer = within(
+            "consume",
+            ch.basic_consume("work".into(), "w2".into(), BasicConsumeOptions::default(), FieldTable::default()),
+        )
+        .await
+        .expect("consume on the new leader");
+        for i in 50..200 {
+            let delivery = next(&mut consumer).await;
+            assert_eq!(text(&delivery), format!("task {i}"), "every confirmed, unacked message, once, in order");
+            within("ack", delivery.ack(BasicAckOptions::default())).await.expect("ack");
+        }
+        common::amqp::assert_quiet(&mut consumer, "nothing more than was confirmed").await;
+        let _ = conn.close(200, "done".into()).await;
+    }
+
+    // Alone, a node confirms nothing: its publish is nacked.
+    let alone = if at == 1 { 2 } else { 1 };
+    cluster.nodes[at].kill();
+    let conn = connect(&cluster.nodes[alone]).await;
+    let ch = confirm_channel(&conn).await;
+    let sent = within(
+        "publish",
+        ch.basic_publish("".into(), "work".into(), Default::default(), b"lonely", Default::default()),
+    )
+    .await
+    .expect("publish on the node alone");
+    let confirmation = tokio::time::timeout(Duration::from_secs(30), sent).await.expect("an answer within 30 s");
+    assert!(matches!(confirmation, Ok(Confirmation::Nack(_))), "a minority confirms nothing: {confirmation:?}");
+}
+
+/// Polls until every node names the same leader of `queue`, not `not`.
+async fn queue_leader_named(nodes: &[&Broker], queue: &str, not: &str) -> String {
+    let path = format!("/api/queues/%2F/{queue}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut leaders = Vec::new();
+        for node in nodes {
+            leaders.push(http::get(node.management.unwrap(), &path, GUEST).await.json()["leader"].clone());
+        }
+        if let Some(leader) = leaders[0].as_str().filter(|l| *l != not)
+            && leaders.iter().all(|l| l == &leaders[0])
+        {
+            return leader.to_string();
+        }
+        assert!(Instant::now() < deadline, "no agreed leader of {queue}: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

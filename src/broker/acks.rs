@@ -98,6 +98,7 @@ impl Broker {
         let mut fx = Effects::default();
         let mut logged = Ok(());
         let now = queue::now_ms();
+        let mut replica_settled: Vec<(u64, Vec<u64>)> = Vec::new();
         for u in settled {
             if held.as_ref().is_none_or(|(name, _)| **name != u.queue) {
                 // One queue's lock at a time: let go before taking the next.
@@ -134,6 +135,15 @@ impl Broker {
             {
                 c.unacked = c.unacked.saturating_sub(1);
             }
+            // A replicated queue's message that leaves it leaves every member.
+            if how != Settle::Requeue
+                && let Some(replica) = &q.replica
+            {
+                match replica_settled.iter_mut().find(|(group, _)| *group == replica.group) {
+                    Some((_, positions)) => positions.push(u.entry.seq),
+                    None => replica_settled.push((replica.group, vec![u.entry.seq])),
+                }
+            }
             q.apply(Command::Settle { entry: u.entry, how }, now, &mut fx);
         }
         if let Some((_, q)) = held.take() {
@@ -142,6 +152,11 @@ impl Broker {
         for (queue, tag, offset) in tracks {
             if let Some(q) = v.queues.get(&queue) {
                 stream::track(&mut q.lock(), tag, offset, &self.store);
+            }
+        }
+        if let Some(router) = st.replica_router.get() {
+            for (group, positions) in replica_settled {
+                router.settle(group, positions);
             }
         }
         GlobalStats::add(&self.stats.acknowledged, acked);

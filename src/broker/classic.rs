@@ -394,6 +394,17 @@ impl ClassicQueue {
         }
     }
 
+    /// The next message enqueued or restored gets `seq` (a replicated
+    /// quorum queue's position, which only grows).
+    pub fn place_next(&mut self, seq: u64) {
+        self.next_seq = seq;
+    }
+
+    /// The log record of the ready message `seq`, if the queue holds it.
+    pub fn store_id_at(&mut self, seq: u64) -> Option<u64> {
+        self.levels.iter_mut().rev().find_map(|l| l.entry_mut(seq)).map(|e| e.store_id)
+    }
+
     /// Takes a ready message out of the queue wherever it is (one whose
     /// body cannot be read back).
     fn remove_ready(&mut self, seq: u64, store_id: u64) -> Option<QueuedMessage> {

@@ -147,8 +147,15 @@ impl State {
             let moved_from = durable_qid
                 .filter(|_| entry.store_id != 0 && !store.is_spilled(entry.store_id))
                 .map(|qid| (qid, entry.store_id));
-            let delivery = self.deliver_to(&vhost, &targets, Arc::new(dead), store, moved_from, Arrival::DeadLettered);
+            let dead = Arc::new(dead);
+            let delivery = self.deliver_to(&vhost, &targets, dead.clone(), store, moved_from, Arrival::DeadLettered);
             if let Ok(d) = delivery {
+                // Replicated queues take it through their groups.
+                if let Some(router) = self.replica_router.get() {
+                    for &group in &d.replicated {
+                        router.enqueue_detached(group, vec![dead.clone()]);
+                    }
+                }
                 if !d.moved {
                     forget(store, qid, std::slice::from_ref(&entry));
                 }

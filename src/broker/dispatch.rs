@@ -202,7 +202,10 @@ impl Broker {
             st.expire_messages(&qcell, &self.store);
             let mut q = qcell.lock();
             let mut fx = Effects::default();
-            q.apply(Command::Checkout { settled: no_ack }, queue::now_ms(), &mut fx);
+            // A replicated queue's messages are handed out by its leader only.
+            if !q.is_passive_replica() {
+                q.apply(Command::Checkout { settled: no_ack }, queue::now_ms(), &mut fx);
+            }
             let Some(mut entry) = fx.taken.take() else {
                 GlobalStats::add(&self.stats.get_empty, 1);
                 handle.method(channel, BasicGetEmpty::default());
@@ -245,6 +248,7 @@ impl Broker {
             let tag = ch.take_tag();
             if no_ack {
                 q.counters.get_no_ack += 1;
+                st.settle_replicated(q, vec![entry.seq]);
                 GlobalStats::add(&self.stats.delivered_get_auto_ack, 1);
             } else {
                 q.counters.get += 1;
@@ -314,6 +318,10 @@ impl State {
         if q.is_stream() {
             return self.deliver_stream(q, store);
         }
+        // A replicated queue's messages are handed out by its leader only.
+        if q.is_passive_replica() {
+            return;
+        }
         let State { loader, stats, timers, consumer_timeout, .. } = self;
         let counters_before = q.counters;
         // The log records of this drain (first deliveries, so a restart
@@ -324,6 +332,8 @@ impl State {
         // are passed over (a channel is locked once per delivery, when its
         // consumer is picked, not once per look).
         let mut full: SmallVec<[*const ChannelLock; 2]> = SmallVec::new();
+        // A replicated queue's no-ack deliveries, settled through its group.
+        let mut replica_settled: Vec<u64> = Vec::new();
         // No consumer can beat one of this priority: the search stops there.
         let top_priority = q.consumers.iter().map(|c| c.args.priority).max().unwrap_or(0);
         while q.has_ready() && !q.consumers.is_empty() {
@@ -377,6 +387,9 @@ impl State {
             let redelivered = entry.redelivered;
             if settled {
                 q.counters.deliver_no_ack += 1;
+                if q.replica.is_some() {
+                    replica_settled.push(entry.seq);
+                }
             } else {
                 q.counters.deliver += 1;
             }
@@ -429,6 +442,9 @@ impl State {
         // A failure here is the log's I/O failure, already reported by the
         // writer; the deliveries themselves are in memory and stand.
         let _ = carry_out(q, &mut fx, store, &mut Vec::new());
+        if !replica_settled.is_empty() {
+            self.settle_replicated(q, replica_settled);
+        }
     }
 
     pub(super) fn cancel(&mut self, conn: u64, channel: u16, tag: &str, store: &LogStore) -> bool {

@@ -94,8 +94,8 @@ pub use policies::Policy;
 pub use queue::{Consumer, Enqueued, Queue, QueuedMessage};
 use queue_type::{Command, Effects, Settle};
 use queues::purge_queue;
-pub use records::message_from_record;
 use records::{binding_record, exchange_record, queue_record};
+pub use records::{message_from_parts, message_from_record};
 pub use reply_to::REPLY_TO_QUEUE;
 use reply_to::ReplyConsumer;
 pub use stats::{GlobalStats, LockReport, QueueSample, Snapshot};
@@ -287,6 +287,9 @@ pub struct State {
     /// sharing a stripe only take turns. Taken before any queue's lock,
     /// or with `try_lock` under one (see `queues::expire_messages`).
     expiry_order: [parking_lot::Mutex<()>; EXPIRY_STRIPES],
+    /// On a node of a cluster: where replicated queues' enqueues and
+    /// settles go (see [`replicas`]).
+    replica_router: replicas::RouterSlot,
 }
 
 /// How many locks order the expiries of all queues (see `State::expiry_order`).
@@ -301,6 +304,9 @@ pub struct Routed {
     pub rejected: bool,
     /// The message went to the log; confirm once this position is durable.
     pub durable_position: Option<u64>,
+    /// The groups of the replicated queues it reached, which must commit
+    /// it (`replicas::ReplicaRouter::enqueue`) before it is confirmed.
+    pub replicated: smallvec::SmallVec<[u64; 1]>,
 }
 
 pub struct Broker {

@@ -16,6 +16,10 @@ pub(super) struct Delivery<'a> {
     pub accepted: SmallVec<[Arc<str>; 2]>,
     /// A queue refused it (x-overflow = reject-publish).
     pub rejected: bool,
+    /// The groups of the replicated queues it reached: their groups must
+    /// commit it (it is not enqueued here: every member applies the
+    /// group's commit).
+    pub replicated: SmallVec<[u64; 1]>,
     pub durable_position: Option<u64>,
     /// The log recorded the message's move out of its old queue together
     /// with its new copy (dead-lettering only).
@@ -61,9 +65,10 @@ impl Broker {
         let arrival = Arrival::Published { pressure };
         let mut delivery = st.deliver_to(vhost, &targets, message, &self.store, None, arrival).map_err(store_failed)?;
         let outcome = Routed {
-            routed: !delivery.accepted.is_empty() || delivery.rejected,
+            routed: !delivery.accepted.is_empty() || delivery.rejected || !delivery.replicated.is_empty(),
             rejected: delivery.rejected,
             durable_position: delivery.durable_position,
+            replicated: std::mem::take(&mut delivery.replicated),
         };
         if !delivery.departed.is_empty() {
             let order = std::mem::take(&mut delivery.expiry_order);
@@ -125,6 +130,10 @@ impl State {
         for (i, q) in queues.iter().enumerate() {
             if q.is_stream() {
                 streams.push(i);
+                continue;
+            }
+            if let Some(replica) = &q.replica {
+                delivery.replicated.push(replica.group);
                 continue;
             }
             if q.would_reject(size) {

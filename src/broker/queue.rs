@@ -108,6 +108,13 @@ pub struct Queue {
     pub(in crate::broker) kind: QueueKind,
     /// A replicated quorum queue's group and members (a node of a cluster).
     pub replica: Option<Arc<super::replicas::Replica>>,
+    /// Whether this node's member leads the replicated queue's group: only
+    /// the leader hands messages out (`broker::replicas`).
+    pub replica_active: bool,
+    /// The highest position (`cluster::queue_commands::position`) this
+    /// node applied to the replicated queue: an enqueue applied again
+    /// after a restart is skipped.
+    pub replica_applied: u64,
     /// Bodies are being read back from the log for this queue.
     pub loading: bool,
     /// How many messages were asked of the loader and not yet taken: while
@@ -202,6 +209,8 @@ impl Queue {
             args,
             kind,
             replica: None,
+            replica_active: false,
+            replica_applied: 0,
             loading: false,
             read_ahead_upto: 0,
             consumers: VecDeque::new(),
@@ -426,6 +435,33 @@ impl Queue {
     /// Appends a message recovered from the log (body on disk). `age` is
     /// how long ago it was published (0 when the log does not know), so
     /// TTLs count from the publish.
+    /// As [`Queue::restore`], at `position` of a replicated quorum queue
+    /// (its seq is its position, alike on every member).
+    pub fn restore_at(&mut self, position: u64, store_id: u64, meta: RestoredMeta) {
+        self.place_next(position);
+        self.replica_applied = self.replica_applied.max(position);
+        self.restore(store_id, meta);
+    }
+
+    /// A replica of a replicated queue whose group this node does not
+    /// lead: it holds the messages but hands none out.
+    #[inline]
+    pub fn is_passive_replica(&self) -> bool {
+        self.replica.is_some() && !self.replica_active
+    }
+
+    /// The next message enqueued or restored gets seq `position`.
+    pub(super) fn place_next(&mut self, position: u64) {
+        if let Some(messages) = self.kind.messages_mut() {
+            messages.place_next(position);
+        }
+    }
+
+    /// The log record of the ready message `seq`, if the queue holds it.
+    pub(super) fn store_id_at(&mut self, seq: u64) -> Option<u64> {
+        self.kind.messages_mut().and_then(|m| m.store_id_at(seq))
+    }
+
     pub fn restore(&mut self, store_id: u64, meta: RestoredMeta) {
         let Queue { kind, args, .. } = self;
         let deadline = kind.messages_mut().and_then(|m| m.restore(args, store_id, meta, now_ms()));

@@ -78,7 +78,11 @@ impl Broker {
                         expiration_ms: m.expiration_ms,
                         age: if m.published_ms == 0 { 0 } else { now.saturating_sub(m.published_ms) },
                     };
-                    q.restore(m.id, meta);
+                    match m.stream_offset {
+                        // A replicated quorum queue's message, at its position.
+                        Some(position) => q.restore_at(position, m.id, meta),
+                        None => q.restore(m.id, meta),
+                    }
                 }
                 st.next_incarnation += 1;
                 q.incarnation = st.next_incarnation;
@@ -136,17 +140,20 @@ impl Broker {
 /// A message read back from the log: a persistent one, or a body paged
 /// out under memory pressure (whose properties say it is transient).
 pub fn message_from_record(m: MessageRecord) -> Message {
-    let (priority, expiration_ms) = crate::store::format::peek_properties(&m.properties);
-    let persistent = crate::store::format::peek_persistent(&m.properties);
-    Message {
-        exchange: m.exchange,
-        routing_key: m.routing_key,
-        properties: m.properties,
-        persistent,
-        body: m.body,
-        expiration_ms,
-        priority,
-    }
+    message_from_parts(m.exchange, m.routing_key, m.properties, m.body)
+}
+
+/// A message from its stored parts (a log record, a replicated enqueue):
+/// what the broker reads from its properties is read from them again.
+pub fn message_from_parts(
+    exchange: String,
+    routing_key: String,
+    properties: bytes::Bytes,
+    body: bytes::Bytes,
+) -> Message {
+    let (priority, expiration_ms) = crate::store::format::peek_properties(&properties);
+    let persistent = crate::store::format::peek_persistent(&properties);
+    Message { exchange, routing_key, properties, persistent, body, expiration_ms, priority }
 }
 
 pub(super) fn encode_table(t: &FieldTable) -> bytes::Bytes {

@@ -11,9 +11,14 @@
 //! through the metadata group too. Classic queues and streams stay on the
 //! node that declared them.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use serde::{Deserialize, Serialize};
 
 use super::changes::Change;
+use super::effects::carry_out;
+use super::queue_type::{Command, Effects};
 use super::*;
 use crate::protocol::Method;
 
@@ -179,6 +184,14 @@ impl Broker {
 }
 
 impl State {
+    /// Messages of a replicated queue that left it for good on this node
+    /// (handed out with no-ack): settled through its group.
+    pub(super) fn settle_replicated(&self, q: &Queue, positions: Vec<u64>) {
+        if let (Some(replica), Some(router)) = (&q.replica, self.replica_router.get()) {
+            router.settle(replica.group, positions);
+        }
+    }
+
     /// A deleted queue's replica leaves the log with it.
     pub(super) fn forget_replica(q: &Queue, store: &LogStore) {
         if q.replica.is_none() {
@@ -212,5 +225,138 @@ impl Change {
             Method::QueueUnbind(m) => Some(&m.queue),
             _ => None,
         }
+    }
+}
+
+/// Where a node of a cluster sends what a replicated queue's group must
+/// commit (`cluster::quorum` is it).
+pub trait ReplicaRouter: Send + Sync + 'static {
+    /// Commits messages for the queue of `group`, in this order; resolves
+    /// true once the group's leader has applied them (a majority has them
+    /// durable: they may be confirmed), false if they were not within the
+    /// time-out (nack them).
+    fn enqueue(&self, group: u64, messages: Vec<Arc<Message>>) -> Pin<Box<dyn Future<Output = bool> + Send>>;
+    /// As [`ReplicaRouter::enqueue`], not waited for (dead-lettering, from
+    /// any thread).
+    fn enqueue_detached(&self, group: u64, messages: Vec<Arc<Message>>);
+    /// Commits that messages left the queue for good (acknowledged), by
+    /// position. Not waited for: a settle lost with its leader leaves the
+    /// message to be delivered again (at least once).
+    fn settle(&self, group: u64, positions: Vec<u64>);
+}
+
+/// The broker's replica router, set once on a node of a cluster.
+#[derive(Default)]
+pub(super) struct RouterSlot(std::sync::OnceLock<Arc<dyn ReplicaRouter>>);
+
+impl std::fmt::Debug for RouterSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "RouterSlot(set)" } else { "RouterSlot(unset)" })
+    }
+}
+
+impl RouterSlot {
+    pub(super) fn get(&self) -> Option<&Arc<dyn ReplicaRouter>> {
+        self.0.get()
+    }
+}
+
+impl Broker {
+    /// Sends replicated queues' enqueues and settles through `router`.
+    pub fn set_replica_router(&self, router: Arc<dyn ReplicaRouter>) {
+        let _ = self.state.read().replica_router.0.set(router);
+    }
+
+    /// The replica router, on a node of a cluster.
+    pub fn replica_router(&self) -> Option<Arc<dyn ReplicaRouter>> {
+        self.state.read().replica_router.get().cloned()
+    }
+
+    /// Whether this node's member leads the replicated queue: only then
+    /// does it hand the queue's messages out. Becoming the leader starts
+    /// delivery to the queue's consumers here.
+    pub fn set_replica_active(&self, vhost: &str, name: &str, active: bool) {
+        let st = self.state.read();
+        let Some(cell) = st.queue(vhost, name) else { return };
+        let mut q = cell.lock();
+        if q.replica_active == active {
+            return;
+        }
+        q.replica_active = active;
+        if active {
+            st.deliver_ready(&mut q, &self.store, queue::now_ms());
+        }
+    }
+
+    /// Applies a committed enqueue to this node's replica of a queue: each
+    /// message at its position (see `cluster::queue_commands`), logged as a
+    /// positioned message record; a position already applied is skipped
+    /// (an entry applied again after a restart). The leader's replica
+    /// hands them to its consumers.
+    pub fn apply_replicated_enqueue(&self, vhost: &str, name: &str, messages: Vec<(u64, Arc<Message>)>) {
+        let st = self.state.read();
+        let Some(cell) = st.queue(vhost, name) else { return };
+        let mut q = cell.lock();
+        let now = queue::now_ms();
+        let mut fx = Effects::default();
+        let mut departed = Vec::new();
+        for (position, message) in messages {
+            if position <= q.replica_applied {
+                continue;
+            }
+            q.replica_applied = position;
+            let store_id = match q.store_id {
+                Some(qid) => {
+                    let m = &message;
+                    let at = (&*m.exchange, &*m.routing_key);
+                    match self.store.publish_stream(qid, position, at, &m.properties, &m.body, None) {
+                        Ok((id, _, _)) => id,
+                        Err(e) => {
+                            // The log failed: its writer reports it; the
+                            // node stops taking writes.
+                            tracing::error!("quorum queue '{name}' in vhost '{vhost}': a message is not logged: {e}");
+                            return;
+                        }
+                    }
+                }
+                None => 0,
+            };
+            q.place_next(position);
+            q.apply(Command::Enqueue { message, store_id, trim_later: false }, now, &mut fx);
+            q.counters.publish += 1;
+            let _ = carry_out(&q, &mut fx, &self.store, &mut departed);
+        }
+        if q.replica_active {
+            st.deliver_ready(&mut q, &self.store, now);
+        } else if let Some(qid) = q.store_id.filter(|_| !departed.is_empty()) {
+            // What length limits dropped is dead-lettered by the leader
+            // only: the others' copies just leave their logs.
+            let ids: Vec<u64> = departed.drain(..).flat_map(|d| d.entries).map(|e| e.store_id).collect();
+            if let Err(e) = self.store.ack(qid, &ids) {
+                tracing::error!("quorum queue '{name}' in vhost '{vhost}': dropped messages stay in the log: {e}");
+            }
+        }
+        drop(q);
+        for d in departed {
+            let mut touched = Vec::new();
+            st.dead_letter(d, &self.store, &mut touched);
+            st.drain_all(vhost, touched, &self.store);
+        }
+    }
+
+    /// Applies a committed settle to this node's replica of a queue: the
+    /// messages at `positions` leave it (on the leader they were handed
+    /// out and settled by their consumer already; a follower still holds
+    /// them ready).
+    pub fn apply_replicated_settle(&self, vhost: &str, name: &str, positions: &[u64]) {
+        let st = self.state.read();
+        let Some(cell) = st.queue(vhost, name) else { return };
+        let mut q = cell.lock();
+        let mut fx = Effects::default();
+        for &seq in positions {
+            let Some(store_id) = q.store_id_at(seq) else { continue };
+            q.apply(Command::Remove { seq, store_id }, queue::now_ms(), &mut fx);
+        }
+        let _ = carry_out(&q, &mut fx, &self.store, &mut Vec::new());
     }
 }

@@ -47,7 +47,7 @@ impl State {
             redelivered: false,
             message: message.clone(),
         });
-        Routed { routed: true, rejected: false, durable_position: None }
+        Routed { routed: true, ..Routed::default() }
     }
 
     /// The channel a reply address leads to, and its reply consumer, while

@@ -30,8 +30,9 @@ type Meta = openraft::SnapshotMeta<LeaderId, NodeId, BasicNode>;
 
 /// What a kind of group does with its committed commands.
 pub trait Commands: Send + Sync + 'static {
-    /// Applies one committed command on this node; the reply its proposer gets.
-    fn apply(&mut self, command: &GroupCommand) -> GroupReply;
+    /// Applies the command committed at `index` on this node; the reply
+    /// its proposer gets.
+    fn apply(&mut self, index: u64, command: &GroupCommand) -> GroupReply;
 }
 
 /// A group's state machine: its commands, and how far they were applied.
@@ -95,7 +96,7 @@ impl<C: Commands> RaftStateMachine<RaftConfig> for GroupMachine<C> {
             let (entry, responder) = next?;
             let reply = match &entry.payload {
                 EntryPayload::Blank => GroupReply::default(),
-                EntryPayload::Normal(command) => self.commands.apply(command),
+                EntryPayload::Normal(command) => self.commands.apply(entry.log_id.index, command),
                 EntryPayload::Membership(members) => {
                     self.membership = StoredMembers::new(Some(entry.log_id), members.clone());
                     GroupReply::default()

@@ -30,9 +30,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::error::ClientWriteError;
 use openraft::impls::BasicNode;
 use openraft::{ChangeMembers, Config, Raft, SnapshotPolicy};
 use tokio::sync::watch;
@@ -40,6 +39,7 @@ use tokio::sync::watch;
 use super::log_storage::GroupLogStorage;
 use super::machine::{Commands, GroupMachine, hand_over_and_stop};
 use super::node::ClusterNode;
+use super::propose::{commit_once, serve_forwarded};
 use super::quorum::QueueGroups;
 use super::transport::{AddressBook, GroupNetwork, GroupServer, RaftGroup};
 use super::types::*;
@@ -84,7 +84,7 @@ pub struct BrokerChanges {
 }
 
 impl Commands for BrokerChanges {
-    fn apply(&mut self, command: &GroupCommand) -> GroupReply {
+    fn apply(&mut self, _index: u64, command: &GroupCommand) -> GroupReply {
         let outcome = match Change::decode(&command.0) {
             Ok(change) => {
                 let outcome = self.broker.apply_change(&change);
@@ -346,38 +346,15 @@ impl MetadataGroup {
         Replica { group, members: nodes }
     }
 
-    /// One attempt to commit: through this node's Raft if it leads, else
-    /// through the leader. Ok((index, outcome)); Err(how long to wait
+    /// One attempt to commit: Ok((index, outcome)); Err(how long to wait
     /// before trying again).
     async fn commit(
         &self,
         command: &Bytes,
         deadline: tokio::time::Instant,
     ) -> Result<(u64, Result<(), AmqpError>), Duration> {
-        const AGAIN: Duration = Duration::from_millis(100);
-        // Bounded: a leader that cannot reach a majority waits for one.
-        let write = self.raft.client_write(GroupCommand(command.clone()));
-        let Ok(written) = tokio::time::timeout_at(deadline, write).await else { return Err(AGAIN) };
-        let forward = match written {
-            Ok(written) => return Ok((written.log_id.index, outcome_of(&written.data.0))),
-            Err(e) => match e.into_api_error() {
-                Some(ClientWriteError::ForwardToLeader(f)) | Some(ClientWriteError::LogEntryDiscarded(f)) => f,
-                _ => return Err(AGAIN),
-            },
-        };
-        let (Some(leader_id), Some(leader)) = (forward.leader_id, forward.leader_node) else {
-            // No leader known yet (an election is on): ask again shortly.
-            return Err(AGAIN);
-        };
-        let address = self.node.address_of(&leader.addr);
-        let Some(address) = address.filter(|_| leader_id != self.node.identity.id) else { return Err(AGAIN) };
-        let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let transport = &self.node.transport;
-        let reply = transport.call(&address, leader_id, KIND_PROPOSE, METADATA_GROUP, command, limit).await;
-        match reply.ok().and_then(|r| decode_forwarded(&r)) {
-            Some((index, outcome)) => Ok((index, outcome)),
-            None => Err(AGAIN),
-        }
+        let (index, reply) = commit_once(&self.raft, &self.node, METADATA_GROUP, command, deadline).await?;
+        Ok((index, outcome_of(&reply)))
     }
 
     async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) -> Result<(), AmqpError> {
@@ -389,15 +366,10 @@ impl MetadataGroup {
         }
     }
 
-    /// Serves a peer's forwarded change: commits it here if this node
-    /// leads (a follower refuses, and the peer asks again).
+    /// Serves a peer's forwarded change (see `propose::serve_forwarded`).
     async fn serve_forwarded(&self, command: Bytes) -> io::Result<Vec<u8>> {
         Change::decode(&command).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let written = self.raft.client_write(GroupCommand(command)).await.map_err(io::Error::other)?;
-        let mut out = Vec::with_capacity(8 + written.data.0.len());
-        out.put_u64_le(written.log_id.index);
-        out.extend_from_slice(&written.data.0);
-        Ok(out)
+        serve_forwarded(&self.raft, command).await
     }
 
     /// Hands leadership to another voter and stops this member (a graceful
@@ -419,13 +391,6 @@ fn unavailable() -> AmqpError {
 
 fn outcome_of(bytes: &[u8]) -> Result<(), AmqpError> {
     decode_outcome(bytes).unwrap_or_else(|e| Err(AmqpError::connection(reply::INTERNAL_ERROR, e)))
-}
-
-/// A forwarded change's reply: the index it was committed at (u64), then
-/// the outcome.
-fn decode_forwarded(bytes: &[u8]) -> Option<(u64, Result<(), AmqpError>)> {
-    let index = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-    Some((index, decode_outcome(&bytes[8..]).ok()?))
 }
 
 /// The broker's change router: the metadata group (weakly: the group owns

@@ -15,7 +15,10 @@
 //!   every group's appends.
 //! - [`machine`]: what every group's state machine shares (how far it
 //!   applied, its membership, the applied marker in the log).
-//! - [`quorum`]: the quorum queues' groups this node is a member of.
+//! - [`quorum`]: the quorum queues' groups this node is a member of;
+//!   [`queue_commands`]: their commands' bytes.
+//! - [`propose`]: committing a command from any member (forwarded to the
+//!   leader over the cluster port).
 //! - [`metadata`]: the metadata group, which replicates the definitions
 //!   every node shares (`broker::changes`) and applies them to each
 //!   node's broker.
@@ -31,6 +34,8 @@ pub mod log_storage;
 pub mod machine;
 pub mod metadata;
 pub mod node;
+pub mod propose;
+pub mod queue_commands;
 pub mod quorum;
 pub mod transport;
 pub mod types;

@@ -14,13 +14,24 @@
 //! group's log (the first member may be down). Every member initializes
 //! with the same membership, which openraft allows: one leader is elected.
 //!
-//! So far a queue's group holds its leadership and membership; its
-//! messages are not replicated yet (ARCHITECTURE.md, "The cluster").
+//! The group carries the queue's messages ([`QueueCommands`], whose
+//! bytes are `queue_commands`): a publish to the queue on any node is an
+//! enqueue committed by the group (forwarded to its leader) before its
+//! confirm, and every member applies it to its own replica of the queue,
+//! which logs the message as its own; a message acknowledged on the
+//! leader is a settle every member applies. Only the leader's replica
+//! hands messages out ([`QueueGroups`] watches each group's leadership).
+//! [`QueueGroups`] is the broker's `ReplicaRouter`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use openraft::Raft;
 use openraft::async_runtime::watch::WatchReceiver;
@@ -28,12 +39,15 @@ use openraft::impls::BasicNode;
 use parking_lot::Mutex;
 
 use super::machine::{Commands, GroupMachine, hand_over_and_stop};
-use super::metadata::{METADATA_GROUP, raft_config};
+use super::metadata::{METADATA_GROUP, PROPOSE_WITHIN, raft_config};
 use super::node::{ClusterNode, NODE_GROUP};
-use super::transport::{AddressBook, GroupNetwork, RaftGroup};
+use super::propose::{commit_once, serve_forwarded};
+use super::queue_commands::{EnqueuedMessage, MAX_BATCH, QueueCommand, position};
+use super::transport::{AddressBook, GroupNetwork, GroupServer, RaftGroup};
 use super::types::*;
-use crate::broker::Broker;
-use crate::broker::replicas::{Replica, ReplicatedQueue};
+use super::wire::KIND_PROPOSE;
+use crate::broker::replicas::{Replica, ReplicaRouter, ReplicatedQueue};
+use crate::broker::{Broker, Message, message_from_parts};
 use crate::store::format::RaftStateKind;
 
 /// How long a member other than the first waits for the group to form
@@ -42,15 +56,69 @@ pub const FORM_FALLBACK: Duration = Duration::from_secs(3);
 /// How often the groups are looked over without a queue change.
 const LOOK_OVER_EVERY: Duration = Duration::from_secs(1);
 
-/// A queue group's commands. None are proposed yet: the group holds the
-/// queue's leadership and membership (its messages come next).
-pub struct QueueCommands;
+/// A queue group's commands, applied to this node's replica of the queue.
+pub struct QueueCommands {
+    broker: Weak<Broker>,
+    vhost: Arc<str>,
+    name: Arc<str>,
+    /// Per proposing node, the proposals applied lately: an enqueue
+    /// committed twice (proposed again after a leader change) is applied
+    /// once. Kept in memory: a resend across a restart of every member is
+    /// applied twice (at least once).
+    seen: HashMap<u64, BTreeSet<u64>>,
+}
 
-impl Commands for QueueCommands {
-    fn apply(&mut self, _command: &GroupCommand) -> GroupReply {
-        GroupReply::default()
+/// How many proposals of one node are remembered.
+const SEEN_PER_NODE: usize = 1 << 16;
+
+impl QueueCommands {
+    /// Whether `proposal` of `origin` was applied before; remembers it.
+    fn seen_before(&mut self, origin: u64, proposal: u64) -> bool {
+        let seen = self.seen.entry(origin).or_default();
+        if !seen.insert(proposal) {
+            return true;
+        }
+        if seen.len() > SEEN_PER_NODE {
+            seen.pop_first();
+        }
+        false
     }
 }
+
+impl Commands for QueueCommands {
+    fn apply(&mut self, index: u64, command: &GroupCommand) -> GroupReply {
+        let Some(broker) = self.broker.upgrade() else { return GroupReply::default() };
+        match QueueCommand::decode(&command.0) {
+            Ok(QueueCommand::Enqueue { origin, proposal, messages }) => {
+                if !self.seen_before(origin, proposal) {
+                    let placed = messages
+                        .into_iter()
+                        .enumerate()
+                        .map(|(nth, m)| {
+                            let message = message_from_parts(m.exchange, m.routing_key, m.properties, m.body);
+                            (position(index, nth), Arc::new(message))
+                        })
+                        .collect();
+                    broker.apply_replicated_enqueue(&self.vhost, &self.name, placed);
+                }
+                GroupReply(Bytes::from_static(APPLIED))
+            }
+            Ok(QueueCommand::Settle { positions }) => {
+                broker.apply_replicated_settle(&self.vhost, &self.name, &positions);
+                GroupReply(Bytes::from_static(APPLIED))
+            }
+            Err(e) => {
+                // Every member reads the same bytes, so every member refuses them alike.
+                tracing::error!("quorum queue '{}' in vhost '{}': {e}", self.name, self.vhost);
+                GroupReply(Bytes::from_static(REFUSED))
+            }
+        }
+    }
+}
+
+/// A command's reply: applied, or refused (bytes no member can read).
+const APPLIED: &[u8] = &[0];
+const REFUSED: &[u8] = &[1];
 
 type QueueRaft = Raft<RaftConfig, GroupMachine<QueueCommands>>;
 
@@ -81,17 +149,29 @@ pub struct QueueGroups {
     look_over: Arc<tokio::sync::Notify>,
     /// One look-over at a time (a look-over awaits groups' starts and stops).
     looking: tokio::sync::Mutex<()>,
+    /// This node's next proposal id: from the clock at start, so ids are
+    /// not used again after a restart.
+    next_proposal: AtomicU64,
+    /// The runtime, for what is committed without being waited for (from
+    /// any thread).
+    runtime: tokio::runtime::Handle,
 }
 
 impl QueueGroups {
+    /// This node's quorum queue groups; the broker's replicated queues
+    /// commit through them from now on. Called within the runtime.
     pub fn new(node: Arc<ClusterNode>, broker: &Arc<Broker>) -> Arc<QueueGroups> {
-        Arc::new(QueueGroups {
+        let groups = Arc::new(QueueGroups {
             node,
             broker: Arc::downgrade(broker),
             running: Mutex::new(HashMap::new()),
             look_over: Arc::new(tokio::sync::Notify::new()),
             looking: tokio::sync::Mutex::new(()),
-        })
+            next_proposal: AtomicU64::new(crate::store::wall_ms().saturating_mul(1000)),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        broker.set_replica_router(Arc::new(Router(Arc::downgrade(&groups))));
+        groups
     }
 
     /// Starts the groups of the queues the broker holds, and keeps them in
@@ -135,6 +215,7 @@ impl QueueGroups {
         for group in running.iter().filter(|g| !wanted.contains_key(g)) {
             let stopped = self.running.lock().remove(group);
             if let Some(stopped) = stopped {
+                broker.set_replica_active(&stopped.vhost, &stopped.name, false);
                 self.node.transport.remove_group(*group);
                 let _ = stopped.raft.shutdown().await;
                 tracing::info!("quorum queue '{}' in vhost '{}': its group stopped here", stopped.name, stopped.vhost);
@@ -174,7 +255,13 @@ impl QueueGroups {
     ) -> io::Result<Arc<QueueGroup>> {
         let group = replica.group;
         let store = broker.store().clone();
-        let (machine, _applied) = GroupMachine::recover(group, QueueCommands, store.clone())?;
+        let commands = QueueCommands {
+            broker: Arc::downgrade(broker),
+            vhost: vhost.clone(),
+            name: name.clone(),
+            seen: HashMap::new(),
+        };
+        let (machine, _applied) = GroupMachine::recover(group, commands, store.clone())?;
         let book: Arc<dyn AddressBook> = self.node.clone();
         let network = GroupNetwork { transport: self.node.transport.clone(), group, book: Some(book) };
         let log = super::log_storage::GroupLogStorage::new(store, group);
@@ -182,7 +269,21 @@ impl QueueGroups {
         let raft = Raft::new(me, raft_config("warren-quorum-queue")?, network, log, machine)
             .await
             .map_err(io::Error::other)?;
-        self.node.transport.add_group(group, Arc::new(RaftGroup(raft.clone())));
+        self.node.transport.add_group(group, Arc::new(Served(raft.clone())));
+        // Only the leader's replica hands messages out.
+        let (watched, weak, me_too) = (raft.clone(), Arc::downgrade(broker), (vhost.clone(), name.clone()));
+        tokio::spawn(async move {
+            let mut metrics = watched.metrics();
+            loop {
+                let leads = metrics.borrow_watched().current_leader == Some(me);
+                let Some(broker) = weak.upgrade() else { return };
+                broker.set_replica_active(&me_too.0, &me_too.1, leads);
+                drop(broker);
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         let members: BTreeMap<NodeId, BasicNode> =
             replica.members.iter().map(|m| (m.id, BasicNode { addr: m.name.clone() })).collect();
         let first = replica.members.first().is_some_and(|m| m.id == me);
@@ -223,5 +324,96 @@ impl QueueGroups {
         let groups: Vec<Arc<QueueGroup>> = self.running.lock().drain().map(|(_, g)| g).collect();
         let me = self.node.identity.id;
         futures_util::future::join_all(groups.iter().map(|g| hand_over_and_stop(&g.raft, me))).await;
+    }
+}
+
+impl QueueGroups {
+    /// Commits `command` to `group` through this node's member (forwarded
+    /// to the leader when it does not lead), trying again until
+    /// [`PROPOSE_WITHIN`]: whether the group's leader applied it.
+    async fn commit(&self, group: u64, command: Bytes) -> bool {
+        let Some(running) = self.running.lock().get(&group).cloned() else {
+            // This node is no member of the group (or it is not started yet).
+            return false;
+        };
+        let deadline = tokio::time::Instant::now() + PROPOSE_WITHIN;
+        loop {
+            match commit_once(&running.raft, &self.node, group, &command, deadline).await {
+                Ok((_, reply)) => return reply.as_ref() == APPLIED,
+                Err(again) if tokio::time::Instant::now() + again < deadline => tokio::time::sleep(again).await,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    fn enqueue_command(&self, messages: Vec<Arc<Message>>) -> Bytes {
+        let messages = messages
+            .iter()
+            .map(|m| EnqueuedMessage {
+                exchange: m.exchange.clone(),
+                routing_key: m.routing_key.clone(),
+                properties: m.properties.clone(),
+                body: m.body.clone(),
+            })
+            .collect();
+        let proposal = self.next_proposal.fetch_add(1, Ordering::Relaxed);
+        QueueCommand::Enqueue { origin: self.node.identity.id, proposal, messages }.encode()
+    }
+}
+
+/// The broker's replica router: this node's groups (weakly: the groups
+/// hold the broker, not the other way round).
+struct Router(Weak<QueueGroups>);
+
+impl ReplicaRouter for Router {
+    fn enqueue(&self, group: u64, messages: Vec<Arc<Message>>) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+        let groups = self.0.upgrade();
+        Box::pin(async move {
+            let Some(groups) = groups else { return false };
+            let mut committed = true;
+            for batch in messages.chunks(MAX_BATCH) {
+                let command = groups.enqueue_command(batch.to_vec());
+                committed &= groups.commit(group, command).await;
+            }
+            committed
+        })
+    }
+
+    fn enqueue_detached(&self, group: u64, messages: Vec<Arc<Message>>) {
+        let Some(groups) = self.0.upgrade() else { return };
+        let runtime = groups.runtime.clone();
+        let committing = self.enqueue(group, messages);
+        runtime.spawn(async move {
+            if !committing.await {
+                tracing::warn!("a dead-lettered message was not taken by its quorum queue's group {group:x}");
+            }
+        });
+    }
+
+    fn settle(&self, group: u64, positions: Vec<u64>) {
+        let Some(groups) = self.0.upgrade() else { return };
+        let runtime = groups.runtime.clone();
+        runtime.spawn(async move {
+            let command = QueueCommand::Settle { positions }.encode();
+            if !groups.commit(group, command).await {
+                tracing::warn!("settled messages were not committed by their quorum queue's group {group:x}: they will be delivered again");
+            }
+        });
+    }
+}
+
+/// A queue's group as served to peers: the Raft RPCs, and forwarded commands.
+struct Served(QueueRaft);
+
+impl GroupServer for Served {
+    fn serve(&self, kind: u8, payload: Bytes) -> Pin<Box<dyn Future<Output = io::Result<Vec<u8>>> + Send>> {
+        if kind == KIND_PROPOSE {
+            let raft = self.0.clone();
+            return Box::pin(async move {
+                QueueCommand::decode(&payload).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                serve_forwarded(&raft, payload).await
+            });
+        }
+        RaftGroup(self.0.clone()).serve(kind, payload)
     }
 }

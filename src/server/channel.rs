@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::connection::{CloseReason, Connection};
+use super::replicated::{ReplicatedPublisher, Ticket};
 use crate::broker::{AmqpError, GlobalStats, Message, Outgoing, REPLY_TO_QUEUE};
 use crate::protocol::method::*;
 use crate::protocol::{BasicProperties, ContentHeader, FieldTable, Frame, Method, reply};
@@ -75,6 +76,8 @@ pub(super) struct PendingConfirm {
     /// were not logged (transient, or only non-durable queues).
     pub position: Option<u64>,
     pub nack: bool,
+    /// The commit of the replicated queues it went to (a node of a cluster).
+    pub ticket: Option<Arc<super::replicated::Ticket>>,
 }
 
 #[derive(Default)]
@@ -292,7 +295,7 @@ impl Connection {
                 if let Some(ch) = self.channels.get_mut(&channel) {
                     ch.publish_seq += 1;
                     let seq = ch.publish_seq;
-                    ch.confirms.push_back(PendingConfirm { seq, position: None, nack: true });
+                    ch.confirms.push_back(PendingConfirm { seq, position: None, nack: true, ticket: None });
                 }
                 return Ok(());
             }
@@ -305,6 +308,11 @@ impl Connection {
             (false, false) => &stats.unroutable_dropped,
         };
         GlobalStats::add(outcome, 1);
+        let ticket = if routed.replicated.is_empty() {
+            None
+        } else {
+            self.publish_replicated(&routed.replicated, &message, confirm)
+        };
         if mandatory && !routed.routed {
             let method = BasicReturn {
                 reply_code: reply::NO_ROUTE,
@@ -319,9 +327,21 @@ impl Connection {
         {
             ch.publish_seq += 1;
             let seq = ch.publish_seq;
-            ch.confirms.push_back(PendingConfirm { seq, position: routed.durable_position, nack: routed.rejected });
+            let (position, nack) = (routed.durable_position, routed.rejected);
+            ch.confirms.push_back(PendingConfirm { seq, position, nack, ticket });
         }
         Ok(())
+    }
+
+    /// Hands a message to the groups of the replicated queues it reached;
+    /// with `confirm`, the ticket its confirm waits for (a publish the
+    /// groups cannot take is nacked).
+    fn publish_replicated(&mut self, groups: &[u64], message: &Arc<Message>, confirm: bool) -> Option<Arc<Ticket>> {
+        if self.replicated.is_none() {
+            let router = self.broker.replica_router()?;
+            self.replicated = Some(ReplicatedPublisher::start(router, self.replicated_settled.clone()));
+        }
+        self.replicated.as_ref().and_then(|r| r.publish(groups, message, confirm))
     }
 
     /// The properties a publish is stored with when they must change: a

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use super::Transport;
 use super::channel::Channel;
 use super::flow::{QUIET_READ, filled, make_room};
+use super::replicated::TicketState;
 use super::writer::{self, WriterContext, WriterTuning};
 use crate::broker::message::OUTBOUND_READ_PAUSE;
 use crate::broker::{AmqpError, Broker, BrokerEvent, ConnectionHandle, GlobalStats, OutboundShared, Outgoing, Scope};
@@ -96,6 +97,10 @@ pub(super) struct Connection {
     /// frame made, awaited (through the metadata group) before the next
     /// frame is read, so the connection's methods keep their order.
     pub(super) pending_change: Option<PendingChange>,
+    /// Its publishes to replicated quorum queues (made on the first).
+    pub(super) replicated: Option<super::replicated::ReplicatedPublisher>,
+    /// Notified when some of those were committed (their confirms may go).
+    pub(super) replicated_settled: Arc<tokio::sync::Notify>,
     /// basic.acks read and not settled yet (see `acks`).
     pub(super) pending_acks: super::acks::PendingAcks,
     /// Queues that got a consumer in this batch of frames: deliveries start
@@ -174,6 +179,8 @@ pub async fn serve_stream<W: AsyncWrite + Send + Unpin + 'static>(
         appended_before: 0,
         deferred: Vec::new(),
         pending_change: None,
+        replicated: None,
+        replicated_settled: Arc::default(),
         pending_acks: Default::default(),
         start_delivery: Vec::new(),
         blocked_notify: false,
@@ -327,6 +334,11 @@ impl Connection {
             // it until its socket drains (the writer's send timeout ends a
             // client that never reads). Its heartbeats wait meanwhile.
             let paused = self.handle.outbound_bytes() >= OUTBOUND_READ_PAUSE;
+            // Flow control: while too many of its messages wait for a
+            // replicated queue's group (no majority, a slow follower), the
+            // publisher is not read, as RabbitMQ's credit flow blocks it.
+            let held_back = self.replicated.as_ref().is_some_and(|r| r.held_back());
+            let paused = paused || held_back;
             let deadline = match frame_started {
                 _ if paused => None,
                 Some(started) => limit.map(|l| last_heard + l).into_iter().chain([started + frame_limit]).min(),
@@ -347,7 +359,7 @@ impl Connection {
                     }
                     Err(e) => return Exit::Dropped(format!("socket error: {e}")),
                 },
-                _ = shared.drained(), if paused => last_heard = tokio::time::Instant::now(),
+                _ = shared.drained(), if paused && !held_back => last_heard = tokio::time::Instant::now(),
                 Some(event) = self.events.recv() => match event {
                     BrokerEvent::CloseChannel { channel, error } => {
                         if self.channels.contains_key(&channel)
@@ -368,6 +380,7 @@ impl Connection {
                         return Exit::Dropped("the log writer stopped".into());
                     }
                 }
+                _ = self.replicated_settled.notified(), if (waiting || held_back) && self.replicated.is_some() => {}
                 _ = sleep_until_opt(deadline) => {
                     if frame_started.is_some_and(|s| s + frame_limit <= tokio::time::Instant::now()) {
                         return Exit::Dropped(format!(
@@ -463,12 +476,17 @@ impl Connection {
             let mut run: Option<u64> = None;
             let mut run_len = 0;
             while let Some(front) = ch.confirms.front() {
+                // A replicated queue's commit, if it went to one.
+                let replicated = front.ticket.as_ref().map(|t| t.state());
+                if replicated == Some(TicketState::Waiting) {
+                    break;
+                }
                 let durable_now = front.position.is_none_or(|p| p <= durable.position);
                 if !durable_now && !durable.failed {
                     break;
                 }
                 let Some(c) = ch.confirms.pop_front() else { break };
-                if c.nack || !durable_now {
+                if c.nack || !durable_now || replicated == Some(TicketState::Failed) {
                     if let Some(tag) = run.take() {
                         self.handle.method(channel, BasicAck { delivery_tag: tag, multiple: run_len > 1 });
                         run_len = 0;

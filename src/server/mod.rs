@@ -13,6 +13,7 @@ mod flow;
 mod handshake;
 mod methods;
 mod permissions;
+mod replicated;
 mod writer;
 
 use std::net::SocketAddr;

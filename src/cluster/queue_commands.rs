@@ -1,0 +1,189 @@
+//! The commands of a quorum queue's group, and their bytes (a command
+//! entry's payload in the group's log; storage-format.md, "A quorum
+//! queue's commands").
+//!
+//! A message's place in the queue is its *position*: the Raft index of
+//! the entry that enqueued it, shifted left 16 bits, plus its place in
+//! that entry (an entry carries at most [`MAX_BATCH`] messages). Every
+//! member gives the message the same position, so a settle names it alike
+//! on every member, and positions grow in log order.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// The most messages one enqueue entry carries.
+pub const MAX_BATCH: usize = 1 << 16;
+
+const KIND_ENQUEUE: u8 = 1;
+const KIND_SETTLE: u8 = 2;
+
+/// A message as an enqueue carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnqueuedMessage {
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: Bytes,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueCommand {
+    /// Messages for the queue, in order, proposed by node `origin` as its
+    /// proposal `proposal`: a proposal committed twice (proposed again
+    /// after a leader change) is applied once.
+    Enqueue { origin: u64, proposal: u64, messages: Vec<EnqueuedMessage> },
+    /// Messages that left the queue for good (acknowledged), by position.
+    Settle { positions: Vec<u64> },
+}
+
+/// The position of the `nth` message of the entry at `index`.
+pub fn position(index: u64, nth: usize) -> u64 {
+    (index << 16) | nth as u64
+}
+
+impl QueueCommand {
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        match self {
+            QueueCommand::Enqueue { origin, proposal, messages } => {
+                out.put_u8(KIND_ENQUEUE);
+                out.put_u64_le(*origin);
+                out.put_u64_le(*proposal);
+                out.put_u32_le(messages.len() as u32);
+                for m in messages {
+                    put_short(&mut out, &m.exchange);
+                    put_short(&mut out, &m.routing_key);
+                    out.put_u32_le(m.properties.len() as u32);
+                    out.extend_from_slice(&m.properties);
+                    out.put_u32_le(m.body.len() as u32);
+                    out.extend_from_slice(&m.body);
+                }
+            }
+            QueueCommand::Settle { positions } => {
+                out.put_u8(KIND_SETTLE);
+                out.put_u32_le(positions.len() as u32);
+                for p in positions {
+                    out.put_u64_le(*p);
+                }
+            }
+        }
+        out.freeze()
+    }
+
+    /// Reads a command back; Err names what was wrong (the bytes come from
+    /// the log or a peer). Bodies are slices of `bytes`, not copies.
+    pub fn decode(bytes: &Bytes) -> Result<QueueCommand, String> {
+        let mut r = bytes.clone();
+        let short = |what: &str| format!("a quorum queue command whose {what} is cut short");
+        if !r.has_remaining() {
+            return Err("an empty quorum queue command".into());
+        }
+        match r.get_u8() {
+            KIND_ENQUEUE => {
+                if r.remaining() < 20 {
+                    return Err(short("header"));
+                }
+                let (origin, proposal, count) = (r.get_u64_le(), r.get_u64_le(), r.get_u32_le() as usize);
+                if count > MAX_BATCH {
+                    return Err(format!("an enqueue of {count} messages (at most {MAX_BATCH})"));
+                }
+                let mut messages = Vec::with_capacity(count.min(1024));
+                for _ in 0..count {
+                    let exchange = take_short(&mut r).ok_or_else(|| short("exchange"))?;
+                    let routing_key = take_short(&mut r).ok_or_else(|| short("routing key"))?;
+                    let properties = take_long(&mut r).ok_or_else(|| short("properties"))?;
+                    let body = take_long(&mut r).ok_or_else(|| short("body"))?;
+                    messages.push(EnqueuedMessage { exchange, routing_key, properties, body });
+                }
+                done(&r)?;
+                Ok(QueueCommand::Enqueue { origin, proposal, messages })
+            }
+            KIND_SETTLE => {
+                if r.remaining() < 4 {
+                    return Err(short("count"));
+                }
+                let count = r.get_u32_le() as usize;
+                if r.remaining() != count.saturating_mul(8) {
+                    return Err(short("positions"));
+                }
+                Ok(QueueCommand::Settle { positions: (0..count).map(|_| r.get_u64_le()).collect() })
+            }
+            other => Err(format!("unknown quorum queue command kind {other}")),
+        }
+    }
+}
+
+fn done(r: &Bytes) -> Result<(), String> {
+    match r.remaining() {
+        0 => Ok(()),
+        n => Err(format!("{n} bytes after a quorum queue command")),
+    }
+}
+
+/// A short string: length u8, UTF-8 (AMQP's shortstr: exchange names and
+/// routing keys are at most 255 bytes).
+fn put_short(out: &mut BytesMut, s: &str) {
+    let len = s.len().min(u8::MAX as usize);
+    out.put_u8(len as u8);
+    out.extend_from_slice(&s.as_bytes()[..len]);
+}
+
+fn take_short(r: &mut Bytes) -> Option<String> {
+    let len = *r.first()? as usize;
+    let text = std::str::from_utf8(r.get(1..1 + len)?).ok()?.to_string();
+    r.advance(1 + len);
+    Some(text)
+}
+
+fn take_long(r: &mut Bytes) -> Option<Bytes> {
+    let len = u32::from_le_bytes(r.get(..4)?.try_into().ok()?) as usize;
+    if r.len() < 4 + len {
+        return None;
+    }
+    r.advance(4);
+    Some(r.split_to(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip_and_cut_bytes_are_refused() {
+        let enqueue = QueueCommand::Enqueue {
+            origin: 7,
+            proposal: 9,
+            messages: vec![
+                EnqueuedMessage {
+                    exchange: "amq.topic".into(),
+                    routing_key: "eu.paid".into(),
+                    properties: Bytes::from_static(&[0x10, 0, 2]),
+                    body: Bytes::from_static(b"order 1"),
+                },
+                EnqueuedMessage {
+                    exchange: String::new(),
+                    routing_key: "orders".into(),
+                    properties: Bytes::new(),
+                    body: Bytes::new(),
+                },
+            ],
+        };
+        let settle = QueueCommand::Settle { positions: vec![position(3, 0), position(3, 1), position(9, 0)] };
+        for command in [enqueue, settle] {
+            let bytes = command.encode();
+            assert_eq!(QueueCommand::decode(&bytes), Ok(command.clone()));
+            for cut in 0..bytes.len() {
+                assert!(QueueCommand::decode(&bytes.slice(..cut)).is_err(), "{command:?} cut at {cut}");
+            }
+            let mut longer = BytesMut::from(&bytes[..]);
+            longer.put_u8(0);
+            assert!(QueueCommand::decode(&longer.freeze()).is_err());
+        }
+        assert_eq!(QueueCommand::decode(&Bytes::from_static(&[5])), Err("unknown quorum queue command kind 5".into()));
+    }
+
+    #[test]
+    fn positions_follow_the_log_then_the_entry() {
+        assert!(position(3, MAX_BATCH - 1) < position(4, 0));
+        assert_eq!(position(1, 2) >> 16, 1);
+    }
+}
