@@ -43,15 +43,16 @@ fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions { durable: true, ..Default::default() }
 }
 
-/// Polls until every node shows the queue with all three members and the
+/// Polls until every node shows `queue` with all three members and the
 /// same leader (not `not`); that leader's name.
-async fn queue_leader(nodes: &[&Broker], not: Option<&str>) -> String {
+async fn queue_leader(nodes: &[&Broker], queue: &str, not: Option<&str>) -> String {
+    let path = format!("/api/queues/%2F/{queue}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let everyone: BTreeSet<&str> = NAMES.into_iter().collect();
     loop {
         let mut seen = Vec::new();
         for node in nodes {
-            seen.push(http::get(node.management.expect("management API"), QUEUE_PATH, GUEST).await.json());
+            seen.push(http::get(node.management.expect("management API"), &path, GUEST).await.json());
         }
         let leader = seen[0]["leader"].as_str().map(str::to_string);
         let agreed = seen.iter().all(|q| {
@@ -80,7 +81,7 @@ async fn a_quorum_queue_is_on_every_node_with_one_group_that_fails_over() {
         let declared = within("declare", ch.queue_declare("orders".into(), durable(), quorum_args(&[]))).await;
         declared.expect("a quorum queue declared on beta");
     }
-    let leader = queue_leader(&all, None).await;
+    let leader = queue_leader(&all, "orders", None).await;
     assert_eq!(leader, NAMES[1], "the declaring node leads its queue under client-local");
 
     // The queue's group is not the metadata group: their leaders may differ,
@@ -146,7 +147,7 @@ async fn a_quorum_queue_is_on_every_node_with_one_group_that_fails_over() {
     cluster.nodes[killed].kill();
     let killed_at = Instant::now();
     let survivors: Vec<&Broker> = (0..3).filter(|i| *i != killed).map(|i| &cluster.nodes[i]).collect();
-    let new_leader = queue_leader(&survivors, Some(&leader)).await;
+    let new_leader = queue_leader(&survivors, "orders", Some(&leader)).await;
     println!("the queue's new leader {new_leader} is known on both survivors {:?} after the kill", killed_at.elapsed());
     // The killed node is soon shown offline, still a member.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -164,7 +165,7 @@ async fn a_quorum_queue_is_on_every_node_with_one_group_that_fails_over() {
     // Back on its data directory, it has the queue and its members again.
     cluster.nodes[killed] = cluster.start_node(killed);
     let all: Vec<&Broker> = cluster.nodes.iter().collect();
-    queue_leader(&all, None).await;
+    queue_leader(&all, "orders", None).await;
 
     // Deleted over HTTP on gamma: gone from every node.
     let deleted = http::request(cluster.nodes[2].management.unwrap(), "DELETE", QUEUE_PATH, GUEST, None).await;
@@ -179,7 +180,7 @@ async fn a_quorum_queue_is_on_every_node_with_one_group_that_fails_over() {
         let declared = within("declare again", ch.queue_declare("orders".into(), durable(), quorum_args(&[]))).await;
         declared.expect("declared again on alpha");
     }
-    assert_eq!(queue_leader(&all, None).await, NAMES[0], "alpha declared it, and leads it");
+    assert_eq!(queue_leader(&all, "orders", None).await, NAMES[0], "alpha declared it, and leads it");
 }
 
 /// Polls until `node` shows `ready` ready messages in `queue`.
@@ -207,15 +208,7 @@ async fn confirmed_messages_are_on_every_member_and_outlive_the_leader() {
         let declared = within("declare", ch.queue_declare("work".into(), durable(), quorum_args(&[]))).await;
         declared.expect("a quorum queue declared on alpha");
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let q = http::get(cluster.nodes[2].management.unwrap(), "/api/queues/%2F/work", GUEST).await.json();
-        if q["leader"] == NAMES[0] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "alpha does not lead its queue: {q}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(queue_leader(&all, "work", None).await, NAMES[0], "alpha declared it, and leads it");
 
     // 200 persistent messages with confirms on gamma, a follower.
     let publisher = connect(&cluster.nodes[2]).await;
@@ -253,7 +246,7 @@ async fn confirmed_messages_are_on_every_member_and_outlive_the_leader() {
     // The leader killed: the new one hands out exactly the other 150, in order.
     cluster.nodes[0].kill();
     let survivors: Vec<&Broker> = cluster.nodes[1..].iter().collect();
-    let new_leader = queue_leader_named(&survivors, "work", NAMES[0]).await;
+    let new_leader = queue_leader(&survivors, "work", Some(NAMES[0])).await;
     let at = NAMES.iter().position(|n| *n == new_leader).expect("a node leads");
     {
         let conn = connect(&cluster.nodes[at]).await;
@@ -287,23 +280,4 @@ async fn confirmed_messages_are_on_every_member_and_outlive_the_leader() {
     .expect("publish on the node alone");
     let confirmation = tokio::time::timeout(Duration::from_secs(30), sent).await.expect("an answer within 30 s");
     assert!(matches!(confirmation, Ok(Confirmation::Nack(_))), "a minority confirms nothing: {confirmation:?}");
-}
-
-/// Polls until every node names the same leader of `queue`, not `not`.
-async fn queue_leader_named(nodes: &[&Broker], queue: &str, not: &str) -> String {
-    let path = format!("/api/queues/%2F/{queue}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut leaders = Vec::new();
-        for node in nodes {
-            leaders.push(http::get(node.management.unwrap(), &path, GUEST).await.json()["leader"].clone());
-        }
-        if let Some(leader) = leaders[0].as_str().filter(|l| *l != not)
-            && leaders.iter().all(|l| l == &leaders[0])
-        {
-            return leader.to_string();
-        }
-        assert!(Instant::now() < deadline, "no agreed leader of {queue}: {leaders:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

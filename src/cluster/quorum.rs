@@ -138,7 +138,6 @@ pub struct QueueStatus {
     pub members: Vec<String>,
     /// The members that are running (as this node last heard).
     pub online: Vec<String>,
-    pub term: u64,
 }
 
 /// The quorum queue groups this node runs.
@@ -310,12 +309,7 @@ impl QueueGroups {
         let up: HashSet<String> = self.node.peers().into_iter().filter(|p| p.running).map(|p| p.name).collect();
         let members: Vec<String> = running.replica.members.iter().map(|m| m.name.clone()).collect();
         let online = members.iter().filter(|m| **m == self.node.identity.name || up.contains(*m)).cloned().collect();
-        Some(QueueStatus {
-            leader: metrics.current_leader.and_then(name_of),
-            members,
-            online,
-            term: metrics.current_term,
-        })
+        Some(QueueStatus { leader: metrics.current_leader.and_then(name_of), members, online })
     }
 
     /// Hands leadership of every group this node leads to another member,
