@@ -13,6 +13,12 @@
 //! SIGKILL, the new leader hands out exactly the confirmed messages not
 //! yet acknowledged, in order; a node left without a majority confirms
 //! nothing (its publish is nacked).
+//!
+//! And its clients on any node: a consumer and a basic.get on followers
+//! get the leader's messages in order (prefetch honoured), their acks take
+//! messages off every member, a closed channel's deliveries go back, and
+//! a consumer whose leader is killed goes on with the new leader and sees
+//! every message left.
 
 mod common;
 
@@ -22,6 +28,7 @@ use std::time::{Duration, Instant};
 use common::amqp::{amqp_error, channel, confirm_channel, connect, next, publish_to, text, within};
 use common::cluster::{TestCluster, agreed_leader, until_status};
 use common::{Broker, http};
+use futures_lite::StreamExt;
 use lapin::Confirmation;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -280,4 +287,130 @@ async fn confirmed_messages_are_on_every_member_and_outlive_the_leader() {
     .expect("publish on the node alone");
     let confirmation = tokio::time::timeout(Duration::from_secs(30), sent).await.expect("an answer within 30 s");
     assert!(matches!(confirmation, Ok(Confirmation::Nack(_))), "a minority confirms nothing: {confirmation:?}");
+}
+
+/// Polls until `node` shows `ready` ready and `unacked` unacknowledged messages in `queue`.
+async fn until_counts(node: &Broker, queue: &str, ready: u64, unacked: u64) {
+    let path = format!("/api/queues/%2F/{queue}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let q = http::get(node.management.expect("management API"), &path, GUEST).await.json();
+        if q["messages_ready"].as_u64() == Some(ready) && q["messages_unacknowledged"].as_u64() == Some(unacked) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{queue} never had {ready} ready and {unacked} unacked: {q}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn clients_of_any_node_consume_and_get_through_the_leader() {
+    let mut cluster = TestCluster::start(&NAMES);
+    let all: Vec<&Broker> = cluster.nodes.iter().collect();
+    agreed_leader(&all, None).await;
+    let publisher = connect(&cluster.nodes[0]).await;
+    let pch = confirm_channel(&publisher).await;
+    let declared = within("declare", pch.queue_declare("jobs".into(), durable(), quorum_args(&[]))).await;
+    declared.expect("a quorum queue declared on alpha");
+    assert_eq!(queue_leader(&all, "jobs", None).await, NAMES[0], "alpha declared it, and leads it");
+    for i in 0..100 {
+        let confirmation = publish_to(&pch, "", "jobs", &format!("job {i}")).await;
+        assert!(matches!(confirmation, Confirmation::Ack(_)), "job {i}: {confirmation:?}");
+    }
+    let _ = publisher.close(200, "done".into()).await;
+
+    // A worker on gamma, a follower: the leader's messages, in order, prefetch honoured.
+    let worker = connect(&cluster.nodes[2]).await;
+    let wch = channel(&worker).await;
+    within("qos", wch.basic_qos(5, BasicQosOptions::default())).await.expect("qos");
+    let mut jobs = within(
+        "consume",
+        wch.basic_consume("jobs".into(), "worker".into(), BasicConsumeOptions::default(), FieldTable::default()),
+    )
+    .await
+    .expect("consume on gamma");
+    let mut held = Vec::new();
+    for i in 0..5 {
+        let delivery = next(&mut jobs).await;
+        assert_eq!(text(&delivery), format!("job {i}"), "in publish order from the leader");
+        held.push(delivery);
+    }
+    common::amqp::assert_quiet(&mut jobs, "no more than the prefetch of 5 unacked").await;
+    until_counts(&cluster.nodes[0], "jobs", 95, 5).await;
+    for delivery in held.drain(..) {
+        within("ack", delivery.ack(BasicAckOptions::default())).await.expect("ack on gamma");
+    }
+    for i in 5..30 {
+        let delivery = next(&mut jobs).await;
+        assert_eq!(text(&delivery), format!("job {i}"), "in publish order from the leader");
+        within("ack", delivery.ack(BasicAckOptions::default())).await.expect("ack on gamma");
+    }
+    // The channel closed: what the leader handed it beyond job 29 goes back;
+    // what was acked on gamma is gone from every member.
+    within("close", wch.close(200, "done".into())).await.expect("channel closed on gamma");
+    for node in &cluster.nodes {
+        until_counts(node, "jobs", 70, 0).await;
+    }
+
+    // basic.get on beta, another follower: the next message, acked there.
+    let getter = connect(&cluster.nodes[1]).await;
+    let gch = channel(&getter).await;
+    let got = within("get", gch.basic_get("jobs".into(), Default::default())).await.expect("get on beta");
+    let got = got.expect("a message for basic.get");
+    assert_eq!(String::from_utf8_lossy(&got.delivery.data), "job 30");
+    until_counts(&cluster.nodes[0], "jobs", 69, 1).await;
+    within("ack", got.delivery.ack(BasicAckOptions::default())).await.expect("ack on beta");
+    for node in &cluster.nodes {
+        until_counts(node, "jobs", 69, 0).await;
+    }
+
+    // A channel closed with deliveries unacked: they go back, redelivered.
+    let held_on_beta = within(
+        "consume",
+        gch.basic_consume("jobs".into(), "held".into(), BasicConsumeOptions::default(), FieldTable::default()),
+    )
+    .await;
+    let mut held_on_beta = held_on_beta.expect("consume on beta");
+    for i in 31..100 {
+        assert_eq!(text(&next(&mut held_on_beta).await), format!("job {i}"));
+    }
+    until_counts(&cluster.nodes[0], "jobs", 0, 69).await;
+    let _ = getter.close(200, "gone with its deliveries".into()).await;
+    until_counts(&cluster.nodes[0], "jobs", 69, 0).await;
+
+    // The leader killed under a worker on gamma: it goes on with the new
+    // leader and sees every message left, acks them all, and nothing is left.
+    let wch = channel(&worker).await;
+    within("qos", wch.basic_qos(5, BasicQosOptions::default())).await.expect("qos");
+    let mut again = within(
+        "consume",
+        wch.basic_consume("jobs".into(), "again".into(), BasicConsumeOptions::default(), FieldTable::default()),
+    )
+    .await
+    .expect("consume on gamma again");
+    let first = next(&mut again).await;
+    assert_eq!(text(&first), "job 31");
+    assert!(first.redelivered, "handed to beta's closed channel before");
+    cluster.nodes[0].kill();
+    let mut seen = BTreeSet::new();
+    seen.insert(text(&first));
+    while seen.len() < 69 {
+        let delivery = next(&mut again).await;
+        seen.insert(text(&delivery));
+        within("ack", delivery.ack(BasicAckOptions::default())).await.expect("ack on gamma after failover");
+    }
+    let expected: BTreeSet<String> = (31..100).map(|i| format!("job {i}")).collect();
+    assert_eq!(seen, expected, "every message left, none other");
+    let survivors: Vec<&Broker> = cluster.nodes[1..].iter().collect();
+    queue_leader(&survivors, "jobs", Some(NAMES[0])).await;
+    // What the old leader had handed out comes again from the new one
+    // (its acks were lost with it): acked too, and nothing else comes.
+    while let Ok(Some(delivery)) = tokio::time::timeout(Duration::from_secs(2), again.next()).await {
+        let delivery = delivery.expect("a delivery");
+        assert!(expected.contains(&text(&delivery)), "only messages that were published");
+        within("ack", delivery.ack(BasicAckOptions::default())).await.expect("ack on gamma after failover");
+    }
+    for node in &survivors {
+        until_counts(node, "jobs", 0, 0).await;
+    }
 }

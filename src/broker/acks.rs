@@ -41,7 +41,10 @@ impl Broker {
     /// they arrive, as RabbitMQ does.
     pub fn check_delivery_tag(&self, conn: u64, channel: u16, delivery_tag: u64, multiple: bool) -> Result<()> {
         let st = self.state.read();
-        let known = st.channel(conn, channel).is_some_and(|ch| ch.lock().unacked.contains_key(&delivery_tag));
+        let known = st.channel(conn, channel).is_some_and(|ch| {
+            let ch = ch.lock();
+            ch.unacked.contains_key(&delivery_tag) || ch.remote_unacked.contains_key(&delivery_tag)
+        });
         if known || (multiple && delivery_tag == 0) {
             Ok(())
         } else {
@@ -68,18 +71,22 @@ impl Broker {
         let st = self.state.read();
         let Some(cell) = st.channel(conn, channel) else { return Ok(()) };
         let mut settled: Vec<Unacked> = Vec::new();
+        let mut remote_settled = Vec::new();
         let mut unknown: Option<AmqpError> = None;
         // The channel's part, done before any queue is locked (lock order).
         let (vhost, channel_prefetch) = {
             let mut ch = cell.lock();
             for &(delivery_tag, multiple) in tags {
-                if let Err(e) = take_unacked(&mut ch, delivery_tag, multiple, &mut settled) {
+                if let Err(e) = take_unacked(&mut ch, delivery_tag, multiple, (&mut settled, &mut remote_settled)) {
                     unknown = Some(e);
                     break;
                 }
             }
             (ch.vhost.clone(), ch.channel_prefetch)
         };
+        if !remote_settled.is_empty() {
+            remote::settle_remote(remote_settled, how);
+        }
         if settled.is_empty()
             && let Some(e) = unknown
         {
@@ -186,19 +193,32 @@ impl Broker {
 /// Moves the deliveries one ack names out of the channel's unacked map
 /// into `out`: `delivery_tag` alone, or with `multiple` every delivery up
 /// to it (0: all of them).
-fn take_unacked(ch: &mut ChannelState, delivery_tag: u64, multiple: bool, out: &mut Vec<Unacked>) -> Result<()> {
+/// A leader's deliveries (see [`remote`]) go to the second of `out`.
+fn take_unacked(
+    ch: &mut ChannelState,
+    delivery_tag: u64,
+    multiple: bool,
+    out: (&mut Vec<Unacked>, &mut Vec<remote::RemoteUnacked>),
+) -> Result<()> {
+    let unknown = || AmqpError::precondition(format!("unknown delivery tag {delivery_tag}"));
     if multiple {
-        if delivery_tag != 0 && !ch.unacked.contains_key(&delivery_tag) {
-            return Err(AmqpError::precondition(format!("unknown delivery tag {delivery_tag}")));
+        if delivery_tag != 0
+            && !ch.unacked.contains_key(&delivery_tag)
+            && !ch.remote_unacked.contains_key(&delivery_tag)
+        {
+            return Err(unknown());
         }
         let upto = if delivery_tag == 0 { u64::MAX } else { delivery_tag };
         let rest = ch.unacked.split_off(&(upto.saturating_add(1)));
-        out.extend(std::mem::replace(&mut ch.unacked, rest).into_values());
-    } else {
-        match ch.unacked.remove(&delivery_tag) {
-            Some(u) => out.push(u),
-            None => return Err(AmqpError::precondition(format!("unknown delivery tag {delivery_tag}"))),
+        out.0.extend(std::mem::replace(&mut ch.unacked, rest).into_values());
+        if !ch.remote_unacked.is_empty() {
+            let rest = ch.remote_unacked.split_off(&(upto.saturating_add(1)));
+            out.1.extend(std::mem::replace(&mut ch.remote_unacked, rest).into_values());
         }
+    } else if let Some(u) = ch.unacked.remove(&delivery_tag) {
+        out.0.push(u);
+    } else {
+        out.1.push(ch.remote_unacked.remove(&delivery_tag).ok_or_else(unknown)?);
     }
     Ok(())
 }

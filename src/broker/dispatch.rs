@@ -460,7 +460,15 @@ impl State {
         let Some(cell) = self.queue(&vhost, &queue) else { return true };
         let goes = {
             let mut q = cell.lock();
+            let before = q.consumers.len();
             q.consumers.retain(|c| !(&*c.tag == tag && c.connection.id == conn && c.channel == channel));
+            // Not here: a consumer made at the replicated queue's leader.
+            if q.consumers.len() == before
+                && let (Some(replica), Some(router)) = (&q.replica, self.replica_router.get())
+            {
+                router.cancel_consumer(conn, channel, replica.group, Arc::from(tag));
+                return true;
+            }
             q.activate_next_consumer();
             q.last_used = queue::now_ms();
             q.auto_delete && q.consumers.is_empty()

@@ -63,6 +63,7 @@ pub mod queue_type;
 mod queues;
 pub mod quorum;
 mod records;
+pub mod remote;
 pub mod replicas;
 mod reply_to;
 mod routing;
@@ -88,7 +89,7 @@ use effects::carry_out;
 pub use error::{AmqpError, Result, Scope};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use listings::{BindingRow, ConsumerRow, ExchangeRow, QueueRow, Topology, connection_name};
-pub use message::{ConnectionHandle, Message, OutboundShared, Outgoing};
+pub use message::{ConnectionHandle, Message, OUTBOUND_HIGH_WATER, OutboundShared, Outgoing};
 pub use operator::{ChannelRow, GetSettle, Taken};
 pub use policies::Policy;
 pub use queue::{Consumer, Enqueued, Queue, QueuedMessage};
@@ -148,6 +149,9 @@ pub(crate) struct ChannelState {
     vhost: Arc<str>,
     next_delivery_tag: u64,
     unacked: BTreeMap<u64, Unacked>,
+    /// Deliveries the leader of a replicated queue made to this channel's
+    /// consumers, by this channel's delivery tag (see [`remote`]).
+    remote_unacked: BTreeMap<u64, remote::RemoteUnacked>,
     /// basic.qos(global=true): limit on the channel's unacked total; 0 = none.
     channel_prefetch: u16,
     /// basic.qos(global=false): the limit given to consumers created later.
@@ -183,6 +187,7 @@ impl ChannelState {
             vhost,
             next_delivery_tag: 0,
             unacked: BTreeMap::new(),
+            remote_unacked: BTreeMap::new(),
             channel_prefetch: 0,
             consumer_prefetch: 0,
             consumers: HashMap::default(),
@@ -219,7 +224,9 @@ impl ChannelState {
     }
 
     fn has_room(&self) -> bool {
-        self.takes_deliveries() && (self.channel_prefetch == 0 || self.unacked.len() < self.channel_prefetch as usize)
+        self.takes_deliveries()
+            && (self.channel_prefetch == 0
+                || self.unacked.len() + self.remote_unacked.len() < self.channel_prefetch as usize)
     }
 
     /// Not paused by channel.flow, not being closed (its connection going,
@@ -570,6 +577,11 @@ impl State {
         let (vhost, unacked, consumers) = {
             let mut ch = cell.lock();
             self.timers.disarm(TimerKey::Channel { connection: conn, channel }, &mut ch.timer_at);
+            // What leaders delivered goes back when the sessions close.
+            ch.remote_unacked.clear();
+            if let Some(router) = self.replica_router.get() {
+                router.channel_closed(conn, channel);
+            }
             (ch.vhost.clone(), std::mem::take(&mut ch.unacked), std::mem::take(&mut ch.consumers))
         };
         let mut touched: Vec<Arc<str>> = Vec::new();

@@ -156,7 +156,7 @@ impl Broker {
                     peer: info.map(|i| i.peer.clone()).unwrap_or_default(),
                     prefetch_count: ch.consumer_prefetch,
                     global_prefetch_count: ch.channel_prefetch,
-                    unacked: ch.unacked.len(),
+                    unacked: ch.unacked.len() + ch.remote_unacked.len(),
                     consumers: ch.consumers.len(),
                     mode: ch.mode,
                 }

@@ -243,6 +243,18 @@ pub trait ReplicaRouter: Send + Sync + 'static {
     /// position. Not waited for: a settle lost with its leader leaves the
     /// message to be delivered again (at least once).
     fn settle(&self, group: u64, positions: Vec<u64>);
+    /// Makes a client's consumer at the queue's leader; resolves once the
+    /// leader made it (consume-ok is then sent) or refused it.
+    fn consume(&self, request: super::remote::RemoteConsume) -> super::remote::RemoteWork;
+    /// Takes a message for a client's basic.get at the queue's leader;
+    /// resolves once get-ok or get-empty is sent (or with the refusal).
+    fn get(&self, request: super::remote::RemoteGet) -> super::remote::RemoteWork;
+    /// A client cancelled its consumer of the queue of `group`.
+    fn cancel_consumer(&self, conn: u64, channel: u16, group: u64, tag: Arc<str>);
+    /// A client's channel closed: what its consumers hold at leaders goes
+    /// back to their queues. Called under the broker's lock: must not
+    /// call back into the broker before it returns.
+    fn channel_closed(&self, conn: u64, channel: u16);
 }
 
 /// The broker's replica router, set once on a node of a cluster.

@@ -17,6 +17,8 @@
 //!   applied, its membership, the applied marker in the log).
 //! - [`quorum`]: the quorum queues' groups this node is a member of;
 //!   [`queue_commands`]: their commands' bytes.
+//! - [`consumers`], [`sessions`] and [`session_wire`]: consumers and
+//!   gets of a quorum queue made at its leader from any node.
 //! - [`propose`]: committing a command from any member (forwarded to the
 //!   leader over the cluster port).
 //! - [`metadata`]: the metadata group, which replicates the definitions
@@ -30,6 +32,7 @@
 
 pub mod auth;
 pub mod codec;
+pub mod consumers;
 pub mod log_storage;
 pub mod machine;
 pub mod metadata;
@@ -37,6 +40,8 @@ pub mod node;
 pub mod propose;
 pub mod queue_commands;
 pub mod quorum;
+pub mod session_wire;
+pub mod sessions;
 pub mod transport;
 pub mod types;
 pub mod wire;

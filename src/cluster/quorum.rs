@@ -21,7 +21,9 @@
 //! which logs the message as its own; a message acknowledged on the
 //! leader is a settle every member applies. Only the leader's replica
 //! hands messages out ([`QueueGroups`] watches each group's leadership).
-//! [`QueueGroups`] is the broker's `ReplicaRouter`.
+//! [`QueueGroups`] is the broker's `ReplicaRouter`. Consumers and gets
+//! of this node's clients are made at the leader, wherever it is
+//! (`consumers`, and `sessions` for the sessions this node leads).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -38,14 +40,18 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::impls::BasicNode;
 use parking_lot::Mutex;
 
+use super::consumers::ClientSessions;
 use super::machine::{Commands, GroupMachine, hand_over_and_stop};
 use super::metadata::{METADATA_GROUP, PROPOSE_WITHIN, raft_config};
 use super::node::{ClusterNode, NODE_GROUP};
 use super::propose::{commit_once, serve_forwarded};
 use super::queue_commands::{EnqueuedMessage, MAX_BATCH, QueueCommand, position};
+use super::session_wire::{KIND_SESSION, SessionReply, SessionRequest};
+use super::sessions::{POLL_WAIT, SessionServer};
 use super::transport::{AddressBook, GroupNetwork, GroupServer, RaftGroup};
 use super::types::*;
 use super::wire::KIND_PROPOSE;
+use crate::broker::remote::{RemoteConsume, RemoteGet, RemoteWork};
 use crate::broker::replicas::{Replica, ReplicaRouter, ReplicatedQueue};
 use crate::broker::{Broker, Message, message_from_parts};
 use crate::store::format::RaftStateKind;
@@ -154,6 +160,10 @@ pub struct QueueGroups {
     /// The runtime, for what is committed without being waited for (from
     /// any thread).
     runtime: tokio::runtime::Handle,
+    /// The consumer sessions this node serves as a leader.
+    sessions: Arc<SessionServer>,
+    /// This node's clients' sessions with leaders.
+    clients: ClientSessions,
 }
 
 impl QueueGroups {
@@ -168,6 +178,8 @@ impl QueueGroups {
             looking: tokio::sync::Mutex::new(()),
             next_proposal: AtomicU64::new(crate::store::wall_ms().saturating_mul(1000)),
             runtime: tokio::runtime::Handle::current(),
+            sessions: SessionServer::new(Arc::downgrade(broker)),
+            clients: ClientSessions::default(),
         });
         broker.set_replica_router(Arc::new(Router(Arc::downgrade(&groups))));
         groups
@@ -268,7 +280,8 @@ impl QueueGroups {
         let raft = Raft::new(me, raft_config("warren-quorum-queue")?, network, log, machine)
             .await
             .map_err(io::Error::other)?;
-        self.node.transport.add_group(group, Arc::new(Served(raft.clone())));
+        let served = Served { raft: raft.clone(), sessions: self.sessions.clone(), me };
+        self.node.transport.add_group(group, Arc::new(served));
         // Only the leader's replica hands messages out.
         let (watched, weak, me_too) = (raft.clone(), Arc::downgrade(broker), (vhost.clone(), name.clone()));
         tokio::spawn(async move {
@@ -322,6 +335,58 @@ impl QueueGroups {
 }
 
 impl QueueGroups {
+    pub(super) fn me(&self) -> NodeId {
+        self.node.identity.id
+    }
+
+    pub(super) fn broker(&self) -> Weak<Broker> {
+        self.broker.clone()
+    }
+
+    pub(super) fn clients(&self) -> &ClientSessions {
+        &self.clients
+    }
+
+    /// Runs `work` on the runtime (callable from any thread).
+    pub(super) fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) -> tokio::task::AbortHandle {
+        self.runtime.spawn(work).abort_handle()
+    }
+
+    /// Whether this node runs a member of `group`.
+    pub(super) fn runs(&self, group: u64) -> bool {
+        self.running.lock().contains_key(&group)
+    }
+
+    /// The leader of `group` as this node's member knows it.
+    pub(super) fn leader_of(&self, group: u64) -> Option<NodeId> {
+        let running = self.running.lock().get(&group).cloned()?;
+        running.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// Sends a consumer session's request to `leader` of `group` (served
+    /// here without the network when this node is the leader).
+    pub(super) async fn call_session(
+        &self,
+        group: u64,
+        leader: NodeId,
+        request: SessionRequest,
+    ) -> io::Result<SessionReply> {
+        if leader == self.me() {
+            return Ok(self.sessions.serve(self.leader_of(group) == Some(leader), request).await);
+        }
+        let running = self.running.lock().get(&group).cloned();
+        let name = running
+            .and_then(|r| r.replica.members.iter().find(|m| m.id == leader).map(|m| m.name.clone()))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no member {leader} of group {group:x}")))?;
+        let address = self
+            .node
+            .address_of(&name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no address for node {name}")))?;
+        let limit = POLL_WAIT + Duration::from_secs(4);
+        let reply = self.node.transport.call(&address, leader, KIND_SESSION, group, &request.encode(), limit).await?;
+        SessionReply::decode(reply).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
     /// Commits `command` to `group` through this node's member (forwarded
     /// to the leader when it does not lead), trying again until
     /// [`PROPOSE_WITHIN`]: whether the group's leader applied it.
@@ -384,6 +449,28 @@ impl ReplicaRouter for Router {
         });
     }
 
+    fn consume(&self, request: RemoteConsume) -> RemoteWork {
+        let Some(groups) = self.0.upgrade() else { return Box::pin(async { Ok(()) }) };
+        groups.clients.consume(&groups, groups.broker.clone(), request)
+    }
+
+    fn get(&self, request: RemoteGet) -> RemoteWork {
+        let Some(groups) = self.0.upgrade() else { return Box::pin(async { Ok(()) }) };
+        groups.clients.get(&groups, groups.broker.clone(), request)
+    }
+
+    fn cancel_consumer(&self, conn: u64, channel: u16, group: u64, tag: Arc<str>) {
+        if let Some(groups) = self.0.upgrade() {
+            groups.clients.cancel(&groups, (conn, channel, group), tag);
+        }
+    }
+
+    fn channel_closed(&self, conn: u64, channel: u16) {
+        if let Some(groups) = self.0.upgrade() {
+            groups.clients.channel_closed(conn, channel);
+        }
+    }
+
     fn settle(&self, group: u64, positions: Vec<u64>) {
         let Some(groups) = self.0.upgrade() else { return };
         let runtime = groups.runtime.clone();
@@ -396,18 +483,34 @@ impl ReplicaRouter for Router {
     }
 }
 
-/// A queue's group as served to peers: the Raft RPCs, and forwarded commands.
-struct Served(QueueRaft);
+/// A queue's group as served to peers: the Raft RPCs, forwarded
+/// commands, and consumer sessions.
+struct Served {
+    raft: QueueRaft,
+    sessions: Arc<SessionServer>,
+    me: NodeId,
+}
 
 impl GroupServer for Served {
     fn serve(&self, kind: u8, payload: Bytes) -> Pin<Box<dyn Future<Output = io::Result<Vec<u8>>> + Send>> {
-        if kind == KIND_PROPOSE {
-            let raft = self.0.clone();
-            return Box::pin(async move {
-                QueueCommand::decode(&payload).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                serve_forwarded(&raft, payload).await
-            });
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+        match kind {
+            KIND_PROPOSE => {
+                let raft = self.raft.clone();
+                Box::pin(async move {
+                    QueueCommand::decode(&payload).map_err(invalid)?;
+                    serve_forwarded(&raft, payload).await
+                })
+            }
+            KIND_SESSION => {
+                let sessions = self.sessions.clone();
+                let leads = self.raft.metrics().borrow_watched().current_leader == Some(self.me);
+                Box::pin(async move {
+                    let request = SessionRequest::decode(payload).map_err(invalid)?;
+                    Ok(sessions.serve(leads, request).await.encode())
+                })
+            }
+            _ => RaftGroup(self.raft.clone()).serve(kind, payload),
         }
-        RaftGroup(self.0.clone()).serve(kind, payload)
     }
 }

@@ -119,13 +119,19 @@ pub(super) struct Connection {
     pub(super) auth_mechanism: String,
 }
 
-/// A change to the shared definitions waiting for the metadata group.
-pub(super) struct PendingChange {
-    channel: u16,
-    change: crate::broker::changes::Change,
-    /// The method's (class, method) ids, for an error's close.
-    ids: (u16, u16),
-    reply: Option<Method>,
+/// What a method of a node of a cluster waits for before the next frame.
+pub(super) enum PendingChange {
+    /// A change to the shared definitions, for the metadata group.
+    Shared {
+        channel: u16,
+        change: Box<crate::broker::changes::Change>,
+        /// The method's (class, method) ids, for an error's close.
+        ids: (u16, u16),
+        reply: Option<Method>,
+    },
+    /// A consume or get of a replicated queue, made at its leader (which
+    /// sends the reply itself).
+    AtLeader { channel: u16, ids: (u16, u16), work: crate::broker::remote::RemoteWork },
 }
 
 pub async fn run(socket: TcpStream, peer: SocketAddr, id: u64, broker: Arc<Broker>, config: Arc<Config>) {
@@ -407,7 +413,7 @@ impl Connection {
         reply: Option<Method>,
     ) -> Result<(), AmqpError> {
         if self.broker.is_clustered() {
-            self.pending_change = Some(PendingChange { channel, change, ids, reply });
+            self.pending_change = Some(PendingChange::Shared { channel, change: Box::new(change), ids, reply });
             return Ok(());
         }
         self.broker.apply_change(&change)?;
@@ -420,7 +426,15 @@ impl Connection {
     /// Waits for a change committed through the metadata group, then
     /// replies, or closes the channel (or connection) with its error.
     async fn finish_change(&mut self, pending: PendingChange) -> Result<(), CloseReason> {
-        let PendingChange { channel, change, ids, reply } = pending;
+        let (channel, change, ids, reply) = match pending {
+            PendingChange::Shared { channel, change, ids, reply } => (channel, *change, ids, reply),
+            PendingChange::AtLeader { channel, ids, work } => {
+                return match work.await {
+                    Ok(()) => Ok(()),
+                    Err(e) => self.close_channel_with(channel, e, ids),
+                };
+            }
+        };
         match self.broker.change(change).await {
             Ok(()) => {
                 if let Some(reply) = reply

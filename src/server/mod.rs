@@ -28,6 +28,12 @@ use crate::config::Config;
 /// Connection ids, shared by every listener.
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A connection id no other connection has (the cluster's consumer
+/// sessions are connections of the broker too).
+pub fn next_connection_id() -> u64 {
+    NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// How a connection reached the broker.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Transport {
@@ -47,7 +53,7 @@ pub async fn serve_tls(
 ) {
     let mut accepted = crate::tls::accept_loop(listener, tls, config.handshake_timeout(), "amqps");
     while let Some((stream, peer)) = accepted.recv().await {
-        let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+        let id = next_connection_id();
         let transport = Transport { tls: true, peer_common_name: crate::tls::peer_common_name(&stream) };
         let (broker, config) = (broker.clone(), config.clone());
         tokio::spawn(async move {
@@ -62,7 +68,7 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, config: Arc<Confi
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
-                let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+                let id = next_connection_id();
                 let broker = broker.clone();
                 let config = config.clone();
                 tokio::spawn(async move { connection::run(socket, peer, id, broker, config).await });

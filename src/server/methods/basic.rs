@@ -1,7 +1,7 @@
 //! The basic class: qos, consume, cancel, publish (its content follows in frames of its own), get, ack, nack, reject, recover.
 
 use super::super::channel::*;
-use super::super::connection::Connection;
+use super::super::connection::{Connection, PendingChange};
 use crate::access::{Access, ResourceKind};
 use crate::broker::AmqpError;
 use crate::protocol::Method;
@@ -26,6 +26,21 @@ impl Connection {
                     self.check_access(Access::Read, ResourceKind::Queue, &queue)?;
                 }
                 let (tag, no_ack, exclusive, no_wait) = (&m.consumer_tag, m.no_ack, m.exclusive, m.no_wait);
+                if broker.is_replicated(&self.vhost, &queue) {
+                    // Made at the queue's leader, wherever it is.
+                    let flags = (no_ack, exclusive, no_wait);
+                    let work = broker.consume_replicated(
+                        &self.handle,
+                        channel,
+                        &queue,
+                        tag,
+                        flags,
+                        &m.arguments,
+                        &self.user,
+                    )?;
+                    self.pending_change = Some(PendingChange::AtLeader { channel, ids: (60, 20), work });
+                    return Ok(());
+                }
                 broker.consume(&self.handle, channel, &queue, tag, no_ack, exclusive, no_wait, &m.arguments)?;
                 self.start_delivery.push(queue);
             }
@@ -48,6 +63,11 @@ impl Connection {
             Method::BasicGet(m) => {
                 let queue = self.queue_name(channel, m.queue)?;
                 self.check_access(Access::Read, ResourceKind::Queue, &queue)?;
+                if broker.is_replicated(&self.vhost, &queue) {
+                    let work = broker.get_replicated(&self.handle, channel, &queue, m.no_ack, &self.user)?;
+                    self.pending_change = Some(PendingChange::AtLeader { channel, ids: (60, 70), work });
+                    return Ok(());
+                }
                 broker.get(&self.handle, channel, &queue, m.no_ack)?;
             }
             Method::BasicAck(m) => {
