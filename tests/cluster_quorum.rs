@@ -414,3 +414,71 @@ async fn clients_of_any_node_consume_and_get_through_the_leader() {
         until_counts(node, "jobs", 0, 0).await;
     }
 }
+
+#[tokio::test]
+async fn a_member_behind_the_purged_log_takes_the_leaders_snapshot() {
+    let mut cluster = TestCluster::start(&NAMES);
+    let all: Vec<&Broker> = cluster.nodes.iter().collect();
+    agreed_leader(&all, None).await;
+    {
+        let conn = connect(&cluster.nodes[0]).await;
+        let ch = channel(&conn).await;
+        let declared = within("declare", ch.queue_declare("backlog".into(), durable(), quorum_args(&[]))).await;
+        declared.expect("a quorum queue declared on alpha");
+    }
+    assert_eq!(queue_leader(&all, "backlog", None).await, NAMES[0], "alpha declared it, and leads it");
+
+    // gamma is down while the group commits far more entries than its
+    // members keep: 4 publishers, each publish confirmed before the next
+    // (one entry each).
+    cluster.nodes[2].kill();
+    let mut publishers = Vec::new();
+    for p in 0..4 {
+        let node = if p % 2 == 0 { &cluster.nodes[0] } else { &cluster.nodes[1] };
+        let conn = connect(node).await;
+        publishers.push(tokio::spawn(async move {
+            let ch = confirm_channel(&conn).await;
+            for i in 0..700 {
+                let confirmation = publish_to(&ch, "", "backlog", &format!("p{p} m{i}")).await;
+                assert!(matches!(confirmation, Confirmation::Ack(_)), "p{p} m{i}: {confirmation:?}");
+            }
+            let _ = conn.close(200, "done".into()).await;
+        }));
+    }
+    for publisher in publishers {
+        publisher.await.expect("a publisher");
+    }
+    until_counts(&cluster.nodes[0], "backlog", 2800, 0).await;
+
+    // Back, gamma needs entries its peers purged: it takes the leader's
+    // whole queue instead, and holds every message.
+    cluster.restart(2);
+    until_counts(&cluster.nodes[2], "backlog", 2800, 0).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.nodes[2].log().contains("took the leader's snapshot") {
+        assert!(Instant::now() < deadline, "gamma caught up by a snapshot, not by entries the leader still held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // And it goes on from there: a consumer on gamma sees each publisher's
+    // messages in order, and its acks leave every member.
+    let conn = connect(&cluster.nodes[2]).await;
+    let ch = channel(&conn).await;
+    within("qos", ch.basic_qos(100, BasicQosOptions::default())).await.expect("qos");
+    let consumer =
+        ch.basic_consume("backlog".into(), "c".into(), BasicConsumeOptions::default(), FieldTable::default());
+    let mut consumer = within("consume", consumer).await.expect("consume on gamma");
+    let mut next_of = [0usize; 4];
+    for _ in 0..2800 {
+        let delivery = next(&mut consumer).await;
+        let body = text(&delivery);
+        let (p, i) = body.split_once(' ').expect("'pN mI'");
+        let p: usize = p[1..].parse().expect("a publisher");
+        assert_eq!(i, format!("m{}", next_of[p]), "each publisher's messages in order");
+        next_of[p] += 1;
+        within("ack", delivery.ack(BasicAckOptions::default())).await.expect("ack");
+    }
+    for node in &cluster.nodes {
+        until_counts(node, "backlog", 0, 0).await;
+    }
+}

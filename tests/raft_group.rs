@@ -49,7 +49,7 @@ async fn start(id: NodeId, dir: &std::path::Path, addr: SocketAddr) -> Node {
     let cookie = Arc::new(warren::cluster::auth::Cookie::from_secret(b"raft group test"));
     let transport = Transport::bind(addr, cookie, id).await.expect("the cluster port");
     let machine = SummingMachine::default();
-    let network = GroupNetwork { transport: transport.clone(), group: GROUP, book: None };
+    let network = GroupNetwork { transport: transport.clone(), group: GROUP, book: None, snapshots: None };
     let log = GroupLogStorage::new(store.clone(), GROUP);
     let raft = Raft::new(id, config(), network, log, machine.clone()).await.expect("a Raft node");
     transport.add_group(GROUP, Arc::new(RaftGroup(raft.clone())));

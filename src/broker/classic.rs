@@ -394,6 +394,11 @@ impl ClassicQueue {
         }
     }
 
+    /// Every ready message, by level (the lowest priority first).
+    pub fn ready_entries(&self) -> impl Iterator<Item = &QueuedMessage> {
+        self.levels.iter().flat_map(|l| l.ready.iter().chain(l.requeued.values()))
+    }
+
     /// The next message enqueued or restored gets `seq` (a replicated
     /// quorum queue's position, which only grows).
     pub fn place_next(&mut self, seq: u64) {

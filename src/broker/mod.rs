@@ -64,6 +64,7 @@ mod queues;
 pub mod quorum;
 mod records;
 pub mod remote;
+pub mod replica_state;
 pub mod replicas;
 mod reply_to;
 mod routing;

@@ -457,6 +457,11 @@ impl Queue {
         }
     }
 
+    /// Every ready message of a classic or quorum queue.
+    pub(super) fn ready_entries(&self) -> impl Iterator<Item = &QueuedMessage> {
+        self.messages().into_iter().flat_map(|m| m.ready_entries())
+    }
+
     /// The log record of the ready message `seq`, if the queue holds it.
     pub(super) fn store_id_at(&mut self, seq: u64) -> Option<u64> {
         self.kind.messages_mut().and_then(|m| m.store_id_at(seq))

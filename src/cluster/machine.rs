@@ -7,7 +7,15 @@
 //! [`Commands`]'; the metadata group applies changes to the definitions,
 //! a quorum queue's group its queue's commands.
 //!
-//! No group takes snapshots yet ([`NoSnapshots`]).
+//! Snapshots: a group whose [`Commands::SNAPSHOTS`] says so (a quorum
+//! queue's) has a state that is durable as it is applied (its effects are
+//! records of the node's log, before the applied marker), so its snapshot
+//! is only the applied log id and membership ([`AppliedSnapshot`]): taking
+//! one costs nothing, and lets openraft purge the entries it covers. A
+//! follower that needs purged entries is sent the group's whole state,
+//! made when it is sent (`transport::SnapshotSource`); it is at least as
+//! new as the snapshot says, which is safe because applying an entry again
+//! changes nothing. The metadata group takes none yet (its log is kept).
 
 use std::io::{self, Cursor};
 use std::time::Duration;
@@ -33,6 +41,15 @@ pub trait Commands: Send + Sync + 'static {
     /// Applies the command committed at `index` on this node; the reply
     /// its proposer gets.
     fn apply(&mut self, index: u64, command: &GroupCommand) -> GroupReply;
+
+    /// Whether the group's applied state is its own snapshot (see the
+    /// module's docs); false: it takes no snapshots, and keeps its log.
+    const SNAPSHOTS: bool = false;
+
+    /// Replaces the state with a snapshot's bytes (a leader's whole state).
+    fn install(&mut self, _data: &[u8]) -> io::Result<()> {
+        Err(io::Error::other("this group takes no snapshots"))
+    }
 }
 
 /// A group's state machine: its commands, and how far they were applied.
@@ -69,20 +86,32 @@ impl<C: Commands> GroupMachine<C> {
     }
 }
 
-/// Snapshots are not taken yet: asked for one, it fails.
-pub struct NoSnapshots;
+impl<C: Commands> GroupMachine<C> {
+    /// The snapshot the applied state is (None: nothing applied, or the
+    /// group takes no snapshots). Its data is empty: the state itself is
+    /// made when a follower is sent it.
+    fn applied_snapshot(&self) -> Option<Snapshot<LeaderId, NodeId, BasicNode, Cursor<Vec<u8>>>> {
+        let applied = self.applied.filter(|_| C::SNAPSHOTS)?;
+        let meta = Meta { last_log_id: Some(applied), last_membership: self.membership.clone() };
+        Some(Snapshot { meta, snapshot: Cursor::new(Vec::new()) })
+    }
+}
 
-impl RaftSnapshotBuilder<RaftConfig> for NoSnapshots {
+/// A snapshot of the applied state (see the module's docs); for a group
+/// that takes none, asked for one, it fails.
+pub struct AppliedSnapshot(Option<Snapshot<LeaderId, NodeId, BasicNode, Cursor<Vec<u8>>>>);
+
+impl RaftSnapshotBuilder<RaftConfig> for AppliedSnapshot {
     type SnapshotData = Cursor<Vec<u8>>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot<LeaderId, NodeId, BasicNode, Cursor<Vec<u8>>>, io::Error> {
-        Err(io::Error::other("this group takes no snapshots"))
+        self.0.take().ok_or_else(|| io::Error::other("this group takes no snapshots"))
     }
 }
 
 impl<C: Commands> RaftStateMachine<RaftConfig> for GroupMachine<C> {
     type SnapshotData = Cursor<Vec<u8>>;
-    type SnapshotBuilder = NoSnapshots;
+    type SnapshotBuilder = AppliedSnapshot;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembers), io::Error> {
         Ok((self.applied, self.membership.clone()))
@@ -112,18 +141,26 @@ impl<C: Commands> RaftStateMachine<RaftConfig> for GroupMachine<C> {
         Ok(())
     }
 
-    async fn get_snapshot_builder(&mut self) -> NoSnapshots {
-        NoSnapshots
+    async fn get_snapshot_builder(&mut self) -> AppliedSnapshot {
+        AppliedSnapshot(self.applied_snapshot())
     }
 
-    async fn install_snapshot(&mut self, _meta: &Meta, _snapshot: Self::SnapshotData) -> Result<(), io::Error> {
-        Err(io::Error::other("this group takes no snapshots"))
+    /// A leader's whole state (sent because this member needs entries it
+    /// purged): it replaces this member's, which is then applied up to
+    /// the snapshot's log id.
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Self::SnapshotData) -> Result<(), io::Error> {
+        self.commands.install(snapshot.get_ref())?;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.log_applied()?;
+        self.applied_tx.send_replace(meta.last_log_id.map_or(0, |id| id.index + 1));
+        Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<LeaderId, NodeId, BasicNode, Cursor<Vec<u8>>>>, io::Error> {
-        Ok(None)
+        Ok(self.applied_snapshot())
     }
 }
 

@@ -61,15 +61,18 @@ const FORM_EVERY: Duration = Duration::from_millis(500);
 /// The Raft timing of every group (`name` tells them apart in openraft's
 /// logs): heartbeats every 100 ms, an election after 400 to 800 ms
 /// without one (well above an fdatasync), pre-vote on (a node cut off and
-/// back does not depose a working leader).
-pub fn raft_config(name: &str) -> io::Result<Arc<Config>> {
+/// back does not depose a working leader). `snapshot_every`: a snapshot
+/// after that many entries, the entries before the last that many then
+/// purged (None: no snapshots; see `machine`).
+pub fn raft_config(name: &str, snapshot_every: Option<u64>) -> io::Result<Arc<Config>> {
     let config = Config {
         cluster_name: name.into(),
         heartbeat_interval: 100,
         election_timeout_min: 400,
         election_timeout_max: 800,
         enable_pre_vote: Some(true),
-        snapshot_policy: SnapshotPolicy::Never,
+        snapshot_policy: snapshot_every.map_or(SnapshotPolicy::Never, SnapshotPolicy::LogsSinceLast),
+        max_in_snapshot_log_to_keep: snapshot_every.unwrap_or(1000),
         ..Default::default()
     };
     config.validate().map(Arc::new).map_err(io::Error::other)
@@ -139,9 +142,14 @@ impl MetadataGroup {
         let commands = BrokerChanges { broker: broker.clone(), queues };
         let (machine, applied) = GroupMachine::recover(METADATA_GROUP, commands, store.clone())?;
         let book: Arc<dyn AddressBook> = node.clone();
-        let network = GroupNetwork { transport: node.transport.clone(), group: METADATA_GROUP, book: Some(book) };
+        let network = GroupNetwork {
+            transport: node.transport.clone(),
+            group: METADATA_GROUP,
+            book: Some(book),
+            snapshots: None,
+        };
         let log = GroupLogStorage::new(store, METADATA_GROUP);
-        let raft = Raft::new(node.identity.id, raft_config("warren-metadata")?, network, log, machine)
+        let raft = Raft::new(node.identity.id, raft_config("warren-metadata", None)?, network, log, machine)
             .await
             .map_err(io::Error::other)?;
         let group = Arc::new(MetadataGroup { raft, applied, node: node.clone(), broker: Arc::downgrade(broker) });

@@ -2,6 +2,10 @@
 //! entry's payload in the group's log; storage-format.md, "A quorum
 //! queue's commands").
 //!
+//! And the bytes of a queue's whole state ([`QueueSnapshot`]), which a
+//! leader sends a member that needs entries the group purged (never
+//! kept in a log: the member applies it to its replica at once).
+//!
 //! A message's place in the queue is its *position*: the Raft index of
 //! the entry that enqueued it, shifted left 16 bits, plus its place in
 //! that entry (an entry carries at most [`MAX_BATCH`] messages). Every
@@ -112,6 +116,82 @@ impl QueueCommand {
     }
 }
 
+/// A queue's whole state on a member, as a snapshot carries it: the last
+/// position applied, the proposals lately applied per proposing node (the
+/// resends a new leader must still drop), and the messages the replica
+/// holds, in position order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueSnapshot {
+    pub applied: u64,
+    pub seen: Vec<(u64, Vec<u64>)>,
+    pub messages: Vec<(u64, EnqueuedMessage)>,
+}
+
+const SNAPSHOT_VERSION: u8 = 1;
+
+impl QueueSnapshot {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        out.put_u8(SNAPSHOT_VERSION);
+        out.put_u64_le(self.applied);
+        out.put_u32_le(self.seen.len() as u32);
+        for (origin, proposals) in &self.seen {
+            out.put_u64_le(*origin);
+            out.put_u32_le(proposals.len() as u32);
+            proposals.iter().for_each(|p| out.put_u64_le(*p));
+        }
+        out.put_u32_le(self.messages.len() as u32);
+        for (position, m) in &self.messages {
+            out.put_u64_le(*position);
+            put_short(&mut out, &m.exchange);
+            put_short(&mut out, &m.routing_key);
+            out.put_u32_le(m.properties.len() as u32);
+            out.extend_from_slice(&m.properties);
+            out.put_u32_le(m.body.len() as u32);
+            out.extend_from_slice(&m.body);
+        }
+        out.to_vec()
+    }
+
+    /// Reads a snapshot back (from a leader): Err names what was wrong.
+    pub fn decode(bytes: Bytes) -> Result<QueueSnapshot, String> {
+        let mut r = bytes;
+        let short = |what: &str| format!("a quorum queue snapshot whose {what} is cut short");
+        let u32_at =
+            |r: &mut Bytes, what: &str| (r.remaining() >= 4).then(|| r.get_u32_le()).ok_or_else(|| short(what));
+        let u64_at =
+            |r: &mut Bytes, what: &str| (r.remaining() >= 8).then(|| r.get_u64_le()).ok_or_else(|| short(what));
+        match r.has_remaining().then(|| r.get_u8()) {
+            Some(SNAPSHOT_VERSION) => {}
+            Some(other) => return Err(format!("a quorum queue snapshot of version {other}")),
+            None => return Err("an empty quorum queue snapshot".into()),
+        }
+        let applied = u64_at(&mut r, "applied position")?;
+        let origins = u32_at(&mut r, "proposals")?;
+        let mut seen = Vec::new();
+        for _ in 0..origins {
+            let origin = u64_at(&mut r, "proposals")?;
+            let count = u32_at(&mut r, "proposals")? as usize;
+            if r.remaining() < count.saturating_mul(8) {
+                return Err(short("proposals"));
+            }
+            seen.push((origin, (0..count).map(|_| r.get_u64_le()).collect()));
+        }
+        let count = u32_at(&mut r, "messages")?;
+        let mut messages = Vec::new();
+        for _ in 0..count {
+            let position = u64_at(&mut r, "messages")?;
+            let exchange = take_short(&mut r).ok_or_else(|| short("exchange"))?;
+            let routing_key = take_short(&mut r).ok_or_else(|| short("routing key"))?;
+            let properties = take_long(&mut r).ok_or_else(|| short("properties"))?;
+            let body = take_long(&mut r).ok_or_else(|| short("body"))?;
+            messages.push((position, EnqueuedMessage { exchange, routing_key, properties, body }));
+        }
+        done(&r)?;
+        Ok(QueueSnapshot { applied, seen, messages })
+    }
+}
+
 fn done(r: &Bytes) -> Result<(), String> {
     match r.remaining() {
         0 => Ok(()),
@@ -179,6 +259,29 @@ mod tests {
             assert!(QueueCommand::decode(&longer.freeze()).is_err());
         }
         assert_eq!(QueueCommand::decode(&Bytes::from_static(&[5])), Err("unknown quorum queue command kind 5".into()));
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_cut_bytes_are_refused() {
+        let message = EnqueuedMessage {
+            exchange: String::new(),
+            routing_key: "orders".into(),
+            properties: Bytes::from_static(&[0x10, 0, 2]),
+            body: Bytes::from_static(b"order 9"),
+        };
+        let snapshot = QueueSnapshot {
+            applied: position(40, 2),
+            seen: vec![(7, vec![1, 2, 5]), (9, vec![])],
+            messages: vec![(position(12, 0), message.clone()), (position(40, 2), message)],
+        };
+        let bytes = Bytes::from(snapshot.encode());
+        assert_eq!(QueueSnapshot::decode(bytes.clone()), Ok(snapshot.clone()));
+        for cut in 0..bytes.len() {
+            assert!(QueueSnapshot::decode(bytes.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut longer = BytesMut::from(&bytes[..]);
+        longer.put_u8(0);
+        assert!(QueueSnapshot::decode(longer.freeze()).is_err());
     }
 
     #[test]

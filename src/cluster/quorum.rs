@@ -45,13 +45,14 @@ use super::machine::{Commands, GroupMachine, hand_over_and_stop};
 use super::metadata::{METADATA_GROUP, PROPOSE_WITHIN, raft_config};
 use super::node::{ClusterNode, NODE_GROUP};
 use super::propose::{commit_once, serve_forwarded};
-use super::queue_commands::{EnqueuedMessage, MAX_BATCH, QueueCommand, position};
+use super::queue_commands::{EnqueuedMessage, MAX_BATCH, QueueCommand, QueueSnapshot, position};
 use super::session_wire::{KIND_SESSION, SessionReply, SessionRequest};
 use super::sessions::{POLL_WAIT, SessionServer};
-use super::transport::{AddressBook, GroupNetwork, GroupServer, RaftGroup};
+use super::transport::{AddressBook, GroupNetwork, GroupServer, RaftGroup, SnapshotSource};
 use super::types::*;
 use super::wire::KIND_PROPOSE;
 use crate::broker::remote::{RemoteConsume, RemoteGet, RemoteWork};
+use crate::broker::replica_state::ReplicaContents;
 use crate::broker::replicas::{Replica, ReplicaRouter, ReplicatedQueue};
 use crate::broker::{Broker, Message, message_from_parts};
 use crate::store::format::RaftStateKind;
@@ -59,6 +60,10 @@ use crate::store::format::RaftStateKind;
 /// How long a member other than the first waits for the group to form
 /// before it initializes the group itself.
 pub const FORM_FALLBACK: Duration = Duration::from_secs(3);
+/// A queue group's snapshot (which costs nothing: `machine`) is taken
+/// every this many entries, and the entries before the last this many
+/// are purged: a member's log holds at most about twice as many.
+const SNAPSHOT_EVERY: u64 = 1024;
 /// How often the groups are looked over without a queue change.
 const LOOK_OVER_EVERY: Duration = Duration::from_secs(1);
 
@@ -69,10 +74,12 @@ pub struct QueueCommands {
     name: Arc<str>,
     /// Per proposing node, the proposals applied lately: an enqueue
     /// committed twice (proposed again after a leader change) is applied
-    /// once. Kept in memory: a resend across a restart of every member is
-    /// applied twice (at least once).
-    seen: HashMap<u64, BTreeSet<u64>>,
+    /// once. Kept in memory (and in snapshots sent to members): a resend
+    /// across a restart of every member is applied twice (at least once).
+    seen: Arc<Mutex<Seen>>,
 }
+
+type Seen = HashMap<u64, BTreeSet<u64>>;
 
 /// How many proposals of one node are remembered.
 const SEEN_PER_NODE: usize = 1 << 16;
@@ -80,7 +87,8 @@ const SEEN_PER_NODE: usize = 1 << 16;
 impl QueueCommands {
     /// Whether `proposal` of `origin` was applied before; remembers it.
     fn seen_before(&mut self, origin: u64, proposal: u64) -> bool {
-        let seen = self.seen.entry(origin).or_default();
+        let mut seen = self.seen.lock();
+        let seen = seen.entry(origin).or_default();
         if !seen.insert(proposal) {
             return true;
         }
@@ -92,6 +100,25 @@ impl QueueCommands {
 }
 
 impl Commands for QueueCommands {
+    /// Every applied command's effect is a record of this node's log.
+    const SNAPSHOTS: bool = true;
+
+    fn install(&mut self, data: &[u8]) -> io::Result<()> {
+        let snapshot = QueueSnapshot::decode(Bytes::copy_from_slice(data)).map_err(io::Error::other)?;
+        let broker = self.broker.upgrade().ok_or_else(|| io::Error::other("the broker is gone"))?;
+        *self.seen.lock() = snapshot.seen.into_iter().map(|(origin, p)| (origin, p.into_iter().collect())).collect();
+        let messages = snapshot
+            .messages
+            .into_iter()
+            .map(|(position, m)| {
+                (position, Arc::new(message_from_parts(m.exchange, m.routing_key, m.properties, m.body)))
+            })
+            .collect();
+        broker.install_replica(&self.vhost, &self.name, ReplicaContents { applied: snapshot.applied, messages });
+        tracing::info!("quorum queue '{}' in vhost '{}': took the leader's snapshot", self.name, self.vhost);
+        Ok(())
+    }
+
     fn apply(&mut self, index: u64, command: &GroupCommand) -> GroupReply {
         let Some(broker) = self.broker.upgrade() else { return GroupReply::default() };
         match QueueCommand::decode(&command.0) {
@@ -119,6 +146,39 @@ impl Commands for QueueCommands {
                 GroupReply(Bytes::from_static(REFUSED))
             }
         }
+    }
+}
+
+/// A queue's whole state on this node, for a snapshot sent to a member.
+struct QueueState {
+    broker: Weak<Broker>,
+    vhost: Arc<str>,
+    name: Arc<str>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl SnapshotSource for QueueState {
+    fn snapshot_bytes(&self) -> io::Result<Vec<u8>> {
+        let broker = self.broker.upgrade().ok_or_else(|| io::Error::other("the broker is gone"))?;
+        let contents = broker
+            .replica_contents(&self.vhost, &self.name)
+            .ok_or_else(|| io::Error::other(format!("no quorum queue '{}' here", self.name)))?
+            .map_err(io::Error::other)?;
+        let seen = self.seen.lock().iter().map(|(origin, p)| (*origin, p.iter().copied().collect())).collect();
+        let messages = contents
+            .messages
+            .iter()
+            .map(|(position, m)| {
+                let m = EnqueuedMessage {
+                    exchange: m.exchange.clone(),
+                    routing_key: m.routing_key.clone(),
+                    properties: m.properties.clone(),
+                    body: m.body.clone(),
+                };
+                (*position, m)
+            })
+            .collect();
+        Ok(QueueSnapshot { applied: contents.applied, seen, messages }.encode())
     }
 }
 
@@ -266,18 +326,21 @@ impl QueueGroups {
     ) -> io::Result<Arc<QueueGroup>> {
         let group = replica.group;
         let store = broker.store().clone();
+        let seen: Arc<Mutex<Seen>> = Arc::default();
         let commands = QueueCommands {
             broker: Arc::downgrade(broker),
             vhost: vhost.clone(),
             name: name.clone(),
-            seen: HashMap::new(),
+            seen: seen.clone(),
         };
+        let state = QueueState { broker: Arc::downgrade(broker), vhost: vhost.clone(), name: name.clone(), seen };
         let (machine, _applied) = GroupMachine::recover(group, commands, store.clone())?;
         let book: Arc<dyn AddressBook> = self.node.clone();
-        let network = GroupNetwork { transport: self.node.transport.clone(), group, book: Some(book) };
+        let snapshots: Option<Arc<dyn SnapshotSource>> = Some(Arc::new(state));
+        let network = GroupNetwork { transport: self.node.transport.clone(), group, book: Some(book), snapshots };
         let log = super::log_storage::GroupLogStorage::new(store, group);
         let me = self.node.identity.id;
-        let raft = Raft::new(me, raft_config("warren-quorum-queue")?, network, log, machine)
+        let raft = Raft::new(me, raft_config("warren-quorum-queue", Some(SNAPSHOT_EVERY))?, network, log, machine)
             .await
             .map_err(io::Error::other)?;
         let served = Served { raft: raft.clone(), sessions: self.sessions.clone(), me };

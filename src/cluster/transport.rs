@@ -365,6 +365,12 @@ pub trait AddressBook: Send + Sync + 'static {
     fn address_of(&self, name: &str) -> Option<String>;
 }
 
+/// Makes a group's whole state for a snapshot sent to a follower, when
+/// the group's snapshots carry no data of their own (`machine`).
+pub trait SnapshotSource: Send + Sync + 'static {
+    fn snapshot_bytes(&self) -> io::Result<Vec<u8>>;
+}
+
 /// One group's openraft network: clients to each peer, through the transport.
 #[derive(Clone)]
 pub struct GroupNetwork {
@@ -372,6 +378,8 @@ pub struct GroupNetwork {
     pub group: u64,
     /// None: a membership's `BasicNode::addr` is the address itself.
     pub book: Option<Arc<dyn AddressBook>>,
+    /// Where a snapshot without data gets its state.
+    pub snapshots: Option<Arc<dyn SnapshotSource>>,
 }
 
 impl RaftNetworkFactory<RaftConfig> for GroupNetwork {
@@ -384,6 +392,7 @@ impl RaftNetworkFactory<RaftConfig> for GroupNetwork {
             target,
             node: node.addr.clone(),
             book: self.book.clone(),
+            snapshots: self.snapshots.clone(),
         }
     }
 }
@@ -397,6 +406,7 @@ pub struct PeerClient {
     /// Its name (or, without an address book, its address).
     node: String,
     book: Option<Arc<dyn AddressBook>>,
+    snapshots: Option<Arc<dyn SnapshotSource>>,
 }
 
 impl PeerClient {
@@ -456,7 +466,15 @@ impl RaftNetworkV2<RaftConfig> for PeerClient {
         _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<RaftConfig>, StreamingError<RaftConfig>> {
-        let payload = encode_snapshot(&vote, &snapshot.meta, snapshot.snapshot.get_ref());
+        let made;
+        let mut data = snapshot.snapshot.get_ref();
+        if data.is_empty()
+            && let Some(source) = &self.snapshots
+        {
+            made = source.snapshot_bytes().map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+            data = &made;
+        }
+        let payload = encode_snapshot(&vote, &snapshot.meta, data);
         match self.call(KIND_SNAPSHOT, payload, &option).await {
             Ok(reply) => decode_snapshot_reply(&reply).map_err(|e| StreamingError::Network(NetworkError::new(&e))),
             Err(e) => Err(match rpc_error(e) {
