@@ -269,9 +269,16 @@ impl MetadataGroup {
     /// Commits `change` and waits until this node applied it: the outcome
     /// of applying it.
     pub async fn propose(&self, change: Change) -> Result<(), AmqpError> {
+        let deadline = tokio::time::Instant::now() + PROPOSE_WITHIN;
+        // Nothing commits before the group formed, and a new quorum queue's
+        // members are chosen from its membership: wait for it.
+        let formed =
+            |m: &openraft::RaftMetrics<RaftConfig>| m.membership_config.membership().voter_ids().next().is_some();
+        if self.raft.wait(Some(PROPOSE_WITHIN)).metrics(formed, "the metadata group formed").await.is_err() {
+            return Err(unavailable());
+        }
         let change = self.judge_locally(change)?;
         let command = change.encode();
-        let deadline = tokio::time::Instant::now() + PROPOSE_WITHIN;
         loop {
             match self.commit(&command, deadline).await {
                 Ok((index, outcome)) => {

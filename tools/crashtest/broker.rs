@@ -24,12 +24,18 @@ pub struct BrokerConfig {
     pub log: PathBuf,
     pub fsync: String,
     pub segment_size: u32,
+    /// More arguments (a cluster node's name, port and peers).
+    pub extra_args: Vec<String>,
+    /// The management API's port (0: none).
+    pub management_port: u16,
 }
 
 /// A running warren; killed with SIGKILL when dropped.
 pub struct Broker {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The management API's address.
+    pub management: Option<SocketAddr>,
     /// From spawning the process to its `listening on` line (recovery included).
     pub start_time: Duration,
 }
@@ -52,13 +58,14 @@ impl Broker {
                 "--port",
                 "0",
                 "--management-port",
-                "0",
+                &config.management_port.to_string(),
                 "--prometheus-port",
                 "0",
                 "--data-dir",
             ])
             .arg(&config.data_dir)
             .args(["--fsync", &config.fsync, "--segment-size", &config.segment_size.to_string()])
+            .args(&config.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
@@ -77,21 +84,26 @@ impl Broker {
 
         // A thread reads stdout for the whole life of the process, so warren
         // never blocks on a full pipe; the first `listening on` is reported.
+        // The management API's line comes before it.
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
+            let mut management = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("management API listening on ") {
+                    management = addr.trim().parse::<SocketAddr>().ok();
+                }
                 if let Some(addr) = line.strip_prefix("listening on ")
                     && let Some(tx) = tx.take()
                 {
-                    let _ = tx.send(addr.trim().to_string());
+                    let _ = tx.send((addr.trim().to_string(), management));
                 }
             }
         });
 
-        let addr = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => addr,
+        let (addr, management) = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(found) => found,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 // stdout closed: the process is gone or about to be.
                 let status = wait_briefly(&mut child);
@@ -121,7 +133,7 @@ impl Broker {
                 bail!("warren printed an unparsable address {addr:?}: {e}");
             }
         };
-        Ok(Broker { child: Some(child), addr, start_time })
+        Ok(Broker { child: Some(child), addr, management, start_time })
     }
 
     pub fn url(&self) -> String {
@@ -130,6 +142,14 @@ impl Broker {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT) to the process.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid().context("warren is not running")?;
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+        Ok(())
     }
 
     /// SIGKILL, then reap. Fails if warren had already exited by itself
@@ -207,6 +227,8 @@ mod tests {
             log: dir.join("warren.log"),
             fsync: "batch".into(),
             segment_size: 1 << 20,
+            extra_args: Vec::new(),
+            management_port: 0,
         };
         let err = Broker::start(&config, "test start").err().expect("must fail").to_string();
         assert!(err.contains("exited before listening"), "{err}");

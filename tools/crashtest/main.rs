@@ -15,6 +15,8 @@
 //! routing keys, ack decisions, kill delays); how far the publishers get
 //! before the kill still depends on timing.
 
+// Shared with warren-clustertest, which uses more of it.
+#[allow(dead_code)]
 mod broker;
 mod check;
 mod message;
@@ -203,7 +205,15 @@ impl Setup {
         let log = data_dir.join("warren.log");
         let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
         Ok(Setup {
-            config: BrokerConfig { warren, data_dir, log, fsync: args.fsync.clone(), segment_size: args.segment_size },
+            config: BrokerConfig {
+                warren,
+                data_dir,
+                log,
+                fsync: args.fsync.clone(),
+                segment_size: args.segment_size,
+                extra_args: Vec::new(),
+                management_port: 0,
+            },
             workload: Workload {
                 seed,
                 min_size: args.min_size,

@@ -2,6 +2,10 @@
 //! real `warren` under confirmed publishing and acking, restarts it, and
 //! checks that every confirmed, unacked message came back intact.
 //!
+//! And a cluster's: the real `warren-clustertest` kills and pauses the
+//! leader of a quorum queue of three real nodes under load, then checks
+//! that no confirmed message was lost.
+//!
 //! The long run is opt-in: `cargo test --test crash -- --ignored`.
 
 use std::collections::HashMap;
@@ -14,7 +18,16 @@ use std::time::{Duration, Instant};
 /// killing it if it outlives `limit`. Returns its exit status and stdout +
 /// stderr.
 fn crashtest(args: &[&str], limit: Duration) -> (ExitStatus, String) {
-    let driver = std::path::Path::new(env!("CARGO_BIN_EXE_warren-crashtest"));
+    run_driver(env!("CARGO_BIN_EXE_warren-crashtest"), args, limit)
+}
+
+/// As [`crashtest`], for the cluster driver.
+fn clustertest(args: &[&str], limit: Duration) -> (ExitStatus, String) {
+    run_driver(env!("CARGO_BIN_EXE_warren-clustertest"), args, limit)
+}
+
+fn run_driver(driver: &str, args: &[&str], limit: Duration) -> (ExitStatus, String) {
+    let driver = std::path::Path::new(driver);
     let warren = driver.with_file_name("warren");
     assert!(
         warren.exists(),
@@ -29,7 +42,7 @@ fn crashtest(args: &[&str], limit: Duration) -> (ExitStatus, String) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run warren-crashtest");
+        .unwrap_or_else(|e| panic!("run {}: {e}", driver.display()));
     let readers: Vec<_> = [
         Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
         Box::new(child.stderr.take().expect("stderr")),
@@ -52,7 +65,7 @@ fn crashtest(args: &[&str], limit: Duration) -> (ExitStatus, String) {
             let _ = child.kill();
             let _ = child.wait();
             let output: String = readers.into_iter().map(|r| r.join().unwrap_or_default()).collect();
-            panic!("warren-crashtest did not finish within {limit:?}; its output:\n{output}");
+            panic!("{} did not finish within {limit:?}; its output:\n{output}", driver.display());
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -122,6 +135,28 @@ fn twenty_kills_lose_no_confirmed_message() {
 fn two_hundred_kills_lose_no_confirmed_message() {
     let (status, output) = crashtest(&["--cycles", "200", "--seed", "7"], Duration::from_secs(3600));
     assert_clean_run(200, status, &output);
+}
+
+/// The cluster driver: three nodes, the quorum queue's leader killed three
+/// times and paused once under confirmed publishers and acking consumers on
+/// random nodes; every confirmed message is delivered, nothing unexpected.
+#[test]
+fn a_cluster_whose_leader_is_killed_and_paused_loses_no_confirmed_message() {
+    let (status, output) = clustertest(&["--kills", "3", "--pauses", "1", "--seed", "21"], Duration::from_secs(600));
+    assert!(status.success(), "warren-clustertest failed ({status}):\n{output}");
+    let summary = output.lines().find(|l| l.starts_with("sent ")).unwrap_or_else(|| panic!("no summary:\n{output}"));
+    let figure = |name: &str| -> u64 {
+        let at = summary.find(&format!("{name} ")).unwrap_or_else(|| panic!("no {name} in {summary}"));
+        let digits: String = summary[at + name.len() + 1..].chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap_or_else(|_| panic!("{name} in {summary}"))
+    };
+    assert_eq!((figure("lost"), figure("unexpected")), (0, 0), "{output}");
+    assert!(
+        figure("confirmed") > 0 && figure("delivered") >= figure("confirmed"),
+        "real traffic was checked: {summary}"
+    );
+    assert_eq!(output.lines().filter(|l| l.starts_with("fault ")).count(), 4, "four faults made:\n{output}");
+    assert!(output.lines().any(|l| l == "PASS"), "{output}");
 }
 
 #[test]
