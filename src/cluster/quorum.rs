@@ -50,7 +50,7 @@ use super::session_wire::{KIND_SESSION, SessionReply, SessionRequest};
 use super::sessions::{POLL_WAIT, SessionServer};
 use super::transport::{AddressBook, GroupNetwork, GroupServer, RaftGroup, SnapshotSource};
 use super::types::*;
-use super::wire::KIND_PROPOSE;
+use super::wire::{KIND_PROPOSE, KIND_SNAPSHOT, decode_snapshot};
 use crate::broker::remote::{RemoteConsume, RemoteGet, RemoteWork};
 use crate::broker::replica_state::ReplicaContents;
 use crate::broker::replicas::{Replica, ReplicaRouter, ReplicatedQueue};
@@ -64,6 +64,13 @@ pub const FORM_FALLBACK: Duration = Duration::from_secs(3);
 /// every this many entries, and the entries before the last this many
 /// are purged: a member's log holds at most about twice as many.
 const SNAPSHOT_EVERY: u64 = 1024;
+/// A leader not answered by a majority for this long hands nothing out
+/// (the election time-out's upper end: by then the others may elect).
+const QUORUM_ACK_WITHIN: Duration = Duration::from_millis(800);
+/// How long one attempt to commit a queue command waits.
+const ATTEMPT_WITHIN: Duration = Duration::from_secs(2);
+/// How often a leader looks at how long ago a majority answered it.
+const QUORUM_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// How often the groups are looked over without a queue change.
 const LOOK_OVER_EVERY: Duration = Duration::from_secs(1);
 
@@ -345,17 +352,26 @@ impl QueueGroups {
             .map_err(io::Error::other)?;
         let served = Served { raft: raft.clone(), sessions: self.sessions.clone(), me };
         self.node.transport.add_group(group, Arc::new(served));
-        // Only the leader's replica hands messages out.
+        // Only the leader's replica hands messages out, and only while a
+        // majority answers it: a leader cut off from the others stops
+        // (openraft keeps it leader until it hears of a higher term), so
+        // the majority's new leader is the only one handing out.
         let (watched, weak, me_too) = (raft.clone(), Arc::downgrade(broker), (vhost.clone(), name.clone()));
         tokio::spawn(async move {
             let mut metrics = watched.metrics();
             loop {
-                let leads = metrics.borrow_watched().current_leader == Some(me);
+                let (leader, leads) = {
+                    let m = metrics.borrow_watched();
+                    (m.current_leader == Some(me), leads_with_quorum(&m, me))
+                };
                 let Some(broker) = weak.upgrade() else { return };
                 broker.set_replica_active(&me_too.0, &me_too.1, leads);
                 drop(broker);
-                if metrics.changed().await.is_err() {
-                    return;
+                // A leader's quorum acks age without a change of metrics:
+                // looked at again every so often.
+                tokio::select! {
+                    changed = metrics.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(QUORUM_CHECK_EVERY), if leader => {}
                 }
             }
         });
@@ -435,7 +451,9 @@ impl QueueGroups {
         request: SessionRequest,
     ) -> io::Result<SessionReply> {
         if leader == self.me() {
-            return Ok(self.sessions.serve(self.leader_of(group) == Some(leader), request).await);
+            let running = self.running.lock().get(&group).cloned();
+            let leads = running.is_some_and(|r| leads_with_quorum(&r.raft.metrics().borrow_watched(), leader));
+            return Ok(self.sessions.serve(leads, request).await);
         }
         let running = self.running.lock().get(&group).cloned();
         let name = running
@@ -460,7 +478,13 @@ impl QueueGroups {
         };
         let deadline = tokio::time::Instant::now() + PROPOSE_WITHIN;
         loop {
-            match commit_once(&running.raft, &self.node, group, &command, deadline).await {
+            // Each attempt bounded: a leader that stopped answering (paused,
+            // cut off) is asked again, and by then another may lead. A
+            // command committed by two attempts is applied once (an
+            // enqueue is dropped by its proposal id, a settle changes
+            // nothing the second time).
+            let attempt = (tokio::time::Instant::now() + ATTEMPT_WITHIN).min(deadline);
+            match commit_once(&running.raft, &self.node, group, &command, attempt).await {
                 Ok((_, reply)) => return reply.as_ref() == APPLIED,
                 Err(again) if tokio::time::Instant::now() + again < deadline => tokio::time::sleep(again).await,
                 Err(_) => return false,
@@ -546,6 +570,14 @@ impl ReplicaRouter for Router {
     }
 }
 
+/// Whether `me` leads the group and a majority answered it lately.
+fn leads_with_quorum(m: &openraft::RaftMetrics<RaftConfig>, me: NodeId) -> bool {
+    use openraft::Instant as _;
+    let alone = m.membership_config.membership().voter_ids().count() <= 1;
+    let answered = || m.last_quorum_acked.as_ref().is_some_and(|at| at.elapsed() < QUORUM_ACK_WITHIN);
+    m.current_leader == Some(me) && (alone || answered())
+}
+
 /// A queue's group as served to peers: the Raft RPCs, forwarded
 /// commands, and consumer sessions.
 struct Served {
@@ -567,11 +599,22 @@ impl GroupServer for Served {
             }
             KIND_SESSION => {
                 let sessions = self.sessions.clone();
-                let leads = self.raft.metrics().borrow_watched().current_leader == Some(self.me);
+                let leads = leads_with_quorum(&self.raft.metrics().borrow_watched(), self.me);
                 Box::pin(async move {
                     let request = SessionRequest::decode(payload).map_err(invalid)?;
                     Ok(sessions.serve(leads, request).await.encode())
                 })
+            }
+            // A snapshot no member could install is refused before openraft
+            // takes it (its failure to install one stops the group here).
+            KIND_SNAPSHOT => {
+                let readable = decode_snapshot(&payload)
+                    .map_err(|e| e.to_string())
+                    .and_then(|(_, _, data)| QueueSnapshot::decode(data).map(drop));
+                match readable {
+                    Ok(()) => RaftGroup(self.raft.clone()).serve(kind, payload),
+                    Err(e) => Box::pin(async move { Err(invalid(e)) }),
+                }
             }
             _ => RaftGroup(self.raft.clone()).serve(kind, payload),
         }

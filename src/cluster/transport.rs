@@ -292,8 +292,17 @@ impl PeerLink {
         Arc::new(PeerLink { writer: tokio::sync::Mutex::new(None), pending: Arc::default(), reader: Mutex::new(None) })
     }
 
-    /// Writes a frame, connecting first if there is no connection.
-    async fn send(&self, addr: &str, cookie: &Cookie, frame: Vec<u8>) -> io::Result<()> {
+    /// Writes a frame, connecting first if there is no connection. The
+    /// write runs in a task of its own: a caller that stops waiting (its
+    /// time-out) must not cut a frame short, or the peer would read the
+    /// next frames' bytes as the rest of it.
+    async fn send(self: &Arc<Self>, addr: &str, cookie: &Arc<Cookie>, frame: Vec<u8>) -> io::Result<()> {
+        let (link, addr, cookie) = (self.clone(), addr.to_string(), cookie.clone());
+        let writing = tokio::spawn(async move { link.send_whole(&addr, &cookie, frame).await });
+        writing.await.unwrap_or_else(|e| Err(io::Error::other(e)))
+    }
+
+    async fn send_whole(&self, addr: &str, cookie: &Cookie, frame: Vec<u8>) -> io::Result<()> {
         let mut writer = self.writer.lock().await;
         if writer.as_ref().is_some_and(|(_, alive)| !alive.load(Ordering::Acquire)) {
             *writer = None;
