@@ -292,17 +292,8 @@ impl PeerLink {
         Arc::new(PeerLink { writer: tokio::sync::Mutex::new(None), pending: Arc::default(), reader: Mutex::new(None) })
     }
 
-    /// Writes a frame, connecting first if there is no connection. The
-    /// write runs in a task of its own: a caller that stops waiting (its
-    /// time-out) must not cut a frame short, or the peer would read the
-    /// next frames' bytes as the rest of it.
-    async fn send(self: &Arc<Self>, addr: &str, cookie: &Arc<Cookie>, frame: Vec<u8>) -> io::Result<()> {
-        let (link, addr, cookie) = (self.clone(), addr.to_string(), cookie.clone());
-        let writing = tokio::spawn(async move { link.send_whole(&addr, &cookie, frame).await });
-        writing.await.unwrap_or_else(|e| Err(io::Error::other(e)))
-    }
-
-    async fn send_whole(&self, addr: &str, cookie: &Cookie, frame: Vec<u8>) -> io::Result<()> {
+    /// Writes a frame, connecting first if there is no connection.
+    async fn send(&self, addr: &str, cookie: &Cookie, frame: Vec<u8>) -> io::Result<()> {
         let mut writer = self.writer.lock().await;
         if writer.as_ref().is_some_and(|(_, alive)| !alive.load(Ordering::Acquire)) {
             *writer = None;
@@ -337,12 +328,26 @@ impl PeerLink {
             }
             *writer = Some((write_half, alive));
         }
-        let Some((stream, _)) = writer.as_mut() else { return Err(io::Error::other("no connection")) };
-        if let Err(e) = stream.write_all(&frame).await {
-            *writer = None;
-            return Err(e);
+        // The frame is written by a task of its own: a caller that stops
+        // waiting (its time-out) must not cut a frame short, or the peer
+        // would read the next frames' bytes as the rest of it. The
+        // connection is out of the slot meanwhile: if the caller goes, the
+        // task finishes the frame and drops it, and the next frame goes
+        // over a new connection. (Only a frame already being written goes
+        // on: one that was waiting for a connection goes with its caller.)
+        let Some((mut stream, alive)) = writer.take() else { return Err(io::Error::other("no connection")) };
+        let writing = tokio::spawn(async move {
+            let written = stream.write_all(&frame).await;
+            (stream, written)
+        });
+        match writing.await {
+            Ok((stream, Ok(()))) => {
+                *writer = Some((stream, alive));
+                Ok(())
+            }
+            Ok((_, Err(e))) => Err(e),
+            Err(e) => Err(io::Error::other(e)),
         }
-        Ok(())
     }
 }
 
