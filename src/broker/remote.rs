@@ -90,6 +90,22 @@ pub struct RemoteDelivery {
     pub settle: Option<(Arc<dyn RemoteLink>, u64)>,
 }
 
+/// A channel, its vhost, and the replicated queue it names: its name, group
+/// and type.
+type ReplicatedTarget = (Arc<ChannelLock>, Arc<str>, Arc<str>, u64, QueueType);
+
+impl State {
+    fn replicated_target(&self, conn: u64, channel: u16, queue: &str) -> Result<ReplicatedTarget> {
+        let cell = self
+            .channel(conn, channel)
+            .ok_or_else(|| AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"))?;
+        let vhost = cell.lock().vhost.clone();
+        let q = self.queue(&vhost, queue).ok_or_else(|| no_queue(&vhost, queue))?.lock();
+        let group = q.replica.as_ref().map(|r| r.group).ok_or_else(|| no_queue(&vhost, queue))?;
+        Ok((cell.clone(), vhost.clone(), q.name.clone(), group, q.args.queue_type))
+    }
+}
+
 impl Broker {
     fn router_for_remote(&self) -> Result<Arc<dyn ReplicaRouter>> {
         self.replica_router().ok_or_else(|| AmqpError::connection(reply::INTERNAL_ERROR, "not a node of a cluster"))
@@ -112,15 +128,7 @@ impl Broker {
     ) -> Result<RemoteWork> {
         let router = self.router_for_remote()?;
         let st = self.state.read();
-        let cell = st
-            .channel(handle.id, channel)
-            .ok_or_else(|| AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"))?;
-        let vhost = cell.lock().vhost.clone();
-        let (queue, group, kind) = {
-            let q = st.queue(&vhost, queue).ok_or_else(|| no_queue(&vhost, queue))?.lock();
-            let group = q.replica.as_ref().map(|r| r.group).ok_or_else(|| no_queue(&vhost, queue))?;
-            (q.name.clone(), group, q.args.queue_type)
-        };
+        let (cell, vhost, queue, group, kind) = st.replicated_target(handle.id, channel, queue)?;
         arguments::check_consume_keys(kind, arguments, &queue, &vhost)?;
         ConsumerArgs::parse(arguments, &queue)?;
         let tag: Arc<str> = if tag.is_empty() { Arc::from(generated_name("amq.ctag-")) } else { Arc::from(tag) };
@@ -162,15 +170,7 @@ impl Broker {
         user: &str,
     ) -> Result<RemoteWork> {
         let router = self.router_for_remote()?;
-        let st = self.state.read();
-        let cell = st
-            .channel(handle.id, channel)
-            .ok_or_else(|| AmqpError::connection(reply::CHANNEL_ERROR, "channel not open"))?;
-        let vhost = cell.lock().vhost.clone();
-        let q = st.queue(&vhost, queue).ok_or_else(|| no_queue(&vhost, queue))?.lock();
-        let group = q.replica.as_ref().map(|r| r.group).ok_or_else(|| no_queue(&vhost, queue))?;
-        let queue = q.name.clone();
-        drop(q);
+        let (_, vhost, queue, group, _) = self.state.read().replicated_target(handle.id, channel, queue)?;
         Ok(router.get(RemoteGet {
             handle: handle.clone(),
             channel,

@@ -54,12 +54,7 @@ impl QueueCommand {
                 out.put_u64_le(*proposal);
                 out.put_u32_le(messages.len() as u32);
                 for m in messages {
-                    put_short(&mut out, &m.exchange);
-                    put_short(&mut out, &m.routing_key);
-                    out.put_u32_le(m.properties.len() as u32);
-                    out.extend_from_slice(&m.properties);
-                    out.put_u32_le(m.body.len() as u32);
-                    out.extend_from_slice(&m.body);
+                    put_message(&mut out, m);
                 }
             }
             QueueCommand::Settle { positions } => {
@@ -143,12 +138,7 @@ impl QueueSnapshot {
         out.put_u32_le(self.messages.len() as u32);
         for (position, m) in &self.messages {
             out.put_u64_le(*position);
-            put_short(&mut out, &m.exchange);
-            put_short(&mut out, &m.routing_key);
-            out.put_u32_le(m.properties.len() as u32);
-            out.extend_from_slice(&m.properties);
-            out.put_u32_le(m.body.len() as u32);
-            out.extend_from_slice(&m.body);
+            put_message(&mut out, m);
         }
         out.to_vec()
     }
@@ -190,6 +180,16 @@ impl QueueSnapshot {
         done(&r)?;
         Ok(QueueSnapshot { applied, seen, messages })
     }
+}
+
+/// A message's fields as an enqueue and a snapshot carry them.
+fn put_message(out: &mut BytesMut, m: &EnqueuedMessage) {
+    put_short(out, &m.exchange);
+    put_short(out, &m.routing_key);
+    out.put_u32_le(m.properties.len() as u32);
+    out.extend_from_slice(&m.properties);
+    out.put_u32_le(m.body.len() as u32);
+    out.extend_from_slice(&m.body);
 }
 
 fn done(r: &Bytes) -> Result<(), String> {
