@@ -15,7 +15,6 @@
 //! again (at least once).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -56,7 +55,6 @@ struct ClientSession {
     consumers: tokio::sync::Mutex<HashMap<Arc<str>, ConsumeSpec>>,
     /// The leader and the id the session has there now.
     attached: Mutex<Option<Arc<Attachment>>>,
-    closed: AtomicBool,
     poller: Mutex<Option<tokio::task::AbortHandle>>,
     /// Settles, cancels and closes, sent in order by one task (an ack
     /// must reach the leader before the close of its channel's session).
@@ -159,7 +157,6 @@ impl ClientSessions {
             user: user.to_string(),
             consumers: tokio::sync::Mutex::new(HashMap::new()),
             attached: Mutex::new(None),
-            closed: AtomicBool::new(false),
             poller: Mutex::new(None),
         });
         let poller = groups.spawn(poll_loop(Arc::downgrade(groups), session.clone()));
@@ -379,7 +376,6 @@ impl ClientSession {
     }
 
     fn close(&self) {
-        self.closed.store(true, Ordering::Release);
         if let Some(poller) = self.poller.lock().take() {
             poller.abort();
         }
@@ -401,9 +397,6 @@ async fn poll_loop(groups: Weak<QueueGroups>, session: Arc<ClientSession>) {
     loop {
         let Some(groups_now) = groups.upgrade() else { return };
         let broker = groups_now.broker();
-        if session.closed.load(Ordering::Acquire) {
-            return;
-        }
         if !groups_now.runs(session.group) {
             // The queue is gone (or this node left its group): its
             // consumers are cancelled.
