@@ -158,6 +158,15 @@ async fn a_quorum_queue_is_on_every_node_with_one_group_that_fails_over() {
     let survivors: Vec<&Broker> = (0..3).filter(|i| *i != killed).map(|i| &cluster.nodes[i]).collect();
     let new_leader = queue_leader(&survivors, "orders", Some(&leader)).await;
     println!("the queue's new leader {new_leader} is known on both survivors {:?} after the kill", killed_at.elapsed());
+    // They did not wait out the dead leader's lease: its cluster port
+    // refused, so one of them called the election at once.
+    let called = format!("its leader {leader} is gone; calling an election");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !survivors.iter().any(|b| b.log().contains(&called)) {
+        let logs: Vec<String> = survivors.iter().map(|b| b.log()).collect();
+        assert!(Instant::now() < deadline, "no survivor called an election for the gone leader: {logs:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The killed node is soon shown offline, still a member.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

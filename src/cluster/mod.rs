@@ -19,6 +19,8 @@
 //!   [`queue_commands`]: their commands' bytes.
 //! - [`consumers`], [`sessions`] and [`session_wire`]: consumers and
 //!   gets of a quorum queue made at its leader from any node.
+//! - [`failover`]: a group whose leader's node is gone elects another at
+//!   once instead of waiting out the lease.
 //! - [`propose`]: committing a command from any member (forwarded to the
 //!   leader over the cluster port).
 //! - [`metadata`]: the metadata group, which replicates the definitions
@@ -33,6 +35,7 @@
 pub mod auth;
 pub mod codec;
 pub mod consumers;
+pub mod failover;
 pub mod log_storage;
 pub mod machine;
 pub mod metadata;

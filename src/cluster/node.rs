@@ -33,6 +33,9 @@ pub const NODE_GROUP: u64 = u64::MAX;
 pub const RUNNING_WITHIN: Duration = Duration::from_secs(3);
 /// How often each peer is asked.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a peer whose connection ended has to take a new one before it
+/// counts as there (a refusal or a close within it: gone).
+const GONE_WITHIN: Duration = Duration::from_millis(500);
 /// The key of the node identity parameter.
 const IDENTITY_KEY: &str = "node";
 
@@ -128,6 +131,8 @@ pub struct ClusterNode {
     advertised: String,
     peers: Vec<Peer>,
     seen: Mutex<Vec<Seen>>,
+    /// The name of each peer found gone (see [`ClusterNode::peers_gone`]).
+    gone: tokio::sync::broadcast::Sender<String>,
 }
 
 /// Answers "who are you" for the node: its identity, and whether it
@@ -186,7 +191,21 @@ impl ClusterNode {
             .map_or_else(|| transport.local_addr().to_string(), |p| p.addr.clone());
         let peers: Vec<Peer> = peers.into_iter().filter(|p| p.name != identity.name).collect();
         let seen = peers.iter().map(|_| Seen { id: None, formed: false, name: None, at: None }).collect();
-        let node = Arc::new(ClusterNode { identity, transport, advertised, peers, seen: Mutex::new(seen) });
+        let gone = tokio::sync::broadcast::channel(16).0;
+        let node = Arc::new(ClusterNode { identity, transport, advertised, peers, seen: Mutex::new(seen), gone });
+        let weak = Arc::downgrade(&node);
+        let mut lost = node.transport.links_lost();
+        tokio::spawn(async move {
+            loop {
+                let addr = match lost.recv().await {
+                    Ok(addr) => addr,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(node) = weak.upgrade() else { return };
+                node.check_gone(&addr).await;
+            }
+        });
         let weak = Arc::downgrade(&node);
         tokio::spawn(async move {
             loop {
@@ -228,6 +247,29 @@ impl ClusterNode {
                 }
                 None => {}
             }
+        }
+    }
+
+    /// The name of each peer found gone from now on: a connection to it
+    /// ended and its cluster port no longer serves (see
+    /// `Transport::is_gone`). Its groups need not wait out their leader's
+    /// lease: `failover`. Told once per peer until it answers again.
+    pub fn peers_gone(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.gone.subscribe()
+    }
+
+    /// A connection to `addr` ended: if its peer is gone, it is not
+    /// running from now on, and that is told.
+    async fn check_gone(&self, addr: &str) {
+        let Some(i) = self.peers.iter().position(|p| p.addr == addr) else { return };
+        if !self.transport.is_gone(addr, GONE_WITHIN).await {
+            return;
+        }
+        let was_running = self.seen.lock()[i].at.take().is_some();
+        if was_running {
+            let name = self.peers[i].name.clone();
+            tracing::info!("cluster peer {name} is gone (its cluster port does not serve)");
+            let _ = self.gone.send(name);
         }
     }
 

@@ -41,6 +41,7 @@ use openraft::impls::BasicNode;
 use parking_lot::Mutex;
 
 use super::consumers::ClientSessions;
+use super::failover::{next_gone, replace_gone_leader};
 use super::machine::{Commands, GroupMachine, hand_over_and_stop};
 use super::metadata::{METADATA_GROUP, PROPOSE_WITHIN, raft_config};
 use super::node::{ClusterNode, NODE_GROUP};
@@ -268,6 +269,17 @@ impl QueueGroups {
                 groups.look_over_now().await;
                 drop(groups);
                 let _ = tokio::time::timeout(LOOK_OVER_EVERY, poked).await;
+            }
+        });
+        let (weak, mut gone) = (Arc::downgrade(self), self.node.peers_gone());
+        tokio::spawn(async move {
+            while let Some(name) = next_gone(&mut gone).await {
+                let Some(groups) = weak.upgrade() else { return };
+                let running: Vec<(u64, QueueRaft)> =
+                    groups.running.lock().iter().map(|(group, g)| (*group, g.raft.clone())).collect();
+                for (group, raft) in running {
+                    tokio::spawn(replace_gone_leader(raft, group, groups.me(), name.clone()));
+                }
             }
         });
     }

@@ -124,6 +124,9 @@ pub struct Transport {
     cookie: Arc<Cookie>,
     /// This node's Raft id: a request meant for another is refused.
     id: NodeId,
+    /// The address of each outgoing connection that ended (the peer
+    /// closed it or it failed), for [`Transport::links_lost`].
+    lost: tokio::sync::broadcast::Sender<String>,
 }
 
 /// How long a connection's cookie handshake may take.
@@ -142,6 +145,7 @@ impl Transport {
             tasks: Mutex::new(Vec::new()),
             cookie,
             id,
+            lost: tokio::sync::broadcast::channel(64).0,
         });
         let weak = Arc::downgrade(&transport);
         let accept = tokio::spawn(async move {
@@ -182,6 +186,35 @@ impl Transport {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of each outgoing connection that ends from now on
+    /// (not those this node drops itself).
+    pub fn links_lost(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.lost.subscribe()
+    }
+
+    /// Whether nothing serves the cluster port at `addr` any more: a
+    /// connection is refused, or closed before the handshake is done (as
+    /// a proxy in front of a dead node does). A node that is merely slow,
+    /// or a link that drops packets, is not gone: it keeps the handshake
+    /// waiting, and after `within` it counts as there.
+    pub async fn is_gone(&self, addr: &str, within: Duration) -> bool {
+        let attempt = async {
+            let mut socket = TcpStream::connect(addr).await?;
+            auth::connect(&mut socket, &self.cookie).await
+        };
+        match tokio::time::timeout(within, attempt).await {
+            Ok(Err(e)) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::BrokenPipe
+            ),
+            Ok(Ok(())) | Err(_) => false,
+        }
     }
 
     pub fn add_group(&self, group: u64, server: Arc<dyn GroupServer>) {
@@ -260,7 +293,7 @@ impl Transport {
         let (tx, rx) = oneshot::channel();
         link.pending.lock().insert(request, tx);
         let bytes = frame(Header { kind, group, request, to }, payload);
-        let sent = tokio::time::timeout(limit, link.send(addr, &self.cookie, bytes)).await;
+        let sent = tokio::time::timeout(limit, link.send(addr, &self.cookie, &self.lost, bytes)).await;
         let outcome = match sent {
             Ok(Ok(())) => tokio::time::timeout(limit, rx).await,
             Ok(Err(e)) => {
@@ -293,7 +326,13 @@ impl PeerLink {
     }
 
     /// Writes a frame, connecting first if there is no connection.
-    async fn send(&self, addr: &str, cookie: &Cookie, frame: Vec<u8>) -> io::Result<()> {
+    async fn send(
+        &self,
+        addr: &str,
+        cookie: &Cookie,
+        lost: &tokio::sync::broadcast::Sender<String>,
+        frame: Vec<u8>,
+    ) -> io::Result<()> {
         let mut writer = self.writer.lock().await;
         if writer.as_ref().is_some_and(|(_, alive)| !alive.load(Ordering::Acquire)) {
             *writer = None;
@@ -311,6 +350,7 @@ impl PeerLink {
             let pending = self.pending.clone();
             let alive = Arc::new(AtomicBool::new(true));
             let reading = alive.clone();
+            let (lost, addr) = (lost.clone(), addr.to_string());
             let task = tokio::spawn(async move {
                 while let Ok((header, payload)) = read_frame(&mut reader).await {
                     if let Some(waiter) = pending.lock().remove(&header.request) {
@@ -322,6 +362,7 @@ impl PeerLink {
                 // drop) rather than at their time-out.
                 reading.store(false, Ordering::Release);
                 pending.lock().clear();
+                let _ = lost.send(addr);
             });
             if let Some(old) = self.reader.lock().replace(task.abort_handle()) {
                 old.abort();
