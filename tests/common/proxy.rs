@@ -1,6 +1,7 @@
 //! A TCP proxy on one node-to-node link, for partitions made by the test
 //! itself (no root, no change to the machine's network): node i reaches
-//! node j only through proxy (i, j), and the test cuts it.
+//! node j only through proxy (i, j), and the test cuts it. warren-clustertest
+//! uses this file too (`tools/crashtest/cluster`).
 //!
 //! A cut closes every connection through the proxy, and connections made
 //! while it lasts are held open but carry nothing in the cut direction

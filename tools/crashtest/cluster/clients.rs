@@ -28,15 +28,19 @@ pub struct Record {
     pub sent: HashSet<String>,
     /// Confirmed (basic.ack), with when the confirm arrived.
     pub confirmed: HashMap<String, Instant>,
+    /// For each confirmed message, the node its publisher was connected
+    /// to and when it was published.
+    pub confirmed_via: HashMap<String, (String, Instant)>,
     pub nacked: HashSet<String>,
     /// How often each message was delivered (to consumers and the drain).
     pub delivered: HashMap<String, u32>,
 }
 
-/// The nodes' AMQP URLs as they are now (a restarted node has a new port).
-pub type Urls = Arc<Mutex<Vec<String>>>;
+/// The running nodes' names and AMQP URLs as they are now (a restarted
+/// node has a new port).
+pub type Urls = Arc<Mutex<Vec<(String, String)>>>;
 
-fn pick(urls: &Urls) -> Option<String> {
+fn pick(urls: &Urls) -> Option<(String, String)> {
     let urls = urls.lock().ok()?;
     (!urls.is_empty()).then(|| urls[fastrand::usize(..urls.len())].clone())
 }
@@ -58,7 +62,7 @@ pub fn publisher(
     tokio::spawn(async move {
         let mut n = 0u64;
         while !*stop.borrow() {
-            let Some(url) = pick(&urls) else {
+            let Some((node, url)) = pick(&urls) else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
@@ -77,6 +81,7 @@ pub fn publisher(
                 n += 1;
                 record.lock().expect("record").sent.insert(body.clone());
                 let properties = BasicProperties::default().with_delivery_mode(2);
+                let published = Instant::now();
                 let publish = ch.basic_publish(
                     "".into(),
                     queue.as_str().into(),
@@ -87,7 +92,9 @@ pub fn publisher(
                 let confirmed = tokio::time::timeout(CLIENT_TIMEOUT, async { publish.await?.await }).await;
                 match confirmed {
                     Ok(Ok(Confirmation::Ack(_))) => {
-                        record.lock().expect("record").confirmed.insert(body, Instant::now());
+                        let mut record = record.lock().expect("record");
+                        record.confirmed.insert(body.clone(), Instant::now());
+                        record.confirmed_via.insert(body, (node.clone(), published));
                     }
                     Ok(Ok(Confirmation::Nack(_))) => {
                         record.lock().expect("record").nacked.insert(body);
@@ -129,7 +136,7 @@ pub async fn consume_once(
     stop: &watch::Receiver<bool>,
     idle: Option<Duration>,
 ) -> Option<()> {
-    let url = pick(urls)?;
+    let (_, url) = pick(urls)?;
     let conn = connect(&url, &format!("clustertest-consumer-{id}")).await?;
     let setup = async {
         let ch = conn.create_channel().await.ok()?;

@@ -5,12 +5,16 @@
 //! confirmed publishers and acking consumers, each on a node picked at
 //! random (moving to another when its node fails). Meanwhile it kills the
 //! queue's leader with SIGKILL (found through the management API) and
-//! restarts it, or pauses it with SIGSTOP, again and again. Then it stops
-//! the publishers, drains the queue and checks: every confirmed message
-//! delivered (none lost), nothing delivered that was not sent (none
-//! unexpected), and how many deliveries were repeats (duplicated: at least
-//! once allows them). It also measures each failover as the longest
-//! stretch without any confirm around the fault.
+//! restarts it, pauses it with SIGSTOP, or partitions the cluster (a proxy
+//! on each node-to-node link, cut one way or both: a node isolated, the
+//! leader isolated, or the bridge that leaves each node a different
+//! majority), again and again. Then it stops the publishers, drains the
+//! queue and checks: every confirmed message delivered (none lost),
+//! nothing delivered that was not sent (none unexpected), no confirm from
+//! a node a partition left without a majority, and how many deliveries
+//! were repeats (duplicated: at least once allows them). It also measures
+//! each failover as the longest stretch without any confirm around the
+//! fault.
 
 // Shared with warren-crashtest, which uses more of it.
 #[allow(dead_code)]
@@ -18,6 +22,9 @@
 mod broker;
 mod clients;
 mod nodes;
+// Shared with the integration tests' partitions.
+#[path = "../../../tests/common/proxy.rs"]
+mod proxy;
 mod verdict;
 
 use std::path::PathBuf;
@@ -32,8 +39,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use tokio::sync::watch;
 
 use clients::{Record, Urls};
-use nodes::Cluster;
-use verdict::Verdict;
+use nodes::{Cluster, Shape, Way};
+use verdict::{Fault, Verdict};
 
 const QUEUE: &str = "clustertest";
 /// How long the cluster may take to agree on a leader after a fault.
@@ -60,6 +67,11 @@ struct Args {
     /// SIGSTOPs of the queue's leader (each continued after 2 to 5 s).
     #[arg(long, default_value_t = 0)]
     pauses: u32,
+    /// Partitions of each shape (a node isolated, the leader isolated, a
+    /// bridge), each cut one way or both and healed after 3 to 8 s. Puts
+    /// a proxy on every node-to-node link.
+    #[arg(long, default_value_t = 0)]
+    partitions: u32,
     #[arg(long, default_value_t = 4)]
     publishers: usize,
     #[arg(long, default_value_t = 2)]
@@ -108,15 +120,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot make {}", dir.display()))?;
     println!(
-        "warren-clustertest: {} nodes, {} publishers, {} consumers, {} leader kills, {} leader pauses (seed {seed}, in {})",
+        "warren-clustertest: {} nodes, {} publishers, {} consumers, {} leader kills, {} leader pauses, {} partitions of each shape (seed {seed}, in {})",
         args.nodes,
         args.publishers,
         args.consumers,
         args.kills,
         args.pauses,
+        args.partitions,
         dir.display()
     );
-    let mut cluster = Cluster::start(&warren, &dir, args.nodes as usize, &args.fsync)?;
+    let links = args.partitions > 0;
+    let mut cluster = Cluster::start(&warren, &dir, args.nodes as usize, &args.fsync, links).await?;
     let urls: Urls = Arc::new(Mutex::new(cluster.urls()));
     declare(&cluster.urls()).await?;
     cluster.queue_leader(QUEUE, SETTLE_WITHIN)?;
@@ -133,10 +147,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         consumers.push(clients::consumer(id, QUEUE.into(), urls.clone(), record.clone(), consuming.clone()));
     }
 
-    let (kills, pauses) = (args.kills, args.pauses);
+    let mut plan: Vec<Planned> = Vec::new();
+    plan.extend((0..args.kills).map(|_| Planned::Kill));
+    plan.extend((0..args.pauses).map(|_| Planned::Pause));
+    for shape in [Shape::OneIsolated, Shape::LeaderIsolated, Shape::Bridge] {
+        plan.extend((0..args.partitions).map(|_| Planned::Partition(shape)));
+    }
+    fastrand::shuffle(&mut plan);
     let faulting = urls.clone();
     let (cluster, faults) = tokio::task::spawn_blocking(move || {
-        let faults = make_faults(&mut cluster, &faulting, kills, pauses);
+        let faults = make_faults(&mut cluster, &faulting, plan);
         (cluster, faults)
     })
     .await?;
@@ -170,13 +190,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 }
 
 /// Declares the quorum queue on the first node, once the cluster can.
-async fn declare(urls: &[String]) -> anyhow::Result<()> {
+async fn declare(urls: &[(String, String)]) -> anyhow::Result<()> {
     let deadline = Instant::now() + SETTLE_WITHIN;
     let mut arguments = FieldTable::default();
     arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
     loop {
         let attempt = async {
-            let conn = lapin::Connection::connect(&urls[0], Default::default()).await?;
+            let conn = lapin::Connection::connect(&urls[0].1, Default::default()).await?;
             let ch = conn.create_channel().await?;
             let durable = QueueDeclareOptions { durable: true, ..Default::default() };
             ch.queue_declare(QUEUE.into(), durable, arguments.clone()).await?;
@@ -193,46 +213,76 @@ async fn declare(urls: &[String]) -> anyhow::Result<()> {
     }
 }
 
-/// Kills and pauses the queue's leader, one fault at a time, each after
-/// 1 to 3 s of load; returns when each fault happened.
-fn make_faults(cluster: &mut Cluster, urls: &Urls, kills: u32, pauses: u32) -> anyhow::Result<Vec<Instant>> {
+/// A fault to make.
+#[derive(Debug, Clone, Copy)]
+enum Planned {
+    Kill,
+    Pause,
+    Partition(Shape),
+}
+
+/// Makes the planned faults one at a time, each after 1 to 3 s of load;
+/// returns each as made.
+fn make_faults(cluster: &mut Cluster, urls: &Urls, plan: Vec<Planned>) -> anyhow::Result<Vec<Fault>> {
     let mut faults = Vec::new();
-    let mut plan: Vec<bool> = (0..kills).map(|_| true).chain((0..pauses).map(|_| false)).collect();
-    fastrand::shuffle(&mut plan);
-    for (n, kill) in plan.into_iter().enumerate() {
+    for (n, planned) in plan.into_iter().enumerate() {
         std::thread::sleep(Duration::from_millis(fastrand::u64(1000..3000)));
         let leader = cluster.queue_leader(QUEUE, SETTLE_WITHIN)?;
         let name = cluster.nodes[leader].name.clone();
         let at = Instant::now();
-        faults.push(at);
-        if kill {
-            // The others elect a new leader before the killed node comes back.
-            cluster.kill(leader)?;
-            *urls.lock().expect("urls") = cluster.urls();
-            let next = cluster.queue_leader(QUEUE, SETTLE_WITHIN)?;
-            println!(
-                "fault {}: killed {name}; {} leads {:.2} s after",
-                n + 1,
-                cluster.nodes[next].name,
-                at.elapsed().as_secs_f64()
-            );
-            std::thread::sleep(Duration::from_millis(fastrand::u64(0..1000)));
-            cluster.start_node(leader)?;
-            *urls.lock().expect("urls") = cluster.urls();
-        } else {
-            cluster.pause(leader)?;
-            std::thread::sleep(Duration::from_millis(fastrand::u64(2000..5000)));
-            cluster.resume(leader)?;
-        }
-        let next = cluster.queue_leader(QUEUE, SETTLE_WITHIN)?;
-        if !kill {
-            println!(
-                "fault {}: paused and continued {name}; {} leads {:.2} s after",
-                n + 1,
-                cluster.nodes[next].name,
-                at.elapsed().as_secs_f64()
-            );
-        }
+        let n = n + 1;
+        let fault = match planned {
+            Planned::Kill => {
+                // The others elect a new leader before the killed node comes back.
+                cluster.kill(leader)?;
+                *urls.lock().expect("urls") = cluster.urls();
+                let next = cluster.queue_leader(QUEUE, SETTLE_WITHIN)?;
+                let after = at.elapsed().as_secs_f64();
+                println!("fault {n}: killed {name}; {} leads {after:.2} s after", cluster.nodes[next].name);
+                std::thread::sleep(Duration::from_millis(fastrand::u64(0..1000)));
+                cluster.start_node(leader)?;
+                *urls.lock().expect("urls") = cluster.urls();
+                Fault::new("kill", at)
+            }
+            Planned::Pause => {
+                cluster.pause(leader)?;
+                std::thread::sleep(Duration::from_millis(fastrand::u64(2000..5000)));
+                cluster.resume(leader)?;
+                let next = cluster.queue_leader(QUEUE, SETTLE_WITHIN)?;
+                let after = at.elapsed().as_secs_f64();
+                println!(
+                    "fault {n}: paused and continued {name}; {} leads {after:.2} s after",
+                    cluster.nodes[next].name
+                );
+                Fault::new("pause", at)
+            }
+            Planned::Partition(shape) => {
+                let way = [Way::Both, Way::Outgoing, Way::Incoming][fastrand::usize(..3)];
+                let made = cluster.partition(shape, way, leader)?;
+                std::thread::sleep(Duration::from_millis(fastrand::u64(3000..8000)));
+                cluster.heal();
+                let healed = Instant::now();
+                let next = cluster.queue_leader(QUEUE, SETTLE_WITHIN)?;
+                let names = |pairs: &[(usize, usize)]| {
+                    let named: Vec<String> = pairs
+                        .iter()
+                        .map(|(i, j)| format!("{}|{}", cluster.nodes[*i].name, cluster.nodes[*j].name))
+                        .collect();
+                    named.join(", ")
+                };
+                println!(
+                    "fault {n}: {} ({:?} cut {}; leader was {name}), healed after {:.2} s; {} leads {:.2} s after the heal",
+                    shape.label(),
+                    way,
+                    names(&made.cut),
+                    healed.duration_since(at).as_secs_f64(),
+                    cluster.nodes[next].name,
+                    healed.elapsed().as_secs_f64()
+                );
+                Fault { kind: shape.label().to_string(), at, healed: Some(healed), minority: made.minority }
+            }
+        };
+        faults.push(fault);
     }
     Ok(faults)
 }
@@ -262,12 +312,20 @@ fn report(v: &Verdict) {
         v.unexpected.len(),
         v.duplicated
     );
-    if let Some((median, worst)) = v.failover() {
-        println!(
-            "failover (longest stretch without a confirm around each fault): median {:.2} s, worst {:.2} s",
-            median.as_secs_f64(),
-            worst.as_secs_f64()
-        );
+    for kind in v.kinds() {
+        if let Some((median, worst)) = v.failover(&kind) {
+            println!(
+                "failover after a {kind} (longest stretch without a confirm around each): median {:.2} s, worst {:.2} s",
+                median.as_secs_f64(),
+                worst.as_secs_f64()
+            );
+        }
+    }
+    let each: Vec<String> = v.gaps.iter().map(|(_, gap)| format!("{:.2}", gap.as_secs_f64())).collect();
+    println!("each fault's stretch without a confirm, in order (s): {}", each.join(" "));
+    println!("confirms from a node without a majority: {}", v.minority_confirms.len());
+    for m in v.minority_confirms.iter().take(20) {
+        println!("  confirmed by a minority: {m}");
     }
     for m in v.lost.iter().take(20) {
         println!("  lost: {m}");

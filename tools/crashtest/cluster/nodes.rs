@@ -1,15 +1,63 @@
 //! The cluster under test: three (or more) real `warren` nodes on loopback,
 //! each with its own ports and data directory, and the faults the driver
-//! makes: SIGKILL and restart, SIGSTOP and SIGCONT. The queue's leader is
-//! found through a node's management API.
+//! makes: SIGKILL and restart, SIGSTOP and SIGCONT, and partitions. The
+//! queue's leader is found through a node's management API.
+//!
+//! With links, node i reaches node j only through a proxy of its own
+//! (`proxy`, shared with the integration tests), and a partition is made
+//! by cutting proxies: no root, and the machine's network is left alone.
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::broker::{Broker, BrokerConfig};
+use crate::proxy::{Carries, OPEN, Proxy};
+
+/// The shapes of partition the driver makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A node picked at random cut off from the others.
+    OneIsolated,
+    /// The queue's leader cut off from the others.
+    LeaderIsolated,
+    /// The nodes split in two halves, each of which reaches only itself
+    /// and one bridge node: every node sees a majority, a different one
+    /// (with three nodes, Jepsen's majority ring).
+    Bridge,
+}
+
+impl Shape {
+    pub fn label(self) -> &'static str {
+        match self {
+            Shape::OneIsolated => "node isolated",
+            Shape::LeaderIsolated => "leader isolated",
+            Shape::Bridge => "bridge",
+        }
+    }
+}
+
+/// Which way a cut goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    Both,
+    /// The cut-off side's messages are dropped; it hears the others.
+    Outgoing,
+    /// The cut-off side hears nothing; its own messages arrive.
+    Incoming,
+}
+
+/// A partition as made: which node pairs were cut, and which nodes were
+/// left without a majority (no confirm may come from their clients).
+#[derive(Debug, Clone)]
+pub struct Partition {
+    pub cut: Vec<(usize, usize)>,
+    pub minority: BTreeSet<String>,
+}
 
 /// One node: how to start it, and the process when it runs.
 pub struct Node {
@@ -23,6 +71,8 @@ pub struct Node {
 pub struct Cluster {
     pub nodes: Vec<Node>,
     starts: u32,
+    /// With links: `links[i][j]` carries node i's connections to node j.
+    links: Vec<Vec<Option<Arc<Proxy>>>>,
 }
 
 /// A port free now (the OS picks it; it is free again once the probe closes).
@@ -32,11 +82,29 @@ fn free_port() -> anyhow::Result<u16> {
 
 impl Cluster {
     /// Starts `count` nodes under `dir` (one data directory and log each,
-    /// a cookie they share).
-    pub fn start(warren: &Path, dir: &Path, count: usize, fsync: &str) -> anyhow::Result<Cluster> {
+    /// a cookie they share), with a proxy on each node-to-node link if
+    /// `links`.
+    pub async fn start(warren: &Path, dir: &Path, count: usize, fsync: &str, links: bool) -> anyhow::Result<Cluster> {
         let names: Vec<String> = (0..count).map(|i| format!("node{i}@localhost")).collect();
         let ports: Vec<u16> = (0..count).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
-        let peers: Vec<String> = names.iter().zip(&ports).map(|(n, p)| format!("{n}@127.0.0.1:{p}")).collect();
+        let mut proxies = Vec::new();
+        let mut peer_lists = Vec::new();
+        for i in 0..count {
+            let mut row = Vec::new();
+            let mut peers = Vec::new();
+            for (j, (name, port)) in names.iter().zip(&ports).enumerate() {
+                if i == j || !links {
+                    row.push(None);
+                    peers.push(format!("{name}@127.0.0.1:{port}"));
+                } else {
+                    let proxy = Proxy::start(*port).await;
+                    peers.push(format!("{name}@127.0.0.1:{}", proxy.port));
+                    row.push(Some(proxy));
+                }
+            }
+            proxies.push(row);
+            peer_lists.push(peers.join(","));
+        }
         let cookie = dir.join("cookie");
         std::fs::write(&cookie, format!("clustertest-{:016x}", fastrand::u64(..)))?;
         // Warren refuses a cookie others may read.
@@ -49,7 +117,7 @@ impl Cluster {
                 "--cluster-port".into(),
                 ports[i].to_string(),
                 "--cluster-peers".into(),
-                peers.join(","),
+                peer_lists[i].clone(),
                 "--cluster-cookie-file".into(),
                 cookie.display().to_string(),
             ];
@@ -64,7 +132,7 @@ impl Cluster {
             };
             nodes.push(Node { name: name.clone(), config, broker: None, paused: false });
         }
-        let mut cluster = Cluster { nodes, starts: 0 };
+        let mut cluster = Cluster { nodes, starts: 0, links: proxies };
         for i in 0..count {
             cluster.start_node(i)?;
         }
@@ -105,10 +173,63 @@ impl Cluster {
         Ok(())
     }
 
-    /// The AMQP URL of each node that runs (paused ones included: a client
-    /// of a paused node waits, as it would for a hung machine).
-    pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().filter_map(|n| n.broker.as_ref().map(Broker::url)).collect()
+    /// Makes a partition of `shape`, cut `way`, around `leader`.
+    pub fn partition(&self, shape: Shape, way: Way, leader: usize) -> anyhow::Result<Partition> {
+        let count = self.nodes.len();
+        anyhow::ensure!(self.links.iter().flatten().any(Option::is_some), "partitions need a cluster with links");
+        let (cut, minority): (Vec<(usize, usize)>, Vec<usize>) = match shape {
+            Shape::OneIsolated | Shape::LeaderIsolated => {
+                let alone = if shape == Shape::LeaderIsolated { leader } else { fastrand::usize(..count) };
+                ((0..count).filter(|j| *j != alone).map(|j| (alone, j)).collect(), vec![alone])
+            }
+            Shape::Bridge => {
+                let mut order: Vec<usize> = (0..count).collect();
+                fastrand::shuffle(&mut order);
+                let (halves, _bridge) = order.split_at(count - 1);
+                let (a, b) = halves.split_at(halves.len() / 2);
+                (a.iter().flat_map(|i| b.iter().map(move |j| (*i, *j))).collect(), Vec::new())
+            }
+        };
+        for (i, j) in &cut {
+            // (i, j): i is the side cut off; `way` says from what.
+            let (from_i, to_i) = match way {
+                Way::Both => (false, false),
+                Way::Outgoing => (false, true),
+                Way::Incoming => (true, false),
+            };
+            // i's connections to j carry i's requests forward, j's replies back;
+            // j's connections to i carry j's requests forward, i's replies back.
+            self.set_link(*i, *j, Carries { forward: from_i, backward: to_i });
+            self.set_link(*j, *i, Carries { forward: to_i, backward: from_i });
+        }
+        let minority = minority.into_iter().map(|i| self.nodes[i].name.clone()).collect();
+        Ok(Partition { cut, minority })
+    }
+
+    fn set_link(&self, i: usize, j: usize, carries: Carries) {
+        if let Some(proxy) = &self.links[i][j] {
+            proxy.set(carries);
+        }
+    }
+
+    /// Every link carries everything again.
+    pub fn heal(&self) {
+        for (i, row) in self.links.iter().enumerate() {
+            for (j, proxy) in row.iter().enumerate() {
+                if let Some(proxy) = proxy
+                    && i != j
+                {
+                    proxy.set(OPEN);
+                }
+            }
+        }
+    }
+
+    /// The name of each node that runs, with its AMQP URL (paused ones
+    /// included: a client of a paused node waits, as it would for a hung
+    /// machine).
+    pub fn urls(&self) -> Vec<(String, String)> {
+        self.nodes.iter().filter_map(|n| n.broker.as_ref().map(|b| (n.name.clone(), b.url()))).collect()
     }
 
     fn management(&self, i: usize) -> Option<SocketAddr> {

@@ -1,12 +1,33 @@
 //! The verdict of a cluster run: every confirmed message delivered (lost:
 //! confirmed but never delivered), nothing delivered that no publisher sent
 //! (unexpected), how many deliveries were repeats (duplicated: allowed,
-//! at least once, but counted), and the failover after each fault: the
+//! at least once, but counted), no confirm from a node left without a
+//! majority (a message published there after a partition began and
+//! confirmed before it healed), and the failover after each fault: the
 //! longest stretch without any confirm around it.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::clients::Record;
+
+/// A fault as the driver made it.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// What it was ("kill", "pause", or a partition's shape).
+    pub kind: String,
+    pub at: Instant,
+    /// When a partition healed.
+    pub healed: Option<Instant>,
+    /// The nodes a partition left without a majority.
+    pub minority: BTreeSet<String>,
+}
+
+impl Fault {
+    pub fn new(kind: &str, at: Instant) -> Fault {
+        Fault { kind: kind.to_string(), at, healed: None, minority: BTreeSet::new() }
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Verdict {
@@ -18,12 +39,14 @@ pub struct Verdict {
     pub unexpected: Vec<String>,
     /// Deliveries beyond the first of a message.
     pub duplicated: u64,
-    /// Per fault, the stretch without any confirm that spans it.
-    pub gaps: Vec<Duration>,
+    /// Confirmed by a node a partition had left without a majority.
+    pub minority_confirms: Vec<String>,
+    /// Per fault (its kind), the stretch without any confirm that spans it.
+    pub gaps: Vec<(String, Duration)>,
 }
 
 impl Verdict {
-    pub fn of(record: &Record, faults: &[Instant]) -> Verdict {
+    pub fn of(record: &Record, faults: &[Fault]) -> Verdict {
         let mut lost: Vec<String> =
             record.confirmed.keys().filter(|m| !record.delivered.contains_key(*m)).cloned().collect();
         lost.sort();
@@ -32,6 +55,20 @@ impl Verdict {
         unexpected.sort();
         let mut confirms: Vec<Instant> = record.confirmed.values().copied().collect();
         confirms.sort();
+        let mut minority_confirms: Vec<String> = record
+            .confirmed_via
+            .iter()
+            .filter(|(message, (node, published))| {
+                let confirmed = record.confirmed.get(*message);
+                faults.iter().any(|f| {
+                    f.minority.contains(node)
+                        && *published >= f.at
+                        && f.healed.is_some_and(|healed| confirmed.is_some_and(|c| *c < healed))
+                })
+            })
+            .map(|(message, (node, _))| format!("{message} (via {node})"))
+            .collect();
+        minority_confirms.sort();
         Verdict {
             sent: record.sent.len(),
             confirmed: record.confirmed.len(),
@@ -40,24 +77,37 @@ impl Verdict {
             lost,
             unexpected,
             duplicated: record.delivered.values().map(|n| u64::from(n.saturating_sub(1))).sum(),
+            minority_confirms,
             gaps: faults
                 .iter()
                 .enumerate()
-                .filter_map(|(i, at)| {
-                    let until = faults.get(i + 1).copied().unwrap_or(*at + WINDOW).min(*at + WINDOW);
-                    longest_gap(&confirms, *at, until)
+                .filter_map(|(i, fault)| {
+                    let next = faults.get(i + 1).map_or(fault.at + WINDOW, |f| f.at);
+                    let gap = longest_gap(&confirms, fault.at, next.min(fault.at + WINDOW))?;
+                    Some((fault.kind.clone(), gap))
                 })
                 .collect(),
         }
     }
 
     pub fn passed(&self) -> bool {
-        self.lost.is_empty() && self.unexpected.is_empty()
+        self.lost.is_empty() && self.unexpected.is_empty() && self.minority_confirms.is_empty()
     }
 
-    /// The median and the longest gap.
-    pub fn failover(&self) -> Option<(Duration, Duration)> {
-        let mut gaps = self.gaps.clone();
+    /// The kinds of fault that have a failover, in the order first made.
+    pub fn kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = Vec::new();
+        for (kind, _) in &self.gaps {
+            if !kinds.contains(kind) {
+                kinds.push(kind.clone());
+            }
+        }
+        kinds
+    }
+
+    /// The median and the longest gap after faults of `kind`.
+    pub fn failover(&self, kind: &str) -> Option<(Duration, Duration)> {
+        let mut gaps: Vec<Duration> = self.gaps.iter().filter(|(k, _)| k == kind).map(|(_, gap)| *gap).collect();
         gaps.sort();
         Some((*gaps.get(gaps.len() / 2)?, *gaps.last()?))
     }
@@ -103,13 +153,41 @@ mod tests {
         // Sent, never confirmed, delivered: fine (its confirm was lost).
         record.delivered.insert("d".into(), 1);
         record.delivered.insert("z".into(), 1);
-        let verdict = Verdict::of(&record, &[t0 + Duration::from_millis(100)]);
+        let verdict = Verdict::of(&record, &[Fault::new("kill", t0 + Duration::from_millis(100))]);
         assert_eq!(verdict.lost, ["b"]);
         assert_eq!(verdict.unexpected, ["z"]);
         assert_eq!(verdict.duplicated, 1);
         assert!(!verdict.passed());
-        assert_eq!(verdict.gaps, [Duration::from_millis(890)], "from b's confirm to c's");
-        assert_eq!(verdict.failover(), Some((Duration::from_millis(890), Duration::from_millis(890))));
+        assert_eq!(verdict.gaps, [("kill".to_string(), Duration::from_millis(890))], "from b's confirm to c's");
+        assert_eq!(verdict.failover("kill"), Some((Duration::from_millis(890), Duration::from_millis(890))));
+        assert_eq!(verdict.failover("pause"), None);
+    }
+
+    #[test]
+    fn a_confirm_from_a_minority_node_during_its_partition_fails_the_run() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut record = Record::default();
+        // (message, node, published, confirmed)
+        let messages = [
+            ("before", "n1", t0, t0 + ms(1500)), // published before the cut: may be confirmed late
+            ("majority", "n2", t0 + ms(1100), t0 + ms(1200)), // the majority's node
+            ("minority", "n1", t0 + ms(1100), t0 + ms(1900)), // the cut-off node, inside the cut
+            ("healed", "n1", t0 + ms(1100), t0 + ms(2100)), // confirmed after the heal
+        ];
+        for (m, node, published, confirmed) in messages {
+            record.sent.insert(m.into());
+            record.delivered.insert(m.into(), 1);
+            record.confirmed.insert(m.into(), confirmed);
+            record.confirmed_via.insert(m.into(), (node.into(), published));
+        }
+        let mut cut = Fault::new("leader isolated", t0 + ms(1000));
+        cut.healed = Some(t0 + ms(2000));
+        cut.minority.insert("n1".into());
+        let verdict = Verdict::of(&record, &[cut]);
+        assert_eq!(verdict.minority_confirms, ["minority (via n1)"]);
+        assert!(verdict.lost.is_empty() && verdict.unexpected.is_empty());
+        assert!(!verdict.passed());
     }
 
     #[test]

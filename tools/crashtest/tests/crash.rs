@@ -138,11 +138,13 @@ fn two_hundred_kills_lose_no_confirmed_message() {
 }
 
 /// The cluster driver: three nodes, the quorum queue's leader killed three
-/// times and paused once under confirmed publishers and acking consumers on
-/// random nodes; every confirmed message is delivered, nothing unexpected.
+/// times and paused once, and one partition of each shape, under confirmed
+/// publishers and acking consumers on random nodes; every confirmed
+/// message is delivered, nothing unexpected, no confirm from a minority.
 #[test]
-fn a_cluster_whose_leader_is_killed_and_paused_loses_no_confirmed_message() {
-    let (status, output) = clustertest(&["--kills", "3", "--pauses", "1", "--seed", "21"], Duration::from_secs(600));
+fn a_cluster_whose_leader_is_killed_paused_and_cut_off_loses_no_confirmed_message() {
+    let args = ["--kills", "3", "--pauses", "1", "--partitions", "1", "--seed", "21"];
+    let (status, output) = clustertest(&args, Duration::from_secs(600));
     assert!(status.success(), "warren-clustertest failed ({status}):\n{output}");
     let summary = output.lines().find(|l| l.starts_with("sent ")).unwrap_or_else(|| panic!("no summary:\n{output}"));
     let figure = |name: &str| -> u64 {
@@ -155,7 +157,11 @@ fn a_cluster_whose_leader_is_killed_and_paused_loses_no_confirmed_message() {
         figure("confirmed") > 0 && figure("delivered") >= figure("confirmed"),
         "real traffic was checked: {summary}"
     );
-    assert_eq!(output.lines().filter(|l| l.starts_with("fault ")).count(), 4, "four faults made:\n{output}");
+    assert_eq!(output.lines().filter(|l| l.starts_with("fault ")).count(), 7, "seven faults made:\n{output}");
+    for shape in ["node isolated", "leader isolated", "bridge"] {
+        assert!(output.lines().any(|l| l.contains(&format!(": {shape} ("))), "no {shape} partition:\n{output}");
+    }
+    assert!(output.contains("confirms from a node without a majority: 0"), "{output}");
     assert!(output.lines().any(|l| l == "PASS"), "{output}");
 }
 
