@@ -29,53 +29,15 @@ use std::time::{Duration, Instant};
 
 use common::amqp::{amqp_error, channel, confirm_channel, connect, next, publish_to, text, within};
 use common::cluster::{TestCluster, agreed_leader, until_status};
+use common::quorum::{NAMES, durable, queue_leader, quorum_args};
 use common::{Broker, http};
 use futures_lite::StreamExt;
 use lapin::Confirmation;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
-const NAMES: [&str; 3] = ["alpha@localhost", "beta@localhost", "gamma@localhost"];
 const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
 const QUEUE_PATH: &str = "/api/queues/%2F/orders";
-
-fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    for (key, value) in extra {
-        args.insert((*key).into(), value.clone());
-    }
-    args
-}
-
-fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions { durable: true, ..Default::default() }
-}
-
-/// Polls until every node shows `queue` with all three members and the
-/// same leader (not `not`); that leader's name.
-async fn queue_leader(nodes: &[&Broker], queue: &str, not: Option<&str>) -> String {
-    let path = format!("/api/queues/%2F/{queue}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let everyone: BTreeSet<&str> = NAMES.into_iter().collect();
-    loop {
-        let mut seen = Vec::new();
-        for node in nodes {
-            seen.push(http::get(node.management.expect("management API"), &path, GUEST).await.json());
-        }
-        let leader = seen[0]["leader"].as_str().map(str::to_string);
-        let agreed = seen.iter().all(|q| {
-            let members: Option<BTreeSet<&str>> =
-                q["members"].as_array().map(|m| m.iter().filter_map(|n| n.as_str()).collect());
-            q["type"] == "quorum" && members.as_ref() == Some(&everyone) && q["leader"].as_str() == leader.as_deref()
-        });
-        if let Some(leader) = leader.filter(|l| agreed && Some(l.as_str()) != not) {
-            return leader;
-        }
-        assert!(Instant::now() < deadline, "no agreed queue leader within 20 s: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test]
 async fn a_quorum_queue_is_on_every_node_with_one_group_that_fails_over() {

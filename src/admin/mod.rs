@@ -10,7 +10,9 @@
 //! permissions (owner only), like rabbitmqctl's Erlang cookie.
 
 use crate::broker::memory::Watermark;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -23,7 +25,7 @@ use crate::broker::Broker;
 mod users;
 mod vhosts;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
     pub command: String,
     #[serde(default)]
@@ -56,11 +58,40 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, broker: Arc<Broker>) {
+/// The verbs about a cluster (`rabbitmq-queues quorum_status`,
+/// `check_if_node_is_quorum_critical`), answered by a node of one.
+pub trait ClusterAdmin: Send + Sync + 'static {
+    /// Its answer, or None for a verb that is not about the cluster.
+    fn execute(&self, req: Request) -> Option<Pin<Box<dyn Future<Output = Response> + Send>>>;
+}
+
+/// What a single node answers to the cluster verbs.
+fn single_node(broker: &Broker, req: &Request) -> Option<Response> {
+    match req.command.as_str() {
+        "quorum_status" => {
+            let (vhost, name) = (req.vhost.as_deref().unwrap_or("/"), req.name.as_deref().unwrap_or(""));
+            Some(match broker.queue_row(vhost, name) {
+                None => fail(format!("queue '{name}' in vhost '{vhost}' does not exist")),
+                Some(row) if row.queue_type != "quorum" => {
+                    fail(format!("queue '{name}' in vhost '{vhost}' is not a quorum queue"))
+                }
+                Some(_) => fail(format!(
+                    "quorum queue '{name}' in vhost '{vhost}' has no Raft group: this node is not in a cluster"
+                )),
+            })
+        }
+        // Nothing of a single node has other members to lose.
+        "check_if_node_is_quorum_critical" => Some(ok(vec![])),
+        _ => None,
+    }
+}
+
+pub async fn serve(listener: UnixListener, broker: Arc<Broker>, cluster: Option<Arc<dyn ClusterAdmin>>) {
     STARTED.get_or_init(std::time::Instant::now);
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let broker = broker.clone();
+        let cluster = cluster.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
@@ -71,7 +102,13 @@ pub async fn serve(listener: UnixListener, broker: Arc<Broker>) {
                 return;
             }
             let response = match serde_json::from_str::<Request>(&line) {
-                Ok(req) => execute(&broker, &req),
+                Ok(req) => match &cluster {
+                    Some(cluster) => match cluster.execute(req.clone()) {
+                        Some(answer) => answer.await,
+                        None => execute(&broker, &req),
+                    },
+                    None => single_node(&broker, &req).unwrap_or_else(|| execute(&broker, &req)),
+                },
                 Err(e) => Response { ok: false, error: Some(format!("malformed request: {e}")), rows: vec![] },
             };
             let mut out = serde_json::to_vec(&response).unwrap_or_default();

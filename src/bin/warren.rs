@@ -274,7 +274,9 @@ async fn serve(
     };
     let control = warren::admin::bind(&config.control_socket())
         .with_context(|| format!("cannot bind control socket {}", config.control_socket().display()))?;
-    tokio::spawn(warren::admin::serve(control, broker.clone()));
+    let cluster_admin: Option<Arc<dyn warren::admin::ClusterAdmin>> =
+        cluster.as_ref().map(|(_, _, queues)| Arc::new(warren::cluster::member_status::Admin(queues.clone())) as _);
+    tokio::spawn(warren::admin::serve(control, broker.clone(), cluster_admin));
 
     let listener = tokio::net::TcpListener::bind((config.bind, config.port))
         .await

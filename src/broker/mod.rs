@@ -65,6 +65,8 @@ pub mod quorum;
 mod records;
 pub mod remote;
 pub mod replica_state;
+#[cfg(test)]
+mod replica_tests;
 pub mod replicas;
 mod reply_to;
 mod routing;
@@ -596,7 +598,9 @@ impl State {
             if q.incarnation != u.incarnation {
                 continue;
             }
-            q.apply(Command::Settle { entry: u.entry, how: Settle::Requeue }, now, &mut fx);
+            // One its replicated queue's group settled meanwhile leaves.
+            let how = if q.settled_by_group(u.entry.seq) { Settle::Ack } else { Settle::Requeue };
+            q.apply(Command::Settle { entry: u.entry, how }, now, &mut fx);
             // A failure is the log's I/O failure, already reported.
             let _ = carry_out(&q, &mut fx, store, &mut over_limit);
             if !touched.contains(&u.queue) {

@@ -115,6 +115,12 @@ pub struct Queue {
     /// node applied to the replicated queue: an enqueue applied again
     /// after a restart is skipped.
     pub replica_applied: u64,
+    /// What the group's applied commands left in a replicated queue: the
+    /// position of each message enqueued and not settled, with its log
+    /// record. A snapshot for a member is made from this, whatever this
+    /// node has handed out meanwhile (a message being requeued is in no
+    /// channel and not yet ready again, but the group still holds it).
+    pub replica_held: std::collections::BTreeMap<u64, u64>,
     /// Bodies are being read back from the log for this queue.
     pub loading: bool,
     /// How many messages were asked of the loader and not yet taken: while
@@ -211,6 +217,7 @@ impl Queue {
             replica: None,
             replica_active: false,
             replica_applied: 0,
+            replica_held: Default::default(),
             loading: false,
             read_ahead_upto: 0,
             consumers: VecDeque::new(),
@@ -440,7 +447,16 @@ impl Queue {
     pub fn restore_at(&mut self, position: u64, store_id: u64, meta: RestoredMeta) {
         self.place_next(position);
         self.replica_applied = self.replica_applied.max(position);
+        self.replica_held.insert(position, store_id);
         self.restore(store_id, meta);
+    }
+
+    /// Whether the message at `seq`, handed out by this node, was settled
+    /// by its replicated queue's group meanwhile (this node handed it out
+    /// as leader, and it was acknowledged at the next one): it must not
+    /// come back to the queue here.
+    pub fn settled_by_group(&self, seq: u64) -> bool {
+        self.replica.is_some() && !self.replica_held.contains_key(&seq)
     }
 
     /// A replica of a replicated queue whose group this node does not

@@ -3,6 +3,8 @@
 //! entries the group purged, and how that member takes it in place of
 //! its own.
 
+use std::collections::HashMap;
+
 use super::queue_type::{Command, Effects};
 use super::*;
 
@@ -15,42 +17,50 @@ pub struct ReplicaContents {
 }
 
 impl Broker {
-    /// This node's replica of a queue as a snapshot carries it: its ready
-    /// messages and those its consumers hold, bodies read back from the
-    /// log where they are paged out. None: no such replica.
+    /// This node's replica of a queue as a snapshot carries it: every
+    /// message the group's applied commands left in it (`replica_held`),
+    /// whether ready here, handed out, or on its way back to the queue,
+    /// bodies taken from memory where this node has them and read back
+    /// from the log otherwise; but not one a consumer here acknowledged
+    /// whose settle is still on its way. None: no such replica.
     pub fn replica_contents(&self, vhost: &str, name: &str) -> Option<Result<ReplicaContents>> {
         let st = self.state.read();
         let cell = st.queue(vhost, name)?;
-        let (applied, incarnation, mut held) = {
+        let (applied, incarnation, held, mut in_memory) = {
             let q = cell.lock();
             q.replica.as_ref()?;
-            let held: Vec<(u64, u64, Option<Arc<Message>>)> =
-                q.ready_entries().map(|e| (e.seq, e.store_id, e.message.clone())).collect();
-            (q.replica_applied, q.incarnation, held)
+            let held: Vec<(u64, u64)> = q.replica_held.iter().map(|(p, id)| (*p, *id)).collect();
+            let in_memory: HashMap<u64, Arc<Message>> =
+                q.ready_entries().filter_map(|e| Some((e.seq, e.message.clone()?))).collect();
+            (q.replica_applied, q.incarnation, held, in_memory)
         };
-        // Handed out by this node (its leader's replica) and not settled.
+        // Handed out by this node (as the leader's replica): their bodies.
         for ch in st.channels.values() {
             let ch = ch.lock();
             if *ch.vhost != *vhost {
                 continue;
             }
             for u in ch.unacked.values().filter(|u| *u.queue == *name && u.incarnation == incarnation) {
-                held.push((u.entry.seq, u.entry.store_id, u.entry.message.clone()));
+                if let Some(message) = &u.entry.message {
+                    in_memory.entry(u.entry.seq).or_insert_with(|| message.clone());
+                }
             }
         }
         drop(st);
-        held.sort_unstable_by_key(|(seq, _, _)| *seq);
-        held.dedup_by_key(|(seq, _, _)| *seq);
         let mut messages = Vec::with_capacity(held.len());
-        for (seq, store_id, message) in held {
-            let message = match message {
+        for (position, store_id) in held {
+            let message = match in_memory.remove(&position) {
                 Some(message) => message,
                 None => match self.store.read(store_id) {
                     Ok(record) => Arc::new(message_from_record(record)),
+                    // Acknowledged here (its record let go), its settle not
+                    // applied yet: a consumer took it for good, so the
+                    // member need not have it.
+                    Err(crate::store::StoreError::Missing(_)) => continue,
                     Err(e) => return Some(Err(store_failed(e))),
                 },
             };
-            messages.push((seq, message));
+            messages.push((position, message));
         }
         Some(Ok(ReplicaContents { applied, messages }))
     }
@@ -69,6 +79,7 @@ impl Broker {
                 tracing::error!("quorum queue '{name}' in vhost '{vhost}': its old messages stay in the log: {e}");
             }
             q.replica_applied = 0;
+            q.replica_held.clear();
         }
         self.apply_replicated_enqueue(vhost, name, contents.messages);
         let st = self.state.read();

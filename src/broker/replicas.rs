@@ -334,9 +334,14 @@ impl Broker {
                 None => 0,
             };
             q.place_next(position);
+            q.replica_held.insert(position, store_id);
             q.apply(Command::Enqueue { message, store_id, trim_later: false }, now, &mut fx);
             q.counters.publish += 1;
             let _ = carry_out(&q, &mut fx, &self.store, &mut departed);
+        }
+        // Length limits drop alike on every member: the group no longer holds those.
+        for entry in departed.iter().flat_map(|d| d.entries.iter()) {
+            q.replica_held.remove(&entry.seq);
         }
         if q.replica_active {
             st.deliver_ready(&mut q, &self.store, now);
@@ -366,6 +371,7 @@ impl Broker {
         let mut q = cell.lock();
         let mut fx = Effects::default();
         for &seq in positions {
+            q.replica_held.remove(&seq);
             let Some(store_id) = q.store_id_at(seq) else { continue };
             q.apply(Command::Remove { seq, store_id }, queue::now_ms(), &mut fx);
         }

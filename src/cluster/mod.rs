@@ -21,6 +21,8 @@
 //!   gets of a quorum queue made at its leader from any node.
 //! - [`failover`]: a group whose leader's node is gone elects another at
 //!   once instead of waiting out the lease.
+//! - [`member_status`]: each member's Raft figures for operators, and
+//!   whether stopping this node would leave a queue without a majority.
 //! - [`propose`]: committing a command from any member (forwarded to the
 //!   leader over the cluster port).
 //! - [`metadata`]: the metadata group, which replicates the definitions
@@ -38,6 +40,7 @@ pub mod consumers;
 pub mod failover;
 pub mod log_storage;
 pub mod machine;
+pub mod member_status;
 pub mod metadata;
 pub mod node;
 pub mod propose;

@@ -39,9 +39,12 @@ pub enum QueueCommand {
     Settle { positions: Vec<u64> },
 }
 
+/// How many low bits of a position number the message within its entry.
+pub const POSITION_BITS: u32 = 16;
+
 /// The position of the `nth` message of the entry at `index`.
 pub fn position(index: u64, nth: usize) -> u64 {
-    (index << 16) | nth as u64
+    (index << POSITION_BITS) | nth as u64
 }
 
 impl QueueCommand {

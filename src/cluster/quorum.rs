@@ -25,7 +25,7 @@
 //! of this node's clients are made at the leader, wherever it is
 //! (`consumers`, and `sessions` for the sessions this node leads).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -43,10 +43,11 @@ use parking_lot::Mutex;
 use super::consumers::ClientSessions;
 use super::failover::{next_gone, replace_gone_leader};
 use super::machine::{Commands, GroupMachine, hand_over_and_stop};
+use super::member_status::{KIND_MEMBER_STATUS, MemberStatus};
 use super::metadata::{METADATA_GROUP, PROPOSE_WITHIN, raft_config};
 use super::node::{ClusterNode, NODE_GROUP};
 use super::propose::{commit_once, serve_forwarded};
-use super::queue_commands::{EnqueuedMessage, MAX_BATCH, QueueCommand, QueueSnapshot, position};
+use super::queue_commands::{EnqueuedMessage, MAX_BATCH, POSITION_BITS, QueueCommand, QueueSnapshot, position};
 use super::session_wire::{KIND_SESSION, SessionReply, SessionRequest};
 use super::sessions::{POLL_WAIT, SessionServer};
 use super::transport::{AddressBook, GroupNetwork, GroupServer, RaftGroup, SnapshotSource};
@@ -87,19 +88,23 @@ pub struct QueueCommands {
     seen: Arc<Mutex<Seen>>,
 }
 
-type Seen = HashMap<u64, BTreeSet<u64>>;
+/// Per proposing node, each proposal applied lately and the index of the
+/// entry it was applied at.
+type Seen = HashMap<u64, BTreeMap<u64, u64>>;
 
 /// How many proposals of one node are remembered.
 const SEEN_PER_NODE: usize = 1 << 16;
 
 impl QueueCommands {
-    /// Whether `proposal` of `origin` was applied before; remembers it.
-    fn seen_before(&mut self, origin: u64, proposal: u64) -> bool {
+    /// Whether `proposal` of `origin` was applied before; remembers it as
+    /// applied at `index`.
+    fn seen_before(&mut self, origin: u64, proposal: u64, index: u64) -> bool {
         let mut seen = self.seen.lock();
         let seen = seen.entry(origin).or_default();
-        if !seen.insert(proposal) {
+        if seen.contains_key(&proposal) {
             return true;
         }
+        seen.insert(proposal, index);
         if seen.len() > SEEN_PER_NODE {
             seen.pop_first();
         }
@@ -114,7 +119,13 @@ impl Commands for QueueCommands {
     fn install(&mut self, data: &[u8]) -> io::Result<()> {
         let snapshot = QueueSnapshot::decode(Bytes::copy_from_slice(data)).map_err(io::Error::other)?;
         let broker = self.broker.upgrade().ok_or_else(|| io::Error::other("the broker is gone"))?;
-        *self.seen.lock() = snapshot.seen.into_iter().map(|(origin, p)| (origin, p.into_iter().collect())).collect();
+        // The snapshot's proposals were all applied at or before what it holds.
+        let at = snapshot.applied >> POSITION_BITS;
+        *self.seen.lock() = snapshot
+            .seen
+            .into_iter()
+            .map(|(origin, proposals)| (origin, proposals.into_iter().map(|p| (p, at)).collect()))
+            .collect();
         let messages = snapshot
             .messages
             .into_iter()
@@ -131,7 +142,7 @@ impl Commands for QueueCommands {
         let Some(broker) = self.broker.upgrade() else { return GroupReply::default() };
         match QueueCommand::decode(&command.0) {
             Ok(QueueCommand::Enqueue { origin, proposal, messages }) => {
-                if !self.seen_before(origin, proposal) {
+                if !self.seen_before(origin, proposal, index) {
                     let placed = messages
                         .into_iter()
                         .enumerate()
@@ -172,7 +183,16 @@ impl SnapshotSource for QueueState {
             .replica_contents(&self.vhost, &self.name)
             .ok_or_else(|| io::Error::other(format!("no quorum queue '{}' here", self.name)))?
             .map_err(io::Error::other)?;
-        let seen = self.seen.lock().iter().map(|(origin, p)| (*origin, p.iter().copied().collect())).collect();
+        // Read after the contents, so only the proposals applied at or
+        // before what the contents hold: a later one must be applied again
+        // by the member, not skipped as seen (its messages are not here).
+        let upto = contents.applied >> POSITION_BITS;
+        let seen = self
+            .seen
+            .lock()
+            .iter()
+            .map(|(origin, p)| (*origin, p.iter().filter(|(_, at)| **at <= upto).map(|(p, _)| *p).collect()))
+            .collect();
         let messages = contents
             .messages
             .iter()
@@ -443,6 +463,32 @@ impl QueueGroups {
         self.runtime.spawn(work).abort_handle()
     }
 
+    pub(super) fn node(&self) -> Arc<ClusterNode> {
+        self.node.clone()
+    }
+
+    /// The replicated quorum queue `name` of `vhost` (any node's member).
+    pub fn replicated(&self, vhost: &str, name: &str) -> Option<ReplicatedQueue> {
+        let broker = self.broker.upgrade()?;
+        broker.replicated_queues().into_iter().find(|q| &*q.vhost == vhost && &*q.name == name)
+    }
+
+    /// The type of queue `name` of `vhost` (None: no such queue).
+    pub(super) fn queue_type(&self, vhost: &str, name: &str) -> Option<String> {
+        Some(self.broker.upgrade()?.queue_row(vhost, name)?.queue_type)
+    }
+
+    /// This node's member's metrics of `group`, if it runs one.
+    pub(super) fn metrics_of(&self, group: u64) -> Option<openraft::RaftMetrics<RaftConfig>> {
+        let running = self.running.lock().get(&group).cloned()?;
+        Some(running.raft.metrics().borrow_watched().clone())
+    }
+
+    /// The group, vhost and name of each queue this node runs a member of.
+    pub(super) fn running_queues(&self) -> Vec<(u64, Arc<str>, Arc<str>)> {
+        self.running.lock().iter().map(|(group, g)| (*group, g.vhost.clone(), g.name.clone())).collect()
+    }
+
     /// Whether this node runs a member of `group`.
     pub(super) fn runs(&self, group: u64) -> bool {
         self.running.lock().contains_key(&group)
@@ -616,6 +662,10 @@ impl GroupServer for Served {
                     let request = SessionRequest::decode(payload).map_err(invalid)?;
                     Ok(sessions.serve(leads, request).await.encode())
                 })
+            }
+            KIND_MEMBER_STATUS => {
+                let status = MemberStatus::of("", &self.raft.metrics().borrow_watched());
+                Box::pin(async move { serde_json::to_vec(&status).map_err(io::Error::other) })
             }
             // A snapshot no member could install is refused before openraft
             // takes it (its failure to install one stops the group here).

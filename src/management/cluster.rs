@@ -1,12 +1,19 @@
 //! The cluster as the HTTP API shows it: /api/nodes (this node and every
-//! configured peer) and /api/metadata-store (the metadata group: its
+//! configured peer), /api/metadata-store (the metadata group: its
 //! leader, voters and how far this node has applied its log, as
-//! `rabbitmq-diagnostics metadata_store_status` shows Khepri's).
+//! `rabbitmq-diagnostics metadata_store_status` shows Khepri's), a quorum
+//! queue's members' Raft figures (/api/queues/quorum/VHOST/NAME/status,
+//! as `rabbitmq-queues quorum_status`), and the `node-is-quorum-critical`
+//! health check.
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
+
+use crate::cluster::member_status;
 
 use super::overview::node_json;
 use super::{Api, ApiError, ApiResult, Caller};
@@ -16,6 +23,49 @@ pub fn routes() -> Router<Api> {
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{node}", get(node))
         .route("/api/metadata-store", get(metadata_store))
+        .route("/api/queues/quorum/{vhost}/{name}/status", get(quorum_status))
+        .route("/api/health/checks/node-is-quorum-critical", get(quorum_critical))
+}
+
+/// Each member of a quorum queue with its Raft figures.
+async fn quorum_status(
+    State(api): State<Api>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    caller.require_vhost(&api, &vhost)?;
+    let Some(row) = api.broker.queue_row(&vhost, &name) else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no queue '{name}' in vhost '{vhost}'")));
+    };
+    if row.queue_type != "quorum" {
+        return Err(ApiError::bad_request(format!("queue '{name}' in vhost '{vhost}' is not a quorum queue")));
+    }
+    let Some(queues) = &api.queues else {
+        return Err(ApiError::bad_request(format!(
+            "quorum queue '{name}' in vhost '{vhost}' has no Raft group: this node is not in a cluster"
+        )));
+    };
+    match member_status::quorum_status(queues, &vhost, &name).await {
+        Some(members) => Ok(Json(serde_json::to_value(members).unwrap_or_default())),
+        None => Err(ApiError::bad_request(format!(
+            "quorum queue '{name}' in vhost '{vhost}' is not replicated (it has a single member)"
+        ))),
+    }
+}
+
+/// 503 when stopping this node would leave a quorum queue without a
+/// majority of its members online, naming those queues.
+async fn quorum_critical(State(api): State<Api>, _caller: Caller) -> ApiResult<Response> {
+    let critical = api.queues.as_ref().map(|q| member_status::quorum_critical(q)).unwrap_or_default();
+    if critical.is_empty() {
+        return Ok(Json(json!({"status": "ok"})).into_response());
+    }
+    let body = json!({
+        "status": "failed",
+        "reason": "There are quorum queues that would lose their quorum if the target node is shut down",
+        "queues": critical,
+    });
+    Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response())
 }
 
 /// This node, then each configured peer of a cluster: what this node

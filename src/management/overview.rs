@@ -26,7 +26,6 @@ pub fn routes() -> Router<Api> {
         .route("/api/health/checks/port-listener/{port}", get(port_listener))
         .route("/api/health/checks/protocol-listener/{protocol}", get(protocol_listener))
         .route("/api/health/checks/virtual-hosts", get(virtual_hosts))
-        .route("/api/health/checks/node-is-quorum-critical", get(ok_check))
         .route("/api/health/checks/node-is-mirror-sync-critical", get(ok_check))
         .route("/api/aliveness-test/{vhost}", get(aliveness))
         .route("/api/connections", get(connections))

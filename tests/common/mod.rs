@@ -6,6 +6,7 @@ pub mod amqp;
 pub mod cluster;
 pub mod http;
 pub mod proxy;
+pub mod quorum;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};

@@ -8,6 +8,8 @@ Needs Debian's chromium and chromium-driver (.ci/run installs them); the
 suite is skipped with a line saying so when they are missing.
 Environment: WARREN_BIN (the warren binary).
 """
+import base64
+import json
 import os
 import shutil
 import socket
@@ -15,6 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 
 import pika
 import pytest
@@ -109,6 +112,22 @@ def row_of(driver, table_id, first_cells):
     return None
 
 
+def api_get(broker, path):
+    request = urllib.request.Request(f"http://127.0.0.1:{broker['http']}{path}")
+    request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    with urllib.request.urlopen(request, timeout=WAIT) as reply:
+        return json.loads(reply.read())
+
+
+def log_in(browser, broker):
+    browser.get(f"http://127.0.0.1:{broker['http']}/")
+    wait_for(browser, "the login form", lambda d: d.find_element(By.ID, "login-form").is_displayed())
+    browser.find_element(By.NAME, "username").send_keys("guest")
+    browser.find_element(By.NAME, "password").send_keys("guest")
+    browser.find_element(By.CSS_SELECTOR, "#login-form button").click()
+    wait_for(browser, "the overview", lambda d: "Overview" in d.find_element(By.ID, "page").text)
+
+
 def amqp_channel(broker):
     conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker["amqp"]))
     return conn, conn.channel()
@@ -130,9 +149,10 @@ def test_a_person_manages_a_queue_from_the_console(broker, browser):
     browser.save_screenshot(os.path.join(SHOTS, "overview.png"))
 
     browser.find_element(By.CSS_SELECTOR, 'nav a[data-page="queues"]').click()
-    # Vhost, name, type, features, ready, unacked, total.
-    row = wait_for(browser, "console-q with 3 ready", lambda d: (r := row_of(d, "queues", ["/", "console-q"])) and r[4] == "3" and r)
-    assert row[2] == "classic" and row[6] == "3", row
+    # Vhost, name, type, node, features, ready, unacked, total.
+    row = wait_for(browser, "console-q with 3 ready", lambda d: (r := row_of(d, "queues", ["/", "console-q"])) and r[5] == "3" and r)
+    assert row[2] == "classic" and row[7] == "3", row
+    assert row[3] == api_get(broker, "/api/queues/%2F/console-q")["node"], row
     browser.save_screenshot(os.path.join(SHOTS, "queues.png"))
 
     browser.find_element(By.LINK_TEXT, "console-q").click()
@@ -203,3 +223,20 @@ def test_the_other_pages_render_and_a_connection_can_be_closed(broker, browser):
         except pika.exceptions.ConnectionClosedByBroker as closed:
             assert closed.reply_code == 320
             break
+
+
+def test_a_quorum_queue_shows_its_leader_and_members(broker, browser):
+    conn, ch = amqp_channel(broker)
+    ch.queue_declare("console-qq", durable=True, arguments={"x-queue-type": "quorum"})
+    queue = api_get(broker, "/api/queues/%2F/console-qq")
+    assert queue["leader"] and queue["members"] == [queue["leader"]], queue
+    log_in(browser, broker)
+    browser.find_element(By.CSS_SELECTOR, 'nav a[data-page="queues"]').click()
+    row = wait_for(browser, "console-qq listed", lambda d: row_of(d, "queues", ["/", "console-qq"]))
+    assert row[2] == "quorum" and row[3] == queue["leader"], row
+    browser.find_element(By.LINK_TEXT, "console-qq").click()
+    wait_for(browser, "the queue page", lambda d: text_of(d, "queue-name") == "console-qq")
+    assert text_of(browser, "q-leader") == queue["leader"]
+    assert text_of(browser, "q-members") == ", ".join(queue["members"])
+    browser.save_screenshot(os.path.join(SHOTS, "quorum-queue.png"))
+    conn.close()

@@ -91,6 +91,15 @@ impl Target {
                                "tracing": x["tracing"], "cluster_state": x["cluster_state"].to_string()}))
                 })
                 .collect()),
+            "quorum_status" => {
+                let name = enc(req.name.as_deref().unwrap_or_default());
+                Ok(self.get(&format!("/queues/quorum/{v}/{name}/status"))?.into_iter().map(row).collect())
+            }
+            // A 503 is the check's failure: its reason and queues are the refusal.
+            "check_if_node_is_quorum_critical" => {
+                self.send("GET", "/health/checks/node-is-quorum-critical", None)?;
+                none()
+            }
             "list_permissions" => Ok(self.get(&format!("/vhosts/{v}/permissions"))?.into_iter().map(row).collect()),
             "list_user_permissions" => {
                 Ok(self.get(&format!("/users/{}/permissions", enc(arg(0))))?.into_iter().map(row).collect())

@@ -149,6 +149,10 @@ enum Command {
     CloseConnection { connection: String, explanation: Option<String> },
     /// The broker's state: version, uptime, connections, queues, messages, log and disk.
     Status,
+    /// Each member of a quorum queue with its Raft figures, as rabbitmq-queues quorum_status.
+    QuorumStatus { queue: String },
+    /// Fails (exit 69) if stopping this node would leave a quorum queue without a majority of its members online.
+    CheckIfNodeIsQuorumCritical,
     /// Sets a policy: queue (or exchange) settings by name pattern.
     SetPolicy(PolicyArgs),
     /// Removes a policy.
@@ -207,6 +211,19 @@ const STATUS_FIELDS: &[&str] = &[
     "log_spilled_messages",
 ];
 
+/// The columns of quorum_status, named as rabbitmq-queues names them.
+const QUORUM_STATUS_COLUMNS: &[&str] = &[
+    "Node Name",
+    "Raft State",
+    "Membership",
+    "Last Log Index",
+    "Last Written",
+    "Last Applied",
+    "Commit Index",
+    "Snapshot Index",
+    "Term",
+];
+
 /// What an action verb prints before it acts, and on success.
 struct Action {
     info: String,
@@ -257,6 +274,7 @@ fn known_columns(command: &str) -> &'static [&'static str] {
         "list_vhost_limits" => &["vhost", "limits"],
         "list_user_limits" => &["user", "limits"],
         "status" => STATUS_FIELDS,
+        "quorum_status" => QUORUM_STATUS_COLUMNS,
         "list_policies" | "list_operator_policies" => {
             &["vhost", "name", "pattern", "apply-to", "definition", "priority"]
         }

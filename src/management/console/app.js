@@ -218,6 +218,7 @@ const pages = {
         ["Virtual host", (q) => q.vhost],
         ["Name", (q) => q.name, (q) => `<a href="#/queue/${enc(q.vhost)}/${enc(q.name)}">${esc(q.name)}</a>`],
         ["Type", (q) => q.type],
+        ["Node", (q) => q.leader || q.node || "", (q) => esc(q.leader || q.node || "") + (q.members && q.members.length > 1 ? ` <span class="muted">+${q.members.length - 1}</span>` : "")],
         ["Features", (q) => (q.durable ? "D " : "") + (q.auto_delete ? "AD " : "") + (q.exclusive ? "Excl " : "") + (q.policy || "")],
         ["Ready", (q) => q.messages_ready, null, true],
         ["Unacked", (q) => q.messages_unacknowledged, null, true],
@@ -265,6 +266,8 @@ const pages = {
         <div>Type</div><div>${esc(q.type)}</div><div>Durable</div><div>${esc(q.durable)}</div>
         <div>Auto-delete</div><div>${esc(q.auto_delete)}</div><div>Exclusive</div><div>${esc(q.exclusive)}</div>
         <div>Policy</div><div>${esc(q.policy || "")}</div><div>Arguments</div><div>${esc(JSON.stringify(q.arguments))}</div>
+        ${q.type === "quorum" ? `<div>Leader</div><div id="q-leader">${esc(q.leader || "(none known)")}</div>
+        <div>Members</div><div id="q-members">${(q.members || []).map((m) => `<span class="${(q.online || []).includes(m) ? "" : "muted"}">${esc(m)}</span>`).join(", ")}</div>` : ""}
       </div>
       <h2>Bindings</h2>${table("qbindings", [["From", (b) => b.source || "(default exchange)"], ["Routing key", (b) => b.routing_key], ["Arguments", (b) => JSON.stringify(b.arguments)]], bindings)}
       <h2>Consumers</h2>${table("qconsumers", [["Tag", (c) => c.consumer_tag], ["Channel", (c) => c.channel_details.name], ["Ack required", (c) => c.ack_required], ["Prefetch", (c) => c.prefetch_count, null, true], ["Active", (c) => c.activity_status]], mine)}

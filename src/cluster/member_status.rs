@@ -1,0 +1,245 @@
+//! What operators see of the quorum queues' members: each member's Raft
+//! figures (`rabbitmq-queues quorum_status`), and whether stopping this
+//! node would leave a queue without a majority
+//! (`rabbitmq-queues check_if_node_is_quorum_critical`, and the HTTP
+//! API's `node-is-quorum-critical` health check).
+//!
+//! A member's figures are its own: the node asked for a queue's status
+//! asks every member over the cluster port ([`KIND_MEMBER_STATUS`], the
+//! figures as JSON), and a member it cannot ask gets a row that says why
+//! (`nodedown`: its node does not answer; `noproc`: its node answers but
+//! runs no member of the queue).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use openraft::{RaftMetrics, ServerState};
+use serde::{Deserialize, Serialize};
+
+use super::quorum::QueueGroups;
+use super::types::*;
+use crate::admin::{Request, Response, fail, ok, rows};
+
+/// The request kind of "your member's figures" (served by a queue group).
+pub const KIND_MEMBER_STATUS: u8 = 9;
+/// How long a member has to answer.
+const ASK_WITHIN: Duration = Duration::from_secs(2);
+
+/// One member of a quorum queue, with the columns (and their names) of
+/// `rabbitmq-queues quorum_status`. Figures are log indexes and the term;
+/// None where the member could not be asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    #[serde(rename = "Node Name")]
+    pub node: String,
+    /// leader, follower, candidate, learner or shutdown; nodedown or noproc
+    /// when it could not be asked.
+    #[serde(rename = "Raft State")]
+    pub raft_state: String,
+    /// voter or non_voter (a learner being brought up to date).
+    #[serde(rename = "Membership")]
+    pub membership: String,
+    #[serde(rename = "Last Log Index")]
+    pub last_log_index: Option<u64>,
+    /// The last index written durably: a member reports an entry appended
+    /// only once the writer pass holding it was synced.
+    #[serde(rename = "Last Written")]
+    pub last_written: Option<u64>,
+    #[serde(rename = "Last Applied")]
+    pub last_applied: Option<u64>,
+    #[serde(rename = "Commit Index")]
+    pub commit_index: Option<u64>,
+    #[serde(rename = "Snapshot Index")]
+    pub snapshot_index: Option<u64>,
+    #[serde(rename = "Term")]
+    pub term: Option<u64>,
+}
+
+impl MemberStatus {
+    /// The figures of the member whose metrics these are, on `node`.
+    pub fn of(node: &str, m: &RaftMetrics<RaftConfig>) -> MemberStatus {
+        let raft_state = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let voter = m.membership_config.membership().voter_ids().any(|id| id == m.id);
+        MemberStatus {
+            node: node.to_string(),
+            raft_state: raft_state.to_string(),
+            membership: if voter { "voter" } else { "non_voter" }.to_string(),
+            last_log_index: m.last_log_index,
+            last_written: m.last_log_index,
+            last_applied: m.last_applied.map(|id| id.index),
+            commit_index: m.local_committed.map(|id| id.index),
+            snapshot_index: m.snapshot.map(|id| id.index),
+            term: Some(m.current_term),
+        }
+    }
+
+    /// A member that could not be asked, and why.
+    fn unasked(node: &str, why: &str) -> MemberStatus {
+        MemberStatus {
+            node: node.to_string(),
+            raft_state: why.to_string(),
+            membership: String::new(),
+            last_log_index: None,
+            last_written: None,
+            last_applied: None,
+            commit_index: None,
+            snapshot_index: None,
+            term: None,
+        }
+    }
+}
+
+/// Every member of the replicated quorum queue `name` of `vhost`, in the
+/// queue's order of members (None: no such queue).
+pub async fn quorum_status(groups: &QueueGroups, vhost: &str, name: &str) -> Option<Vec<MemberStatus>> {
+    let queue = groups.replicated(vhost, name)?;
+    let (group, members) = (queue.replica.group, queue.replica.members.clone());
+    let local = groups.metrics_of(group);
+    let node = groups.node();
+    let running: Vec<String> = node.peers().into_iter().filter(|p| p.running).map(|p| p.name).collect();
+    let asks = members.iter().map(|member| {
+        let (node, running, local) = (&node, &running, &local);
+        async move {
+            if member.id == node.identity.id {
+                return match local {
+                    Some(metrics) => MemberStatus::of(&member.name, metrics),
+                    None => MemberStatus::unasked(&member.name, "noproc"),
+                };
+            }
+            let Some(address) = super::transport::AddressBook::address_of(node.as_ref(), &member.name) else {
+                return MemberStatus::unasked(&member.name, "nodedown");
+            };
+            let reply = node.transport.call(&address, member.id, KIND_MEMBER_STATUS, group, &[], ASK_WITHIN).await;
+            match reply.ok().and_then(|bytes| serde_json::from_slice::<MemberStatus>(&bytes).ok()) {
+                Some(status) => MemberStatus { node: member.name.clone(), ..status },
+                None if running.contains(&member.name) => MemberStatus::unasked(&member.name, "noproc"),
+                None => MemberStatus::unasked(&member.name, "nodedown"),
+            }
+        }
+    });
+    Some(futures_util::future::join_all(asks).await)
+}
+
+/// A quorum queue that stopping this node would leave without a majority.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CriticalQueue {
+    pub name: String,
+    pub virtual_host: String,
+    pub members: Vec<String>,
+    pub online: Vec<String>,
+}
+
+/// The quorum queues with a member here whose online members, without
+/// this node, would be fewer than a majority of their members.
+pub fn quorum_critical(groups: &QueueGroups) -> Vec<CriticalQueue> {
+    let me = groups.node().identity.name.clone();
+    let mut critical: Vec<CriticalQueue> = groups
+        .running_queues()
+        .into_iter()
+        .filter_map(|(group, vhost, name)| {
+            let status = groups.status(group)?;
+            let left = status.online.iter().filter(|n| **n != me).count();
+            (left < majority(status.members.len())).then(|| CriticalQueue {
+                name: name.to_string(),
+                virtual_host: vhost.to_string(),
+                members: status.members,
+                online: status.online,
+            })
+        })
+        .collect();
+    critical.sort_by(|a, b| (&a.virtual_host, &a.name).cmp(&(&b.virtual_host, &b.name)));
+    critical
+}
+
+/// warrenctl's cluster verbs, through the control socket.
+pub struct Admin(pub std::sync::Arc<QueueGroups>);
+
+impl crate::admin::ClusterAdmin for Admin {
+    fn execute(&self, req: Request) -> Option<Pin<Box<dyn Future<Output = Response> + Send>>> {
+        let groups = self.0.clone();
+        match req.command.as_str() {
+            "quorum_status" => Some(Box::pin(async move {
+                let (vhost, name) = (req.vhost.as_deref().unwrap_or("/"), req.name.as_deref().unwrap_or(""));
+                match groups.queue_type(vhost, name).as_deref() {
+                    None => return fail(format!("queue '{name}' in vhost '{vhost}' does not exist")),
+                    Some("quorum") => {}
+                    Some(_) => return fail(format!("queue '{name}' in vhost '{vhost}' is not a quorum queue")),
+                }
+                match quorum_status(&groups, vhost, name).await {
+                    Some(members) => ok(rows(members)),
+                    None => fail(format!(
+                        "quorum queue '{name}' in vhost '{vhost}' is not replicated (it has a single member)"
+                    )),
+                }
+            })),
+            "check_if_node_is_quorum_critical" => Some(Box::pin(async move {
+                let critical = quorum_critical(&groups);
+                if critical.is_empty() {
+                    return ok(vec![]);
+                }
+                let named: Vec<String> =
+                    critical.iter().map(|q| format!("'{}' in vhost '{}'", q.name, q.virtual_host)).collect();
+                fail(format!(
+                    "There are quorum queues that would lose their quorum if node {} is shut down: {}",
+                    groups.node().identity.name,
+                    named.join(", ")
+                ))
+            })),
+            _ => None,
+        }
+    }
+}
+
+/// How many of `members` make a majority.
+pub fn majority(members: usize) -> usize {
+    members / 2 + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_majority_is_more_than_half() {
+        assert_eq!([1, 2, 3, 4, 5, 7].map(majority), [1, 2, 2, 3, 3, 4]);
+    }
+
+    #[test]
+    fn a_status_row_has_rabbitmq_queues_column_names_and_round_trips() {
+        let row = MemberStatus {
+            node: "alpha@localhost".into(),
+            raft_state: "leader".into(),
+            membership: "voter".into(),
+            last_log_index: Some(12),
+            last_written: Some(12),
+            last_applied: Some(11),
+            commit_index: Some(11),
+            snapshot_index: None,
+            term: Some(3),
+        };
+        let json = serde_json::to_value(&row).unwrap();
+        for column in [
+            "Node Name",
+            "Raft State",
+            "Membership",
+            "Last Log Index",
+            "Last Written",
+            "Last Applied",
+            "Commit Index",
+            "Snapshot Index",
+            "Term",
+        ] {
+            assert!(json.get(column).is_some(), "no {column} in {json}");
+        }
+        assert_eq!(serde_json::from_value::<MemberStatus>(json).unwrap(), row);
+        let down = MemberStatus::unasked("beta@localhost", "nodedown");
+        assert_eq!((down.raft_state.as_str(), down.term), ("nodedown", None));
+    }
+}
