@@ -26,6 +26,20 @@ pub const KIND_MEMBER_STATUS: u8 = 9;
 /// How long a member has to answer.
 const ASK_WITHIN: Duration = Duration::from_secs(2);
 
+/// The columns of a member's row, named as `rabbitmq-queues quorum_status`
+/// names them (the keys of [`MemberStatus`] as JSON).
+pub const COLUMNS: &[&str] = &[
+    "Node Name",
+    "Raft State",
+    "Membership",
+    "Last Log Index",
+    "Last Written",
+    "Last Applied",
+    "Commit Index",
+    "Snapshot Index",
+    "Term",
+];
+
 /// One member of a quorum queue, with the columns (and their names) of
 /// `rabbitmq-queues quorum_status`. Figures are log indexes and the term;
 /// None where the member could not be asked.
@@ -225,19 +239,10 @@ mod tests {
             term: Some(3),
         };
         let json = serde_json::to_value(&row).unwrap();
-        for column in [
-            "Node Name",
-            "Raft State",
-            "Membership",
-            "Last Log Index",
-            "Last Written",
-            "Last Applied",
-            "Commit Index",
-            "Snapshot Index",
-            "Term",
-        ] {
-            assert!(json.get(column).is_some(), "no {column} in {json}");
-        }
+        let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut columns = COLUMNS.to_vec();
+        columns.sort_unstable();
+        assert_eq!(keys, columns, "serde_json's map is sorted");
         assert_eq!(serde_json::from_value::<MemberStatus>(json).unwrap(), row);
         let down = MemberStatus::unasked("beta@localhost", "nodedown");
         assert_eq!((down.raft_state.as_str(), down.term), ("nodedown", None));

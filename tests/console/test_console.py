@@ -139,12 +139,7 @@ def test_a_person_manages_a_queue_from_the_console(broker, browser):
     for i in range(3):
         ch.basic_publish("", "console-q", f"task {i}".encode(), pika.BasicProperties(delivery_mode=2))
 
-    browser.get(f"http://127.0.0.1:{broker['http']}/")
-    wait_for(browser, "the login form", lambda d: d.find_element(By.ID, "login-form").is_displayed())
-    browser.find_element(By.NAME, "username").send_keys("guest")
-    browser.find_element(By.NAME, "password").send_keys("guest")
-    browser.find_element(By.CSS_SELECTOR, "#login-form button").click()
-    wait_for(browser, "the overview", lambda d: "Overview" in d.find_element(By.ID, "page").text)
+    log_in(browser, broker)
     wait_for(browser, "the object totals", lambda d: "Queues" in d.find_element(By.CSS_SELECTOR, ".tiles").text)
     browser.save_screenshot(os.path.join(SHOTS, "overview.png"))
 
@@ -201,11 +196,7 @@ def test_a_person_manages_a_queue_from_the_console(broker, browser):
 def test_the_other_pages_render_and_a_connection_can_be_closed(broker, browser):
     conn, ch = amqp_channel(broker)
     ch.exchange_declare("console-x", "topic", durable=True)
-    browser.get(f"http://127.0.0.1:{broker['http']}/")
-    browser.find_element(By.NAME, "username").send_keys("guest")
-    browser.find_element(By.NAME, "password").send_keys("guest")
-    browser.find_element(By.CSS_SELECTOR, "#login-form button").click()
-    wait_for(browser, "the overview", lambda d: "Overview" in d.find_element(By.ID, "page").text)
+    log_in(browser, broker)
     for page, expect in [("exchanges", "console-x"), ("channels", "guest"), ("admin", "guest"), ("definitions", "Download definitions")]:
         browser.find_element(By.CSS_SELECTOR, f'nav a[data-page="{page}"]').click()
         wait_for(browser, f"the {page} page", lambda d: expect in d.find_element(By.ID, "page").text)

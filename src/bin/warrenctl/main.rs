@@ -212,17 +212,7 @@ const STATUS_FIELDS: &[&str] = &[
 ];
 
 /// The columns of quorum_status, named as rabbitmq-queues names them.
-const QUORUM_STATUS_COLUMNS: &[&str] = &[
-    "Node Name",
-    "Raft State",
-    "Membership",
-    "Last Log Index",
-    "Last Written",
-    "Last Applied",
-    "Commit Index",
-    "Snapshot Index",
-    "Term",
-];
+const QUORUM_STATUS_COLUMNS: &[&str] = warren::cluster::member_status::COLUMNS;
 
 /// What an action verb prints before it acts, and on success.
 struct Action {
