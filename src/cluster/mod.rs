@@ -16,7 +16,8 @@
 //! - [`machine`]: what every group's state machine shares (how far it
 //!   applied, its membership, the applied marker in the log).
 //! - [`quorum`]: the quorum queues' groups this node is a member of;
-//!   [`queue_commands`]: their commands' bytes.
+//!   [`queue_machine`]: their state machine; [`queue_commands`]: their
+//!   commands' bytes.
 //! - [`consumers`], [`sessions`] and [`session_wire`]: consumers and
 //!   gets of a quorum queue made at its leader from any node.
 //! - [`failover`]: a group whose leader's node is gone elects another at
@@ -45,6 +46,7 @@ pub mod metadata;
 pub mod node;
 pub mod propose;
 pub mod queue_commands;
+pub mod queue_machine;
 pub mod quorum;
 pub mod session_wire;
 pub mod sessions;

@@ -14,7 +14,7 @@
 //! group's log (the first member may be down). Every member initializes
 //! with the same membership, which openraft allows: one leader is elected.
 //!
-//! The group carries the queue's messages ([`QueueCommands`], whose
+//! The group carries the queue's messages (`queue_machine`, whose
 //! bytes are `queue_commands`): a publish to the queue on any node is an
 //! enqueue committed by the group (forwarded to its leader) before its
 //! confirm, and every member applies it to its own replica of the queue,
@@ -42,21 +42,21 @@ use parking_lot::Mutex;
 
 use super::consumers::ClientSessions;
 use super::failover::{next_gone, replace_gone_leader};
-use super::machine::{Commands, GroupMachine, hand_over_and_stop};
+use super::machine::{GroupMachine, hand_over_and_stop};
 use super::member_status::{KIND_MEMBER_STATUS, MemberStatus};
 use super::metadata::{METADATA_GROUP, PROPOSE_WITHIN, raft_config};
 use super::node::{ClusterNode, NODE_GROUP};
 use super::propose::{commit_once, serve_forwarded};
-use super::queue_commands::{EnqueuedMessage, MAX_BATCH, POSITION_BITS, QueueCommand, QueueSnapshot, position};
+use super::queue_commands::{EnqueuedMessage, MAX_BATCH, QueueCommand, QueueSnapshot};
+use super::queue_machine::{APPLIED, QueueCommands, queue_machine};
 use super::session_wire::{KIND_SESSION, SessionReply, SessionRequest};
 use super::sessions::{POLL_WAIT, SessionServer};
 use super::transport::{AddressBook, GroupNetwork, GroupServer, RaftGroup, SnapshotSource};
 use super::types::*;
 use super::wire::{KIND_PROPOSE, KIND_SNAPSHOT, decode_snapshot};
 use crate::broker::remote::{RemoteConsume, RemoteGet, RemoteWork};
-use crate::broker::replica_state::ReplicaContents;
 use crate::broker::replicas::{Replica, ReplicaRouter, ReplicatedQueue};
-use crate::broker::{Broker, Message, message_from_parts};
+use crate::broker::{Broker, Message};
 use crate::store::format::RaftStateKind;
 
 /// How long a member other than the first waits for the group to form
@@ -75,144 +75,6 @@ const ATTEMPT_WITHIN: Duration = Duration::from_secs(2);
 const QUORUM_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// How often the groups are looked over without a queue change.
 const LOOK_OVER_EVERY: Duration = Duration::from_secs(1);
-
-/// A queue group's commands, applied to this node's replica of the queue.
-pub struct QueueCommands {
-    broker: Weak<Broker>,
-    vhost: Arc<str>,
-    name: Arc<str>,
-    /// Per proposing node, the proposals applied lately: an enqueue
-    /// committed twice (proposed again after a leader change) is applied
-    /// once. Kept in memory (and in snapshots sent to members): a resend
-    /// across a restart of every member is applied twice (at least once).
-    seen: Arc<Mutex<Seen>>,
-}
-
-/// Per proposing node, each proposal applied lately and the index of the
-/// entry it was applied at.
-type Seen = HashMap<u64, BTreeMap<u64, u64>>;
-
-/// How many proposals of one node are remembered.
-const SEEN_PER_NODE: usize = 1 << 16;
-
-impl QueueCommands {
-    /// Whether `proposal` of `origin` was applied before; remembers it as
-    /// applied at `index`.
-    fn seen_before(&mut self, origin: u64, proposal: u64, index: u64) -> bool {
-        let mut seen = self.seen.lock();
-        let seen = seen.entry(origin).or_default();
-        if seen.contains_key(&proposal) {
-            return true;
-        }
-        seen.insert(proposal, index);
-        if seen.len() > SEEN_PER_NODE {
-            seen.pop_first();
-        }
-        false
-    }
-}
-
-impl Commands for QueueCommands {
-    /// Every applied command's effect is a record of this node's log.
-    const SNAPSHOTS: bool = true;
-
-    fn install(&mut self, data: &[u8]) -> io::Result<()> {
-        let snapshot = QueueSnapshot::decode(Bytes::copy_from_slice(data)).map_err(io::Error::other)?;
-        let broker = self.broker.upgrade().ok_or_else(|| io::Error::other("the broker is gone"))?;
-        // The snapshot's proposals were all applied at or before what it holds.
-        let at = snapshot.applied >> POSITION_BITS;
-        *self.seen.lock() = snapshot
-            .seen
-            .into_iter()
-            .map(|(origin, proposals)| (origin, proposals.into_iter().map(|p| (p, at)).collect()))
-            .collect();
-        let messages = snapshot
-            .messages
-            .into_iter()
-            .map(|(position, m)| {
-                (position, Arc::new(message_from_parts(m.exchange, m.routing_key, m.properties, m.body)))
-            })
-            .collect();
-        broker.install_replica(&self.vhost, &self.name, ReplicaContents { applied: snapshot.applied, messages });
-        tracing::info!("quorum queue '{}' in vhost '{}': took the leader's snapshot", self.name, self.vhost);
-        Ok(())
-    }
-
-    fn apply(&mut self, index: u64, command: &GroupCommand) -> GroupReply {
-        let Some(broker) = self.broker.upgrade() else { return GroupReply::default() };
-        match QueueCommand::decode(&command.0) {
-            Ok(QueueCommand::Enqueue { origin, proposal, messages }) => {
-                if !self.seen_before(origin, proposal, index) {
-                    let placed = messages
-                        .into_iter()
-                        .enumerate()
-                        .map(|(nth, m)| {
-                            let message = message_from_parts(m.exchange, m.routing_key, m.properties, m.body);
-                            (position(index, nth), Arc::new(message))
-                        })
-                        .collect();
-                    broker.apply_replicated_enqueue(&self.vhost, &self.name, placed);
-                }
-                GroupReply(Bytes::from_static(APPLIED))
-            }
-            Ok(QueueCommand::Settle { positions }) => {
-                broker.apply_replicated_settle(&self.vhost, &self.name, &positions);
-                GroupReply(Bytes::from_static(APPLIED))
-            }
-            Err(e) => {
-                // Every member reads the same bytes, so every member refuses them alike.
-                tracing::error!("quorum queue '{}' in vhost '{}': {e}", self.name, self.vhost);
-                GroupReply(Bytes::from_static(REFUSED))
-            }
-        }
-    }
-}
-
-/// A queue's whole state on this node, for a snapshot sent to a member.
-struct QueueState {
-    broker: Weak<Broker>,
-    vhost: Arc<str>,
-    name: Arc<str>,
-    seen: Arc<Mutex<Seen>>,
-}
-
-impl SnapshotSource for QueueState {
-    fn snapshot_bytes(&self) -> io::Result<Vec<u8>> {
-        let broker = self.broker.upgrade().ok_or_else(|| io::Error::other("the broker is gone"))?;
-        let contents = broker
-            .replica_contents(&self.vhost, &self.name)
-            .ok_or_else(|| io::Error::other(format!("no quorum queue '{}' here", self.name)))?
-            .map_err(io::Error::other)?;
-        // Read after the contents, so only the proposals applied at or
-        // before what the contents hold: a later one must be applied again
-        // by the member, not skipped as seen (its messages are not here).
-        let upto = contents.applied >> POSITION_BITS;
-        let seen = self
-            .seen
-            .lock()
-            .iter()
-            .map(|(origin, p)| (*origin, p.iter().filter(|(_, at)| **at <= upto).map(|(p, _)| *p).collect()))
-            .collect();
-        let messages = contents
-            .messages
-            .iter()
-            .map(|(position, m)| {
-                let m = EnqueuedMessage {
-                    exchange: m.exchange.clone(),
-                    routing_key: m.routing_key.clone(),
-                    properties: m.properties.clone(),
-                    body: m.body.clone(),
-                };
-                (*position, m)
-            })
-            .collect();
-        Ok(QueueSnapshot { applied: contents.applied, seen, messages }.encode())
-    }
-}
-
-/// A command's reply: applied, or refused (bytes no member can read).
-const APPLIED: &[u8] = &[0];
-const REFUSED: &[u8] = &[1];
 
 type QueueRaft = Raft<RaftConfig, GroupMachine<QueueCommands>>;
 
@@ -365,14 +227,7 @@ impl QueueGroups {
     ) -> io::Result<Arc<QueueGroup>> {
         let group = replica.group;
         let store = broker.store().clone();
-        let seen: Arc<Mutex<Seen>> = Arc::default();
-        let commands = QueueCommands {
-            broker: Arc::downgrade(broker),
-            vhost: vhost.clone(),
-            name: name.clone(),
-            seen: seen.clone(),
-        };
-        let state = QueueState { broker: Arc::downgrade(broker), vhost: vhost.clone(), name: name.clone(), seen };
+        let (commands, state) = queue_machine(broker, &vhost, &name);
         let (machine, _applied) = GroupMachine::recover(group, commands, store.clone())?;
         let book: Arc<dyn AddressBook> = self.node.clone();
         let snapshots: Option<Arc<dyn SnapshotSource>> = Some(Arc::new(state));
