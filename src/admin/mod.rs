@@ -66,19 +66,12 @@ pub trait ClusterAdmin: Send + Sync + 'static {
 }
 
 /// What a single node answers to the cluster verbs.
-fn single_node(broker: &Broker, req: &Request) -> Option<Response> {
+async fn single_node(broker: &Broker, req: &Request) -> Option<Response> {
     match req.command.as_str() {
         "quorum_status" => {
             let (vhost, name) = (req.vhost.as_deref().unwrap_or("/"), req.name.as_deref().unwrap_or(""));
-            Some(match broker.queue_row(vhost, name) {
-                None => fail(format!("queue '{name}' in vhost '{vhost}' does not exist")),
-                Some(row) if row.queue_type != "quorum" => {
-                    fail(format!("queue '{name}' in vhost '{vhost}' is not a quorum queue"))
-                }
-                Some(_) => fail(format!(
-                    "quorum queue '{name}' in vhost '{vhost}' has no Raft group: this node is not in a cluster"
-                )),
-            })
+            let status = crate::cluster::member_status::queue_status(broker, None, vhost, name).await;
+            Some(status.map_or_else(|refused| fail(refused.reason), |members| ok(rows(members))))
         }
         // Nothing of a single node has other members to lose.
         "check_if_node_is_quorum_critical" => Some(ok(vec![])),
@@ -107,7 +100,10 @@ pub async fn serve(listener: UnixListener, broker: Arc<Broker>, cluster: Option<
                         Some(answer) => answer.await,
                         None => execute(&broker, &req),
                     },
-                    None => single_node(&broker, &req).unwrap_or_else(|| execute(&broker, &req)),
+                    None => match single_node(&broker, &req).await {
+                        Some(answer) => answer,
+                        None => execute(&broker, &req),
+                    },
                 },
                 Err(e) => Response { ok: false, error: Some(format!("malformed request: {e}")), rows: vec![] },
             };

@@ -36,7 +36,7 @@ use openraft::storage::RaftStateMachine;
 use super::types::*;
 
 /// How far apart the members left call their elections.
-pub const TURN: Duration = Duration::from_millis(100);
+const TURN: Duration = Duration::from_millis(100);
 /// How long the first member waits before its call: the other members
 /// learn of the same loss at about the same moment, and a pre-vote that
 /// reaches one still holding its lease is refused.
@@ -44,7 +44,7 @@ const FIRST_TURN_AFTER: Duration = Duration::from_millis(20);
 
 /// The position (0 first) of `me` among the voters of a group other than
 /// `leader`, turned by `group`: every member computes the same order.
-pub fn turn_of(voters: impl Iterator<Item = NodeId>, leader: NodeId, me: NodeId, group: u64) -> Option<usize> {
+fn turn_of(voters: impl Iterator<Item = NodeId>, leader: NodeId, me: NodeId, group: u64) -> Option<usize> {
     let mut left: Vec<NodeId> = voters.filter(|id| *id != leader).collect();
     left.sort_unstable();
     left.dedup();
@@ -77,11 +77,13 @@ where
     }
 }
 
-/// The next peer found gone (None once no more can come).
-pub async fn next_gone(gone: &mut tokio::sync::broadcast::Receiver<String>) -> Option<String> {
+/// The next news on a broadcast channel (a peer found gone, a link
+/// lost), skipping what was missed while lagging; None once no more can
+/// come.
+pub async fn next_news<T: Clone>(news: &mut tokio::sync::broadcast::Receiver<T>) -> Option<T> {
     loop {
-        match gone.recv().await {
-            Ok(name) => return Some(name),
+        match news.recv().await {
+            Ok(item) => return Some(item),
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
         }

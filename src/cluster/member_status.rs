@@ -141,6 +141,45 @@ pub async fn quorum_status(groups: &QueueGroups, vhost: &str, name: &str) -> Opt
     Some(futures_util::future::join_all(asks).await)
 }
 
+/// Why a queue has no member status to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoStatus {
+    /// There is no such queue (a 404), rather than one without members.
+    pub missing: bool,
+    pub reason: String,
+}
+
+/// The members of quorum queue `name` of `vhost` as [`quorum_status`]
+/// shows them, or why there are none: no such queue, not a quorum queue,
+/// a single node (`groups` None), or a queue of a single member.
+pub async fn queue_status(
+    broker: &crate::broker::Broker,
+    groups: Option<&QueueGroups>,
+    vhost: &str,
+    name: &str,
+) -> Result<Vec<MemberStatus>, NoStatus> {
+    let refuse = |missing, reason: String| Err(NoStatus { missing, reason });
+    match broker.queue_row(vhost, name) {
+        None => return refuse(true, format!("queue '{name}' in vhost '{vhost}' does not exist")),
+        Some(row) if row.queue_type != "quorum" => {
+            return refuse(false, format!("queue '{name}' in vhost '{vhost}' is not a quorum queue"));
+        }
+        Some(_) => {}
+    }
+    let Some(groups) = groups else {
+        let reason =
+            format!("quorum queue '{name}' in vhost '{vhost}' has no Raft group: this node is not in a cluster");
+        return refuse(false, reason);
+    };
+    match quorum_status(groups, vhost, name).await {
+        Some(members) => Ok(members),
+        None => refuse(
+            false,
+            format!("quorum queue '{name}' in vhost '{vhost}' is not replicated (it has a single member)"),
+        ),
+    }
+}
+
 /// A quorum queue that stopping this node would leave without a majority.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CriticalQueue {
@@ -181,16 +220,10 @@ impl crate::admin::ClusterAdmin for Admin {
         match req.command.as_str() {
             "quorum_status" => Some(Box::pin(async move {
                 let (vhost, name) = (req.vhost.as_deref().unwrap_or("/"), req.name.as_deref().unwrap_or(""));
-                match groups.queue_type(vhost, name).as_deref() {
-                    None => return fail(format!("queue '{name}' in vhost '{vhost}' does not exist")),
-                    Some("quorum") => {}
-                    Some(_) => return fail(format!("queue '{name}' in vhost '{vhost}' is not a quorum queue")),
-                }
-                match quorum_status(&groups, vhost, name).await {
-                    Some(members) => ok(rows(members)),
-                    None => fail(format!(
-                        "quorum queue '{name}' in vhost '{vhost}' is not replicated (it has a single member)"
-                    )),
+                let Some(broker) = groups.broker().upgrade() else { return fail("the broker is stopping".into()) };
+                match queue_status(&broker, Some(&groups), vhost, name).await {
+                    Ok(members) => ok(rows(members)),
+                    Err(refused) => fail(refused.reason),
                 }
             })),
             "check_if_node_is_quorum_critical" => Some(Box::pin(async move {

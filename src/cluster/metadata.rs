@@ -36,7 +36,7 @@ use openraft::impls::BasicNode;
 use openraft::{ChangeMembers, Config, Raft, SnapshotPolicy};
 use tokio::sync::watch;
 
-use super::failover::{next_gone, replace_gone_leader};
+use super::failover::{next_news, replace_gone_leader};
 use super::log_storage::GroupLogStorage;
 use super::machine::{Commands, GroupMachine, hand_over_and_stop};
 use super::node::ClusterNode;
@@ -159,7 +159,7 @@ impl MetadataGroup {
         let tended = Arc::downgrade(&group);
         let (weak, mut gone) = (Arc::downgrade(&group), node.peers_gone());
         tokio::spawn(async move {
-            while let Some(name) = next_gone(&mut gone).await {
+            while let Some(name) = next_news(&mut gone).await {
                 let Some(group) = weak.upgrade() else { return };
                 let me = group.node.identity.id;
                 tokio::spawn(replace_gone_leader(group.raft.clone(), METADATA_GROUP, me, name));

@@ -196,12 +196,7 @@ impl ClusterNode {
         let weak = Arc::downgrade(&node);
         let mut lost = node.transport.links_lost();
         tokio::spawn(async move {
-            loop {
-                let addr = match lost.recv().await {
-                    Ok(addr) => addr,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                };
+            while let Some(addr) = super::failover::next_news(&mut lost).await {
                 let Some(node) = weak.upgrade() else { return };
                 node.check_gone(&addr).await;
             }

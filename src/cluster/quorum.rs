@@ -41,7 +41,7 @@ use openraft::impls::BasicNode;
 use parking_lot::Mutex;
 
 use super::consumers::ClientSessions;
-use super::failover::{next_gone, replace_gone_leader};
+use super::failover::{next_news, replace_gone_leader};
 use super::machine::{GroupMachine, hand_over_and_stop};
 use super::member_status::{KIND_MEMBER_STATUS, MemberStatus};
 use super::metadata::{METADATA_GROUP, PROPOSE_WITHIN, raft_config};
@@ -155,7 +155,7 @@ impl QueueGroups {
         });
         let (weak, mut gone) = (Arc::downgrade(self), self.node.peers_gone());
         tokio::spawn(async move {
-            while let Some(name) = next_gone(&mut gone).await {
+            while let Some(name) = next_news(&mut gone).await {
                 let Some(groups) = weak.upgrade() else { return };
                 let running: Vec<(u64, QueueRaft)> =
                     groups.running.lock().iter().map(|(group, g)| (*group, g.raft.clone())).collect();
@@ -326,11 +326,6 @@ impl QueueGroups {
     pub fn replicated(&self, vhost: &str, name: &str) -> Option<ReplicatedQueue> {
         let broker = self.broker.upgrade()?;
         broker.replicated_queues().into_iter().find(|q| &*q.vhost == vhost && &*q.name == name)
-    }
-
-    /// The type of queue `name` of `vhost` (None: no such queue).
-    pub(super) fn queue_type(&self, vhost: &str, name: &str) -> Option<String> {
-        Some(self.broker.upgrade()?.queue_row(vhost, name)?.queue_type)
     }
 
     /// This node's member's metrics of `group`, if it runs one.

@@ -34,22 +34,10 @@ async fn quorum_status(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     caller.require_vhost(&api, &vhost)?;
-    let Some(row) = api.broker.queue_row(&vhost, &name) else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no queue '{name}' in vhost '{vhost}'")));
-    };
-    if row.queue_type != "quorum" {
-        return Err(ApiError::bad_request(format!("queue '{name}' in vhost '{vhost}' is not a quorum queue")));
-    }
-    let Some(queues) = &api.queues else {
-        return Err(ApiError::bad_request(format!(
-            "quorum queue '{name}' in vhost '{vhost}' has no Raft group: this node is not in a cluster"
-        )));
-    };
-    match member_status::quorum_status(queues, &vhost, &name).await {
-        Some(members) => Ok(Json(serde_json::to_value(members).unwrap_or_default())),
-        None => Err(ApiError::bad_request(format!(
-            "quorum queue '{name}' in vhost '{vhost}' is not replicated (it has a single member)"
-        ))),
+    match member_status::queue_status(&api.broker, api.queues.as_deref(), &vhost, &name).await {
+        Ok(members) => Ok(Json(serde_json::to_value(members).unwrap_or_default())),
+        Err(refused) if refused.missing => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", refused.reason)),
+        Err(refused) => Err(ApiError::bad_request(refused.reason)),
     }
 }
 
