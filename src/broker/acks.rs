@@ -142,13 +142,6 @@ impl Broker {
             {
                 c.unacked = c.unacked.saturating_sub(1);
             }
-            // A replicated queue's message that its group settled while this
-            // node had it out (handed out as leader, then acked at the next
-            // one) is not requeued here: the group no longer holds it.
-            if how == Settle::Requeue && q.settled_by_group(u.entry.seq) {
-                q.apply(Command::Settle { entry: u.entry, how: Settle::Ack }, now, &mut fx);
-                continue;
-            }
             // A replicated queue's message that leaves it leaves every member.
             if how != Settle::Requeue
                 && let Some(replica) = &q.replica

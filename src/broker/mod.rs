@@ -598,9 +598,7 @@ impl State {
             if q.incarnation != u.incarnation {
                 continue;
             }
-            // One its replicated queue's group settled meanwhile leaves.
-            let how = if q.settled_by_group(u.entry.seq) { Settle::Ack } else { Settle::Requeue };
-            q.apply(Command::Settle { entry: u.entry, how }, now, &mut fx);
+            q.apply(Command::Settle { entry: u.entry, how: Settle::Requeue }, now, &mut fx);
             // A failure is the log's I/O failure, already reported.
             let _ = carry_out(&q, &mut fx, store, &mut over_limit);
             if !touched.contains(&u.queue) {

@@ -21,7 +21,7 @@ pub use super::classic::ClassicQueue;
 use super::deadlines::{TimerHandle, TimerKey};
 pub use super::level::Spill;
 use super::message::{ConnectionHandle, Message};
-use super::queue_type::{Command, Effects};
+use super::queue_type::{Command, Effects, Settle};
 use super::quorum::QuorumQueue;
 use super::stream::Stream;
 use crate::protocol::FieldTable;
@@ -416,6 +416,14 @@ impl Queue {
     /// other effects are gathered in `fx` for the caller to carry out.
     #[inline(always)]
     pub fn apply(&mut self, command: Command, now: u64, fx: &mut Effects) {
+        // A replicated queue's message its group settled while this node
+        // had it out does not come back here, whoever puts it back.
+        let command = match command {
+            Command::Settle { entry, how: Settle::Requeue } if self.settled_by_group(entry.seq) => {
+                Command::Settle { entry, how: Settle::Ack }
+            }
+            other => other,
+        };
         let settles = matches!(command, Command::Settle { .. } | Command::Return { settled: false, .. });
         let checkout = match command {
             Command::Checkout { settled } => Some(settled),
