@@ -75,6 +75,12 @@ async fn single_node(broker: &Broker, req: &Request) -> Option<Response> {
         }
         // Nothing of a single node has other members to lose.
         "check_if_node_is_quorum_critical" => Some(ok(vec![])),
+        "add_member" | "delete_member" | "grow" | "shrink" => Some(fail(format!(
+            "{}: this node is not in a cluster, so its quorum queues have one member, this node",
+            req.command
+        ))),
+        // One node leads everything there is.
+        "rebalance" => Some(ok(vec![])),
         _ => None,
     }
 }

@@ -275,7 +275,7 @@ async fn serve(
     let control = warren::admin::bind(&config.control_socket())
         .with_context(|| format!("cannot bind control socket {}", config.control_socket().display()))?;
     let cluster_admin: Option<Arc<dyn warren::admin::ClusterAdmin>> =
-        cluster.as_ref().map(|(_, _, queues)| Arc::new(warren::cluster::member_status::Admin(queues.clone())) as _);
+        cluster.as_ref().map(|(_, _, queues)| Arc::new(warren::cluster::operator::Admin(queues.clone())) as _);
     tokio::spawn(warren::admin::serve(control, broker.clone(), cluster_admin));
 
     let listener = tokio::net::TcpListener::bind((config.bind, config.port))

@@ -12,8 +12,10 @@
 //!
 //! What is replicated so far: virtual hosts, users, permissions, topic
 //! permissions, user and vhost limits, policies, exchanges and the
-//! bindings between exchanges. Queues and the bindings to them stay on the node
-//! that made them (ARCHITECTURE.md, "The cluster").
+//! bindings between exchanges, and a replicated quorum queue's declare,
+//! bindings, delete and members (`broker::replicas`). Classic queues,
+//! streams and the bindings to them stay on the node that made them
+//! (ARCHITECTURE.md, "The cluster").
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,6 +36,7 @@ const KIND_VHOST_PUT: u8 = 3;
 const KIND_VHOST_DELETE: u8 = 4;
 const KIND_SETTING: u8 = 5;
 const KIND_QUEUE: u8 = 6;
+const KIND_QUEUE_MEMBERS: u8 = 7;
 
 /// A change to the shared definitions.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +65,13 @@ pub enum Change {
         vhost: String,
         method: Method,
         replica: Option<super::replicas::Replica>,
+    },
+    /// A change to a replicated quorum queue's members
+    /// (`broker::replicas`, `cluster::membership`).
+    QueueMembers {
+        vhost: String,
+        name: String,
+        change: super::replicas::MemberChange,
     },
 }
 
@@ -173,6 +183,13 @@ impl Change {
                 out.extend_from_slice(&replica);
                 method.encode(&mut out);
             }
+            Change::QueueMembers { vhost, name, change } => {
+                out.put_u8(KIND_QUEUE_MEMBERS);
+                put_str(&mut out, vhost);
+                put_str(&mut out, name);
+                // Plain data: it always serializes.
+                out.extend_from_slice(&serde_json::to_vec(change).unwrap_or_default());
+            }
         }
         out.freeze()
     }
@@ -223,6 +240,12 @@ impl Change {
                     | Method::QueueUnbind(_) => Ok(Change::Queue { vhost, method, replica }),
                     other => Err(format!("{} is not a change to the shared definitions", other.name())),
                 }
+            }
+            KIND_QUEUE_MEMBERS => {
+                let (vhost, rest) = take_str(&rest).ok_or("a members change whose vhost is cut short")?;
+                let (name, rest) = take_str(&rest).ok_or("a members change whose queue is cut short")?;
+                let change = serde_json::from_slice(&rest).map_err(|e| format!("a members change: {e}"))?;
+                Ok(Change::QueueMembers { vhost, name, change })
             }
             other => Err(format!("unknown change kind {other}")),
         }
@@ -370,6 +393,7 @@ impl Broker {
             Change::VhostDelete(name) => vhost_outcome(self.delete_vhost(name)),
             Change::Setting(setting) => self.apply_setting(setting),
             Change::Queue { vhost, method, replica } => self.apply_queue_change(vhost, method, replica.as_ref()),
+            Change::QueueMembers { vhost, name, change } => self.apply_member_change(vhost, name, change),
         }
     }
 
@@ -423,7 +447,7 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::replicas::{Member, Replica};
+    use crate::broker::replicas::{Member, MemberChange, Replica};
     use crate::protocol::FieldTable;
     use crate::protocol::method::{ExchangeBind, ExchangeDeclare, QueueDeclare, QueueDelete, QueuePurge};
     use crate::protocol::table::FieldValue;
@@ -488,8 +512,18 @@ mod tests {
                 .into(),
                 replica: Some(Replica {
                     group: 0x5eed,
-                    members: vec![Member { name: "beta@h".into(), id: 7 }, Member { name: "alpha@h".into(), id: 3 }],
+                    members: vec![Member::new("beta@h", 7), Member::new("alpha@h", 3)],
                 }),
+            },
+            Change::QueueMembers {
+                vhost: "/".into(),
+                name: "orders".into(),
+                change: MemberChange::Add { member: Member { added: true, ..Member::new("gamma@h", 9) } },
+            },
+            Change::QueueMembers {
+                vhost: "/".into(),
+                name: "orders".into(),
+                change: MemberChange::Remove { node: "beta@h".into(), id: 7 },
             },
             Change::Queue {
                 vhost: "/".into(),

@@ -15,7 +15,7 @@ use crate::protocol::method::QueueDeclare;
 /// `work`, a quorum queue replicated over three members, led here.
 fn replicated_queue() -> TestBroker {
     let t = TestBroker::new();
-    let members = ["a", "b", "c"].iter().enumerate().map(|(i, n)| Member { name: n.to_string(), id: i as u64 + 1 });
+    let members = ["a", "b", "c"].iter().enumerate().map(|(i, n)| Member::new(n.to_string(), i as u64 + 1));
     let replica = Replica { group: 77, members: members.collect() };
     let arguments = table(&[("x-queue-type", FieldValue::LongStr(bytes::Bytes::from_static(b"quorum")))]);
     let declare = QueueDeclare { queue: "work".into(), durable: true, arguments, ..Default::default() };

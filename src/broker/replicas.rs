@@ -38,6 +38,43 @@ pub struct Replica {
 pub struct Member {
     pub name: String,
     pub id: u64,
+    /// Added after the queue was declared (`add_member`): the group's
+    /// leader brings it in, and it never forms the group itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub added: bool,
+    /// On its way out (`delete_member`): the group's leader takes it out
+    /// of the group, then commits its removal ([`MemberChange::Remove`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
+}
+
+impl Member {
+    /// A member of the queue's group as declared.
+    pub fn new(name: impl Into<String>, id: u64) -> Member {
+        Member { name: name.into(), id, added: false, leaving: false }
+    }
+}
+
+/// A change to a replicated quorum queue's members, applied by every node
+/// in the metadata group's log order (so two changes made at once on two
+/// nodes both take effect, one after the other).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum MemberChange {
+    /// `add_member`: a new member, brought into the group by its leader
+    /// (a learner until it has caught up, then a voter).
+    Add { member: Member },
+    /// `delete_member`: the member is leaving; the group's leader takes it
+    /// out of the group's membership, then commits `Remove`. It stays a
+    /// member (and runs its part of the group) until then, so a group of
+    /// two never loses its majority to a member that stopped too soon.
+    Leave { node: String },
+    /// The group no longer has this leaving member.
+    Remove { node: String, id: u64 },
+    /// The member's node came back with a new Raft id (its data directory
+    /// was wiped): the member is that id from now on, brought into the
+    /// group as a new one, and the old id leaves the group.
+    Rejoin { node: String, id: u64 },
 }
 
 /// A replicated quorum queue of this node.
@@ -111,6 +148,68 @@ impl Broker {
             other => Change::queue_name(other).is_some_and(|name| self.is_replicated(vhost, name)),
         };
         shared.then(|| Change::for_queue(vhost, method))
+    }
+
+    /// Applies a change to a replicated queue's members: refused for a node
+    /// that is already a member (add), is none (leave), or is the last
+    /// member that is not leaving.
+    pub(super) fn apply_member_change(&self, vhost: &str, name: &str, change: &MemberChange) -> Result<()> {
+        let st = self.state.read();
+        let Some(cell) = st.queue(vhost, name) else { return Err(no_queue(vhost, name)) };
+        let mut q = cell.lock();
+        let Some(replica) = q.replica.clone() else {
+            return Err(AmqpError::precondition(format!(
+                "queue '{name}' in vhost '{vhost}' is not a replicated quorum queue"
+            )));
+        };
+        let mut members = replica.members.clone();
+        match change {
+            MemberChange::Add { member } => {
+                if members.iter().any(|m| m.name == member.name) {
+                    return Err(AmqpError::precondition(format!(
+                        "node {} is already a member of quorum queue '{name}' in vhost '{vhost}'",
+                        member.name
+                    )));
+                }
+                members.push(member.clone());
+            }
+            MemberChange::Leave { node } => {
+                let staying = members.iter().filter(|m| !m.leaving).count();
+                let Some(member) = members.iter_mut().find(|m| m.name == *node) else {
+                    return Err(AmqpError::precondition(format!(
+                        "node {node} is not a member of quorum queue '{name}' in vhost '{vhost}'"
+                    )));
+                };
+                if member.leaving {
+                    return Ok(());
+                }
+                if staying <= 1 {
+                    return Err(AmqpError::precondition(format!(
+                        "node {node} is the last member of quorum queue '{name}' in vhost '{vhost}': delete the queue instead"
+                    )));
+                }
+                member.leaving = true;
+            }
+            MemberChange::Remove { node, id } => members.retain(|m| !(m.name == *node && m.id == *id && m.leaving)),
+            MemberChange::Rejoin { node, id } => {
+                if let Some(member) = members.iter_mut().find(|m| m.name == *node && m.id != *id) {
+                    *member = Member { added: true, leaving: member.leaving, ..Member::new(node.clone(), *id) };
+                }
+            }
+        }
+        if members == replica.members {
+            return Ok(());
+        }
+        let replica = Replica { group: replica.group, members };
+        let value = serde_json::to_vec(&replica).map_err(|e| AmqpError::connection(reply::INTERNAL_ERROR, e))?;
+        let record = Record::Parameter {
+            kind: ParameterKind::QuorumMembers,
+            key: replica_key(vhost, name),
+            value: value.into(),
+        };
+        self.store.define(record).map_err(store_failed)?;
+        q.replica = Some(Arc::new(replica));
+        Ok(())
     }
 
     /// Applies a change to a replicated queue (see [`Change::Queue`]).

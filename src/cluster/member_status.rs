@@ -10,8 +10,6 @@
 //! (`nodedown`: its node does not answer; `noproc`: its node answers but
 //! runs no member of the queue).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use openraft::{RaftMetrics, ServerState};
@@ -19,7 +17,6 @@ use serde::{Deserialize, Serialize};
 
 use super::quorum::QueueGroups;
 use super::types::*;
-use crate::admin::{Request, Response, fail, ok, rows};
 
 /// The request kind of "your member's figures" (served by a queue group).
 pub const KIND_MEMBER_STATUS: u8 = 9;
@@ -209,39 +206,6 @@ pub fn quorum_critical(groups: &QueueGroups) -> Vec<CriticalQueue> {
         .collect();
     critical.sort_by(|a, b| (&a.virtual_host, &a.name).cmp(&(&b.virtual_host, &b.name)));
     critical
-}
-
-/// warrenctl's cluster verbs, through the control socket.
-pub struct Admin(pub std::sync::Arc<QueueGroups>);
-
-impl crate::admin::ClusterAdmin for Admin {
-    fn execute(&self, req: Request) -> Option<Pin<Box<dyn Future<Output = Response> + Send>>> {
-        let groups = self.0.clone();
-        match req.command.as_str() {
-            "quorum_status" => Some(Box::pin(async move {
-                let (vhost, name) = (req.vhost.as_deref().unwrap_or("/"), req.name.as_deref().unwrap_or(""));
-                let Some(broker) = groups.broker().upgrade() else { return fail("the broker is stopping".into()) };
-                match queue_status(&broker, Some(&groups), vhost, name).await {
-                    Ok(members) => ok(rows(members)),
-                    Err(refused) => fail(refused.reason),
-                }
-            })),
-            "check_if_node_is_quorum_critical" => Some(Box::pin(async move {
-                let critical = quorum_critical(&groups);
-                if critical.is_empty() {
-                    return ok(vec![]);
-                }
-                let named: Vec<String> =
-                    critical.iter().map(|q| format!("'{}' in vhost '{}'", q.name, q.virtual_host)).collect();
-                fail(format!(
-                    "There are quorum queues that would lose their quorum if node {} is shut down: {}",
-                    groups.node().identity.name,
-                    named.join(", ")
-                ))
-            })),
-            _ => None,
-        }
-    }
 }
 
 /// How many of `members` make a majority.

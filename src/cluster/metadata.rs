@@ -92,7 +92,7 @@ impl Commands for BrokerChanges {
         let outcome = match Change::decode(&command.0) {
             Ok(change) => {
                 let outcome = self.broker.apply_change(&change);
-                if matches!(change, Change::Queue { .. }) {
+                if matches!(change, Change::Queue { .. } | Change::QueueMembers { .. }) {
                     self.queues.look_over_soon();
                 }
                 outcome
@@ -173,6 +173,7 @@ impl MetadataGroup {
                     formed = group.try_to_form().await;
                 } else {
                     group.replace_wiped_members().await;
+                    group.rejoin_wiped_queue_members().await;
                 }
                 drop(group);
                 tokio::time::sleep(FORM_EVERY).await;
@@ -255,6 +256,24 @@ impl MetadataGroup {
         }
     }
 
+    /// On the leader: the quorum queue members of a node the group took
+    /// back under a new Raft id rejoin their queues under it
+    /// (`membership::rejoin_wiped`).
+    async fn rejoin_wiped_queue_members(&self) {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let Some(broker) = self.broker.upgrade() else { return };
+        if metrics.current_leader != Some(self.node.identity.id) {
+            return;
+        }
+        let membership = metrics.membership_config.membership();
+        let mut voters: Vec<(String, NodeId)> =
+            membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| (n.addr.clone(), id))).collect();
+        // A name under two ids is a replacement half way: not yet.
+        let names: Vec<String> = voters.iter().map(|(name, _)| name.clone()).collect();
+        voters.retain(|(name, _)| names.iter().filter(|n| *n == name).count() == 1);
+        super::membership::rejoin_wiped(&broker, &voters).await;
+    }
+
     /// The group as this node sees it (`rabbitmq-diagnostics
     /// metadata_store_status` shows the same of Khepri's).
     pub fn status(&self) -> MetadataStatus {
@@ -334,7 +353,7 @@ impl MetadataGroup {
         let membership = metrics.membership_config.membership();
         let mut nodes: Vec<Member> = membership
             .voter_ids()
-            .filter_map(|id| membership.get_node(&id).map(|n| Member { name: n.addr.clone(), id }))
+            .filter_map(|id| membership.get_node(&id).map(|n| Member::new(n.addr.clone(), id)))
             .collect();
         let existing = self.broker.upgrade().map(|b| b.replicated_queues()).unwrap_or_default();
         let count = |name: &str, leaders_only: bool| {

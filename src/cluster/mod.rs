@@ -24,6 +24,12 @@
 //!   once instead of waiting out the lease.
 //! - [`member_status`]: each member's Raft figures for operators, and
 //!   whether stopping this node would leave a queue without a majority.
+//! - [`membership`]: a quorum queue's members changed while it runs
+//!   (add, delete, grow, shrink, a wiped node rejoining), and each group's
+//!   leader bringing the group's Raft membership to them; [`leaders`]:
+//!   spreading the queues' leaders over the nodes (rebalance).
+//! - [`operator`]: warrenctl's cluster verbs (the `rabbitmq-queues`
+//!   ones) through the control socket.
 //! - [`propose`]: committing a command from any member (forwarded to the
 //!   leader over the cluster port).
 //! - [`metadata`]: the metadata group, which replicates the definitions
@@ -39,11 +45,14 @@ pub mod auth;
 pub mod codec;
 pub mod consumers;
 pub mod failover;
+pub mod leaders;
 pub mod log_storage;
 pub mod machine;
 pub mod member_status;
+pub mod membership;
 pub mod metadata;
 pub mod node;
+pub mod operator;
 pub mod propose;
 pub mod queue_commands;
 pub mod queue_machine;

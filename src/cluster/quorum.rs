@@ -42,6 +42,7 @@ use parking_lot::Mutex;
 
 use super::consumers::ClientSessions;
 use super::failover::{next_news, replace_gone_leader};
+use super::leaders::KIND_LEAD_ELSEWHERE;
 use super::machine::{GroupMachine, hand_over_and_stop};
 use super::member_status::{KIND_MEMBER_STATUS, MemberStatus};
 use super::metadata::{METADATA_GROUP, PROPOSE_WITHIN, raft_config};
@@ -76,9 +77,10 @@ const QUORUM_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// How often the groups are looked over without a queue change.
 const LOOK_OVER_EVERY: Duration = Duration::from_secs(1);
 
-type QueueRaft = Raft<RaftConfig, GroupMachine<QueueCommands>>;
+pub(super) type QueueRaft = Raft<RaftConfig, GroupMachine<QueueCommands>>;
 
 /// One quorum queue's group, as this node's member runs it.
+#[derive(Clone)]
 pub struct QueueGroup {
     raft: QueueRaft,
     pub vhost: Arc<str>,
@@ -104,6 +106,9 @@ pub struct QueueGroups {
     look_over: Arc<tokio::sync::Notify>,
     /// One look-over at a time (a look-over awaits groups' starts and stops).
     looking: tokio::sync::Mutex<()>,
+    /// The groups whose leader here is bringing their membership to the
+    /// queue's members (`membership`): one at a time per group.
+    reconciling: Arc<Mutex<HashSet<u64>>>,
     /// This node's next proposal id: from the clock at start, so ids are
     /// not used again after a restart.
     next_proposal: AtomicU64,
@@ -126,6 +131,7 @@ impl QueueGroups {
             running: Mutex::new(HashMap::new()),
             look_over: Arc::new(tokio::sync::Notify::new()),
             looking: tokio::sync::Mutex::new(()),
+            reconciling: Arc::default(),
             next_proposal: AtomicU64::new(crate::store::wall_ms().saturating_mul(1000)),
             runtime: tokio::runtime::Handle::current(),
             sessions: SessionServer::new(Arc::downgrade(broker)),
@@ -190,9 +196,15 @@ impl QueueGroups {
                 broker.set_replica_active(&stopped.vhost, &stopped.name, false);
                 self.node.transport.remove_group(*group);
                 let _ = stopped.raft.shutdown().await;
+                // No longer a member of a queue that goes on: this node's
+                // copy of its messages goes (the members have them).
+                if broker.replica_of(&stopped.vhost, &stopped.name).is_some() {
+                    broker.install_replica(&stopped.vhost, &stopped.name, Default::default());
+                }
                 tracing::info!("quorum queue '{}' in vhost '{}': its group stopped here", stopped.name, stopped.vhost);
             }
         }
+        self.follow_members(&wanted);
         // A queue deleted while its group was down here (or a crash
         // between the delete and this): its group's log goes too.
         let store = broker.store();
@@ -215,6 +227,33 @@ impl QueueGroups {
                 }
                 Err(e) => tracing::error!("quorum queue '{name}' in vhost '{vhost}': cannot start its group: {e}"),
             }
+        }
+    }
+
+    /// Gives each running group its queue's members as the metadata group
+    /// last changed them, and has the groups this node leads bring their
+    /// Raft membership to them (`membership`).
+    fn follow_members(&self, wanted: &HashMap<u64, ReplicatedQueue>) {
+        let me = self.me();
+        let mut running = self.running.lock();
+        for (group, queue) in wanted {
+            let Some(current) = running.get_mut(group) else { continue };
+            if current.replica != queue.replica {
+                *current = Arc::new(QueueGroup { replica: queue.replica.clone(), ..QueueGroup::clone(current) });
+            }
+            let metrics = current.raft.metrics().borrow_watched().clone();
+            if !super::membership::has_work(&metrics, me, &queue.replica.members)
+                || !self.reconciling.lock().insert(*group)
+            {
+                continue;
+            }
+            let (raft, members, broker) = (current.raft.clone(), queue.replica.members.clone(), self.broker.clone());
+            let names = (queue.vhost.to_string(), queue.name.to_string());
+            let (reconciling, group) = (self.reconciling.clone(), *group);
+            self.runtime.spawn(async move {
+                super::membership::bring_to_members(raft, me, members, broker, names).await;
+                reconciling.lock().remove(&group);
+            });
         }
     }
 
@@ -262,11 +301,18 @@ impl QueueGroups {
                 }
             }
         });
+        // The group forms with the members it was declared with; one added
+        // since is brought in by the leader and never forms it.
+        let founders = replica.members.iter().filter(|m| !m.added);
         let members: BTreeMap<NodeId, BasicNode> =
-            replica.members.iter().map(|m| (m.id, BasicNode { addr: m.name.clone() })).collect();
+            founders.map(|m| (m.id, BasicNode { addr: m.name.clone() })).collect();
         let first = replica.members.first().is_some_and(|m| m.id == me);
         let forming = raft.clone();
+        let founder = members.contains_key(&me);
         tokio::spawn(async move {
+            if !founder {
+                return;
+            }
             if !first {
                 tokio::time::sleep(FORM_FALLBACK).await;
             }
@@ -337,6 +383,14 @@ impl QueueGroups {
     /// The group, vhost and name of each queue this node runs a member of.
     pub(super) fn running_queues(&self) -> Vec<(u64, Arc<str>, Arc<str>)> {
         self.running.lock().iter().map(|(group, g)| (*group, g.vhost.clone(), g.name.clone())).collect()
+    }
+
+    /// Has this node's member of `group`, if it leads, hand its
+    /// leadership to member `to` (`leaders::rebalance`).
+    pub(super) async fn lead_elsewhere_here(&self, group: u64, to: NodeId) -> io::Result<()> {
+        let running = self.running.lock().get(&group).cloned();
+        let running = running.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no member of the group here"))?;
+        lead_elsewhere(&running.raft, self.me(), to).await
     }
 
     /// Whether this node runs a member of `group`.
@@ -478,6 +532,14 @@ impl ReplicaRouter for Router {
     }
 }
 
+/// Hands the leadership `me` holds of a group to its member `to`.
+async fn lead_elsewhere(raft: &QueueRaft, me: NodeId, to: NodeId) -> io::Result<()> {
+    if raft.current_leader().await != Some(me) {
+        return Err(io::Error::other("this node does not lead the group"));
+    }
+    raft.trigger().transfer_leader(to).await.map_err(io::Error::other)
+}
+
 /// Whether `me` leads the group and a majority answered it lately.
 fn leads_with_quorum(m: &openraft::RaftMetrics<RaftConfig>, me: NodeId) -> bool {
     use openraft::Instant as _;
@@ -511,6 +573,14 @@ impl GroupServer for Served {
                 Box::pin(async move {
                     let request = SessionRequest::decode(payload).map_err(invalid)?;
                     Ok(sessions.serve(leads, request).await.encode())
+                })
+            }
+            KIND_LEAD_ELSEWHERE => {
+                let (raft, me) = (self.raft.clone(), self.me);
+                Box::pin(async move {
+                    let to = payload.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+                    let to = to.ok_or_else(|| invalid("a leader transfer without a member id".into()))?;
+                    lead_elsewhere(&raft, me, to).await.map(|()| Vec::new())
                 })
             }
             KIND_MEMBER_STATUS => {

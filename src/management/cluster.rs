@@ -3,20 +3,24 @@
 //! leader, voters and how far this node has applied its log, as
 //! `rabbitmq-diagnostics metadata_store_status` shows Khepri's), a quorum
 //! queue's members' Raft figures (/api/queues/quorum/VHOST/NAME/status,
-//! as `rabbitmq-queues quorum_status`), and the `node-is-quorum-critical`
-//! health check.
+//! as `rabbitmq-queues quorum_status`), the `node-is-quorum-critical`
+//! health check, and changes to quorum queues' members and leaders
+//! (RabbitMQ's `replicas/add`, `replicas/delete`, `grow`, `shrink` and
+//! `rebalance/queues`).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::cluster::member_status;
+use crate::cluster::membership::{self, Refused, Selection};
+use crate::cluster::quorum::QueueGroups;
 
 use super::overview::node_json;
-use super::{Api, ApiError, ApiResult, Caller};
+use super::{Api, ApiError, ApiResult, Caller, JsonBody, JsonOrEmpty};
 
 pub fn routes() -> Router<Api> {
     Router::new()
@@ -25,6 +29,103 @@ pub fn routes() -> Router<Api> {
         .route("/api/metadata-store", get(metadata_store))
         .route("/api/queues/quorum/{vhost}/{name}/status", get(quorum_status))
         .route("/api/health/checks/node-is-quorum-critical", get(quorum_critical))
+        .route("/api/queues/quorum/{vhost}/{name}/replicas/add", post(add_replica))
+        .route("/api/queues/quorum/{vhost}/{name}/replicas/delete", delete(delete_replica))
+        .route("/api/queues/quorum/replicas/on/{node}/grow", post(grow))
+        .route("/api/queues/quorum/replicas/on/{node}/shrink", delete(shrink))
+        .route("/api/rebalance/queues", post(rebalance))
+}
+
+/// How long a member removal is waited for over HTTP.
+const REMOVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[derive(serde::Deserialize)]
+struct NodeBody {
+    node: String,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct GrowBody {
+    strategy: Option<String>,
+    vhost_pattern: Option<String>,
+    queue_pattern: Option<String>,
+}
+
+/// The quorum queue groups of a node of a cluster; 400 on a single node.
+fn cluster_queues(api: &Api) -> ApiResult<&QueueGroups> {
+    api.queues.as_deref().ok_or_else(|| {
+        ApiError::bad_request("this node is not in a cluster: its quorum queues have one member, this node")
+    })
+}
+
+fn refused(refused: Refused) -> ApiError {
+    if refused.missing {
+        return ApiError::new(StatusCode::NOT_FOUND, "not_found", refused.reason);
+    }
+    ApiError::bad_request(refused.reason)
+}
+
+/// Adds a member on `node`; answered once the change is committed (the
+/// member catches up in the background: quorum_status shows it).
+async fn add_replica(
+    State(api): State<Api>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    JsonBody(body): JsonBody<NodeBody>,
+) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
+    let queues = cluster_queues(&api)?;
+    membership::add_member(queues, &vhost, &name, &body.node, None).await.map_err(refused)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes the member on `node`; answered once the group no longer has it.
+async fn delete_replica(
+    State(api): State<Api>,
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    JsonBody(body): JsonBody<NodeBody>,
+) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
+    let queues = cluster_queues(&api)?;
+    membership::delete_member(queues, &vhost, &name, &body.node, REMOVE_WITHIN).await.map_err(refused)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn grow(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(node): Path<String>,
+    JsonOrEmpty(body): JsonOrEmpty<GrowBody>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let queues = cluster_queues(&api)?;
+    let even = match body.strategy.as_deref().unwrap_or("all") {
+        "all" => false,
+        "even" => true,
+        other => return Err(ApiError::bad_request(format!("strategy '{other}' is neither 'all' nor 'even'"))),
+    };
+    let selection =
+        Selection::new(body.vhost_pattern.as_deref().unwrap_or(".*"), body.queue_pattern.as_deref().unwrap_or(".*"))
+            .map_err(refused)?;
+    let outcomes = membership::grow(queues, &node, even, &selection).await.map_err(refused)?;
+    Ok(Json(serde_json::to_value(outcomes).unwrap_or_default()))
+}
+
+async fn shrink(State(api): State<Api>, caller: Caller, Path(node): Path<String>) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let queues = cluster_queues(&api)?;
+    let outcomes = membership::shrink(queues, &node, REMOVE_WITHIN).await;
+    Ok(Json(serde_json::to_value(outcomes).unwrap_or_default()))
+}
+
+/// Spreads the quorum queues' leaders over the running nodes; a single
+/// node has nothing to spread.
+async fn rebalance(State(api): State<Api>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let Some(queues) = api.queues.as_deref() else { return Ok(Json(json!([]))) };
+    let selection = Selection::new(".*", ".*").map_err(refused)?;
+    Ok(Json(serde_json::to_value(crate::cluster::leaders::rebalance(queues, &selection).await).unwrap_or_default()))
 }
 
 /// Each member of a quorum queue with its Raft figures.

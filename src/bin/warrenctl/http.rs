@@ -17,6 +17,14 @@ pub struct Target {
 
 type Rows = Vec<Map<String, Value>>;
 
+/// A reply's items: the array's, or the one value.
+fn items(value: Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) => items,
+        other => vec![other],
+    }
+}
+
 use warren::management::json::encode_segment as enc;
 
 impl Target {
@@ -42,7 +50,8 @@ impl Target {
         );
         let reply = match (method, body) {
             ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
-            ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
+            ("DELETE", Some(b)) => agent.delete(&url).header("Authorization", &auth).force_send_body().send_json(b),
+            ("DELETE", None) => agent.delete(&url).header("Authorization", &auth).call(),
             ("PUT", Some(b)) => agent.put(&url).header("Authorization", &auth).send_json(b),
             ("POST", Some(b)) => agent.post(&url).header("Authorization", &auth).send_json(b),
             (m, _) => return Err(Failure::Transport(format!("unsupported method {m}"))),
@@ -60,10 +69,7 @@ impl Target {
     }
 
     fn get(&self, path: &str) -> Result<Vec<Value>, Failure> {
-        match self.send("GET", path, None)? {
-            Value::Array(items) => Ok(items),
-            other => Ok(vec![other]),
-        }
+        Ok(items(self.send("GET", path, None)?))
     }
 
     fn answer(&self, req: &Request) -> Result<Rows, Failure> {
@@ -94,6 +100,33 @@ impl Target {
             "quorum_status" => {
                 let name = enc(req.name.as_deref().unwrap_or_default());
                 Ok(self.get(&format!("/queues/quorum/{v}/{name}/status"))?.into_iter().map(row).collect())
+            }
+            "add_member" | "delete_member" => {
+                let name = enc(req.name.as_deref().unwrap_or_default());
+                let (method, path) = match req.command.as_str() {
+                    "add_member" => ("POST", "add"),
+                    _ => ("DELETE", "delete"),
+                };
+                self.send(
+                    method,
+                    &format!("/queues/quorum/{v}/{name}/replicas/{path}"),
+                    Some(json!({"node": arg(0)})),
+                )?;
+                none()
+            }
+            "grow" | "shrink" => {
+                let node = enc(arg(0));
+                let outcomes = if req.command == "grow" {
+                    let body = json!({"strategy": arg(1), "vhost_pattern": arg(2), "queue_pattern": arg(3)});
+                    self.send("POST", &format!("/queues/quorum/replicas/on/{node}/grow"), Some(body))?
+                } else {
+                    self.send("DELETE", &format!("/queues/quorum/replicas/on/{node}/shrink"), None)?
+                };
+                let errors_only = arg(if req.command == "grow" { 4 } else { 1 }) == "true";
+                Ok(items(outcomes).into_iter().filter(|o| !errors_only || o["result"] != "ok").map(row).collect())
+            }
+            "rebalance" => {
+                Ok(items(self.send("POST", "/rebalance/queues", Some(json!({})))?).into_iter().map(row).collect())
             }
             // A 503 is the check's failure: its reason and queues are the refusal.
             "check_if_node_is_quorum_critical" => {

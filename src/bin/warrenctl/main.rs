@@ -153,6 +153,39 @@ enum Command {
     QuorumStatus { queue: String },
     /// Fails (exit 69) if stopping this node would leave a quorum queue without a majority of its members online.
     CheckIfNodeIsQuorumCritical,
+    /// Adds a member of a quorum queue on NODE (rabbitmq-queues add_member); waits up to --timeout for it to catch up.
+    AddMember { queue: String, node: String },
+    /// Removes a quorum queue's member on NODE (rabbitmq-queues delete_member).
+    DeleteMember { queue: String, node: String },
+    /// Adds a member on NODE to every quorum queue (all) or to those with an even number of members (even).
+    Grow {
+        node: String,
+        #[arg(value_parser = ["all", "even"])]
+        strategy: String,
+        #[arg(long, default_value = ".*")]
+        vhost_pattern: String,
+        #[arg(long, default_value = ".*")]
+        queue_pattern: String,
+        /// Only the queues where it failed.
+        #[arg(long)]
+        errors_only: bool,
+    },
+    /// Removes NODE's member from every quorum queue it is not the last member of.
+    Shrink {
+        node: String,
+        /// Only the queues where it failed.
+        #[arg(long)]
+        errors_only: bool,
+    },
+    /// Spreads quorum queue leaders evenly over the running nodes.
+    Rebalance {
+        #[arg(value_parser = ["all", "quorum", "classic"])]
+        queue_type: String,
+        #[arg(long, default_value = ".*")]
+        vhost_pattern: String,
+        #[arg(long, default_value = ".*")]
+        queue_pattern: String,
+    },
     /// Sets a policy: queue (or exchange) settings by name pattern.
     SetPolicy(PolicyArgs),
     /// Removes a policy.
@@ -265,6 +298,8 @@ fn known_columns(command: &str) -> &'static [&'static str] {
         "list_user_limits" => &["user", "limits"],
         "status" => STATUS_FIELDS,
         "quorum_status" => QUORUM_STATUS_COLUMNS,
+        "grow" | "shrink" => queues::MEMBER_CHANGE_COLUMNS,
+        "rebalance" => queues::REBALANCE_COLUMNS,
         "list_policies" | "list_operator_policies" => {
             &["vhost", "name", "pattern", "apply-to", "definition", "priority"]
         }
@@ -286,6 +321,7 @@ fn known_columns(command: &str) -> &'static [&'static str] {
 }
 
 mod http;
+mod queues;
 mod verbs;
 
 use verbs::{access_verb, definitions, run_access_verb};
@@ -297,7 +333,9 @@ fn main() -> ExitCode {
         Command::ImportDefinitions { path } => return definitions(&args, false, path),
         _ => {}
     }
-    if let Some((request, output, columns)) = access_verb(&args.command, &args.vhost) {
+    if let Some((request, output, columns)) =
+        access_verb(&args.command, &args.vhost).or_else(|| queues::queue_verb(&args))
+    {
         return run_access_verb(&args, request, output, &columns);
     }
     let (request, listing, columns) = match &args.command {

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use warren::admin::Request;
 
-use super::{Action, Args, Command, Listing, QUORUM_STATUS_COLUMNS, STATUS_FIELDS, exchange, print_listing, req};
+use super::{Action, Args, Command, Listing, STATUS_FIELDS, exchange, print_listing, req};
 
 /// The request and output of the user, permission and vhost verbs;
 /// `vhost` is the one -p names.
@@ -144,24 +144,6 @@ pub(super) fn access_verb(
                 vec![],
             )
         }
-        Command::QuorumStatus { queue } => (
-            Request {
-                command: "quorum_status".into(),
-                name: Some(queue.clone()),
-                args: vec![],
-                vhost: Some(vhost.clone()),
-            },
-            listing("quorum_status", "the members of a quorum queue", QUORUM_STATUS_COLUMNS),
-            vec![],
-        ),
-        Command::CheckIfNodeIsQuorumCritical => (
-            request("check_if_node_is_quorum_critical", vec![], None),
-            action(
-                "Checking if the node is critical for the quorum of any quorum queue ...".into(),
-                Some("No quorum queue would lose its quorum if this node were shut down"),
-            ),
-            vec![],
-        ),
         Command::Status => (request("status", vec![], None), global_listing("status", "status", STATUS_FIELDS), vec![]),
         Command::ListVhosts { columns } => {
             (request("list_vhosts", vec![], None), global_listing("list_vhosts", "vhosts", &["name"]), columns.clone())
