@@ -1,7 +1,8 @@
 //! Changing a quorum queue's members while it runs, as an operator does
 //! with rabbitmq-queues (real nodes, ports chosen at run time): a member
 //! added while publishers go on catches up and votes, and once the
-//! original members are deleted it alone holds every confirmed message;
+//! original members are deleted it alone holds every confirmed message,
+//! which a node that is no member any more still serves;
 //! `shrink` and `grow` take a node out of and back into every queue;
 //! `rebalance` spreads leaders that piled up on one node; a node whose
 //! data directory was wiped rejoins its queues under its new Raft id and
@@ -152,12 +153,26 @@ async fn a_member_added_under_load_catches_up_and_then_holds_every_message_alone
     assert_eq!(code, Some(70), "{err}");
     assert!(err.contains("is the last member of quorum queue 'grown'"), "{err}");
 
-    // It has every confirmed message, in order.
+    // A node that is no member any more still serves the queue's clients,
+    // through the members: its API names the leader, a publish there is
+    // confirmed, and a get there takes every confirmed message, in order.
     conn.close(200, "done".into()).await.expect("closed");
-    let conn = connect(&cluster.nodes[at]).await;
+    let outside = &cluster.nodes[cluster.index(first)];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let queue = http::get(outside.management.expect("management API"), "/api/queues/%2F/grown", GUEST).await.json();
+        if queue["leader"] == newcomer.as_str() && queue["members"] == serde_json::json!([newcomer]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{first} never showed the newcomer leading: {queue}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let conn = connect(outside).await;
+    publish_acked(&confirm_channel(&conn).await, "grown", "from outside").await;
     let bodies = drain(&channel(&conn).await, "grown").await;
-    let expected: Vec<String> = (0..2000).map(|i| format!("m{i}")).collect();
-    assert_eq!(bodies.len(), expected.len(), "every confirmed message on the newcomer");
+    let mut expected: Vec<String> = (0..2000).map(|i| format!("m{i}")).collect();
+    expected.push("from outside".into());
+    assert_eq!(bodies.len(), expected.len(), "every confirmed message, through {first}");
     assert_eq!(bodies, expected);
 }
 

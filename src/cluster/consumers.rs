@@ -397,9 +397,8 @@ async fn poll_loop(groups: Weak<QueueGroups>, session: Arc<ClientSession>) {
     loop {
         let Some(groups_now) = groups.upgrade() else { return };
         let broker = groups_now.broker();
-        if !groups_now.runs(session.group) {
-            // The queue is gone (or this node left its group): its
-            // consumers are cancelled.
+        if !groups_now.reaches(session.group) {
+            // The queue is gone: its consumers are cancelled.
             let mut consumers = session.consumers.lock().await;
             if let Some(broker) = broker.upgrade() {
                 for tag in consumers.keys() {

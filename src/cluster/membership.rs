@@ -140,8 +140,8 @@ pub(super) async fn bring_to_members(
             Step::CatchUp(member) => {
                 tracing::info!("{queue}: bringing {} into its group", member.name);
                 let node = BasicNode { addr: member.name.clone() };
-                let added = tokio::time::timeout(CATCH_UP_WITHIN, raft.add_learner(member.id, node, true)).await;
-                if !matches!(added, Ok(Ok(_))) {
+                let added = tokio::time::timeout(CHANGE_WITHIN, raft.add_learner(member.id, node, false)).await;
+                if !matches!(added, Ok(Ok(_))) || !catch_up(&raft, me, &member, &broker, (&vhost, &name)).await {
                     tracing::warn!("{queue}: {} has not caught up yet; trying again", member.name);
                     return;
                 }
@@ -173,6 +173,38 @@ pub(super) async fn bring_to_members(
                 return;
             }
         }
+    }
+}
+
+/// Waits until learner `member` has what the leader `me` had when it was
+/// taken in: false if this node stops leading, the member is no longer
+/// wanted (deleted meanwhile), or [`CATCH_UP_WITHIN`] passes.
+async fn catch_up(
+    raft: &QueueRaft,
+    me: NodeId,
+    member: &Member,
+    broker: &Weak<Broker>,
+    (vhost, name): (&str, &str),
+) -> bool {
+    let target = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + CATCH_UP_WITHIN;
+    loop {
+        let m = raft.metrics().borrow_watched().clone();
+        if m.current_leader != Some(me) {
+            return false;
+        }
+        let matched = m.replication.as_ref().and_then(|r| r.get(&member.id).cloned().flatten()).map(|l| l.index);
+        if matched.is_some_and(|index| index >= target) {
+            return true;
+        }
+        let wanted = broker
+            .upgrade()
+            .and_then(|b| b.replica_of(vhost, name))
+            .is_some_and(|r| r.members.iter().any(|m| m.id == member.id && !m.leaving));
+        if !wanted || tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL_EVERY).await;
     }
 }
 

@@ -28,6 +28,8 @@
 //!   (add, delete, grow, shrink, a wiped node rejoining), and each group's
 //!   leader bringing the group's Raft membership to them; [`leaders`]:
 //!   spreading the queues' leaders over the nodes (rebalance).
+//! - [`outside`]: a node that is no member of a quorum queue's group
+//!   reaches the queue through its members.
 //! - [`operator`]: warrenctl's cluster verbs (the `rabbitmq-queues`
 //!   ones) through the control socket.
 //! - [`propose`]: committing a command from any member (forwarded to the
@@ -53,6 +55,7 @@ pub mod membership;
 pub mod metadata;
 pub mod node;
 pub mod operator;
+pub mod outside;
 pub mod propose;
 pub mod queue_commands;
 pub mod queue_machine;

@@ -68,7 +68,7 @@ where
     Ok(out)
 }
 
-fn decode_forwarded(bytes: &Bytes) -> Option<(u64, Bytes)> {
+pub(super) fn decode_forwarded(bytes: &Bytes) -> Option<(u64, Bytes)> {
     let index = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
     Some((index, bytes.slice(8..)))
 }

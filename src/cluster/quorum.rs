@@ -47,6 +47,7 @@ use super::machine::{GroupMachine, hand_over_and_stop};
 use super::member_status::{KIND_MEMBER_STATUS, MemberStatus};
 use super::metadata::{METADATA_GROUP, PROPOSE_WITHIN, raft_config};
 use super::node::{ClusterNode, NODE_GROUP};
+use super::outside::{OutsideLeaders, commit_outside, find_leaders};
 use super::propose::{commit_once, serve_forwarded};
 use super::queue_commands::{EnqueuedMessage, MAX_BATCH, QueueCommand, QueueSnapshot};
 use super::queue_machine::{APPLIED, QueueCommands, queue_machine};
@@ -119,6 +120,8 @@ pub struct QueueGroups {
     sessions: Arc<SessionServer>,
     /// This node's clients' sessions with leaders.
     clients: ClientSessions,
+    /// The leaders of the groups this node is no member of (`outside`).
+    outside: OutsideLeaders,
 }
 
 impl QueueGroups {
@@ -136,6 +139,7 @@ impl QueueGroups {
             runtime: tokio::runtime::Handle::current(),
             sessions: SessionServer::new(Arc::downgrade(broker)),
             clients: ClientSessions::default(),
+            outside: OutsideLeaders::default(),
         });
         broker.set_replica_router(Arc::new(Router(Arc::downgrade(&groups))));
         groups
@@ -179,16 +183,14 @@ impl QueueGroups {
 
     /// Starts the group of each queue this node is a member of and stops
     /// those of queues that are gone (their log state is removed).
-    async fn look_over_now(&self) {
+    async fn look_over_now(self: &Arc<Self>) {
         let _one = self.looking.lock().await;
         let Some(broker) = self.broker.upgrade() else { return };
         let me = self.node.identity.id;
-        let wanted: HashMap<u64, ReplicatedQueue> = broker
-            .replicated_queues()
-            .into_iter()
-            .filter(|q| q.replica.members.iter().any(|m| m.id == me))
-            .map(|q| (q.replica.group, q))
-            .collect();
+        let (mine, others): (Vec<ReplicatedQueue>, Vec<ReplicatedQueue>) =
+            broker.replicated_queues().into_iter().partition(|q| q.replica.members.iter().any(|m| m.id == me));
+        find_leaders(self, others);
+        let wanted: HashMap<u64, ReplicatedQueue> = mine.into_iter().map(|q| (q.replica.group, q)).collect();
         let running: HashSet<u64> = self.running.lock().keys().copied().collect();
         for group in running.iter().filter(|g| !wanted.contains_key(g)) {
             let stopped = self.running.lock().remove(group);
@@ -328,13 +330,23 @@ impl QueueGroups {
     /// The group of a replicated queue as this node sees it: None when
     /// this node runs no member of it.
     pub fn status(&self, group: u64) -> Option<QueueStatus> {
-        let running = self.running.lock().get(&group).cloned()?;
-        let metrics = running.raft.metrics().borrow_watched().clone();
-        let name_of = |id: NodeId| running.replica.members.iter().find(|m| m.id == id).map(|m| m.name.clone());
+        let replica = self.replica_of(group)?;
+        let name_of = |id: NodeId| replica.members.iter().find(|m| m.id == id).map(|m| m.name.clone());
         let up: HashSet<String> = self.node.peers().into_iter().filter(|p| p.running).map(|p| p.name).collect();
-        let members: Vec<String> = running.replica.members.iter().map(|m| m.name.clone()).collect();
+        let members: Vec<String> = replica.members.iter().map(|m| m.name.clone()).collect();
         let online = members.iter().filter(|m| **m == self.node.identity.name || up.contains(*m)).cloned().collect();
-        Some(QueueStatus { leader: metrics.current_leader.and_then(name_of), members, online })
+        Some(QueueStatus { leader: self.leader_of(group).and_then(name_of), members, online })
+    }
+
+    /// The members of `group`: as the running member here has them, else
+    /// as the broker's queue record has them (a group this node is no
+    /// member of). None: no such group.
+    fn replica_of(&self, group: u64) -> Option<Arc<Replica>> {
+        if let Some(running) = self.running.lock().get(&group) {
+            return Some(running.replica.clone());
+        }
+        let broker = self.broker.upgrade()?;
+        broker.replicated_queues().into_iter().find(|q| q.replica.group == group).map(|q| q.replica)
     }
 
     /// Hands leadership of every group this node leads to another member,
@@ -393,15 +405,23 @@ impl QueueGroups {
         lead_elsewhere(&running.raft, self.me(), to).await
     }
 
-    /// Whether this node runs a member of `group`.
-    pub(super) fn runs(&self, group: u64) -> bool {
-        self.running.lock().contains_key(&group)
+    /// Whether `group`'s queue is one this node's clients can use: this
+    /// node runs a member of it, or the queue exists (`outside`).
+    pub(super) fn reaches(&self, group: u64) -> bool {
+        self.running.lock().contains_key(&group) || self.replica_of(group).is_some()
     }
 
-    /// The leader of `group` as this node's member knows it.
+    /// The leader of `group` as this node's member knows it, or as this
+    /// node last found it when it is no member.
     pub(super) fn leader_of(&self, group: u64) -> Option<NodeId> {
-        let running = self.running.lock().get(&group).cloned()?;
-        running.raft.metrics().borrow_watched().current_leader
+        match self.running.lock().get(&group).cloned() {
+            Some(running) => running.raft.metrics().borrow_watched().current_leader,
+            None => self.outside.get(group),
+        }
+    }
+
+    pub(super) fn outside(&self) -> &OutsideLeaders {
+        &self.outside
     }
 
     /// Sends a consumer session's request to `leader` of `group` (served
@@ -417,9 +437,9 @@ impl QueueGroups {
             let leads = running.is_some_and(|r| leads_with_quorum(&r.raft.metrics().borrow_watched(), leader));
             return Ok(self.sessions.serve(leads, request).await);
         }
-        let running = self.running.lock().get(&group).cloned();
-        let name = running
-            .and_then(|r| r.replica.members.iter().find(|m| m.id == leader).map(|m| m.name.clone()))
+        let name = self
+            .replica_of(group)
+            .and_then(|r| r.members.iter().find(|m| m.id == leader).map(|m| m.name.clone()))
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no member {leader} of group {group:x}")))?;
         let address = self
             .node
@@ -435,8 +455,9 @@ impl QueueGroups {
     /// [`PROPOSE_WITHIN`]: whether the group's leader applied it.
     async fn commit(&self, group: u64, command: Bytes) -> bool {
         let Some(running) = self.running.lock().get(&group).cloned() else {
-            // This node is no member of the group (or it is not started yet).
-            return false;
+            // This node is no member of the group: through its members.
+            let Some(replica) = self.replica_of(group) else { return false };
+            return commit_outside(self, group, &replica.members, &command).await;
         };
         let deadline = tokio::time::Instant::now() + PROPOSE_WITHIN;
         loop {
