@@ -22,7 +22,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 scratch=$(mktemp -d)
 names=(alpha@localhost beta@localhost gamma@localhost)
 pids=()
-trap 'kill -9 "${pids[@]}" 2>/dev/null; rm -rf "$scratch"' EXIT
+trap 'kill -9 "${pids[@]}" 2>/dev/null; [[ -n ${KEEP:-} ]] || rm -rf "$scratch"' EXIT
 amqp=() cport=()
 for i in 0 1 2; do amqp[i]=$(free_port); cport[i]=$(free_port); done
 peers=$(for i in 0 1 2; do printf '%s@127.0.0.1:%s,' "${names[i]}" "${cport[i]}"; done)
@@ -39,12 +39,13 @@ uri() { echo "amqp://guest:guest@127.0.0.1:${amqp[$1]}/%2f"; }
 args=x-queue-type=quorum,x-quorum-initial-group-size=2
 # The metadata group forms once every node has answered: the first
 # declare waits for it.
-"$L" fill --uri "$(uri 0)" --queue backlog --count "$BACKLOG" --size 1024 --queue-args "$args" --timeout 1200 >/dev/null
+echo "filling: $scratch"
+"$L" fill --uri "$(uri 0)" --queue backlog --count "$BACKLOG" --size "${SIZE:-1024}" --queue-args "$args" --timeout 1200
 members=$("$CTL" --data-dir "$scratch/n0/data" -q --no-table-headers quorum_status backlog | cut -f1)
 newcomer=$(for n in "${names[@]}"; do grep -qx "$n" <<<"$members" || echo "$n"; done)
 echo "backlog: $BACKLOG messages on $(echo $members | tr ' ' ','); adding $newcomer while publishing $RATE msg/s"
 "$L" run --uri "$(uri 0)" --queue backlog --queue-args "$args" --producers 1 --consumers 0 --size 1024 \
-    --persistent --durable --confirm 100 --rate "$RATE" --duration 120 >"$scratch/publisher" &
+    --persistent --durable --confirm 100 --rate "$RATE" --duration "${PUBLISH_SECS:-60}" >"$scratch/publisher" &
 publisher=$!
 sleep 2
 start=$(date +%s.%N)
