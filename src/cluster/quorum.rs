@@ -287,13 +287,18 @@ impl QueueGroups {
         let (watched, weak, me_too) = (raft.clone(), Arc::downgrade(broker), (vhost.clone(), name.clone()));
         tokio::spawn(async move {
             let mut metrics = watched.metrics();
+            let mut bounded_at = tokio::time::Instant::now();
             loop {
-                let (leader, leads) = {
+                let (leader, leads, m) = {
                     let m = metrics.borrow_watched();
-                    (m.current_leader == Some(me), leads_with_quorum(&m, me))
+                    (m.current_leader == Some(me), leads_with_quorum(&m, me), m.clone())
                 };
                 let Some(broker) = weak.upgrade() else { return };
                 broker.set_replica_active(&me_too.0, &me_too.1, leads);
+                if bounded_at.elapsed() >= QUORUM_CHECK_EVERY {
+                    bounded_at = tokio::time::Instant::now();
+                    bound_held_log(&watched, broker.store(), group, &m).await;
+                }
                 drop(broker);
                 // A leader's quorum acks age without a change of metrics:
                 // looked at again every so often.
@@ -550,6 +555,36 @@ impl ReplicaRouter for Router {
                 tracing::warn!("settled messages were not committed by their quorum queue's group {group:x}: they will be delivered again");
             }
         });
+    }
+}
+
+/// Keeps the entries a group's log holds under an eighth of a segment,
+/// and every group's under about a quarter (a group holding a little
+/// more than a 256th of one then counts as holding too much): past it, a
+/// snapshot (which costs nothing: `machine`) and a purge up to it,
+/// however few the entries. Entries are held in memory and restated at
+/// the start of every new segment, so large messages (an entry holds a
+/// batch of them) must not wait for [`SNAPSHOT_EVERY`] entries: a log
+/// whose new segments are mostly restated entries never gets within its
+/// disk bound, and its publishers wait for compaction for good.
+async fn bound_held_log(
+    raft: &QueueRaft,
+    store: &crate::store::LogStore,
+    group: u64,
+    m: &openraft::RaftMetrics<RaftConfig>,
+) {
+    let (held, all) = store.raft_bytes(group);
+    let segment = store.segment_size() as usize;
+    let (one, every, floor) = (segment / 8, segment / 4, (segment / 256).min(256 << 10));
+    if held <= one && (all <= every || held <= floor) {
+        return;
+    }
+    let (applied, snapshot, purged) =
+        (m.last_applied.map(|id| id.index), m.snapshot.map(|id| id.index), m.purged.map(|id| id.index));
+    if snapshot < applied {
+        let _ = raft.trigger().snapshot().await;
+    } else if let Some(upto) = snapshot.filter(|_| purged < snapshot) {
+        let _ = raft.trigger().purge_log(upto).await;
     }
 }
 

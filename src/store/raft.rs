@@ -38,6 +38,8 @@ pub struct GroupLog {
     /// Index of `entries[0]`.
     first: u64,
     entries: VecDeque<Bytes>,
+    /// The bytes of `entries`.
+    bytes: usize,
 }
 
 impl GroupLog {
@@ -64,31 +66,40 @@ impl GroupLog {
         self.entries.is_empty()
     }
 
+    /// The bytes of the entries held (each restated in every new
+    /// segment's snapshot, and held in memory).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     fn put(&mut self, index: u64, entry: Bytes) {
         if self.entries.is_empty() || index > self.end() || index < self.first {
             // The first entry, or one after a purge past the old end (a
             // snapshot installed), or the start of a log rewritten from
             // before what is held: the log starts over there.
             self.entries.clear();
+            self.bytes = 0;
             self.first = index;
         } else {
             // An index already held is overwritten, with what followed it.
             self.truncate(index);
         }
+        self.bytes += entry.len();
         self.entries.push_back(entry);
     }
 
     /// Drops the entries at `index` and after.
     fn truncate(&mut self, index: u64) {
-        let keep = index.saturating_sub(self.first).min(self.entries.len() as u64);
-        self.entries.truncate(keep as usize);
+        let keep = index.saturating_sub(self.first).min(self.entries.len() as u64) as usize;
+        self.bytes -= self.entries.range(keep..).map(Bytes::len).sum::<usize>();
+        self.entries.truncate(keep);
     }
 
     /// Drops the entries up to and including `index`.
     fn purge(&mut self, index: u64) {
         let after = index.saturating_add(1);
         let drop = after.saturating_sub(self.first).min(self.entries.len() as u64);
-        self.entries.drain(..drop as usize);
+        self.bytes -= self.entries.drain(..drop as usize).map(|e| e.len()).sum::<usize>();
         self.first = self.first.max(after);
     }
 }
@@ -97,6 +108,8 @@ impl GroupLog {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RaftLogs {
     groups: BTreeMap<u64, GroupLog>,
+    /// The bytes of every group's entries.
+    bytes: usize,
 }
 
 impl RaftLogs {
@@ -104,6 +117,22 @@ impl RaftLogs {
     /// changes nothing, which the snapshot relies on: a record appended
     /// when a segment starts is in that segment's snapshot and after it.
     pub fn apply(&mut self, record: &Record) {
+        let group = match record {
+            Record::RaftEntry { group, .. } | Record::RaftState { group, .. } => *group,
+            _ => return,
+        };
+        let before = self.groups.get(&group).map_or(0, GroupLog::bytes);
+        self.apply_to_group(record);
+        let after = self.groups.get(&group).map_or(0, GroupLog::bytes);
+        self.bytes = self.bytes + after - before;
+    }
+
+    /// The bytes of every group's entries.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn apply_to_group(&mut self, record: &Record) {
         match record {
             Record::RaftEntry { group, index, entry } => {
                 self.groups.entry(*group).or_default().put(*index, entry.clone());
@@ -222,6 +251,12 @@ impl LogStore {
     pub fn raft_entries(&self, group: u64, range: Range<u64>) -> Vec<(u64, Bytes)> {
         let inner = self.inner.lock();
         inner.raft.group(group).map_or_else(Vec::new, |log| log.entries(range).map(|(i, e)| (i, e.clone())).collect())
+    }
+
+    /// The bytes of `group`'s entries the log holds, and of every group's.
+    pub fn raft_bytes(&self, group: u64) -> (usize, usize) {
+        let inner = self.inner.lock();
+        (inner.raft.group(group).map_or(0, GroupLog::bytes), inner.raft.bytes())
     }
 
     /// `group`'s vote, commit point, purge point and last entry.

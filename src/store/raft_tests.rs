@@ -36,6 +36,17 @@ fn appends_truncation_and_purges_leave_the_entries_raft_expects() {
     // Ranges are clipped to what is held.
     let got: Vec<u64> = logs.group(1).unwrap().entries(2..6).map(|(i, _)| i).collect();
     assert_eq!(got, vec![4, 5]);
+    // The bytes held follow every append, overwrite, truncation and purge.
+    let held = |logs: &RaftLogs| logs.group(1).unwrap().entries(0..u64::MAX).map(|(_, e)| e.len()).sum::<usize>();
+    assert_eq!(logs.group(1).unwrap().bytes(), held(&logs));
+    assert_eq!(held(&logs), "g1e4".len() + "g1e5".len() + "new".len());
+    logs.apply(&state(1, RaftStateKind::Purged, 50, "id50"));
+    logs.apply(&entry(1, 51));
+    assert_eq!(logs.group(1).unwrap().bytes(), "g1e51".len());
+    logs.apply(&entry(2, 1));
+    assert_eq!(logs.bytes(), "g1e51".len() + "g2e1".len(), "every group's");
+    logs.apply(&state(1, RaftStateKind::Removed, 0, ""));
+    assert_eq!(logs.bytes(), "g2e1".len());
 }
 
 #[test]

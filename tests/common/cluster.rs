@@ -66,6 +66,8 @@ pub struct TestCluster {
     pub peers: Vec<String>,
     /// With links: `links[i][j]` is the proxy node i reaches node j through.
     pub links: Vec<Vec<Option<Arc<Proxy>>>>,
+    /// More arguments every node starts with.
+    pub extra_args: Vec<String>,
     /// Dropped last: the data directories, logs and cookie.
     pub scratch: tempfile::TempDir,
 }
@@ -74,7 +76,13 @@ impl TestCluster {
     /// Starts a node of each name, one after the other, each reaching the
     /// others directly.
     pub fn start(names: &[&'static str]) -> TestCluster {
+        TestCluster::start_with(names, &[])
+    }
+
+    /// As [`TestCluster::start`], every node with `extra` arguments too.
+    pub fn start_with(names: &[&'static str], extra: &[&str]) -> TestCluster {
         let mut cluster = TestCluster::prepare(names);
+        cluster.extra_args = extra.iter().map(|a| a.to_string()).collect();
         let peers = names.iter().zip(&cluster.ports).map(|(n, p)| format!("{n}@127.0.0.1:{p}")).collect::<Vec<_>>();
         cluster.peers = vec![peers.join(","); names.len()];
         cluster.nodes = (0..names.len()).map(|i| cluster.start_node(i)).collect();
@@ -116,6 +124,7 @@ impl TestCluster {
             ports: names.iter().map(|_| free_port()).collect(),
             peers: Vec::new(),
             links: Vec::new(),
+            extra_args: Vec::new(),
             scratch,
         }
     }
@@ -162,6 +171,7 @@ impl TestCluster {
         let args = ["--node-name", name, "--cluster-port", &port, "--cluster-peers", &self.peers[i]];
         let mut args = args.to_vec();
         args.extend(["--cluster-cookie-file", cookie]);
+        args.extend(self.extra_args.iter().map(String::as_str));
         Broker::start_in_with_http(dir, &args)
     }
 
