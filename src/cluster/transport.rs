@@ -452,6 +452,12 @@ impl RaftNetworkFactory<RaftConfig> for GroupNetwork {
     }
 }
 
+/// A whole snapshot sent to a member has this long, plus a millisecond
+/// for each [`SNAPSHOT_BYTES_PER_MS`] of it (20 MB/s, well under what
+/// loopback or a LAN carries while both ends write it).
+const SNAPSHOT_BASE_TIME: Duration = Duration::from_secs(10);
+const SNAPSHOT_BYTES_PER_MS: usize = 20_000;
+
 /// Sends one group's RPCs to one peer.
 pub struct PeerClient {
     transport: Arc<Transport>,
@@ -466,10 +472,14 @@ pub struct PeerClient {
 
 impl PeerClient {
     async fn call(&self, kind: u8, payload: Vec<u8>, option: &RPCOption) -> io::Result<Bytes> {
+        self.call_within(kind, payload, option.hard_ttl()).await
+    }
+
+    async fn call_within(&self, kind: u8, payload: Vec<u8>, limit: Duration) -> io::Result<Bytes> {
         // Looked up on every call: the address book learns of peers as
         // they answer.
         let addr = self.book.as_ref().and_then(|b| b.address_of(&self.node)).unwrap_or_else(|| self.node.clone());
-        self.transport.call(&addr, self.target, kind, self.group, &payload, option.hard_ttl()).await
+        self.transport.call(&addr, self.target, kind, self.group, &payload, limit).await
     }
 }
 
@@ -526,11 +536,26 @@ impl RaftNetworkV2<RaftConfig> for PeerClient {
         if data.is_empty()
             && let Some(source) = &self.snapshots
         {
-            made = source.snapshot_bytes().map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+            // Reading a long queue back takes a while: the runtime's other
+            // tasks (heartbeats) move to another worker meanwhile.
+            let multi_thread = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            let bytes = if multi_thread {
+                tokio::task::block_in_place(|| source.snapshot_bytes())
+            } else {
+                source.snapshot_bytes()
+            };
+            made = bytes.map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
             data = &made;
         }
         let payload = encode_snapshot(&vote, &snapshot.meta, data);
-        match self.call(KIND_SNAPSHOT, payload, &option).await {
+        // A whole queue can be hundreds of megabytes: openraft's time-out
+        // (meant for a chunk) would cut every attempt short, and each
+        // attempt makes the snapshot again.
+        let limit = option
+            .hard_ttl()
+            .max(SNAPSHOT_BASE_TIME + Duration::from_millis((payload.len() / SNAPSHOT_BYTES_PER_MS) as u64));
+        match self.call_within(KIND_SNAPSHOT, payload, limit).await {
             Ok(reply) => decode_snapshot_reply(&reply).map_err(|e| StreamingError::Network(NetworkError::new(&e))),
             Err(e) => Err(match rpc_error(e) {
                 RPCError::Unreachable(u) => StreamingError::Unreachable(u),
