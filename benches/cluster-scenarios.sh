@@ -14,30 +14,14 @@ REPS=${2:-2}
 SECS=${3:-20}
 W=target/release/warren
 L=target/release/warren-loadgen
+source benches/support/warren-cluster.sh
 for b in "$W" "$L"; do [[ -x $b ]] || { echo "$b missing (see the header)" >&2; exit 1; }; done
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 scratch=$(mktemp -d)
-names=(alpha@localhost beta@localhost gamma@localhost)
 pids=()
 trap 'kill -9 "${pids[@]}" 2>/dev/null; rm -rf "$scratch"' EXIT
-amqp=() cport=()
-for i in 0 1 2; do amqp[i]=$(free_port); cport[i]=$(free_port); done
-peers=$(for i in 0 1 2; do printf '%s@127.0.0.1:%s,' "${names[i]}" "${cport[i]}"; done)
-start() { # dir port [cluster args...]
-    local d=$1 port=$2
-    shift 2
-    mkdir -p "$d"
-    "$W" --bind 127.0.0.1 --port "$port" --management-port 0 --prometheus-port 0 --data-dir "$d/data" "$@" \
-        >"$d/out" 2>"$d/log" &
-    pids+=($!)
-    until grep -q "^listening on" "$d/out" 2>/dev/null; do sleep 0.05; done
-}
-for i in 0 1 2; do
-    start "$scratch/n$i" "${amqp[i]}" --node-name "${names[i]}" --cluster-port "${cport[i]}" \
-        --cluster-peers "${peers%,}" --cluster-cookie-file "$scratch/cookie"
-done
+start_cluster
 single_port=$(free_port)
-start "$scratch/single" "$single_port"
+start_warren "$scratch/single" "$single_port"
 for rep in $(seq "$REPS"); do
     for sc in $SCENARIOS; do
         "$L" run --label "single-$sc" --uri "amqp://guest:guest@127.0.0.1:$single_port/%2f" --scenario "$sc" \

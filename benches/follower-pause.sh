@@ -16,24 +16,12 @@ RATE=${2:-5000}
 W=target/release/warren
 CTL=target/release/warrenctl
 L=target/release/warren-loadgen
+source benches/support/warren-cluster.sh
 for b in "$W" "$CTL" "$L"; do [[ -x $b ]] || { echo "$b missing (see the header)" >&2; exit 1; }; done
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 scratch=$(mktemp -d)
-names=(alpha@localhost beta@localhost gamma@localhost)
 pids=()
 trap 'kill -CONT "${pids[@]}" 2>/dev/null; kill -9 "${pids[@]}" 2>/dev/null; [[ -n ${KEEP:-} ]] || rm -rf "$scratch"' EXIT
-amqp=() cport=()
-for i in 0 1 2; do amqp[i]=$(free_port); cport[i]=$(free_port); done
-peers=$(for i in 0 1 2; do printf '%s@127.0.0.1:%s,' "${names[i]}" "${cport[i]}"; done)
-for i in 0 1 2; do
-    d=$scratch/n$i
-    mkdir -p "$d"
-    "$W" --bind 127.0.0.1 --port "${amqp[i]}" --management-port 0 --prometheus-port 0 --data-dir "$d/data" \
-        --node-name "${names[i]}" --cluster-port "${cport[i]}" --cluster-peers "${peers%,}" \
-        --cluster-cookie-file "$scratch/cookie" >"$d/out" 2>"$d/log" &
-    pids+=($!)
-    until grep -q "^listening on" "$d/out" 2>/dev/null; do sleep 0.05; done
-done
+start_cluster
 uri="amqp://guest:guest@127.0.0.1:${amqp[0]}/%2f"
 "$L" fill --uri "$uri" --queue paused --count 1 --size 1024 --queue-args x-queue-type=quorum >/dev/null
 applied() { "$CTL" --data-dir "$scratch/n0/data" -q --no-table-headers quorum_status paused | awk -v n="$1" '$1 == n {print $6}'; }

@@ -29,8 +29,7 @@ pub fn routes() -> Router<Api> {
         .route("/api/metadata-store", get(metadata_store))
         .route("/api/queues/quorum/{vhost}/{name}/status", get(quorum_status))
         .route("/api/health/checks/node-is-quorum-critical", get(quorum_critical))
-        .route("/api/queues/quorum/{vhost}/{name}/replicas/add", post(add_replica))
-        .route("/api/queues/quorum/{vhost}/{name}/replicas/delete", delete(delete_replica))
+        .route("/api/queues/quorum/{vhost}/{name}/replicas/{action}", post(change_replica).delete(change_replica))
         .route("/api/queues/quorum/replicas/on/{node}/grow", post(grow))
         .route("/api/queues/quorum/replicas/on/{node}/shrink", delete(shrink))
         .route("/api/rebalance/queues", post(rebalance))
@@ -65,30 +64,27 @@ fn refused(refused: Refused) -> ApiError {
     ApiError::bad_request(refused.reason)
 }
 
-/// Adds a member on `node`; answered once the change is committed (the
-/// member catches up in the background: quorum_status shows it).
-async fn add_replica(
+/// `POST .../replicas/add` adds a member on `node`, answered once the
+/// change is committed (the member catches up in the background:
+/// quorum_status shows it); `DELETE .../replicas/delete` removes one,
+/// answered once the group no longer has it.
+async fn change_replica(
     State(api): State<Api>,
     caller: Caller,
-    Path((vhost, name)): Path<(String, String)>,
+    method: axum::http::Method,
+    Path((vhost, name, action)): Path<(String, String, String)>,
     JsonBody(body): JsonBody<NodeBody>,
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     let queues = cluster_queues(&api)?;
-    membership::add_member(queues, &vhost, &name, &body.node, None).await.map_err(refused)?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// Removes the member on `node`; answered once the group no longer has it.
-async fn delete_replica(
-    State(api): State<Api>,
-    caller: Caller,
-    Path((vhost, name)): Path<(String, String)>,
-    JsonBody(body): JsonBody<NodeBody>,
-) -> ApiResult<StatusCode> {
-    caller.require_admin()?;
-    let queues = cluster_queues(&api)?;
-    membership::delete_member(queues, &vhost, &name, &body.node, REMOVE_WITHIN).await.map_err(refused)?;
+    let changed = match (method, action.as_str()) {
+        (axum::http::Method::POST, "add") => membership::add_member(queues, &vhost, &name, &body.node, None).await,
+        (axum::http::Method::DELETE, "delete") => {
+            membership::delete_member(queues, &vhost, &name, &body.node, REMOVE_WITHIN).await
+        }
+        _ => return Err(ApiError::not_found()),
+    };
+    changed.map_err(refused)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

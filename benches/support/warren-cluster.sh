@@ -1,0 +1,34 @@
+# benches/support/warren-cluster.sh: three Warren nodes on loopback for
+# the cluster benchmark scripts (sourced by add-member.sh,
+# follower-pause.sh and cluster-scenarios.sh).
+#
+# The caller sets W (the warren binary), scratch (a scratch directory) and
+# pids (an array the started PIDs are added to; the caller's EXIT trap
+# kills them by PID). start_cluster starts alpha, beta and gamma
+# (names[i]), each with an AMQP port (amqp[i]) and a cluster port picked
+# at run time, its data directory in $scratch/nI/data and its output and
+# log in $scratch/nI/out and $scratch/nI/log.
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+start_warren() { # dir port [more arguments...]: until it listens
+    local d=$1 port=$2
+    shift 2
+    mkdir -p "$d"
+    "$W" --bind 127.0.0.1 --port "$port" --management-port 0 --prometheus-port 0 --data-dir "$d/data" "$@" \
+        >"$d/out" 2>"$d/log" &
+    pids+=($!)
+    until grep -q "^listening on" "$d/out" 2>/dev/null; do sleep 0.05; done
+}
+
+start_cluster() {
+    names=(alpha@localhost beta@localhost gamma@localhost)
+    amqp=()
+    local cport=() peers i
+    for i in 0 1 2; do amqp[i]=$(free_port); cport[i]=$(free_port); done
+    peers=$(for i in 0 1 2; do printf '%s@127.0.0.1:%s,' "${names[i]}" "${cport[i]}"; done)
+    for i in 0 1 2; do
+        start_warren "$scratch/n$i" "${amqp[i]}" --node-name "${names[i]}" --cluster-port "${cport[i]}" \
+            --cluster-peers "${peers%,}" --cluster-cookie-file "$scratch/cookie"
+    done
+}
