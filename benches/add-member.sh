@@ -18,10 +18,7 @@ W=target/release/warren
 CTL=target/release/warrenctl
 L=target/release/warren-loadgen
 source benches/support/warren-cluster.sh
-for b in "$W" "$CTL" "$L"; do [[ -x $b ]] || { echo "$b missing (see the header)" >&2; exit 1; }; done
-scratch=$(mktemp -d)
-pids=()
-trap 'kill -9 "${pids[@]}" 2>/dev/null; [[ -n ${KEEP:-} ]] || rm -rf "$scratch"' EXIT
+prepare "$W" "$CTL" "$L"
 start_cluster
 uri() { echo "amqp://guest:guest@127.0.0.1:${amqp[$1]}/%2f"; }
 args=x-queue-type=quorum,x-quorum-initial-group-size=2

@@ -15,10 +15,7 @@ SECS=${3:-20}
 W=target/release/warren
 L=target/release/warren-loadgen
 source benches/support/warren-cluster.sh
-for b in "$W" "$L"; do [[ -x $b ]] || { echo "$b missing (see the header)" >&2; exit 1; }; done
-scratch=$(mktemp -d)
-pids=()
-trap 'kill -9 "${pids[@]}" 2>/dev/null; rm -rf "$scratch"' EXIT
+prepare "$W" "$L"
 start_cluster
 single_port=$(free_port)
 start_warren "$scratch/single" "$single_port"

@@ -2,12 +2,21 @@
 # the cluster benchmark scripts (sourced by add-member.sh,
 # follower-pause.sh and cluster-scenarios.sh).
 #
-# The caller sets W (the warren binary), scratch (a scratch directory) and
-# pids (an array the started PIDs are added to; the caller's EXIT trap
-# kills them by PID). start_cluster starts alpha, beta and gamma
+# The caller sets W (the warren binary) and calls prepare with the
+# binaries it needs: it checks they are built, makes the scratch directory
+# ($scratch, kept with KEEP=1) and an EXIT trap that kills every node
+# started here (pids), by PID. start_cluster starts alpha, beta and gamma
 # (names[i]), each with an AMQP port (amqp[i]) and a cluster port picked
 # at run time, its data directory in $scratch/nI/data and its output and
 # log in $scratch/nI/out and $scratch/nI/log.
+
+prepare() { # binaries...
+    local b
+    for b in "$@"; do [[ -x $b ]] || { echo "$b missing (see the header)" >&2; exit 1; }; done
+    scratch=$(mktemp -d)
+    pids=()
+    trap 'kill -CONT "${pids[@]}" 2>/dev/null; kill -9 "${pids[@]}" 2>/dev/null; [[ -n ${KEEP:-} ]] || rm -rf "$scratch"' EXIT
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
