@@ -48,7 +48,8 @@ pub struct MemberStatus {
     /// when it could not be asked.
     #[serde(rename = "Raft State")]
     pub raft_state: String,
-    /// voter or non_voter (a learner being brought up to date).
+    /// voter, promotable (joining: a membership change under way) or
+    /// non_voter (a learner being brought up to date).
     #[serde(rename = "Membership")]
     pub membership: String,
     #[serde(rename = "Last Log Index")]
@@ -77,11 +78,10 @@ impl MemberStatus {
             ServerState::Learner => "learner",
             ServerState::Shutdown => "shutdown",
         };
-        let voter = m.membership_config.membership().voter_ids().any(|id| id == m.id);
         MemberStatus {
             node: node.to_string(),
             raft_state: raft_state.to_string(),
-            membership: if voter { "voter" } else { "non_voter" }.to_string(),
+            membership: membership_of(m.membership_config.membership().get_joint_config(), m.id).to_string(),
             last_log_index: m.last_log_index,
             last_written: m.last_log_index,
             last_applied: m.last_applied.map(|id| id.index),
@@ -104,6 +104,25 @@ impl MemberStatus {
             snapshot_index: None,
             term: None,
         }
+    }
+}
+
+/// What a member is in a group's membership, as Ra names it: `voter` in
+/// every configuration of a joint one (or the only one), `promotable` in
+/// the new configuration only (a change that adds it is not complete: it
+/// does not yet count towards a majority on its own), `non_voter` in none
+/// (a learner). One in the old configuration only is still a voter until
+/// the change completes.
+fn membership_of(configs: &[std::collections::BTreeSet<NodeId>], id: NodeId) -> &'static str {
+    let in_last = configs.last().is_some_and(|c| c.contains(&id));
+    if configs.iter().all(|c| c.contains(&id)) && !configs.is_empty() {
+        "voter"
+    } else if in_last {
+        "promotable"
+    } else if configs.iter().any(|c| c.contains(&id)) {
+        "voter"
+    } else {
+        "non_voter"
     }
 }
 
@@ -216,6 +235,15 @@ pub fn majority(members: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_added_by_a_change_under_way_is_promotable_until_it_completes() {
+        let set = |ids: &[NodeId]| ids.iter().copied().collect::<std::collections::BTreeSet<_>>();
+        let joint = [set(&[1, 2, 3]), set(&[1, 2, 7])];
+        assert_eq!([1, 3, 7, 9].map(|id| membership_of(&joint, id)), ["voter", "voter", "promotable", "non_voter"]);
+        let uniform = [set(&[1, 2, 7])];
+        assert_eq!([1, 7, 3].map(|id| membership_of(&uniform, id)), ["voter", "voter", "non_voter"]);
+    }
 
     #[test]
     fn a_majority_is_more_than_half() {
