@@ -209,12 +209,8 @@ async fn catch_up(
 }
 
 /// Why a member change was refused, and whether because the queue does
-/// not exist (a 404 over HTTP).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    pub missing: bool,
-    pub reason: String,
-}
+/// not exist (a 404 over HTTP): the same answer as a status refused.
+pub use super::member_status::NoStatus as Refused;
 
 impl Refused {
     fn new(reason: impl Into<String>) -> Refused {

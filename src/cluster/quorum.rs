@@ -289,15 +289,19 @@ impl QueueGroups {
             let mut metrics = watched.metrics();
             let mut bounded_at = tokio::time::Instant::now();
             loop {
-                let (leader, leads, m) = {
+                let due = bounded_at.elapsed() >= QUORUM_CHECK_EVERY;
+                let (leader, leads, indexes) = {
                     let m = metrics.borrow_watched();
-                    (m.current_leader == Some(me), leads_with_quorum(&m, me), m.clone())
+                    let index = |id: Option<openraft::LogId<_>>| id.map(|id| id.index);
+                    // Read only when the bound is looked at (not on every apply).
+                    let indexes = due.then(|| (index(m.last_applied), index(m.snapshot), index(m.purged)));
+                    (m.current_leader == Some(me), leads_with_quorum(&m, me), indexes)
                 };
                 let Some(broker) = weak.upgrade() else { return };
                 broker.set_replica_active(&me_too.0, &me_too.1, leads);
-                if bounded_at.elapsed() >= QUORUM_CHECK_EVERY {
+                if let Some(indexes) = indexes {
                     bounded_at = tokio::time::Instant::now();
-                    bound_held_log(&watched, broker.store(), group, &m).await;
+                    bound_held_log(&watched, broker.store(), group, indexes).await;
                 }
                 drop(broker);
                 // A leader's quorum acks age without a change of metrics:
@@ -571,7 +575,7 @@ async fn bound_held_log(
     raft: &QueueRaft,
     store: &crate::store::LogStore,
     group: u64,
-    m: &openraft::RaftMetrics<RaftConfig>,
+    (applied, snapshot, purged): (Option<u64>, Option<u64>, Option<u64>),
 ) {
     let (held, all) = store.raft_bytes(group);
     let segment = store.segment_size() as usize;
@@ -579,8 +583,6 @@ async fn bound_held_log(
     if held <= one && (all <= every || held <= floor) {
         return;
     }
-    let (applied, snapshot, purged) =
-        (m.last_applied.map(|id| id.index), m.snapshot.map(|id| id.index), m.purged.map(|id| id.index));
     if snapshot < applied {
         let _ = raft.trigger().snapshot().await;
     } else if let Some(upto) = snapshot.filter(|_| purged < snapshot) {
