@@ -26,8 +26,14 @@ start_warren() { # dir port [more arguments...]: until it listens
     mkdir -p "$d"
     "$W" --bind 127.0.0.1 --port "$port" --management-port 0 --prometheus-port 0 --data-dir "$d/data" "$@" \
         >"$d/out" 2>"$d/log" &
-    pids+=($!)
-    until grep -q "^listening on" "$d/out" 2>/dev/null; do sleep 0.05; done
+    local pid=$!
+    pids+=("$pid")
+    until grep -q "^listening on" "$d/out" 2>/dev/null; do
+        # A port picked here can be taken meanwhile (another node's
+        # outgoing connection): say so rather than wait for good.
+        kill -0 "$pid" 2>/dev/null || { echo "warren in $d did not start:" >&2; grep -v '^ ' "$d/log" | tail -3 >&2; exit 1; }
+        sleep 0.05
+    done
 }
 
 start_cluster() {

@@ -20,6 +20,8 @@
 //!   commands' bytes.
 //! - [`consumers`], [`sessions`] and [`session_wire`]: consumers and
 //!   gets of a quorum queue made at its leader from any node.
+//! - [`settles`]: acknowledged messages leaving a quorum queue, gathered
+//!   into one settle command per group at a time.
 //! - [`failover`]: a group whose leader's node is gone elects another at
 //!   once instead of waiting out the lease.
 //! - [`member_status`]: each member's Raft figures for operators, and
@@ -62,6 +64,7 @@ pub mod queue_machine;
 pub mod quorum;
 pub mod session_wire;
 pub mod sessions;
+pub mod settles;
 pub mod transport;
 pub mod types;
 pub mod wire;

@@ -53,6 +53,7 @@ use super::queue_commands::{EnqueuedMessage, MAX_BATCH, QueueCommand, QueueSnaps
 use super::queue_machine::{APPLIED, QueueCommands, queue_machine};
 use super::session_wire::{KIND_SESSION, SessionReply, SessionRequest};
 use super::sessions::{POLL_WAIT, SessionServer};
+use super::settles::SettleGathering;
 use super::transport::{AddressBook, GroupNetwork, GroupServer, RaftGroup, SnapshotSource};
 use super::types::*;
 use super::wire::{KIND_PROPOSE, KIND_SNAPSHOT, decode_snapshot};
@@ -122,6 +123,8 @@ pub struct QueueGroups {
     clients: ClientSessions,
     /// The leaders of the groups this node is no member of (`outside`).
     outside: OutsideLeaders,
+    /// Settles waiting for the one of their group being committed.
+    settles: SettleGathering,
 }
 
 impl QueueGroups {
@@ -140,6 +143,7 @@ impl QueueGroups {
             sessions: SessionServer::new(Arc::downgrade(broker)),
             clients: ClientSessions::default(),
             outside: OutsideLeaders::default(),
+            settles: SettleGathering::default(),
         });
         broker.set_replica_router(Arc::new(Router(Arc::downgrade(&groups))));
         groups
@@ -292,9 +296,8 @@ impl QueueGroups {
                 let due = bounded_at.elapsed() >= QUORUM_CHECK_EVERY;
                 let (leader, leads, indexes) = {
                     let m = metrics.borrow_watched();
-                    let index = |id: Option<openraft::LogId<_>>| id.map(|id| id.index);
                     // Read only when the bound is looked at (not on every apply).
-                    let indexes = due.then(|| (index(m.last_applied), index(m.snapshot), index(m.purged)));
+                    let indexes = due.then(|| HeldIndexes::of(&m));
                     (m.current_leader == Some(me), leads_with_quorum(&m, me), indexes)
                 };
                 let Some(broker) = weak.upgrade() else { return };
@@ -552,41 +555,79 @@ impl ReplicaRouter for Router {
 
     fn settle(&self, group: u64, positions: Vec<u64>) {
         let Some(groups) = self.0.upgrade() else { return };
+        // One settle in flight per group; the rest gather meanwhile.
+        let Some(mut positions) = groups.settles.add(group, positions) else { return };
         let runtime = groups.runtime.clone();
         runtime.spawn(async move {
-            let command = QueueCommand::Settle { positions }.encode();
-            if !groups.commit(group, command).await {
-                tracing::warn!("settled messages were not committed by their quorum queue's group {group:x}: they will be delivered again");
+            loop {
+                let command = QueueCommand::Settle { positions }.encode();
+                if !groups.commit(group, command).await {
+                    tracing::warn!("settled messages were not committed by their quorum queue's group {group:x}: they will be delivered again");
+                }
+                match groups.settles.next(group) {
+                    Some(gathered) => positions = gathered,
+                    None => return,
+                }
             }
         });
+    }
+}
+
+/// Where a group's log stands, for [`bound_held_log`].
+struct HeldIndexes {
+    applied: Option<u64>,
+    snapshot: Option<u64>,
+    purged: Option<u64>,
+    /// On a leader, the last index every member has (None: it does not
+    /// lead, or knows of a member that has nothing).
+    everywhere: Option<u64>,
+}
+
+impl HeldIndexes {
+    fn of(m: &openraft::RaftMetrics<RaftConfig>) -> HeldIndexes {
+        let index = |id: &Option<openraft::LogId<_>>| id.as_ref().map(|id| id.index);
+        let everywhere = m.replication.as_ref().and_then(|r| r.values().map(index).min().flatten());
+        HeldIndexes {
+            applied: index(&m.last_applied),
+            snapshot: index(&m.snapshot),
+            purged: index(&m.purged),
+            everywhere,
+        }
     }
 }
 
 /// Keeps the entries a group's log holds under an eighth of a segment,
 /// and every group's under about a quarter (a group holding a little
 /// more than a 256th of one then counts as holding too much): past it, a
-/// snapshot (which costs nothing: `machine`) and a purge up to it,
-/// however few the entries. Entries are held in memory and restated at
-/// the start of every new segment, so large messages (an entry holds a
+/// snapshot (which costs nothing: `machine`) and a purge up to the last
+/// one, however few the entries. Entries are held in memory and restated
+/// at the start of every new segment, so large messages (an entry holds a
 /// batch of them) must not wait for [`SNAPSHOT_EVERY`] entries: a log
 /// whose new segments are mostly restated entries never gets within its
-/// disk bound, and its publishers wait for compaction for good.
-async fn bound_held_log(
-    raft: &QueueRaft,
-    store: &crate::store::LogStore,
-    group: u64,
-    (applied, snapshot, purged): (Option<u64>, Option<u64>, Option<u64>),
-) {
+/// disk bound, and its publishers wait for compaction for good (and a
+/// group holding most of a segment writes it again with every segment).
+///
+/// Both at once: under load a group has always applied past its last
+/// snapshot, so a purge that waited for the snapshot to catch up would
+/// never come. A leader purges only what every member has, while the
+/// group holds less than four times its bound: a member a moment behind
+/// is sent entries, not the queue's whole state.
+async fn bound_held_log(raft: &QueueRaft, store: &crate::store::LogStore, group: u64, at: HeldIndexes) {
     let (held, all) = store.raft_bytes(group);
     let segment = store.segment_size() as usize;
     let (one, every, floor) = (segment / 8, segment / 4, (segment / 256).min(256 << 10));
     if held <= one && (all <= every || held <= floor) {
         return;
     }
-    if snapshot < applied {
-        let _ = raft.trigger().snapshot().await;
-    } else if let Some(upto) = snapshot.filter(|_| purged < snapshot) {
+    let upto = match at.everywhere {
+        Some(everywhere) if held <= 4 * one => at.snapshot.map(|s| s.min(everywhere)),
+        _ => at.snapshot,
+    };
+    if let Some(upto) = upto.filter(|upto| at.purged < Some(*upto)) {
         let _ = raft.trigger().purge_log(upto).await;
+    }
+    if at.snapshot < at.applied {
+        let _ = raft.trigger().snapshot().await;
     }
 }
 
