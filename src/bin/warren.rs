@@ -91,9 +91,14 @@ struct Args {
     cluster_cookie_file: Option<PathBuf>,
 }
 
+/// The log filter unless WARREN_LOG says otherwise: openraft's own info
+/// lines (every snapshot and purge of every group, several a second under
+/// load) only at warn and above; Warren says what an operator needs.
+const DEFAULT_LOG: &str = "info,openraft=warn";
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("WARREN_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_env("WARREN_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)))
         .with_target(false)
         .with_writer(std::io::stderr)
         .init();
