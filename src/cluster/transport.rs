@@ -457,6 +457,9 @@ impl RaftNetworkFactory<RaftConfig> for GroupNetwork {
 /// loopback or a LAN carries while both ends write it).
 const SNAPSHOT_BASE_TIME: Duration = Duration::from_secs(10);
 const SNAPSHOT_BYTES_PER_MS: usize = 20_000;
+/// An append has openraft's time-out plus a millisecond for each of these
+/// bytes (10 MB/s: a follower writing and syncing it on a busy disk).
+const APPEND_BYTES_PER_MS: usize = 10_000;
 
 /// Sends one group's RPCs to one peer.
 pub struct PeerClient {
@@ -502,7 +505,13 @@ impl RaftNetworkV2<RaftConfig> for PeerClient {
         rpc: AppendEntriesRequest<RaftConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<RaftConfig>, RPCError<RaftConfig>> {
-        let reply = self.call(KIND_APPEND, encode_append(&rpc), &option).await.map_err(rpc_error)?;
+        let payload = encode_append(&rpc);
+        // openraft's time-out (the heartbeat interval) is meant for an
+        // append of a few entries: one of large batches of large messages
+        // takes the follower longer to write, and cut short each time it
+        // would never get through.
+        let limit = option.hard_ttl() + Duration::from_millis((payload.len() / APPEND_BYTES_PER_MS) as u64);
+        let reply = self.call_within(KIND_APPEND, payload, limit).await.map_err(rpc_error)?;
         decoded(decode_append_reply(&reply))
     }
 
