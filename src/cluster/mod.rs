@@ -20,6 +20,8 @@
 //!   commands' bytes.
 //! - [`consumers`], [`sessions`] and [`session_wire`]: consumers and
 //!   gets of a quorum queue made at its leader from any node.
+//! - [`held_log`]: a quorum queue group's Raft entries snapshotted and
+//!   purged by size (they are restated in every new segment).
 //! - [`settles`]: acknowledged messages leaving a quorum queue, gathered
 //!   into one settle command per group at a time.
 //! - [`failover`]: a group whose leader's node is gone elects another at
@@ -49,6 +51,7 @@ pub mod auth;
 pub mod codec;
 pub mod consumers;
 pub mod failover;
+pub mod held_log;
 pub mod leaders;
 pub mod log_storage;
 pub mod machine;

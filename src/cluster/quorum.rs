@@ -42,6 +42,7 @@ use parking_lot::Mutex;
 
 use super::consumers::ClientSessions;
 use super::failover::{next_news, replace_gone_leader};
+use super::held_log::{HeldIndexes, bound_held_log};
 use super::leaders::KIND_LEAD_ELSEWHERE;
 use super::machine::{GroupMachine, hand_over_and_stop};
 use super::member_status::{KIND_MEMBER_STATUS, MemberStatus};
@@ -68,7 +69,7 @@ pub const FORM_FALLBACK: Duration = Duration::from_secs(3);
 /// A queue group's snapshot (which costs nothing: `machine`) is taken
 /// every this many entries, and the entries before the last this many
 /// are purged: a member's log holds at most about twice as many.
-const SNAPSHOT_EVERY: u64 = 1024;
+pub(super) const SNAPSHOT_EVERY: u64 = 1024;
 /// A leader not answered by a majority for this long hands nothing out
 /// (the election time-out's upper end: by then the others may elect).
 const QUORUM_ACK_WITHIN: Duration = Duration::from_millis(800);
@@ -570,64 +571,6 @@ impl ReplicaRouter for Router {
                 }
             }
         });
-    }
-}
-
-/// Where a group's log stands, for [`bound_held_log`].
-struct HeldIndexes {
-    applied: Option<u64>,
-    snapshot: Option<u64>,
-    purged: Option<u64>,
-    /// On a leader, the last index every member has (None: it does not
-    /// lead, or knows of a member that has nothing).
-    everywhere: Option<u64>,
-}
-
-impl HeldIndexes {
-    fn of(m: &openraft::RaftMetrics<RaftConfig>) -> HeldIndexes {
-        let index = |id: &Option<openraft::LogId<_>>| id.as_ref().map(|id| id.index);
-        let everywhere = m.replication.as_ref().and_then(|r| r.values().map(index).min().flatten());
-        HeldIndexes {
-            applied: index(&m.last_applied),
-            snapshot: index(&m.snapshot),
-            purged: index(&m.purged),
-            everywhere,
-        }
-    }
-}
-
-/// Keeps the entries a group's log holds under an eighth of a segment,
-/// and every group's under about a quarter (a group holding a little
-/// more than a 256th of one then counts as holding too much): past it, a
-/// snapshot (which costs nothing: `machine`) and a purge up to the last
-/// one, however few the entries. Entries are held in memory and restated
-/// at the start of every new segment, so large messages (an entry holds a
-/// batch of them) must not wait for [`SNAPSHOT_EVERY`] entries: a log
-/// whose new segments are mostly restated entries never gets within its
-/// disk bound, and its publishers wait for compaction for good (and a
-/// group holding most of a segment writes it again with every segment).
-///
-/// Both at once: under load a group has always applied past its last
-/// snapshot, so a purge that waited for the snapshot to catch up would
-/// never come. A leader purges only what every member has, while the
-/// group holds less than four times its bound: a member a moment behind
-/// is sent entries, not the queue's whole state.
-async fn bound_held_log(raft: &QueueRaft, store: &crate::store::LogStore, group: u64, at: HeldIndexes) {
-    let (held, all) = store.raft_bytes(group);
-    let segment = store.segment_size() as usize;
-    let (one, every, floor) = (segment / 8, segment / 4, (segment / 256).min(256 << 10));
-    if held <= one && (all <= every || held <= floor) {
-        return;
-    }
-    let upto = match at.everywhere {
-        Some(everywhere) if held <= 4 * one => at.snapshot.map(|s| s.min(everywhere)),
-        _ => at.snapshot,
-    };
-    if let Some(upto) = upto.filter(|upto| at.purged < Some(*upto)) {
-        let _ = raft.trigger().purge_log(upto).await;
-    }
-    if at.snapshot < at.applied {
-        let _ = raft.trigger().snapshot().await;
     }
 }
 
