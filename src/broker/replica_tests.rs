@@ -101,3 +101,51 @@ fn a_message_the_group_settled_while_it_was_out_here_does_not_come_back() {
     assert_eq!(ready(&t), 0, "settled by the group: not requeued");
     assert!(snapshot_bodies(&t).is_empty());
 }
+
+/// Each message's record in the log, in position order (None: held in
+/// memory only), and whether the log still holds the record.
+fn logged(t: &TestBroker) -> Vec<Option<(u64, bool)>> {
+    let st = t.broker.state.read();
+    let q = st.queue("/", "work").expect("the queue").lock();
+    q.replica_held.values().map(|h| h.store_id().map(|id| (id, t.broker.store.holds(id)))).collect()
+}
+
+#[test]
+fn an_applied_message_is_logged_by_the_groups_snapshot_and_its_record_leaves_with_the_settle() {
+    let t = replicated_queue();
+    let positions = [1 << 16, 2 << 16, 3 << 16];
+    let enqueued = positions.iter().zip(["m1", "m2", "m3"]).map(|(p, b)| (*p, message(b))).collect();
+    t.broker.apply_replicated_enqueue("/", "work", enqueued);
+    assert_eq!(logged(&t), [None, None, None], "the Raft entry is the message's only record");
+
+    // m1 and m2 out here, m3 ready when the snapshot logs them all.
+    let mut worker = t.connect(1);
+    t.broker.qos(1, 1, 2, false);
+    t.consume(&worker, "work", "w", false, &[]);
+    let tags: Vec<u64> = worker.deliveries().iter().map(|d| d.delivery_tag).collect();
+    assert_eq!(tags.len(), 2);
+    t.broker.log_replica("/", "work").expect("logged");
+    let records = logged(&t);
+    assert!(records.iter().all(|r| matches!(r, Some((_, true)))), "{records:?}");
+    assert_eq!(snapshot_bodies(&t), ["m1", "m2", "m3"]);
+
+    // m1 acked here (its delivery named no record), then settled by the
+    // group: its record leaves the log.
+    t.broker.ack(1, 1, tags[0], false).expect("acked");
+    assert!(matches!(logged(&t)[0], Some((_, true))), "still the group's until the settle");
+    let m1 = records[0].expect("logged").0;
+    t.broker.apply_replicated_settle("/", "work", &[positions[0]]);
+    assert!(!t.broker.store.holds(m1), "m1's record left with its settle");
+
+    // m3, ready here, settled by the group (as on a follower): its record goes too.
+    let m3 = records[2].expect("logged").0;
+    t.broker.apply_replicated_settle("/", "work", &[positions[2]]);
+    assert!(!t.broker.store.holds(m3), "m3's record left with its settle");
+    assert_eq!(snapshot_bodies(&t), ["m2"]);
+
+    // An entry applied again (a restart) adds nothing; a later one is held in memory.
+    t.broker.apply_replicated_enqueue("/", "work", vec![(positions[2], message("m3")), (4 << 16, message("m4"))]);
+    let records = logged(&t);
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(matches!(records[0], Some((_, true))) && records[1].is_none(), "{records:?}");
+}

@@ -637,6 +637,11 @@ impl LogStore {
         out.into_iter().enumerate().map(|(i, r)| r.unwrap_or_else(|| self.read(ids[i]))).collect()
     }
 
+    /// Whether record `id` is a message the log still holds for a queue.
+    pub fn holds(&self, id: u64) -> bool {
+        self.inner.lock().index.get(id).is_some()
+    }
+
     /// Reads a message back from its segment, checking its checksum. Never
     /// holds the log's lock during the read; a message that compaction moved
     /// meanwhile is looked up again.
