@@ -259,6 +259,7 @@ impl LogStore {
             active: next_seq,
             segments,
             pending: Vec::new(),
+            awaited: false,
             free_buffers: Vec::new(),
             spare_chunk_list: Vec::new(),
             pending_bytes: 0,
