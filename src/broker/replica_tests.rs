@@ -149,3 +149,23 @@ fn an_applied_message_is_logged_by_the_groups_snapshot_and_its_record_leaves_wit
     assert_eq!(records.len(), 2, "{records:?}");
     assert!(matches!(records[0], Some((_, true))) && records[1].is_none(), "{records:?}");
 }
+
+#[test]
+fn under_memory_pressure_a_replica_logs_what_it_holds_rather_than_spilling_it() {
+    let t = replicated_queue();
+    let enqueued = (1..=300u64).map(|i| (i << 16, message(&format!("m{i}")))).collect();
+    t.broker.apply_replicated_enqueue("/", "work", enqueued);
+    let monitor = memory::MemoryMonitor::default();
+    {
+        let st = t.broker.state.read();
+        let mut q = st.queue("/", "work").expect("the queue").lock();
+        assert!(memory::page_out(&mut q, None, &t.broker.store, Some(&monitor)), "kept up");
+        // Each ready message's record is the one its replica logged (a
+        // spill would have given it a record of its own).
+        let held: Vec<u64> = q.replica_held.values().filter_map(|h| h.store_id()).collect();
+        let ready: Vec<u64> = q.ready_entries().map(|e| e.store_id).collect();
+        assert_eq!(held.len(), 300);
+        assert_eq!(ready, held);
+    }
+    assert_eq!(logged(&t).iter().filter(|r| matches!(r, Some((_, true)))).count(), 300);
+}
