@@ -36,6 +36,9 @@ pub enum Held {
     /// Only in the group's Raft entries (and here), until the group's
     /// next snapshot writes it.
     Unlogged(Arc<Message>),
+    /// Purged here (a purge is this node's alone): neither logged by a
+    /// snapshot nor sent to a member, as a logged one's record is gone.
+    Purged,
 }
 
 impl Held {
@@ -43,7 +46,7 @@ impl Held {
     pub fn store_id(&self) -> Option<u64> {
         match self {
             Held::Logged(id) => Some(*id),
-            Held::Unlogged(_) => None,
+            Held::Unlogged(_) | Held::Purged => None,
         }
     }
 }
@@ -158,7 +161,7 @@ pub(super) fn log_unlogged(q: &mut Queue, store: &LogStore) -> std::result::Resu
         .range(from..)
         .filter_map(|(position, held)| match held {
             Held::Unlogged(m) => Some((*position, m.clone())),
-            Held::Logged(_) => None,
+            Held::Logged(_) | Held::Purged => None,
         })
         .collect();
     for (position, m) in unlogged {

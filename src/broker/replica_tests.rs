@@ -169,3 +169,21 @@ fn under_memory_pressure_a_replica_logs_what_it_holds_rather_than_spilling_it() 
     }
     assert_eq!(logged(&t).iter().filter(|r| matches!(r, Some((_, true)))).count(), 300);
 }
+
+#[test]
+fn a_purge_here_is_neither_logged_by_a_snapshot_nor_sent_to_a_member() {
+    let t = replicated_queue();
+    t.broker.apply_replicated_enqueue("/", "work", vec![(1 << 16, message("m1"))]);
+    t.broker.log_replica("/", "work").expect("logged");
+    let m1 = logged(&t)[0].expect("m1 logged").0;
+    t.broker.apply_replicated_enqueue("/", "work", vec![(2 << 16, message("m2"))]);
+    assert_eq!(t.broker.queue_purge("/", 1, "work").expect("purged"), 2);
+
+    t.broker.log_replica("/", "work").expect("logged");
+    assert_eq!(logged(&t), [None, None], "neither is (or stays) in the log");
+    assert!(!t.broker.store.holds(m1), "m1's record left with the purge");
+    assert!(snapshot_bodies(&t).is_empty());
+    // The group's settles of them later change nothing here.
+    t.broker.apply_replicated_settle("/", "work", &[1 << 16, 2 << 16]);
+    assert!(logged(&t).is_empty());
+}
