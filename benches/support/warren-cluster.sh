@@ -18,7 +18,24 @@ prepare() { # binaries...
     trap 'kill -CONT "${pids[@]}" 2>/dev/null; kill -9 "${pids[@]}" 2>/dev/null; [[ -n ${KEEP:-} ]] || rm -rf "$scratch"' EXIT
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# A port free now, below the kernel's range for outgoing connections: a
+# node restarted on its ports would otherwise find one taken meanwhile as
+# the local end of another node's connection.
+free_port() {
+    python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(10000):
+    port = random.randrange(10000, low) if low > 10000 else 0
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    print(s.getsockname()[1])
+    break
+PY
+}
 
 start_warren() { # dir port [more arguments...]: until it listens
     local d=$1 port=$2

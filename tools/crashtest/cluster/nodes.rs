@@ -75,9 +75,30 @@ pub struct Cluster {
     links: Vec<Vec<Option<Arc<Proxy>>>>,
 }
 
-/// A port free now (the OS picks it; it is free again once the probe closes).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `count` different ports free now, below the kernel's range for
+/// outgoing connections: a node keeps its ports across restarts, and a
+/// port of that range may meanwhile be taken as the local end of some
+/// connection (another node's to a third), for good, so the node could
+/// not start again. Where that range starts too low, the OS picks them.
+fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let mut ports: Vec<u16> = Vec::with_capacity(count);
+    let mut tries = 0;
+    while ports.len() < count {
+        let port = if low > 10_000 && tries < 10_000 {
+            tries += 1;
+            fastrand::u16(10_000..low)
+        } else {
+            TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()
+        };
+        if !ports.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    Ok(ports)
 }
 
 impl Cluster {
@@ -86,13 +107,14 @@ impl Cluster {
     /// `links`.
     pub async fn start(warren: &Path, dir: &Path, count: usize, fsync: &str, links: bool) -> anyhow::Result<Cluster> {
         let names: Vec<String> = (0..count).map(|i| format!("node{i}@localhost")).collect();
-        let ports: Vec<u16> = (0..count).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
+        let all = free_ports(2 * count)?;
+        let (ports, management_ports) = all.split_at(count);
         let mut proxies = Vec::new();
         let mut peer_lists = Vec::new();
         for i in 0..count {
             let mut row = Vec::new();
             let mut peers = Vec::new();
-            for (j, (name, port)) in names.iter().zip(&ports).enumerate() {
+            for (j, (name, port)) in names.iter().zip(ports).enumerate() {
                 if i == j || !links {
                     row.push(None);
                     peers.push(format!("{name}@127.0.0.1:{port}"));
@@ -128,7 +150,7 @@ impl Cluster {
                 fsync: fsync.to_string(),
                 segment_size: 8 << 20,
                 extra_args,
-                management_port: free_port()?,
+                management_port: management_ports[i],
             };
             nodes.push(Node { name: name.clone(), config, broker: None, paused: false });
         }
