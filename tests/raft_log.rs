@@ -196,24 +196,3 @@ fn a_power_cut_in_any_page_order_leaves_a_state_the_groups_passed_through() {
         );
     }
 }
-
-/// A commit point is waited for by no one (the Raft layer learns it
-/// again from the leader): it starts no writer pass, and fdatasync, of
-/// its own but goes with the next one, and is durable a moment later
-/// when nothing else comes.
-#[test]
-fn a_commit_point_goes_with_the_next_pass_or_alone_a_moment_later() {
-    let (store, _) = LogStore::open(SimDisk::new(), options(64 * 1024)).unwrap();
-    let first = store.raft_append(1, [(1, entry_bytes(1, 1, 1))]).unwrap();
-    wait_durable(&store, first);
-
-    let fsyncs = store.stats().fsyncs;
-    store.raft_set(1, RaftStateKind::Committed, 0, Bytes::from_static(b"commit 1")).unwrap();
-    let end = store.raft_append(1, [(2, entry_bytes(1, 2, 1))]).unwrap();
-    wait_durable(&store, end);
-    assert_eq!(store.stats().fsyncs - fsyncs, 1, "the commit point went with the entry's pass");
-
-    let alone = store.raft_set(1, RaftStateKind::Committed, 0, Bytes::from_static(b"commit 2")).unwrap();
-    wait_durable(&store, alone);
-    assert_eq!(store.raft_state(1).committed, Some(Bytes::from_static(b"commit 2")));
-}

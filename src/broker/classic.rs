@@ -410,11 +410,6 @@ impl ClassicQueue {
         self.levels.iter_mut().rev().find_map(|l| l.entry_mut(seq)).map(|e| e.store_id)
     }
 
-    /// The ready message `seq`, if the queue holds it.
-    pub fn entry_mut(&mut self, seq: u64) -> Option<&mut QueuedMessage> {
-        self.levels.iter_mut().rev().find_map(|l| l.entry_mut(seq))
-    }
-
     /// Takes a ready message out of the queue wherever it is (one whose
     /// body cannot be read back).
     fn remove_ready(&mut self, seq: u64, store_id: u64) -> Option<QueuedMessage> {

@@ -268,12 +268,6 @@ pub(super) fn page_out(q: &mut Queue, level: Option<u8>, store: &LogStore, press
         }
         return true;
     };
-    if q.replica.is_some() && store.backlog_bytes() <= SPILL_BACKLOG {
-        // A replica's messages held only in memory (and in their Raft
-        // entries) are logged as its next snapshot would, rather than
-        // spilled: their bodies are then paged out as any logged one's.
-        let _ = super::replica_apply::log_unlogged(q, store);
-    }
     let mut kept_up = true;
     let mut spill = |m: &Message| -> Option<u64> {
         if store.backlog_bytes() > SPILL_BACKLOG {

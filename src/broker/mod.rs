@@ -64,7 +64,6 @@ mod queues;
 pub mod quorum;
 mod records;
 pub mod remote;
-pub mod replica_apply;
 pub mod replica_state;
 #[cfg(test)]
 mod replica_tests;

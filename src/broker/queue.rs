@@ -117,14 +117,10 @@ pub struct Queue {
     pub replica_applied: u64,
     /// What the group's applied commands left in a replicated queue: the
     /// position of each message enqueued and not settled, with its log
-    /// record or, until the group's next snapshot, its body
-    /// (`broker::replica_apply`). A snapshot for a member is made from
-    /// this, whatever this node has handed out meanwhile (a message being
-    /// requeued is in no channel and not yet ready again, but the group
-    /// still holds it).
-    pub replica_held: std::collections::BTreeMap<u64, super::replica_apply::Held>,
-    /// Every message of `replica_held` below this position is logged.
-    pub replica_unlogged_from: u64,
+    /// record. A snapshot for a member is made from this, whatever this
+    /// node has handed out meanwhile (a message being requeued is in no
+    /// channel and not yet ready again, but the group still holds it).
+    pub replica_held: std::collections::BTreeMap<u64, u64>,
     /// Bodies are being read back from the log for this queue.
     pub loading: bool,
     /// How many messages were asked of the loader and not yet taken: while
@@ -222,7 +218,6 @@ impl Queue {
             replica_active: false,
             replica_applied: 0,
             replica_held: Default::default(),
-            replica_unlogged_from: 0,
             loading: false,
             read_ahead_upto: 0,
             consumers: VecDeque::new(),
@@ -460,18 +455,8 @@ impl Queue {
     pub fn restore_at(&mut self, position: u64, store_id: u64, meta: RestoredMeta) {
         self.place_next(position);
         self.replica_applied = self.replica_applied.max(position);
-        self.replica_held.insert(position, super::replica_apply::Held::Logged(store_id));
+        self.replica_held.insert(position, store_id);
         self.restore(store_id, meta);
-    }
-
-    /// A replicated queue's ready message at `seq` that has no record yet
-    /// gets record `store_id` (its replica logged it).
-    pub(super) fn set_store_id_if_unlogged(&mut self, seq: u64, store_id: u64) {
-        if let Some(entry) = self.kind.messages_mut().and_then(|m| m.entry_mut(seq))
-            && entry.store_id == 0
-        {
-            entry.store_id = store_id;
-        }
     }
 
     /// Whether the message at `seq`, handed out by this node, was settled

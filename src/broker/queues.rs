@@ -341,23 +341,8 @@ fn stream_declare_checks(arguments: &FieldTable) -> Result<()> {
 }
 
 pub(super) fn purge_queue(q: &mut Queue, store: &LogStore) -> Result<usize> {
-    let purged: Vec<u64> = if q.replica.is_some() { q.ready_entries().map(|e| e.seq).collect() } else { Vec::new() };
     let mut fx = Effects::default();
     q.apply(Command::Purge, queue::now_ms(), &mut fx);
-    // A replica's purge is not replicated: the group still holds the
-    // positions, but this node neither logs nor sends them again, and a
-    // record a paged-out copy stood in for leaves the log too.
-    let mut logged = Vec::new();
-    for seq in purged {
-        if let Some(held) = q.replica_held.get_mut(&seq) {
-            logged.extend(held.store_id());
-            *held = super::replica_apply::Held::Purged;
-        }
-    }
     carry_out(q, &mut fx, store, &mut Vec::new()).map_err(store_failed)?;
-    logged.retain(|id| store.holds(*id));
-    if let Some(qid) = q.store_id.filter(|_| !logged.is_empty()) {
-        store.ack(qid, &logged).map_err(store_failed)?;
-    }
     Ok(fx.removed)
 }

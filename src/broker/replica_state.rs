@@ -29,7 +29,7 @@ impl Broker {
         let (applied, incarnation, held, mut in_memory) = {
             let q = cell.lock();
             q.replica.as_ref()?;
-            let held: Vec<(u64, Option<u64>)> = q.replica_held.iter().map(|(p, h)| (*p, h.store_id())).collect();
+            let held: Vec<(u64, u64)> = q.replica_held.iter().map(|(p, id)| (*p, *id)).collect();
             let in_memory: HashMap<u64, Arc<Message>> =
                 q.ready_entries().filter_map(|e| Some((e.seq, e.message.clone()?))).collect();
             (q.replica_applied, q.incarnation, held, in_memory)
@@ -49,12 +49,9 @@ impl Broker {
         drop(st);
         let mut messages = Vec::with_capacity(held.len());
         for (position, store_id) in held {
-            let message = match (in_memory.remove(&position), store_id) {
-                (Some(message), _) => message,
-                // Not logged, and neither ready nor out here: acknowledged
-                // here, as below.
-                (None, None) => continue,
-                (None, Some(store_id)) => match self.store.read(store_id) {
+            let message = match in_memory.remove(&position) {
+                Some(message) => message,
+                None => match self.store.read(store_id) {
                     Ok(record) => Arc::new(message_from_record(record)),
                     // Acknowledged here (its record let go), its settle not
                     // applied yet: a consumer took it for good, so the
@@ -81,19 +78,8 @@ impl Broker {
             if let Err(e) = carry_out(&q, &mut fx, &self.store, &mut Vec::new()) {
                 tracing::error!("quorum queue '{name}' in vhost '{vhost}': its old messages stay in the log: {e}");
             }
-            // Logged messages that were out here leave the log too.
-            let out: Vec<u64> = std::mem::take(&mut q.replica_held)
-                .into_values()
-                .filter_map(|h| h.store_id())
-                .filter(|id| self.store.holds(*id))
-                .collect();
-            if let Some(qid) = q.store_id.filter(|_| !out.is_empty())
-                && let Err(e) = self.store.ack(qid, &out)
-            {
-                tracing::error!("quorum queue '{name}' in vhost '{vhost}': its old messages stay in the log: {e}");
-            }
             q.replica_applied = 0;
-            q.replica_unlogged_from = 0;
+            q.replica_held.clear();
         }
         self.apply_replicated_enqueue(vhost, name, contents.messages);
         let st = self.state.read();

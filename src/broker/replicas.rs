@@ -17,6 +17,8 @@ use std::pin::Pin;
 use serde::{Deserialize, Serialize};
 
 use super::changes::Change;
+use super::effects::carry_out;
+use super::queue_type::{Command, Effects};
 use super::*;
 use crate::protocol::Method;
 
@@ -395,5 +397,83 @@ impl Broker {
         if active {
             st.deliver_ready(&mut q, &self.store, queue::now_ms());
         }
+    }
+
+    /// Applies a committed enqueue to this node's replica of a queue: each
+    /// message at its position (see `cluster::queue_commands`), logged as a
+    /// positioned message record; a position already applied is skipped
+    /// (an entry applied again after a restart). The leader's replica
+    /// hands them to its consumers.
+    pub fn apply_replicated_enqueue(&self, vhost: &str, name: &str, messages: Vec<(u64, Arc<Message>)>) {
+        let st = self.state.read();
+        let Some(cell) = st.queue(vhost, name) else { return };
+        let mut q = cell.lock();
+        let now = queue::now_ms();
+        let mut fx = Effects::default();
+        let mut departed = Vec::new();
+        for (position, message) in messages {
+            if position <= q.replica_applied {
+                continue;
+            }
+            q.replica_applied = position;
+            let store_id = match q.store_id {
+                Some(qid) => {
+                    let m = &message;
+                    let at = (&*m.exchange, &*m.routing_key);
+                    match self.store.publish_stream(qid, position, at, &m.properties, &m.body, None) {
+                        Ok((id, _, _)) => id,
+                        Err(e) => {
+                            // The log failed: its writer reports it; the
+                            // node stops taking writes.
+                            tracing::error!("quorum queue '{name}' in vhost '{vhost}': a message is not logged: {e}");
+                            return;
+                        }
+                    }
+                }
+                None => 0,
+            };
+            q.place_next(position);
+            q.replica_held.insert(position, store_id);
+            q.apply(Command::Enqueue { message, store_id, trim_later: false }, now, &mut fx);
+            q.counters.publish += 1;
+            let _ = carry_out(&q, &mut fx, &self.store, &mut departed);
+        }
+        // Length limits drop alike on every member: the group no longer holds those.
+        for entry in departed.iter().flat_map(|d| d.entries.iter()) {
+            q.replica_held.remove(&entry.seq);
+        }
+        if q.replica_active {
+            st.deliver_ready(&mut q, &self.store, now);
+        } else if let Some(qid) = q.store_id.filter(|_| !departed.is_empty()) {
+            // What length limits dropped is dead-lettered by the leader
+            // only: the others' copies just leave their logs.
+            let ids: Vec<u64> = departed.drain(..).flat_map(|d| d.entries).map(|e| e.store_id).collect();
+            if let Err(e) = self.store.ack(qid, &ids) {
+                tracing::error!("quorum queue '{name}' in vhost '{vhost}': dropped messages stay in the log: {e}");
+            }
+        }
+        drop(q);
+        for d in departed {
+            let mut touched = Vec::new();
+            st.dead_letter(d, &self.store, &mut touched);
+            st.drain_all(vhost, touched, &self.store);
+        }
+    }
+
+    /// Applies a committed settle to this node's replica of a queue: the
+    /// messages at `positions` leave it (on the leader they were handed
+    /// out and settled by their consumer already; a follower still holds
+    /// them ready).
+    pub fn apply_replicated_settle(&self, vhost: &str, name: &str, positions: &[u64]) {
+        let st = self.state.read();
+        let Some(cell) = st.queue(vhost, name) else { return };
+        let mut q = cell.lock();
+        let mut fx = Effects::default();
+        for &seq in positions {
+            q.replica_held.remove(&seq);
+            let Some(store_id) = q.store_id_at(seq) else { continue };
+            q.apply(Command::Remove { seq, store_id }, queue::now_ms(), &mut fx);
+        }
+        let _ = carry_out(&q, &mut fx, &self.store, &mut Vec::new());
     }
 }

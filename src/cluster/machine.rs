@@ -8,19 +8,14 @@
 //! a quorum queue's group its queue's commands.
 //!
 //! Snapshots: a group whose [`Commands::SNAPSHOTS`] says so (a quorum
-//! queue's) keeps what it applies in memory until it takes a snapshot
-//! (the entries in its log are what makes it durable meanwhile), and
-//! writes its applied marker only then: taking a snapshot writes to the
-//! log what the applied commands left only in memory
-//! ([`Commands::make_durable`]), then the marker after it. So the
-//! snapshot is only the applied log id and membership
-//! ([`AppliedSnapshot`]), and lets openraft purge the entries it covers;
-//! a restart applies again the entries after the marker. A follower that
-//! needs purged entries is sent the group's whole state, made when it is
-//! sent (`transport::SnapshotSource`); it is at least as new as the
-//! snapshot says, which is safe because applying an entry again changes
-//! nothing. The metadata group takes none yet (its log is kept), and
-//! writes its marker after every entry.
+//! queue's) has a state that is durable as it is applied (its effects are
+//! records of the node's log, before the applied marker), so its snapshot
+//! is only the applied log id and membership ([`AppliedSnapshot`]): taking
+//! one costs nothing, and lets openraft purge the entries it covers. A
+//! follower that needs purged entries is sent the group's whole state,
+//! made when it is sent (`transport::SnapshotSource`); it is at least as
+//! new as the snapshot says, which is safe because applying an entry again
+//! changes nothing. The metadata group takes none yet (its log is kept).
 
 use std::io::{self, Cursor};
 use std::time::Duration;
@@ -54,13 +49,6 @@ pub trait Commands: Send + Sync + 'static {
     /// Replaces the state with a snapshot's bytes (a leader's whole state).
     fn install(&mut self, _data: &[u8]) -> io::Result<()> {
         Err(io::Error::other("this group takes no snapshots"))
-    }
-
-    /// Appends to the log what the commands applied so far left only in
-    /// memory (a group that takes snapshots), before the applied marker
-    /// that will cover them.
-    fn make_durable(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -144,9 +132,7 @@ impl<C: Commands> RaftStateMachine<RaftConfig> for GroupMachine<C> {
                 }
             };
             self.applied = Some(entry.log_id);
-            if !C::SNAPSHOTS {
-                self.log_applied()?;
-            }
+            self.log_applied()?;
             self.applied_tx.send_replace(entry.log_id.index + 1);
             if let Some(responder) = responder {
                 responder.send(reply);
@@ -155,17 +141,8 @@ impl<C: Commands> RaftStateMachine<RaftConfig> for GroupMachine<C> {
         Ok(())
     }
 
-    /// Makes what is applied durable first (see the module's docs); if
-    /// the log fails, no snapshot.
     async fn get_snapshot_builder(&mut self) -> AppliedSnapshot {
-        let snapshot = self.applied_snapshot();
-        if snapshot.is_some()
-            && let Err(e) = self.commands.make_durable().and_then(|()| self.log_applied())
-        {
-            tracing::error!("group {}: no snapshot: {e}", self.group);
-            return AppliedSnapshot(None);
-        }
-        AppliedSnapshot(snapshot)
+        AppliedSnapshot(self.applied_snapshot())
     }
 
     /// A leader's whole state (sent because this member needs entries it
@@ -173,7 +150,6 @@ impl<C: Commands> RaftStateMachine<RaftConfig> for GroupMachine<C> {
     /// the snapshot's log id.
     async fn install_snapshot(&mut self, meta: &Meta, snapshot: Self::SnapshotData) -> Result<(), io::Error> {
         self.commands.install(snapshot.get_ref())?;
-        self.commands.make_durable()?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.log_applied()?;

@@ -64,14 +64,8 @@ impl QueueCommands {
 }
 
 impl Commands for QueueCommands {
-    /// What is applied is held in the replica (`broker::replica_apply`)
-    /// and logged when a snapshot is taken.
+    /// Every applied command's effect is a record of this node's log.
     const SNAPSHOTS: bool = true;
-
-    fn make_durable(&mut self) -> io::Result<()> {
-        let broker = self.broker.upgrade().ok_or_else(|| io::Error::other("the broker is gone"))?;
-        broker.log_replica(&self.vhost, &self.name).map_err(|e| io::Error::other(e.to_string()))
-    }
 
     fn install(&mut self, data: &[u8]) -> io::Result<()> {
         let snapshot = QueueSnapshot::decode(Bytes::copy_from_slice(data)).map_err(io::Error::other)?;

@@ -259,7 +259,6 @@ impl LogStore {
             active: next_seq,
             segments,
             pending: Vec::new(),
-            awaited: false,
             free_buffers: Vec::new(),
             spare_chunk_list: Vec::new(),
             pending_bytes: 0,
@@ -636,11 +635,6 @@ impl LogStore {
             start = end;
         }
         out.into_iter().enumerate().map(|(i, r)| r.unwrap_or_else(|| self.read(ids[i]))).collect()
-    }
-
-    /// Whether record `id` is a message the log still holds for a queue.
-    pub fn holds(&self, id: u64) -> bool {
-        self.inner.lock().index.get(id).is_some()
     }
 
     /// Reads a message back from its segment, checking its checksum. Never

@@ -213,23 +213,18 @@ impl LogStore {
     /// layer may count them as written (see [`LogStore::durability`]).
     pub fn raft_append(&self, group: u64, entries: impl IntoIterator<Item = (u64, Bytes)>) -> Result<u64, StoreError> {
         let records = entries.into_iter().map(|(index, entry)| Record::RaftEntry { group, index, entry });
-        self.raft_records(records, true)
+        self.raft_records(records)
     }
 
     /// Records a change to `group`'s state: its vote, its commit point, a
     /// truncation (entries at `index` and after are gone), a purge (entries
     /// up to `index` are gone; `value` is the last purged log id) or its
     /// removal from this node. Returns the position that must be durable.
-    ///
-    /// A commit point is not waited for (the Raft layer learns it again
-    /// from the leader): it starts no writer pass of its own, and goes
-    /// with the next one.
     pub fn raft_set(&self, group: u64, kind: RaftStateKind, index: u64, value: Bytes) -> Result<u64, StoreError> {
-        let awaited = kind != RaftStateKind::Committed;
-        self.raft_records(std::iter::once(Record::RaftState { group, kind, index, value }), awaited)
+        self.raft_records(std::iter::once(Record::RaftState { group, kind, index, value }))
     }
 
-    fn raft_records(&self, records: impl Iterator<Item = Record>, awaited: bool) -> Result<u64, StoreError> {
+    fn raft_records(&self, records: impl Iterator<Item = Record>) -> Result<u64, StoreError> {
         // Encoded and checksummed before the log's lock, which only orders.
         let records: Vec<Record> = records.collect();
         let mut scratch = Vec::new();
@@ -246,13 +241,7 @@ impl LogStore {
         if scratch.is_empty() {
             return Ok(inner.appended.load(std::sync::atomic::Ordering::Acquire));
         }
-        let awaited_before = inner.awaited;
         let end = inner.append(scratch.len(), 0, |out| out.extend_from_slice(&scratch));
-        if !awaited {
-            // Woken all the same: a writer waiting for any record at all
-            // waits no longer than LAZY_WAIT for one nobody awaits.
-            inner.awaited = awaited_before;
-        }
         drop(inner);
         self.wake_writer.notify_one();
         Ok(end)

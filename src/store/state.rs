@@ -170,10 +170,6 @@ pub(super) struct Inner {
     pub segments: BTreeMap<u32, SegmentMeta>,
     pub pending: Vec<Chunk>,
     pub pending_bytes: usize,
-    /// Something pending is waited for: the writer starts a pass. Records
-    /// nobody waits for (a Raft group's commit point) leave it as it was,
-    /// and go with the next pass, or after [`LAZY_WAIT`](super::writer::LAZY_WAIT).
-    pub awaited: bool,
     /// Chunk buffers the writer wrote and gave back: new chunks take one
     /// instead of allocating. Freeing them on the writer thread made glibc
     /// lock the appending thread's arena on every pass (a futex call on
@@ -304,7 +300,6 @@ impl Inner {
         data[..SEGMENT_HEADER_LEN].copy_from_slice(&header);
         let used = data.len() as u32;
         self.pending_bytes += data.len();
-        self.awaited = true;
         self.pending.push(Chunk {
             segment: seq,
             base,
@@ -426,7 +421,6 @@ impl Inner {
     /// Counts a record of `len` bytes ending at log position `end` as appended.
     fn appended_up_to(&mut self, end: u64, len: usize) -> u64 {
         self.pending_bytes += len;
-        self.awaited = true;
         self.appended.store(end, Ordering::Release);
         end
     }

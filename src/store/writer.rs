@@ -77,10 +77,6 @@ struct Pass {
     chunk_list: Vec<Chunk>,
 }
 
-/// How long records nobody waits for may wait for a pass that others
-/// start.
-pub(super) const LAZY_WAIT: Duration = Duration::from_millis(5);
-
 impl LogStore {
     fn writer_loop(self: &Arc<Self>) {
         let mut last_sync = Instant::now();
@@ -94,21 +90,13 @@ impl LogStore {
         loop {
             let (chunks, relocations) = {
                 let mut inner = self.inner.lock();
-                while !inner.shutdown {
-                    if inner.pending.is_empty() {
-                        self.wake_writer.wait(&mut inner);
-                    } else if inner.awaited || self.wake_writer.wait_for(&mut inner, LAZY_WAIT).timed_out() {
-                        // Records nobody waits for alone wait for one
-                        // that is (or a moment): a pass of their own would
-                        // cost an fdatasync that holds up the next one.
-                        break;
-                    }
+                while inner.pending.is_empty() && !inner.shutdown {
+                    self.wake_writer.wait(&mut inner);
                 }
                 if inner.pending.is_empty() || inner.failed.is_some() {
                     return;
                 }
                 inner.pending_bytes = 0;
-                inner.awaited = false;
                 // The list the last pass emptied takes the pending one's place.
                 let emptied = std::mem::take(&mut inner.spare_chunk_list);
                 (std::mem::replace(&mut inner.pending, emptied), std::mem::take(&mut inner.relocations))
@@ -280,7 +268,6 @@ impl LogStore {
         let mut inner = self.inner.lock();
         let bytes: usize = unwritten.iter().map(|c| c.data.len()).sum();
         inner.pending_bytes += bytes;
-        inner.awaited = true;
         unwritten.append(&mut inner.pending);
         inner.pending = unwritten;
     }
