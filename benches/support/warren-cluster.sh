@@ -34,6 +34,10 @@ for _ in range(10000):
         continue
     print(s.getsockname()[1])
     break
+else:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    print(s.getsockname()[1])
 PY
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::proxy::{CUT, Carries, OPEN, Proxy};
-use super::{Broker, LogsOnFailure, free_listen_port, http};
+use super::{Broker, LogsOnFailure, free_listen_ports, http};
 
 /// A node's view of the metadata group (`/api/metadata-store`).
 pub async fn metadata_status(broker: &Broker) -> serde_json::Value {
@@ -121,7 +121,7 @@ impl TestCluster {
             _logs: LogsOnFailure(dirs.clone()),
             names: names.to_vec(),
             dirs,
-            ports: distinct_listen_ports(names.len()),
+            ports: free_listen_ports(names.len()),
             peers: Vec::new(),
             links: Vec::new(),
             extra_args: Vec::new(),
@@ -189,17 +189,4 @@ impl TestCluster {
     pub fn index(&self, name: &str) -> usize {
         self.names.iter().position(|n| *n == name).unwrap_or_else(|| panic!("no node {name} in this cluster"))
     }
-}
-
-/// `n` different ports for listeners that must get them again after a
-/// restart ([`free_listen_port`]).
-fn distinct_listen_ports(n: usize) -> Vec<u16> {
-    let mut ports: Vec<u16> = Vec::with_capacity(n);
-    while ports.len() < n {
-        let port = free_listen_port();
-        if !ports.contains(&port) {
-            ports.push(port);
-        }
-    }
-    ports
 }

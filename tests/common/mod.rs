@@ -204,29 +204,31 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-/// A port free now on 127.0.0.1 and below the kernel's range for
-/// outgoing connections, for a listener that must get the same port
-/// again after a restart (a node's cluster port, which its peers know):
-/// a port of that range may meanwhile be taken as the local end of some
-/// connection (another node's to a third), and stay taken for good.
-pub fn free_listen_port() -> u16 {
+/// `count` different ports free now on 127.0.0.1, below the kernel's
+/// range for outgoing connections, for listeners that must get the same
+/// port again after a restart (a node's cluster port, which its peers
+/// know): a port of that range may meanwhile be taken as the local end of
+/// some connection (another node's to a third), and stay taken for good.
+/// Where that range starts too low, the OS picks them.
+pub fn free_listen_ports(count: usize) -> Vec<u16> {
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32_768);
-    if low <= 10_000 {
-        return free_port();
-    }
-    // Spread over the range so that tests run at once rarely try the same.
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let span = u32::from(low - 10_000);
-    for attempt in 0..span {
-        let port = 10_000 + ((seed.wrapping_add(attempt.wrapping_mul(7_919))) % span) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+    let mut ports: Vec<u16> = Vec::with_capacity(count);
+    let mut tries = 0;
+    while ports.len() < count {
+        let port = if low > 10_000 && tries < 10_000 {
+            tries += 1;
+            fastrand::u16(10_000..low)
+        } else {
+            free_port()
+        };
+        if !ports.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
         }
     }
-    free_port()
+    ports
 }
 
 /// Sends SIGTERM through the `kill` command, so the harness needs no libc.
